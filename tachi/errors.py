@@ -1,0 +1,89 @@
+"""Errors that cross the wire, each with a stable code and a CLI exit status.
+
+The daemon raises these; transports send ``{"code", "message"}``; clients
+rebuild the same class from the code, so a script sees ``NotFound`` whether it
+talked over a Unix socket or a WebSocket.
+"""
+
+from __future__ import annotations
+
+
+class TachiError(Exception):
+    """Base of every error tachi reports to a user. ``str(e)`` is one clear line."""
+
+    code = "error"
+    exit_status = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidRequest(TachiError):
+    """The request is well-formed but its arguments are wrong."""
+
+    code = "invalid"
+    exit_status = 2
+
+
+class NotFound(TachiError):
+    """No session, window, grant or recording by that id or name."""
+
+    code = "not_found"
+    exit_status = 3
+
+
+class PermissionDenied(TachiError):
+    """The principal may not do this; the denial is audited."""
+
+    code = "permission_denied"
+    exit_status = 4
+
+
+class TimedOut(TachiError):
+    """A wait ran out of time."""
+
+    code = "timeout"
+    exit_status = 124
+
+
+class ProtocolError(TachiError):
+    """A frame was malformed, oversized, truncated or out of order."""
+
+    code = "protocol"
+
+
+class DaemonUnavailable(TachiError):
+    """The daemon could not be reached or started."""
+
+    code = "unavailable"
+
+
+class Conflict(TachiError):
+    """The request clashes with current state (e.g. a name already in use)."""
+
+    code = "conflict"
+
+
+_BY_CODE: dict[str, type[TachiError]] = {
+    cls.code: cls
+    for cls in (
+        TachiError,
+        InvalidRequest,
+        NotFound,
+        PermissionDenied,
+        TimedOut,
+        ProtocolError,
+        DaemonUnavailable,
+        Conflict,
+    )
+}
+
+
+def error_from_json(d: dict[str, str]) -> TachiError:
+    """Rebuild the error a peer sent; unknown codes become plain ``TachiError``."""
+    cls = _BY_CODE.get(d.get("code", ""), TachiError)
+    return cls(d.get("message") or "unknown error")

@@ -1,0 +1,304 @@
+"""The seed's data model as dataclasses, with Go-compatible JSON.
+
+Field names in JSON are exactly the seed's (``agentId``, ``lastActivity``,
+``xPixel`` …); timestamps are RFC 3339 UTC with nanoseconds and durations are
+integer nanoseconds, so a Go service decodes them into the seed's structs.
+Internally times are kept as epoch nanoseconds (``int``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from tachi.gotime import format_rfc3339, parse_rfc3339
+
+
+class SessionState(enum.StrEnum):
+    """Lifecycle: pending → active ↔ suspended → closed."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+class CloseReason(enum.StrEnum):
+    """Why a session reached ``closed``."""
+
+    EXIT = "exit"
+    CLOSED = "closed"
+    IDLE_TIMEOUT = "idle-timeout"
+    MAX_DURATION = "max-duration"
+    DAEMON_STOPPED = "daemon-stopped"
+
+
+@dataclass(slots=True)
+class PTYConfig:
+    """Terminal type and size of a PTY (seed: PTYConfig)."""
+
+    term: str = "xterm-256color"
+    rows: int = 24
+    cols: int = 80
+    xPixel: int = 0
+    yPixel: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "term": self.term,
+            "rows": self.rows,
+            "cols": self.cols,
+            "xPixel": self.xPixel,
+            "yPixel": self.yPixel,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PTYConfig:
+        return cls(
+            term=str(d.get("term") or "xterm-256color"),
+            rows=int(d.get("rows") or 24),
+            cols=int(d.get("cols") or 80),
+            xPixel=int(d.get("xPixel") or 0),
+            yPixel=int(d.get("yPixel") or 0),
+        )
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` unless every field fits the seed's uint16 and rows/cols > 0."""
+        for name in ("rows", "cols"):
+            value = getattr(self, name)
+            if not 1 <= value <= 65535:
+                raise ValueError(f"{name} must be between 1 and 65535, got {value}")
+        for name in ("xPixel", "yPixel"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ValueError(f"{name} must be between 0 and 65535, got {value}")
+
+
+@dataclass(slots=True)
+class Window:
+    """One PTY and process inside a session (seed: Window)."""
+
+    id: int
+    name: str
+    active: bool
+    createdAt: int
+    command: list[str] = field(default_factory=list)
+    pid: int | None = None
+    exitCode: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "active": self.active,
+            "createdAt": format_rfc3339(self.createdAt),
+            "command": self.command,
+            "pid": self.pid,
+            "exitCode": self.exitCode,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Window:
+        return cls(
+            id=int(d["id"]),
+            name=str(d.get("name", "")),
+            active=bool(d.get("active")),
+            createdAt=parse_rfc3339(d["createdAt"]),
+            command=list(d.get("command") or []),
+            pid=d.get("pid"),
+            exitCode=d.get("exitCode"),
+        )
+
+
+@dataclass(slots=True)
+class Session:
+    """A terminal session (seed: Session), plus tachi's extra fields."""
+
+    id: str
+    agentId: str
+    userId: str
+    state: SessionState
+    pty: PTYConfig | None
+    createdAt: int
+    lastActivity: int
+    idleTimeout: int = 0
+    maxDuration: int = 0
+    name: str | None = None
+    closeReason: CloseReason | None = None
+    exitCode: int | None = None
+    closedAt: int | None = None
+    command: list[str] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    clients: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "agentId": self.agentId,
+            "userId": self.userId,
+            "state": str(self.state),
+        }
+        if self.pty is not None:
+            d["pty"] = self.pty.to_json()
+        d |= {
+            "createdAt": format_rfc3339(self.createdAt),
+            "lastActivity": format_rfc3339(self.lastActivity),
+            "idleTimeout": self.idleTimeout,
+            "maxDuration": self.maxDuration,
+            "name": self.name,
+            "closeReason": str(self.closeReason) if self.closeReason else None,
+            "exitCode": self.exitCode,
+            "closedAt": format_rfc3339(self.closedAt) if self.closedAt else None,
+            "command": self.command,
+            "windows": [w.to_json() for w in self.windows],
+            "clients": self.clients,
+        }
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Session:
+        return cls(
+            id=d["id"],
+            agentId=d.get("agentId", ""),
+            userId=d.get("userId", ""),
+            state=SessionState(d["state"]),
+            pty=PTYConfig.from_json(d["pty"]) if d.get("pty") else None,
+            createdAt=parse_rfc3339(d["createdAt"]),
+            lastActivity=parse_rfc3339(d["lastActivity"]),
+            idleTimeout=int(d.get("idleTimeout") or 0),
+            maxDuration=int(d.get("maxDuration") or 0),
+            name=d.get("name"),
+            closeReason=CloseReason(d["closeReason"]) if d.get("closeReason") else None,
+            exitCode=d.get("exitCode"),
+            closedAt=parse_rfc3339(d["closedAt"]) if d.get("closedAt") else None,
+            command=list(d.get("command") or []),
+            windows=[Window.from_json(w) for w in d.get("windows") or []],
+            clients=int(d.get("clients") or 0),
+        )
+
+
+@dataclass(slots=True)
+class SessionRequest:
+    """What ``Create`` needs (seed: SessionRequest). Empty fields take config defaults."""
+
+    agentId: str | None = None
+    name: str | None = None
+    command: list[str] = field(default_factory=list)
+    pty: PTYConfig = field(default_factory=PTYConfig)
+    idleTimeout: int | None = None
+    maxDuration: int | None = None
+    record: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agentId": self.agentId,
+            "name": self.name,
+            "command": self.command,
+            "pty": self.pty.to_json(),
+            "idleTimeout": self.idleTimeout,
+            "maxDuration": self.maxDuration,
+            "record": self.record,
+            "env": self.env,
+            "cwd": self.cwd,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SessionRequest:
+        command = d.get("command") or []
+        env = d.get("env") or {}
+        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+            raise ValueError("command must be a list of strings")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise ValueError("env must map strings to strings")
+        pty = PTYConfig.from_json(d.get("pty") or {})
+        pty.validate()
+        return cls(
+            agentId=d.get("agentId"),
+            name=d.get("name"),
+            command=list(command),
+            pty=pty,
+            idleTimeout=_opt_int(d.get("idleTimeout")),
+            maxDuration=_opt_int(d.get("maxDuration")),
+            record=bool(d.get("record")),
+            env=dict(env),
+            cwd=d.get("cwd"),
+        )
+
+
+@dataclass(slots=True)
+class SessionFilter:
+    """Filters for ``List`` (seed: SessionFilter). ``None`` matches everything."""
+
+    state: SessionState | None = None
+    agentId: str | None = None
+    userId: str | None = None
+
+    def matches(self, s: Session) -> bool:
+        return (
+            (self.state is None or s.state == self.state)
+            and (self.agentId is None or s.agentId == self.agentId)
+            and (self.userId is None or s.userId == self.userId)
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": str(self.state) if self.state else None,
+            "agentId": self.agentId,
+            "userId": self.userId,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SessionFilter:
+        return cls(
+            state=SessionState(d["state"]) if d.get("state") else None,
+            agentId=d.get("agentId"),
+            userId=d.get("userId"),
+        )
+
+
+@dataclass(slots=True)
+class Recording:
+    """A finished or running recording (seed: Recording)."""
+
+    id: str
+    sessionId: str
+    startTime: int
+    duration: int
+    size: int
+    format: str = "asciicast"
+    path: str | None = None
+    active: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sessionId": self.sessionId,
+            "startTime": format_rfc3339(self.startTime),
+            "duration": self.duration,
+            "size": self.size,
+            "format": self.format,
+            "path": self.path,
+            "active": self.active,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Recording:
+        return cls(
+            id=d["id"],
+            sessionId=d["sessionId"],
+            startTime=parse_rfc3339(d["startTime"]),
+            duration=int(d.get("duration") or 0),
+            size=int(d.get("size") or 0),
+            format=d.get("format", "asciicast"),
+            path=d.get("path"),
+            active=bool(d.get("active")),
+        )
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
