@@ -1,0 +1,3 @@
+from tachi.cli.main import main
+
+main()

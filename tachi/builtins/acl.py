@@ -1,0 +1,41 @@
+"""The built-in authorisation policy: per-session roles, and the daemon's owner.
+
+Daemon-level actions (``session.create``, ``session.list``, ``daemon.*``,
+``audit.*``) belong to the user the daemon runs as. On a session, the owner may
+do everything; collaborators read and write; observers only read. Everyone else
+gets no answer from this policy, which means denied unless a plugin allows.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tachi.core.access import COLLABORATOR_ACTIONS, OBSERVER_ACTIONS
+from tachi.core.principal import Principal
+from tachi.hookspecs import hookimpl
+from tachi.models import Session
+
+
+def role_on(principal: Principal, session: Any) -> str | None:
+    """The principal's role on a live session or a closed session's record."""
+    if isinstance(session, Session):
+        if principal.grant_id is None and principal.user == session.userId:
+            return "owner"
+        return None
+    return session.access.role_of(principal)
+
+
+@hookimpl
+def tachi_authorize(principal: Principal, action: str, session: Any) -> bool | None:
+    if session is None:
+        is_daemon_owner = principal.grant_id is None and principal.uid == os.getuid()
+        return True if is_daemon_owner else None
+    role = role_on(principal, session)
+    if role == "owner":
+        return True
+    if role == "collaborator":
+        return True if action in COLLABORATOR_ACTIONS else None
+    if role == "observer":
+        return True if action in OBSERVER_ACTIONS else None
+    return None

@@ -1,0 +1,1 @@
+"""The ``tachi`` command line: thin clients of the daemon."""

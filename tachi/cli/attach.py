@@ -1,0 +1,336 @@
+"""Interactive attach: the local terminal in raw mode, bridged to a session.
+
+The terminal is restored on every exit path (detach, session end, daemon gone,
+SIGTERM, SIGHUP, an exception). After the prefix key (default ``C-\\``):
+``d`` detach, ``c`` new window, ``n``/``p`` next/previous, ``0``-``9`` select,
+``w`` list windows, ``,`` rename the window, the prefix again sends it through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import termios
+import time
+import tty
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tachi import protocol
+from tachi.client.wire import WireConnection
+from tachi.errors import DaemonUnavailable, TachiError, error_from_json
+
+
+@dataclass
+class AttachOutcome:
+    """Why attach ended, and the status the CLI exits with."""
+
+    status: int
+    message: str
+
+
+@dataclass
+class _State:
+    prefix_pending: bool = False
+    prompt: bytearray | None = None
+    ended: AttachOutcome | None = None
+    redraw_at: float | None = None
+    pending_requests: dict[int, str] = field(default_factory=dict)
+    closed: dict[str, Any] | None = None
+
+
+def terminal_size(fd: int) -> tuple[int, int, int, int]:
+    """(rows, cols, xpixel, ypixel) of the terminal on ``fd``."""
+    packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    rows, cols, xpix, ypix = struct.unpack("HHHH", packed)
+    return rows or 24, cols or 80, xpix, ypix
+
+
+def attach(
+    socket_path: Path,
+    session: str,
+    *,
+    token: str | None,
+    read_only: bool,
+    window: int | None,
+    prefix: bytes,
+) -> AttachOutcome:
+    """Attach the controlling terminal to ``session`` until detach or the end."""
+    in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    if not os.isatty(in_fd):
+        raise TachiError("attach needs a terminal on stdin (use 'tachi send'/'capture' in scripts)")
+    rows, cols, xpix, ypix = terminal_size(in_fd)
+    wire = WireConnection(socket_path, token=token)
+    result = wire.call(
+        "session.attach",
+        {
+            "session": session,
+            "readOnly": read_only,
+            "window": window,
+            "size": {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
+        },
+    )
+    bridge = _Bridge(wire, in_fd, out_fd, prefix, read_only=bool(result.get("readOnly")))
+    bridge.session_id = str(result["id"])
+    return bridge.run()
+
+
+class _Bridge:
+    def __init__(
+        self, wire: WireConnection, in_fd: int, out_fd: int, prefix: bytes, *, read_only: bool
+    ) -> None:
+        self.wire = wire
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self.prefix = prefix
+        self.read_only = read_only
+        self.session_id = ""
+        self.state = _State()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._signals: list[int] = []
+
+    # -- lifecycle ------------------------------------------------------------
+    def run(self) -> AttachOutcome:
+        saved = termios.tcgetattr(self.in_fd)
+        previous = {
+            sig: signal.getsignal(sig)
+            for sig in (signal.SIGWINCH, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+        }
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            tty.setraw(self.in_fd)
+            self._loop()
+        except DaemonUnavailable as exc:
+            self.state.ended = AttachOutcome(1, f"lost the daemon: {exc}")
+        finally:
+            termios.tcsetattr(self.in_fd, termios.TCSAFLUSH, saved)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            # Leave the alternate screen and show the cursor, whatever the app did.
+            self._write(b"\x1b[?1049l\x1b[?25h\x1b[0m\r\n")
+            self.wire.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        assert self.state.ended is not None
+        return self.state.ended
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signals.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
+
+    def _loop(self) -> None:
+        while self.state.ended is None:
+            self._drain_pending()
+            if self.state.ended is not None:
+                break
+            timeout = None
+            if self.state.redraw_at is not None:
+                timeout = max(0.0, self.state.redraw_at - time.monotonic())
+            try:
+                ready, _, _ = select.select(
+                    [self.in_fd, self.wire.fileno(), self._wake_r], [], [], timeout
+                )
+            except InterruptedError:
+                ready = []
+            if self._wake_r in ready:
+                os.read(self._wake_r, 64)
+            self._handle_signals()
+            if self.state.redraw_at is not None and time.monotonic() >= self.state.redraw_at:
+                self.state.redraw_at = None
+                self.wire.send_request("client.redraw", {})
+            if self.wire.fileno() in ready:
+                self._from_daemon()
+            if self.in_fd in ready and self.state.ended is None:
+                self._from_terminal()
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            sig = self._signals.pop(0)
+            if sig == signal.SIGWINCH:
+                if not self.read_only:
+                    rows, cols, xpix, ypix = terminal_size(self.in_fd)
+                    self.wire.send_request(
+                        "client.resize",
+                        {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
+                    )
+            else:
+                name = signal.Signals(sig).name
+                self.state.ended = AttachOutcome(
+                    128 + sig, f"detached from session {self.session_id} ({name})"
+                )
+
+    # -- daemon → terminal -------------------------------------------------------------
+    def _drain_pending(self) -> None:
+        while self.wire.pending and self.state.ended is None:
+            self._apply(self.wire.pending.popleft())
+
+    def _from_daemon(self) -> None:
+        frame = self.wire.recv_frame(timeout=0)
+        while frame is not None and self.state.ended is None:
+            self._apply(frame)
+            frame = self.wire.recv_frame(timeout=0) if self._readable() else None
+
+    def _readable(self) -> bool:
+        return bool(select.select([self.wire.fileno()], [], [], 0)[0])
+
+    def _apply(self, frame: protocol.Frame) -> None:
+        if frame.channel == protocol.STDOUT:
+            self._write(protocol.decode_output(frame.payload)[2])
+            return
+        message = json.loads(frame.payload)
+        event = message.get("event")
+        if event == "screen":
+            self._write(str(message["data"]).encode())
+        elif event == "notice":
+            self._flash(str(message.get("message", "")))
+        elif event == "closed":
+            self.state.closed = message
+        elif event == "detached":
+            self.state.ended = self._outcome_for(message)
+        elif event == "token":
+            os.environ["TACHI_TOKEN"] = str(message.get("token"))
+        elif event == "error" or ("id" in message and not message.get("ok")):
+            self._flash("tachi: " + str(error_from_json(message.get("error") or {})))
+        elif "id" in message and message.get("ok"):
+            what = self.state.pending_requests.pop(message["id"], None)
+            if what == "window.list":
+                names = " ".join(
+                    f"{w['id']}:{w['name']}{'*' if w['active'] else ''}" for w in message["result"]
+                )
+                self._flash(names)
+
+    def _outcome_for(self, detached: dict[str, Any]) -> AttachOutcome:
+        closed = self.state.closed
+        if closed is not None:
+            code = closed.get("exitCode")
+            reason = closed.get("reason")
+            if reason == "exit":
+                return AttachOutcome(
+                    int(code or 0), f"session {self.session_id} exited with code {code}"
+                )
+            return AttachOutcome(1, f"session {self.session_id} closed ({reason})")
+        return AttachOutcome(
+            0, str(detached.get("message") or f"detached from session {self.session_id}")
+        )
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.out_fd, view)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                select.select([], [self.out_fd], [])
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    self.state.ended = AttachOutcome(129, "terminal went away")
+                    return
+                raise
+            view = view[n:]
+
+    def _flash(self, text: str) -> None:
+        """Show one line on the bottom row, then redraw the screen shortly after."""
+        rows, cols, _, _ = terminal_size(self.in_fd)
+        line = text.replace("\n", " ")[: max(cols - 1, 1)]
+        self._write(f"\x1b7\x1b[{rows};1H\x1b[0;7m{line}\x1b[K\x1b[0m\x1b8".encode())
+        self.state.redraw_at = time.monotonic() + 2.0
+
+    # -- terminal → daemon ---------------------------------------------------------
+    def _from_terminal(self) -> None:
+        try:
+            data = os.read(self.in_fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.state.ended = AttachOutcome(129, "terminal closed")
+            return
+        out = bytearray()
+        for i in range(len(data)):
+            byte = data[i : i + 1]
+            if self.state.prompt is not None:
+                self._prompt_key(byte)
+            elif self.state.prefix_pending:
+                self.state.prefix_pending = False
+                if byte == self.prefix:
+                    out += byte
+                else:
+                    self._flush_input(out)
+                    out.clear()
+                    self._command(byte)
+                    if self.state.ended is not None:
+                        return
+            elif byte == self.prefix:
+                self.state.prefix_pending = True
+            elif self.prefix not in data[i:] and self.state.prompt is None:
+                out += data[i:]
+                break
+            else:
+                out += byte
+        self._flush_input(out)
+
+    def _flush_input(self, data: bytes | bytearray) -> None:
+        if data and not self.read_only:
+            self.wire.send_stdin(bytes(data))
+
+    def _request(self, op: str, **args: Any) -> None:
+        request_id = self.wire.send_request(op, {"session": self.session_id, **args})
+        self.state.pending_requests[request_id] = op
+
+    def _command(self, key: bytes) -> None:
+        if key == b"d":
+            self.wire.send_request("client.detach", {})
+            self.state.ended = AttachOutcome(0, f"detached from session {self.session_id}")
+        elif key == b"c":
+            self._request("window.new", command=[])
+        elif key in (b"n", b"p"):
+            self._request("window.select", step=1 if key == b"n" else -1)
+        elif key.isdigit():
+            self._request("window.select", window=int(key))
+        elif key == b"w":
+            self._request("window.list")
+        elif key == b",":
+            self.state.prompt = bytearray()
+            self._show_prompt()
+        else:
+            self._write(b"\a")
+
+    # -- rename prompt --------------------------------------------------------------
+    def _show_prompt(self) -> None:
+        rows, _, _, _ = terminal_size(self.in_fd)
+        text = "rename window: " + (self.state.prompt or b"").decode(errors="replace")
+        self._write(f"\x1b7\x1b[{rows};1H\x1b[0;7m{text}\x1b[K\x1b[0m\x1b8".encode())
+
+    def _prompt_key(self, key: bytes) -> None:
+        assert self.state.prompt is not None
+        if key in (b"\r", b"\n"):
+            name = self.state.prompt.decode(errors="replace").strip()
+            self.state.prompt = None
+            if name:
+                self._request("window.rename", window=-1, name=name)
+            self.state.redraw_at = time.monotonic()
+            return
+        if key in (b"\x1b", b"\x03", b"\x07"):
+            self.state.prompt = None
+            self.state.redraw_at = time.monotonic()
+            return
+        if key in (b"\x7f", b"\x08"):
+            del self.state.prompt[-1:]
+        elif key >= b" ":
+            self.state.prompt += key
+        self._show_prompt()
+
+
+__all__ = ["AttachOutcome", "attach", "error_from_json"]

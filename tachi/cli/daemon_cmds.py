@@ -1,0 +1,113 @@
+"""``tachi daemon start|stop|status`` and ``tachi plugins``."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from tachi.cli.main import Context, cli, json_option, pass_ctx
+from tachi.cli.output import emit_json, table
+from tachi.errors import DaemonUnavailable
+
+
+@cli.group("daemon")
+def daemon() -> None:
+    """Start, stop and inspect the tachi daemon (tachid)."""
+
+
+@daemon.command("start")
+@click.option(
+    "--foreground", is_flag=True, help="Run in this process (for systemd and other supervisors)."
+)
+@pass_ctx
+def start(ctx: Context, foreground: bool) -> None:
+    """Start the daemon (it also starts on first use)."""
+    from tachi.client.autostart import start_daemon
+
+    if foreground:
+        from tachi.daemon.server import main as daemon_main
+
+        sys.exit(daemon_main(["--socket", str(ctx.socket_path)]))
+    try:
+        with ctx.client(autostart=False) as client:
+            click.echo(
+                f"tachid already running (pid {client.status()['pid']}) on {ctx.socket_path}",
+                err=True,
+            )
+            return
+    except DaemonUnavailable:
+        pass
+    pid = start_daemon(ctx.socket_path)
+    click.echo(f"tachid started (pid {pid}) on {ctx.socket_path}", err=True)
+
+
+@daemon.command("stop")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for it to exit.")
+@pass_ctx
+def stop(ctx: Context, timeout: float) -> None:
+    """Stop the daemon; every session is closed (reason daemon-stopped)."""
+    try:
+        client = ctx.client(autostart=False)
+    except DaemonUnavailable:
+        click.echo("tachid is not running", err=True)
+        return
+    with client:
+        result = client.call("daemon.stop")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not ctx.socket_path.exists():
+            break
+        time.sleep(0.02)
+    else:
+        raise DaemonUnavailable(f"tachid did not exit within {timeout:g}s")
+    click.echo(f"tachid stopped ({result['sessions']} sessions closed)", err=True)
+
+
+@daemon.command("status")
+@json_option
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Show whether the daemon runs, its pid, socket, state and audit log. Exits 1 if not running."""
+    try:
+        with ctx.client(autostart=False) as client:
+            info = client.status()
+    except DaemonUnavailable as exc:
+        if as_json:
+            emit_json({"running": False, "socket": str(ctx.socket_path), "error": str(exc)})
+        else:
+            click.echo(f"tachid is not running ({ctx.socket_path})", err=True)
+        sys.exit(1)
+    info = {"running": True, **info}
+    if as_json:
+        emit_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key:10} {value}")
+
+
+@cli.command("plugins")
+@json_option
+@pass_ctx
+def plugins(ctx: Context, as_json: bool) -> None:
+    """List the plugins the daemon has loaded, with their hooks and origin."""
+    with ctx.client() as client:
+        loaded = client.call("plugins.list")
+    if as_json:
+        emit_json(loaded)
+        return
+    table(
+        ["NAME", "DISTRIBUTION", "HOOKS", "FROM"],
+        [
+            [
+                p["name"],
+                f"{p['distribution']} {p['version']}"
+                if p["distribution"]
+                else ("builtin" if p["builtin"] else "-"),
+                ",".join(h.removeprefix("tachi_") for h in p["hooks"]),
+                p["module"],
+            ]
+            for p in loaded
+        ],
+    )

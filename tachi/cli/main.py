@@ -1,0 +1,118 @@
+"""The ``tachi`` command group, its shared options, and error handling.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 permission denied,
+124 timed out. Errors are one line on stderr; ``--json`` output is one JSON
+document on stdout.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tachi import __version__
+from tachi.errors import TachiError
+
+
+class Context:
+    """What every command needs: where the daemon is and which token to present."""
+
+    def __init__(self, socket: str | None) -> None:
+        self.socket = socket
+        self.token: str | None = os.environ.get("TACHI_TOKEN") or None
+
+    def client(self, *, autostart: bool = True) -> Any:
+        from tachi.client.sync import Client
+
+        return Client(self.socket, token=self.token, autostart=autostart)
+
+    @property
+    def socket_path(self) -> Any:
+        from tachi.paths import socket_path
+
+        return socket_path(self.socket)
+
+
+class TachiGroup(click.Group):
+    """Turns ``TachiError`` into one line on stderr and its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TachiError as exc:
+            click.echo(f"tachi: {exc}", err=True)
+            ctx.exit(exc.exit_status)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--token T``: act with a share token instead of your own identity."""
+
+    @click.option(
+        "--token",
+        envvar="TACHI_TOKEN",
+        default=None,
+        help="Share token to act with (or TACHI_TOKEN).",
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, token: str | None, **kwargs: Any) -> Any:
+        if token:
+            click.get_current_context().find_object(Context).token = token  # type: ignore[union-attr]
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("as_json", "--json", is_flag=True, help="Output one JSON document.")(fn)
+
+
+@click.group(cls=TachiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--socket", envvar="TACHI_SOCKET", metavar="PATH", help="Daemon socket (or TACHI_SOCKET)."
+)
+@click.version_option(__version__, prog_name="tachi")
+@click.pass_context
+def cli(ctx: click.Context, socket: str | None) -> None:
+    """Remote terminal sessions: create, attach, share, record.
+
+    A per-user daemon (tachid) owns the sessions; it starts on first use.
+    """
+    ctx.obj = Context(socket)
+
+
+def _register() -> None:
+    from tachi.cli import daemon_cmds, session_cmds, window_cmds  # noqa: F401
+
+    for name in ("record_cmds", "share_cmds"):
+        try:
+            __import__(f"tachi.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tachi.cli.{name}":
+                raise
+
+
+def _plugin_commands() -> None:
+    # Plugin commands only load when the first argument is not a built-in, so
+    # `tachi ls` never pays for importing every plugin.
+    if len(sys.argv) > 1 and sys.argv[1] in cli.commands:
+        return
+    from tachi.plugins import make_plugin_manager
+
+    make_plugin_manager().hook.tachi_register_commands(cli=cli)
+
+
+def main() -> None:
+    _register()
+    _plugin_commands()
+    cli(prog_name="tachi")
+
+
+_register()

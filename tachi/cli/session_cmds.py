@@ -1,0 +1,351 @@
+"""Session commands: new, ls, get, attach, detach, close, resize, signal, send, capture, wait."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+from tachi.cli.output import ago, emit_json, table
+from tachi.errors import InvalidRequest
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    from tachi.gotime import parse_duration
+
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("new")
+@click.option("-d", "--detached", is_flag=True, help="Do not attach after creating.")
+@click.option("--name", help="A unique name to use instead of the id.")
+@click.option("--agent", help="Agent id (default: config agent_id, else the host name).")
+@click.option("--term", default=None, help="TERM for the session (default xterm-256color).")
+@click.option(
+    "--rows", type=click.IntRange(1, 65535), help="Rows (default: this terminal's, else 24)."
+)
+@click.option(
+    "--cols", type=click.IntRange(1, 65535), help="Columns (default: this terminal's, else 80)."
+)
+@click.option(
+    "--idle-timeout",
+    callback=_duration,
+    help="Close after this long without input or output (90s, 30m, 0=none).",
+)
+@click.option(
+    "--max-duration", callback=_duration, help="Close this long after creation (8h, 0=none)."
+)
+@click.option("--record", is_flag=True, help="Record the session (asciicast).")
+@click.option(
+    "-e",
+    "--env",
+    "env",
+    multiple=True,
+    metavar="K=V",
+    help="Extra environment variable (repeatable).",
+)
+@json_option
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_ctx
+def new(
+    ctx: Context,
+    detached: bool,
+    name: str | None,
+    agent: str | None,
+    term: str | None,
+    rows: int | None,
+    cols: int | None,
+    idle_timeout: int | None,
+    max_duration: int | None,
+    record: bool,
+    env: tuple[str, ...],
+    as_json: bool,
+    command: tuple[str, ...],
+) -> None:
+    """Create a session running COMMAND (default: your login shell), then attach.
+
+    \b
+    Examples:
+      tachi new                              # a shell, attached
+      tachi new -d --json -- make test       # for scripts: prints the session
+      tachi new -d --name build --idle-timeout 30m -- bash
+    """
+    from tachi.models import PTYConfig, SessionRequest
+
+    if not detached and not sys.stdin.isatty():
+        detached = True
+    size = _terminal_size()
+    extra_env = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
+        extra_env[key] = value
+    req = SessionRequest(
+        agentId=agent,
+        name=name,
+        command=list(command),
+        pty=PTYConfig(term=term or "", rows=rows or size[0], cols=cols or size[1]),
+        idleTimeout=idle_timeout,
+        maxDuration=max_duration,
+        record=record,
+        env=extra_env,
+        cwd=os.getcwd(),
+    )
+    with ctx.client() as client:
+        session = client.create(req)
+    if as_json:
+        emit_json(session.to_json())
+    elif detached:
+        click.echo(session.name or session.id)
+    if not detached:
+        _attach(ctx, session.id, read_only=False, window=None)
+
+
+def _terminal_size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+        return size.lines, size.columns
+    except OSError:
+        return 24, 80
+
+
+@cli.command("ls")
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "active", "suspended", "closed", "live"]),
+    help="Only sessions in this state (live = not closed).",
+)
+@click.option("--agent", help="Only sessions of this agent.")
+@click.option("--user", help="Only sessions of this user.")
+@json_option
+@pass_ctx
+def ls(ctx: Context, state: str | None, agent: str | None, user: str | None, as_json: bool) -> None:
+    """List sessions (live ones, and the closed history)."""
+    from tachi.models import SessionFilter, SessionState
+
+    flt = SessionFilter(
+        state=SessionState(state) if state and state != "live" else None, agentId=agent, userId=user
+    )
+    with ctx.client() as client:
+        sessions = client.list(flt)
+    if state == "live":
+        sessions = [s for s in sessions if s.state != SessionState.CLOSED]
+    if as_json:
+        emit_json([s.to_json() for s in sessions])
+        return
+    if not sessions:
+        click.echo("no sessions", err=True)
+        return
+    rows = []
+    for s in sessions:
+        j = s.to_json()
+        state_text = str(s.state) + (f" ({s.closeReason})" if s.closeReason else "")
+        size = f"{s.pty.cols}x{s.pty.rows}" if s.pty else ""
+        rows.append(
+            [
+                s.id,
+                s.name or "-",
+                state_text,
+                s.userId,
+                s.agentId,
+                size,
+                len(s.windows) or "-",
+                ago(j["createdAt"]),
+                " ".join(s.command)[:40],
+            ]
+        )
+    table(["ID", "NAME", "STATE", "USER", "AGENT", "SIZE", "WIN", "CREATED", "COMMAND"], rows)
+
+
+@cli.command("get")
+@click.argument("session")
+@json_option
+@token_option
+@pass_ctx
+def get(ctx: Context, session: str, as_json: bool) -> None:
+    """Show one session (by id or name)."""
+    with ctx.client() as client:
+        s = client.get(session)
+    if as_json:
+        emit_json(s.to_json())
+        return
+    for key, value in s.to_json().items():
+        if key not in ("windows", "pty"):
+            click.echo(f"{key:13} {value}")
+    if s.pty:
+        click.echo(f"{'size':13} {s.pty.cols}x{s.pty.rows} ({s.pty.term})")
+    for w in s.windows:
+        click.echo(f"window {w.id}{'*' if w.active else ' '}    {w.name} (pid {w.pid})")
+
+
+@cli.command("attach")
+@click.argument("session")
+@click.option("-r", "--read-only", is_flag=True, help="Watch only: never type or resize.")
+@click.option("-w", "--window", type=int, help="Select this window on attach.")
+@token_option
+@pass_ctx
+def attach_cmd(ctx: Context, session: str, read_only: bool, window: int | None) -> None:
+    """Attach this terminal to SESSION. Prefix key C-\\ then d detaches.
+
+    \b
+    After the prefix: d detach, c new window, n/p next/previous window,
+    0-9 select window, w list windows, ',' rename window, prefix again sends it.
+    Exit status: 0 detached, the command's exit code if it exited, 1 if the
+    session was closed otherwise or the daemon went away.
+    """
+    _attach(ctx, session, read_only=read_only, window=window)
+
+
+def _attach(ctx: Context, session: str, *, read_only: bool, window: int | None) -> None:
+    from tachi import config as config_mod
+    from tachi.cli.attach import attach
+    from tachi.cli.keys import parse_key
+
+    cfg = config_mod.load()
+    try:
+        prefix = parse_key(cfg.prefix_key)
+    except ValueError as exc:
+        raise InvalidRequest(f"config prefix_key: {exc}") from None
+    outcome = attach(
+        ctx.socket_path, session, token=ctx.token, read_only=read_only, window=window, prefix=prefix
+    )
+    click.echo(f"[{outcome.message}]", err=True)
+    sys.exit(outcome.status)
+
+
+@cli.command("detach")
+@click.argument("session")
+@token_option
+@pass_ctx
+def detach(ctx: Context, session: str) -> None:
+    """Detach every client attached to SESSION (the session keeps running)."""
+    with ctx.client() as client:
+        n = client.detach(session)
+    click.echo(f"detached {n} client{'s' if n != 1 else ''}", err=True)
+
+
+@cli.command("close")
+@click.argument("session")
+@json_option
+@token_option
+@pass_ctx
+def close(ctx: Context, session: str, as_json: bool) -> None:
+    """Close SESSION: hang up its processes and detach its clients."""
+    with ctx.client() as client:
+        s = client.close(session)
+    if as_json:
+        emit_json(s.to_json())
+
+
+@cli.command("resize")
+@click.argument("session")
+@click.option("--rows", type=click.IntRange(1, 65535), required=True)
+@click.option("--cols", type=click.IntRange(1, 65535), required=True)
+@click.option("--xpixel", type=click.IntRange(0, 65535), default=0)
+@click.option("--ypixel", type=click.IntRange(0, 65535), default=0)
+@token_option
+@pass_ctx
+def resize(ctx: Context, session: str, rows: int, cols: int, xpixel: int, ypixel: int) -> None:
+    """Resize every window of SESSION (the program gets SIGWINCH)."""
+    from tachi.models import PTYConfig
+
+    with ctx.client() as client:
+        client.resize(session, PTYConfig(rows=rows, cols=cols, xPixel=xpixel, yPixel=ypixel))
+
+
+@cli.command("signal")
+@click.argument("session")
+@click.argument("sig", metavar="SIG")
+@click.option("-w", "--window", type=int, help="Window (default: the active one).")
+@token_option
+@pass_ctx
+def signal_cmd(ctx: Context, session: str, sig: str, window: int | None) -> None:
+    """Send SIG (INT, SIGINT or 2) to the foreground process group of SESSION."""
+    with ctx.client() as client:
+        client.send_signal(session, sig, window=window)
+
+
+@cli.command("send")
+@click.argument("session")
+@click.argument("text")
+@click.option("-w", "--window", type=int, help="Window (default: the active one).")
+@click.option("-l", "--literal", is_flag=True, help="Send TEXT as is, without escape processing.")
+@token_option
+@pass_ctx
+def send(ctx: Context, session: str, text: str, window: int | None, literal: bool) -> None:
+    r"""Type TEXT into SESSION. C escapes apply: \n \r \t \e \x03 \u20ac \\."""
+    from tachi.cli.keys import decode_escapes
+
+    if not literal:
+        try:
+            text = decode_escapes(text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="TEXT") from None
+    with ctx.client() as client:
+        client.send(session, text, window=window)
+
+
+@cli.command("capture")
+@click.argument("session")
+@click.option("-w", "--window", type=int, help="Window (default: the active one).")
+@click.option("--ansi", is_flag=True, help="Include colours and cursor as escape sequences.")
+@token_option
+@pass_ctx
+def capture(ctx: Context, session: str, window: int | None, ansi: bool) -> None:
+    """Print SESSION's current screen (trailing blank lines dropped)."""
+    with ctx.client() as client:
+        text = client.capture(session, window=window, ansi=ansi)
+    click.echo(text, nl=False)
+
+
+@cli.command("wait")
+@click.argument("session")
+@click.option("--match", "pattern", help="Regex to wait for on the screen or in new output.")
+@click.option(
+    "--exit", "wait_exit", is_flag=True, help="Wait for the session to end; exit with its code."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(0), help="Give up after this many seconds (exit 124)."
+)
+@click.option("-w", "--window", type=int, help="Window for --match (default: the active one).")
+@token_option
+@pass_ctx
+def wait(
+    ctx: Context,
+    session: str,
+    pattern: str | None,
+    wait_exit: bool,
+    timeout: float | None,
+    window: int | None,
+) -> None:
+    """Block until PATTERN appears or the session exits.
+
+    --match succeeds as soon as the regex (Python syntax, multi-line) matches
+    the window's current screen, or the output it produces after the call with
+    escape sequences removed; it prints the matched text.
+    """
+    if not pattern and not wait_exit:
+        raise click.UsageError("give --match REGEX or --exit")
+    with ctx.client() as client:
+        if pattern:
+            click.echo(
+                client.wait(session, match=pattern, timeout=timeout, window=window)["matched"]
+            )
+        if wait_exit:
+            result = client.wait(session, exit=True, timeout=timeout)
+            code = result.get("exitCode")
+            if code is None:
+                click.echo(
+                    f"tachi: session {session} closed ({result.get('closeReason')}) without an exit code",
+                    err=True,
+                )
+                sys.exit(1)
+            sys.exit(int(code))

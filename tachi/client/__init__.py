@@ -1,0 +1,1 @@
+"""Clients of the daemon: ``Client`` (blocking) and ``AsyncClient`` (asyncio)."""

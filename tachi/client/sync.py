@@ -1,0 +1,296 @@
+"""``tachi.Client``: the seed's SessionManager and SessionConn, blocking.
+
+Example::
+
+    import tachi
+    from tachi.models import SessionRequest
+
+    with tachi.Client() as client:
+        session = client.create(SessionRequest(command=["bash"]))
+        client.send(session.id, "echo hello\\n")
+        client.wait(session.id, match="hello", timeout=5)
+        print(client.capture(session.id))
+        client.close(session.id)
+
+Every method raises a ``tachi.errors.TachiError`` subclass on failure:
+``NotFound``, ``PermissionDenied``, ``InvalidRequest``, ``TimedOut``,
+``DaemonUnavailable``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+from typing import Any
+
+from tachi import protocol
+from tachi.client.wire import WireConnection, encode_send_args
+from tachi.errors import DaemonUnavailable, TachiError, error_from_json
+from tachi.models import (
+    PTYConfig,
+    Recording,
+    Session,
+    SessionFilter,
+    SessionRequest,
+    Window,
+)
+from tachi.paths import socket_path
+
+
+class Client:
+    """A connection to the local daemon (started on demand unless ``autostart=False``)."""
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        token: str | None = None,
+        autostart: bool = True,
+    ) -> None:
+        self.socket_path = socket_path(socket)
+        self.token = token if token is not None else os.environ.get("TACHI_TOKEN") or None
+        self._autostart = autostart
+        self._wire = WireConnection(self.socket_path, token=self.token, autostart=autostart)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    def disconnect(self) -> None:
+        self._wire.close()
+
+    def call(self, op: str, **args: Any) -> Any:
+        """Send one control request; returns its result."""
+        return self._wire.call(op, args)
+
+    # -- SessionManager ---------------------------------------------------------------
+    def create(self, req: SessionRequest | None = None) -> Session:
+        return Session.from_json(
+            self.call("session.create", request=(req or SessionRequest()).to_json())
+        )
+
+    def attach(
+        self,
+        session_id: str,
+        *,
+        read_only: bool = False,
+        window: int | None = None,
+        size: PTYConfig | None = None,
+    ) -> SessionConn:
+        """Attach on a new connection of its own and return the stream."""
+        wire = WireConnection(self.socket_path, token=self.token, autostart=self._autostart)
+        result = wire.call(
+            "session.attach",
+            {
+                "session": session_id,
+                "readOnly": read_only,
+                "window": window,
+                "size": size.to_json() if size else None,
+            },
+        )
+        return SessionConn(wire, result)
+
+    def detach(self, session_id: str) -> int:
+        """Detach every client of the session; returns how many."""
+        return int(self.call("session.detach", session=session_id)["detached"])
+
+    def close(self, session_id: str) -> Session:
+        return Session.from_json(self.call("session.close", session=session_id))
+
+    def resize(self, session_id: str, pty: PTYConfig) -> Session:
+        return Session.from_json(
+            self.call("session.resize", session=session_id, size=pty.to_json())
+        )
+
+    def send_signal(
+        self, session_id: str, sig: int | str | signals.Signals, *, window: int | None = None
+    ) -> str:
+        value = int(sig) if isinstance(sig, int) else sig
+        return str(
+            self.call("session.signal", session=session_id, signal=value, window=window)["signal"]
+        )
+
+    def list(self, flt: SessionFilter | None = None) -> list[Session]:
+        return [
+            Session.from_json(s)
+            for s in self.call("session.list", filter=(flt or SessionFilter()).to_json())
+        ]
+
+    def get(self, session_id: str) -> Session:
+        return Session.from_json(self.call("session.get", session=session_id))
+
+    # -- scripting ------------------------------------------------------------------
+    def send(self, session_id: str, data: str | bytes, *, window: int | None = None) -> int:
+        return int(
+            self._wire.call("session.send", encode_send_args(session_id, data, window))["bytes"]
+        )
+
+    def capture(self, session_id: str, *, window: int | None = None, ansi: bool = False) -> str:
+        return str(
+            self.call("session.capture", session=session_id, window=window, ansi=ansi)["text"]
+        )
+
+    def wait(
+        self,
+        session_id: str,
+        *,
+        match: str | None = None,
+        exit: bool = False,
+        timeout: float | None = None,
+        window: int | None = None,
+    ) -> dict[str, Any]:
+        """Block until ``match`` appears (screen or new output) or the session exits.
+
+        Raises ``TimedOut`` after ``timeout`` seconds."""
+        return self.call(
+            "session.wait",
+            session=session_id,
+            match=match,
+            exit=exit,
+            timeout=timeout,
+            window=window,
+        )
+
+    # -- SessionMultiplexer ------------------------------------------------------------
+    def new_window(
+        self, session_id: str, command: list[str] | None = None, *, name: str | None = None
+    ) -> Window:
+        return Window.from_json(
+            self.call("window.new", session=session_id, command=command or [], name=name)
+        )
+
+    def switch_window(self, session_id: str, window_id: int) -> Window:
+        return Window.from_json(self.call("window.select", session=session_id, window=window_id))
+
+    def list_windows(self, session_id: str) -> list[Window]:
+        return [Window.from_json(w) for w in self.call("window.list", session=session_id)]
+
+    def close_window(self, session_id: str, window_id: int) -> None:
+        self.call("window.close", session=session_id, window=window_id)
+
+    def rename_window(self, session_id: str, window_id: int, name: str) -> Window:
+        return Window.from_json(
+            self.call("window.rename", session=session_id, window=window_id, name=name)
+        )
+
+    # -- SessionRecorder ----------------------------------------------------------------
+    def start_recording(self, session_id: str) -> Recording:
+        return Recording.from_json(self.call("record.start", session=session_id))
+
+    def stop_recording(self, session_id: str) -> Recording:
+        return Recording.from_json(self.call("record.stop", session=session_id))
+
+    def playback(self, recording_id: str) -> Recording:
+        return Recording.from_json(self.call("record.get", recording=recording_id))
+
+    # -- daemon --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return self.call("daemon.status")
+
+
+class SessionConn:
+    """An attached session (seed: SessionConn): ``read``/``write``/``resize``/``close``/``wait``.
+
+    ``read`` returns terminal output bytes; a screen snapshot (on attach, window
+    switch, or after the client fell behind) arrives as output too, so what you
+    read is what a terminal would display.
+    """
+
+    def __init__(self, wire: WireConnection, attach_result: dict[str, Any]) -> None:
+        self._wire = wire
+        self.session = Session.from_json(attach_result)
+        self.read_only: bool = bool(attach_result.get("readOnly"))
+        self.role: str = str(attach_result.get("role"))
+        self.events: list[dict[str, Any]] = []
+        self.exit_code: int | None = None
+        self.closed_reason: str | None = None
+        self.detached: dict[str, Any] | None = None
+        self.window: int | None = None
+        self.seq: int = 0
+
+    def fileno(self) -> int:
+        return self._wire.fileno()
+
+    def read(self, size: int = -1, timeout: float | None = None) -> bytes:
+        """Next chunk of output; ``b""`` once detached or the session closed.
+
+        ``timeout`` seconds without output returns ``b""`` too but leaves the
+        connection usable (check ``self.done``)."""
+        while not self.done:
+            frame = self._wire.next_frame(timeout)
+            if frame is None:
+                return b""
+            data = self.handle_frame(frame)
+            if data:
+                return data
+        return b""
+
+    def handle_frame(self, frame: protocol.Frame) -> bytes:
+        """Apply one frame; returns bytes to show (possibly empty)."""
+        if frame.channel == protocol.STDOUT:
+            window, seq, data = protocol.decode_output(frame.payload)
+            self.window, self.seq = window, seq + len(data)
+            return data
+        message = json.loads(frame.payload)
+        event = message.get("event")
+        if event == "screen":
+            self.window, self.seq = message["window"], message["seq"]
+            return str(message["data"]).encode()
+        if event == "closed":
+            self.exit_code = message.get("exitCode")
+            self.closed_reason = message.get("reason")
+        elif event == "detached":
+            self.detached = message
+        elif event == "error" and "id" not in message:
+            raise error_from_json(message.get("error") or {})
+        elif "id" in message and not message.get("ok", True):
+            self.events.append(message)
+            return b""
+        self.events.append(message)
+        return b""
+
+    @property
+    def done(self) -> bool:
+        return self.detached is not None
+
+    def write(self, data: bytes) -> int:
+        self._wire.send_stdin(data)
+        return len(data)
+
+    def resize(self, rows: int, cols: int, xpixel: int = 0, ypixel: int = 0) -> None:
+        self._wire.send_request(
+            "client.resize", {"rows": rows, "cols": cols, "xPixel": xpixel, "yPixel": ypixel}
+        )
+
+    def request(self, op: str, **args: Any) -> int:
+        """Send a control request on this connection without waiting (reply arrives as an event)."""
+        return self._wire.send_request(op, args)
+
+    def close(self) -> None:
+        """Detach and drop the connection."""
+        try:
+            self._wire.send_request("client.detach", {})
+        except (DaemonUnavailable, TachiError):
+            pass
+        self._wire.close()
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Read (and discard) output until the session ends; returns its exit code."""
+        while not self.done:
+            frame = self._wire.next_frame(timeout)
+            if frame is None:
+                break
+            self.handle_frame(frame)
+        return self.exit_code
+
+    def __enter__(self) -> SessionConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["Client", "SessionConn"]

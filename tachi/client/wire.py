@@ -1,0 +1,123 @@
+"""A blocking protocol connection: requests, replies, events and output frames."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from tachi import protocol
+from tachi.client.autostart import connect_socket
+from tachi.errors import DaemonUnavailable, ProtocolError, TachiError, error_from_json
+
+
+class WireConnection:
+    """One connection to the daemon, greeted and ready for requests.
+
+    Frames that arrive while waiting for a reply (output, events) are kept in
+    ``pending`` for whoever reads the stream next.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        token: str | None = None,
+        autostart: bool = True,
+    ) -> None:
+        self.sock = connect_socket(socket_path, autostart=autostart)
+        self._decoder = protocol.FrameDecoder(max_payload=protocol.MAX_PAYLOAD * 4)
+        self._frames: deque[protocol.Frame] = deque()
+        self.pending: deque[protocol.Frame] = deque()
+        self._ids = itertools.count(1)
+        args: dict[str, Any] = {"version": protocol.VERSION}
+        if token:
+            args["token"] = token
+        self.hello = self.call("hello", args)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # -- sending --------------------------------------------------------------
+    def send_frame(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise DaemonUnavailable(
+                f"lost the connection to the daemon: {exc.strerror or exc}"
+            ) from None
+
+    def send_request(self, op: str, args: dict[str, Any]) -> int:
+        request_id = next(self._ids)
+        self.send_frame(protocol.encode_control({"id": request_id, "op": op, "args": args}))
+        return request_id
+
+    def send_stdin(self, data: bytes) -> None:
+        for start in range(0, len(data), protocol.MAX_PAYLOAD):
+            self.send_frame(
+                protocol.encode(protocol.STDIN, data[start : start + protocol.MAX_PAYLOAD])
+            )
+
+    # -- receiving ----------------------------------------------------------------
+    def recv_frame(self, timeout: float | None = None) -> protocol.Frame | None:
+        """The next frame, or ``None`` on timeout. Raises ``DaemonUnavailable`` at EOF."""
+        while not self._frames:
+            self.sock.settimeout(timeout)
+            try:
+                data = self.sock.recv(256 * 1024)
+            except TimeoutError:
+                return None
+            except OSError as exc:
+                raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
+            finally:
+                self.sock.settimeout(None)
+            if not data:
+                raise DaemonUnavailable("the daemon closed the connection")
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.popleft()
+
+    def next_frame(self, timeout: float | None = None) -> protocol.Frame | None:
+        """Pending frames first, then the socket."""
+        if self.pending:
+            return self.pending.popleft()
+        return self.recv_frame(timeout)
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Send a request and block for its reply; raises the daemon's error."""
+        request_id = self.send_request(op, args or {})
+        while True:
+            frame = self.recv_frame()
+            assert frame is not None
+            if frame.channel == protocol.CONTROL:
+                message = protocol.decode_control(frame.payload)
+                if message.get("id") == request_id and "ok" in message:
+                    if message["ok"]:
+                        return message.get("result")
+                    raise error_from_json(message.get("error") or {})
+                if message.get("event") == "error" and op == "hello":
+                    raise error_from_json(message.get("error") or {})
+            self.pending.append(frame)
+
+
+def encode_send_args(session: str, data: bytes | str, window: int | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"session": session, "window": window}
+    if isinstance(data, str):
+        args["text"] = data
+    else:
+        args["data"] = base64.b64encode(data).decode()
+    return args
+
+
+def socket_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
+    from tachi.paths import socket_path
+
+    return socket_path(explicit)
+
+
+__all__ = ["ProtocolError", "TachiError", "WireConnection", "encode_send_args", "socket_from_env"]

@@ -1,0 +1,101 @@
+"""``config.toml``: defaults, loading (tomllib) and validation.
+
+Precedence is CLI flag, then config file, then these defaults. Unknown keys are
+kept (plugins read their own ``[plugins.NAME]`` tables) but typos in known
+sections are reported at load time.
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tachi.errors import InvalidRequest
+from tachi.gotime import parse_duration
+from tachi.paths import config_path, socket_path, state_dir
+
+SIZE_POLICIES = ("latest", "smallest", "largest")
+
+
+@dataclass(slots=True)
+class Config:
+    agent_id: str = field(default_factory=socket.gethostname)
+    shell: str | None = None
+    term: str = "xterm-256color"
+    idle_timeout: int = 0
+    max_duration: int = 0
+    size_policy: str = "latest"
+    prefix_key: str = "C-\\"
+    status_line: bool = False
+    client_buffer: int = 1 << 20
+    audit_fail_open: bool = False
+    token_grace: int = 60 * 1_000_000_000
+    token_rotation: int = 0
+    recording_auto: bool = False
+    recording_dir: Path | None = None
+    recording_input: bool = False
+    recording_format: str = "asciicast"
+    state_dir: Path = field(default_factory=state_dir)
+    socket: Path = field(default_factory=socket_path)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.recording_dir or self.state_dir / "recordings"
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        """The ``[plugins.NAME]`` table, or ``{}``."""
+        return dict(self.raw.get("plugins", {}).get(name, {}))
+
+
+def load(path: Path | None = None) -> Config:
+    """Read config from ``path`` (default: :func:`tachi.paths.config_path`).
+
+    A missing file gives the defaults. Raises ``InvalidRequest`` naming the file
+    and the key for malformed TOML or a bad value.
+    """
+    path = path or config_path()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Config()
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequest(f"{path}: invalid TOML: {exc}") from None
+    try:
+        return _from_raw(raw)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"{path}: {exc}") from None
+
+
+def _from_raw(raw: dict[str, Any]) -> Config:
+    cfg = Config(raw=raw)
+    session = raw.get("session", {})
+    rec = raw.get("recording", {})
+    sec = raw.get("security", {})
+    if "agent_id" in raw:
+        cfg.agent_id = str(raw["agent_id"])
+    cfg.shell = session.get("shell", raw.get("shell"))
+    cfg.term = str(session.get("term", cfg.term))
+    for key in ("idle_timeout", "max_duration"):
+        if key in session:
+            setattr(cfg, key, parse_duration(session[key]))
+    policy = str(raw.get("size_policy", session.get("size_policy", cfg.size_policy)))
+    if policy not in SIZE_POLICIES:
+        raise ValueError(f"size_policy must be one of {', '.join(SIZE_POLICIES)}, not {policy!r}")
+    cfg.size_policy = policy
+    cfg.prefix_key = str(raw.get("prefix_key", cfg.prefix_key))
+    cfg.status_line = bool(raw.get("status_line", cfg.status_line))
+    cfg.recording_auto = bool(rec.get("auto", False))
+    cfg.recording_input = bool(rec.get("input", False))
+    cfg.recording_format = str(rec.get("format", cfg.recording_format))
+    if rec.get("dir"):
+        cfg.recording_dir = Path(rec["dir"]).expanduser()
+    cfg.audit_fail_open = bool(sec.get("audit_fail_open", False))
+    if "token_grace" in sec:
+        cfg.token_grace = parse_duration(sec["token_grace"])
+    if "token_rotation" in sec or "token_rotation" in raw:
+        cfg.token_rotation = parse_duration(sec.get("token_rotation", raw.get("token_rotation")))
+    return cfg

@@ -1,0 +1,49 @@
+"""Who holds which role on a session: owner, collaborator or observer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tachi.core.principal import Principal
+
+ROLES = ("owner", "collaborator", "observer")
+#: Actions each role may perform on a session it holds.
+OBSERVER_ACTIONS = frozenset({"session.get", "session.read", "session.attach"})
+COLLABORATOR_ACTIONS = OBSERVER_ACTIONS | {
+    "session.write",
+    "session.resize",
+    "session.signal",
+    "session.detach",
+    "window.new",
+    "window.select",
+    "window.rename",
+    "window.close",
+}
+
+
+class SessionAccess:
+    """The owner of a session and a view of its grants.
+
+    ``grants`` is the daemon's grant store (or ``None`` before sharing exists);
+    a token principal holds exactly the role of its grant, on that session only.
+    """
+
+    def __init__(
+        self, session_id: str, owner_uid: int | None, owner_user: str, grants: Any
+    ) -> None:
+        self.session_id = session_id
+        self.owner_uid = owner_uid
+        self.owner_user = owner_user
+        self.grants = grants
+
+    def role_of(self, principal: Principal) -> str | None:
+        if principal.grant_id is not None:
+            return principal.grant_role if principal.grant_session == self.session_id else None
+        if principal.uid is not None and principal.uid == self.owner_uid:
+            return "owner"
+        if self.grants is not None:
+            grant = self.grants.for_user(self.session_id, principal.user)
+            if grant is not None:
+                return grant.role
+        return None

@@ -1,0 +1,266 @@
+"""The session manager: the seed's SessionManager, on the daemon side.
+
+It creates sessions, finds them by id or name, enforces idle timeouts and
+maximum durations, and keeps the store current. Authorisation is not done here:
+the RPC layer asks the policy hooks before it calls in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from tachi.config import Config
+from tachi.core.principal import Principal
+from tachi.core.session import SessionEvents, SessionRuntime
+from tachi.core.store import SessionStore
+from tachi.errors import Conflict, InvalidRequest, NotFound
+from tachi.gotime import format_duration, now_ns
+from tachi.models import CloseReason, Session, SessionFilter, SessionRequest, SessionState
+
+log = logging.getLogger("tachi.manager")
+
+TICK_SECONDS = 0.25
+AuditFn = Callable[..., Any]
+
+
+class SessionManager:
+    """Owns every live ``SessionRuntime`` of the daemon."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: SessionStore,
+        hooks: Any,
+        audit: AuditFn,
+        multiplexer: type,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.hooks = hooks
+        self.audit = audit
+        self._multiplexer = multiplexer
+        self.sessions: dict[str, SessionRuntime] = {}
+        self.session_listeners: list[Callable[[SessionRuntime, str, dict[str, Any]], None]] = []
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- lifecycle of the manager -------------------------------------------
+    def start(self) -> None:
+        orphans = self.store.close_orphans(now_ns())
+        if orphans:
+            log.info("marked %d sessions of a previous daemon as closed", orphans)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def shutdown(self, grace: float = 3.0) -> None:
+        """Close every session with reason ``daemon-stopped`` and wait (bounded) for
+        their processes to go."""
+        if self._ticker:
+            self._ticker.cancel()
+        live = list(self.sessions.values())
+        for session in live:
+            session.finish(CloseReason.DAEMON_STOPPED)
+        deadline = asyncio.get_running_loop().time() + grace
+        while any(w for s in live for w in s.mux.windows() if not w.child.finished):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.05)
+
+    # -- create ---------------------------------------------------------------
+    def create(self, principal: Principal, req: SessionRequest) -> SessionRuntime:
+        """Start a session with one window. Raises ``Conflict`` for a name in use and
+        ``InvalidRequest`` for a command that cannot be started."""
+        if req.name is not None:
+            _check_name(req.name)
+            if any(s.info.name == req.name for s in self.sessions.values()):
+                raise Conflict(f"a live session is already named {req.name!r}")
+        session_id = self._new_id()
+        now = now_ns()
+        command = req.command or [self._login_shell(principal)]
+        pty = req.pty
+        if not pty.term:
+            pty.term = self.config.term
+        info = Session(
+            id=session_id,
+            agentId=req.agentId or self.config.agent_id,
+            userId=principal.user,
+            state=SessionState.PENDING,
+            pty=pty,
+            createdAt=now,
+            lastActivity=now,
+            idleTimeout=self.config.idle_timeout if req.idleTimeout is None else req.idleTimeout,
+            maxDuration=self.config.max_duration if req.maxDuration is None else req.maxDuration,
+            name=req.name,
+            command=command,
+        )
+        if info.idleTimeout < 0 or info.maxDuration < 0:
+            raise InvalidRequest("idleTimeout and maxDuration must not be negative")
+        env = self._child_env(info, req.env)
+        cwd = req.cwd if req.cwd and os.path.isdir(req.cwd) else _home_of(principal)
+        events = SessionEvents(
+            create_screen=lambda cols, rows: self.hooks.tachi_create_screen(cols=cols, rows=rows),
+            make_multiplexer=self._multiplexer,
+            changed=self._changed,
+            closed=self._closed,
+        )
+        session = SessionRuntime(
+            info,
+            owner_uid=principal.uid,
+            env=env,
+            cwd=cwd,
+            size_policy=self.config.size_policy,
+            events=events,
+        )
+        try:
+            session.mux.new_window(command)
+        except (FileNotFoundError, PermissionError, OSError) as exc:
+            raise InvalidRequest(f"cannot start {command[0]!r}: {_reason(exc)}") from None
+        info.state = SessionState.SUSPENDED
+        self.sessions[session_id] = session
+        self.store.save(session.to_model())
+        self._emit(session, "created", {"command": command})
+        return session
+
+    def _new_id(self) -> str:
+        while True:
+            candidate = secrets.token_hex(4)
+            if candidate not in self.sessions and self.store.get(candidate) is None:
+                return candidate
+
+    def _login_shell(self, principal: Principal) -> str:
+        if self.config.shell:
+            return self.config.shell
+        if principal.uid is not None:
+            with contextlib.suppress(KeyError):
+                shell = pwd.getpwuid(principal.uid).pw_shell
+                if shell and os.access(shell, os.X_OK):
+                    return shell
+        return os.environ.get("SHELL") or "/bin/sh"
+
+    def _child_env(self, info: Session, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TACHI_TOKEN")}
+        env |= extra
+        env["TERM"] = info.pty.term if info.pty else self.config.term
+        env["TACHI_SESSION"] = info.id
+        return env
+
+    # -- lookup -------------------------------------------------------------------
+    def find(self, ref: str) -> SessionRuntime | Session:
+        """The live session with id or name ``ref``, else its closed record.
+
+        Raises ``NotFound`` naming ``ref``."""
+        if ref in self.sessions:
+            return self.sessions[ref]
+        by_name = [s for s in self.sessions.values() if s.info.name == ref]
+        if len(by_name) == 1:
+            return by_name[0]
+        stored = self.store.get(ref)
+        if stored is None:
+            raise NotFound(f"no session {ref!r} (see 'tachi ls')")
+        return stored
+
+    def live(self, ref: str) -> SessionRuntime:
+        """Like :meth:`find` but the session must be running."""
+        found = self.find(ref)
+        if isinstance(found, Session):
+            reason = f" ({found.closeReason})" if found.closeReason else ""
+            raise NotFound(f"session {found.id} is closed{reason}")
+        return found
+
+    def list(self, flt: SessionFilter) -> list[Session]:
+        live = [s.to_model() for s in self.sessions.values() if flt.matches(s.info)]
+        live.sort(key=lambda s: s.createdAt)
+        closed = [] if flt.state not in (None, SessionState.CLOSED) else self.store.closed(flt)
+        closed.sort(key=lambda s: s.createdAt)
+        return closed + live
+
+    # -- events -------------------------------------------------------------------
+    def _changed(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
+        if event in ("state", "window-exited", "window-switched", "resized"):
+            self.store.save(session.to_model())
+        self._emit(session, event, details)
+
+    def _closed(self, session: SessionRuntime) -> None:
+        self.sessions.pop(session.id, None)
+        self.store.save(session.to_model())
+        info = session.info
+        self.audit(
+            action="session.close",
+            result="info",
+            principal="tachid",
+            source="daemon",
+            session=info.id,
+            reason=str(info.closeReason),
+            details={"exitCode": info.exitCode},
+        )
+        self._emit(session, "closed", {"reason": str(info.closeReason), "exitCode": info.exitCode})
+
+    def _emit(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
+        for listener in self.session_listeners:
+            listener(session, event, details)
+        try:
+            self.hooks.tachi_session_event(session=session, event=event, details=details)
+        except Exception:
+            log.exception("a tachi_session_event hook failed")
+
+    # -- limits ---------------------------------------------------------------------
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.tick(now_ns())
+            except Exception:
+                log.exception("session tick failed")
+
+    def tick(self, now: int) -> None:
+        """Enforce idle timeouts and maximum durations, warning before the latter."""
+        for session in list(self.sessions.values()):
+            info = session.info
+            if info.idleTimeout and now - info.lastActivity >= info.idleTimeout:
+                self._expire(session, CloseReason.IDLE_TIMEOUT)
+                continue
+            if not info.maxDuration:
+                continue
+            deadline = info.createdAt + info.maxDuration
+            warn_before = min(60_000_000_000, info.maxDuration // 5)
+            if not session.warned_max_duration and now >= deadline - warn_before:
+                session.warned_max_duration = True
+                left = format_duration(max(deadline - now, 1_000_000_000))
+                session.broadcast(
+                    {
+                        "event": "notice",
+                        "level": "warning",
+                        "message": f"tachi: session {info.id} reaches its maximum duration"
+                        f" and closes in {left}",
+                    }
+                )
+            if now >= deadline:
+                self._expire(session, CloseReason.MAX_DURATION)
+
+    def _expire(self, session: SessionRuntime, reason: CloseReason) -> None:
+        log.info("session %s: %s", session.id, reason)
+        session.finish(reason)
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise InvalidRequest(
+            f"invalid session name {name!r}: use 1-64 letters, digits, '-', '_' or '.'"
+        )
+
+
+def _home_of(principal: Principal) -> str:
+    if principal.uid is not None:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwuid(principal.uid).pw_dir
+    return os.path.expanduser("~")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

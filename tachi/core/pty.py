@@ -1,0 +1,203 @@
+"""One child process on a PTY, driven from the asyncio loop without blocking it.
+
+ptyprocess does the fork/exec; everything after that is ours, because
+ptyprocess's own ``close``/``wait``/``terminate`` sleep and block. Output is read
+with ``add_reader`` in 64 KiB chunks; the child is reaped through a pidfd so no
+SIGCHLD handler or child watcher can steal its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import struct
+import termios
+from collections.abc import Callable, Sequence
+
+from ptyprocess import PtyProcess
+
+READ_SIZE = 64 * 1024
+
+
+def _default_signals() -> None:
+    # Python ignores SIGPIPE and exec keeps ignored signals ignored: without this,
+    # `yes | head` in a session would spin on EPIPE instead of dying.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+class PtyChild:
+    """A running child on a PTY.
+
+    ``on_output(data)`` is called on the loop for each chunk read; ``on_exit(code)``
+    exactly once, after the child has exited and its output is drained. ``code`` is
+    the exit status, or ``128 + signal`` if it was killed by a signal (shell style).
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        cwd: str | None,
+        rows: int,
+        cols: int,
+        xpixel: int = 0,
+        ypixel: int = 0,
+        on_output: Callable[[bytes], None],
+        on_exit: Callable[[int], None],
+    ) -> None:
+        """Spawn ``argv``. Raises ``FileNotFoundError`` if the command does not exist
+        and ``OSError`` if the PTY or fork fails."""
+        self._proc = PtyProcess.spawn(
+            list(argv), env=env, cwd=cwd, dimensions=(rows, cols), preexec_fn=_default_signals
+        )
+        self.pid: int = self._proc.pid
+        self.fd: int = self._proc.fd
+        self.exit_code: int | None = None
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._eof = False
+        self._exited_status: int | None = None
+        self._finished = False
+        self._paused = False
+        os.set_blocking(self.fd, False)
+        if xpixel or ypixel:
+            self.resize(rows, cols, xpixel, ypixel)
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self.fd, self._read_ready)
+        self._loop.add_reader(self._pidfd, self._exit_ready)
+
+    # -- input/output -------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Write input to the PTY. Drops it silently once the child is gone; a full
+        PTY input buffer raises ``BlockingIOError`` for the caller to report."""
+        if self._finished:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                raise
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EBADF):
+                    return
+                raise
+            view = view[n:]
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if data:
+            self._on_output(data)
+            return
+        # EIO or b"": every slave fd is closed. Wait for the exit status.
+        self._eof = True
+        self._loop.remove_reader(self.fd)
+        self._maybe_finish()
+
+    def _exit_ready(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        _, status = os.waitpid(self.pid, 0)
+        self._exited_status = os.waitstatus_to_exitcode(status)
+        self._proc.terminated = True
+        # Output written just before exit may still sit in the PTY: drain it now,
+        # without waiting for EIO, which never comes if a background child keeps
+        # the slave open.
+        self._drain()
+        self._maybe_finish(force=True)
+
+    def _drain(self) -> None:
+        for _ in range(64):
+            if self._eof:
+                return
+            try:
+                data = os.read(self.fd, READ_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._on_output(data)
+
+    def _maybe_finish(self, force: bool = False) -> None:
+        if self._finished or self._exited_status is None or not (self._eof or force):
+            return
+        self._finished = True
+        if not self._eof:
+            self._loop.remove_reader(self.fd)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        code = self._exited_status
+        self.exit_code = 128 - code if code < 0 else code
+        self._on_exit(self.exit_code)
+
+    # -- flow control -------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self._paused and not self._eof and not self._finished:
+            self._paused = True
+            self._loop.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if self._paused and not self._eof and not self._finished:
+            self._paused = False
+            self._loop.add_reader(self.fd, self._read_ready)
+
+    # -- terminal control ---------------------------------------------------
+    def resize(self, rows: int, cols: int, xpixel: int = 0, ypixel: int = 0) -> None:
+        """Set the window size; the kernel sends SIGWINCH to the foreground group."""
+        if self._finished:
+            return
+        winsize = struct.pack("HHHH", rows, cols, xpixel, ypixel)
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, winsize)
+
+    def foreground_pgrp(self) -> int:
+        """The PTY's foreground process group (what Ctrl-C would signal)."""
+        try:
+            return os.tcgetpgrp(self.fd)
+        except OSError:
+            return self.pid
+
+    def send_signal(self, sig: int) -> None:
+        """Deliver ``sig`` to the foreground process group, as the terminal would."""
+        if self._finished:
+            return
+        try:
+            os.killpg(self.foreground_pgrp(), sig)
+        except ProcessLookupError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def hangup(self, grace: float = 2.0) -> None:
+        """Hang up like a closed terminal (SIGHUP + SIGCONT to the session's groups),
+        then SIGKILL after ``grace`` seconds if the child is still there."""
+        if self._finished:
+            return
+        for sig in (signal.SIGHUP, signal.SIGCONT):
+            for target in {self.pid, self.foreground_pgrp()}:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(target, sig)
+        self._loop.call_later(grace, self._kill)
+
+    def _kill(self) -> None:
+        if self._exited_status is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished

@@ -1,0 +1,102 @@
+"""A window: one PTY, its process, its screen and its output stream."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from tachi.core.pty import PtyChild
+from tachi.core.screen import LazyScreen, Screen
+from tachi.gotime import now_ns
+from tachi.models import PTYConfig, Window
+
+#: Raw output kept per window so a reconnecting client can resume exactly.
+BACKLOG_BYTES = 256 * 1024
+# Escape sequences removed before matching `wait --match` against output.
+_ESCAPES = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+
+
+class WindowRuntime:
+    """A live window. ``seq`` counts every byte of output it has produced."""
+
+    def __init__(
+        self,
+        window_id: int,
+        *,
+        name: str,
+        command: Sequence[str],
+        env: dict[str, str],
+        cwd: str | None,
+        pty: PTYConfig,
+        screen: Screen,
+        on_output: Callable[[WindowRuntime, int, bytes], None],
+        on_exit: Callable[[WindowRuntime, int], None],
+    ) -> None:
+        self.id = window_id
+        self.name = name
+        self.command = list(command)
+        self.created_at = now_ns()
+        self.seq = 0
+        self._backlog = bytearray()
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self.screen = LazyScreen(screen, pty.cols, pty.rows)
+        self.output_taps: list[Callable[[bytes], None]] = []
+        self.child = PtyChild(
+            self.command,
+            env=env,
+            cwd=cwd,
+            rows=pty.rows,
+            cols=pty.cols,
+            xpixel=pty.xPixel,
+            ypixel=pty.yPixel,
+            on_output=self._output,
+            on_exit=lambda code: self._on_exit(self, code),
+        )
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.child.exit_code
+
+    def _output(self, data: bytes) -> None:
+        seq = self.seq
+        self.seq += len(data)
+        self._backlog += data
+        if len(self._backlog) > 2 * BACKLOG_BYTES:
+            del self._backlog[: len(self._backlog) - BACKLOG_BYTES]
+        self._on_output(self, seq, data)
+        # The screen is fed after the clients got the bytes (and lazily at that).
+        self.screen.feed(data)
+        for tap in self.output_taps:
+            tap(data)
+
+    def backlog_since(self, seq: int) -> bytes | None:
+        """Output from offset ``seq`` on, or ``None`` if it is no longer buffered."""
+        start = self.seq - len(self._backlog)
+        if seq < start or seq > self.seq:
+            return None
+        return bytes(self._backlog[seq - start :])
+
+    def snapshot(self) -> tuple[int, str]:
+        """(seq, ansi) — the screen as of output offset ``seq``."""
+        return self.seq, self.screen.ansi()
+
+    def resize(self, pty: PTYConfig) -> None:
+        self.screen.resize(pty.cols, pty.rows)
+        self.child.resize(pty.rows, pty.cols, pty.xPixel, pty.yPixel)
+
+    def to_model(self, active: bool) -> Window:
+        return Window(
+            id=self.id,
+            name=self.name,
+            active=active,
+            createdAt=self.created_at,
+            command=self.command,
+            pid=self.child.pid,
+            exitCode=self.child.exit_code,
+        )
+
+
+def strip_escapes(data: bytes) -> bytes:
+    """Output with terminal escape sequences removed (for text matching)."""
+    return _ESCAPES.sub(b"", data)

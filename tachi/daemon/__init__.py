@@ -1,0 +1,1 @@
+"""tachid: the daemon process (lifecycle, connections, request dispatch)."""

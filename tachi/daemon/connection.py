@@ -1,0 +1,197 @@
+"""One client connection, whatever the transport: frames in, frames out.
+
+A transport authenticates the peer (peer credentials, a token, an SSH key),
+then hands the connection's frames to :meth:`Connection.run`. Control requests
+run as tasks owned by the connection, so a long ``wait`` never blocks the
+keystrokes behind it; stdin frames are applied in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from tachi import protocol
+from tachi.core.principal import Principal
+from tachi.daemon.ops import OPERATIONS, RequestContext
+from tachi.errors import InvalidRequest, PermissionDenied, ProtocolError, TachiError
+
+if TYPE_CHECKING:
+    from tachi.core.clients import AttachedClient, Wire
+    from tachi.core.session import SessionRuntime
+    from tachi.daemon.server import Daemon
+
+log = logging.getLogger("tachi.connection")
+NextFrame = Callable[[], Awaitable[protocol.Frame | None]]
+
+
+class Connection:
+    """State of one connection: who it is, and what it is attached to."""
+
+    def __init__(self, daemon: Daemon, principal: Principal, wire: Wire) -> None:
+        self.daemon = daemon
+        self.principal = principal
+        self.wire = wire
+        self.attached: AttachedClient | None = None
+        self.session: SessionRuntime | None = None
+        self._greeted = False
+        self._last_denied_audit = 0.0
+
+    async def run(self, next_frame: NextFrame) -> None:
+        """Serve until the peer hangs up or breaks the protocol; always detaches."""
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while (frame := await next_frame()) is not None:
+                self._handle(frame, tasks)
+        except ProtocolError as exc:
+            self.send({"event": "error", "error": exc.to_json()})
+            log.info("closing connection of %s: %s", self.principal.source, exc)
+        finally:
+            # Requests in flight are abandoned with the connection, but awaited.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.detach("connection closed")
+            self.wire.close()
+
+    def send(self, message: dict[str, Any]) -> None:
+        try:
+            self.wire.write(protocol.encode_control(message))
+        except ProtocolError:
+            log.exception("reply too large to send")
+
+    # -- frames -----------------------------------------------------------------
+    def _handle(self, frame: protocol.Frame, tasks: set[asyncio.Task[None]]) -> None:
+        if frame.channel == protocol.CONTROL:
+            message = protocol.decode_control(frame.payload)
+            if not self._greeted:
+                self._hello(message)
+                return
+            task = asyncio.get_running_loop().create_task(self._request(message))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif frame.channel == protocol.STDIN:
+            if not self._greeted:
+                raise ProtocolError("the first frame must be a hello control frame")
+            self._stdin(frame.payload)
+        else:
+            raise ProtocolError("clients may not send stdout frames")
+
+    def _hello(self, message: dict[str, Any]) -> None:
+        args = message.get("args") or {}
+        if message.get("op") != "hello" or not isinstance(args, dict):
+            raise ProtocolError("the first frame must be {'op': 'hello', 'args': {'version': 1}}")
+        version = args.get("version")
+        if version != protocol.VERSION:
+            raise ProtocolError(
+                f"protocol version {version!r} is not supported (this daemon speaks {protocol.VERSION})"
+            )
+        token = args.get("token")
+        try:
+            if token is not None:
+                if not isinstance(token, str):
+                    raise InvalidRequest("token must be a string")
+                self.principal = self.daemon.authenticate_token(token, self.principal)
+            self.daemon.admit(self.principal)
+        except TachiError as exc:
+            self.send({"id": message.get("id"), "ok": False, "error": exc.to_json()})
+            raise ProtocolError(f"refused: {exc}") from None
+        self._greeted = True
+        self.send(
+            {
+                "id": message.get("id"),
+                "ok": True,
+                "result": {
+                    "version": protocol.VERSION,
+                    "server": f"tachid {self.daemon.version}",
+                    "principal": self.principal.to_json(),
+                },
+            }
+        )
+
+    async def _request(self, message: dict[str, Any]) -> None:
+        request_id = message.get("id")
+        op_name = message.get("op")
+        args = message.get("args") or {}
+        try:
+            if not isinstance(op_name, str) or op_name not in OPERATIONS:
+                raise InvalidRequest(f"unknown operation {op_name!r}")
+            if not isinstance(args, dict):
+                raise InvalidRequest("args must be an object")
+            ctx = RequestContext(self.daemon, self, self.principal)
+            result = await OPERATIONS[op_name](ctx, args)
+            reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
+        except TachiError as exc:
+            reply = {"id": request_id, "ok": False, "error": exc.to_json()}
+        except Exception as exc:
+            log.exception("operation %r failed", op_name)
+            reply = {
+                "id": request_id,
+                "ok": False,
+                "error": {"code": "internal", "message": f"internal error: {exc}"},
+            }
+        self.send(reply)
+
+    # -- attached streams -----------------------------------------------------------
+    def _stdin(self, data: bytes) -> None:
+        client, session = self.attached, self.session
+        if client is None or session is None:
+            self.send({"event": "error", "error": {"code": "invalid", "message": "not attached"}})
+            return
+        if client.read_only:
+            client.denied_inputs += 1
+            self._audit_denied_input(session, client)
+            return
+        try:
+            session.write(data)
+        except BlockingIOError:
+            self.send({"event": "notice", "level": "warning", "message": "input dropped: PTY full"})
+        except TachiError as exc:
+            self.send({"event": "error", "error": exc.to_json()})
+        self.daemon.note_input(self.principal, session, len(data))
+
+    def _audit_denied_input(self, session: SessionRuntime, client: AttachedClient) -> None:
+        # One record per burst: a held-down key must not flood the log.
+        now = time.monotonic()
+        if now - self._last_denied_audit < 1.0:
+            return
+        self._last_denied_audit = now
+        with contextlib.suppress(TachiError):
+            self.daemon.audit(
+                action="session.write",
+                result="denied",
+                principal=self.principal.user,
+                source=self.principal.source,
+                session=session.id,
+                reason=f"{client.role} is read-only" if client.role == "observer" else "read-only",
+                details={"attempts": client.denied_inputs},
+            )
+
+    def attach(self, session: SessionRuntime, client: AttachedClient) -> None:
+        if self.attached is not None:
+            raise InvalidRequest("this connection is already attached; detach first")
+        self.attached, self.session = client, session
+        client.on_end = lambda reason: self._forget_attachment()
+
+    def _forget_attachment(self) -> None:
+        self.attached = self.session = None
+
+    def detach(self, reason: str) -> None:
+        client, session = self.attached, self.session
+        self._forget_attachment()
+        if client is not None and session is not None:
+            session.detach(client)
+            self.daemon.client_detached(self.principal, session, reason)
+
+    def require_attached(self) -> tuple[SessionRuntime, AttachedClient]:
+        if self.attached is None or self.session is None:
+            raise InvalidRequest("this connection is not attached to a session")
+        return self.session, self.attached
+
+    def deny_if_read_only(self, what: str) -> None:
+        if self.attached is not None and self.attached.read_only:
+            raise PermissionDenied(f"{what} is not allowed for a read-only client")

@@ -1,0 +1,29 @@
+"""Operations on the daemon itself: status, stop, plugins."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tachi.daemon.ops import RequestContext, operation
+from tachi.plugins import describe_plugins
+
+
+@operation("daemon.status")
+async def status(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.daemon.authorize(ctx.principal, "daemon.status", None)
+    return ctx.daemon.status()
+
+
+@operation("daemon.stop")
+async def stop(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.daemon.authorize(ctx.principal, "daemon.stop", None)
+    # After the reply is written.
+    asyncio.get_running_loop().call_soon(ctx.daemon.request_stop)
+    return {"stopping": True, "sessions": len(ctx.daemon.manager.sessions)}
+
+
+@operation("plugins.list")
+async def plugins(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    ctx.daemon.authorize(ctx.principal, "daemon.status", None)
+    return describe_plugins(ctx.daemon.pm)

@@ -1,0 +1,297 @@
+"""tachid: the daemon's lifecycle and the policy decisions every transport shares.
+
+One daemon per user per host. It loads plugins, opens the state (SQLite, audit
+log), starts the transports, and serves until ``daemon.stop``, SIGTERM or
+SIGINT, when every session is closed with reason ``daemon-stopped``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tachi import __version__
+from tachi import config as config_mod
+from tachi.core.access import SessionAccess
+from tachi.core.manager import SessionManager
+from tachi.core.principal import Principal
+from tachi.core.store import SessionStore, connect
+from tachi.errors import PermissionDenied, TachiError
+from tachi.gotime import now_ns
+from tachi.plugins import make_plugin_manager
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    import pluggy
+
+    from tachi import protocol
+    from tachi.core.clients import AttachedClient, Wire
+    from tachi.core.session import SessionRuntime
+    from tachi.models import SessionRequest
+
+log = logging.getLogger("tachi.daemon")
+
+
+class Daemon:
+    """The daemon's state and the decisions (authorisation, admission, audit)
+    that every transport and operation goes through."""
+
+    version = __version__
+
+    def __init__(self, config: config_mod.Config, pm: pluggy.PluginManager) -> None:
+        from tachi.audit import AuditLog  # the audit module pulls in cryptography
+        from tachi.grants import GrantStore
+
+        self.config = config
+        self.pm = pm
+        self.hooks = pm.hook
+        self.started_at = now_ns()
+        state = config.state_dir
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(state, 0o700)
+        self.db = connect(state / "tachi.db")
+        self.grants = GrantStore(self.db)
+        self.audit_log = AuditLog(
+            state / "audit",
+            fail_open=config.audit_fail_open,
+            on_event=self._ship_audit_event,
+        )
+        multiplexer = self.hooks.tachi_multiplexer()
+        self.manager = SessionManager(
+            config=config,
+            store=SessionStore(self.db),
+            hooks=self.hooks,
+            audit=self.audit,
+            multiplexer=multiplexer,
+        )
+        self.transports: list[Any] = []
+        self.extensions: dict[str, Any] = {}
+        self._stop = asyncio.Event()
+
+    # -- running --------------------------------------------------------------
+    async def run(self) -> None:
+        import tachi.daemon.daemon_ops
+        import tachi.daemon.session_ops  # noqa: F401  (registers the operations)
+
+        self.manager.start()
+        self.hooks.tachi_register_transports(register=self.transports.append, config=self.config)
+        started = []
+        try:
+            for transport in self.transports:
+                await transport.start(self)
+                started.append(transport)
+                log.info("transport %s started", transport.name)
+            self.audit(
+                action="daemon.start",
+                result="info",
+                principal="tachid",
+                source="daemon",
+                details={"pid": os.getpid(), "version": self.version},
+            )
+            await self._stop.wait()
+        finally:
+            for transport in reversed(started):
+                await transport.stop()
+            await self.manager.shutdown()
+            self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
+            self.audit_log.close()
+            self.db.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve_connection(
+        self,
+        principal: Principal,
+        wire: Wire,
+        next_frame: Callable[[], Awaitable[protocol.Frame | None]],
+    ) -> None:
+        """Serve one authenticated-at-transport-level connection to its end."""
+        from tachi.daemon.connection import Connection
+
+        await Connection(self, principal, wire).run(next_frame)
+
+    # -- sessions -----------------------------------------------------------
+    def create_session(self, principal: Principal, req: SessionRequest) -> SessionRuntime:
+        session = self.manager.create(principal, req)
+        session.access = SessionAccess(session.id, principal.uid, principal.user, self.grants)
+        self.audit(
+            action="session.create",
+            result="allowed",
+            principal=principal.user,
+            source=principal.source,
+            session=session.id,
+            details={"command": session.info.command, "name": session.info.name},
+        )
+        return session
+
+    # -- authorisation --------------------------------------------------------
+    def allowed(self, principal: Principal, action: str, session: Any) -> bool:
+        """Ask every ``tachi_authorize`` hook: any deny wins, else one allow allows."""
+        answers = self.hooks.tachi_authorize(principal=principal, action=action, session=session)
+        return False not in answers and True in answers
+
+    def authorize(self, principal: Principal, action: str, session: Any) -> None:
+        """Raise ``PermissionDenied`` (and audit it) unless ``allowed``."""
+        if self.allowed(principal, action, session):
+            return
+        session_id = getattr(session, "id", None)
+        self.audit(
+            action=action,
+            result="denied",
+            principal=principal.user,
+            source=principal.source,
+            session=session_id,
+            reason="policy",
+        )
+        target = f" on session {session_id}" if session_id else ""
+        raise PermissionDenied(f"{principal.user} may not {action}{target}")
+
+    def role_of(self, principal: Principal, session: SessionRuntime) -> str | None:
+        return session.access.role_of(principal)
+
+    def admit(self, principal: Principal) -> None:
+        """Refuse, at connect, a local user who holds nothing here (audited)."""
+        if principal.grant_id is not None or principal.uid == os.getuid():
+            return
+        if principal.user in self.grants.users_with_grants():
+            return
+        self.audit(
+            action="connect",
+            result="denied",
+            principal=principal.user,
+            source=principal.source,
+            reason="no grant for this user",
+        )
+        raise PermissionDenied(f"{principal.user} holds no grant on this tachi daemon")
+
+    def authenticate_token(self, token: str, principal: Principal) -> Principal:
+        try:
+            grant = self.grants.authenticate(token, peer_ip=principal.peer_ip)
+        except TachiError as exc:
+            self.audit(
+                action="auth.token",
+                result="denied",
+                principal=principal.user,
+                source=principal.source,
+                reason=exc.message,
+            )
+            raise
+        return Principal(
+            user=grant.user or f"token:{grant.id}",
+            uid=principal.uid if grant.user else None,
+            source=principal.source,
+            grant_id=grant.id,
+            grant_session=grant.sessionId,
+            grant_role=grant.role,
+            peer_ip=principal.peer_ip,
+        )
+
+    # -- events worth auditing ---------------------------------------------------------
+    def client_attached(
+        self, principal: Principal, session: SessionRuntime, client: AttachedClient
+    ) -> None:
+        self.audit(
+            action="session.attach",
+            result="allowed",
+            principal=principal.user,
+            source=principal.source,
+            session=session.id,
+            details={"role": client.role, "readOnly": client.read_only},
+        )
+
+    def client_detached(self, principal: Principal, session: SessionRuntime, reason: str) -> None:
+        if not session.closed:
+            self.audit(
+                action="session.detach",
+                result="info",
+                principal=principal.user,
+                source=principal.source,
+                session=session.id,
+                reason=reason,
+            )
+
+    def window_event(
+        self, principal: Principal, session: SessionRuntime, action: str, window: int
+    ) -> None:
+        self.audit(
+            action=action,
+            result="allowed",
+            principal=principal.user,
+            source=principal.source,
+            session=session.id,
+            details={"window": window},
+        )
+
+    def note_input(self, principal: Principal, session: SessionRuntime, size: int) -> None:
+        """Input is audited per burst in the sharing layer; nothing to do by default."""
+
+    def audit(self, **record: Any) -> dict[str, Any]:
+        """Append an audit record. Raises ``AuditWriteError`` when the log cannot be
+        written and the daemon is configured to fail closed."""
+        return self.audit_log.append(**record)
+
+    def _ship_audit_event(self, event: dict[str, Any]) -> None:
+        self.hooks.tachi_audit_event(event=event)
+
+    def status(self) -> dict[str, Any]:
+        from tachi.gotime import format_rfc3339
+
+        return {
+            "pid": os.getpid(),
+            "version": self.version,
+            "socket": str(self.config.socket),
+            "stateDir": str(self.config.state_dir),
+            "auditLog": str(self.audit_log.path),
+            "startedAt": format_rfc3339(self.started_at),
+            "uptime": now_ns() - self.started_at,
+            "sessions": len(self.manager.sessions),
+            "transports": [t.name for t in self.transports],
+        }
+
+
+async def serve(config: config_mod.Config) -> None:
+    """Run a daemon until it is stopped (used by ``tachid`` and ``tachi daemon start``)."""
+    daemon = Daemon(config, make_plugin_manager())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    await daemon.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tachid", description="The tachi session daemon.")
+    parser.add_argument("--socket", help="Unix socket path")
+    parser.add_argument("--config", help="config.toml path")
+    parser.add_argument("--log-level", default=os.environ.get("TACHI_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = config_mod.load(Path(args.config) if args.config else None)
+    except TachiError as exc:
+        print(f"tachid: {exc}", file=sys.stderr)
+        return 1
+    if args.socket:
+        config.socket = Path(args.socket)
+    try:
+        asyncio.run(serve(config))
+    except RuntimeError as exc:
+        print(f"tachid: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Operations on sessions and windows (the seed's SessionManager and SessionMultiplexer)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal as signals
+from typing import Any
+
+from tachi.core.clients import AttachedClient
+from tachi.daemon.ops import (
+    RequestContext,
+    arg_dict,
+    arg_float,
+    arg_int,
+    arg_str,
+    operation,
+)
+from tachi.errors import InvalidRequest, PermissionDenied, TimedOut
+from tachi.models import PTYConfig, SessionFilter, SessionRequest
+
+
+@operation("session.create")
+async def create(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.daemon.authorize(ctx.principal, "session.create", None)
+    try:
+        req = SessionRequest.from_json(arg_dict(args, "request"))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InvalidRequest(f"invalid session request: {exc}") from None
+    session = ctx.daemon.create_session(ctx.principal, req)
+    return session.to_model().to_json()
+
+
+@operation("session.list")
+async def list_sessions(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        flt = SessionFilter.from_json(arg_dict(args, "filter"))
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid filter: {exc}") from None
+    visible = []
+    for info in ctx.daemon.manager.list(flt):
+        target = ctx.daemon.manager.sessions.get(info.id, info)
+        if ctx.daemon.allowed(ctx.principal, "session.get", target):
+            visible.append(info.to_json())
+    return visible
+
+
+@operation("session.get")
+async def get(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    found = ctx.daemon.manager.find(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "session.get", found)
+    model = found.to_model() if hasattr(found, "to_model") else found
+    return model.to_json()
+
+
+def _live(ctx: RequestContext, args: dict[str, Any], action: str):
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, action, session)
+    return session
+
+
+def _pty_from(args: dict[str, Any], term: str) -> PTYConfig | None:
+    size = arg_dict(args, "size")
+    if not size:
+        return None
+    try:
+        pty = PTYConfig(
+            term=term,
+            rows=int(size.get("rows") or 0),
+            cols=int(size.get("cols") or 0),
+            xPixel=int(size.get("xPixel") or 0),
+            yPixel=int(size.get("yPixel") or 0),
+        )
+        pty.validate()
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"invalid size: {exc}") from None
+    return pty
+
+
+@operation("session.attach")
+async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "session.attach")
+    read_only = bool(args.get("readOnly"))
+    role = ctx.daemon.role_of(ctx.principal, session) or "owner"
+    if not read_only and not ctx.daemon.allowed(ctx.principal, "session.write", session):
+        read_only = True
+    size = _pty_from(args, session.info.pty.term if session.info.pty else "")
+    resume = arg_dict(args, "resume")
+    window_id = arg_int(args, "window")
+    if window_id is not None and not read_only:
+        ctx.daemon.authorize(ctx.principal, "window.select", session)
+    elif window_id is not None:
+        window_id = None if window_id == session.mux.get(None).id else window_id
+        if window_id is not None:
+            raise PermissionDenied("a read-only client cannot switch the session's window")
+    client = AttachedClient(
+        wire=ctx.connection.wire,
+        principal=ctx.principal,
+        role=role,
+        read_only=read_only,
+        size=size,
+        limit=ctx.daemon.config.client_buffer,
+        snapshot=session.snapshot_active,
+    )
+    ctx.connection.attach(session, client)
+    resume_seq = (
+        arg_int(resume, "seq") if resume.get("window") == session.mux.get(None).id else None
+    )
+    # Scheduled, so the reply goes out before the first screen and the client
+    # knows what follows.
+    asyncio.get_running_loop().call_soon(
+        session.attach, client, window_id=window_id, resume_seq=resume_seq
+    )
+    ctx.daemon.client_attached(ctx.principal, session, client)
+    result = session.to_model().to_json()
+    result["readOnly"] = read_only
+    result["role"] = role
+    return result
+
+
+@operation("client.resize")
+async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session, client = ctx.connection.require_attached()
+    if client.read_only:
+        client.denied_inputs += 1
+        return {"applied": False, "reason": "read-only clients never resize the session"}
+    pty = _pty_from({"size": args}, "")
+    assert pty is not None
+    session.client_resized(client, pty)
+    return {"applied": True}
+
+
+@operation("client.redraw")
+async def client_redraw(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session, client = ctx.connection.require_attached()
+    window, seq, ansi = session.snapshot_active()
+    client.send_screen(window, seq, ansi)
+    return {}
+
+
+@operation("client.detach")
+async def client_detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    ctx.connection.require_attached()
+    ctx.connection.detach("detached")
+    return {}
+
+
+@operation("session.detach")
+async def detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "session.detach")
+    clients = list(session.clients.values())
+    for client in clients:
+        client.end("detached", f"detached from session {session.id} by {ctx.principal.user}")
+        session.detach(client)
+        ctx.daemon.client_detached(client.principal, session, "detached")
+    return {"detached": len(clients)}
+
+
+@operation("session.close")
+async def close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    from tachi.models import CloseReason
+
+    session = _live(ctx, args, "session.close")
+    session.finish(CloseReason.CLOSED)
+    return session.to_model().to_json()
+
+
+@operation("session.resize")
+async def resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "session.resize")
+    ctx.connection.deny_if_read_only("resizing")
+    pty = _pty_from(args, session.info.pty.term if session.info.pty else "")
+    if pty is None:
+        raise InvalidRequest("missing argument 'size'")
+    session.resize(pty)
+    return session.to_model().to_json()
+
+
+@operation("session.signal")
+async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "session.signal")
+    sig = parse_signal(args.get("signal"))
+    window = session.mux.get(arg_int(args, "window"))
+    window.child.send_signal(sig)
+    return {"signal": signals.Signals(sig).name, "window": window.id}
+
+
+@operation("session.send")
+async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "session.write")
+    text = arg_str(args, "text", required=False)
+    data = text.encode("utf-8", "surrogateescape") if text is not None else b""
+    if "data" in args:
+        import base64
+
+        try:
+            data = base64.b64decode(arg_str(args, "data") or "", validate=True)
+        except ValueError:
+            raise InvalidRequest("data must be base64") from None
+    window_id = arg_int(args, "window")
+    try:
+        session.write(data, window_id)
+    except BlockingIOError:
+        raise InvalidRequest("the PTY's input buffer is full; try again") from None
+    ctx.daemon.note_input(ctx.principal, session, len(data))
+    return {"bytes": len(data)}
+
+
+@operation("session.capture")
+async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "session.read")
+    window = session.mux.get(arg_int(args, "window"))
+    cursor = window.screen.cursor()
+    return {
+        "window": window.id,
+        "rows": window.screen.rows,
+        "cols": window.screen.cols,
+        "text": window.screen.ansi() if args.get("ansi") else window.screen.text(),
+        "cursor": {"row": cursor.row, "col": cursor.col, "visible": cursor.visible},
+        "seq": window.seq,
+    }
+
+
+@operation("session.wait")
+async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    ref = arg_str(args, "session") or ""
+    found = ctx.daemon.manager.find(ref)
+    ctx.daemon.authorize(ctx.principal, "session.read", found)
+    timeout = arg_float(args, "timeout")
+    pattern = arg_str(args, "match", required=False)
+    try:
+        if pattern is not None:
+            session = ctx.daemon.manager.live(ref)
+            matched = await session.wait_match(pattern, arg_int(args, "window"), timeout)
+            return {"matched": matched}
+        if args.get("exit"):
+            if not hasattr(found, "wait_exit"):
+                return {"exitCode": found.exitCode, "closeReason": str(found.closeReason)}
+            code = await found.wait_exit(timeout)
+            return {"exitCode": code, "closeReason": str(found.info.closeReason)}
+    except TimeoutError:
+        what = f"pattern {pattern!r}" if pattern is not None else "the session to exit"
+        raise TimedOut(f"timed out after {timeout:g}s waiting for {what}") from None
+    raise InvalidRequest("wait needs 'match' or 'exit'")
+
+
+# -- windows ------------------------------------------------------------------------
+@operation("window.new")
+async def window_new(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "window.new")
+    command = args.get("command") or []
+    if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
+        raise InvalidRequest("command must be a list of strings")
+    name = arg_str(args, "name", required=False)
+    try:
+        window = session.mux.new_window(command, name, select=args.get("select", True) is not False)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"cannot start {(command or session.info.command)[0]!r}: {exc.strerror or exc}"
+        ) from None
+    ctx.daemon.window_event(ctx.principal, session, "window.new", window.id)
+    return window.to_model(window is session.mux.active).to_json()
+
+
+@operation("window.list")
+async def window_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    session = _live(ctx, args, "session.read")
+    active = session.mux.active
+    return [w.to_model(w is active).to_json() for w in session.mux.windows()]
+
+
+@operation("window.select")
+async def window_select(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "window.select")
+    ctx.connection.deny_if_read_only("switching windows")
+    step = arg_int(args, "step")
+    if step is not None:
+        window = session.mux.cycle(1 if step > 0 else -1)
+    else:
+        window = session.mux.select(arg_int(args, "window", required=True) or 0)
+    ctx.daemon.window_event(ctx.principal, session, "window.select", window.id)
+    return window.to_model(True).to_json()
+
+
+@operation("window.rename")
+async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "window.rename")
+    name = arg_str(args, "name") or ""
+    if not name.strip() or len(name) > 64:
+        raise InvalidRequest("a window name must be 1-64 characters")
+    window_id = arg_int(args, "window", required=True)
+    if window_id == -1:
+        window_id = session.mux.get(None).id
+    window = session.mux.rename(window_id or 0, name)
+    ctx.daemon.window_event(ctx.principal, session, "window.rename", window.id)
+    return window.to_model(window is session.mux.active).to_json()
+
+
+@operation("window.close")
+async def window_close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = _live(ctx, args, "window.close")
+    window_id = arg_int(args, "window", required=True) or 0
+    session.mux.close(window_id)
+    ctx.daemon.window_event(ctx.principal, session, "window.close", window_id)
+    return {"window": window_id}
+
+
+def parse_signal(value: Any) -> int:
+    """``INT``, ``SIGINT``, ``2`` (or ``"2"``) → 2. Raises ``InvalidRequest``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(signals.Signals[name])
+        except KeyError:
+            raise InvalidRequest(f"unknown signal {value!r} (try INT, TERM, HUP, 9)") from None
+    else:
+        raise InvalidRequest("missing argument 'signal'")
+    try:
+        return int(signals.Signals(number))
+    except ValueError:
+        raise InvalidRequest(f"unknown signal number {number}") from None

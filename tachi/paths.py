@@ -1,0 +1,50 @@
+"""Where tachi keeps its socket, state and config (XDG, overridable for tests)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The daemon socket: ``--socket``, ``$TACHI_SOCKET``, ``$XDG_RUNTIME_DIR/tachi/default.sock``,
+    else ``/tmp/tachi-$UID/default.sock``."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("TACHI_SOCKET"):
+        return Path(env)
+    if runtime := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(runtime) / "tachi" / "default.sock"
+    return Path(f"/tmp/tachi-{os.getuid()}") / "default.sock"
+
+
+def state_dir() -> Path:
+    """SQLite metadata, recordings, audit log, daemon log: ``$TACHI_HOME/state`` or XDG state."""
+    if home := os.environ.get("TACHI_HOME"):
+        return Path(home) / "state"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tachi"
+
+
+def config_path() -> Path:
+    """``config.toml``: ``$TACHI_CONFIG``, ``$TACHI_HOME/config.toml`` or XDG config."""
+    if explicit := os.environ.get("TACHI_CONFIG"):
+        return Path(explicit)
+    if home := os.environ.get("TACHI_HOME"):
+        return Path(home) / "config.toml"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tachi" / "config.toml"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and force it to mode 0700; return it.
+
+    Raises ``PermissionError`` if it exists and belongs to another user, since a
+    socket directory someone else controls could be used to impersonate the daemon.
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
+    os.chmod(path, 0o700)
+    return path

@@ -1,0 +1,154 @@
+"""pytest fixtures for tachi and for plugin authors (loaded through ``pytest11``).
+
+``tachi_daemon`` starts a real daemon process on a private socket and state
+directory and stops it afterwards; ``tachi_daemon.run(...)`` runs the real CLI
+against it. Plugin authors get the same fixtures by installing tachi.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+class DaemonProcess:
+    """A running ``tachid`` for one test, with helpers to drive it."""
+
+    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, config: str | None = None) -> None:
+        self.home = home
+        self.socket = home / "s.sock"
+        if config is not None:
+            (home / "config.toml").write_text(config)
+        self.env = {
+            **os.environ,
+            "TACHI_HOME": str(home),
+            "TACHI_SOCKET": str(self.socket),
+            "TACHI_LOAD_PLUGINS": os.environ.get("TACHI_LOAD_PLUGINS", ""),
+            **(extra_env or {}),
+        }
+        self.env.pop("TACHI_TOKEN", None)
+        self.log = home / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home / "state"
+
+    def start(self, timeout: float = 15.0) -> None:
+        log = open(self.log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tachi.daemon.server", "--socket", str(self.socket)],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tachid exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            if self.socket.exists():
+                try:
+                    from tachi.client.sync import Client
+
+                    Client(self.socket, autostart=False).disconnect()
+                    return
+                except Exception:
+                    pass
+            time.sleep(0.02)
+        raise RuntimeError(f"tachid did not start:\n{self.log.read_text()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise RuntimeError(f"tachid ignored SIGTERM:\n{self.log.read_text()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (a crash), leaving its state behind."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def client(self, **kwargs: Any) -> Any:
+        from tachi.client.sync import Client
+
+        return Client(self.socket, autostart=False, **kwargs)
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 30, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run ``tachi ARGS`` as a real process against this daemon."""
+        result = subprocess.run(
+            [sys.executable, "-m", "tachi", *args],
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"tachi {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def tachi_argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "tachi", *args]
+
+    def new(self, *command: str, **options: Any) -> dict[str, Any]:
+        """``tachi new -d --json`` → the session as JSON."""
+        import json
+
+        flags: list[str] = []
+        for key, value in options.items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                flags.append(flag)
+            elif value is not None and value is not False:
+                flags += [flag, str(value)]
+        result = self.run("new", "-d", "--json", *flags, "--", *command, check=True)
+        return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def short_tempdir() -> Iterator[Path]:
+    """A private directory with a short path (Unix socket paths max out near 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="tachi-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tachi_home() -> Iterator[Path]:
+    with short_tempdir() as home:
+        yield home
+
+
+@pytest.fixture
+def tachi_daemon(tachi_home: Path) -> Iterator[DaemonProcess]:
+    """A real daemon process on a private socket, stopped after the test."""
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        with contextlib.suppress(Exception):
+            daemon.stop()
