@@ -25,7 +25,9 @@ import pytest
 class DaemonProcess:
     """A running ``tachid`` for one test, with helpers to drive it."""
 
-    def __init__(self, home: Path, extra_env: dict[str, str] | None = None, config: str | None = None) -> None:
+    def __init__(
+        self, home: Path, extra_env: dict[str, str] | None = None, config: str | None = None
+    ) -> None:
         self.home = home
         self.socket = home / "s.sock"
         if config is not None:
@@ -59,7 +61,9 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tachid exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                raise RuntimeError(
+                    f"tachid exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
             if self.socket.exists():
                 try:
                     from tachi.client.sync import Client
@@ -93,7 +97,14 @@ class DaemonProcess:
 
         return Client(self.socket, autostart=False, **kwargs)
 
-    def run(self, *args: str, input: str | None = None, timeout: float = 30, env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        *args: str,
+        input: str | None = None,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``tachi ARGS`` as a real process against this daemon."""
         result = subprocess.run(
             [sys.executable, "-m", "tachi", *args],
@@ -105,7 +116,9 @@ class DaemonProcess:
             stdin=None if input is not None else subprocess.DEVNULL,
         )
         if check and result.returncode != 0:
-            raise AssertionError(f"tachi {' '.join(args)} exited {result.returncode}: {result.stderr}")
+            raise AssertionError(
+                f"tachi {' '.join(args)} exited {result.returncode}: {result.stderr}"
+            )
         return result
 
     def tachi_argv(self, *args: str) -> list[str]:
@@ -152,3 +165,38 @@ def tachi_daemon(tachi_home: Path) -> Iterator[DaemonProcess]:
     finally:
         with contextlib.suppress(Exception):
             daemon.stop()
+
+
+@contextlib.asynccontextmanager
+async def inprocess_daemon(home: Path, plugins: Any = (), **config: Any) -> Any:
+    """Run a real daemon inside the test's event loop, with ``plugins`` registered.
+
+    For plugin tests: the daemon is the real one on a real socket, but its plugin
+    manager holds objects defined in the test. Use ``tachi.AsyncClient`` against
+    ``daemon.config.socket`` (a blocking client would stall the loop).
+    """
+    import asyncio
+
+    from tachi.config import Config
+    from tachi.daemon.server import Daemon
+    from tachi.plugins import make_plugin_manager
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    for plugin in plugins:
+        pm.register(plugin)
+    cfg = Config(state_dir=home / "state", socket=home / "s.sock")
+    for key, value in config.items():
+        setattr(cfg, key, value)
+    daemon = Daemon(cfg, pm)
+    task = asyncio.get_running_loop().create_task(daemon.run())
+    for _ in range(500):
+        if cfg.socket.exists() or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 15)

@@ -65,10 +65,11 @@ def attach(
 ) -> AttachOutcome:
     """Attach the controlling terminal to ``session`` until detach or the end."""
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    wire = WireConnection(socket_path, token=token)
     if not os.isatty(in_fd):
+        wire.call("session.get", {"session": session})  # a missing session is the better error
         raise TachiError("attach needs a terminal on stdin (use 'tachi send'/'capture' in scripts)")
     rows, cols, xpix, ypix = terminal_size(in_fd)
-    wire = WireConnection(socket_path, token=token)
     result = wire.call(
         "session.attach",
         {
@@ -176,10 +177,13 @@ class _Bridge:
             self._apply(self.wire.pending.popleft())
 
     def _from_daemon(self) -> None:
-        frame = self.wire.recv_frame(timeout=0)
-        while frame is not None and self.state.ended is None:
+        # One recv can carry many frames: apply every decoded one before the
+        # next select(), or the tail of a burst would wait for more output.
+        while self.state.ended is None and (self.wire.has_buffered() or self._readable()):
+            frame = self.wire.recv_frame(timeout=0)
+            if frame is None:
+                break
             self._apply(frame)
-            frame = self.wire.recv_frame(timeout=0) if self._readable() else None
 
     def _readable(self) -> bool:
         return bool(select.select([self.wire.fileno()], [], [], 0)[0])

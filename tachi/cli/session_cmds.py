@@ -303,7 +303,9 @@ def capture(ctx: Context, session: str, window: int | None, ansi: bool) -> None:
     """Print SESSION's current screen (trailing blank lines dropped)."""
     with ctx.client() as client:
         text = client.capture(session, window=window, ansi=ansi)
-    click.echo(text, nl=False)
+    # Not click.echo: it strips escape sequences when stdout is not a terminal.
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 @cli.command("wait")

@@ -71,7 +71,7 @@ class WireConnection:
             self.sock.settimeout(timeout)
             try:
                 data = self.sock.recv(256 * 1024)
-            except TimeoutError:
+            except (TimeoutError, BlockingIOError):
                 return None
             except OSError as exc:
                 raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
@@ -81,6 +81,10 @@ class WireConnection:
                 raise DaemonUnavailable("the daemon closed the connection")
             self._frames.extend(self._decoder.feed(data))
         return self._frames.popleft()
+
+    def has_buffered(self) -> bool:
+        """Whether frames were already received and decoded but not yet taken."""
+        return bool(self._frames)
 
     def next_frame(self, timeout: float | None = None) -> protocol.Frame | None:
         """Pending frames first, then the socket."""

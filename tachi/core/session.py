@@ -287,15 +287,21 @@ class SessionRuntime:
 
 
 class _OutputWaiter:
-    """Matches a regex against output as it arrives (bounded to the last 1 MiB)."""
+    """Matches a regex against new output (bounded to the last 1 MiB) and, shortly
+    after each burst of output, against the screen: a full-screen program can
+    reveal text without printing it again (leaving the alternate screen)."""
 
     LIMIT = 1 << 20
+    SCREEN_CHECK_DELAY = 0.05
 
     def __init__(self, regex: re.Pattern[str], window: WindowRuntime) -> None:
         self.regex = regex
         self.window = window
         self.text = ""
-        self.future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[str] = self._loop.create_future()
+        self._screen_check: asyncio.TimerHandle | None = None
+        self.future.add_done_callback(lambda _: self._screen_check and self._screen_check.cancel())
 
     def feed(self, window: WindowRuntime, data: bytes) -> None:
         if window is not self.window or self.future.done():
@@ -304,6 +310,13 @@ class _OutputWaiter:
         if len(self.text) > self.LIMIT:
             self.text = self.text[-self.LIMIT // 2 :]
         if m := self.regex.search(self.text):
+            self.future.set_result(m.group(0))
+        elif self._screen_check is None:
+            self._screen_check = self._loop.call_later(self.SCREEN_CHECK_DELAY, self._check_screen)
+
+    def _check_screen(self) -> None:
+        self._screen_check = None
+        if not self.future.done() and (m := self.regex.search(self.window.screen.text())):
             self.future.set_result(m.group(0))
 
     def window_gone(self, window: WindowRuntime | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal as signals
 from typing import Any
 
@@ -108,7 +109,7 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     # Scheduled, so the reply goes out before the first screen and the client
     # knows what follows.
     asyncio.get_running_loop().call_soon(
-        session.attach, client, window_id=window_id, resume_seq=resume_seq
+        functools.partial(session.attach, client, window_id=window_id, resume_seq=resume_seq)
     )
     ctx.daemon.client_attached(ctx.principal, session, client)
     result = session.to_model().to_json()

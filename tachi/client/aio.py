@@ -1,0 +1,293 @@
+"""``tachi.AsyncClient``: the asyncio twin of :class:`tachi.Client`.
+
+Example::
+
+    async with await tachi.AsyncClient.connect() as client:
+        session = await client.create(SessionRequest(command=["bash"]))
+        conn = await client.attach(session.id)
+        await conn.write(b"echo hi\\n")
+        print(await conn.read())
+
+Same errors as the blocking client. Requests may run concurrently on one
+client: replies are matched to requests by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import os
+from typing import Any
+
+from tachi import protocol
+from tachi.client.autostart import start_daemon
+from tachi.errors import DaemonUnavailable, error_from_json
+from tachi.models import PTYConfig, Session, SessionFilter, SessionRequest, Window
+from tachi.paths import socket_path
+
+
+class _AsyncWire:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._replies: dict[int, asyncio.Future[Any]] = {}
+        self.stream: asyncio.Queue[protocol.Frame | None] = asyncio.Queue()
+        self._pump = asyncio.get_running_loop().create_task(self._read_forever())
+
+    @classmethod
+    async def open(
+        cls, path: os.PathLike[str] | str, token: str | None, autostart: bool
+    ) -> _AsyncWire:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            if not autostart:
+                raise DaemonUnavailable(f"no tachi daemon at {path}") from None
+            await asyncio.to_thread(start_daemon, socket_path(path))
+            reader, writer = await asyncio.open_unix_connection(str(path))
+        wire = cls(reader, writer)
+        args: dict[str, Any] = {"version": protocol.VERSION}
+        if token:
+            args["token"] = token
+        await wire.call("hello", args)
+        return wire
+
+    async def _read_forever(self) -> None:
+        try:
+            while (
+                frame := await protocol.read_frame(self._reader, protocol.MAX_PAYLOAD * 4)
+            ) is not None:
+                if frame.channel == protocol.CONTROL:
+                    message = protocol.decode_control(frame.payload)
+                    fut = self._replies.pop(message.get("id"), None) if "ok" in message else None
+                    if fut is not None:
+                        if not fut.done():
+                            if message["ok"]:
+                                fut.set_result(message.get("result"))
+                            else:
+                                fut.set_exception(error_from_json(message.get("error") or {}))
+                        continue
+                    if message.get("event") == "error":
+                        error = error_from_json(message.get("error") or {})
+                        for pending in self._replies.values():
+                            pending.set_exception(error)
+                        self._replies.clear()
+                await self.stream.put(frame)
+        except (ConnectionError, protocol.ProtocolError):
+            pass
+        finally:
+            for fut in self._replies.values():
+                if not fut.done():
+                    fut.set_exception(DaemonUnavailable("the daemon closed the connection"))
+            await self.stream.put(None)
+
+    def send(self, channel: int, payload: bytes) -> None:
+        self._writer.write(protocol.encode(channel, payload))
+
+    async def call(self, op: str, args: dict[str, Any]) -> Any:
+        request_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = fut
+        self._writer.write(protocol.encode_control({"id": request_id, "op": op, "args": args}))
+        await self._writer.drain()
+        return await fut
+
+    async def close(self) -> None:
+        self._writer.close()
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await self._pump
+        with contextlib.suppress(ConnectionError):
+            await self._writer.wait_closed()
+
+
+class AsyncClient:
+    """Create with ``await AsyncClient.connect(...)``; use as an async context manager."""
+
+    def __init__(
+        self, wire: _AsyncWire, path: os.PathLike[str] | str, token: str | None, autostart: bool
+    ) -> None:
+        self._wire = wire
+        self._path = path
+        self._token = token
+        self._autostart = autostart
+
+    @classmethod
+    async def connect(
+        cls,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        token: str | None = None,
+        autostart: bool = True,
+    ) -> AsyncClient:
+        path = socket_path(socket)
+        token = token if token is not None else os.environ.get("TACHI_TOKEN") or None
+        return cls(await _AsyncWire.open(path, token, autostart), path, token, autostart)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    async def disconnect(self) -> None:
+        await self._wire.close()
+
+    async def call(self, op: str, **args: Any) -> Any:
+        return await self._wire.call(op, args)
+
+    async def create(self, req: SessionRequest | None = None) -> Session:
+        return Session.from_json(
+            await self.call("session.create", request=(req or SessionRequest()).to_json())
+        )
+
+    async def get(self, session_id: str) -> Session:
+        return Session.from_json(await self.call("session.get", session=session_id))
+
+    async def list(self, flt: SessionFilter | None = None) -> list[Session]:
+        found = await self.call("session.list", filter=(flt or SessionFilter()).to_json())
+        return [Session.from_json(s) for s in found]
+
+    async def close(self, session_id: str) -> Session:
+        return Session.from_json(await self.call("session.close", session=session_id))
+
+    async def detach(self, session_id: str) -> int:
+        return int((await self.call("session.detach", session=session_id))["detached"])
+
+    async def resize(self, session_id: str, pty: PTYConfig) -> Session:
+        return Session.from_json(
+            await self.call("session.resize", session=session_id, size=pty.to_json())
+        )
+
+    async def send_signal(
+        self, session_id: str, sig: int | str, *, window: int | None = None
+    ) -> str:
+        result = await self.call("session.signal", session=session_id, signal=sig, window=window)
+        return str(result["signal"])
+
+    async def send(self, session_id: str, data: str | bytes, *, window: int | None = None) -> int:
+        args: dict[str, Any] = {"session": session_id, "window": window}
+        if isinstance(data, str):
+            args["text"] = data
+        else:
+            args["data"] = base64.b64encode(data).decode()
+        return int((await self._wire.call("session.send", args))["bytes"])
+
+    async def capture(
+        self, session_id: str, *, window: int | None = None, ansi: bool = False
+    ) -> str:
+        return str(
+            (await self.call("session.capture", session=session_id, window=window, ansi=ansi))[
+                "text"
+            ]
+        )
+
+    async def wait(
+        self,
+        session_id: str,
+        *,
+        match: str | None = None,
+        exit: bool = False,
+        timeout: float | None = None,
+        window: int | None = None,
+    ) -> dict[str, Any]:
+        return await self.call(
+            "session.wait",
+            session=session_id,
+            match=match,
+            exit=exit,
+            timeout=timeout,
+            window=window,
+        )
+
+    async def new_window(
+        self, session_id: str, command: list[str] | None = None, *, name: str | None = None
+    ) -> Window:
+        return Window.from_json(
+            await self.call("window.new", session=session_id, command=command or [], name=name)
+        )
+
+    async def list_windows(self, session_id: str) -> list[Window]:
+        return [Window.from_json(w) for w in await self.call("window.list", session=session_id)]
+
+    async def switch_window(self, session_id: str, window_id: int) -> Window:
+        return Window.from_json(
+            await self.call("window.select", session=session_id, window=window_id)
+        )
+
+    async def close_window(self, session_id: str, window_id: int) -> None:
+        await self.call("window.close", session=session_id, window=window_id)
+
+    async def attach(
+        self,
+        session_id: str,
+        *,
+        read_only: bool = False,
+        window: int | None = None,
+        size: PTYConfig | None = None,
+    ) -> AsyncSessionConn:
+        wire = await _AsyncWire.open(self._path, self._token, self._autostart)
+        result = await wire.call(
+            "session.attach",
+            {
+                "session": session_id,
+                "readOnly": read_only,
+                "window": window,
+                "size": size.to_json() if size else None,
+            },
+        )
+        return AsyncSessionConn(wire, result)
+
+
+class AsyncSessionConn:
+    """Async SessionConn: ``read``, ``write``, ``resize``, ``close``, ``wait``."""
+
+    def __init__(self, wire: _AsyncWire, attach_result: dict[str, Any]) -> None:
+        self._wire = wire
+        self.session = Session.from_json(attach_result)
+        self.read_only = bool(attach_result.get("readOnly"))
+        self.exit_code: int | None = None
+        self.done = False
+
+    async def read(self) -> bytes:
+        """Next output (snapshots included); ``b""`` once detached or closed."""
+        import json
+
+        while not self.done:
+            frame = await self._wire.stream.get()
+            if frame is None:
+                self.done = True
+                break
+            if frame.channel == protocol.STDOUT:
+                return protocol.decode_output(frame.payload)[2]
+            message = json.loads(frame.payload)
+            if message.get("event") == "screen":
+                return str(message["data"]).encode()
+            if message.get("event") == "closed":
+                self.exit_code = message.get("exitCode")
+            if message.get("event") == "detached":
+                self.done = True
+        return b""
+
+    async def write(self, data: bytes) -> int:
+        for start in range(0, len(data), protocol.MAX_PAYLOAD):
+            self._wire.send(protocol.STDIN, data[start : start + protocol.MAX_PAYLOAD])
+        return len(data)
+
+    async def resize(self, rows: int, cols: int, xpixel: int = 0, ypixel: int = 0) -> None:
+        await self._wire.call(
+            "client.resize", {"rows": rows, "cols": cols, "xPixel": xpixel, "yPixel": ypixel}
+        )
+
+    async def wait(self) -> int | None:
+        while not self.done:
+            await self.read()
+        return self.exit_code
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._wire.call("client.detach", {}), 2)
+        await self._wire.close()

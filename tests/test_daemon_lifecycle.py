@@ -1,0 +1,101 @@
+"""The daemon: auto-start, socket permissions, stop, restart with history, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+from helpers import get, until
+
+from tachi.testing import DaemonProcess
+
+
+def _cli(home, *args, env=None):
+    full_env = {
+        **os.environ,
+        "TACHI_HOME": str(home),
+        "TACHI_SOCKET": str(home / "run" / "s.sock"),
+        "TACHI_LOAD_PLUGINS": "",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tachi", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_first_command_starts_the_daemon_with_private_socket(tachi_home):
+    result = _cli(tachi_home, "new", "-d", "--json", "--", "sleep", "300")
+    try:
+        assert result.returncode == 0, result.stderr
+        sock = tachi_home / "run" / "s.sock"
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        status = json.loads(_cli(tachi_home, "daemon", "status", "--json").stdout)
+        assert status["running"] and status["sessions"] == 1
+        assert status["auditLog"].startswith(str(tachi_home))
+    finally:
+        stopped = _cli(tachi_home, "daemon", "stop")
+    assert stopped.returncode == 0 and "1 sessions closed" in stopped.stderr
+    assert _cli(tachi_home, "daemon", "status").returncode == 1
+
+
+def test_a_daemon_that_cannot_start_is_reported_with_its_log(tachi_home):
+    (tachi_home / "config.toml").write_text("size_policy = 'biggest'\n")
+    result = _cli(tachi_home, "ls")
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "tachid exited with status 1 while starting" in line and "size_policy" in line
+    assert "daemon.log" in line
+
+
+def test_stop_closes_sessions_and_restart_keeps_the_history(tachi_home):
+    first = DaemonProcess(tachi_home)
+    first.start()
+    s = first.new("sleep", "300", name="keep")
+    assert first.stop() == 0
+    second = DaemonProcess(tachi_home)
+    second.start()
+    try:
+        info = get(second, s["id"])
+        assert info["state"] == "closed" and info["closeReason"] == "daemon-stopped"
+        listed = json.loads(second.run("ls", "--json", check=True).stdout)
+        assert [x["id"] for x in listed] == [s["id"]]
+    finally:
+        second.stop()
+
+
+def test_after_a_crash_the_next_daemon_marks_sessions_closed(tachi_home):
+    first = DaemonProcess(tachi_home)
+    first.start()
+    s = first.new("sleep", "300")
+    first.kill()
+    second = DaemonProcess(tachi_home)
+    second.start()
+    try:
+        info = get(second, s["id"])
+        assert info["state"] == "closed" and info["closeReason"] == "daemon-stopped"
+        # The name is free again and new sessions work.
+        assert second.new("true")["id"] != s["id"]
+    finally:
+        second.stop()
+
+
+def test_stop_hangs_up_the_session_processes(tachi_daemon):
+    s = tachi_daemon.new("sleep", "300")
+    pid = s["windows"][0]["pid"]
+    assert os.path.exists(f"/proc/{pid}")
+    tachi_daemon.stop()
+    until(
+        lambda: (
+            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        )
+    )

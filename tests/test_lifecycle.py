@@ -1,0 +1,134 @@
+"""Sessions from a script's point of view: create, list, get, close, and the JSON contract."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import re
+
+from helpers import SHELL, get, wait_match
+
+RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
+SEED_SESSION_FIELDS = {
+    "id",
+    "agentId",
+    "userId",
+    "state",
+    "pty",
+    "createdAt",
+    "lastActivity",
+    "idleTimeout",
+    "maxDuration",
+}
+
+
+def test_create_list_get_close(tachi_daemon):
+    s = tachi_daemon.new("sleep", "300", name="build", agent="agent-7")
+    assert s["state"] == "suspended"
+    assert s["name"] == "build" and s["agentId"] == "agent-7"
+    assert s["userId"] == pwd.getpwuid(__import__("os").getuid()).pw_name
+
+    listed = json.loads(tachi_daemon.run("ls", "--json", check=True).stdout)
+    assert [x["id"] for x in listed] == [s["id"]]
+    by_name = get(tachi_daemon, "build")
+    assert by_name["id"] == s["id"]
+
+    closed = json.loads(tachi_daemon.run("close", "build", "--json", check=True).stdout)
+    assert closed["state"] == "closed" and closed["closeReason"] == "closed"
+    after = get(tachi_daemon, s["id"])
+    assert after["state"] == "closed" and after["closeReason"] == "closed"
+    assert RFC3339_NS.match(after["closedAt"])
+
+
+def test_json_uses_the_seed_field_names_and_go_encodings(tachi_daemon):
+    s = tachi_daemon.new("sleep", "300", idle_timeout="30m", max_duration="8h", rows=40, cols=120)
+    assert s.keys() >= SEED_SESSION_FIELDS
+    assert set(s["pty"]) == {"term", "rows", "cols", "xPixel", "yPixel"}
+    assert s["pty"]["term"] == "xterm-256color" and (s["pty"]["rows"], s["pty"]["cols"]) == (
+        40,
+        120,
+    )
+    # time.Duration is integer nanoseconds.
+    assert s["idleTimeout"] == 30 * 60 * 10**9 and isinstance(s["idleTimeout"], int)
+    assert s["maxDuration"] == 8 * 3600 * 10**9
+    for key in ("createdAt", "lastActivity"):
+        assert RFC3339_NS.match(s[key]), s[key]
+    (window,) = s["windows"]
+    assert {"id", "name", "active", "createdAt"} <= window.keys()
+    assert window["id"] == 0 and window["active"] is True and window["name"] == "sleep"
+
+
+def test_ls_filters_by_state_agent_and_user(tachi_daemon):
+    a = tachi_daemon.new("sleep", "300", agent="alpha")
+    b = tachi_daemon.new("sleep", "300", agent="beta")
+    tachi_daemon.run("close", b["id"], check=True)
+
+    def ids(*args):
+        return {
+            x["id"] for x in json.loads(tachi_daemon.run("ls", "--json", *args, check=True).stdout)
+        }
+
+    assert ids("--agent", "alpha") == {a["id"]}
+    assert ids("--state", "closed") == {b["id"]}
+    assert ids("--state", "suspended") == {a["id"]}
+    assert ids("--user", a["userId"]) == {a["id"], b["id"]}
+    assert ids("--user", "nobody-else") == set()
+
+
+def test_unknown_session_exits_3_with_one_clear_line(tachi_daemon):
+    for args in (
+        ["get", "nope"],
+        ["attach", "nope"],
+        ["send", "nope", "x"],
+        ["capture", "nope"],
+        ["close", "nope"],
+    ):
+        result = tachi_daemon.run(*args)
+        assert result.returncode == 3, (args, result.stderr)
+        assert result.stderr.strip().splitlines() == ["tachi: no session 'nope' (see 'tachi ls')"]
+
+
+def test_bad_input_is_a_usage_error(tachi_daemon):
+    result = tachi_daemon.run("new", "-d", "--idle-timeout", "soon", "--", "true")
+    assert result.returncode == 2 and "invalid duration" in result.stderr
+    result = tachi_daemon.run("new", "-d", "--", "/no/such/program")
+    assert result.returncode == 2 and "cannot start '/no/such/program'" in result.stderr
+    result = tachi_daemon.run("signal", "x", "SIGNOPE")
+    assert result.returncode in (2, 3)
+
+
+def test_default_command_is_the_login_shell(tachi_daemon):
+    s = tachi_daemon.new()
+    assert s["command"] == [pwd.getpwuid(__import__("os").getuid()).pw_shell]
+
+
+def test_script_flow_send_wait_capture_exit_code(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    tachi_daemon.run("send", s["id"], r"echo result=$((6*7))\n", check=True)
+    assert wait_match(tachi_daemon, s["id"], r"result=\d+").strip() == "result=42"
+    screen = tachi_daemon.run("capture", s["id"], check=True).stdout
+    assert "result=42" in screen
+    tachi_daemon.run("send", s["id"], r"exit 7\n", check=True)
+    result = tachi_daemon.run("wait", s["id"], "--exit", "--timeout", "10")
+    assert result.returncode == 7
+    closed = get(tachi_daemon, s["id"])
+    assert closed["closeReason"] == "exit" and closed["exitCode"] == 7
+
+
+def test_wait_times_out_with_124(tachi_daemon):
+    s = tachi_daemon.new("sleep", "300")
+    result = tachi_daemon.run("wait", s["id"], "--match", "never-printed", "--timeout", "0.3")
+    assert result.returncode == 124 and "timed out" in result.stderr
+
+
+def test_send_understands_c_escapes(tachi_daemon):
+    s = tachi_daemon.new("cat", "-v")
+    tachi_daemon.run("send", s["id"], r"a\tb\x01\e\n", check=True)
+    # cat -v echoes tab as is; on the screen it is cursor movement.
+    assert wait_match(tachi_daemon, s["id"], r"a\s+b\^A\^\[").startswith("a")
+
+
+def test_names_must_be_unique_among_live_sessions(tachi_daemon):
+    tachi_daemon.new("sleep", "300", name="dup")
+    result = tachi_daemon.run("new", "-d", "--name", "dup", "--", "sleep", "1")
+    assert result.returncode == 1 and "already named 'dup'" in result.stderr

@@ -1,0 +1,76 @@
+"""Pure functions: encodings, durations, key notation, frame decoding."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tachi import protocol
+from tachi.cli.keys import decode_escapes, parse_key
+from tachi.errors import ProtocolError
+from tachi.gotime import format_rfc3339, parse_duration, parse_rfc3339
+
+
+def test_rfc3339_is_gos_rfc3339nano():
+    assert format_rfc3339(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456789Z"
+    assert format_rfc3339(1_700_000_000_100_000_000) == "2023-11-14T22:13:20.1Z"
+    assert format_rfc3339(1_700_000_000_000_000_000) == "2023-11-14T22:13:20Z"
+
+
+@given(st.integers(0, 4_000_000_000 * 10**9))
+def test_rfc3339_round_trips(ns):
+    assert parse_rfc3339(format_rfc3339(ns)) == ns
+
+
+@pytest.mark.parametrize(
+    ("text", "ns"),
+    [
+        ("90s", 90 * 10**9),
+        ("30m", 1800 * 10**9),
+        ("8h", 8 * 3600 * 10**9),
+        ("1h30m", 5400 * 10**9),
+        ("0", 0),
+        ("2.5", 2_500_000_000),
+        ("500ms", 500_000_000),
+    ],
+)
+def test_durations(text, ns):
+    assert parse_duration(text) == ns
+
+
+@pytest.mark.parametrize("bad", ["soon", "5x", "m5", "1h 30m", "-5s"])
+def test_bad_durations_name_the_input(bad):
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(bad)
+
+
+def test_keys_and_escapes():
+    assert (
+        parse_key("C-\\") == b"\x1c" and parse_key("C-b") == b"\x02" and parse_key("^A") == b"\x01"
+    )
+    assert decode_escapes(r"a\n\x03\e[1m\\e é") == "a\n\x03\x1b[1m\\e é"
+    with pytest.raises(ValueError):
+        parse_key("C-long")
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.binary(max_size=300)), max_size=8),
+    st.lists(st.integers(1, 50), min_size=1),
+)
+def test_frames_decode_the_same_whatever_the_split(frames, cuts):
+    wire = b"".join(protocol.encode(c, p) for c, p in frames)
+    decoder, out, pos, i = protocol.FrameDecoder(), [], 0, 0
+    while pos < len(wire):
+        step = cuts[i % len(cuts)]
+        out += decoder.feed(wire[pos : pos + step])
+        pos, i = pos + step, i + 1
+    assert [(f.channel, f.payload) for f in out] == frames and decoder.pending == 0
+
+
+@given(st.binary(max_size=64))
+def test_decoder_raises_only_protocol_errors(data):
+    try:
+        protocol.FrameDecoder(max_payload=1024).feed(data)
+    except ProtocolError:
+        pass
