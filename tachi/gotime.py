@@ -84,7 +84,7 @@ def parse_duration(text: str | int | float) -> int:
 
 
 def format_duration(ns: int) -> str:
-    """Short human form of a nanosecond duration (``1h30m``, ``90s`` → ``1m30s``, ``0`` → ``none``)."""
+    """Short human form of nanoseconds: ``1h30m``, ``1m30s``, ``none`` for 0."""
     if ns <= 0:
         return "none"
     seconds = ns // _NS_PER_S

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 
 from helpers import SHELL, get, until
 
@@ -88,7 +89,11 @@ def test_a_stuck_client_slows_nobody_and_is_resynchronised(tachi_daemon):
     assert elapsed < 30
     pid = tachi_daemon.proc.pid
     rss_kib = int(
-        next(line.split()[1] for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS")
+        )
     )
     assert rss_kib < 200 * 1024, f"daemon RSS {rss_kib} KiB with a stuck client"
     # Once the stuck client reads again, it gets a fresh screen, not 40 MB of history.

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 from helpers import get, until
 
@@ -96,6 +97,7 @@ def test_stop_hangs_up_the_session_processes(tachi_daemon):
     tachi_daemon.stop()
     until(
         lambda: (
-            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+            not os.path.exists(f"/proc/{pid}")
+            or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
         )
     )

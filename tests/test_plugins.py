@@ -85,10 +85,12 @@ class UpperScreen:
 
 
 async def test_a_plugin_can_replace_the_screen(tachi_home):
-    async with inprocess_daemon(tachi_home, [UpperScreen()]) as daemon:
-        async with await tachi.AsyncClient.connect(daemon.config.socket, autostart=False) as client:
-            s = await client.create(
-                SessionRequest(command=["bash", "-c", "echo quiet words; sleep 30"])
-            )
-            await client.wait(s.id, match="words", timeout=5)
-            assert "QUIET WORDS" in await client.capture(s.id)
+    async with (
+        inprocess_daemon(tachi_home, [UpperScreen()]) as daemon,
+        await tachi.AsyncClient.connect(daemon.config.socket, autostart=False) as client,
+    ):
+        s = await client.create(
+            SessionRequest(command=["bash", "-c", "echo quiet words; sleep 30"])
+        )
+        await client.wait(s.id, match="words", timeout=5)
+        assert "QUIET WORDS" in await client.capture(s.id)

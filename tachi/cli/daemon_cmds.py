@@ -69,7 +69,7 @@ def stop(ctx: Context, timeout: float) -> None:
 @json_option
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
-    """Show whether the daemon runs, its pid, socket, state and audit log. Exits 1 if not running."""
+    """Show whether the daemon runs: pid, socket, state, audit log. Exits 1 if not."""
     try:
         with ctx.client(autostart=False) as client:
             info = client.status()

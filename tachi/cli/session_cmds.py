@@ -346,7 +346,8 @@ def wait(
             code = result.get("exitCode")
             if code is None:
                 click.echo(
-                    f"tachi: session {session} closed ({result.get('closeReason')}) without an exit code",
+                    f"tachi: session {session} closed ({result.get('closeReason')})"
+                    " without an exit code",
                     err=True,
                 )
                 sys.exit(1)

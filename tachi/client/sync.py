@@ -19,6 +19,7 @@ Every method raises a ``tachi.errors.TachiError`` subclass on failure:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal as signals
@@ -271,10 +272,8 @@ class SessionConn:
 
     def close(self) -> None:
         """Detach and drop the connection."""
-        try:
+        with contextlib.suppress(DaemonUnavailable, TachiError):
             self._wire.send_request("client.detach", {})
-        except (DaemonUnavailable, TachiError):
-            pass
         self._wire.close()
 
     def wait(self, timeout: float | None = None) -> int | None:

@@ -88,7 +88,8 @@ class Connection:
         version = args.get("version")
         if version != protocol.VERSION:
             raise ProtocolError(
-                f"protocol version {version!r} is not supported (this daemon speaks {protocol.VERSION})"
+                f"protocol version {version!r} is not supported"
+                f" (this daemon speaks {protocol.VERSION})"
             )
         token = args.get("token")
         try:
