@@ -1,0 +1,154 @@
+"""Windows in a session: each its own PTY, switched by CLI or prefix keys, redrawn at once."""
+
+from __future__ import annotations
+
+import json
+
+import pexpect
+
+from helpers import SHELL, capture, get, spawn_attach, until, wait_match
+
+PREFIX = "\x1c"
+
+
+def _windows(daemon, sid):
+    return json.loads(daemon.run("window", "ls", sid, "--json", check=True).stdout)
+
+
+def _active(daemon, sid):
+    return next(w["id"] for w in _windows(daemon, sid) if w["active"])
+
+
+def _three_windows(daemon):
+    s = daemon.new(*SHELL)
+    sid = s["id"]
+    for n in (1, 2):
+        out = daemon.run("window", "new", sid, "--name", f"w{n}", "--", *SHELL, check=True)
+        assert out.stdout.strip() == str(n)
+    for n in (0, 1, 2):
+        daemon.run("send", sid, rf"echo content-of-window-{n}\n", "--window", str(n), check=True)
+        pattern = rf"^content-of-window-{n}"
+        args = ("wait", sid, "--window", str(n), "--match", pattern, "--timeout", "10")
+        assert daemon.run(*args).returncode == 0
+    return sid
+
+
+def test_window_api_matches_the_seed(tachi_daemon):
+    sid = _three_windows(tachi_daemon)
+    windows = _windows(tachi_daemon, sid)
+    assert [w["id"] for w in windows] == [0, 1, 2]
+    assert [w["name"] for w in windows] == ["bash", "w1", "w2"]
+    assert {"id", "name", "active", "createdAt", "command", "pid"} <= windows[0].keys()
+    assert [w["active"] for w in windows] == [False, False, True]
+    assert len({w["pid"] for w in windows}) == 3
+    tachi_daemon.run("window", "rename", sid, "1", "editor", check=True)
+    assert _windows(tachi_daemon, sid)[1]["name"] == "editor"
+
+
+def test_each_windows_output_survives_switching(tachi_daemon):
+    sid = _three_windows(tachi_daemon)
+    for n in (0, 1, 2):
+        tachi_daemon.run("window", "select", sid, str(n), check=True)
+        screen = capture(tachi_daemon, sid)
+        assert f"content-of-window-{n}" in screen.replace("echo content-of-window", "")
+        for other in {0, 1, 2} - {n}:
+            assert f"\ncontent-of-window-{other}" not in "\n" + screen
+    assert "content-of-window-1" in capture(tachi_daemon, sid, "--window", "1")
+
+
+def test_attached_client_redraws_on_switch_by_cli_and_by_prefix_keys(tachi_daemon):
+    sid = _three_windows(tachi_daemon)
+    child = spawn_attach(tachi_daemon, sid)
+    child.expect("content-of-window-2")
+    tachi_daemon.run("window", "select", sid, "0", check=True)
+    # The redraw clears the screen first, then draws window 0's content.
+    child.expect(r"\x1b\[2J")
+    child.expect("content-of-window-0")
+    child.send(PREFIX + "1")
+    child.expect(r"\x1b\[2J")
+    child.expect("content-of-window-1")
+    assert until(lambda: _active(tachi_daemon, sid) == 1)
+    child.send(PREFIX + "n")
+    child.expect("content-of-window-2")
+    assert until(lambda: _active(tachi_daemon, sid) == 2)
+    child.send(PREFIX + "p")
+    child.expect("content-of-window-1")
+    child.send(PREFIX + "c")
+    assert until(lambda: len(_windows(tachi_daemon, sid)) == 4 and _active(tachi_daemon, sid) == 3)
+    child.send("echo typed-in-new-$((2*2))\r")
+    child.expect("typed-in-new-4")
+    child.send(PREFIX + "w")
+    child.expect(r"0:bash 1:w1 2:w2 3:bash\*")
+    child.send(PREFIX + ",renamed\r")
+    assert until(lambda: _windows(tachi_daemon, sid)[3]["name"] == "renamed")
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)
+
+
+def test_active_window_exit_falls_back_to_the_most_recent_one(tachi_daemon):
+    sid = _three_windows(tachi_daemon)
+    tachi_daemon.run("window", "select", sid, "0", check=True)
+    tachi_daemon.run("window", "select", sid, "1", check=True)
+    tachi_daemon.run("send", sid, r"exit\n", check=True)  # window 1 exits
+    assert until(lambda: [w["id"] for w in _windows(tachi_daemon, sid)] == [0, 2])
+    assert _active(tachi_daemon, sid) == 0  # most recently used before 1
+    tachi_daemon.run("window", "close", sid, "0", check=True)
+    assert until(lambda: [w["id"] for w in _windows(tachi_daemon, sid)] == [2])
+    assert _active(tachi_daemon, sid) == 2
+    # Ids are never reused.
+    out = tachi_daemon.run("window", "new", sid, "--", *SHELL, check=True)
+    assert out.stdout.strip() == "3"
+
+
+def test_closing_the_last_window_closes_the_session_with_its_exit_code(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    tachi_daemon.run(
+        "window", "new", s["id"], "--", "bash", "--norc", "-c", "read; exit 9", check=True
+    )
+    tachi_daemon.run("window", "close", s["id"], "0", check=True)
+    until(lambda: len(_windows(tachi_daemon, s["id"])) == 1)
+    tachi_daemon.run("send", s["id"], r"\n", check=True)
+    result = tachi_daemon.run("wait", s["id"], "--exit", "--timeout", "10")
+    assert result.returncode == 9
+    info = get(tachi_daemon, s["id"])
+    assert info["closeReason"] == "exit" and info["exitCode"] == 9
+
+
+def test_resize_reaches_every_window(tachi_daemon):
+    sid = _three_windows(tachi_daemon)
+    tachi_daemon.run("resize", sid, "--rows", "27", "--cols", "91", check=True)
+    for n in (0, 1, 2):
+        tachi_daemon.run("send", sid, r"stty size\n", "--window", str(n), check=True)
+        until(lambda n=n: "27 91" in capture(tachi_daemon, sid, "--window", str(n)))
+
+
+def test_send_capture_wait_signal_take_a_window(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    sid = s["id"]
+    tachi_daemon.run(
+        "window",
+        "new",
+        sid,
+        "-d",
+        "--",
+        "bash",
+        "--norc",
+        "-c",
+        "trap 'echo W1-GOT-INT' INT; echo w1-ready; while :; do sleep 0.05; done",
+        check=True,
+    )
+    assert _active(tachi_daemon, sid) == 0  # -d did not switch
+    assert (
+        tachi_daemon.run(
+            "wait", sid, "--window", "1", "--match", "w1-ready", "--timeout", "10"
+        ).returncode
+        == 0
+    )
+    tachi_daemon.run("signal", sid, "INT", "--window", "1", check=True)
+    result = tachi_daemon.run(
+        "wait", sid, "--window", "1", "--match", "W1-GOT-INT", "--timeout", "10"
+    )
+    assert result.returncode == 0
+    assert "W1-GOT-INT" not in capture(tachi_daemon, sid)
+    unknown = tachi_daemon.run("capture", sid, "--window", "7")
+    assert unknown.returncode == 3 and "no window 7" in unknown.stderr
