@@ -9,6 +9,7 @@ import time
 
 import pexpect
 import pytest
+
 from helpers import SHELL, capture, get, spawn_attach, until, wait_match
 
 PREFIX = "\x1c"  # Ctrl-\

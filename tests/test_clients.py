@@ -7,9 +7,8 @@ import socket
 import time
 from pathlib import Path
 
-from helpers import SHELL, get, until
-
 import tachi
+from helpers import SHELL, get, until
 from tachi import protocol
 from tachi.models import PTYConfig, SessionFilter, SessionRequest, SessionState
 

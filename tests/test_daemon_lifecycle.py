@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 from helpers import get, until
-
 from tachi.testing import DaemonProcess
 
 

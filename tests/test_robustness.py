@@ -6,10 +6,10 @@ import json
 import socket
 import struct
 
-from helpers import SHELL, wait_match
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import SHELL, wait_match
 from tachi import protocol
 
 

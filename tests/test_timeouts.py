@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pexpect
+
 from helpers import get, spawn_attach, until
 
 

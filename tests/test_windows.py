@@ -6,7 +6,7 @@ import json
 
 import pexpect
 
-from helpers import SHELL, capture, get, spawn_attach, until, wait_match
+from helpers import SHELL, capture, get, spawn_attach, until
 
 PREFIX = "\x1c"
 
