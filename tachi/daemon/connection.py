@@ -153,7 +153,7 @@ class Connection:
             self.send({"event": "notice", "level": "warning", "message": "input dropped: PTY full"})
         except TachiError as exc:
             self.send({"event": "error", "error": exc.to_json()})
-        self.daemon.note_input(self.principal, session, len(data))
+        self.daemon.note_input(self.principal, session, data)
 
     def _audit_denied_input(self, session: SessionRuntime, client: AttachedClient) -> None:
         # One record per burst: a held-down key must not flood the log.

@@ -71,15 +71,32 @@ class Daemon:
             audit=self.audit,
             multiplexer=multiplexer,
         )
+        from tachi.core.recording import RecordingManager
+
+        recorders: dict[str, Any] = {}
+        self.hooks.tachi_recorders(register=lambda r: recorders.setdefault(r.format, r))
+        self.recordings = RecordingManager(
+            self.db,
+            directory=config.recordings_dir,
+            recorder=recorders.get(config.recording_format),
+            record_input=config.recording_input,
+            audit=self.audit,
+        )
+        self.manager.session_listeners.append(self.recordings.session_event)
         self.transports: list[Any] = []
         self.extensions: dict[str, Any] = {}
         self._stop = asyncio.Event()
 
     # -- running --------------------------------------------------------------
     async def run(self) -> None:
+        # Importing the operation modules registers their operations.
         import tachi.daemon.daemon_ops
-        import tachi.daemon.session_ops  # noqa: F401  (registers the operations)
+        import tachi.daemon.record_ops
+        import tachi.daemon.session_ops  # noqa: F401
 
+        repaired = self.recordings.repair()
+        if repaired:
+            log.info("repaired %d recordings left open by a previous daemon", repaired)
         self.manager.start()
         self.hooks.tachi_register_transports(register=self.transports.append, config=self.config)
         started = []
@@ -130,6 +147,8 @@ class Daemon:
             session=session.id,
             details={"command": session.info.command, "name": session.info.name},
         )
+        if req.record or self.config.recording_auto:
+            self.recordings.start(session, principal.user)
         return session
 
     # -- authorisation --------------------------------------------------------
@@ -230,8 +249,9 @@ class Daemon:
             details={"window": window},
         )
 
-    def note_input(self, principal: Principal, session: SessionRuntime, size: int) -> None:
-        """Input is audited per burst in the sharing layer; nothing to do by default."""
+    def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
+        """Input reached a session: record it if input recording is on."""
+        self.recordings.input(session, data)
 
     def audit(self, **record: Any) -> dict[str, Any]:
         """Append an audit record. Raises ``AuditWriteError`` when the log cannot be

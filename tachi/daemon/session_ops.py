@@ -202,7 +202,7 @@ async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         session.write(data, window_id)
     except BlockingIOError:
         raise InvalidRequest("the PTY's input buffer is full; try again") from None
-    ctx.daemon.note_input(ctx.principal, session, len(data))
+    ctx.daemon.note_input(ctx.principal, session, data)
     return {"bytes": len(data)}
 
 

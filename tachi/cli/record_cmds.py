@@ -1,0 +1,148 @@
+"""``tachi record start|stop|ls|export|rm`` and ``tachi play``."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+from tachi.cli.output import emit_json, table
+from tachi.gotime import format_duration
+
+
+@cli.group("record")
+def record() -> None:
+    """Record sessions as asciicast files that asciinema plays."""
+
+
+def _show(rec: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(rec)
+    else:
+        click.echo(rec["id"])
+
+
+@record.command("start")
+@click.argument("session")
+@json_option
+@token_option
+@pass_ctx
+def start(ctx: Context, session: str, as_json: bool) -> None:
+    """Start recording SESSION from its current screen; prints the recording id."""
+    with ctx.client() as client:
+        _show(client.call("record.start", session=session), as_json)
+
+
+@record.command("stop")
+@click.argument("session")
+@json_option
+@token_option
+@pass_ctx
+def stop(ctx: Context, session: str, as_json: bool) -> None:
+    """Stop recording SESSION; prints the recording id."""
+    with ctx.client() as client:
+        _show(client.call("record.stop", session=session), as_json)
+
+
+@record.command("ls")
+@click.option("--session", help="Only recordings of this session.")
+@json_option
+@pass_ctx
+def ls(ctx: Context, session: str | None, as_json: bool) -> None:
+    """List recordings."""
+    with ctx.client() as client:
+        recs = client.call("record.list", session=session)
+    if as_json:
+        emit_json(recs)
+        return
+    if not recs:
+        click.echo("no recordings", err=True)
+        return
+    table(
+        ["ID", "SESSION", "STARTED", "DURATION", "SIZE", "STATE", "PATH"],
+        [
+            [
+                r["id"],
+                r["sessionId"],
+                r["startTime"][:19].replace("T", " "),
+                format_duration(r["duration"]),
+                r["size"],
+                "recording" if r["active"] else "done",
+                r["path"],
+            ]
+            for r in recs
+        ],
+    )
+
+
+def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:
+    """Copy a recording through the daemon into ``dest``; returns its size."""
+    size = 0
+    with ctx.client() as client, open(dest, "wb") as out:
+        offset = 0
+        while True:
+            chunk = client.call("record.read", recording=rec_id, offset=offset)
+            data = base64.b64decode(chunk["data"])
+            out.write(data)
+            offset += len(data)
+            size += len(data)
+            if chunk["eof"]:
+                return size
+
+
+@record.command("export")
+@click.argument("recording")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@pass_ctx
+def export(ctx: Context, recording: str, output: Path) -> None:
+    """Write RECORDING to a file (asciicast v2: `asciinema play FILE` plays it)."""
+    from tachi.playback import read_cast
+
+    size = _fetch(ctx, recording, output)
+    try:
+        read_cast(output)
+    except ValueError as exc:
+        raise click.ClickException(f"exported, but the file does not parse: {exc}") from None
+    click.echo(f"wrote {output} ({size} bytes)", err=True)
+
+
+@record.command("rm")
+@click.argument("recording")
+@pass_ctx
+def rm(ctx: Context, recording: str) -> None:
+    """Delete RECORDING (file and index entry)."""
+    with ctx.client() as client:
+        client.call("record.rm", recording=recording)
+
+
+@cli.command("play")
+@click.argument("recording")
+@click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+@click.option("--idle-limit", type=click.FloatRange(min=0), help="Cap pauses at this many seconds.")
+@pass_ctx
+def play(ctx: Context, recording: str, speed: float, idle_limit: float | None) -> None:
+    """Play RECORDING (an id, or a .cast file) in this terminal; Ctrl-C stops."""
+    from tachi.playback import play as play_cast
+
+    with contextlib.ExitStack() as stack:
+        path = Path(recording)
+        if not path.is_file():
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tachi-play-"))
+            path = Path(tmp) / "rec.cast"
+            _fetch(ctx, recording, path)
+        out = sys.stdout.buffer
+        try:
+            play_cast(path, out, speed=speed, idle_limit=idle_limit)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            # Whatever the recording left on: normal screen, cursor, attributes.
+            with contextlib.suppress(OSError):
+                out.write(b"\x1b[0m\x1b[?25h\x1b[?1049l\r\n")
+                out.flush()
+    click.echo("[playback finished]", err=True)

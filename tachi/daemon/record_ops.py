@@ -1,0 +1,104 @@
+"""Recording operations (seed: SessionRecorder): start, stop, list, get, read, remove."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from tachi.daemon.ops import RequestContext, arg_int, arg_str, operation
+from tachi.errors import InvalidRequest
+
+READ_CHUNK = 512 * 1024
+
+
+@operation("record.start")
+async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "record.start", session)
+    return ctx.daemon.recordings.start(session, ctx.principal.user).to_json()
+
+
+@operation("record.stop")
+async def stop(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "record.stop", session)
+    return ctx.daemon.recordings.stop(session.id, ctx.principal.user).to_json()
+
+
+def _visible(ctx: RequestContext, session_id: str) -> bool:
+    try:
+        target = ctx.daemon.manager.find(session_id)
+    except Exception:
+        # The session's record is gone: only the daemon's owner sees its recordings.
+        return ctx.daemon.allowed(ctx.principal, "record.list", None)
+    return ctx.daemon.allowed(ctx.principal, "record.read", target)
+
+
+@operation("record.list")
+async def list_recordings(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    session_id = arg_str(args, "session", required=False)
+    if session_id:
+        session_id = ctx.daemon.manager.find(session_id).id
+    recs = ctx.daemon.recordings.list(session_id)
+    return [r.to_json() for r in recs if _visible(ctx, r.sessionId)]
+
+
+def _recording(ctx: RequestContext, args: dict[str, Any], action: str) -> Any:
+    rec = ctx.daemon.recordings.get(arg_str(args, "recording") or "")
+    if not _visible(ctx, rec.sessionId):
+        ctx.daemon.authorize(ctx.principal, action, None)
+    return rec
+
+
+@operation("record.get")
+async def get(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    return _recording(ctx, args, "record.read").to_json()
+
+
+@operation("record.read")
+async def read(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """A chunk of the recording file (base64), so clients need no file access."""
+    rec = _recording(ctx, args, "record.read")
+    offset = arg_int(args, "offset") or 0
+    if offset < 0:
+        raise InvalidRequest("offset must not be negative")
+    try:
+        with open(rec.path or "", "rb") as f:
+            f.seek(offset)
+            data = f.read(READ_CHUNK)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read recording {rec.id}: {exc.strerror or exc}") from None
+    if offset == 0:
+        ctx.daemon.audit(
+            action="record.access",
+            result="allowed",
+            principal=ctx.principal.user,
+            source=ctx.principal.source,
+            session=rec.sessionId,
+            details={"recording": rec.id},
+        )
+    return {
+        "data": base64.b64encode(data).decode(),
+        "offset": offset,
+        "eof": len(data) < READ_CHUNK,
+    }
+
+
+@operation("record.rm")
+async def remove(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    rec = ctx.daemon.recordings.get(arg_str(args, "recording") or "")
+    try:
+        target = ctx.daemon.manager.find(rec.sessionId)
+    except Exception:
+        target = None
+    ctx.daemon.authorize(ctx.principal, "record.rm", target)
+    removed = ctx.daemon.recordings.remove(rec.id)
+    ctx.daemon.audit(
+        action="record.rm",
+        result="allowed",
+        principal=ctx.principal.user,
+        source=ctx.principal.source,
+        session=rec.sessionId,
+        details={"recording": rec.id},
+    )
+    return removed.to_json()
