@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tachi.errors import NotFound
+from tachi.gotime import now_ns
+
 if TYPE_CHECKING:
     from tachi.core.principal import Principal
 
@@ -39,7 +42,15 @@ class SessionAccess:
 
     def role_of(self, principal: Principal) -> str | None:
         if principal.grant_id is not None:
-            return principal.grant_role if principal.grant_session == self.session_id else None
+            if principal.grant_session != self.session_id or self.grants is None:
+                return None
+            # Checked live, so a revoked or expired token loses its rights at once
+            # even on a connection opened before.
+            try:
+                grant = self.grants.get(self.session_id, principal.grant_id)
+            except NotFound:
+                return None
+            return grant.role if grant.active(now_ns()) else None
         if principal.uid is not None and principal.uid == self.owner_uid:
             return "owner"
         if self.grants is not None:

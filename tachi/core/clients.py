@@ -62,6 +62,8 @@ class AttachedClient:
     _lagging: bool = False
     _resync_task: asyncio.Task[None] | None = None
     on_end: Callable[[str], None] | None = None
+    #: The transport connection this client came in on (opaque to the core).
+    connection: Any = None
 
     @property
     def writable(self) -> bool:

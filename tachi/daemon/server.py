@@ -24,6 +24,7 @@ from tachi.core.principal import Principal
 from tachi.core.store import SessionStore, connect
 from tachi.errors import PermissionDenied, TachiError
 from tachi.gotime import now_ns
+from tachi.models import CloseReason
 from tachi.plugins import make_plugin_manager
 
 if TYPE_CHECKING:
@@ -83,6 +84,10 @@ class Daemon:
             audit=self.audit,
         )
         self.manager.session_listeners.append(self.recordings.session_event)
+        from tachi.daemon.sharing import SharingService
+
+        self.sharing = SharingService(self)
+        self.system_principal = Principal(user="tachid", uid=None, source="daemon")
         self.transports: list[Any] = []
         self.extensions: dict[str, Any] = {}
         self._stop = asyncio.Event()
@@ -92,12 +97,14 @@ class Daemon:
         # Importing the operation modules registers their operations.
         import tachi.daemon.daemon_ops
         import tachi.daemon.record_ops
-        import tachi.daemon.session_ops  # noqa: F401
+        import tachi.daemon.session_ops
+        import tachi.daemon.share_ops  # noqa: F401
 
         repaired = self.recordings.repair()
         if repaired:
             log.info("repaired %d recordings left open by a previous daemon", repaired)
         self.manager.start()
+        self.sharing.start()
         self.hooks.tachi_register_transports(register=self.transports.append, config=self.config)
         started = []
         try:
@@ -116,6 +123,7 @@ class Daemon:
         finally:
             for transport in reversed(started):
                 await transport.stop()
+            await self.sharing.stop()
             await self.manager.shutdown()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
             self.audit_log.close()
@@ -139,14 +147,19 @@ class Daemon:
     def create_session(self, principal: Principal, req: SessionRequest) -> SessionRuntime:
         session = self.manager.create(principal, req)
         session.access = SessionAccess(session.id, principal.uid, principal.user, self.grants)
-        self.audit(
-            action="session.create",
-            result="allowed",
-            principal=principal.user,
-            source=principal.source,
-            session=session.id,
-            details={"command": session.info.command, "name": session.info.name},
-        )
+        try:
+            self.audit(
+                action="session.create",
+                result="allowed",
+                principal=principal.user,
+                source=principal.source,
+                session=session.id,
+                details={"command": session.info.command, "name": session.info.name},
+            )
+        except TachiError:
+            # Fail closed: a session nobody can account for does not get to run.
+            session.finish(CloseReason.CLOSED)
+            raise
         if req.record or self.config.recording_auto:
             self.recordings.start(session, principal.user)
         return session
@@ -182,6 +195,8 @@ class Daemon:
             return
         if principal.user in self.grants.users_with_grants():
             return
+        if any(s.access.owner_uid == principal.uid for s in self.manager.sessions.values()):
+            return  # handed a session
         self.audit(
             action="connect",
             result="denied",
@@ -250,8 +265,32 @@ class Daemon:
         )
 
     def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
-        """Input reached a session: record it if input recording is on."""
+        """Input reached a session: attribute the burst, record it if asked to."""
+        self.sharing.input_burst(principal, session, len(data))
         self.recordings.input(session, data)
+
+    # -- sharing ------------------------------------------------------------------
+    def grant_socket_access(self, uid: int) -> None:
+        """Let local user ``uid`` reach this daemon's socket (tmux's server-access)."""
+        if uid == os.getuid():
+            return
+        for transport in self.transports:
+            grant = getattr(transport, "grant_local_access", None)
+            if grant is not None:
+                grant(uid)
+
+    def end_clients_without_access(self, session_id: str, message: str) -> int:
+        return self.sharing.end_clients_without_access(session_id, message)
+
+    def rotate_tokens(
+        self, session: SessionRuntime, grant_id: str | None, grace_ns: int, principal: Principal
+    ) -> list[dict[str, Any]]:
+        return self.sharing.rotate(session, grant_id, grace_ns, principal)
+
+    def handoff(
+        self, session: SessionRuntime, user: str, uid: int, keep: str, by: Principal
+    ) -> None:
+        self.sharing.handoff(session, user, uid, keep, by)
 
     def audit(self, **record: Any) -> dict[str, Any]:
         """Append an audit record. Raises ``AuditWriteError`` when the log cannot be

@@ -102,6 +102,9 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         limit=ctx.daemon.config.client_buffer,
         snapshot=session.snapshot_active,
     )
+    # Audited before it takes effect: if the audit log cannot be written, fail closed.
+    ctx.daemon.client_attached(ctx.principal, session, client)
+    client.connection = ctx.connection
     ctx.connection.attach(session, client)
     resume_seq = (
         arg_int(resume, "seq") if resume.get("window") == session.mux.get(None).id else None
@@ -111,7 +114,6 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     asyncio.get_running_loop().call_soon(
         functools.partial(session.attach, client, window_id=window_id, resume_seq=resume_seq)
     )
-    ctx.daemon.client_attached(ctx.principal, session, client)
     result = session.to_model().to_json()
     result["readOnly"] = read_only
     result["role"] = role
@@ -123,6 +125,14 @@ async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     session, client = ctx.connection.require_attached()
     if client.read_only:
         client.denied_inputs += 1
+        ctx.daemon.audit(
+            action="session.resize",
+            result="denied",
+            principal=ctx.principal.user,
+            source=ctx.principal.source,
+            session=session.id,
+            reason=f"{client.role} client is read-only",
+        )
         return {"applied": False, "reason": "read-only clients never resize the session"}
     pty = _pty_from({"size": args}, "")
     assert pty is not None
@@ -161,6 +171,14 @@ async def close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     from tachi.models import CloseReason
 
     session = _live(ctx, args, "session.close")
+    ctx.daemon.audit(
+        action="session.close",
+        result="allowed",
+        principal=ctx.principal.user,
+        source=ctx.principal.source,
+        session=session.id,
+        reason="closed",
+    )
     session.finish(CloseReason.CLOSED)
     return session.to_model().to_json()
 
@@ -172,6 +190,14 @@ async def resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     pty = _pty_from(args, session.info.pty.term if session.info.pty else "")
     if pty is None:
         raise InvalidRequest("missing argument 'size'")
+    ctx.daemon.audit(
+        action="session.resize",
+        result="allowed",
+        principal=ctx.principal.user,
+        source=ctx.principal.source,
+        session=session.id,
+        details=pty.to_json(),
+    )
     session.resize(pty)
     return session.to_model().to_json()
 
@@ -181,6 +207,14 @@ async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, An
     session = _live(ctx, args, "session.signal")
     sig = parse_signal(args.get("signal"))
     window = session.mux.get(arg_int(args, "window"))
+    ctx.daemon.audit(
+        action="session.signal",
+        result="allowed",
+        principal=ctx.principal.user,
+        source=ctx.principal.source,
+        session=session.id,
+        details={"signal": signals.Signals(sig).name, "window": window.id},
+    )
     window.child.send_signal(sig)
     return {"signal": signals.Signals(sig).name, "window": window.id}
 

@@ -1,0 +1,206 @@
+"""Sharing and audit: share, revoke, handoff, token rotate, audit, audit verify."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+from tachi.cli.output import emit_json, table
+
+
+@cli.group("share", invoke_without_command=True)
+@click.argument("session", required=False)
+@click.option(
+    "--role", type=click.Choice(["observer", "collaborator"]), help="What the grant allows."
+)
+@click.option("--user", help="A local user to let in with their own identity (no token needed).")
+@click.option("--ttl", help="Expire after this long (e.g. 1h, 30m).")
+@click.option(
+    "--allow-ip",
+    "allow_ips",
+    multiple=True,
+    metavar="CIDR",
+    help="Only from these networks (repeatable; for network transports).",
+)
+@json_option
+@click.pass_context
+def share(
+    click_ctx: click.Context,
+    session: str | None,
+    role: str | None,
+    user: str | None,
+    ttl: str | None,
+    allow_ips: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Let someone watch (observer) or work in (collaborator) SESSION.
+
+    Prints the grant's token once, with a ready-to-paste attach command; only
+    a hash of it is kept. `tachi share ls SESSION` lists grants.
+    """
+    if click_ctx.invoked_subcommand is not None:
+        return
+    if session is None or role is None:
+        raise click.UsageError("usage: tachi share SESSION --role observer|collaborator [...]")
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    with ctx.client() as client:
+        grant = client.call(
+            "share.create", session=session, role=role, user=user, ttl=ttl, allowIps=list(allow_ips)
+        )
+    if as_json:
+        emit_json(grant)
+        return
+    expires = grant.get("expiresAt") or "never"
+    who = f" for {user}" if user else ""
+    click.echo(f"grant {grant['id']}: {role}{who}, expires {expires}", err=True)
+    click.echo(f"token (shown once): {grant['token']}", err=True)
+    click.echo(grant["attach"])
+
+
+@share.command("ls")
+@click.argument("session")
+@click.option(
+    "--all", "show_all", is_flag=True, help="Include expired, revoked and rotated grants."
+)
+@json_option
+@pass_ctx
+def share_ls(ctx: Context, session: str, show_all: bool, as_json: bool) -> None:
+    """List SESSION's grants (never their tokens)."""
+    with ctx.client() as client:
+        grants = client.call("share.list", session=session, all=show_all)
+    if as_json:
+        emit_json(grants)
+        return
+    table(
+        ["GRANT", "ROLE", "USER", "EXPIRES", "ALLOW-IP", "STATE"],
+        [
+            [
+                g["id"],
+                g["role"],
+                g.get("user") or "-",
+                g.get("expiresAt") or "never",
+                ",".join(g.get("allowIps") or []) or "any",
+                "revoked" if g.get("revoked") else ("rotated" if g.get("replacedBy") else "active"),
+            ]
+            for g in grants
+        ],
+    )
+
+
+@cli.command("revoke")
+@click.argument("session")
+@click.argument("grant")
+@pass_ctx
+def revoke(ctx: Context, session: str, grant: str) -> None:
+    """Revoke GRANT on SESSION; its clients are disconnected at once."""
+    with ctx.client() as client:
+        result = client.call("share.revoke", session=session, grant=grant)
+    click.echo(f"revoked {grant} ({result['disconnected']} clients disconnected)", err=True)
+
+
+@cli.command("handoff")
+@click.argument("session")
+@click.option("--to", "to", required=True, help="Local user who becomes the owner.")
+@click.option(
+    "--keep",
+    type=click.Choice(["observer", "collaborator", "none"]),
+    default="observer",
+    show_default=True,
+    help="What you keep.",
+)
+@json_option
+@token_option
+@pass_ctx
+def handoff(ctx: Context, session: str, to: str, keep: str, as_json: bool) -> None:
+    """Make USER the owner of SESSION now; your attached clients are demoted live."""
+    with ctx.client() as client:
+        result = client.call("session.handoff", session=session, to=to, keep=keep)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"session {result['id']} now belongs to {to}; you keep: {keep}", err=True)
+
+
+@cli.group("token")
+def token() -> None:
+    """Share tokens."""
+
+
+@token.command("rotate")
+@click.argument("session")
+@click.argument("grant", required=False)
+@click.option(
+    "--grace", help="How long old tokens keep working (default: config, 60s; 0 = at once)."
+)
+@json_option
+@pass_ctx
+def rotate(ctx: Context, session: str, grant: str | None, grace: str | None, as_json: bool) -> None:
+    """Issue new tokens for GRANT (or all of SESSION's); clients get them in-band."""
+    with ctx.client() as client:
+        rotated = client.call("token.rotate", session=session, grant=grant, grace=grace)
+    if as_json:
+        emit_json(rotated)
+        return
+    for r in rotated:
+        click.echo(f"{r['replaces']} -> {r['id']}: {r['token']}")
+
+
+@cli.group("audit", invoke_without_command=True)
+@click.option("--session", help="Only records about this session.")
+@click.option(
+    "--since", help="Only records at or after this RFC 3339 time or this long ago (e.g. 1h)."
+)
+@json_option
+@click.pass_context
+def audit(click_ctx: click.Context, session: str | None, since: str | None, as_json: bool) -> None:
+    """Read the audit log (this host's, from the state directory)."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    from tachi.audit import read_records
+    from tachi.gotime import now_ns, parse_duration, parse_rfc3339
+    from tachi.paths import state_dir
+
+    since_ns = None
+    if since:
+        try:
+            since_ns = parse_rfc3339(since)
+        except ValueError:
+            try:
+                since_ns = now_ns() - parse_duration(since)
+            except ValueError:
+                raise click.BadParameter(
+                    f"{since!r} is neither an RFC 3339 time nor a duration", param_hint="--since"
+                ) from None
+    path = state_dir() / "audit" / "audit.jsonl"
+    if not path.exists():
+        raise click.ClickException(f"no audit log at {path}")
+    records = list(read_records(path, session=session, since_ns=since_ns))
+    if as_json:
+        emit_json(records)
+        return
+    for r in records:
+        reason = f" ({r['reason']})" if r.get("reason") else ""
+        details = json.dumps(r["details"], separators=(",", ":")) if r.get("details") else ""
+        click.echo(
+            f"{r['time']} {r['result']:8} {r['action']:16} {r.get('session') or '-':9}"
+            f" {r['principal']}@{r['source']}{reason} {details}".rstrip()
+        )
+
+
+@audit.command("verify")
+@pass_ctx
+def verify(ctx: Context) -> None:
+    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+    from tachi.audit import verify as verify_log
+    from tachi.paths import state_dir
+
+    result = verify_log(state_dir() / "audit")
+    if result.ok:
+        click.echo(f"audit log ok: {result.records} records, {result.checkpoints} checkpoints")
+        return
+    click.echo(f"tachi: audit log verification failed: {result.problem}", err=True)
+    sys.exit(1)

@@ -1,0 +1,119 @@
+"""Sharing operations: grants and tokens, revocation, rotation, handoff."""
+
+from __future__ import annotations
+
+import pwd
+from typing import Any
+
+from tachi.core.access import ROLES
+from tachi.daemon.ops import RequestContext, arg_str, operation
+from tachi.errors import InvalidRequest, NotFound
+from tachi.gotime import parse_duration
+
+
+def _local_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise NotFound(f"no local user {name!r}") from None
+
+
+@operation("share.create")
+async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "share.create", session)
+    role = arg_str(args, "role") or ""
+    if role not in ROLES[1:]:
+        raise InvalidRequest("role must be 'observer' or 'collaborator'")
+    user = arg_str(args, "user", required=False)
+    ttl = args.get("ttl")
+    try:
+        ttl_ns = parse_duration(ttl) if isinstance(ttl, str) else ttl
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    allow_ips = args.get("allowIps") or []
+    if not isinstance(allow_ips, list) or not all(isinstance(c, str) for c in allow_ips):
+        raise InvalidRequest("allowIps must be a list of CIDR strings")
+    uid = _local_user(user).pw_uid if user else None
+    grant, token = ctx.daemon.grants.create(
+        session.id,
+        role,
+        created_by=ctx.principal.user,
+        user=user,
+        ttl_ns=ttl_ns or None,
+        allow_ips=allow_ips,
+    )
+    if uid is not None:
+        ctx.daemon.grant_socket_access(uid)
+    ctx.daemon.audit(
+        action="share.create",
+        result="allowed",
+        principal=ctx.principal.user,
+        source=ctx.principal.source,
+        session=session.id,
+        details={
+            "grant": grant.id,
+            "role": role,
+            "user": user,
+            "expiresAt": grant.to_json().get("expiresAt"),
+            "allowIps": allow_ips,
+        },
+    )
+    ctx.daemon.recordings.marker(session.id, f"share: {role} {user or 'token'} ({grant.id})")
+    result = grant.to_json()
+    result["token"] = token
+    result["attach"] = f"tachi attach {session.id} --token {token}"
+    return result
+
+
+@operation("share.list")
+async def share_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    session = ctx.daemon.manager.find(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "share.list", session)
+    grants = ctx.daemon.grants.list(session.id, include_inactive=bool(args.get("all")))
+    return [g.to_json() for g in grants]
+
+
+@operation("share.revoke")
+async def revoke(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = ctx.daemon.manager.find(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "share.revoke", session)
+    grant = ctx.daemon.grants.revoke(session.id, arg_str(args, "grant") or "")
+    ctx.daemon.audit(
+        action="share.revoke",
+        result="allowed",
+        principal=ctx.principal.user,
+        source=ctx.principal.source,
+        session=session.id,
+        details={"grant": grant.id},
+    )
+    ctx.daemon.recordings.marker(session.id, f"revoke: {grant.id}")
+    dropped = ctx.daemon.end_clients_without_access(session.id, f"access revoked ({grant.id})")
+    return {**grant.to_json(), "disconnected": dropped}
+
+
+@operation("token.rotate")
+async def rotate(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "token.rotate", session)
+    grace = args.get("grace")
+    try:
+        grace_ns = parse_duration(grace) if grace is not None else ctx.daemon.config.token_grace
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    rotated = ctx.daemon.rotate_tokens(
+        session, arg_str(args, "grant", required=False), grace_ns, ctx.principal
+    )
+    return rotated
+
+
+@operation("session.handoff")
+async def handoff(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "session.handoff", session)
+    target = _local_user(arg_str(args, "to") or "")
+    keep = arg_str(args, "keep", required=False) or "observer"
+    if keep not in ("observer", "collaborator", "none"):
+        raise InvalidRequest("keep must be observer, collaborator or none")
+    ctx.daemon.handoff(session, target.pw_name, target.pw_uid, keep, ctx.principal)
+    return session.to_model().to_json()
