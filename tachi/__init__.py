@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tachi.hookspecs import hookimpl
-
 __version__ = "0.1.0"
 __all__ = ["AsyncClient", "Client", "__version__", "hookimpl"]
 
 if TYPE_CHECKING:
     from tachi.client.aio import AsyncClient
     from tachi.client.sync import Client
+    from tachi.hookspecs import hookimpl
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import tachi` stays cheap for the CLI's start-up.
+    # Lazy, so `import tachi` stays cheap for the CLI's start-up (no pluggy, no asyncio).
     if name == "Client":
         from tachi.client.sync import Client
 
@@ -28,4 +27,8 @@ def __getattr__(name: str) -> Any:
         from tachi.client.aio import AsyncClient
 
         return AsyncClient
+    if name == "hookimpl":
+        from tachi.hookspecs import hookimpl
+
+        return hookimpl
     raise AttributeError(name)

@@ -22,13 +22,15 @@ The first frame a client sends must be ``{"op": "hello", "args": {"version": 1}}
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tachi.errors import ProtocolError
+
+if TYPE_CHECKING:
+    import asyncio
 
 VERSION = 1
 STDIN = 0
@@ -121,6 +123,8 @@ async def read_frame(reader: asyncio.StreamReader, max_payload: int = MAX_PAYLOA
 
     Raises ``ProtocolError`` for a bad header or EOF inside a frame.
     """
+    import asyncio  # here, not at the top: the CLI imports this module and never needs it
+
     try:
         header = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:

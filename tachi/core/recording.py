@@ -83,9 +83,11 @@ class RecordingManager:
     def repair(self) -> int:
         """Recordings a crashed daemon left ``active``: cut any partial last line,
         measure what is there, and mark them finished. Returns how many."""
+        rows = self._db.execute("SELECT id, path FROM recordings WHERE active = 1").fetchall()
+        if not rows:
+            return 0
         from tachi.playback import cast_summary, repair_cast
 
-        rows = self._db.execute("SELECT id, path FROM recordings WHERE active = 1").fetchall()
         for rec_id, path in rows:
             size, duration = 0, 0
             with contextlib.suppress(OSError, ValueError):
