@@ -1,0 +1,235 @@
+"""Recording sessions to asciicast, checked with upstream asciinema."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from helpers import SHELL, until, wait_match
+from tachi.playback import read_cast
+from tachi.testing import DaemonProcess
+
+ASCIINEMA = str(Path(sys.executable).parent / "asciinema")
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+def recordings(daemon, *args) -> list[dict]:
+    return json.loads(daemon.run("record", "ls", "--json", *args, check=True).stdout)
+
+
+def export(daemon, rec_id, tmp_path) -> Path:
+    out = tmp_path / f"{rec_id}.cast"
+    daemon.run("record", "export", rec_id, "-o", str(out), check=True)
+    return out
+
+
+def output_of(path: Path) -> str:
+    _, events = read_cast(path)
+    return "".join(e.data for e in events if e.code == "o")
+
+
+def test_round_trip_is_byte_exact_and_plays_in_asciinema(tachi_daemon, tmp_path):
+    script = "printf 'first\\n'; sleep 0.2; printf 'é€😀 second\\n'; read x"
+    s = tachi_daemon.new("bash", "--norc", "-c", script, record=True)
+    wait_match(tachi_daemon, s["id"], "second")
+    stopped = json.loads(tachi_daemon.run("record", "stop", s["id"], "--json", check=True).stdout)
+    assert stopped["format"] == "asciicast" and stopped["sessionId"] == s["id"]
+    assert RFC3339.match(stopped["startTime"]) and isinstance(stopped["duration"], int)
+    assert stopped["duration"] > 200_000_000 and stopped["size"] > 0 and not stopped["active"]
+    cast = export(tachi_daemon, stopped["id"], tmp_path)
+    header, events = read_cast(cast)
+    assert (header.width, header.height) == (80, 24) and header.env["TERM"] == "xterm-256color"
+    o_events = [e for e in events if e.code == "o"]
+    # After the starting snapshot: exactly what the program wrote, as the PTY delivered it.
+    assert "".join(e.data for e in o_events[1:]) == "first\r\né€😀 second\r\n"
+    played = subprocess.run([ASCIINEMA, "cat", str(cast)], capture_output=True, timeout=30)
+    assert played.returncode == 0, played.stderr
+    text = played.stdout.decode()
+    assert text.index("first") < text.index("é€😀 second")
+
+
+def test_resize_events_carry_the_new_size(tachi_daemon, tmp_path):
+    s = tachi_daemon.new(*SHELL, record=True)
+    tachi_daemon.run("resize", s["id"], "--rows", "30", "--cols", "100", check=True)
+    tachi_daemon.run("resize", s["id"], "--rows", "40", "--cols", "132", check=True)
+    rec = json.loads(tachi_daemon.run("record", "stop", s["id"], "--json", check=True).stdout)
+    _, events = read_cast(export(tachi_daemon, rec["id"], tmp_path))
+    assert [e.data for e in events if e.code == "r"] == ["100x30", "132x40"]
+
+
+def test_recording_started_mid_session_begins_with_the_screen(tachi_daemon, tmp_path):
+    s = tachi_daemon.new(*SHELL)
+    tachi_daemon.run("send", s["id"], r"echo before-recording\n", check=True)
+    wait_match(tachi_daemon, s["id"], "^before-recording")
+    rec_id = tachi_daemon.run("record", "start", s["id"], check=True).stdout.strip()
+    tachi_daemon.run("send", s["id"], r"echo after-recording\n", check=True)
+    wait_match(tachi_daemon, s["id"], "^after-recording")
+    tachi_daemon.run("record", "stop", s["id"], check=True)
+    _, events = read_cast(export(tachi_daemon, rec_id, tmp_path))
+    assert events[0].code == "o" and events[0].time == 0 and "before-recording" in events[0].data
+    assert "after-recording" in output_of(tmp_path / f"{rec_id}.cast")
+
+
+def test_recording_follows_the_active_window_with_markers(tachi_daemon, tmp_path):
+    s = tachi_daemon.new(*SHELL, record=True)
+    sid = s["id"]
+    tachi_daemon.run(
+        "window",
+        "new",
+        sid,
+        "-d",
+        "--name",
+        "logs",
+        "--",
+        "bash",
+        "--norc",
+        "-c",
+        "echo only-in-logs; read",
+        check=True,
+    )
+    tachi_daemon.run(
+        "wait", sid, "--window", "1", "--match", "only-in-logs", "--timeout", "10", check=True
+    )
+    tachi_daemon.run("window", "select", sid, "1", check=True)
+    tachi_daemon.run("window", "select", sid, "0", check=True)
+    rec = json.loads(tachi_daemon.run("record", "stop", sid, "--json", check=True).stdout)
+    _, events = read_cast(export(tachi_daemon, rec["id"], tmp_path))
+    markers = [e.data for e in events if e.code == "m"]
+    assert markers == ["window 1: logs", "window 0: bash"]
+    first_marker = next(i for i, e in enumerate(events) if e.code == "m")
+    redraw = events[first_marker + 1]
+    assert redraw.code == "o" and "\x1b[2J" in redraw.data and "only-in-logs" in redraw.data
+
+
+def test_input_is_not_recorded_unless_configured(tachi_daemon, tachi_home, tmp_path):
+    s = tachi_daemon.new("cat", record=True)
+    tachi_daemon.run("send", s["id"], r"secret-typed\n", check=True)
+    wait_match(tachi_daemon, s["id"], "secret-typed")
+    rec = json.loads(tachi_daemon.run("record", "stop", s["id"], "--json", check=True).stdout)
+    _, events = read_cast(export(tachi_daemon, rec["id"], tmp_path))
+    assert not [e for e in events if e.code == "i"]
+    tachi_daemon.stop()
+    (tachi_home / "config.toml").write_text("[recording]\ninput = true\n")
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    try:
+        s = daemon.new("cat", record=True)
+        daemon.run("send", s["id"], r"typed-in\n", check=True)
+        wait_match(daemon, s["id"], "typed-in")
+        rec = json.loads(daemon.run("record", "stop", s["id"], "--json", check=True).stdout)
+        _, events = read_cast(export(daemon, rec["id"], tmp_path))
+        assert "".join(e.data for e in events if e.code == "i") == "typed-in\n"
+    finally:
+        daemon.stop()
+
+
+def test_sigkill_leaves_a_playable_file_and_the_index_is_repaired(tachi_home, tmp_path):
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    s = daemon.new(
+        "bash",
+        "--norc",
+        "-c",
+        "for i in $(seq 1 200); do echo line-$i; done; sleep 300",
+        record=True,
+    )
+    wait_match(daemon, s["id"], "line-200")
+    (rec,) = recordings(daemon)
+    daemon.kill()
+    cast = Path(rec["path"])
+    assert "line-200" in output_of(cast)
+    played = subprocess.run([ASCIINEMA, "cat", str(cast)], capture_output=True, timeout=30)
+    assert played.returncode == 0 and b"line-200" in played.stdout
+    again = DaemonProcess(tachi_home)
+    again.start()
+    try:
+        (repaired,) = recordings(again)
+        assert not repaired["active"] and repaired["size"] == cast.stat().st_size > 0
+    finally:
+        again.stop()
+
+
+@pytest.fixture
+def tiny_disk(tachi_home):
+    if os.getuid() != 0:
+        pytest.skip("mounting a small tmpfs to fill up needs root (CI runs as root)")
+    mount = tachi_home / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_stops_the_recording_not_the_session(tachi_home, tiny_disk):
+    daemon = DaemonProcess(tachi_home, config=f"[recording]\ndir = '{tiny_disk}'\n")
+    daemon.start()
+    try:
+        s = daemon.new(
+            "bash",
+            "--norc",
+            "-c",
+            "head -c 300000 /dev/zero | base64; echo FLOOD-DONE; cat",
+            record=True,
+        )
+        wait_match(daemon, s["id"], "FLOOD-DONE")
+        (rec,) = until(lambda: [r for r in recordings(daemon) if not r["active"]])
+        assert rec["size"] <= 64 * 1024
+        daemon.run("send", s["id"], r"session-still-alive\n", check=True)
+        wait_match(daemon, s["id"], "session-still-alive")
+        errors = [
+            r
+            for r in json.loads(daemon.run("audit", "--json", check=True).stdout)
+            if r["action"] == "record.error"
+        ]
+        assert errors and "No space left" in errors[0]["reason"]
+    finally:
+        daemon.stop()
+
+
+def test_play_in_a_terminal_and_ctrl_c_leaves_it_sane(tachi_daemon, tmp_path):
+    s = tachi_daemon.new(
+        "bash",
+        "--norc",
+        "-c",
+        "printf 'play-me-1\\n'; sleep 3; printf 'play-me-2\\n'; read",
+        record=True,
+    )
+    wait_match(tachi_daemon, s["id"], "play-me-2")
+    (rec,) = recordings(tachi_daemon)
+    tachi_daemon.run("record", "stop", s["id"], check=True)
+    argv = tachi_daemon.tachi_argv("play", rec["id"], "--speed", "1")
+    child = pexpect.spawn(argv[0], argv[1:], env=tachi_daemon.env, timeout=15)
+    child.expect("play-me-1")
+    started = time.monotonic()
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    assert time.monotonic() - started < 2.5  # stopped, did not wait out the pause
+    assert b"play-me-2" not in child.before
+    assert b"\x1b[?25h" in child.before  # cursor shown again
+    # --idle-limit caps the pause.
+    argv = tachi_daemon.tachi_argv("play", rec["id"], "--idle-limit", "0.2")
+    started = time.monotonic()
+    done = subprocess.run(argv, env=tachi_daemon.env, capture_output=True, timeout=20)
+    assert b"play-me-2" in done.stdout and time.monotonic() - started < 2.5
+
+
+def test_record_rm_and_unknown_ids(tachi_daemon):
+    s = tachi_daemon.new("sleep", "300", record=True)
+    (rec,) = recordings(tachi_daemon)
+    busy = tachi_daemon.run("record", "rm", rec["id"])
+    assert busy.returncode == 1 and "still running" in busy.stderr
+    tachi_daemon.run("record", "stop", s["id"], check=True)
+    tachi_daemon.run("record", "rm", rec["id"], check=True)
+    assert recordings(tachi_daemon) == [] and not Path(rec["path"]).exists()
+    missing = tachi_daemon.run("play", "nope")
+    assert missing.returncode == 3 and "no recording 'nope'" in missing.stderr
