@@ -9,6 +9,7 @@ only when someone needs the screen or enough has piled up.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +41,11 @@ class Screen(Protocol):
 
 #: Feed the emulator once this much output is pending, so memory stays bounded.
 CATCH_UP_BYTES = 256 * 1024
+# Bytes that cannot change terminal state beyond the cursor and the text itself.
+_PLAIN = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n\t\b\a"
+# DECSTBM with parameters: a scroll region, after which scrolling is no longer
+# whole-screen and the plain-text shortcut would be wrong.
+_SCROLL_REGION = re.compile(rb"\x1b\[(\d*;?\d*)r")
 
 
 class LazyScreen:
@@ -51,6 +57,9 @@ class LazyScreen:
         self._pending_bytes = 0
         self.cols = cols
         self.rows = rows
+        self._scroll_region = False
+        #: Bytes the emulator never had to parse thanks to :func:`plain_tail`.
+        self.skipped_bytes = 0
 
     def feed(self, data: bytes) -> None:
         self._pending.append(data)
@@ -59,12 +68,20 @@ class LazyScreen:
             self.catch_up()
 
     def catch_up(self) -> None:
-        """Feed everything pending to the emulator, in one call."""
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._screen.feed(data)
+        """Bring the emulator up to date with everything pending, in one call."""
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if not self._scroll_region:
+            tail = plain_tail(data, self.rows)
+            self.skipped_bytes += len(data) - len(tail)
+            data = tail
+        if b"\x1b" in data:
+            for m in _SCROLL_REGION.finditer(data):
+                self._scroll_region = m.group(1) not in (b"", b";")
+        self._screen.feed(data)
 
     def resize(self, cols: int, rows: int) -> None:
         # Output produced before the resize was laid out at the old size.
@@ -90,3 +107,28 @@ class LazyScreen:
     def ansi(self) -> str:
         self.catch_up()
         return self._screen.ansi()
+
+
+def plain_tail(data: bytes, rows: int) -> bytes:
+    """The part of ``data`` that decides the final screen, when that is provable.
+
+    If ``data`` is plain text (no escape sequences, no control characters but CR,
+    LF, TAB, BS, BEL) and, after a CR LF, still has at least ``2 * rows + 2`` line
+    feeds, then everything before that CR LF scrolls off the screen: it can change
+    neither the pen (no escapes) nor any visible cell. Returns the tail from that
+    CR LF on, else ``data`` unchanged. Only valid without a scroll region.
+    """
+    needed = 2 * rows + 2
+    if len(data) < 8 * needed or data.count(b"\n") <= needed:
+        return data
+    if data.translate(None, _PLAIN):
+        return data
+    cut = len(data)
+    for _ in range(needed):
+        cut = data.rfind(b"\n", 0, cut)
+        if cut <= 0:
+            return data
+    cut = data.rfind(b"\r\n", 0, cut)
+    if cut <= 0:
+        return data
+    return data[cut:]

@@ -1,0 +1,78 @@
+"""The server-side screen: alternate screen handling, and the plain-text shortcut is exact."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tachi.builtins.avt_screen import AvtScreen
+from tachi.core.screen import LazyScreen, plain_tail
+
+
+def _lazy(cols=40, rows=6):
+    return LazyScreen(AvtScreen(cols, rows), cols, rows)
+
+
+def test_alternate_screen_is_left_cleanly():
+    s = _lazy()
+    s.feed(b"shell-line\r\n\x1b[?1049h\x1b[HVIM-SCREEN")
+    assert s.lines()[0] == "VIM-SCREEN"
+    s.feed(b"\x1b[?1049l")
+    assert s.lines()[0] == "shell-line" and "VIM-SCREEN" not in s.text()
+
+
+def test_snapshot_redraws_the_same_screen_on_a_fresh_terminal():
+    s = _lazy()
+    s.feed("\x1b[1;31mred\x1b[0m plain\r\n\x1b[44mblue-bg\x1b[0m é\r\nthird".encode())
+    copy = _lazy()
+    copy.feed(s.ansi().encode())
+    assert copy.lines() == s.lines() and copy.cursor() == s.cursor()
+
+
+def test_plain_tail_keeps_only_what_stays_visible():
+    data = b"".join(b"line-%d\r\n" % i for i in range(1000))
+    tail = plain_tail(data, rows=24)
+    assert len(tail) < 1000 and tail.endswith(b"line-999\r\n")
+    assert plain_tail(b"\x1b[31m" + data, rows=24) == b"\x1b[31m" + data  # escapes: no shortcut
+
+
+text_line = st.text(st.sampled_from("abcdefghij é€ \t"), max_size=70)
+prefix = st.sampled_from(
+    ["", "\x1b[31m", "\x1b[?1049h", "\x1b[5;5H", "\x1b[1;44m\x1b[2J", "\x1b[4h"]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prefix,
+    st.lists(text_line, min_size=0, max_size=120),
+    st.sampled_from(["\r\n", "\n", "\r\n\r\n"]),
+    st.integers(1, 50),
+)
+def test_plain_text_shortcut_gives_the_same_screen_as_feeding_everything(pre, lines, sep, chunk):
+    rows, cols = 5, 30
+    text = sep.join(lines).encode()
+    full = AvtScreen(cols, rows)
+    full.feed(pre.encode() + text)
+    lazy = LazyScreen(AvtScreen(cols, rows), cols, rows)
+    lazy.feed(pre.encode())
+    lazy.catch_up()  # the state the prefix set up is in the emulator; the text batch follows
+    for i in range(0, len(text), chunk * 40):
+        lazy.feed(text[i : i + chunk * 40])
+    assert lazy.lines() == full.lines()
+    assert lazy.cursor() == full.cursor()
+    if len(lines) > 40 and sep != "\n":
+        assert lazy.skipped_bytes > 0  # the shortcut really ran
+
+
+def test_scroll_region_disables_the_shortcut():
+    s = _lazy(rows=6)
+    s.feed(b"\x1b[2;4r")
+    s.catch_up()
+    body = b"".join(b"row-%d\r\n" % i for i in range(500))
+    s.feed(body)
+    s.catch_up()
+    assert s.skipped_bytes == 0
+    full = AvtScreen(40, 6)
+    full.feed(b"\x1b[2;4r" + body)
+    assert s.lines() == full.lines()
