@@ -68,6 +68,15 @@ class Conflict(TachiError):
     code = "conflict"
 
 
+class AuditWriteError(TachiError):
+    """The audit log could not be written (and the log is configured to fail closed).
+
+    The daemon refuses the action it was about to audit.
+    """
+
+    code = "audit"
+
+
 _BY_CODE: dict[str, type[TachiError]] = {
     cls.code: cls
     for cls in (
@@ -79,6 +88,7 @@ _BY_CODE: dict[str, type[TachiError]] = {
         ProtocolError,
         DaemonUnavailable,
         Conflict,
+        AuditWriteError,
     )
 }
 
