@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tachi.config import Config
+from tachi.core.periodic import every
 from tachi.core.principal import Principal
 from tachi.core.session import SessionEvents, SessionRuntime
 from tachi.core.store import SessionStore
@@ -56,7 +57,7 @@ class SessionManager:
         orphans = self.store.close_orphans(now_ns())
         if orphans:
             log.info("marked %d sessions of a previous daemon as closed", orphans)
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._ticker = asyncio.get_running_loop().create_task(every(TICK_SECONDS, self.tick, log))
 
     async def shutdown(self, grace: float = 3.0) -> None:
         """Close every session with reason ``daemon-stopped`` and wait (bounded) for
@@ -210,14 +211,6 @@ class SessionManager:
             log.exception("a tachi_session_event hook failed")
 
     # -- limits ---------------------------------------------------------------------
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_SECONDS)
-            try:
-                self.tick(now_ns())
-            except Exception:
-                log.exception("session tick failed")
-
     def tick(self, now: int) -> None:
         """Enforce idle timeouts and maximum durations, warning before the latter."""
         for session in list(self.sessions.values()):

@@ -162,12 +162,11 @@ class Connection:
             return
         self._last_denied_audit = now
         with contextlib.suppress(TachiError):
-            self.daemon.audit(
-                action="session.write",
+            self.daemon.audit_by(
+                self.principal,
+                "session.write",
+                session.id,
                 result="denied",
-                principal=self.principal.user,
-                source=self.principal.source,
-                session=session.id,
                 reason=f"{client.role} is read-only" if client.role == "observer" else "read-only",
                 details={"attempts": client.denied_inputs},
             )

@@ -69,13 +69,8 @@ async def read(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     except OSError as exc:
         raise InvalidRequest(f"cannot read recording {rec.id}: {exc.strerror or exc}") from None
     if offset == 0:
-        ctx.daemon.audit(
-            action="record.access",
-            result="allowed",
-            principal=ctx.principal.user,
-            source=ctx.principal.source,
-            session=rec.sessionId,
-            details={"recording": rec.id},
+        ctx.daemon.audit_by(
+            ctx.principal, "record.access", rec.sessionId, details={"recording": rec.id}
         )
     return {
         "data": base64.b64encode(data).decode(),
@@ -93,12 +88,5 @@ async def remove(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         target = None
     ctx.daemon.authorize(ctx.principal, "record.rm", target)
     removed = ctx.daemon.recordings.remove(rec.id)
-    ctx.daemon.audit(
-        action="record.rm",
-        result="allowed",
-        principal=ctx.principal.user,
-        source=ctx.principal.source,
-        session=rec.sessionId,
-        details={"recording": rec.id},
-    )
+    ctx.daemon.audit_by(ctx.principal, "record.rm", rec.sessionId, details={"recording": rec.id})
     return removed.to_json()

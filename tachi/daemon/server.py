@@ -148,12 +148,10 @@ class Daemon:
         session = self.manager.create(principal, req)
         session.access = SessionAccess(session.id, principal.uid, principal.user, self.grants)
         try:
-            self.audit(
-                action="session.create",
-                result="allowed",
-                principal=principal.user,
-                source=principal.source,
-                session=session.id,
+            self.audit_by(
+                principal,
+                "session.create",
+                session.id,
                 details={"command": session.info.command, "name": session.info.name},
             )
         except TachiError:
@@ -175,14 +173,7 @@ class Daemon:
         if self.allowed(principal, action, session):
             return
         session_id = getattr(session, "id", None)
-        self.audit(
-            action=action,
-            result="denied",
-            principal=principal.user,
-            source=principal.source,
-            session=session_id,
-            reason="policy",
-        )
+        self.audit_by(principal, action, session_id, result="denied", reason="policy")
         target = f" on session {session_id}" if session_id else ""
         raise PermissionDenied(f"{principal.user} may not {action}{target}")
 
@@ -197,26 +188,14 @@ class Daemon:
             return
         if any(s.access.owner_uid == principal.uid for s in self.manager.sessions.values()):
             return  # handed a session
-        self.audit(
-            action="connect",
-            result="denied",
-            principal=principal.user,
-            source=principal.source,
-            reason="no grant for this user",
-        )
+        self.audit_by(principal, "connect", result="denied", reason="no grant for this user")
         raise PermissionDenied(f"{principal.user} holds no grant on this tachi daemon")
 
     def authenticate_token(self, token: str, principal: Principal) -> Principal:
         try:
             grant = self.grants.authenticate(token, peer_ip=principal.peer_ip)
         except TachiError as exc:
-            self.audit(
-                action="auth.token",
-                result="denied",
-                principal=principal.user,
-                source=principal.source,
-                reason=exc.message,
-            )
+            self.audit_by(principal, "auth.token", result="denied", reason=exc.message)
             raise
         return Principal(
             user=grant.user or f"token:{grant.id}",
@@ -232,37 +211,21 @@ class Daemon:
     def client_attached(
         self, principal: Principal, session: SessionRuntime, client: AttachedClient
     ) -> None:
-        self.audit(
-            action="session.attach",
-            result="allowed",
-            principal=principal.user,
-            source=principal.source,
-            session=session.id,
+        self.audit_by(
+            principal,
+            "session.attach",
+            session.id,
             details={"role": client.role, "readOnly": client.read_only},
         )
 
     def client_detached(self, principal: Principal, session: SessionRuntime, reason: str) -> None:
         if not session.closed:
-            self.audit(
-                action="session.detach",
-                result="info",
-                principal=principal.user,
-                source=principal.source,
-                session=session.id,
-                reason=reason,
-            )
+            self.audit_by(principal, "session.detach", session.id, result="info", reason=reason)
 
     def window_event(
         self, principal: Principal, session: SessionRuntime, action: str, window: int
     ) -> None:
-        self.audit(
-            action=action,
-            result="allowed",
-            principal=principal.user,
-            source=principal.source,
-            session=session.id,
-            details={"window": window},
-        )
+        self.audit_by(principal, action, session.id, details={"window": window})
 
     def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
         """Input reached a session: attribute the burst, record it if asked to."""
@@ -291,6 +254,27 @@ class Daemon:
         self, session: SessionRuntime, user: str, uid: int, keep: str, by: Principal
     ) -> None:
         self.sharing.handoff(session, user, uid, keep, by)
+
+    def audit_by(
+        self,
+        principal: Principal,
+        action: str,
+        session: str | None = None,
+        *,
+        result: str = "allowed",
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Audit an action a principal took (or was refused)."""
+        return self.audit(
+            action=action,
+            result=result,
+            principal=principal.user,
+            source=principal.source,
+            session=session,
+            reason=reason,
+            details=details,
+        )
 
     def audit(self, **record: Any) -> dict[str, Any]:
         """Append an audit record. Raises ``AuditWriteError`` when the log cannot be

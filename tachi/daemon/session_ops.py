@@ -125,12 +125,11 @@ async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     session, client = ctx.connection.require_attached()
     if client.read_only:
         client.denied_inputs += 1
-        ctx.daemon.audit(
-            action="session.resize",
+        ctx.daemon.audit_by(
+            ctx.principal,
+            "session.resize",
+            session.id,
             result="denied",
-            principal=ctx.principal.user,
-            source=ctx.principal.source,
-            session=session.id,
             reason=f"{client.role} client is read-only",
         )
         return {"applied": False, "reason": "read-only clients never resize the session"}
@@ -171,14 +170,7 @@ async def close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     from tachi.models import CloseReason
 
     session = _live(ctx, args, "session.close")
-    ctx.daemon.audit(
-        action="session.close",
-        result="allowed",
-        principal=ctx.principal.user,
-        source=ctx.principal.source,
-        session=session.id,
-        reason="closed",
-    )
+    ctx.daemon.audit_by(ctx.principal, "session.close", session.id, reason="closed")
     session.finish(CloseReason.CLOSED)
     return session.to_model().to_json()
 
@@ -190,14 +182,7 @@ async def resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     pty = _pty_from(args, session.info.pty.term if session.info.pty else "")
     if pty is None:
         raise InvalidRequest("missing argument 'size'")
-    ctx.daemon.audit(
-        action="session.resize",
-        result="allowed",
-        principal=ctx.principal.user,
-        source=ctx.principal.source,
-        session=session.id,
-        details=pty.to_json(),
-    )
+    ctx.daemon.audit_by(ctx.principal, "session.resize", session.id, details=pty.to_json())
     session.resize(pty)
     return session.to_model().to_json()
 
@@ -207,12 +192,10 @@ async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, An
     session = _live(ctx, args, "session.signal")
     sig = parse_signal(args.get("signal"))
     window = session.mux.get(arg_int(args, "window"))
-    ctx.daemon.audit(
-        action="session.signal",
-        result="allowed",
-        principal=ctx.principal.user,
-        source=ctx.principal.source,
-        session=session.id,
+    ctx.daemon.audit_by(
+        ctx.principal,
+        "session.signal",
+        session.id,
         details={"signal": signals.Signals(sig).name, "window": window.id},
     )
     window.child.send_signal(sig)

@@ -45,12 +45,10 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     )
     if uid is not None:
         ctx.daemon.grant_socket_access(uid)
-    ctx.daemon.audit(
-        action="share.create",
-        result="allowed",
-        principal=ctx.principal.user,
-        source=ctx.principal.source,
-        session=session.id,
+    ctx.daemon.audit_by(
+        ctx.principal,
+        "share.create",
+        session.id,
         details={
             "grant": grant.id,
             "role": role,
@@ -79,14 +77,7 @@ async def revoke(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = ctx.daemon.manager.find(arg_str(args, "session") or "")
     ctx.daemon.authorize(ctx.principal, "share.revoke", session)
     grant = ctx.daemon.grants.revoke(session.id, arg_str(args, "grant") or "")
-    ctx.daemon.audit(
-        action="share.revoke",
-        result="allowed",
-        principal=ctx.principal.user,
-        source=ctx.principal.source,
-        session=session.id,
-        details={"grant": grant.id},
-    )
+    ctx.daemon.audit_by(ctx.principal, "share.revoke", session.id, details={"grant": grant.id})
     ctx.daemon.recordings.marker(session.id, f"revoke: {grant.id}")
     dropped = ctx.daemon.end_clients_without_access(session.id, f"access revoked ({grant.id})")
     return {**grant.to_json(), "disconnected": dropped}

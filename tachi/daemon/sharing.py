@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from tachi.core.periodic import every
 from tachi.errors import TachiError
 from tachi.gotime import now_ns
 
@@ -37,7 +38,7 @@ class SharingService:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._tick_forever())
+        self._task = asyncio.get_running_loop().create_task(every(TICK_SECONDS, self.tick, log))
 
     async def stop(self) -> None:
         if self._task:
@@ -78,12 +79,10 @@ class SharingService:
                 if client.principal.grant_id == old.id:
                     self._switch_grant(client, new.id)
                     client.send_event({"event": "token", "grant": new.id, "token": token})
-            self.daemon.audit(
-                action="token.rotate",
-                result="allowed",
-                principal=principal.user,
-                source=principal.source,
-                session=session.id,
+            self.daemon.audit_by(
+                principal,
+                "token.rotate",
+                session.id,
                 details={"old": old.id, "new": new.id, "graceNs": grace_ns},
             )
             out.append({**new.to_json(), "token": token, "replaces": old.id})
@@ -139,13 +138,8 @@ class SharingService:
                 )
         session.apply_size_policy()
         self.daemon.manager.store.save(session.to_model())
-        self.daemon.audit(
-            action="session.handoff",
-            result="allowed",
-            principal=by.user,
-            source=by.source,
-            session=session.id,
-            details={"from": old_user, "to": user, "keep": keep},
+        self.daemon.audit_by(
+            by, "session.handoff", session.id, details={"from": old_user, "to": user, "keep": keep}
         )
         self.daemon.recordings.marker(session.id, f"handoff: {old_user} -> {user} (keeps {keep})")
 
@@ -157,24 +151,14 @@ class SharingService:
         last = self._bursts.get(key)
         self._bursts[key] = now
         if last is None or now - last > BURST_GAP_SECONDS:
-            self.daemon.audit(
-                action="session.input",
-                result="allowed",
-                principal=principal.user,
-                source=principal.source,
-                session=session.id,
+            self.daemon.audit_by(
+                principal,
+                "session.input",
+                session.id,
                 details={"grant": principal.grant_id, "bytes": size},
             )
 
     # -- time -------------------------------------------------------------------------
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_SECONDS)
-            try:
-                self.tick(now_ns())
-            except Exception:
-                log.exception("sharing tick failed")
-
     def tick(self, now: int) -> None:
         """Disconnect clients of grants that expired (or whose grace ended) since
         the last tick; rotate tokens that reached the configured age."""
