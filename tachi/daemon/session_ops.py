@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import signal as signals
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tachi.core.clients import AttachedClient
 from tachi.daemon.ops import (
@@ -17,7 +17,10 @@ from tachi.daemon.ops import (
     operation,
 )
 from tachi.errors import InvalidRequest, PermissionDenied, TimedOut
-from tachi.models import PTYConfig, SessionFilter, SessionRequest
+from tachi.models import PTYConfig, Session, SessionFilter, SessionRequest
+
+if TYPE_CHECKING:
+    from tachi.core.session import SessionRuntime
 
 
 @operation("session.create")
@@ -49,11 +52,12 @@ async def list_sessions(ctx: RequestContext, args: dict[str, Any]) -> list[dict[
 async def get(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     found = ctx.daemon.manager.find(arg_str(args, "session") or "")
     ctx.daemon.authorize(ctx.principal, "session.get", found)
-    model = found.to_model() if hasattr(found, "to_model") else found
+    model = found if isinstance(found, Session) else found.to_model()
     return model.to_json()
 
 
-def _live(ctx: RequestContext, args: dict[str, Any], action: str):
+def _live(ctx: RequestContext, args: dict[str, Any], action: str) -> SessionRuntime:
+    """The running session named by ``args["session"]``, if ``action`` is allowed on it."""
     session = ctx.daemon.manager.live(arg_str(args, "session") or "")
     ctx.daemon.authorize(ctx.principal, action, session)
     return session
@@ -251,7 +255,7 @@ async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
             matched = await session.wait_match(pattern, arg_int(args, "window"), timeout)
             return {"matched": matched}
         if args.get("exit"):
-            if not hasattr(found, "wait_exit"):
+            if isinstance(found, Session):
                 return {"exitCode": found.exitCode, "closeReason": str(found.closeReason)}
             code = await found.wait_exit(timeout)
             return {"exitCode": code, "closeReason": str(found.info.closeReason)}
