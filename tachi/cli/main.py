@@ -8,6 +8,7 @@ document on stdout.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -38,8 +39,45 @@ class Context:
         return socket_path(self.socket)
 
 
+#: Which module defines each built-in command: imported only when that command
+#: runs (or for --help), so `tachi ls` does not pay for recording or sharing code.
+COMMAND_MODULES = {
+    **dict.fromkeys(
+        [
+            "new",
+            "ls",
+            "get",
+            "attach",
+            "detach",
+            "close",
+            "resize",
+            "signal",
+            "send",
+            "capture",
+            "wait",
+        ],
+        "session_cmds",
+    ),
+    "window": "window_cmds",
+    "daemon": "daemon_cmds",
+    "plugins": "daemon_cmds",
+    "record": "record_cmds",
+    "play": "record_cmds",
+    **dict.fromkeys(["share", "revoke", "handoff", "token", "audit"], "share_cmds"),
+}
+
+
 class TachiGroup(click.Group):
-    """Turns ``TachiError`` into one line on stderr and its exit status."""
+    """Loads command modules on demand, and turns ``TachiError`` into one line on
+    stderr and its exit status."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"tachi.cli.{COMMAND_MODULES[cmd_name]}")
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -88,21 +126,10 @@ def cli(ctx: click.Context, socket: str | None) -> None:
     ctx.obj = Context(socket)
 
 
-def _register() -> None:
-    from tachi.cli import daemon_cmds, session_cmds, window_cmds  # noqa: F401
-
-    for name in ("record_cmds", "share_cmds"):
-        try:
-            __import__(f"tachi.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tachi.cli.{name}":
-                raise
-
-
 def _plugin_commands() -> None:
     # Plugin commands only load when the first argument is not a built-in, so
     # `tachi ls` never pays for importing every plugin.
-    if len(sys.argv) > 1 and sys.argv[1] in cli.commands:
+    if len(sys.argv) > 1 and sys.argv[1] in COMMAND_MODULES:
         return
     from tachi.plugins import make_plugin_manager
 
@@ -110,9 +137,5 @@ def _plugin_commands() -> None:
 
 
 def main() -> None:
-    _register()
     _plugin_commands()
     cli(prog_name="tachi")
-
-
-_register()
