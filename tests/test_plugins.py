@@ -92,5 +92,6 @@ async def test_a_plugin_can_replace_the_screen(tachi_home):
         s = await client.create(
             SessionRequest(command=["bash", "-c", "echo quiet words; sleep 30"])
         )
-        await client.wait(s.id, match="words", timeout=5)
+        # Only the plugin's screen has it upper-cased: matching proves it is in use.
+        await client.wait(s.id, match="QUIET WORDS", timeout=5)
         assert "QUIET WORDS" in await client.capture(s.id)
