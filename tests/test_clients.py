@@ -112,3 +112,26 @@ def test_a_stuck_client_slows_nobody_and_is_resynchronised(tachi_daemon):
     assert total < 20_000_000, f"stuck client was sent {total} bytes"
     stuck.close()
     assert get(tachi_daemon, s["id"])["state"] != "closed"
+
+
+def test_reattach_resumes_exactly_where_the_client_left(tachi_daemon):
+    s = tachi_daemon.new("cat")
+    with tachi_daemon.client() as client:
+        conn = client.attach(s["id"])
+        client.send(s["id"], "before-gap\n")
+        seen = b""
+        while b"before-gap\r\n" * 2 not in seen:  # the echo and cat's copy
+            seen += conn.read(timeout=5)
+        position = conn.position
+        conn.close()
+        client.send(s["id"], "during-gap\n")
+        tachi_daemon.run("wait", s["id"], "--match", "during-gap\\n.*during-gap", check=True)
+        again = client.attach(s["id"], resume=position)
+        missed = again.read(timeout=5)
+        # No snapshot, just the bytes produced while away.
+        assert missed == b"during-gap\r\nduring-gap\r\n"
+        again.close()
+        # An offset the daemon no longer holds gets a full redraw instead.
+        stale = client.attach(s["id"], resume=(position[0], -1))
+        assert stale.read(timeout=5).startswith(b"\x1b[?1049l")
+        stale.close()

@@ -80,8 +80,13 @@ class Client:
         read_only: bool = False,
         window: int | None = None,
         size: PTYConfig | None = None,
+        resume: tuple[int, int] | None = None,
     ) -> SessionConn:
-        """Attach on a new connection of its own and return the stream."""
+        """Attach on a new connection of its own and return the stream.
+
+        ``resume=(window, seq)`` (from an earlier ``SessionConn.position``) asks for
+        exactly the output produced since; if the daemon no longer holds it, or the
+        active window changed, a screen snapshot is sent instead."""
         wire = WireConnection(self.socket_path, token=self.token, autostart=self._autostart)
         result = wire.call(
             "session.attach",
@@ -90,6 +95,7 @@ class Client:
                 "readOnly": read_only,
                 "window": window,
                 "size": size.to_json() if size else None,
+                "resume": {"window": resume[0], "seq": resume[1]} if resume else None,
             },
         )
         return SessionConn(wire, result)
@@ -252,6 +258,11 @@ class SessionConn:
             return b""
         self.events.append(message)
         return b""
+
+    @property
+    def position(self) -> tuple[int, int] | None:
+        """(window, seq) of the output read so far: pass it as ``resume=`` to reattach."""
+        return None if self.window is None else (self.window, self.seq)
 
     @property
     def done(self) -> bool:
