@@ -311,3 +311,18 @@ def test_audit_verify_catches_edits_deletions_and_reordering(tachi_daemon):
     truncated = original[:-2]
     result = verify_with(truncated)
     assert result.returncode == 1
+
+
+def test_a_user_bound_token_cannot_be_borrowed(tachi_daemon, users):
+    s = tachi_daemon.new("sleep", "300")
+    grant = share(tachi_daemon, s["id"], "--role", "collaborator", "--user", "tachi-alice")
+    share(tachi_daemon, s["id"], "--role", "observer", "--user", "tachi-bob")
+
+    def bob_borrows():
+        try:
+            tachi_daemon.client(token=grant["token"]).disconnect()
+            return "accepted"
+        except PermissionDenied as exc:
+            return str(exc)
+
+    assert "belongs to tachi-alice" in as_user("tachi-bob", bob_borrows)

@@ -197,6 +197,11 @@ class Daemon:
         except TachiError as exc:
             self.audit_by(principal, "auth.token", result="denied", reason=exc.message)
             raise
+        if grant.user and principal.uid is not None and principal.user != grant.user:
+            # A grant for a named user is that user's: nobody else may borrow its token.
+            reason = f"token of grant {grant.id} belongs to {grant.user}"
+            self.audit_by(principal, "auth.token", result="denied", reason=reason)
+            raise PermissionDenied(reason)
         return Principal(
             user=grant.user or f"token:{grant.id}",
             uid=principal.uid if grant.user else None,
