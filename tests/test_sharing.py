@@ -326,3 +326,24 @@ def test_a_user_bound_token_cannot_be_borrowed(tachi_daemon, users):
             return str(exc)
 
     assert "belongs to tachi-alice" in as_user("tachi-bob", bob_borrows)
+
+
+def test_configured_rotation_rotates_tokens_by_itself(tachi_home):
+    from tachi.testing import DaemonProcess
+
+    daemon = DaemonProcess(
+        tachi_home, config='[security]\ntoken_rotation = "2s"\ntoken_grace = "0"\n'
+    )
+    daemon.start()
+    try:
+        s = daemon.new(*SHELL)
+        grant = share(daemon, s["id"], "--role", "observer")
+        with daemon.client(token=grant["token"]) as client:
+            conn = client.attach(s["id"])
+            assert read_until(conn, lambda e: e.get("event") == "token", timeout=8)
+            assert not conn.done  # refreshed in-band, not dropped
+            conn.close()
+        refused = daemon.run("capture", s["id"], "--token", grant["token"])
+        assert refused.returncode == 4 and "rotated out" in refused.stderr
+    finally:
+        daemon.stop()
