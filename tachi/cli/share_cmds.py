@@ -11,10 +11,32 @@ from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
 from tachi.cli.output import emit_json, table
 
 
-@cli.group("share", invoke_without_command=True)
-@click.argument("session", required=False)
+class _ShareGroup(click.Group):
+    """``tachi share ID ...`` creates a grant; ``tachi share ls ID`` lists them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("share", cls=_ShareGroup)
+def share() -> None:
+    """Let someone watch (observer) or work in (collaborator) a session.
+
+    \b
+    tachi share SESSION --role observer|collaborator [--user U] [--ttl 1h] [--allow-ip CIDR]
+    tachi share ls SESSION
+    """
+
+
+@share.command("create", hidden=True)
+@click.argument("session")
 @click.option(
-    "--role", type=click.Choice(["observer", "collaborator"]), help="What the grant allows."
+    "--role",
+    type=click.Choice(["observer", "collaborator"]),
+    required=True,
+    help="What the grant allows.",
 )
 @click.option("--user", help="A local user to let in with their own identity (no token needed).")
 @click.option("--ttl", help="Expire after this long (e.g. 1h, 30m).")
@@ -23,30 +45,20 @@ from tachi.cli.output import emit_json, table
     "allow_ips",
     multiple=True,
     metavar="CIDR",
-    help="Only from these networks (repeatable; for network transports).",
+    help="Only from these networks (repeatable; network transports).",
 )
 @json_option
-@click.pass_context
-def share(
-    click_ctx: click.Context,
-    session: str | None,
-    role: str | None,
+@pass_ctx
+def share_create(
+    ctx: Context,
+    session: str,
+    role: str,
     user: str | None,
     ttl: str | None,
     allow_ips: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Let someone watch (observer) or work in (collaborator) SESSION.
-
-    Prints the grant's token once, with a ready-to-paste attach command; only
-    a hash of it is kept. `tachi share ls SESSION` lists grants.
-    """
-    if click_ctx.invoked_subcommand is not None:
-        return
-    if session is None or role is None:
-        raise click.UsageError("usage: tachi share SESSION --role observer|collaborator [...]")
-    ctx = click_ctx.find_object(Context)
-    assert ctx is not None
+    """Grant ROLE on SESSION; prints the token once, with an attach command."""
     with ctx.client() as client:
         grant = client.call(
             "share.create", session=session, role=role, user=user, ttl=ttl, allowIps=list(allow_ips)
