@@ -1,0 +1,132 @@
+"""The built-in recorder: asciicast v2, which every asciinema player reads.
+
+v2 rather than v3: the asciinema 2.x tools (and the PyPI ``asciinema``
+package) read only v2, and asciinema 3 still plays v2; v3 would lock out the
+older, widely installed players for no gain in what tachi records.
+
+Each event is one line, written and flushed at once, so a daemon killed with
+SIGKILL leaves every complete event readable.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tachi.hookspecs import hookimpl
+
+
+class AsciicastSink:
+    """Writes one asciicast v2 file. OSError (a full disk) propagates to the caller."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        timestamp_ns: int,
+        env: dict[str, str],
+        title: str | None,
+        record_input: bool,
+    ) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        self._record_input = record_input
+        # Output split across reads may cut a UTF-8 character: keep the partial
+        # bytes until the rest arrives, per stream.
+        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._last_t = 0.0
+        self.size = 0
+        header: dict[str, Any] = {
+            "version": 2,
+            "width": width,
+            "height": height,
+            "timestamp": timestamp_ns // 1_000_000_000,
+            "env": {"TERM": env.get("TERM", ""), "SHELL": env.get("SHELL", "")},
+        }
+        if title is not None:
+            header["title"] = title
+        self._line(header)
+
+    @property
+    def duration(self) -> float:
+        return self._last_t
+
+    def output(self, data: bytes, t: float) -> None:
+        text = self._out.decode(data)
+        if text:
+            self._event(t, "o", text)
+
+    def input(self, data: bytes, t: float) -> None:
+        if self._record_input:
+            text = self._in.decode(data)
+            if text:
+                self._event(t, "i", text)
+
+    def resize(self, cols: int, rows: int, t: float) -> None:
+        self._event(t, "r", f"{cols}x{rows}")
+
+    def marker(self, label: str, t: float) -> None:
+        self._event(t, "m", label)
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            tail = self._out.decode(b"", final=True)
+            if tail:
+                self._event(self._last_t, "o", tail)
+        finally:
+            self._file.close()
+
+    def _event(self, t: float, code: str, data: str) -> None:
+        # Times never go backwards, whatever the clock did.
+        self._last_t = max(self._last_t, round(t, 6))
+        self._line([self._last_t, code, data])
+
+    def _line(self, value: Any) -> None:
+        line = json.dumps(value, ensure_ascii=False) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError:
+            # The file is unusable now; make every later call fail the same way.
+            self._file.close()
+            raise
+        self.size += len(line.encode())
+
+
+class AsciicastRecorder:
+    format = "asciicast"
+    extension = ".cast"
+
+    def open(
+        self,
+        path: Path,
+        *,
+        width: int,
+        height: int,
+        timestamp_ns: int,
+        env: dict[str, str],
+        title: str | None,
+        record_input: bool = False,
+    ) -> AsciicastSink:
+        return AsciicastSink(
+            path,
+            width=width,
+            height=height,
+            timestamp_ns=timestamp_ns,
+            env=env,
+            title=title,
+            record_input=record_input,
+        )
+
+
+@hookimpl
+def tachi_recorders(register: Any) -> None:
+    register(AsciicastRecorder())

@@ -1,0 +1,136 @@
+"""Reading asciicast files, repairing crash-cut ones, and playing them in real time."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+@dataclass(slots=True)
+class CastHeader:
+    version: int
+    width: int
+    height: int
+    timestamp: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    title: str | None = None
+    idle_time_limit: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CastEvent:
+    time: float
+    code: str
+    data: str
+
+
+def read_cast(path: Path) -> tuple[CastHeader, list[CastEvent]]:
+    """Parse an asciicast v2 (or v3) file.
+
+    An unparsable *last* line is ignored: that is what a crash mid-write leaves.
+    Anything else malformed raises ``ValueError`` naming the line.
+    """
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty file")
+    try:
+        raw = json.loads(lines[0])
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}:1: not an asciicast header") from None
+    if not isinstance(raw, dict) or raw.get("version") not in (2, 3):
+        raise ValueError(f"{path}:1: not an asciicast v2/v3 header")
+    term = raw.get("term") or {}
+    header = CastHeader(
+        version=raw["version"],
+        width=int(raw.get("width") or term.get("cols") or 80),
+        height=int(raw.get("height") or term.get("rows") or 24),
+        timestamp=raw.get("timestamp"),
+        env=dict(raw.get("env") or {}),
+        title=raw.get("title"),
+        idle_time_limit=raw.get("idle_time_limit"),
+        raw=raw,
+    )
+    events: list[CastEvent] = []
+    clock = 0.0
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip() or line.startswith("#"):
+            continue
+        try:
+            t, code, data = json.loads(line)
+        except (json.JSONDecodeError, ValueError, TypeError):
+            if number == len(lines):
+                break  # cut short by a crash
+            raise ValueError(f"{path}:{number}: not an asciicast event") from None
+        # v3 stores the interval since the previous event; v2 the time since start.
+        clock = clock + float(t) if header.version == 3 else float(t)
+        events.append(CastEvent(clock, str(code), str(data)))
+    return header, events
+
+
+def repair_cast(path: Path) -> bool:
+    """Cut a partial last line (left by a crash) so every tool reads the file.
+
+    Returns whether anything was cut."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        os.fsync(f.fileno())
+    return True
+
+
+def cast_summary(path: Path) -> dict[str, Any]:
+    header, events = read_cast(path)
+    return {
+        "width": header.width,
+        "height": header.height,
+        "duration": events[-1].time if events else 0.0,
+        "events": len(events),
+        "size": os.path.getsize(path),
+    }
+
+
+def play(
+    path: Path,
+    out: BinaryIO,
+    *,
+    speed: float = 1.0,
+    idle_limit: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Write the recording's output to ``out`` in real time.
+
+    Delays are divided by ``speed`` and capped at ``idle_limit`` (or the file's
+    ``idle_time_limit``). Resize events cannot resize the viewer's terminal and
+    are skipped. ``KeyboardInterrupt`` propagates to the caller.
+    """
+    header, events = read_cast(path)
+    cap = idle_limit if idle_limit is not None else header.idle_time_limit
+    previous = 0.0
+    for event in events:
+        if event.code != "o":
+            continue
+        delay = event.time - previous
+        previous = event.time
+        if cap is not None:
+            delay = min(delay, cap)
+        if delay > 0:
+            sleep(delay / speed)
+        out.write(event.data.encode())
+        out.flush()
+
+
+def export(path: Path, dest: Path) -> int:
+    """Copy a recording after checking it parses; returns the size written."""
+    read_cast(path)
+    data = Path(path).read_bytes()
+    Path(dest).write_bytes(data)
+    return len(data)
