@@ -1,0 +1,383 @@
+"""tachi vs tmux vs a raw PTY, side by side in one run.
+
+Each metric is measured round by round with the systems interleaved, so noise
+on this (2-core, shared) machine hits all of them alike. Reported: median, min,
+max over rounds and the ratio to tmux. Nothing here asserts a timing.
+
+    .venv/bin/python bench/run.py [--quick] [--rounds N] [--only a,b] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ptyprocess import PtyProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+TACHI = [PY, "-m", "tachi"]
+ROWS, COLS = 50, 200
+ECHO_PROGRAM = (
+    "import os,sys,tty; tty.setraw(0); os.write(1, b'ready'); "
+    "exec('while True:\\n d = os.read(0, 64)\\n if not d: break\\n os.write(1, d)')"
+)
+
+
+# -- plumbing ------------------------------------------------------------------------
+class Env:
+    """Private tachi daemon and tmux server for the run; cleaned up on exit."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))
+        self.env = {**os.environ, "TACHI_HOME": str(self.dir), "TACHI_SOCKET": str(self.dir / "s.sock"),
+                    "TACHI_LOAD_PLUGINS": ""}
+        self.env.pop("TMUX", None)
+        self.tmux = ["tmux", "-L", f"tachibench{os.getpid()}", "-f", "/dev/null"]
+        self.data = self.dir / "payload.b64"
+
+    def tachi(self, *args: str, check: bool = True) -> str:
+        out = subprocess.run([*TACHI, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if check and out.returncode:
+            raise RuntimeError(f"tachi {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    def tmux_cmd(self, *args: str) -> str:
+        return subprocess.run([*self.tmux, *args], env=self.env, capture_output=True, text=True, timeout=60, check=True).stdout
+
+    def daemon_pid(self) -> int:
+        return int(json.loads(self.tachi("daemon", "status", "--json"))["pid"])
+
+    def tmux_pid(self) -> int:
+        return int(self.tmux_cmd("display", "-p", "#{pid}").strip())
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], env=self.env, capture_output=True)
+        subprocess.run([*TACHI, "daemon", "stop"], env=self.env, capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def spawn(argv: list[str], env: dict[str, str]) -> PtyProcess:
+    return PtyProcess.spawn(argv, env=env, dimensions=(ROWS, COLS))
+
+
+def drain_until(proc: PtyProcess, marker: bytes, timeout: float = 120) -> tuple[float, int]:
+    """Read the client's terminal as fast as possible until ``marker``; (seconds, bytes)."""
+    start, total, tail = time.perf_counter(), 0, b""
+    deadline = start + timeout
+    while time.perf_counter() < deadline:
+        if select.select([proc.fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(proc.fd, 1 << 16)
+            except OSError:
+                break
+            total += len(chunk)
+            tail = (tail + chunk)[-(len(marker) + 65536) :]
+            if marker in tail:
+                return time.perf_counter() - start, total
+    raise TimeoutError(f"marker {marker!r} not seen")
+
+
+def kill(proc: PtyProcess) -> None:
+    with contextlib.suppress(Exception):
+        proc.kill(9)
+        proc.close(force=True)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1])
+    return 0
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+# -- benchmarks ------------------------------------------------------------------------
+def session_and_client(env: Env, system: str, name: str, command: str, record: bool = False) -> tuple[PtyProcess, Callable[[str], None]]:
+    """Start ``command`` in a session of ``system`` and attach a 200x50 client;
+    returns the client and a function that types a line into the session."""
+    if system == "raw":
+        proc = spawn(["bash", "--norc", "-c", command], env.env)
+        return proc, lambda line: proc.write(line.encode())
+    if system == "tmux":
+        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
+        proc = spawn([*env.tmux, "attach", "-t", name], env.env)
+        return proc, lambda line: env.tmux_cmd("send-keys", "-t", name, "-l", line)
+    flags = ["--record"] if record else []
+    env.tachi("new", "-d", "--name", name, *flags, "--rows", str(ROWS), "--cols", str(COLS), "--", "bash", "--norc", "-c", command)
+    proc = spawn([*TACHI, "attach", name], env.env)
+    return proc, lambda line: env.tachi("send", name, "--literal", line)
+
+
+def end_session(env: Env, system: str, name: str, proc: PtyProcess) -> None:
+    kill(proc)
+    if system == "tmux":
+        subprocess.run([*env.tmux, "kill-session", "-t", name], capture_output=True)
+    elif system.startswith("tachi"):
+        env.tachi("close", name, check=False)
+
+
+def bench_throughput(env: Env, system: str, rnd: int, record: bool = False) -> dict[str, float]:
+    name = f"tp{rnd}{system.replace('+', '')}"
+    size = env.data.stat().st_size
+    command = f"read x; cat {env.data}; echo __E''ND__; sleep 3600"
+    proc, type_line = session_and_client(env, "tachi" if system.startswith("tachi") else system, name, command, record)
+    try:
+        time.sleep(0.5)
+        drain_until(proc, b"", 5) if False else None
+        # Drain whatever the attach drew, then start the flood.
+        while select.select([proc.fd], [], [], 0.2)[0]:
+            os.read(proc.fd, 1 << 16)
+        type_line("\n" if system != "raw" else "\n")
+        seconds, delivered = drain_until(proc, b"__END__")
+        return {"mib_s": size / seconds / 2**20, "delivered_mib": delivered / 2**20, "seconds": seconds}
+    finally:
+        end_session(env, system, name, proc)
+
+
+def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
+    name = f"ec{rnd}{system}"
+    proc, _ = session_and_client(env, system, name, f"{PY} -c \"{ECHO_PROGRAM}\"")
+    try:
+        drain_until(proc, b"ready", 15)
+        time.sleep(0.3)
+        while select.select([proc.fd], [], [], 0.2)[0]:
+            os.read(proc.fd, 1 << 16)
+        samples = []
+        for i in range(keys):
+            key = b"abcdefghij"[i % 10 : i % 10 + 1]
+            t0 = time.perf_counter()
+            os.write(proc.fd, key)
+            got = b""
+            while key not in got:
+                select.select([proc.fd], [], [], 5)
+                got += os.read(proc.fd, 4096)
+            samples.append((time.perf_counter() - t0) * 1000)
+        q = statistics.quantiles(samples, n=100)
+        return {"p50_ms": statistics.median(samples), "p99_ms": q[98]}
+    finally:
+        end_session(env, system, name, proc)
+
+
+def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
+    name = f"at{rnd}{system}"
+    command = "for i in $(seq 1 48); do printf 'line %03d %0150d\\n' $i 0; done; echo SCREEN''-READY; sleep 3600"
+    if system == "tmux":
+        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
+        argv = [*env.tmux, "attach", "-t", name]
+    else:
+        env.tachi("new", "-d", "--name", name, "--rows", str(ROWS), "--cols", str(COLS), "--", "bash", "--norc", "-c", command)
+        argv = [*TACHI, "attach", name]
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    proc = spawn(argv, env.env)
+    try:
+        drain_until(proc, b"SCREEN-READY", 15)
+        return {"ms": (time.perf_counter() - t0) * 1000}
+    finally:
+        end_session(env, system, name, proc)
+
+
+def bench_startup(env: Env, system: str, runs: int) -> dict[str, float]:
+    argv = {
+        "tachi": [str(Path(PY).parent / "tachi"), "ls"],
+        "tmux": [*env.tmux, "ls"],
+        "python": [PY, "-c", "pass"],
+        "python -I -S": [PY, "-I", "-S", "-c", "pass"],
+    }[system]
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"ms": statistics.median(samples)}
+
+
+def bench_sessions(env: Env, system: str, count: int) -> dict[str, float]:
+    """Create ``count`` idle sessions; time it and the server's RSS per session."""
+    if system == "tmux":
+        env.tmux_cmd("new-session", "-d", "-s", "base", "sleep 3600")
+        pid = env.tmux_pid()
+        base = rss_kib(pid)
+        t0 = time.perf_counter()
+        for i in range(count):
+            env.tmux_cmd("new-session", "-d", "-s", f"idle{i}", "sleep 3600")
+        seconds = time.perf_counter() - t0
+        result = {"create_s": seconds}
+    else:
+        env.tachi("new", "-d", "--name", "base", "--", "sleep", "3600")
+        pid = env.daemon_pid()
+        base = rss_kib(pid)
+        t0 = time.perf_counter()
+        if system == "tachi-cli":
+            for i in range(count):
+                env.tachi("new", "-d", "--name", f"idle{i}", "--", "sleep", "3600")
+        else:
+            sys.path.insert(0, str(ROOT))
+            from tachi.client.sync import Client
+            from tachi.models import SessionRequest
+
+            with Client(env.env["TACHI_SOCKET"], autostart=False) as client:
+                for i in range(count):
+                    client.create(SessionRequest(name=f"idle{i}", command=["sleep", "3600"]))
+        result = {"create_s": time.perf_counter() - t0}
+    time.sleep(0.5)
+    total = rss_kib(pid)
+    result |= {"rss_1_kib": base, f"rss_{count + 1}_kib": total, "kib_per_session": (total - base) / count}
+    return result
+
+
+def bench_switch(env: Env, system: str, switches: int) -> dict[str, float]:
+    name = f"sw{system}"
+    page = "for i in $(seq 1 49); do printf 'w{n} %0150d\\n' $i; done; printf WIN{n}''-TOP; sleep 3600"
+    if system == "tmux":
+        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), page.format(n=0))
+        for n in range(1, 10):
+            env.tmux_cmd("new-window", "-t", name, page.format(n=n))
+        select_cmd = lambda n: env.tmux_cmd("select-window", "-t", f"{name}:{n}")  # noqa: E731
+        proc = spawn([*env.tmux, "attach", "-t", name], env.env)
+    else:
+        env.tachi("new", "-d", "--name", name, "--rows", str(ROWS), "--cols", str(COLS), "--", "bash", "--norc", "-c", page.format(n=0))
+        for n in range(1, 10):
+            env.tachi("window", "new", name, "--", "bash", "--norc", "-c", page.format(n=n))
+        sys.path.insert(0, str(ROOT))
+        from tachi.client.sync import Client
+
+        client = Client(env.env["TACHI_SOCKET"], autostart=False)
+        select_cmd = lambda n: client.switch_window(name, n)  # noqa: E731
+        proc = spawn([*TACHI, "attach", name], env.env)
+    try:
+        time.sleep(1.0)
+        samples = []
+        for i in range(switches):
+            n = (i * 3 + 1) % 10
+            while select.select([proc.fd], [], [], 0.05)[0]:
+                os.read(proc.fd, 1 << 16)
+            t0 = time.perf_counter()
+            select_cmd(n)
+            drain_until(proc, f"WIN{n}-TOP".encode(), 10)
+            samples.append((time.perf_counter() - t0) * 1000)
+        return {"median_ms": statistics.median(samples), "p90_ms": statistics.quantiles(samples, n=10)[8]}
+    finally:
+        end_session(env, system, name, proc)
+
+
+# -- driver --------------------------------------------------------------------------------
+def interleaved(rounds: int, systems: list[str], fn: Callable[[str, int], dict[str, float]]) -> dict[str, dict[str, Any]]:
+    raw: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
+    for rnd in range(rounds):
+        for system in systems:
+            try:
+                raw[system].append(fn(system, rnd))
+            except Exception as exc:  # one system failing is a finding, not the end of the run
+                raw[system].append({"error": str(exc)})
+    out: dict[str, dict[str, Any]] = {}
+    for system, samples in raw.items():
+        good = [s for s in samples if "error" not in s]
+        out[system] = {"samples": samples}
+        if good:
+            for key in good[0]:
+                out[system][key] = stats([s[key] for s in good])
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", default="", help="comma-separated: throughput,echo,attach,startup,sessions,switch,recording")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    only = set(filter(None, args.only.split(",")))
+    want = lambda name: not only or name in only  # noqa: E731
+    env = Env()
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                                           "tmux": subprocess.run(["tmux", "-V"], capture_output=True, text=True).stdout.strip()},
+                               "quick": args.quick, "rounds": rounds}
+    try:
+        size_mib = 4 if args.quick else 64
+        subprocess.run(f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}", shell=True, check=True)
+        env.tachi("daemon", "start")
+        env.tmux_cmd("new-session", "-d", "-s", "keepalive", "sleep 36000")
+        if want("throughput"):
+            results["throughput"] = interleaved(rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_throughput(env, s, r))
+        if want("recording"):
+            results["recording"] = interleaved(rounds, ["tachi", "tachi+record"], lambda s, r: bench_throughput(env, s, r, record=s.endswith("record")))
+        if want("echo"):
+            keys = 100 if args.quick else 500
+            results["echo"] = interleaved(rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_echo(env, s, r, keys))
+        if want("attach"):
+            results["attach"] = interleaved(rounds * 2, ["tmux", "tachi"], lambda s, r: bench_attach(env, s, r))
+        if want("startup"):
+            runs = 5 if args.quick else 15
+            results["startup"] = interleaved(rounds, ["python -I -S", "python", "tmux", "tachi"], lambda s, r: bench_startup(env, s, runs))
+        if want("switch"):
+            results["switch"] = interleaved(1, ["tmux", "tachi"], lambda s, r: bench_switch(env, s, 6 if args.quick else 30))
+        if want("sessions"):
+            count = 10 if args.quick else 100
+            env.close()
+            per: dict[str, Any] = {}
+            for system in ["tmux", "tachi-cli", "tachi-api"]:
+                fresh = Env()
+                try:
+                    if system != "tmux":
+                        fresh.tachi("daemon", "start")
+                    per[system] = bench_sessions(fresh, system, count)
+                finally:
+                    fresh.close()
+            results["sessions"] = per
+    finally:
+        env.close()
+    report(results)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"\nraw samples: {args.json}")
+    failed = [f"{b}/{s}" for b, r in results.items() if isinstance(r, dict) for s, v in r.items()
+              if isinstance(v, dict) and any("error" in x for x in v.get("samples", []))]
+    if failed:
+        print("errors in: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def report(results: dict[str, Any]) -> None:
+    rows = []
+    metrics = {"throughput": ["mib_s", "delivered_mib"], "recording": ["mib_s"], "echo": ["p50_ms", "p99_ms"],
+               "attach": ["ms"], "startup": ["ms"], "switch": ["median_ms", "p90_ms"]}
+    for bench, keys in metrics.items():
+        if bench not in results:
+            continue
+        for key in keys:
+            base = results[bench].get("tmux", {}).get(key, {}).get("median") or results[bench].get("tachi", {}).get(key, {}).get("median")
+            for system, data in results[bench].items():
+                if key in data:
+                    s = data[key]
+                    ratio = f"{s['median'] / base:.2f}" if base else "-"
+                    rows.append((bench, key, system, f"{s['median']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}", ratio))
+                elif data.get("samples") and "error" in data["samples"][0]:
+                    rows.append((bench, key, system, "error", "", "", data["samples"][0]["error"][:40]))
+    for system, data in results.get("sessions", {}).items():
+        for key, value in data.items():
+            rows.append(("sessions", key, system, f"{value:.2f}", "", "", ""))
+    widths = [max(len(str(r[i])) for r in [*rows, ("benchmark", "metric", "system", "median", "min", "max", "vs ref")]) for i in range(7)]
+    for row in [("benchmark", "metric", "system", "median", "min", "max", "vs ref"), *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
