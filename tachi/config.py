@@ -88,6 +88,9 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     cfg.size_policy = policy
     cfg.prefix_key = str(raw.get("prefix_key", cfg.prefix_key))
     cfg.status_line = bool(raw.get("status_line", cfg.status_line))
+    cfg.client_buffer = int(raw.get("client_buffer", cfg.client_buffer))
+    if cfg.client_buffer < 64 * 1024:
+        raise ValueError("client_buffer must be at least 65536 bytes")
     cfg.recording_auto = bool(rec.get("auto", False))
     cfg.recording_input = bool(rec.get("input", False))
     cfg.recording_format = str(rec.get("format", cfg.recording_format))
