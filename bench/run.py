@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +42,33 @@ class Env:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))
-        self.env = {**os.environ, "TACHI_HOME": str(self.dir), "TACHI_SOCKET": str(self.dir / "s.sock"),
-                    "TACHI_LOAD_PLUGINS": ""}
+        self.env = {
+            **os.environ,
+            "TACHI_HOME": str(self.dir),
+            "TACHI_SOCKET": str(self.dir / "s.sock"),
+            "TACHI_LOAD_PLUGINS": "",
+        }
         self.env.pop("TMUX", None)
         self.tmux = ["tmux", "-L", f"tachibench{os.getpid()}", "-f", "/dev/null"]
         self.data = self.dir / "payload.b64"
 
     def tachi(self, *args: str, check: bool = True) -> str:
-        out = subprocess.run([*TACHI, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [*TACHI, *args], env=self.env, capture_output=True, text=True, timeout=120
+        )
         if check and out.returncode:
             raise RuntimeError(f"tachi {' '.join(args)}: {out.stderr}")
         return out.stdout
 
     def tmux_cmd(self, *args: str) -> str:
-        return subprocess.run([*self.tmux, *args], env=self.env, capture_output=True, text=True, timeout=60, check=True).stdout
+        return subprocess.run(
+            [*self.tmux, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
 
     def daemon_pid(self) -> int:
         return int(json.loads(self.tachi("daemon", "status", "--json"))["pid"])
@@ -66,7 +79,8 @@ class Env:
     def close(self) -> None:
         subprocess.run([*self.tmux, "kill-server"], env=self.env, capture_output=True)
         subprocess.run([*TACHI, "daemon", "stop"], env=self.env, capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("TACHI_BENCH_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def spawn(argv: list[str], env: dict[str, str]) -> PtyProcess:
@@ -104,11 +118,18 @@ def rss_kib(pid: int) -> int:
 
 
 def stats(samples: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "n": len(samples),
+    }
 
 
 # -- benchmarks ------------------------------------------------------------------------
-def session_and_client(env: Env, system: str, name: str, command: str, record: bool = False) -> tuple[PtyProcess, Callable[[str], None]]:
+def session_and_client(
+    env: Env, system: str, name: str, command: str, record: bool = False
+) -> tuple[PtyProcess, Callable[[str], None]]:
     """Start ``command`` in a session of ``system`` and attach a 200x50 client;
     returns the client and a function that types a line into the session."""
     if system == "raw":
@@ -119,7 +140,22 @@ def session_and_client(env: Env, system: str, name: str, command: str, record: b
         proc = spawn([*env.tmux, "attach", "-t", name], env.env)
         return proc, lambda line: env.tmux_cmd("send-keys", "-t", name, "-l", line)
     flags = ["--record"] if record else []
-    env.tachi("new", "-d", "--name", name, *flags, "--rows", str(ROWS), "--cols", str(COLS), "--", "bash", "--norc", "-c", command)
+    env.tachi(
+        "new",
+        "-d",
+        "--name",
+        name,
+        *flags,
+        "--rows",
+        str(ROWS),
+        "--cols",
+        str(COLS),
+        "--",
+        "bash",
+        "--norc",
+        "-c",
+        command,
+    )
     proc = spawn([*TACHI, "attach", name], env.env)
     return proc, lambda line: env.tachi("send", name, "--literal", line)
 
@@ -133,26 +169,31 @@ def end_session(env: Env, system: str, name: str, proc: PtyProcess) -> None:
 
 
 def bench_throughput(env: Env, system: str, rnd: int, record: bool = False) -> dict[str, float]:
-    name = f"tp{rnd}{system.replace('+', '')}"
+    name = f"tp{'r' if record else 'p'}{rnd}{system.replace('+', '')}"
     size = env.data.stat().st_size
     command = f"read x; cat {env.data}; echo __E''ND__; sleep 3600"
-    proc, type_line = session_and_client(env, "tachi" if system.startswith("tachi") else system, name, command, record)
+    proc, type_line = session_and_client(
+        env, "tachi" if system.startswith("tachi") else system, name, command, record
+    )
     try:
         time.sleep(0.5)
-        drain_until(proc, b"", 5) if False else None
         # Drain whatever the attach drew, then start the flood.
         while select.select([proc.fd], [], [], 0.2)[0]:
             os.read(proc.fd, 1 << 16)
-        type_line("\n" if system != "raw" else "\n")
+        type_line("\n")
         seconds, delivered = drain_until(proc, b"__END__")
-        return {"mib_s": size / seconds / 2**20, "delivered_mib": delivered / 2**20, "seconds": seconds}
+        return {
+            "mib_s": size / seconds / 2**20,
+            "delivered_mib": delivered / 2**20,
+            "seconds": seconds,
+        }
     finally:
         end_session(env, system, name, proc)
 
 
 def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
     name = f"ec{rnd}{system}"
-    proc, _ = session_and_client(env, system, name, f"{PY} -c \"{ECHO_PROGRAM}\"")
+    proc, _ = session_and_client(env, system, name, f'{PY} -c "{ECHO_PROGRAM}"')
     try:
         drain_until(proc, b"ready", 15)
         time.sleep(0.3)
@@ -176,12 +217,29 @@ def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
 
 def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
     name = f"at{rnd}{system}"
-    command = "for i in $(seq 1 48); do printf 'line %03d %0150d\\n' $i 0; done; echo SCREEN''-READY; sleep 3600"
+    command = (
+        "for i in $(seq 1 48); do printf 'line %03d %0150d\\n' $i 0; done;"
+        " echo SCREEN''-READY; sleep 3600"
+    )
     if system == "tmux":
         env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
         argv = [*env.tmux, "attach", "-t", name]
     else:
-        env.tachi("new", "-d", "--name", name, "--rows", str(ROWS), "--cols", str(COLS), "--", "bash", "--norc", "-c", command)
+        env.tachi(
+            "new",
+            "-d",
+            "--name",
+            name,
+            "--rows",
+            str(ROWS),
+            "--cols",
+            str(COLS),
+            "--",
+            "bash",
+            "--norc",
+            "-c",
+            command,
+        )
         argv = [*TACHI, "attach", name]
     time.sleep(0.5)
     t0 = time.perf_counter()
@@ -238,21 +296,43 @@ def bench_sessions(env: Env, system: str, count: int) -> dict[str, float]:
         result = {"create_s": time.perf_counter() - t0}
     time.sleep(0.5)
     total = rss_kib(pid)
-    result |= {"rss_1_kib": base, f"rss_{count + 1}_kib": total, "kib_per_session": (total - base) / count}
+    result |= {
+        "rss_1_kib": base,
+        f"rss_{count + 1}_kib": total,
+        "kib_per_session": (total - base) / count,
+    }
     return result
 
 
 def bench_switch(env: Env, system: str, switches: int) -> dict[str, float]:
     name = f"sw{system}"
-    page = "for i in $(seq 1 49); do printf 'w{n} %0150d\\n' $i; done; printf WIN{n}''-TOP; sleep 3600"
+    page = (
+        "for i in $(seq 1 49); do printf 'w{n} %0150d\\n' $i; done; printf WIN{n}''-TOP; sleep 3600"
+    )
     if system == "tmux":
-        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), page.format(n=0))
+        env.tmux_cmd(
+            "new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), page.format(n=0)
+        )
         for n in range(1, 10):
             env.tmux_cmd("new-window", "-t", name, page.format(n=n))
         select_cmd = lambda n: env.tmux_cmd("select-window", "-t", f"{name}:{n}")  # noqa: E731
         proc = spawn([*env.tmux, "attach", "-t", name], env.env)
     else:
-        env.tachi("new", "-d", "--name", name, "--rows", str(ROWS), "--cols", str(COLS), "--", "bash", "--norc", "-c", page.format(n=0))
+        env.tachi(
+            "new",
+            "-d",
+            "--name",
+            name,
+            "--rows",
+            str(ROWS),
+            "--cols",
+            str(COLS),
+            "--",
+            "bash",
+            "--norc",
+            "-c",
+            page.format(n=0),
+        )
         for n in range(1, 10):
             env.tachi("window", "new", name, "--", "bash", "--norc", "-c", page.format(n=n))
         sys.path.insert(0, str(ROOT))
@@ -272,13 +352,18 @@ def bench_switch(env: Env, system: str, switches: int) -> dict[str, float]:
             select_cmd(n)
             drain_until(proc, f"WIN{n}-TOP".encode(), 10)
             samples.append((time.perf_counter() - t0) * 1000)
-        return {"median_ms": statistics.median(samples), "p90_ms": statistics.quantiles(samples, n=10)[8]}
+        return {
+            "median_ms": statistics.median(samples),
+            "p90_ms": statistics.quantiles(samples, n=10)[8],
+        }
     finally:
         end_session(env, system, name, proc)
 
 
 # -- driver --------------------------------------------------------------------------------
-def interleaved(rounds: int, systems: list[str], fn: Callable[[str, int], dict[str, float]]) -> dict[str, dict[str, Any]]:
+def interleaved(
+    rounds: int, systems: list[str], fn: Callable[[str, int], dict[str, float]]
+) -> dict[str, dict[str, Any]]:
     raw: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     for rnd in range(rounds):
         for system in systems:
@@ -298,37 +383,69 @@ def interleaved(rounds: int, systems: list[str], fn: Callable[[str, int], dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds (a smoke run)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, few rounds (a smoke run)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--only", default="", help="comma-separated: throughput,echo,attach,startup,sessions,switch,recording")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated: throughput,echo,attach,startup,sessions,switch,recording",
+    )
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     only = set(filter(None, args.only.split(",")))
     want = lambda name: not only or name in only  # noqa: E731
     env = Env()
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-                                           "tmux": subprocess.run(["tmux", "-V"], capture_output=True, text=True).stdout.strip()},
-                               "quick": args.quick, "rounds": rounds}
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "tmux": subprocess.run(["tmux", "-V"], capture_output=True, text=True).stdout.strip(),
+        },
+        "quick": args.quick,
+        "rounds": rounds,
+    }
     try:
         size_mib = 4 if args.quick else 64
-        subprocess.run(f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}", shell=True, check=True)
+        subprocess.run(
+            f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}",
+            shell=True,
+            check=True,
+        )
         env.tachi("daemon", "start")
         env.tmux_cmd("new-session", "-d", "-s", "keepalive", "sleep 36000")
         if want("throughput"):
-            results["throughput"] = interleaved(rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_throughput(env, s, r))
+            results["throughput"] = interleaved(
+                rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_throughput(env, s, r)
+            )
         if want("recording"):
-            results["recording"] = interleaved(rounds, ["tachi", "tachi+record"], lambda s, r: bench_throughput(env, s, r, record=s.endswith("record")))
+            results["recording"] = interleaved(
+                rounds,
+                ["tachi", "tachi+record"],
+                lambda s, r: bench_throughput(env, s, r, record=s.endswith("record")),
+            )
         if want("echo"):
             keys = 100 if args.quick else 500
-            results["echo"] = interleaved(rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_echo(env, s, r, keys))
+            results["echo"] = interleaved(
+                rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_echo(env, s, r, keys)
+            )
         if want("attach"):
-            results["attach"] = interleaved(rounds * 2, ["tmux", "tachi"], lambda s, r: bench_attach(env, s, r))
+            results["attach"] = interleaved(
+                rounds * 2, ["tmux", "tachi"], lambda s, r: bench_attach(env, s, r)
+            )
         if want("startup"):
             runs = 5 if args.quick else 15
-            results["startup"] = interleaved(rounds, ["python -I -S", "python", "tmux", "tachi"], lambda s, r: bench_startup(env, s, runs))
+            results["startup"] = interleaved(
+                rounds,
+                ["python -I -S", "python", "tmux", "tachi"],
+                lambda s, r: bench_startup(env, s, runs),
+            )
         if want("switch"):
-            results["switch"] = interleaved(1, ["tmux", "tachi"], lambda s, r: bench_switch(env, s, 6 if args.quick else 30))
+            results["switch"] = interleaved(
+                1, ["tmux", "tachi"], lambda s, r: bench_switch(env, s, 6 if args.quick else 30)
+            )
         if want("sessions"):
             count = 10 if args.quick else 100
             env.close()
@@ -348,8 +465,13 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\nraw samples: {args.json}")
-    failed = [f"{b}/{s}" for b, r in results.items() if isinstance(r, dict) for s, v in r.items()
-              if isinstance(v, dict) and any("error" in x for x in v.get("samples", []))]
+    failed = [
+        f"{b}/{s}"
+        for b, r in results.items()
+        if isinstance(r, dict)
+        for s, v in r.items()
+        if isinstance(v, dict) and any("error" in x for x in v.get("samples", []))
+    ]
     if failed:
         print("errors in: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
@@ -357,24 +479,50 @@ def main() -> int:
 
 def report(results: dict[str, Any]) -> None:
     rows = []
-    metrics = {"throughput": ["mib_s", "delivered_mib"], "recording": ["mib_s"], "echo": ["p50_ms", "p99_ms"],
-               "attach": ["ms"], "startup": ["ms"], "switch": ["median_ms", "p90_ms"]}
+    metrics = {
+        "throughput": ["mib_s", "delivered_mib"],
+        "recording": ["mib_s"],
+        "echo": ["p50_ms", "p99_ms"],
+        "attach": ["ms"],
+        "startup": ["ms"],
+        "switch": ["median_ms", "p90_ms"],
+    }
     for bench, keys in metrics.items():
         if bench not in results:
             continue
         for key in keys:
-            base = results[bench].get("tmux", {}).get(key, {}).get("median") or results[bench].get("tachi", {}).get(key, {}).get("median")
+            base = results[bench].get("tmux", {}).get(key, {}).get("median") or results[bench].get(
+                "tachi", {}
+            ).get(key, {}).get("median")
             for system, data in results[bench].items():
                 if key in data:
                     s = data[key]
                     ratio = f"{s['median'] / base:.2f}" if base else "-"
-                    rows.append((bench, key, system, f"{s['median']:.2f}", f"{s['min']:.2f}", f"{s['max']:.2f}", ratio))
+                    rows.append(
+                        (
+                            bench,
+                            key,
+                            system,
+                            f"{s['median']:.2f}",
+                            f"{s['min']:.2f}",
+                            f"{s['max']:.2f}",
+                            ratio,
+                        )
+                    )
                 elif data.get("samples") and "error" in data["samples"][0]:
-                    rows.append((bench, key, system, "error", "", "", data["samples"][0]["error"][:40]))
+                    rows.append(
+                        (bench, key, system, "error", "", "", data["samples"][0]["error"][:40])
+                    )
     for system, data in results.get("sessions", {}).items():
         for key, value in data.items():
             rows.append(("sessions", key, system, f"{value:.2f}", "", "", ""))
-    widths = [max(len(str(r[i])) for r in [*rows, ("benchmark", "metric", "system", "median", "min", "max", "vs ref")]) for i in range(7)]
+    widths = [
+        max(
+            len(str(r[i]))
+            for r in [*rows, ("benchmark", "metric", "system", "median", "min", "max", "vs ref")]
+        )
+        for i in range(7)
+    ]
     for row in [("benchmark", "metric", "system", "median", "min", "max", "vs ref"), *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 

@@ -138,11 +138,19 @@ class PtyChild:
         self._finished = True
         if not self._eof:
             self._loop.remove_reader(self.fd)
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        self._close_master()
         code = self._exited_status
         self.exit_code = 128 - code if code < 0 else code
         self._on_exit(self.exit_code)
+
+    def _close_master(self) -> None:
+        # Close through ptyprocess's own file object and mark it closed. A bare
+        # os.close() leaves that object believing it owns the fd number: its
+        # finalizer would close the number again later, when it may belong to a
+        # new session's PTY, and the kernel would hang that session up (SIGHUP).
+        self._proc.closed = True
+        with contextlib.suppress(OSError):
+            self._proc.fileobj.close()
 
     # -- flow control -------------------------------------------------------
     def pause_reading(self) -> None:

@@ -9,13 +9,14 @@ stops that recording, is audited, and never touches the session.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from tachi.core.window import WindowRuntime
 
 log = logging.getLogger("tachi.recording")
+#: Output within this many seconds is written as one asciicast event.
+COALESCE_SECONDS = 0.02
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recordings (
@@ -54,6 +57,9 @@ class _Live:
     session: SessionRuntime
     record_input: bool
     listener: Any = None
+    pending: list[bytes] = field(default_factory=list)
+    pending_t: float = 0.0
+    flush_timer: asyncio.TimerHandle | None = None
 
     def t(self) -> float:
         return time.monotonic() - self.started
@@ -146,10 +152,15 @@ class RecordingManager:
         )
 
         def on_output(window: WindowRuntime, data: bytes) -> None:
-            try:
-                live.sink.output(data, live.t())
-            except OSError as exc:
-                self._failed(live, exc)
+            # Output arriving within COALESCE_SECONDS becomes one event: a flood
+            # costs a few writes instead of one JSON line per PTY read, and a
+            # crash still loses at most that much.
+            if not live.pending:
+                live.pending_t = live.t()
+                live.flush_timer = asyncio.get_running_loop().call_later(
+                    COALESCE_SECONDS, self._flush, live
+                )
+            live.pending.append(data)
 
         live.listener = on_output
         session.output_listeners.append(on_output)
@@ -175,6 +186,7 @@ class RecordingManager:
             raise NotFound(f"session {session_id} is not being recorded")
         with contextlib.suppress(ValueError):
             live.session.output_listeners.remove(live.listener)
+        self._flush(live)
         try:
             live.sink.close()
         except OSError as exc:
@@ -200,15 +212,27 @@ class RecordingManager:
         return rec
 
     # -- what gets recorded ---------------------------------------------------------
+    def _flush(self, live: _Live) -> None:
+        """Write the output collected since the last flush as one event."""
+        if live.flush_timer is not None:
+            live.flush_timer.cancel()
+            live.flush_timer = None
+        if live.pending:
+            data = b"".join(live.pending)
+            live.pending.clear()
+            self._write(live, lambda: live.sink.output(data, live.pending_t))
+
     def input(self, session: SessionRuntime, data: bytes) -> None:
         live = self.live.get(session.id)
         if live is not None and live.record_input:
+            self._flush(live)
             self._write(live, lambda: live.sink.input(data, live.t()))
 
     def session_event(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
         live = self.live.get(session.id)
         if live is None:
             return
+        self._flush(live)  # keep events in order
         if event == "window-switched":
             window = session.mux.get(None)
             self._write(
@@ -224,6 +248,7 @@ class RecordingManager:
         """Add a marker (shares, handoffs) to the session's recording, if any."""
         live = self.live.get(session_id)
         if live is not None:
+            self._flush(live)
             self._write(live, lambda: live.sink.marker(label, live.t()))
 
     def _write(self, live: _Live, action: Any) -> None:

@@ -1,0 +1,52 @@
+"""PtyChild, the daemon's handle on one process and its PTY."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+from tachi.core.pty import PtyChild
+
+
+async def test_a_finished_child_never_closes_a_reused_descriptor():
+    # Once a child's PTY is closed, its file descriptor number is free for the
+    # next session. The objects that wrapped it must not close that number again
+    # when they are collected (that hung up unrelated sessions with SIGHUP).
+    exited = asyncio.Event()
+    child = PtyChild(
+        ["true"],
+        env=dict(os.environ),
+        cwd=None,
+        rows=24,
+        cols=80,
+        on_output=lambda data: None,
+        on_exit=lambda code: exited.set(),
+    )
+    await asyncio.wait_for(exited.wait(), 10)
+    number = child.fd
+    reused = [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]
+    assert number in reused
+    del child
+    gc.collect()
+    try:
+        for fd in reused:
+            os.fstat(fd)  # raises if the old child's objects closed it
+    finally:
+        for fd in reused:
+            os.close(fd)
+
+
+async def test_exit_code_and_output_are_all_delivered():
+    out, done = bytearray(), asyncio.get_running_loop().create_future()
+    PtyChild(
+        ["sh", "-c", "printf last-words; exit 3"],
+        env=dict(os.environ),
+        cwd=None,
+        rows=24,
+        cols=80,
+        on_output=out.extend,
+        on_exit=done.set_result,
+    )
+    assert await asyncio.wait_for(done, 10) == 3
+    assert out.endswith(b"last-words")
