@@ -127,6 +127,17 @@ def stats(samples: list[float]) -> dict[str, float]:
 
 
 # -- benchmarks ------------------------------------------------------------------------
+def new_session(env: Env, system: str, name: str, command: str, record: bool = False) -> list[str]:
+    """Start ``command`` detached in a 200x50 session; returns the attach command."""
+    if system == "tmux":
+        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
+        return [*env.tmux, "attach", "-t", name]
+    size = ["--rows", str(ROWS), "--cols", str(COLS)]
+    flags = ["--record"] if record else []
+    env.tachi("new", "-d", "--name", name, *flags, *size, "--", "bash", "--norc", "-c", command)
+    return [*TACHI, "attach", name]
+
+
 def session_and_client(
     env: Env, system: str, name: str, command: str, record: bool = False
 ) -> tuple[PtyProcess, Callable[[str], None]]:
@@ -135,28 +146,9 @@ def session_and_client(
     if system == "raw":
         proc = spawn(["bash", "--norc", "-c", command], env.env)
         return proc, lambda line: proc.write(line.encode())
+    proc = spawn(new_session(env, system, name, command, record), env.env)
     if system == "tmux":
-        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
-        proc = spawn([*env.tmux, "attach", "-t", name], env.env)
         return proc, lambda line: env.tmux_cmd("send-keys", "-t", name, "-l", line)
-    flags = ["--record"] if record else []
-    env.tachi(
-        "new",
-        "-d",
-        "--name",
-        name,
-        *flags,
-        "--rows",
-        str(ROWS),
-        "--cols",
-        str(COLS),
-        "--",
-        "bash",
-        "--norc",
-        "-c",
-        command,
-    )
-    proc = spawn([*TACHI, "attach", name], env.env)
     return proc, lambda line: env.tachi("send", name, "--literal", line)
 
 
@@ -221,26 +213,7 @@ def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
         "for i in $(seq 1 48); do printf 'line %03d %0150d\\n' $i 0; done;"
         " echo SCREEN''-READY; sleep 3600"
     )
-    if system == "tmux":
-        env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
-        argv = [*env.tmux, "attach", "-t", name]
-    else:
-        env.tachi(
-            "new",
-            "-d",
-            "--name",
-            name,
-            "--rows",
-            str(ROWS),
-            "--cols",
-            str(COLS),
-            "--",
-            "bash",
-            "--norc",
-            "-c",
-            command,
-        )
-        argv = [*TACHI, "attach", name]
+    argv = new_session(env, system, name, command)
     time.sleep(0.5)
     t0 = time.perf_counter()
     proc = spawn(argv, env.env)
@@ -309,30 +282,12 @@ def bench_switch(env: Env, system: str, switches: int) -> dict[str, float]:
     page = (
         "for i in $(seq 1 49); do printf 'w{n} %0150d\\n' $i; done; printf WIN{n}''-TOP; sleep 3600"
     )
+    argv = new_session(env, system, name, page.format(n=0))
     if system == "tmux":
-        env.tmux_cmd(
-            "new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), page.format(n=0)
-        )
         for n in range(1, 10):
             env.tmux_cmd("new-window", "-t", name, page.format(n=n))
         select_cmd = lambda n: env.tmux_cmd("select-window", "-t", f"{name}:{n}")  # noqa: E731
-        proc = spawn([*env.tmux, "attach", "-t", name], env.env)
     else:
-        env.tachi(
-            "new",
-            "-d",
-            "--name",
-            name,
-            "--rows",
-            str(ROWS),
-            "--cols",
-            str(COLS),
-            "--",
-            "bash",
-            "--norc",
-            "-c",
-            page.format(n=0),
-        )
         for n in range(1, 10):
             env.tachi("window", "new", name, "--", "bash", "--norc", "-c", page.format(n=n))
         sys.path.insert(0, str(ROOT))
@@ -340,7 +295,7 @@ def bench_switch(env: Env, system: str, switches: int) -> dict[str, float]:
 
         client = Client(env.env["TACHI_SOCKET"], autostart=False)
         select_cmd = lambda n: client.switch_window(name, n)  # noqa: E731
-        proc = spawn([*TACHI, "attach", name], env.env)
+    proc = spawn(argv, env.env)
     try:
         time.sleep(1.0)
         samples = []
