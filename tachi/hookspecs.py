@@ -27,10 +27,12 @@ def tachi_register_transports(register: Callable[[Any], None], config: Any) -> N
     """Register transports with ``register(transport)``.
 
     A transport has a ``name`` and ``async start(daemon) -> None`` and
-    ``async stop() -> None``; it turns bytes on a wire into calls on
-    ``daemon.connections`` (see ``tachi.daemon.connection``). ``config`` is the
-    loaded ``tachi.config.Config``; a transport that is not enabled there should
-    not register.
+    ``async stop() -> None``. For each peer it authenticates, it calls
+    ``await daemon.serve_connection(principal, wire, next_frame)`` (see
+    ``tachi.daemon.connection``): ``wire`` sends frames back, ``next_frame``
+    returns the next decoded frame or ``None`` at the end. ``config`` is the
+    loaded ``tachi.config.Config``; a transport not enabled there should not
+    register.
     """
 
 

@@ -253,9 +253,6 @@ class SessionConn:
             self.detached = message
         elif event == "error" and "id" not in message:
             raise error_from_json(message.get("error") or {})
-        elif "id" in message and not message.get("ok", True):
-            self.events.append(message)
-            return b""
         self.events.append(message)
         return b""
 
