@@ -54,7 +54,7 @@ def _stty_script(daemon, session: str, outdir) -> list[str]:
     return ["bash", "--norc", "-c", script]
 
 
-@pytest.mark.parametrize("how", ["detach", "SIGTERM", "SIGHUP", "session-exit"])
+@pytest.mark.parametrize("how", ["detach", "SIGTERM", "SIGHUP", "SIGINT", "session-exit", "daemon-gone"])
 def test_terminal_is_restored_on_every_exit_path(tachi_daemon, tmp_path, how):
     s = tachi_daemon.new(*SHELL)
     argv = _stty_script(tachi_daemon, s["id"], tmp_path)
@@ -67,6 +67,9 @@ def test_terminal_is_restored_on_every_exit_path(tachi_daemon, tmp_path, how):
     elif how == "session-exit":
         child.send("exit 3\r")
         expected = "rc=3"
+    elif how == "daemon-gone":
+        tachi_daemon.kill()
+        expected = "rc=1"
     else:
         pattern = f"-m tachi attach {s['id']}$"  # not the bash -c that wraps it
         out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
