@@ -54,7 +54,9 @@ def _stty_script(daemon, session: str, outdir) -> list[str]:
     return ["bash", "--norc", "-c", script]
 
 
-@pytest.mark.parametrize("how", ["detach", "SIGTERM", "SIGHUP", "SIGINT", "session-exit", "daemon-gone"])
+@pytest.mark.parametrize(
+    "how", ["detach", "SIGTERM", "SIGHUP", "SIGINT", "session-exit", "daemon-gone"]
+)
 def test_terminal_is_restored_on_every_exit_path(tachi_daemon, tmp_path, how):
     s = tachi_daemon.new(*SHELL)
     argv = _stty_script(tachi_daemon, s["id"], tmp_path)

@@ -95,3 +95,34 @@ async def test_a_plugin_can_replace_the_screen(tachi_home):
         # Only the plugin's screen has it upper-cased: matching proves it is in use.
         await client.wait(s.id, match="QUIET WORDS", timeout=5)
         assert "QUIET WORDS" in await client.capture(s.id)
+
+
+def test_a_plugin_adds_a_cli_command(monkeypatch, capsys):
+    import click
+
+    from tachi.cli import main as cli_main
+    from tachi.plugins import make_plugin_manager as real_pm
+
+    class HelloCommand:
+        @tachi.hookimpl
+        def tachi_register_commands(self, cli):
+            @cli.command("hello")
+            @click.argument("who")
+            def hello(who):
+                """Say hello."""
+                click.echo(f"hello {who} from a plugin")
+
+    def pm_with_plugin(**kwargs):
+        pm = real_pm(load_entrypoints=False)
+        pm.register(HelloCommand())
+        return pm
+
+    monkeypatch.setattr("tachi.plugins.make_plugin_manager", pm_with_plugin)
+    monkeypatch.setattr("sys.argv", ["tachi", "hello", "world"])
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main.main()
+    finally:
+        cli_main.cli.commands.pop("hello", None)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == "hello world from a plugin\n"
