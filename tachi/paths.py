@@ -37,14 +37,21 @@ def config_path() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and force it to mode 0700; return it.
+    """Create ``path`` (and parents) with mode 0700, or accept it if it exists; return it.
 
-    Raises ``PermissionError`` if it exists and belongs to another user, since a
-    socket directory someone else controls could be used to impersonate the daemon.
+    An existing directory keeps its mode: it may be shared (``--socket /tmp/x.sock``
+    must never lock everyone out of /tmp); what lives in it protects itself
+    (the socket is 0600). Raises ``PermissionError`` if it belongs to another
+    user, since a directory someone else controls could hide an impostor daemon.
     """
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    st = path.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})")
-    os.chmod(path, 0o700)
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            raise PermissionError(
+                f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+            ) from None
+        return path
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     return path

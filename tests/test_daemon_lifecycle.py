@@ -100,3 +100,15 @@ def test_stop_hangs_up_the_session_processes(tachi_daemon):
             or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
         )
     )
+
+
+def test_an_existing_socket_directory_keeps_its_mode(tachi_home):
+    # e.g. --socket /tmp/x.sock: the daemon must not make a shared directory 0700.
+    tachi_home.chmod(0o755)
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    try:
+        assert stat.S_IMODE(tachi_home.stat().st_mode) == 0o755
+        assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+    finally:
+        daemon.stop()
