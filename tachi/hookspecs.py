@@ -2,9 +2,8 @@
 
 Plugins implement these with ``@tachi.hookimpl``; tachi's built-ins (the Unix
 socket transport, the asciicast recorder, the ACL policy, the window
-multiplexer) register through the same hooks as third-party plugins. A hook may
-return a plain value, or (where noted) a coroutine that the daemon awaits.
-Hooks are always called with keyword arguments.
+multiplexer) register through the same hooks as third-party plugins. Hooks are
+called with keyword arguments, on the daemon's event loop: they must not block.
 """
 
 from __future__ import annotations
@@ -91,8 +90,9 @@ def tachi_audit_event(event: dict[str, Any]) -> None:
 
 @hookspec
 def tachi_session_event(session: Any, event: str, details: dict[str, Any]) -> None:
-    """Called on session lifecycle events (``created``, ``attached``, ``detached``,
-    ``window-switched``, ``resized``, ``closed``) after the daemon has acted."""
+    """Called after the daemon has acted on a session: ``created``, ``state``
+    (attached/detached changed it), ``resized``, ``window-switched``,
+    ``window-exited`` and ``closed``."""
 
 
 @hookspec

@@ -56,7 +56,7 @@ class PTYConfig:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PTYConfig:
         return cls(
-            term=str(d.get("term") or "xterm-256color"),
+            term=str(d.get("term") or ""),
             rows=int(d.get("rows") or 24),
             cols=int(d.get("cols") or 80),
             xPixel=int(d.get("xPixel") or 0),
@@ -215,6 +215,7 @@ class SessionRequest:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise ValueError("env must map strings to strings")
+        # An empty term means "the daemon's default" (config session.term).
         pty = PTYConfig.from_json(d.get("pty") or {})
         pty.validate()
         return cls(

@@ -83,15 +83,6 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     return out
 
 
-async def await_me_maybe(value: Any) -> Any:
-    """Resolve a hook result that may be a value, a callable or a coroutine."""
-    if callable(value):
-        value = value()
-    if inspect.isawaitable(value):
-        value = await value
-    return value
-
-
 def installed_entrypoints() -> list[str]:
     """Names of installed ``tachi`` entry points (for diagnostics)."""
     return sorted(ep.name for ep in metadata.entry_points(group="tachi"))

@@ -132,3 +132,17 @@ def test_names_must_be_unique_among_live_sessions(tachi_daemon):
     tachi_daemon.new("sleep", "300", name="dup")
     result = tachi_daemon.run("new", "-d", "--name", "dup", "--", "sleep", "1")
     assert result.returncode == 1 and "already named 'dup'" in result.stderr
+
+
+def test_config_term_applies_to_new_sessions(tachi_home):
+    from tachi.testing import DaemonProcess
+
+    daemon = DaemonProcess(tachi_home, config='[session]\nterm = "screen-256color"\n')
+    daemon.start()
+    try:
+        s = daemon.new("sh", "-c", 'echo "TERM=$TERM"; sleep 30')
+        assert s["pty"]["term"] == "screen-256color"
+        wait_match(daemon, s["id"], "TERM=screen-256color")
+        assert daemon.new("sleep", "30", term="vt100")["pty"]["term"] == "vt100"
+    finally:
+        daemon.stop()

@@ -152,3 +152,20 @@ def test_send_capture_wait_signal_take_a_window(tachi_daemon):
     assert "W1-GOT-INT" not in capture(tachi_daemon, sid)
     unknown = tachi_daemon.run("capture", sid, "--window", "7")
     assert unknown.returncode == 3 and "no window 7" in unknown.stderr
+
+
+def test_a_read_only_client_cannot_open_or_rename_windows(tachi_daemon):
+    import time
+
+    s = tachi_daemon.new(*SHELL)
+    with tachi_daemon.client() as client:
+        conn = client.attach(s["id"], read_only=True)
+        conn.request("window.new", session=s["id"], command=[])
+        conn.request("window.rename", session=s["id"], window=0, name="mine")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len([e for e in conn.events if "ok" in e]) < 2:
+            conn.read(timeout=0.2)
+        replies = [e for e in conn.events if "ok" in e]
+        conn.close()
+    assert [r["error"]["code"] for r in replies] == ["permission_denied"] * 2
+    assert [w["name"] for w in _windows(tachi_daemon, s["id"])] == ["bash"]

@@ -48,6 +48,7 @@ def share() -> None:
     help="Only from these networks (repeatable; network transports).",
 )
 @json_option
+@token_option
 @pass_ctx
 def share_create(
     ctx: Context,
@@ -79,6 +80,7 @@ def share_create(
     "--all", "show_all", is_flag=True, help="Include expired, revoked and rotated grants."
 )
 @json_option
+@token_option
 @pass_ctx
 def share_ls(ctx: Context, session: str, show_all: bool, as_json: bool) -> None:
     """List SESSION's grants (never their tokens)."""
@@ -96,16 +98,30 @@ def share_ls(ctx: Context, session: str, show_all: bool, as_json: bool) -> None:
                 g.get("user") or "-",
                 g.get("expiresAt") or "never",
                 ",".join(g.get("allowIps") or []) or "any",
-                "revoked" if g.get("revoked") else ("rotated" if g.get("replacedBy") else "active"),
+                _grant_state(g),
             ]
             for g in grants
         ],
     )
 
 
+def _grant_state(grant: dict) -> str:
+    from tachi.gotime import now_ns, parse_rfc3339
+
+    if grant.get("revoked"):
+        return "revoked"
+    now = now_ns()
+    if grant.get("expiresAt") and parse_rfc3339(grant["expiresAt"]) <= now:
+        return "expired"
+    if grant.get("graceUntil") and parse_rfc3339(grant["graceUntil"]) <= now:
+        return "rotated"
+    return "rotating" if grant.get("replacedBy") else "active"
+
+
 @cli.command("revoke")
 @click.argument("session")
 @click.argument("grant")
+@token_option
 @pass_ctx
 def revoke(ctx: Context, session: str, grant: str) -> None:
     """Revoke GRANT on SESSION; its clients are disconnected at once."""
@@ -149,6 +165,7 @@ def token() -> None:
     "--grace", help="How long old tokens keep working (default: config, 60s; 0 = at once)."
 )
 @json_option
+@token_option
 @pass_ctx
 def rotate(ctx: Context, session: str, grant: str | None, grace: str | None, as_json: bool) -> None:
     """Issue new tokens for GRANT (or all of SESSION's); clients get them in-band."""

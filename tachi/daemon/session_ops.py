@@ -269,6 +269,7 @@ async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 @operation("window.new")
 async def window_new(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "window.new")
+    ctx.connection.deny_if_read_only("opening windows")
     command = args.get("command") or []
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
         raise InvalidRequest("command must be a list of strings")
@@ -306,6 +307,7 @@ async def window_select(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
 @operation("window.rename")
 async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "window.rename")
+    ctx.connection.deny_if_read_only("renaming windows")
     name = arg_str(args, "name") or ""
     if not name.strip() or len(name) > 64:
         raise InvalidRequest("a window name must be 1-64 characters")
@@ -320,6 +322,7 @@ async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
 @operation("window.close")
 async def window_close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "window.close")
+    ctx.connection.deny_if_read_only("closing windows")
     window_id = arg_int(args, "window", required=True) or 0
     session.mux.close(window_id)
     ctx.daemon.window_event(ctx.principal, session, "window.close", window_id)
