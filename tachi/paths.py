@@ -36,13 +36,15 @@ def config_path() -> Path:
     return Path(base) / "tachi" / "config.toml"
 
 
-def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) with mode 0700, or accept it if it exists; return it.
+def ensure_private_dir(path: Path, *, owned: bool = True) -> Path:
+    """Create ``path`` (and parents) with mode 0700; return it.
 
-    An existing directory keeps its mode: it may be shared (``--socket /tmp/x.sock``
-    must never lock everyone out of /tmp); what lives in it protects itself
-    (the socket is 0600). Raises ``PermissionError`` if it belongs to another
-    user, since a directory someone else controls could hide an impostor daemon.
+    ``owned=True`` is for tachi's own directories (state, audit): an existing one
+    is forced back to 0700. ``owned=False`` is for a directory the user chose to
+    put the socket in: if it exists it keeps its mode (``--socket /tmp/x.sock``
+    must never lock everyone out of /tmp) and the socket, 0600, protects itself.
+    Raises ``PermissionError`` if it belongs to another user, since a directory
+    someone else controls could hide an impostor daemon.
     """
     try:
         path.mkdir(parents=True, mode=0o700)
@@ -52,6 +54,7 @@ def ensure_private_dir(path: Path) -> Path:
             raise PermissionError(
                 f"{path} belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
             ) from None
-        return path
+        if not owned:
+            return path
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     return path

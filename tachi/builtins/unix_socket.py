@@ -67,7 +67,7 @@ class UnixSocketTransport:
     async def start(self, daemon: Daemon) -> None:
         """Listen on ``path``. Raises ``RuntimeError`` if another daemon answers there."""
         self._daemon = daemon
-        ensure_private_dir(self.path.parent)
+        ensure_private_dir(self.path.parent, owned=False)
         if self.path.exists() or self.path.is_symlink():
             if await _answers(self.path):
                 raise RuntimeError(f"another tachid is already listening on {self.path}")
