@@ -61,7 +61,15 @@ def test_terminal_is_restored_on_every_exit_path(tachi_daemon, tmp_path, how):
     s = tachi_daemon.new(*SHELL)
     argv = _stty_script(tachi_daemon, s["id"], tmp_path)
     child = pexpect.spawn(argv[0], argv[1:], env=tachi_daemon.env, dimensions=(30, 100), timeout=15)
-    child.expect(r"\$|#")
+    try:
+        child.expect(r"\$|#", timeout=30)
+    except pexpect.TIMEOUT:
+        # Seen rarely in fresh CI runs under load: say what the daemon saw.
+        info = get(tachi_daemon, s["id"])
+        raise AssertionError(
+            f"attach drew nothing in 30 s; daemon sees {info['clients']} client(s), "
+            f"state {info['state']}; daemon log:\n{tachi_daemon.log.read_text()[-2000:]}"
+        ) from None
     until(lambda: get(tachi_daemon, s["id"])["state"] == "active")
     if how == "detach":
         child.send(PREFIX + "d")
