@@ -135,3 +135,20 @@ def test_reattach_resumes_exactly_where_the_client_left(tachi_daemon):
         stale = client.attach(s["id"], resume=(position[0], -1))
         assert stale.read(timeout=5).startswith(b"\x1b[?1049l")
         stale.close()
+
+
+def test_the_first_screen_is_never_stranded_after_the_attach_reply(tachi_daemon):
+    # The screen often arrives in the same read as the reply; it must be handed
+    # on (pending) rather than left in the decoder where a select()-driven
+    # client like `tachi attach` would not look until new output arrives.
+    import select
+
+    from tachi.client.wire import WireConnection
+
+    s = tachi_daemon.new("sleep", "300")
+    for _ in range(150):
+        wire = WireConnection(tachi_daemon.socket, autostart=False)
+        wire.call("session.attach", {"session": s["id"]})
+        ready = bool(wire.pending) or bool(select.select([wire.fileno()], [], [], 2)[0])
+        wire.close()
+        assert ready, "the first screen was left where nobody reads it"

@@ -101,6 +101,11 @@ class WireConnection:
             if frame.channel == protocol.CONTROL:
                 message = protocol.decode_control(frame.payload)
                 if message.get("id") == request_id and "ok" in message:
+                    # Frames that came in the same read as the reply (an attach's
+                    # first screen) must not wait in the decoder for the next read:
+                    # a caller that select()s on the socket would never see them.
+                    self.pending.extend(self._frames)
+                    self._frames.clear()
                     if message["ok"]:
                         return message.get("result")
                     raise error_from_json(message.get("error") or {})
