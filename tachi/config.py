@@ -7,6 +7,7 @@ sections are reported at load time.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from tachi.gotime import parse_duration
 from tachi.paths import config_path, socket_path, state_dir
 
 SIZE_POLICIES = ("latest", "smallest", "largest")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(slots=True)
@@ -38,6 +40,8 @@ class Config:
     recording_dir: Path | None = None
     recording_input: bool = False
     recording_format: str = "asciicast"
+    allow_ip: list[Network] = field(default_factory=list)
+    deny_ip: list[Network] = field(default_factory=list)
     state_dir: Path = field(default_factory=state_dir)
     socket: Path = field(default_factory=socket_path)
     raw: dict[str, Any] = field(default_factory=dict)
@@ -45,6 +49,31 @@ class Config:
     @property
     def recordings_dir(self) -> Path:
         return self.recording_dir or self.state_dir / "recordings"
+
+    def address_refusal(self, address: str) -> str | None:
+        """Why the daemon-wide IP rules refuse ``address``, or ``None`` if they allow it.
+
+        ``deny_ip`` wins over ``allow_ip``; an empty ``allow_ip`` allows every
+        address that is not denied. An unparsable address is refused.
+        """
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return f"unparsable peer address {address!r}"
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for net in self.deny_ip:
+            if ip.version == net.version and ip in net:
+                return f"address {ip} is denied by deny_ip {net}"
+        if self.allow_ip and not any(
+            ip.version == net.version and ip in net for net in self.allow_ip
+        ):
+            return f"address {ip} is not in allow_ip"
+        return None
+
+    def transport(self, name: str) -> dict[str, Any]:
+        """The ``[transports.NAME]`` table, or ``{}``."""
+        return dict(self.raw.get("transports", {}).get(name, {}))
 
     def plugin(self, name: str) -> dict[str, Any]:
         """The ``[plugins.NAME]`` table, or ``{}``."""
@@ -97,8 +126,22 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     if rec.get("dir"):
         cfg.recording_dir = Path(rec["dir"]).expanduser()
     cfg.audit_fail_open = bool(sec.get("audit_fail_open", False))
+    cfg.allow_ip = _networks(sec, "allow_ip")
+    cfg.deny_ip = _networks(sec, "deny_ip")
     if "token_grace" in sec:
         cfg.token_grace = parse_duration(sec["token_grace"])
     if "token_rotation" in sec or "token_rotation" in raw:
         cfg.token_rotation = parse_duration(sec.get("token_rotation", raw.get("token_rotation")))
     return cfg
+
+
+def _networks(table: dict[str, Any], key: str) -> list[Network]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"security.{key} must be a list of CIDR strings")
+    try:
+        return [ipaddress.ip_network(str(cidr), strict=False) for cidr in value]
+    except ValueError as exc:
+        raise ValueError(f"security.{key}: {exc}") from None

@@ -25,13 +25,79 @@ hookimpl = pluggy.HookimplMarker("tachi")
 def tachi_register_transports(register: Callable[[Any], None], config: Any) -> None:
     """Register transports with ``register(transport)``.
 
-    A transport has a ``name`` and ``async start(daemon) -> None`` and
-    ``async stop() -> None``. For each peer it authenticates, it calls
-    ``await daemon.serve_connection(principal, wire, next_frame)`` (see
+    A transport has a ``name``, ``async start(daemon) -> None`` and
+    ``async stop() -> None``, and optionally ``describe() -> dict`` (its ``url``,
+    TLS ``fingerprint`` and so on, shown by ``tachi daemon status``). For each
+    new peer it builds a ``tachi.core.peer.Peer`` from what it saw, may refuse
+    it early with ``daemon.check_address(peer)``, and then calls
+    ``await daemon.serve_connection(wire, next_frame, peer=peer)`` (see
     ``tachi.daemon.connection``): ``wire`` sends frames back, ``next_frame``
-    returns the next decoded frame or ``None`` at the end. ``config`` is the
-    loaded ``tachi.config.Config``; a transport not enabled there should not
-    register.
+    returns the next decoded frame or ``None`` at the end. The peer is
+    authenticated at the protocol's hello (which may carry a token). A transport
+    that authenticates during its own handshake (SSH) calls
+    ``daemon.authenticate(peer)`` itself and passes ``principal=`` instead.
+    ``config`` is the loaded ``tachi.config.Config``; a transport not enabled
+    there should not register.
+    """
+
+
+@hookspec(firstresult=True)
+def tachi_authenticate(peer: Any) -> Any:
+    """Say who ``peer`` (a ``tachi.core.peer.Peer``) is: a ``Principal``, or ``None``.
+
+    Called by the daemon for every new connection on every transport, after the
+    daemon-wide IP rules passed. The first non-``None`` answer wins; raise
+    ``tachi.errors.PermissionDenied`` to refuse outright (with a reason the
+    peer is shown). A peer nobody vouches for is refused and audited with its
+    address, unless it presented a share token. Built-ins: local users from
+    peer credentials (``tachi.builtins.unix_socket``), and the share-token
+    wrapper (``tachi.builtins.token_auth``), which turns whatever identity the
+    others found plus a presented token into the grant's principal. Must not
+    block: it runs on the daemon's event loop.
+    """
+
+
+@hookspec(firstresult=True)
+def tachi_server_tls(transport: str, config: Any) -> Any:
+    """Return an ``ssl.SSLContext`` for a network transport's listener, or ``None``.
+
+    Lets an identity plugin (SPIFFE) supply the daemon's certificate and the
+    client-certificate verification. A transport calls this before falling back
+    to its own certificate settings. The context may rotate certificates
+    without a restart (e.g. through ``sni_callback``).
+    """
+
+
+@hookspec(firstresult=True)
+def tachi_client_tls(url: str, options: dict[str, Any]) -> Any:
+    """Return an ``ssl.SSLContext`` the client uses to reach ``url``, or ``None``.
+
+    ``options`` holds the client's connection options (``fingerprint``,
+    ``ca_file``, ``svid_cert``, ``svid_key``, ``trust_bundle``, ``server_id``,
+    …). Called in the client process, not the daemon.
+    """
+
+
+@hookspec
+def tachi_verify_server(url: str, options: dict[str, Any], certificate: bytes) -> None:
+    """Check the daemon's TLS leaf certificate (DER) after the handshake.
+
+    Raise ``tachi.errors.PermissionDenied`` to refuse the server (say why in one
+    line). Called in the client process for every TLS connection a client
+    transport opens.
+    """
+
+
+@hookspec(firstresult=True)
+def tachi_connect(url: str, options: dict[str, Any]) -> Any:
+    """Open a connection to the daemon at ``url`` (``wss://host:7681``, ``ssh://…``).
+
+    Return a connected stream ``socket.socket`` that carries tachi frames both
+    ways (a transport plugin typically bridges its protocol to one end of a
+    ``socket.socketpair()``), or ``None`` if the URL's scheme is not yours.
+    Raise ``tachi.errors.DaemonUnavailable`` (can't reach) or
+    ``PermissionDenied`` (TLS or identity refused) with one clear line.
+    Called in the client process (``tachi --host URL``, ``Client(url=…)``).
     """
 
 

@@ -58,3 +58,41 @@ def ensure_private_dir(path: Path, *, owned: bool = True) -> Path:
             return path
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
     return path
+
+
+def shared_socket_path(primary: Path, uid: int | None = None) -> Path:
+    """Where the daemon of ``primary`` lets granted local users in.
+
+    The primary socket sits in a 0700 directory nobody else can enter. Once a
+    session is shared with a local user, the daemon also listens here, in
+    ``/tmp/tachi-shared-$UID`` (mode 0711: others may reach a socket whose name
+    they know, not list the directory), so no ACL tool is needed. Who may use
+    it is decided by peer credentials and grants, as on the primary socket.
+    ``uid`` is the daemon's user (default: this process's).
+    """
+    import hashlib
+
+    # Named after the primary socket's path, so several daemons of one user never clash.
+    name = hashlib.sha256(str(primary.absolute()).encode()).hexdigest()[:12]
+    owner = os.getuid() if uid is None else uid
+    return Path(f"/tmp/tachi-shared-{owner}") / f"{name}.sock"
+
+
+def ensure_shared_dir(path: Path) -> Path:
+    """Create ``path`` with mode 0711, or check an existing one is really ours.
+
+    Raises ``PermissionError`` if it is a symlink, not a directory, or belongs
+    to another user (someone squatting the name in /tmp).
+    """
+    import stat
+
+    try:
+        path.mkdir(mode=0o711)
+    except FileExistsError:
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise PermissionError(
+                f"{path} exists and is not a directory of yours: refusing to share through it"
+            ) from None
+    os.chmod(path, 0o711)
+    return path

@@ -30,6 +30,7 @@ class DaemonProcess:
     ) -> None:
         self.home = home
         self.socket = home / "s.sock"
+        self.uid = os.getuid()
         if config is not None:
             (home / "config.toml").write_text(config)
         self.env = {
@@ -92,10 +93,19 @@ class DaemonProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(5)
 
-    def client(self, **kwargs: Any) -> Any:
+    @property
+    def shared_socket(self) -> Path:
+        """The socket local users with a grant connect to (see ``tachi share --user``)."""
+        from tachi.paths import shared_socket_path
+
+        return shared_socket_path(self.socket, self.uid)
+
+    def client(self, *, shared: bool = False, **kwargs: Any) -> Any:
+        """A ``tachi.Client`` on this daemon; ``shared=True`` uses the socket that
+        other local users reach (for code running as them)."""
         from tachi.client.sync import Client
 
-        return Client(self.socket, autostart=False, **kwargs)
+        return Client(self.shared_socket if shared else self.socket, autostart=False, **kwargs)
 
     def run(
         self,

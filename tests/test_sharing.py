@@ -45,7 +45,7 @@ def test_observer_sees_output_live_but_cannot_type_resize_or_signal(tachi_daemon
     share(tachi_daemon, sid, "--role", "observer", "--user", "tachi-alice")
 
     def observer():
-        with tachi_daemon.client() as client:
+        with tachi_daemon.client(shared=True) as client:
             conn = client.attach(sid, size=PTYConfig(rows=50, cols=200))
             assert conn.read_only and conn.role == "observer"
             conn.write(b"echo OBSERVER-TYPED\r")
@@ -94,7 +94,7 @@ def test_collaborators_both_type_and_the_audit_log_says_who(tachi_daemon, users)
 
     def typist(word):
         def run():
-            with tachi_daemon.client() as client:
+            with tachi_daemon.client(shared=True) as client:
                 conn = client.attach(sid)
                 assert not conn.read_only and conn.role == "collaborator"
                 conn.write(f"echo typed-by-{word}\r".encode())
@@ -130,7 +130,7 @@ def test_handoff_demotes_the_old_owner_live(tachi_daemon, users):
         assert not conn.done
 
         def new_owner():
-            with tachi_daemon.client() as c:
+            with tachi_daemon.client(shared=True) as c:
                 c.send(sid, "echo new-owner-$((1+1))\n")
                 return c.get(sid).userId
 
@@ -155,7 +155,7 @@ def test_a_user_without_a_grant_is_refused_at_connect_and_audited(tachi_daemon, 
 
     def connect():
         try:
-            tachi_daemon.client().disconnect()
+            tachi_daemon.client(shared=True).disconnect()
             return "admitted"
         except PermissionDenied as exc:
             return str(exc)
@@ -320,7 +320,7 @@ def test_a_user_bound_token_cannot_be_borrowed(tachi_daemon, users):
 
     def bob_borrows():
         try:
-            tachi_daemon.client(token=grant["token"]).disconnect()
+            tachi_daemon.client(shared=True, token=grant["token"]).disconnect()
             return "accepted"
         except PermissionDenied as exc:
             return str(exc)

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tachi import protocol
+from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.errors import TachiError
 from tachi.hookspecs import hookimpl
-from tachi.paths import ensure_private_dir
+from tachi.paths import ensure_private_dir, ensure_shared_dir, shared_socket_path
 
 if TYPE_CHECKING:
     from tachi.daemon.server import Daemon
@@ -48,54 +50,82 @@ class StreamWire:
         self._writer.close()
 
 
-def peer_principal(sock: socket.socket) -> Principal:
+def socket_peer(sock: socket.socket) -> Peer:
     """The connecting process's user, from the kernel (never from what it claims)."""
     pid, uid, _gid = _CREDS.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
     )
-    return Principal.local(uid, pid)
+    return Peer(transport="unix", uid=uid, pid=pid)
 
 
 class UnixSocketTransport:
+    """The primary socket (0600, owner only) and, once a session is shared with
+    a local user, a second socket those users can reach (see
+    ``tachi.paths.shared_socket_path``). Both identify peers by ``SO_PEERCRED``;
+    the daemon admits only its owner and users holding a grant."""
+
     name = "unix"
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._server: asyncio.AbstractServer | None = None
+        self.shared_path = shared_socket_path(path)
+        self._servers: dict[Path, asyncio.AbstractServer] = {}
         self._daemon: Daemon | None = None
 
     async def start(self, daemon: Daemon) -> None:
         """Listen on ``path``. Raises ``RuntimeError`` if another daemon answers there."""
         self._daemon = daemon
         ensure_private_dir(self.path.parent, owned=False)
-        if self.path.exists() or self.path.is_symlink():
-            if await _answers(self.path):
-                raise RuntimeError(f"another tachid is already listening on {self.path}")
-            self.path.unlink()
+        await self._listen(self.path, 0o600)
+        if daemon.grants.users_with_grants():
+            await self._open_shared()
+
+    async def _listen(self, path: Path, mode: int) -> None:
+        if path.exists() or path.is_symlink():
+            if await _answers(path):
+                raise RuntimeError(f"another tachid is already listening on {path}")
+            path.unlink()
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            self._servers[path] = await asyncio.start_unix_server(self._serve, path=str(path))
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        os.chmod(path, mode)
 
-    def grant_local_access(self, uid: int) -> None:
-        """Let another local user reach the socket (for sessions shared with them)."""
-        _set_acl(self.path.parent, uid, "x")
-        _set_acl(self.path, uid, "rw")
+    async def _open_shared(self) -> None:
+        if self.shared_path in self._servers:
+            return
+        try:
+            ensure_shared_dir(self.shared_path.parent)
+            await self._listen(self.shared_path, 0o666)
+        except (OSError, RuntimeError) as exc:
+            log.error("cannot open the shared socket %s: %s", self.shared_path, exc)
+            raise TachiError(f"cannot open the shared socket {self.shared_path}: {exc}") from None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": f"unix:{self.path}"}
+        if self.shared_path in self._servers:
+            out["shared"] = f"unix:{self.shared_path}"
+        return out
+
+    async def grant_local_access(self, uid: int) -> Path:
+        """Let another local user reach the daemon; returns the socket they use."""
+        await self._open_shared()
+        return self.shared_path
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._daemon is not None
-        sock = writer.get_extra_info("socket")
-        principal = peer_principal(sock)
+        peer = socket_peer(writer.get_extra_info("socket"))
         wire = StreamWire(writer)
-        await self._daemon.serve_connection(principal, wire, lambda: protocol.read_frame(reader))
+        await self._daemon.serve_connection(
+            wire, lambda: protocol.read_frame(reader), peer=peer
+        )
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for path, server in self._servers.items():
+            server.close()
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                path.unlink()
 
 
 async def _answers(path: Path) -> bool:
@@ -107,17 +137,14 @@ async def _answers(path: Path) -> bool:
     return True
 
 
-def _set_acl(path: Path, uid: int, perms: str) -> None:
-    import subprocess
-
-    try:
-        subprocess.run(
-            ["setfacl", "-m", f"u:{uid}:{perms}", str(path)], check=True, capture_output=True
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        log.warning("could not grant uid %d access to %s: %s", uid, path, exc)
-
-
 @hookimpl
 def tachi_register_transports(register: Any, config: Any) -> None:
     register(UnixSocketTransport(config.socket))
+
+
+@hookimpl
+def tachi_authenticate(peer: Peer) -> Principal | None:
+    """A local user is who the kernel says is on the other end of the socket."""
+    if peer.transport == "unix" and peer.uid is not None:
+        return Principal.local(peer.uid, peer.pid)
+    return None

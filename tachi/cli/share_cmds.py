@@ -70,7 +70,16 @@ def share_create(
     expires = grant.get("expiresAt") or "never"
     who = f" for {user}" if user else ""
     click.echo(f"grant {grant['id']}: {role}{who}, expires {expires}", err=True)
-    click.echo(f"token (shown once): {grant['token']}", err=True)
+    if role == "collaborator":
+        click.echo(
+            f"warning: a collaborator types into programs that run as {grant['runsAs']}"
+            f" (the daemon's user), with that user's rights",
+            err=True,
+        )
+    if user:
+        click.echo(f"{user} joins with their own identity (no token), by running:", err=True)
+    else:
+        click.echo(f"token (shown once): {grant['token']}", err=True)
     click.echo(grant["attach"])
 
 
@@ -151,6 +160,15 @@ def handoff(ctx: Context, session: str, to: str, keep: str, as_json: bool) -> No
         emit_json(result)
     else:
         click.echo(f"session {result['id']} now belongs to {to}; you keep: {keep}", err=True)
+        click.echo(
+            f"warning: its programs still run as {result['runsAs']} (the daemon's user):"
+            f" {to} now controls a shell with {result['runsAs']}'s rights",
+            err=True,
+        )
+        if result.get("socket"):
+            click.echo(
+                f"{to} attaches with: tachi --socket {result['socket']} attach {result['id']}"
+            )
 
 
 @cli.group("token")

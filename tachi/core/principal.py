@@ -1,4 +1,4 @@
-"""Who is asking: a local user (from the socket's peer credentials) or a token holder."""
+"""Who is asking: a local user, a network identity, or a token holder."""
 
 from __future__ import annotations
 
@@ -6,14 +6,25 @@ import pwd
 from dataclasses import dataclass
 from typing import Any
 
+#: Kinds of principal the built-ins produce; plugins may add their own.
+KINDS = ("unix", "token", "spiffe", "ssh")
+
 
 @dataclass(slots=True, frozen=True)
 class Principal:
     """An authenticated caller.
 
-    ``user`` is the local user name, or ``token:<grant id>`` for a bearer token
-    with no user; ``source`` is where the request came from (``uid:1000``,
-    ``ip:203.0.113.5``); ``grant_id`` is set when a token authenticated it.
+    - ``kind``: how it was authenticated (``unix``, ``token``, ``spiffe``, ``ssh``,
+      or a plugin's own kind).
+    - ``user``: its stable name: the local login name, the SPIFFE ID, the SSH
+      principal, or ``token:<grant id>`` for a bearer token with no identity.
+    - ``uid``: the local user id, set only for local users (peer credentials),
+      never for network identities.
+    - ``source``: where the request came from (``uid:1000,pid:42``,
+      ``websocket:127.0.0.2:50122``).
+    - ``spiffe_id``: the SPIFFE ID proven by an X.509-SVID, if any.
+    - ``grant_*``: set when a share token authenticated it.
+    - ``peer_ip``: the remote address of a network peer.
     """
 
     user: str
@@ -23,6 +34,8 @@ class Principal:
     grant_session: str | None = None
     grant_role: str | None = None
     peer_ip: str | None = None
+    kind: str = "unix"
+    spiffe_id: str | None = None
 
     @classmethod
     def local(cls, uid: int, pid: int | None = None) -> Principal:
@@ -30,8 +43,25 @@ class Principal:
             user=user_name(uid), uid=uid, source=f"uid:{uid}" + (f",pid:{pid}" if pid else "")
         )
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What makes two principals the same owner: the uid for local users, the
+        kind and name otherwise (so a SPIFFE ID never matches a login name)."""
+        if self.uid is not None:
+            return ("uid", str(self.uid))
+        return (self.kind, self.user)
+
     def to_json(self) -> dict[str, Any]:
-        return {"user": self.user, "uid": self.uid, "source": self.source, "grant": self.grant_id}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "user": self.user,
+            "uid": self.uid,
+            "source": self.source,
+            "grant": self.grant_id,
+        }
+        if self.spiffe_id:
+            out["spiffeId"] = self.spiffe_id
+        return out
 
 
 def user_name(uid: int) -> str:

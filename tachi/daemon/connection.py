@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tachi import protocol
+from tachi.core.peer import Peer
 from tachi.core.principal import Principal
 from tachi.daemon.ops import OPERATIONS, RequestContext
 from tachi.errors import InvalidRequest, PermissionDenied, ProtocolError, TachiError
@@ -32,9 +33,18 @@ NextFrame = Callable[[], Awaitable[protocol.Frame | None]]
 class Connection:
     """State of one connection: who it is, and what it is attached to."""
 
-    def __init__(self, daemon: Daemon, principal: Principal, wire: Wire) -> None:
+    def __init__(
+        self,
+        daemon: Daemon,
+        wire: Wire,
+        *,
+        peer: Peer | None = None,
+        principal: Principal | None = None,
+    ) -> None:
         self.daemon = daemon
-        self.principal = principal
+        self.peer = peer
+        # Until the hello authenticates a bare peer, nobody: every op needs a hello first.
+        self._principal = principal
         self.wire = wire
         self.attached: AttachedClient | None = None
         self.session: SessionRuntime | None = None
@@ -49,7 +59,7 @@ class Connection:
                 self._handle(frame, tasks)
         except ProtocolError as exc:
             self.send({"event": "error", "error": exc.to_json()})
-            log.info("closing connection of %s: %s", self.principal.source, exc)
+            log.info("closing connection of %s: %s", self.source, exc)
         finally:
             # Requests in flight are abandoned with the connection, but awaited.
             for task in tasks:
@@ -57,6 +67,23 @@ class Connection:
             await asyncio.gather(*tasks, return_exceptions=True)
             self.detach("connection closed")
             self.wire.close()
+
+    @property
+    def principal(self) -> Principal:
+        """Who this connection acts as (only valid after the hello)."""
+        if self._principal is None:
+            raise ProtocolError("the first frame must be a hello control frame")
+        return self._principal
+
+    @principal.setter
+    def principal(self, value: Principal) -> None:
+        self._principal = value
+
+    @property
+    def source(self) -> str:
+        if self._principal is not None:
+            return self._principal.source
+        return self.peer.source if self.peer is not None else "unknown"
 
     def send(self, message: dict[str, Any]) -> None:
         try:
@@ -93,11 +120,17 @@ class Connection:
             )
         token = args.get("token")
         try:
-            if token is not None:
-                if not isinstance(token, str):
-                    raise InvalidRequest("token must be a string")
-                self.principal = self.daemon.authenticate_token(token, self.principal)
-            self.daemon.admit(self.principal)
+            if token is not None and not isinstance(token, str):
+                raise InvalidRequest("token must be a string")
+            if self._principal is None:
+                assert self.peer is not None
+                self._principal = self.daemon.authenticate(self.peer.with_token(token))
+            elif token is not None:
+                # Authenticated by the transport already (SSH): the token narrows it.
+                peer = self.peer or Peer(transport="internal")
+                self._principal = self.daemon.principal_for_token(
+                    token, self._principal, peer.with_token(token)
+                )
         except TachiError as exc:
             self.send({"id": message.get("id"), "ok": False, "error": exc.to_json()})
             raise ProtocolError(f"refused: {exc}") from None

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from tachi import protocol
     from tachi.core.clients import AttachedClient, Wire
+    from tachi.core.peer import Peer
     from tachi.core.session import SessionRuntime
     from tachi.models import SessionRequest
 
@@ -48,10 +49,12 @@ class Daemon:
 
     def __init__(self, config: config_mod.Config, pm: pluggy.PluginManager) -> None:
         from tachi.audit import AuditLog  # the audit module pulls in cryptography
+        from tachi.builtins.token_auth import TokenAuthenticator
         from tachi.grants import GrantStore
 
         self.config = config
         self.pm = pm
+        pm.register(TokenAuthenticator(self), "tachi.builtins.token_auth")
         self.hooks = pm.hook
         self.started_at = now_ns()
         state = config.state_dir
@@ -134,14 +137,23 @@ class Daemon:
 
     async def serve_connection(
         self,
-        principal: Principal,
         wire: Wire,
         next_frame: Callable[[], Awaitable[protocol.Frame | None]],
+        *,
+        peer: Peer | None = None,
+        principal: Principal | None = None,
     ) -> None:
-        """Serve one authenticated-at-transport-level connection to its end."""
+        """Serve one connection to its end.
+
+        Give ``peer`` to have the peer authenticated at the protocol's hello
+        (with the token it may present there), or ``principal`` when the
+        transport authenticated it already with :meth:`authenticate`.
+        """
         from tachi.daemon.connection import Connection
 
-        await Connection(self, principal, wire).run(next_frame)
+        if peer is None and principal is None:
+            raise ValueError("serve_connection needs a peer or a principal")
+        await Connection(self, wire, peer=peer, principal=principal).run(next_frame)
 
     # -- sessions -----------------------------------------------------------
     def create_session(self, principal: Principal, req: SessionRequest) -> SessionRuntime:
@@ -180,9 +192,56 @@ class Daemon:
     def role_of(self, principal: Principal, session: SessionRuntime) -> str | None:
         return session.access.role_of(principal)
 
+    def check_address(self, peer: Peer) -> None:
+        """Apply the daemon-wide ``allow_ip`` / ``deny_ip`` rules to a network peer.
+
+        Raises ``PermissionDenied`` (audited with the address) when the peer's
+        address is denied, or not allowed while an allow list is set. Local
+        peers (no address) always pass.
+        """
+        if peer.address is None:
+            return
+        reason = self.config.address_refusal(peer.address)
+        if reason is not None:
+            self.audit_refusal(peer, "connect", reason)
+            raise PermissionDenied(reason)
+
+    def authenticate(self, peer: Peer) -> Principal:
+        """Who ``peer`` is, by the IP rules and the ``tachi_authenticate`` hooks.
+
+        Raises ``PermissionDenied`` (audited with the peer's address) when the
+        address is refused, when no hook vouches for the peer and it presented
+        no token, or when its token is refused; ``AuditWriteError`` if the
+        refusal cannot be audited while failing closed.
+        """
+        self.check_address(peer)
+        try:
+            principal = self.hooks.tachi_authenticate(peer=peer)
+        except PermissionDenied as exc:
+            self.audit_refusal(peer, "auth", exc.message)
+            raise
+        if principal is None:
+            reason = f"no identity accepted for this {peer.transport} connection"
+            self.audit_refusal(peer, "auth", reason)
+            raise PermissionDenied(reason)
+        self.admit(principal)
+        return principal
+
+    def audit_refusal(self, peer: Peer, action: str, reason: str) -> None:
+        """Audit a refused peer that has no principal yet (named by its source)."""
+        self.audit(
+            action=action,
+            result="denied",
+            principal=peer.username or "-",
+            source=peer.source,
+            reason=reason,
+            details={"transport": peer.transport, "address": peer.address},
+        )
+
     def admit(self, principal: Principal) -> None:
         """Refuse, at connect, a local user who holds nothing here (audited)."""
-        if principal.grant_id is not None or principal.uid == os.getuid():
+        if principal.uid is None or principal.uid == os.getuid():
+            # Network identities and token holders are checked per action.
             return
         if principal.user in self.grants.users_with_grants():
             return
@@ -191,25 +250,37 @@ class Daemon:
         self.audit_by(principal, "connect", result="denied", reason="no grant for this user")
         raise PermissionDenied(f"{principal.user} holds no grant on this tachi daemon")
 
-    def authenticate_token(self, token: str, principal: Principal) -> Principal:
+    def principal_for_token(
+        self, token: str, identity: Principal | None, peer: Peer
+    ) -> Principal:
+        """The principal a share token makes of ``identity`` (``None``: an anonymous peer).
+
+        Raises ``PermissionDenied`` (audited) for an unknown, expired, revoked
+        or address-pinned token, and for a grant bound to an identity that the
+        peer did not prove.
+        """
         try:
-            grant = self.grants.authenticate(token, peer_ip=principal.peer_ip)
+            grant = self.grants.authenticate(token, peer_ip=peer.address)
         except TachiError as exc:
-            self.audit_by(principal, "auth.token", result="denied", reason=exc.message)
+            self.audit_refusal(peer, "auth.token", exc.message)
             raise
-        if grant.user and principal.uid is not None and principal.user != grant.user:
-            # A grant for a named user is that user's: nobody else may borrow its token.
+        if grant.user and (identity is None or identity.user != grant.user):
+            # A grant for a named identity is that identity's: nobody may borrow its token.
             reason = f"token of grant {grant.id} belongs to {grant.user}"
-            self.audit_by(principal, "auth.token", result="denied", reason=reason)
+            if identity is None and peer.address is not None:
+                reason += f"; connect as {grant.user} (a verified identity) to use it"
+            self.audit_refusal(peer, "auth.token", reason)
             raise PermissionDenied(reason)
         return Principal(
             user=grant.user or f"token:{grant.id}",
-            uid=principal.uid if grant.user else None,
-            source=principal.source,
+            uid=identity.uid if identity and grant.user else None,
+            source=peer.source,
             grant_id=grant.id,
             grant_session=grant.sessionId,
             grant_role=grant.role,
-            peer_ip=principal.peer_ip,
+            peer_ip=peer.address,
+            kind=identity.kind if identity and grant.user else "token",
+            spiffe_id=identity.spiffe_id if identity and grant.user else None,
         )
 
     # -- events worth auditing ---------------------------------------------------------
@@ -238,14 +309,16 @@ class Daemon:
         self.recordings.input(session, data)
 
     # -- sharing ------------------------------------------------------------------
-    def grant_socket_access(self, uid: int) -> None:
-        """Let local user ``uid`` reach this daemon's socket (tmux's server-access)."""
+    async def grant_socket_access(self, uid: int) -> Path | None:
+        """Let local user ``uid`` reach this daemon (tmux's server-access); returns
+        the socket that user should connect to (``None`` for the daemon's own user)."""
         if uid == os.getuid():
-            return
+            return None
         for transport in self.transports:
             grant = getattr(transport, "grant_local_access", None)
             if grant is not None:
-                grant(uid)
+                return await grant(uid)
+        return None
 
     def end_clients_without_access(self, session_id: str, message: str) -> int:
         return self.sharing.end_clients_without_access(session_id, message)
@@ -302,6 +375,11 @@ class Daemon:
             "uptime": now_ns() - self.started_at,
             "sessions": len(self.manager.sessions),
             "transports": [t.name for t in self.transports],
+            "listeners": [
+                {"transport": t.name, **t.describe()}
+                for t in self.transports
+                if hasattr(t, "describe")
+            ],
         }
 
 

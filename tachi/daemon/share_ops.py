@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 from typing import Any
 
 from tachi.core.access import ROLES
+from tachi.core.principal import user_name
 from tachi.daemon.ops import RequestContext, arg_str, operation
 from tachi.errors import InvalidRequest, NotFound
 from tachi.gotime import parse_duration
@@ -35,6 +37,8 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(allow_ips, list) or not all(isinstance(c, str) for c in allow_ips):
         raise InvalidRequest("allowIps must be a list of CIDR strings")
     uid = _local_user(user).pw_uid if user else None
+    # Before the grant exists, so a failure leaves nothing half-made.
+    shared_socket = await ctx.daemon.grant_socket_access(uid) if uid is not None else None
     grant, token = ctx.daemon.grants.create(
         session.id,
         role,
@@ -43,8 +47,6 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         ttl_ns=ttl_ns or None,
         allow_ips=allow_ips,
     )
-    if uid is not None:
-        ctx.daemon.grant_socket_access(uid)
     ctx.daemon.audit_by(
         ctx.principal,
         "share.create",
@@ -60,7 +62,14 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.daemon.recordings.marker(session.id, f"share: {role} {user or 'token'} ({grant.id})")
     result = grant.to_json()
     result["token"] = token
-    result["attach"] = f"tachi attach {session.id} --token {token}"
+    result["runsAs"] = user_name(os.getuid())
+    if user:
+        # Bound to a local user: they come in as themselves and need no token.
+        socket_opt = f" --socket {shared_socket}" if shared_socket else ""
+        result["socket"] = str(shared_socket) if shared_socket else None
+        result["attach"] = f"tachi{socket_opt} attach {session.id}"
+    else:
+        result["attach"] = f"tachi attach {session.id} --token {token}"
     return result
 
 
@@ -106,5 +115,9 @@ async def handoff(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     keep = arg_str(args, "keep", required=False) or "observer"
     if keep not in ("observer", "collaborator", "none"):
         raise InvalidRequest("keep must be observer, collaborator or none")
+    shared_socket = await ctx.daemon.grant_socket_access(target.pw_uid)
     ctx.daemon.handoff(session, target.pw_name, target.pw_uid, keep, ctx.principal)
-    return session.to_model().to_json()
+    result = session.to_model().to_json()
+    result["socket"] = str(shared_socket) if shared_socket else None
+    result["runsAs"] = user_name(os.getuid())
+    return result

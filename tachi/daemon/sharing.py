@@ -108,7 +108,6 @@ class SharingService:
         session.info.userId = user
         if keep != "none" and old_user != user:
             self.daemon.grants.create(session.id, keep, created_by=by.user, user=old_user)
-        self.daemon.grant_socket_access(uid)
         for client in list(session.clients.values()):
             p = client.principal
             if p.grant_id is None and p.uid == old_uid and old_uid != uid:
