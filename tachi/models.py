@@ -86,6 +86,8 @@ class Window:
     command: list[str] = field(default_factory=list)
     pid: int | None = None
     exitCode: int | None = None
+    #: Input accepted by the daemon that the program has not read yet.
+    inputPending: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,7 @@ class Window:
             "command": self.command,
             "pid": self.pid,
             "exitCode": self.exitCode,
+            "inputPending": self.inputPending,
         }
 
     @classmethod
@@ -107,6 +110,7 @@ class Window:
             createdAt=parse_rfc3339(d["createdAt"]),
             command=list(d.get("command") or []),
             pid=d.get("pid"),
+            inputPending=int(d.get("inputPending") or 0),
             exitCode=d.get("exitCode"),
         )
 

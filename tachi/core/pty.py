@@ -21,6 +21,11 @@ from collections.abc import Callable, Sequence
 from ptyprocess import PtyProcess
 
 READ_SIZE = 64 * 1024
+#: Input queued for a PTY beyond this makes interactive senders wait (backpressure).
+INPUT_HIGH_WATER = 256 * 1024
+#: The most input one window holds for a program that does not read it yet;
+#: a ``send`` that would go past it is refused whole, before anything is queued.
+INPUT_QUEUE_LIMIT = 8 * 1024 * 1024
 
 
 def _default_signals() -> None:
@@ -66,6 +71,10 @@ class PtyChild:
         self._exited_status: int | None = None
         self._finished = False
         self._paused = False
+        # Input the PTY has not taken yet, written in order as it makes room:
+        # input is never dropped while the child lives.
+        self._input = bytearray()
+        self._input_waiters: list[tuple[int, asyncio.Future[None]]] = []
         os.set_blocking(self.fd, False)
         if xpixel or ypixel:
             self.resize(rows, cols, xpixel, ypixel)
@@ -75,21 +84,73 @@ class PtyChild:
 
     # -- input/output -------------------------------------------------------
     def write(self, data: bytes) -> None:
-        """Write input to the PTY. Drops it silently once the child is gone; a full
-        PTY input buffer raises ``BlockingIOError`` for the caller to report."""
-        if self._finished:
+        """Queue input for the PTY; it is written in order as the PTY makes room.
+
+        Never blocks and never drops input while the child lives (see
+        :meth:`input_below` for backpressure); input for a finished child is
+        discarded.
+        """
+        if self._finished or not data:
             return
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
+        if not self._input:
+            data = data[self._write_some(data) :]
+            if not data:
+                return
+            self._loop.add_writer(self.fd, self._flush_input)
+        self._input += data
+
+    @property
+    def input_pending(self) -> int:
+        """Bytes of input queued and not yet taken by the PTY."""
+        return len(self._input)
+
+    async def input_below(self, level: int) -> None:
+        """Return once at most ``level`` bytes of input are pending (or the child is gone)."""
+        if len(self._input) <= level or self._finished:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._input_waiters.append((level, fut))
+        await fut
+
+    def _write_some(self, data: bytes | bytearray) -> int:
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, errno.EBADF):
                 raise
-            except OSError as exc:
-                if exc.errno in (errno.EIO, errno.EBADF):
-                    return
-                raise
-            view = view[n:]
+            # The terminal is gone: nothing will ever read this input.
+            self._drop_input()
+            return len(data)
+
+    def _flush_input(self) -> None:
+        try:
+            written = self._write_some(self._input)
+        except OSError:
+            self._drop_input()
+            return
+        del self._input[:written]
+        if not self._input:
+            self._loop.remove_writer(self.fd)
+        self._wake_input_waiters()
+
+    def _drop_input(self) -> None:
+        if self._input:
+            self._input.clear()
+            self._loop.remove_writer(self.fd)
+        self._wake_input_waiters(everyone=True)
+
+    def _wake_input_waiters(self, everyone: bool = False) -> None:
+        pending = len(self._input)
+        still = []
+        for level, fut in self._input_waiters:
+            if everyone or pending <= level:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                still.append((level, fut))
+        self._input_waiters = still
 
     def _read_ready(self) -> None:
         try:
@@ -138,6 +199,7 @@ class PtyChild:
         self._finished = True
         if not self._eof:
             self._loop.remove_reader(self.fd)
+        self._drop_input()
         self._close_master()
         code = self._exited_status
         self.exit_code = 128 - code if code < 0 else code

@@ -8,8 +8,9 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from tachi.core.pty import INPUT_HIGH_WATER, INPUT_QUEUE_LIMIT
 from tachi.core.window import WindowRuntime, strip_escapes
-from tachi.errors import InvalidRequest
+from tachi.errors import Conflict, InvalidRequest
 from tachi.gotime import now_ns
 from tachi.models import CloseReason, PTYConfig, Session, SessionState
 
@@ -139,9 +140,28 @@ class SessionRuntime:
 
     # -- input --------------------------------------------------------------
     def write(self, data: bytes, window_id: int | None = None) -> None:
-        """Send input to a window's PTY (the active one by default)."""
-        self.mux.get(window_id).child.write(data)
+        """Queue input for a window's PTY (the active one by default), all of it.
+
+        Raises ``NotFound`` for an unknown window and ``Conflict`` (before
+        queueing anything) if the window already holds so much unread input
+        that ``data`` would go past ``INPUT_QUEUE_LIMIT``.
+        """
+        child = self.mux.get(window_id).child
+        if child.input_pending + len(data) > INPUT_QUEUE_LIMIT:
+            raise Conflict(
+                f"window {self.mux.get(window_id).id} has {child.input_pending} bytes of input"
+                f" its program has not read yet; nothing of these {len(data)} bytes was sent"
+            )
+        child.write(data)
         self.info.lastActivity = now_ns()
+
+    async def write_paced(self, data: bytes) -> None:
+        """Queue input for the active window, then wait while its PTY is far behind:
+        an interactive client that pastes faster than the program reads is slowed
+        down (its connection is not read meanwhile) instead of losing input."""
+        child = self.mux.get(None).child
+        self.write(data)
+        await child.input_below(INPUT_HIGH_WATER)
 
     # -- clients ------------------------------------------------------------
     def attach(

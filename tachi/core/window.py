@@ -94,6 +94,7 @@ class WindowRuntime:
             command=self.command,
             pid=self.child.pid,
             exitCode=self.child.exit_code,
+            inputPending=self.child.input_pending,
         )
 
 

@@ -56,7 +56,12 @@ class Connection:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while (frame := await next_frame()) is not None:
-                self._handle(frame, tasks)
+                if frame.channel == protocol.STDIN and self._greeted:
+                    # Awaited here, so a paste faster than the program reads stops
+                    # this loop reading: the client is slowed down, nothing is lost.
+                    await self._stdin(frame.payload)
+                else:
+                    self._handle(frame, tasks)
         except ProtocolError as exc:
             self.send({"event": "error", "error": exc.to_json()})
             log.info("closing connection of %s: %s", self.source, exc)
@@ -102,9 +107,7 @@ class Connection:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         elif frame.channel == protocol.STDIN:
-            if not self._greeted:
-                raise ProtocolError("the first frame must be a hello control frame")
-            self._stdin(frame.payload)
+            raise ProtocolError("the first frame must be a hello control frame")
         else:
             raise ProtocolError("clients may not send stdout frames")
 
@@ -171,7 +174,7 @@ class Connection:
         self.send(reply)
 
     # -- attached streams -----------------------------------------------------------
-    def _stdin(self, data: bytes) -> None:
+    async def _stdin(self, data: bytes) -> None:
         client, session = self.attached, self.session
         if client is None or session is None:
             self.send({"event": "error", "error": {"code": "invalid", "message": "not attached"}})
@@ -181,11 +184,10 @@ class Connection:
             self._audit_denied_input(session, client)
             return
         try:
-            session.write(data)
-        except BlockingIOError:
-            self.send({"event": "notice", "level": "warning", "message": "input dropped: PTY full"})
+            await session.write_paced(data)
         except TachiError as exc:
             self.send({"event": "error", "error": exc.to_json()})
+            return
         self.daemon.note_input(self.principal, session, data)
 
     def _audit_denied_input(self, session: SessionRuntime, client: AttachedClient) -> None:

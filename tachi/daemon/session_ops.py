@@ -219,10 +219,7 @@ async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         except ValueError:
             raise InvalidRequest("data must be base64") from None
     window_id = arg_int(args, "window")
-    try:
-        session.write(data, window_id)
-    except BlockingIOError:
-        raise InvalidRequest("the PTY's input buffer is full; try again") from None
+    session.write(data, window_id)
     ctx.daemon.note_input(ctx.principal, session, data)
     return {"bytes": len(data)}
 
