@@ -40,6 +40,7 @@ class Config:
     recording_dir: Path | None = None
     recording_input: bool = False
     recording_format: str = "asciicast"
+    screen_memory: int | None = None
     allow_ip: list[Network] = field(default_factory=list)
     deny_ip: list[Network] = field(default_factory=list)
     state_dir: Path = field(default_factory=state_dir)
@@ -126,6 +127,9 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     if rec.get("dir"):
         cfg.recording_dir = Path(rec["dir"]).expanduser()
     cfg.audit_fail_open = bool(sec.get("audit_fail_open", False))
+    limits = raw.get("limits", {})
+    if "screen_memory" in limits:
+        cfg.screen_memory = parse_size(limits["screen_memory"], "limits.screen_memory")
     cfg.allow_ip = _networks(sec, "allow_ip")
     cfg.deny_ip = _networks(sec, "deny_ip")
     if "token_grace" in sec:
@@ -145,3 +149,25 @@ def _networks(table: dict[str, Any], key: str) -> list[Network]:
         return [ipaddress.ip_network(str(cidr), strict=False) for cidr in value]
     except ValueError as exc:
         raise ValueError(f"security.{key}: {exc}") from None
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: Any, key: str) -> int:
+    """``1073741824``, ``"512MiB"``, ``"2G"``, ``"64k"`` → bytes (binary units).
+
+    Raises ``ValueError`` naming ``key`` for anything else or a size under 1 MiB.
+    """
+    import re
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*", str(value), re.IGNORECASE)
+        if not m:
+            raise ValueError(f"{key} must be a size such as 512MiB or 2GiB, not {value!r}")
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size < 1 << 20:
+        raise ValueError(f"{key} must be at least 1MiB")
+    return size

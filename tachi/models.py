@@ -64,15 +64,28 @@ class PTYConfig:
         )
 
     def validate(self) -> None:
-        """Raise ``ValueError`` unless every field fits the seed's uint16 and rows/cols > 0."""
-        for name in ("rows", "cols"):
+        """Raise ``ValueError`` unless rows and cols are within ``MAX_ROWS`` and
+        ``MAX_COLS`` and the pixel sizes fit the seed's uint16.
+
+        The seed allows any uint16, but every window keeps an emulated screen
+        (and history) of rows x cols cells in the daemon: 65535 x 65535 would
+        be tens of GB and take every session down with the daemon.
+        """
+        for name, limit in (("rows", MAX_ROWS), ("cols", MAX_COLS)):
             value = getattr(self, name)
-            if not 1 <= value <= 65535:
-                raise ValueError(f"{name} must be between 1 and 65535, got {value}")
+            if not 1 <= value <= limit:
+                raise ValueError(f"{name} must be between 1 and {limit}, got {value}")
         for name in ("xPixel", "yPixel"):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
                 raise ValueError(f"{name} must be between 0 and 65535, got {value}")
+
+
+#: The largest terminal a window may have (tmux allows 10000 x 10000; xterm's
+#: practical limit is lower). 1000 columns x 500 rows covers an 8K display at a
+#: tiny font while keeping one window's screen under ~10 MB.
+MAX_ROWS = 500
+MAX_COLS = 1000
 
 
 @dataclass(slots=True)

@@ -26,8 +26,16 @@ class DaemonProcess:
     """A running ``tachid`` for one test, with helpers to drive it."""
 
     def __init__(
-        self, home: Path, extra_env: dict[str, str] | None = None, config: str | None = None
+        self,
+        home: Path,
+        extra_env: dict[str, str] | None = None,
+        config: str | None = None,
+        *,
+        address_space: int | None = None,
     ) -> None:
+        """``address_space`` caps the daemon's virtual memory (``RLIMIT_AS``, bytes),
+        like ``prlimit --as``, to test how it behaves when memory runs out."""
+        self.address_space = address_space
         self.home = home
         self.socket = home / "s.sock"
         self.uid = os.getuid()
@@ -44,6 +52,12 @@ class DaemonProcess:
         self.log = home / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _limit_memory(self) -> None:
+        import resource
+
+        assert self.address_space is not None
+        resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+
     @property
     def state_dir(self) -> Path:
         return self.home / "state"
@@ -54,6 +68,7 @@ class DaemonProcess:
             [sys.executable, "-m", "tachi.daemon.server", "--socket", str(self.socket)],
             env=self.env,
             stdin=subprocess.DEVNULL,
+            preexec_fn=self._limit_memory if self.address_space else None,
             stdout=log,
             stderr=log,
             start_new_session=True,

@@ -19,6 +19,7 @@ from typing import Any
 from tachi.config import Config
 from tachi.core.periodic import every
 from tachi.core.principal import Principal
+from tachi.core.screen_budget import ScreenBudget, default_limit
 from tachi.core.session import SessionEvents, SessionRuntime
 from tachi.core.store import SessionStore
 from tachi.errors import Conflict, InvalidRequest, NotFound
@@ -49,6 +50,7 @@ class SessionManager:
         self.audit = audit
         self._multiplexer = multiplexer
         self.sessions: dict[str, SessionRuntime] = {}
+        self.screen_budget = ScreenBudget(default_limit(config.screen_memory))
         self.session_listeners: list[Callable[[SessionRuntime, str, dict[str, Any]], None]] = []
         self._ticker: asyncio.Task[None] | None = None
 
@@ -109,6 +111,8 @@ class SessionManager:
             make_multiplexer=self._multiplexer,
             changed=self._changed,
             closed=self._closed,
+            budget=self.screen_budget,
+            history_lines=getattr(self.config, "history_limit", 0),
         )
         session = SessionRuntime(
             info,

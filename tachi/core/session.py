@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.pty import INPUT_HIGH_WATER, INPUT_QUEUE_LIMIT
+from tachi.core.screen_budget import ScreenBudget
 from tachi.core.window import WindowRuntime, strip_escapes
 from tachi.errors import Conflict, InvalidRequest
 from tachi.gotime import now_ns
-from tachi.models import CloseReason, PTYConfig, Session, SessionState
+from tachi.models import MAX_COLS, MAX_ROWS, CloseReason, PTYConfig, Session, SessionState
 
 if TYPE_CHECKING:
     from tachi.core.clients import AttachedClient
@@ -29,8 +30,12 @@ class SessionEvents:
         make_multiplexer: Callable[[SessionRuntime], Any],
         changed: Callable[[SessionRuntime, str, dict[str, Any]], None],
         closed: Callable[[SessionRuntime], None],
+        budget: ScreenBudget | None = None,
+        history_lines: int = 0,
     ) -> None:
         self.create_screen = create_screen
+        self.budget = budget or ScreenBudget(1 << 62)
+        self.history_lines = history_lines
         self.make_multiplexer = make_multiplexer
         self.changed = changed
         self.closed = closed
@@ -88,6 +93,17 @@ class SessionRuntime:
     ) -> WindowRuntime:
         pty = self.info.pty or PTYConfig()
         argv = list(command) or list(self.info.command)
+        budget = self.events.budget
+        budget.reserve([(self.id, window_id)], pty.cols, pty.rows, self.events.history_lines)
+        try:
+            return self._new_window(window_id, argv, name, pty)
+        except BaseException:
+            budget.release((self.id, window_id))
+            raise
+
+    def _new_window(
+        self, window_id: int, argv: list[str], name: str | None, pty: PTYConfig
+    ) -> WindowRuntime:
         return WindowRuntime(
             window_id,
             name=name or os.path.basename(argv[0]),
@@ -123,6 +139,7 @@ class SessionRuntime:
                 waiter.feed(window, data)
 
     def _window_exit(self, window: WindowRuntime, code: int) -> None:
+        self.events.budget.release((self.id, window.id))
         self.events.changed(self, "window-exited", {"window": window.id, "exitCode": code})
         for waiter in list(self._waiters):
             waiter.window_gone(window)
@@ -209,7 +226,15 @@ class SessionRuntime:
             latest = max(sized, key=lambda c: c.size_changed_at).size
             assert latest is not None
             rows, cols, xpix, ypix = latest.rows, latest.cols, latest.xPixel, latest.yPixel
-        self.resize(PTYConfig(self.info.pty.term if self.info.pty else "", rows, cols, xpix, ypix))
+        # A client's terminal may be bigger than a window may be: the window stops
+        # at the limit and the client shows the rest as unused area.
+        rows, cols = min(rows, MAX_ROWS), min(cols, MAX_COLS)
+        term = self.info.pty.term if self.info.pty else ""
+        try:
+            self.resize(PTYConfig(term, rows, cols, xpix, ypix))
+        except Conflict as exc:
+            # Out of screen memory: keep the current size; clients see unused area.
+            self.broadcast({"event": "notice", "level": "warning", "message": str(exc)})
 
     def resize(self, pty: PTYConfig) -> bool:
         """Resize every window (tmux does the same, so switching never shows a
@@ -224,6 +249,12 @@ class SessionRuntime:
             pty.yPixel,
         ):
             return False
+        self.events.budget.reserve(
+            [(self.id, w.id) for w in self.mux.windows()],
+            pty.cols,
+            pty.rows,
+            self.events.history_lines,
+        )
         self.info.pty = PTYConfig(current.term, pty.rows, pty.cols, pty.xPixel, pty.yPixel)
         for window in self.mux.windows():
             window.resize(self.info.pty)
