@@ -11,14 +11,19 @@ from typing import Any
 
 import tachi
 
-log = logging.getLogger("tachi.syslog")
-
 
 def _address(spec: str) -> str | tuple[str, int]:
     host, sep, port = spec.rpartition(":")
     if sep and port.isdigit() and not spec.startswith("/"):
         return (host, int(port))
     return spec
+
+
+class _Handler(logging.handlers.SysLogHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        # logging would print a traceback to stderr for every record and carry on;
+        # raise instead, so tachi reports the failure once and backs off.
+        raise
 
 
 @cache
@@ -28,7 +33,7 @@ def _handler() -> logging.handlers.SysLogHandler:
     settings = config_mod.load().plugin("syslog")
     spec = os.environ.get("TACHI_SYSLOG_ADDRESS") or settings.get("address") or "/dev/log"
     facility = settings.get("facility", "authpriv")
-    handler = logging.handlers.SysLogHandler(
+    handler = _Handler(
         address=_address(spec),
         facility=logging.handlers.SysLogHandler.facility_names.get(facility, 10),
     )
@@ -39,10 +44,13 @@ def _handler() -> logging.handlers.SysLogHandler:
 
 @tachi.hookimpl
 def tachi_audit_event(event: dict[str, Any]) -> None:
+    """Send one record; raises ``OSError`` when syslog can't be reached (tachi then
+    logs it once and backs off)."""
     level = logging.WARNING if event.get("result") == "denied" else logging.INFO
     record = logging.LogRecord("tachi.audit", level, __file__, 0, "%s", (json.dumps(event),), None)
+    handler = _handler()
     try:
-        handler = _handler()
         handler.emit(record)
     except OSError as exc:
-        log.warning("audit record %s not sent to syslog: %s", event.get("seq"), exc)
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"cannot reach syslog at {handler.address}: {reason}") from None

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tachi.config import Config
+from tachi.core.guarded_hooks import GuardedHook
 from tachi.core.periodic import every
 from tachi.core.principal import Principal
 from tachi.core.screen_budget import ScreenBudget, default_limit
@@ -51,6 +52,7 @@ class SessionManager:
         self._multiplexer = multiplexer
         self.sessions: dict[str, SessionRuntime] = {}
         self.screen_budget = ScreenBudget(default_limit(config.screen_memory))
+        self._session_event_hook = GuardedHook(hooks.tachi_session_event)
         self.session_listeners: list[Callable[[SessionRuntime, str, dict[str, Any]], None]] = []
         self._ticker: asyncio.Task[None] | None = None
 
@@ -209,10 +211,7 @@ class SessionManager:
     def _emit(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
         for listener in self.session_listeners:
             listener(session, event, details)
-        try:
-            self.hooks.tachi_session_event(session=session, event=event, details=details)
-        except Exception:
-            log.exception("a tachi_session_event hook failed")
+        self._session_event_hook(session=session, event=event, details=details)
 
     # -- limits ---------------------------------------------------------------------
     def tick(self, now: int) -> None:

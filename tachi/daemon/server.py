@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tachi import __version__
 from tachi import config as config_mod
 from tachi.core.access import SessionAccess
+from tachi.core.guarded_hooks import GuardedHook
 from tachi.core.manager import SessionManager
 from tachi.core.principal import Principal
 from tachi.core.store import SessionStore, connect
@@ -56,6 +57,7 @@ class Daemon:
         self.pm = pm
         pm.register(TokenAuthenticator(self), "tachi.builtins.token_auth")
         self.hooks = pm.hook
+        self._audit_event_hook = GuardedHook(pm.hook.tachi_audit_event)
         self.started_at = now_ns()
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -360,7 +362,7 @@ class Daemon:
         return self.audit_log.append(**record)
 
     def _ship_audit_event(self, event: dict[str, Any]) -> None:
-        self.hooks.tachi_audit_event(event=event)
+        self._audit_event_hook(event=event)
 
     def status(self) -> dict[str, Any]:
         from tachi.gotime import format_rfc3339

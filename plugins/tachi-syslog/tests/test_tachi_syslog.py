@@ -33,3 +33,27 @@ def test_audit_records_reach_a_syslog_collector(tachi_home):
     finally:
         daemon.stop()
         collector.close()
+
+
+def test_without_syslog_the_failure_is_reported_once_not_per_record(tachi_home):
+    # A host with no syslog daemon: the socket path does not exist.
+    daemon = DaemonProcess(
+        tachi_home,
+        extra_env={
+            "TACHI_LOAD_PLUGINS": "syslog",
+            "TACHI_SYSLOG_ADDRESS": str(tachi_home / "no-such-dev-log"),
+        },
+    )
+    daemon.start()
+    try:
+        s = daemon.new("sleep", "300")
+        for i in range(40):  # 40 audited actions, within the first back-off pauses
+            daemon.run("resize", s["id"], "--rows", str(20 + i % 5), "--cols", "80", check=True)
+        assert daemon.run("audit", "verify").returncode == 0  # the log itself is complete
+    finally:
+        daemon.stop()
+    log = daemon.log.read_text()
+    assert "Traceback" not in log and "Logging error" not in log
+    failures = [line for line in log.splitlines() if "plugin syslog failed" in line]
+    assert len(failures) == 1, log
+    assert "no-such-dev-log" in failures[0] and "back-off" in failures[0]
