@@ -112,3 +112,25 @@ def test_an_existing_socket_directory_keeps_its_mode(tachi_home):
         assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
     finally:
         daemon.stop()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (an exited one waiting to be reaped is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_daemon_stop_returns_after_the_daemon_has_exited(tachi_home):
+    for _ in range(3):  # the race was a matter of milliseconds: try it a few times
+        assert _cli(tachi_home, "new", "-d", "--", "sleep", "300").returncode == 0
+        pid = json.loads(_cli(tachi_home, "daemon", "status", "--json").stdout)["pid"]
+        stopped = _cli(tachi_home, "daemon", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not _running(pid)
+        # Its audit log is complete: the stop is its last record, and it verifies.
+        lines = (tachi_home / "state" / "audit" / "audit.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["action"] == "daemon.stop"
+        assert _cli(tachi_home, "audit", "verify").returncode == 0

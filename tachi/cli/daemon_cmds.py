@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import click
 
@@ -54,15 +56,42 @@ def stop(ctx: Context, timeout: float) -> None:
         click.echo("tachid is not running", err=True)
         return
     with client:
+        # Watch the process itself, opened before it is asked to stop: the socket
+        # file goes first, the audit log and the state are closed after it.
+        exited = _exit_watch(client.status()["pid"], ctx.socket_path)
         result = client.call("daemon.stop")
+    if not exited(timeout):
+        raise DaemonUnavailable(f"tachid (pid {result['pid']}) did not exit within {timeout:g}s")
+    click.echo(f"tachid stopped ({result['sessions']} sessions closed)", err=True)
+
+
+def _exit_watch(pid: int, socket: Path) -> Callable[[float], bool]:
+    """A function that waits up to its argument in seconds for process ``pid`` to
+    exit and says whether it did."""
+    import os
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # not visible from here: wait for its socket to go instead
+        return lambda timeout: _socket_gone(socket, timeout)
+
+    def wait(timeout: float) -> bool:
+        try:
+            return bool(select.select([fd], [], [], timeout)[0])
+        finally:
+            os.close(fd)
+
+    return wait
+
+
+def _socket_gone(socket: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not ctx.socket_path.exists():
-            break
+        if not socket.exists():
+            return True
         time.sleep(0.02)
-    else:
-        raise DaemonUnavailable(f"tachid did not exit within {timeout:g}s")
-    click.echo(f"tachid stopped ({result['sessions']} sessions closed)", err=True)
+    return False
 
 
 @daemon.command("status")

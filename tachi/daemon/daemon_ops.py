@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from tachi.daemon.ops import RequestContext, operation
@@ -20,7 +21,7 @@ async def stop(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.daemon.authorize(ctx.principal, "daemon.stop", None)
     # After the reply is written.
     asyncio.get_running_loop().call_soon(ctx.daemon.request_stop)
-    return {"stopping": True, "sessions": len(ctx.daemon.manager.sessions)}
+    return {"stopping": True, "sessions": len(ctx.daemon.manager.sessions), "pid": os.getpid()}
 
 
 @operation("plugins.list")
