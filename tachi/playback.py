@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from tachi.errors import InvalidRequest
+
 
 @dataclass(slots=True)
 class CastHeader:
@@ -98,6 +100,15 @@ def cast_summary(path: Path) -> dict[str, Any]:
     }
 
 
+def load_cast(path: Path) -> tuple[CastHeader, list[CastEvent]]:
+    """:func:`read_cast` for user-named files: raises ``InvalidRequest`` (one line)
+    for a file that is not a recording, ``OSError`` if it can't be read."""
+    try:
+        return read_cast(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{path} is not an asciicast recording ({exc})") from None
+
+
 def play(
     path: Path,
     out: BinaryIO,
@@ -106,13 +117,29 @@ def play(
     idle_limit: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Write the recording's output to ``out`` in real time.
+    """Write the recording's output to ``out`` in real time (see :func:`play_events`).
+
+    Raises ``InvalidRequest`` if ``path`` is not a recording.
+    """
+    header, events = load_cast(path)
+    play_events(header, events, out, speed=speed, idle_limit=idle_limit, sleep=sleep)
+
+
+def play_events(
+    header: CastHeader,
+    events: list[CastEvent],
+    out: BinaryIO,
+    *,
+    speed: float = 1.0,
+    idle_limit: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Write a parsed recording's output to ``out`` in real time.
 
     Delays are divided by ``speed`` and capped at ``idle_limit`` (or the file's
     ``idle_time_limit``). Resize events cannot resize the viewer's terminal and
     are skipped. ``KeyboardInterrupt`` propagates to the caller.
     """
-    header, events = read_cast(path)
     cap = idle_limit if idle_limit is not None else header.idle_time_limit
     previous = 0.0
     for event in events:

@@ -83,8 +83,50 @@ class TachiGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TachiError as exc:
-            click.echo(f"tachi: {exc}", err=True)
-            ctx.exit(exc.exit_status)
+            _fail(str(exc), exc.exit_status)
+        except OSError as exc:
+            # A file the user named (export -o, play FILE): say which, and why.
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}", 1)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the CLI with every error as one ``tachi: ...`` line on stderr:
+        usage errors exit 2, like the daemon's ``InvalidRequest``."""
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("tachi: interrupted", err=True)
+            sys.exit(130)
+        except click.UsageError as exc:
+            ctx = exc.ctx
+            while ctx is not None and ctx.command.hidden and ctx.parent is not None:
+                ctx = ctx.parent  # `tachi share ID` runs a hidden `create`
+            hint = f" (see '{ctx.command_path} --help')" if ctx else ""
+            _fail(_one_line(exc.format_message()) + hint, exc.exit_code)
+        except click.ClickException as exc:
+            _fail(_one_line(exc.format_message()), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("tachi: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if os.environ.get("TACHI_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (TACHI_DEBUG=1 shows where)", 1)
+        if isinstance(rv, int):
+            sys.exit(rv)
+        sys.exit(0)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"tachi: {_one_line(message)}", err=True)
+    sys.exit(status)
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -106,6 +148,19 @@ def token_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def checked_duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: reject a malformed duration (``90s``, ``30m``, ``1h30m``)
+    as a usage error, worded the same for every option; pass the text on."""
+    if value is not None:
+        from tachi.gotime import parse_duration
+
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,6 +12,7 @@ import click
 
 from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
 from tachi.cli.output import emit_json, table
+from tachi.errors import TachiError
 from tachi.gotime import format_duration
 
 
@@ -81,18 +82,35 @@ def ls(ctx: Context, session: str | None, as_json: bool) -> None:
 
 
 def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:
-    """Copy a recording through the daemon into ``dest``; returns its size."""
+    """Copy a recording through the daemon into ``dest``; returns its size.
+
+    ``dest`` is opened only once the daemon has sent the first chunk (an unknown
+    recording leaves no empty file behind), and a file this call created is
+    removed again if writing it fails. Raises ``TachiError`` naming ``dest``.
+    """
     size = 0
-    with ctx.client() as client, open(dest, "wb") as out:
-        offset = 0
-        while True:
-            chunk = client.call("record.read", recording=rec_id, offset=offset)
-            data = base64.b64decode(chunk["data"])
-            out.write(data)
-            offset += len(data)
-            size += len(data)
-            if chunk["eof"]:
-                return size
+    created = False
+    try:
+        with ctx.client() as client, contextlib.ExitStack() as stack:
+            out = None
+            offset = 0
+            while True:
+                chunk = client.call("record.read", recording=rec_id, offset=offset)
+                if out is None:
+                    created = not dest.exists()
+                    out = stack.enter_context(open(dest, "wb"))
+                data = base64.b64decode(chunk["data"])
+                out.write(data)
+                offset += len(data)
+                size += len(data)
+                if chunk["eof"]:
+                    break
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                dest.unlink()
+        raise TachiError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    return size
 
 
 @record.command("export")
@@ -101,13 +119,11 @@ def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:
 @pass_ctx
 def export(ctx: Context, recording: str, output: Path) -> None:
     """Write RECORDING to a file (asciicast v2: `asciinema play FILE` plays it)."""
-    from tachi.playback import read_cast
+    from tachi.playback import load_cast
 
     size = _fetch(ctx, recording, output)
-    try:
-        read_cast(output)
-    except ValueError as exc:
-        raise click.ClickException(f"exported, but the file does not parse: {exc}") from None
+    if output.is_file():
+        load_cast(output)
     click.echo(f"wrote {output} ({size} bytes)", err=True)
 
 
@@ -127,7 +143,7 @@ def rm(ctx: Context, recording: str) -> None:
 @pass_ctx
 def play(ctx: Context, recording: str, speed: float, idle_limit: float | None) -> None:
     """Play RECORDING (an id, or a .cast file) in this terminal; Ctrl-C stops."""
-    from tachi.playback import play as play_cast
+    from tachi.playback import load_cast, play_events
 
     with contextlib.ExitStack() as stack:
         path = Path(recording)
@@ -135,9 +151,12 @@ def play(ctx: Context, recording: str, speed: float, idle_limit: float | None) -
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tachi-play-"))
             path = Path(tmp) / "rec.cast"
             _fetch(ctx, recording, path)
+        # Parsed before anything is written: a file that is not a recording gets
+        # one error line, not a screen reset first.
+        header, events = load_cast(path)
         out = sys.stdout.buffer
         try:
-            play_cast(path, out, speed=speed, idle_limit=idle_limit)
+            play_events(header, events, out, speed=speed, idle_limit=idle_limit)
         except KeyboardInterrupt:
             pass
         finally:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+from tachi.cli.main import Context, checked_duration, cli, json_option, pass_ctx, token_option
 from tachi.cli.output import emit_json, table
 
 
@@ -39,7 +39,7 @@ def share() -> None:
     help="What the grant allows.",
 )
 @click.option("--user", help="A local user to let in with their own identity (no token needed).")
-@click.option("--ttl", help="Expire after this long (e.g. 1h, 30m).")
+@click.option("--ttl", callback=checked_duration, help="Expire after this long (e.g. 1h, 30m).")
 @click.option(
     "--allow-ip",
     "allow_ips",
@@ -180,7 +180,9 @@ def token() -> None:
 @click.argument("session")
 @click.argument("grant", required=False)
 @click.option(
-    "--grace", help="How long old tokens keep working (default: config, 60s; 0 = at once)."
+    "--grace",
+    callback=checked_duration,
+    help="How long old tokens keep working (default: config, 60s; 0 = at once).",
 )
 @json_option
 @token_option

@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         config.socket = Path(args.socket)
     try:
         asyncio.run(serve(config))
-    except RuntimeError as exc:
+    except (RuntimeError, TachiError) as exc:
+        # One line: the CLI that started us shows the log's last line to its user.
         print(f"tachid: {exc}", file=sys.stderr)
         return 1
     return 0
