@@ -148,6 +148,29 @@ def test_handoff_demotes_the_old_owner_live(tachi_daemon, users):
     assert tachi_daemon.run("send", sid, "x").returncode == 4
 
 
+def test_the_daemons_user_can_close_a_session_handed_away_with_nothing_kept(
+    tachi_daemon, users
+):
+    s = tachi_daemon.new(*SHELL)
+    out = tachi_daemon.run("handoff", s["id"], "--to", "tachi-alice", "--keep", "none")
+    assert out.returncode == 0
+    # The new owner is told plainly whose rights the shell has.
+    assert "still run as root" in out.stderr and "tachi-alice now controls a shell" in out.stderr
+    assert tachi_daemon.run("send", s["id"], "x").returncode == 4
+    closed = tachi_daemon.run("close", s["id"])
+    assert closed.returncode == 0, closed.stderr
+    assert get(tachi_daemon, s["id"])["state"] == "closed"
+
+
+def test_a_collaborator_grant_warns_whose_rights_it_gives(tachi_daemon, users):
+    s = tachi_daemon.new(*SHELL)
+    out = tachi_daemon.run("share", s["id"], "--role", "collaborator", "--user", "tachi-bob")
+    assert out.returncode == 0
+    assert "types into programs that run as root" in out.stderr
+    observer = tachi_daemon.run("share", s["id"], "--role", "observer")
+    assert "run as" not in observer.stderr
+
+
 def test_a_user_without_a_grant_is_refused_at_connect_and_audited(tachi_daemon, users):
     s = tachi_daemon.new("sleep", "300")
     grant = share(tachi_daemon, s["id"], "--role", "observer", "--user", "tachi-bob")

@@ -26,11 +26,19 @@ def role_on(principal: Principal, session: Any) -> str | None:
     return session.access.role_of(principal)
 
 
+#: What the daemon's own user may do to any session, even one handed to someone else.
+DAEMON_OWNER_ON_ANY_SESSION = frozenset({"session.close", "session.get"})
+
+
 @hookimpl
 def tachi_authorize(principal: Principal, action: str, session: Any) -> bool | None:
+    is_daemon_owner = principal.grant_id is None and principal.uid == os.getuid()
     if session is None:
-        is_daemon_owner = principal.grant_id is None and principal.uid == os.getuid()
         return True if is_daemon_owner else None
+    if is_daemon_owner and action in DAEMON_OWNER_ON_ANY_SESSION:
+        # Every process runs as the daemon's user, whoever owns the session now:
+        # that user can always end what runs under its name.
+        return True
     role = role_on(principal, session)
     if role == "owner":
         return True
