@@ -60,7 +60,9 @@ def ensure_private_dir(path: Path, *, owned: bool = True) -> Path:
     return path
 
 
-def shared_socket_path(primary: Path, uid: int | None = None) -> Path:
+def shared_socket_path(
+    primary: Path, uid: int | None = None, directory: str | None = None
+) -> Path:
     """Where the daemon of ``primary`` lets granted local users in.
 
     The primary socket sits in a 0700 directory nobody else can enter. Once a
@@ -68,14 +70,16 @@ def shared_socket_path(primary: Path, uid: int | None = None) -> Path:
     ``/tmp/tachi-shared-$UID`` (mode 0711: others may reach a socket whose name
     they know, not list the directory), so no ACL tool is needed. Who may use
     it is decided by peer credentials and grants, as on the primary socket.
-    ``uid`` is the daemon's user (default: this process's).
+    ``uid`` is the daemon's user (default: this process's); ``directory``
+    (default ``$TACHI_SHARED_DIR``) replaces ``/tmp/tachi-shared-$UID``.
     """
     import hashlib
 
     # Named after the primary socket's path, so several daemons of one user never clash.
     name = hashlib.sha256(str(primary.absolute()).encode()).hexdigest()[:12]
     owner = os.getuid() if uid is None else uid
-    return Path(f"/tmp/tachi-shared-{owner}") / f"{name}.sock"
+    base = directory or os.environ.get("TACHI_SHARED_DIR") or f"/tmp/tachi-shared-{owner}"
+    return Path(base) / f"{name}.sock"
 
 
 def ensure_shared_dir(path: Path) -> Path:

@@ -113,7 +113,7 @@ class DaemonProcess:
         """The socket local users with a grant connect to (see ``tachi share --user``)."""
         from tachi.paths import shared_socket_path
 
-        return shared_socket_path(self.socket, self.uid)
+        return shared_socket_path(self.socket, self.uid, self.env.get("TACHI_SHARED_DIR"))
 
     def client(self, *, shared: bool = False, **kwargs: Any) -> Any:
         """A ``tachi.Client`` on this daemon; ``shared=True`` uses the socket that

@@ -17,7 +17,7 @@ from tachi.core.peer import Peer
 from tachi.core.principal import Principal
 from tachi.errors import InvalidRequest, PermissionDenied
 from tachi.models import SessionRequest
-from tachi.testing import inprocess_daemon
+from tachi.testing import DaemonProcess, inprocess_daemon
 from users import as_user, ensure_users
 
 
@@ -169,29 +169,27 @@ def test_share_with_a_local_user_needs_no_acl_tool(tachi_daemon):
     assert users["tachi-bob"]
 
 
-def test_a_squatted_shared_directory_is_refused(tachi_daemon, tmp_path):
+def test_a_squatted_shared_directory_is_refused(tachi_home):
     users = ensure_users()
-    shared_dir = tachi_daemon.shared_socket.parent
-    if shared_dir.exists():
-        import shutil
-
-        shutil.rmtree(shared_dir)
+    # Someone else made the shared directory first (a squatter in /tmp).
+    shared_dir = tachi_home / "shared"
     shared_dir.mkdir()
     os.chown(shared_dir, users["tachi-bob"], -1)
+    os.chmod(tachi_home, 0o755)
+    daemon = DaemonProcess(tachi_home, extra_env={"TACHI_SHARED_DIR": str(shared_dir)})
+    daemon.start()
     try:
-        s = tachi_daemon.new("bash", "--norc")
-        out = tachi_daemon.run("share", s["id"], "--role", "observer", "--user", "tachi-alice")
+        s = daemon.new("bash", "--norc")
+        out = daemon.run("share", s["id"], "--role", "observer", "--user", "tachi-alice")
         assert out.returncode != 0
         assert "not a directory of yours" in out.stderr
         assert out.stderr.count("\n") == 1
         # Nothing half-made, and the daemon and its session are unharmed.
-        grants = tachi_daemon.run("share", "ls", s["id"], "--all", "--json", check=True)
+        grants = daemon.run("share", "ls", s["id"], "--all", "--json", check=True)
         assert json.loads(grants.stdout) == []
-        assert tachi_daemon.run("get", s["id"]).returncode == 0
+        assert daemon.run("get", s["id"]).returncode == 0
     finally:
-        import shutil
-
-        shutil.rmtree(shared_dir, ignore_errors=True)
+        daemon.stop()
 
 
 def test_invalid_ip_config_is_one_clear_error(tachi_home):

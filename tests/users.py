@@ -10,6 +10,7 @@ import os
 import pickle
 import pwd
 import subprocess
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -24,11 +25,20 @@ def ensure_users() -> dict[str, int]:
         pytest.skip("creating local users for multi-user tests needs root (CI runs as root)")
     uids = {}
     for name in USERS:
-        try:
-            uids[name] = pwd.getpwnam(name).pw_uid
-        except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/bin/sh", name], check=True)
-            uids[name] = pwd.getpwnam(name).pw_uid
+        # Parallel test workers may race to create the same user (useradd locks
+        # /etc/passwd and fails for the loser): retry, bounded, until it exists.
+        for _ in range(50):
+            try:
+                uids[name] = pwd.getpwnam(name).pw_uid
+                break
+            except KeyError:
+                subprocess.run(
+                    ["useradd", "--no-create-home", "--shell", "/bin/sh", name],
+                    capture_output=True,
+                )
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"could not create the test user {name}")
     return uids
 
 
