@@ -29,6 +29,8 @@ class Config:
     term: str = "xterm-256color"
     idle_timeout: int = 0
     max_duration: int = 0
+    #: Closed sessions are forgotten this long after they closed (0: never).
+    retention: int = 30 * 86400 * 1_000_000_000
     size_policy: str = "latest"
     prefix_key: str = "C-\\"
     status_line: bool = False
@@ -109,7 +111,7 @@ def _from_raw(raw: dict[str, Any]) -> Config:
         cfg.agent_id = str(raw["agent_id"])
     cfg.shell = session.get("shell", raw.get("shell"))
     cfg.term = str(session.get("term", cfg.term))
-    for key in ("idle_timeout", "max_duration"):
+    for key in ("idle_timeout", "max_duration", "retention"):
         if key in session:
             setattr(cfg, key, parse_duration(session[key]))
     policy = str(raw.get("size_policy", session.get("size_policy", cfg.size_policy)))

@@ -49,6 +49,9 @@ def recorded(tachi_daemon):
         (["send", "no-such-session", "x"], 3),
         (["window", "select", "{sid}", "9"], 3),
         (["new", "-d", "--", "/no/such/program"], 2),
+        (["send", "{sid}", "\\q"], 2),
+        (["send", "{sid}", "a\\x4"], 2),
+        (["audit", "--session", "no-such-session"], 3),
     ],
 )
 def test_bad_input_is_one_line(tachi_daemon, recorded, tmp_path, args, status):

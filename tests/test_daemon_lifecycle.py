@@ -44,7 +44,7 @@ def test_first_command_starts_the_daemon_with_private_socket(tachi_home):
         assert status["auditLog"].startswith(str(tachi_home))
     finally:
         stopped = _cli(tachi_home, "daemon", "stop")
-    assert stopped.returncode == 0 and "1 sessions closed" in stopped.stderr
+    assert stopped.returncode == 0 and "(1 session closed)" in stopped.stderr
     assert _cli(tachi_home, "daemon", "status").returncode == 1
 
 
@@ -67,7 +67,7 @@ def test_stop_closes_sessions_and_restart_keeps_the_history(tachi_home):
     try:
         info = get(second, s["id"])
         assert info["state"] == "closed" and info["closeReason"] == "daemon-stopped"
-        listed = json.loads(second.run("ls", "--json", check=True).stdout)
+        listed = json.loads(second.run("ls", "--all", "--json", check=True).stdout)
         assert [x["id"] for x in listed] == [s["id"]]
     finally:
         second.stop()

@@ -71,7 +71,8 @@ def test_ls_filters_by_state_agent_and_user(tachi_daemon):
     assert ids("--agent", "alpha") == {a["id"]}
     assert ids("--state", "closed") == {b["id"]}
     assert ids("--state", "suspended") == {a["id"]}
-    assert ids("--user", a["userId"]) == {a["id"], b["id"]}
+    assert ids("--user", a["userId"]) == {a["id"]}
+    assert ids("--user", a["userId"], "--all") == {a["id"], b["id"]}
     assert ids("--user", "nobody-else") == set()
 
 

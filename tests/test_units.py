@@ -56,6 +56,16 @@ def test_keys_and_escapes():
         parse_key("C-long")
 
 
+@pytest.mark.parametrize("bad", [r"\q", r"a\x4", "end\\", r"\uD800", r"\U00110000", r"\z"])
+def test_malformed_escapes_are_refused(bad):
+    with pytest.raises(ValueError, match="unknown escape"):
+        decode_escapes(bad)
+
+
+def test_escapes_cover_c_and_unicode_forms():
+    assert decode_escapes(r"\u20ac\U0001F600\t\r\a\0\'\"") == "\u20ac\U0001f600\t\r\a\0'\""
+
+
 @given(
     st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.binary(max_size=300)), max_size=8),
     st.lists(st.integers(1, 50), min_size=1),

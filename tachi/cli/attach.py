@@ -62,6 +62,7 @@ def attach(
     read_only: bool,
     window: int | None,
     prefix: bytes,
+    detach_others: bool = False,
 ) -> AttachOutcome:
     """Attach the controlling terminal to ``session`` until detach or the end."""
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
@@ -77,6 +78,7 @@ def attach(
             "readOnly": read_only,
             "window": window,
             "size": {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
+            "detachOthers": detach_others,
         },
     )
     bridge = _Bridge(wire, in_fd, out_fd, prefix, read_only=bool(result.get("readOnly")))

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from tachi.cli.main import Context, cli, json_option, pass_ctx
-from tachi.cli.output import emit_json, table
+from tachi.cli.output import emit_json, fields, human, plural, table
 from tachi.errors import DaemonUnavailable
 
 
@@ -62,7 +62,7 @@ def stop(ctx: Context, timeout: float) -> None:
         result = client.call("daemon.stop")
     if not exited(timeout):
         raise DaemonUnavailable(f"tachid (pid {result['pid']}) did not exit within {timeout:g}s")
-    click.echo(f"tachid stopped ({result['sessions']} sessions closed)", err=True)
+    click.echo(f"tachid stopped ({plural(result['sessions'], 'session')} closed)", err=True)
 
 
 def _exit_watch(pid: int, socket: Path) -> Callable[[float], bool]:
@@ -112,8 +112,12 @@ def status(ctx: Context, as_json: bool) -> None:
     if as_json:
         emit_json(info)
         return
-    for key, value in info.items():
-        click.echo(f"{key:10} {value}")
+    listeners = info.pop("listeners", [])
+    fields(info, 10)
+    for listener in listeners:
+        extra = {k: v for k, v in listener.items() if k not in ("transport", "url")}
+        line = f"{listener['transport']} {listener.get('url', '')}"
+        click.echo(f"{'listener':10} {line} {human(extra)}" if extra else f"{'listener':10} {line}")
 
 
 @cli.command("plugins")

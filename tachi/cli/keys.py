@@ -25,13 +25,40 @@ def parse_key(spec: str) -> bytes:
     raise ValueError(f"not a key: {spec!r} (examples: C-\\, C-b, ^A)")
 
 
-def decode_escapes(text: str) -> str:
-    """Apply C escapes: ``\\n``, ``\\r``, ``\\t``, ``\\e``, ``\\x03``, ``\\u20ac``, ``\\\\``.
+_SIMPLE_ESCAPES = {
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "e": "\x1b",
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+    "0": "\0",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+}
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.|$)", re.DOTALL)
 
-    Raises ``ValueError`` naming a malformed escape.
+
+def decode_escapes(text: str) -> str:
+    """Apply C escapes: ``\\n``, ``\\r``, ``\\t``, ``\\e``, ``\\a``, ``\\b``, ``\\f``,
+    ``\\v``, ``\\0``, ``\\xHH``, ``\\uHHHH``, ``\\UHHHHHHHH``, ``\\\\``, ``\\'``, ``\\"``.
+
+    Raises ``ValueError`` naming the first malformed or unknown escape (``\\q``,
+    ``\\x4``, a trailing backslash), so nothing is sent for a typo.
     """
-    text = re.sub(r"(?<!\\)((?:\\\\)*)\\e", lambda m: m.group(1) + "\\x1b", text)
-    try:
-        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"bad escape in {text!r}: {exc.reason}") from None
+
+    def replace(m: re.Match[str]) -> str:
+        esc = m.group(1)
+        if esc in _SIMPLE_ESCAPES:
+            return _SIMPLE_ESCAPES[esc]
+        if len(esc) > 1:
+            code = int(esc[1:], 16)
+            if code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+                return chr(code)
+        where = m.group(0) if esc else "a trailing \\"
+        raise ValueError(f"unknown escape {where!r} (use --literal to send text as it is)")
+
+    return _ESCAPE.sub(replace, text)

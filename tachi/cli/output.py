@@ -44,3 +44,37 @@ def warn(message: str) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def human(value: Any, key: str = "") -> str:
+    """A JSON value as a person reads it: ``-`` for none, ``yes``/``no``, lists
+    joined (a command line shell-quoted), nanosecond durations as ``1h2m3s``."""
+    import shlex
+
+    from tachi.gotime import format_duration
+
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key in ("idleTimeout", "maxDuration", "uptime") and isinstance(value, int):
+        return format_duration(value) if value else "none"
+    if key == "command" and isinstance(value, list):
+        return shlex.join(str(v) for v in value)
+    if isinstance(value, list):
+        return ", ".join(human(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={human(v, k)}" for k, v in value.items())
+    return str(value)
+
+
+def fields(info: dict[str, Any], width: int, skip: Sequence[str] = ()) -> None:
+    """``key  value`` lines for a JSON object, values made readable by :func:`human`."""
+    for key, value in info.items():
+        if key not in skip:
+            click.echo(f"{key:{width}} {human(value, key)}")

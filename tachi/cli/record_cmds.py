@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
 from tachi.cli.output import emit_json, table
 from tachi.errors import TachiError
@@ -29,7 +30,7 @@ def _show(rec: dict, as_json: bool) -> None:
 
 
 @record.command("start")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @json_option
 @token_option
 @pass_ctx
@@ -40,7 +41,7 @@ def start(ctx: Context, session: str, as_json: bool) -> None:
 
 
 @record.command("stop")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @json_option
 @token_option
 @pass_ctx

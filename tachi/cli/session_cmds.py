@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 
+from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
-from tachi.cli.output import ago, emit_json, table
+from tachi.cli.output import ago, emit_json, fields, plural, table
 from tachi.errors import InvalidRequest
 
 
@@ -44,6 +46,18 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 )
 @click.option("--record", is_flag=True, help="Record the session (asciicast).")
 @click.option(
+    "-c",
+    "--cwd",
+    type=click.Path(file_okay=False),
+    help="Working directory of the first window (default: this one; must exist).",
+)
+@click.option(
+    "-A",
+    "attach_existing",
+    is_flag=True,
+    help="With --name: attach to the live session of that name if there is one.",
+)
+@click.option(
     "-e",
     "--env",
     "env",
@@ -65,6 +79,8 @@ def new(
     idle_timeout: int | None,
     max_duration: int | None,
     record: bool,
+    cwd: str | None,
+    attach_existing: bool,
     env: tuple[str, ...],
     as_json: bool,
     command: tuple[str, ...],
@@ -76,11 +92,24 @@ def new(
       tachi new                              # a shell, attached
       tachi new -d --json -- make test       # for scripts: prints the session
       tachi new -d --name build --idle-timeout 30m -- bash
+      tachi new -A --name work               # attach to 'work', creating it if needed
     """
     from tachi.models import PTYConfig, SessionRequest
 
     if not detached and not sys.stdin.isatty():
         detached = True
+    if attach_existing:
+        if not name:
+            raise click.UsageError("-A needs --name (the session to attach to or create)")
+        existing = _live_named(ctx, name)
+        if existing is not None:
+            if as_json:
+                emit_json(existing.to_json())
+            elif detached:
+                click.echo(existing.name or existing.id)
+            if not detached:
+                _attach(ctx, existing.id, read_only=False, window=None)
+            return
     size = _terminal_size()
     extra_env = {}
     for item in env:
@@ -97,7 +126,7 @@ def new(
         maxDuration=max_duration,
         record=record,
         env=extra_env,
-        cwd=os.getcwd(),
+        cwd=cwd if cwd is not None else _here(),
     )
     with ctx.client() as client:
         session = client.create(req)
@@ -107,6 +136,26 @@ def new(
         click.echo(session.name or session.id)
     if not detached:
         _attach(ctx, session.id, read_only=False, window=None)
+
+
+def _here() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed under us: the daemon picks $HOME
+        return None
+
+
+def _live_named(ctx: Context, name: str) -> Any:
+    """The live session called ``name``, or ``None``."""
+    from tachi.errors import NotFound
+    from tachi.models import SessionState
+
+    with ctx.client() as client:
+        try:
+            found = client.get(name)
+        except NotFound:
+            return None
+    return found if found.state != SessionState.CLOSED else None
 
 
 def _terminal_size() -> tuple[int, int]:
@@ -123,12 +172,21 @@ def _terminal_size() -> tuple[int, int]:
     type=click.Choice(["pending", "active", "suspended", "closed", "live"]),
     help="Only sessions in this state (live = not closed).",
 )
+@click.option("-a", "--all", "show_all", is_flag=True, help="Closed sessions too (the history).")
 @click.option("--agent", help="Only sessions of this agent.")
 @click.option("--user", help="Only sessions of this user.")
 @json_option
 @pass_ctx
-def ls(ctx: Context, state: str | None, agent: str | None, user: str | None, as_json: bool) -> None:
-    """List sessions (live ones, and the closed history)."""
+def ls(
+    ctx: Context,
+    state: str | None,
+    show_all: bool,
+    agent: str | None,
+    user: str | None,
+    as_json: bool,
+) -> None:
+    """List live sessions; --all adds closed ones (kept for [session] retention, default
+    30 days; 'tachi prune' forgets them sooner)."""
     from tachi.models import SessionFilter, SessionState
 
     flt = SessionFilter(
@@ -136,13 +194,13 @@ def ls(ctx: Context, state: str | None, agent: str | None, user: str | None, as_
     )
     with ctx.client() as client:
         sessions = client.list(flt)
-    if state == "live":
+    if state == "live" or (state is None and not show_all):
         sessions = [s for s in sessions if s.state != SessionState.CLOSED]
     if as_json:
         emit_json([s.to_json() for s in sessions])
         return
     if not sessions:
-        click.echo("no sessions", err=True)
+        click.echo("no sessions" if show_all or state else "no live sessions", err=True)
         return
     rows = []
     for s in sessions:
@@ -166,7 +224,7 @@ def ls(ctx: Context, state: str | None, agent: str | None, user: str | None, as_
 
 
 @cli.command("get")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @json_option
 @token_option
 @pass_ctx
@@ -177,9 +235,7 @@ def get(ctx: Context, session: str, as_json: bool) -> None:
     if as_json:
         emit_json(s.to_json())
         return
-    for key, value in s.to_json().items():
-        if key not in ("windows", "pty"):
-            click.echo(f"{key:13} {value}")
+    fields(s.to_json(), 13, skip=("windows", "pty"))
     if s.pty:
         click.echo(f"{'size':13} {s.pty.cols}x{s.pty.rows} ({s.pty.term})")
     for w in s.windows:
@@ -187,13 +243,17 @@ def get(ctx: Context, session: str, as_json: bool) -> None:
 
 
 @cli.command("attach")
-@click.argument("session")
+@click.argument("session", required=False, shell_complete=complete_session)
 @click.option("-r", "--read-only", is_flag=True, help="Watch only: never type or resize.")
 @click.option("-w", "--window", type=int, help="Select this window on attach.")
+@click.option("-d", "--detach-others", is_flag=True, help="Detach every other client first.")
 @token_option
 @pass_ctx
-def attach_cmd(ctx: Context, session: str, read_only: bool, window: int | None) -> None:
-    """Attach this terminal to SESSION. Prefix key C-\\ then d detaches.
+def attach_cmd(
+    ctx: Context, session: str | None, read_only: bool, window: int | None, detach_others: bool
+) -> None:
+    """Attach this terminal to SESSION (default: the most recently used live session).
+    Prefix key C-\\ then d detaches.
 
     \b
     After the prefix: d detach, c new window, n/p next/previous window,
@@ -201,39 +261,148 @@ def attach_cmd(ctx: Context, session: str, read_only: bool, window: int | None) 
     Exit status: 0 detached, the command's exit code if it exited, 1 if the
     session was closed otherwise or the daemon went away.
     """
-    _attach(ctx, session, read_only=read_only, window=window)
+    if session is None:
+        session = _most_recent(ctx)
+    _attach(ctx, session, read_only=read_only, window=window, detach_others=detach_others)
 
 
-def _attach(ctx: Context, session: str, *, read_only: bool, window: int | None) -> None:
+def _most_recent(ctx: Context) -> str:
+    """The live session with the latest activity. Raises ``NotFound`` if none is live."""
+    from tachi.errors import NotFound
+    from tachi.models import SessionFilter, SessionState
+
+    with ctx.client() as client:
+        live = [s for s in client.list(SessionFilter()) if s.state != SessionState.CLOSED]
+    if not live:
+        raise NotFound("no live session to attach to (start one with 'tachi new')")
+    return max(live, key=lambda s: (s.lastActivity, s.createdAt)).id
+
+
+def _attach(
+    ctx: Context,
+    session: str,
+    *,
+    read_only: bool,
+    window: int | None,
+    detach_others: bool = False,
+) -> None:
     from tachi import config as config_mod
     from tachi.cli.attach import attach
     from tachi.cli.keys import parse_key
 
+    _refuse_nesting(session)
     cfg = config_mod.load()
     try:
         prefix = parse_key(cfg.prefix_key)
     except ValueError as exc:
         raise InvalidRequest(f"config prefix_key: {exc}") from None
     outcome = attach(
-        ctx.socket_path, session, token=ctx.token, read_only=read_only, window=window, prefix=prefix
+        ctx.socket_path,
+        session,
+        token=ctx.token,
+        read_only=read_only,
+        window=window,
+        prefix=prefix,
+        detach_others=detach_others,
     )
     click.echo(f"[{outcome.message}]", err=True)
     sys.exit(outcome.status)
 
 
+def _refuse_nesting(session: str) -> None:
+    """Inside a tachi session, attaching nests one client in another (as in tmux):
+    warn, and refuse outright when it is the very session we are in."""
+    inside = os.environ.get("TACHI_SESSION")
+    if not inside or not sys.stdin.isatty():
+        return
+    if session == inside:
+        raise InvalidRequest(
+            f"refusing to attach session {inside} to itself (this shell runs inside it)"
+        )
+    click.echo(
+        f"tachi: warning: attaching from inside session {inside} (nested); "
+        "the inner prefix key is sent by pressing the prefix twice",
+        err=True,
+    )
+
+
 @cli.command("detach")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
+@click.option("--client", "client_id", type=int, help="Only this client (see 'tachi clients').")
 @token_option
 @pass_ctx
-def detach(ctx: Context, session: str) -> None:
-    """Detach every client attached to SESSION (the session keeps running)."""
+def detach(ctx: Context, session: str, client_id: int | None) -> None:
+    """Detach the clients attached to SESSION (or one of them); the session keeps running."""
     with ctx.client() as client:
-        n = client.detach(session)
-    click.echo(f"detached {n} client{'s' if n != 1 else ''}", err=True)
+        n = client.detach(session, client=client_id)
+    click.echo(f"detached {plural(n, 'client')}", err=True)
+
+
+@cli.command("clients")
+@click.argument("session", shell_complete=complete_session)
+@json_option
+@token_option
+@pass_ctx
+def clients_cmd(ctx: Context, session: str, as_json: bool) -> None:
+    """List the clients attached to SESSION: id, who, role, size, since when."""
+    with ctx.client() as client:
+        attached = client.clients(session)
+    if as_json:
+        emit_json(attached)
+        return
+    if not attached:
+        click.echo("no clients attached", err=True)
+        return
+    table(
+        ["ID", "PRINCIPAL", "ROLE", "SIZE", "SINCE", "FROM"],
+        [
+            [
+                f"{c['id']}{'*' if c.get('self') else ''}",
+                c["principal"],
+                c["role"] + (" (read-only)" if c["readOnly"] and c["role"] != "observer" else ""),
+                f"{c['size']['cols']}x{c['size']['rows']}" if c["size"] else "-",
+                ago(c["since"]),
+                c["source"],
+            ]
+            for c in attached
+        ],
+    )
+
+
+@cli.command("rename")
+@click.argument("session", shell_complete=complete_session)
+@click.argument("name")
+@json_option
+@pass_ctx
+def rename(ctx: Context, session: str, name: str, as_json: bool) -> None:
+    """Rename SESSION to NAME (unique among live sessions; '' removes the name)."""
+    with ctx.client() as client:
+        s = client.rename(session, name)
+    if as_json:
+        emit_json(s.to_json())
+
+
+@cli.command("prune")
+@click.option(
+    "--older-than",
+    default="0s",
+    callback=_duration,
+    help="Only sessions closed at least this long ago (e.g. 7d; default: all closed).",
+)
+@json_option
+@pass_ctx
+def prune(ctx: Context, older_than: int, as_json: bool) -> None:
+    """Forget closed sessions from the history ('ls --all'); live ones are untouched."""
+    with ctx.client() as client:
+        removed = client.prune(older_than)
+    if as_json:
+        emit_json({"removed": removed})
+        return
+    click.echo(f"forgot {plural(removed, 'closed session')}", err=True)
 
 
 @cli.command("close")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @json_option
 @token_option
 @pass_ctx
@@ -246,7 +415,7 @@ def close(ctx: Context, session: str, as_json: bool) -> None:
 
 
 @cli.command("resize")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option("--rows", type=click.IntRange(1, 65535), required=True)
 @click.option("--cols", type=click.IntRange(1, 65535), required=True)
 @click.option("--xpixel", type=click.IntRange(0, 65535), default=0)
@@ -262,7 +431,7 @@ def resize(ctx: Context, session: str, rows: int, cols: int, xpixel: int, ypixel
 
 
 @cli.command("signal")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("sig", metavar="SIG")
 @click.option("-w", "--window", type=int, help="Window (default: the active one).")
 @token_option
@@ -274,7 +443,7 @@ def signal_cmd(ctx: Context, session: str, sig: str, window: int | None) -> None
 
 
 @cli.command("send")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("text")
 @click.option("-w", "--window", type=int, help="Window (default: the active one).")
 @click.option("-l", "--literal", is_flag=True, help="Send TEXT as is, without escape processing.")
@@ -294,7 +463,7 @@ def send(ctx: Context, session: str, text: str, window: int | None, literal: boo
 
 
 @cli.command("capture")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option("-w", "--window", type=int, help="Window (default: the active one).")
 @click.option("--ansi", is_flag=True, help="Include colours and cursor as escape sequences.")
 @token_option
@@ -309,7 +478,7 @@ def capture(ctx: Context, session: str, window: int | None, ansi: bool) -> None:
 
 
 @cli.command("wait")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option("--match", "pattern", help="Regex to wait for on the screen or in new output.")
 @click.option(
     "--exit", "wait_exit", is_flag=True, help="Wait for the session to end; exit with its code."

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, checked_duration, cli, json_option, pass_ctx, token_option
 from tachi.cli.output import emit_json, table
 
@@ -31,7 +32,7 @@ def share() -> None:
 
 
 @share.command("create", hidden=True)
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option(
     "--role",
     type=click.Choice(["observer", "collaborator"]),
@@ -84,7 +85,7 @@ def share_create(
 
 
 @share.command("ls")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option(
     "--all", "show_all", is_flag=True, help="Include expired, revoked and rotated grants."
 )
@@ -128,7 +129,7 @@ def _grant_state(grant: dict) -> str:
 
 
 @cli.command("revoke")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("grant")
 @token_option
 @pass_ctx
@@ -140,7 +141,7 @@ def revoke(ctx: Context, session: str, grant: str) -> None:
 
 
 @cli.command("handoff")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option("--to", "to", required=True, help="Local user who becomes the owner.")
 @click.option(
     "--keep",
@@ -177,7 +178,7 @@ def token() -> None:
 
 
 @token.command("rotate")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("grant", required=False)
 @click.option(
     "--grace",
@@ -199,7 +200,9 @@ def rotate(ctx: Context, session: str, grant: str | None, grace: str | None, as_
 
 
 @cli.group("audit", invoke_without_command=True)
-@click.option("--session", help="Only records about this session.")
+@click.option(
+    "--session", help="Only records about this session (id or name; a reused name matches all)."
+)
 @click.option(
     "--since", help="Only records at or after this RFC 3339 time or this long ago (e.g. 1h)."
 )
@@ -227,7 +230,17 @@ def audit(click_ctx: click.Context, session: str | None, since: str | None, as_j
     path = state_dir() / "audit" / "audit.jsonl"
     if not path.exists():
         raise click.ClickException(f"no audit log at {path}")
-    records = list(read_records(path, session=session, since_ns=since_ns))
+    ids: set[str] | None = None
+    if session is not None:
+        from tachi.core.store import session_ids
+        from tachi.errors import NotFound
+
+        ids = set(session_ids(state_dir() / "tachi.db", session))
+        if not ids:
+            raise NotFound(f"no session {session!r} in this daemon's history (see 'tachi ls')")
+    records = [
+        r for r in read_records(path, since_ns=since_ns) if ids is None or r.get("session") in ids
+    ]
     if as_json:
         emit_json(records)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
 from tachi.cli.output import ago, emit_json, table
 
@@ -14,7 +15,7 @@ def window() -> None:
 
 
 @window.command("new")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.option("--name", help="Window name (default: the command's name).")
 @click.option("-d", "--detached", is_flag=True, help="Do not make it the active window.")
 @json_option
@@ -45,7 +46,7 @@ def new(
 
 
 @window.command("ls")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @json_option
 @token_option
 @pass_ctx
@@ -72,7 +73,7 @@ def ls(ctx: Context, session: str, as_json: bool) -> None:
 
 
 @window.command("select")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("window_id", type=int)
 @token_option
 @pass_ctx
@@ -83,7 +84,7 @@ def select(ctx: Context, session: str, window_id: int) -> None:
 
 
 @window.command("close")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("window_id", type=int)
 @token_option
 @pass_ctx
@@ -94,7 +95,7 @@ def close(ctx: Context, session: str, window_id: int) -> None:
 
 
 @window.command("rename")
-@click.argument("session")
+@click.argument("session", shell_complete=complete_session)
 @click.argument("window_id", type=int)
 @click.argument("name")
 @token_option

@@ -154,8 +154,19 @@ class AsyncClient:
     async def close(self, session_id: str) -> Session:
         return Session.from_json(await self.call("session.close", session=session_id))
 
-    async def detach(self, session_id: str) -> int:
-        return int((await self.call("session.detach", session=session_id))["detached"])
+    async def detach(self, session_id: str, *, client: int | None = None) -> int:
+        return int(
+            (await self.call("session.detach", session=session_id, client=client))["detached"]
+        )
+
+    async def clients(self, session_id: str) -> list[dict[str, Any]]:
+        return list(await self.call("session.clients", session=session_id))
+
+    async def rename(self, session_id: str, name: str) -> Session:
+        return Session.from_json(await self.call("session.rename", session=session_id, name=name))
+
+    async def prune(self, older_than: int = 0) -> int:
+        return int((await self.call("session.prune", olderThan=older_than))["removed"])
 
     async def resize(self, session_id: str, pty: PTYConfig) -> Session:
         return Session.from_json(

@@ -100,9 +100,22 @@ class Client:
         )
         return SessionConn(wire, result)
 
-    def detach(self, session_id: str) -> int:
-        """Detach every client of the session; returns how many."""
-        return int(self.call("session.detach", session=session_id)["detached"])
+    def detach(self, session_id: str, *, client: int | None = None) -> int:
+        """Detach every client of the session (or the one with id ``client``);
+        returns how many."""
+        return int(self.call("session.detach", session=session_id, client=client)["detached"])
+
+    def clients(self, session_id: str) -> list[dict[str, Any]]:
+        """The clients attached to the session (``tachi clients --json``)."""
+        return list(self.call("session.clients", session=session_id))
+
+    def rename(self, session_id: str, name: str) -> Session:
+        """Rename a live session (``""`` removes the name)."""
+        return Session.from_json(self.call("session.rename", session=session_id, name=name))
+
+    def prune(self, older_than: int = 0) -> int:
+        """Forget sessions closed at least ``older_than`` ns ago; returns how many."""
+        return int(self.call("session.prune", olderThan=older_than)["removed"])
 
     def close(self, session_id: str) -> Session:
         return Session.from_json(self.call("session.close", session=session_id))

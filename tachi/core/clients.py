@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tachi import protocol
+from tachi.gotime import now_ns
 
 if TYPE_CHECKING:
     from tachi.core.principal import Principal
@@ -55,6 +56,7 @@ class AttachedClient:
     limit: int
     snapshot: Callable[[], tuple[int, int, str]]
     id: int = field(default_factory=lambda: next(_ids))
+    attached_at: int = field(default_factory=now_ns)
     size_changed_at: int = 0
     dropped_bytes: int = 0
     resyncs: int = 0

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pwd
 import secrets
+import shutil
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +33,7 @@ from tachi.models import CloseReason, Session, SessionFilter, SessionRequest, Se
 log = logging.getLogger("tachi.manager")
 
 TICK_SECONDS = 0.25
+PRUNE_INTERVAL_NS = 3600 * 1_000_000_000
 AuditFn = Callable[..., Any]
 
 
@@ -55,12 +59,16 @@ class SessionManager:
         self._session_event_hook = GuardedHook(hooks.tachi_session_event)
         self.session_listeners: list[Callable[[SessionRuntime, str, dict[str, Any]], None]] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._last_prune = 0
 
     # -- lifecycle of the manager -------------------------------------------
     def start(self) -> None:
         orphans = self.store.close_orphans(now_ns())
         if orphans:
             log.info("marked %d sessions of a previous daemon as closed", orphans)
+        pruned = self.prune_history(now_ns())
+        if pruned:
+            log.info("forgot %d sessions closed longer ago than the retention", pruned)
         self._ticker = asyncio.get_running_loop().create_task(every(TICK_SECONDS, self.tick, log))
 
     async def shutdown(self, grace: float = 3.0) -> None:
@@ -107,7 +115,9 @@ class SessionManager:
         if info.idleTimeout < 0 or info.maxDuration < 0:
             raise InvalidRequest("idleTimeout and maxDuration must not be negative")
         env = self._child_env(info, req.env)
-        cwd = req.cwd if req.cwd and os.path.isdir(req.cwd) else _home_of(principal)
+        if req.cwd and not os.path.isdir(req.cwd):
+            raise InvalidRequest(f"cannot start in {req.cwd!r}: no such directory")
+        cwd = req.cwd or _home_of(principal)
         events = SessionEvents(
             create_screen=lambda cols, rows: self.hooks.tachi_create_screen(cols=cols, rows=rows),
             make_multiplexer=self._multiplexer,
@@ -155,7 +165,34 @@ class SessionManager:
         env |= extra
         env["TERM"] = info.pty.term if info.pty else self.config.term
         env["TACHI_SESSION"] = info.id
+        # `tachi` typed inside the session reaches this daemon, whatever PATH the
+        # session's shell builds (as $TMUX tells tmux which server it is in).
+        env["TACHI_SOCKET"] = str(self.config.socket)
+        executable = tachi_executable()
+        if executable:
+            env["TACHI"] = executable
+            path = env.get("PATH", os.defpath)
+            if shutil.which("tachi", path=path) is None:
+                env["PATH"] = f"{path}{os.pathsep}{os.path.dirname(executable)}"
         return env
+
+    def rename(self, session: SessionRuntime, name: str | None) -> None:
+        """Rename a live session. Raises ``InvalidRequest`` for a malformed name and
+        ``Conflict`` if another live session has it."""
+        if name is not None:
+            _check_name(name)
+            if any(s.info.name == name for s in self.sessions.values() if s is not session):
+                raise Conflict(f"a live session is already named {name!r}")
+        session.info.name = name
+        self.store.save(session.to_model())
+        self._changed(session, "renamed", {"name": name})
+
+    def prune_history(self, now: int) -> int:
+        """Apply the ``[session] retention`` setting: forget sessions closed longer ago."""
+        if not self.config.retention:
+            return 0
+        self._last_prune = now
+        return self.store.prune(now - self.config.retention)
 
     # -- lookup -------------------------------------------------------------------
     def find(self, ref: str) -> SessionRuntime | Session:
@@ -215,7 +252,10 @@ class SessionManager:
 
     # -- limits ---------------------------------------------------------------------
     def tick(self, now: int) -> None:
-        """Enforce idle timeouts and maximum durations, warning before the latter."""
+        """Enforce idle timeouts and maximum durations, warning before the latter;
+        prune closed history once an hour."""
+        if now - self._last_prune >= PRUNE_INTERVAL_NS:
+            self.prune_history(now)
         for session in list(self.sessions.values()):
             info = session.info
             if info.idleTimeout and now - info.lastActivity >= info.idleTimeout:
@@ -242,6 +282,16 @@ class SessionManager:
     def _expire(self, session: SessionRuntime, reason: CloseReason) -> None:
         log.info("session %s: %s", session.id, reason)
         session.finish(reason)
+
+
+@functools.cache
+def tachi_executable() -> str | None:
+    """The ``tachi`` command installed beside the Python running this daemon,
+    else the one on the daemon's PATH, else ``None``."""
+    beside = os.path.join(os.path.dirname(sys.executable), "tachi")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("tachi")
 
 
 def _check_name(name: str) -> None:

@@ -32,6 +32,26 @@ def connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def session_ids(path: Path, ref: str) -> list[str]:
+    """Ids of every session, live or closed, whose id or name is ``ref``, read
+    from the daemon database at ``path`` without a daemon (for ``tachi audit``).
+
+    Returns ``[]`` when nothing matches or the database does not exist yet.
+    """
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT id FROM sessions WHERE id = ? OR name = ? ORDER BY created_at", (ref, ref)
+        ).fetchall()
+    except sqlite3.OperationalError:  # no sessions table yet
+        return []
+    finally:
+        db.close()
+    return [r[0] for r in rows]
+
+
 class SessionStore:
     """Upserts of ``Session`` records and queries of the closed ones."""
 
@@ -70,6 +90,18 @@ class SessionStore:
         ).fetchall()
         sessions = [Session.from_json(json.loads(r[0])) for r in rows]
         return [s for s in sessions if flt.matches(s)]
+
+    def prune(self, closed_before: int) -> int:
+        """Forget closed sessions that closed before ``closed_before`` (epoch ns).
+        Returns how many were removed; live sessions are never touched."""
+        rows = self._db.execute("SELECT id, data FROM sessions WHERE state = 'closed'").fetchall()
+        doomed = [
+            (sid,)
+            for sid, data in rows
+            if (Session.from_json(json.loads(data)).closedAt or 0) < closed_before
+        ]
+        self._db.executemany("DELETE FROM sessions WHERE id = ?", doomed)
+        return len(doomed)
 
     def close_orphans(self, now: int) -> int:
         """Mark sessions left open by a daemon that died as closed (``daemon-stopped``)."""

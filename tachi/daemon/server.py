@@ -100,6 +100,7 @@ class Daemon:
     # -- running --------------------------------------------------------------
     async def run(self) -> None:
         # Importing the operation modules registers their operations.
+        import tachi.daemon.client_ops
         import tachi.daemon.daemon_ops
         import tachi.daemon.record_ops
         import tachi.daemon.session_ops

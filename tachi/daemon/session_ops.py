@@ -8,6 +8,7 @@ import signal as signals
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.clients import AttachedClient
+from tachi.daemon.client_ops import client_by_id, detach_clients
 from tachi.daemon.ops import (
     RequestContext,
     arg_dict,
@@ -106,6 +107,9 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         limit=ctx.daemon.config.client_buffer,
         snapshot=session.snapshot_active,
     )
+    if args.get("detachOthers") and session.clients:
+        ctx.daemon.authorize(ctx.principal, "session.detach", session)
+        detach_clients(ctx, session, list(session.clients.values()))
     # Audited before it takes effect: if the audit log cannot be written, fail closed.
     ctx.daemon.client_attached(ctx.principal, session, client)
     client.connection = ctx.connection
@@ -161,11 +165,13 @@ async def client_detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
 @operation("session.detach")
 async def detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "session.detach")
-    clients = list(session.clients.values())
-    for client in clients:
-        client.end("detached", f"detached from session {session.id} by {ctx.principal.user}")
-        session.detach(client)
-        ctx.daemon.client_detached(client.principal, session, "detached")
+    client_id = arg_int(args, "client")
+    clients = (
+        [client_by_id(session, client_id)]
+        if client_id is not None
+        else list(session.clients.values())
+    )
+    detach_clients(ctx, session, clients)
     return {"detached": len(clients)}
 
 

@@ -1,0 +1,82 @@
+"""Who is attached to a session, and the bookkeeping ops tmux users expect:
+listing and detaching single clients, renaming a session, pruning history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tachi.daemon.ops import RequestContext, arg_int, arg_str, operation
+from tachi.errors import InvalidRequest, NotFound
+from tachi.gotime import format_rfc3339, now_ns, parse_duration
+
+
+@operation("session.clients")
+async def clients(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The clients attached to a live session, oldest first."""
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "session.get", session)
+    return [
+        {
+            "id": c.id,
+            "principal": c.principal.user,
+            "identity": ":".join(c.principal.identity),
+            "source": c.principal.source,
+            "role": c.role,
+            "readOnly": c.read_only,
+            "size": {"cols": c.size.cols, "rows": c.size.rows} if c.size else None,
+            "since": format_rfc3339(c.attached_at),
+            "self": c.connection is ctx.connection,
+        }
+        for c in sorted(session.clients.values(), key=lambda c: c.attached_at)
+    ]
+
+
+@operation("session.rename")
+async def rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Give a live session a new unique name (``""`` removes the name)."""
+    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
+    ctx.daemon.authorize(ctx.principal, "session.rename", session)
+    name = arg_str(args, "name")
+    if name is None:
+        raise InvalidRequest("missing 'name'")
+    old = session.info.name
+    ctx.daemon.manager.rename(session, name or None)
+    ctx.daemon.audit_by(
+        ctx.principal, "session.rename", session.id, details={"from": old, "to": name or None}
+    )
+    return session.to_model().to_json()
+
+
+@operation("session.prune")
+async def prune(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Forget closed sessions that closed at least ``olderThan`` ago (a Go duration
+    string or nanoseconds; default 0: every closed session)."""
+    ctx.daemon.authorize(ctx.principal, "session.prune", None)
+    raw = args.get("olderThan", 0)
+    try:
+        age = parse_duration(raw) if isinstance(raw, str) else arg_int(args, "olderThan") or 0
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    if age < 0:
+        raise InvalidRequest("olderThan must not be negative")
+    removed = ctx.daemon.manager.store.prune(now_ns() - age)
+    ctx.daemon.audit_by(
+        ctx.principal, "session.prune", None, details={"removed": removed, "olderThan": age}
+    )
+    return {"removed": removed}
+
+
+def detach_clients(ctx: RequestContext, session: Any, clients: list[Any]) -> None:
+    """Detach ``clients`` from ``session``, telling each who did it."""
+    for client in clients:
+        client.end("detached", f"detached from session {session.id} by {ctx.principal.user}")
+        session.detach(client)
+        ctx.daemon.client_detached(client.principal, session, "detached")
+
+
+def client_by_id(session: Any, client_id: int) -> Any:
+    """The attached client with ``client_id``. Raises ``NotFound`` naming both."""
+    client = session.clients.get(client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id} attached to {session.id} (see 'tachi clients')")
+    return client
