@@ -74,7 +74,7 @@ def describe_plugins(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
             {
                 "name": name,
                 "hooks": hooks,
-                "builtin": name in DEFAULT_PLUGINS,
+                "builtin": name in DEFAULT_PLUGINS or name.startswith("tachi.builtins."),
                 "module": origin,
                 "distribution": dist.project_name if dist else None,
                 "version": dist.version if dist else None,
