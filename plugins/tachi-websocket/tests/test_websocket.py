@@ -126,9 +126,7 @@ def test_a_revoked_daemon_token_loses_a_live_connection(remote: Remote):
         remote.daemon.run("token", "revoke", made["id"], check=True)
         request = {"command": ["true"], "pty": {"rows": 24, "cols": 80}}
         ws.send(
-            protocol.encode_control(
-                {"id": 2, "op": "session.create", "args": {"request": request}}
-            )
+            protocol.encode_control({"id": 2, "op": "session.create", "args": {"request": request}})
         )
         reply = control(ws)
         assert reply["ok"] is False and reply["error"]["code"] == "permission_denied"

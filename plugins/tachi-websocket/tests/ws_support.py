@@ -43,7 +43,7 @@ class Remote:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
-        return connect(self.url + "/ws", ssl=ctx, proxy=None, open_timeout=10, **kwargs)
+        return connect(self.url + "/ws", ssl=ctx, proxy=None, open_timeout=30, **kwargs)
 
 
 def hello(ws: ClientConnection, token: str | None = None) -> dict[str, Any]:
