@@ -238,3 +238,37 @@ def test_a_peer_that_misses_heartbeats_is_dropped_and_audited(tachi_home):
         sock.close()
     finally:
         r.daemon.stop()
+
+
+def test_attach_reconnects_after_a_network_drop_without_losing_output(remote: Remote):
+    from ws_support import Proxy
+
+    session = json.loads(remote.run("new", "-d", "--json", "--", "bash", "--norc").stdout)
+    proxy = Proxy(int(remote.url.rsplit(":", 1)[1]))
+    try:
+        flags = ["--host", f"wss://127.0.0.1:{proxy.port}", "--fingerprint", remote.fingerprint]
+        argv = remote.daemon.tachi_argv(*flags, "attach", session["id"])
+        env = {**remote.daemon.env, "TACHI_TOKEN": remote.token}
+        child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(30, 90), timeout=15)
+        time.sleep(0.3)
+        child.send("echo before-$((1+1))\r")
+        child.expect("before-2")
+        assert proxy.cut() >= 1
+        # Output produced while the connection is down arrives after the resume.
+        remote.daemon.run(
+            "send", session["id"], "for i in 1 2 3; do echo during-$i; done\n", check=True
+        )
+        seen = b""
+        for pattern in ("reconnect", "during-3"):
+            child.expect(pattern)
+            seen += child.before + child.after
+        child.send("echo after-$((2+2))\r")
+        child.expect("after-4")
+        seen += child.before
+        assert seen.count(b"during-2") == 1, seen  # neither lost nor repeated
+        child.send(PREFIX + "d")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        proxy.close()

@@ -89,3 +89,63 @@ def remote(tachi_home: Any) -> Iterator[Remote]:
         yield r
     finally:
         r.daemon.stop()
+
+
+class Proxy:
+    """A TCP forwarder on loopback whose connections the test can cut, as a
+    network drop would (the daemon and the client each see their side close)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self._upstream = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._pairs: list[tuple[Any, Any]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            with self._lock:
+                self._pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: Any, b: Any) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def cut(self) -> int:
+        """Close every connection made so far; returns how many."""
+        import contextlib
+        import socket
+
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+        return len(pairs)
+
+    def close(self) -> None:
+        self._server.close()
+        self.cut()
