@@ -82,6 +82,8 @@ def share_create(
     else:
         click.echo(f"token (shown once): {grant['token']}", err=True)
     click.echo(grant["attach"])
+    for link in grant.get("links", []):
+        click.echo(f"{link['label']}: {link['url']}")
 
 
 @share.command("ls")

@@ -70,6 +70,13 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         result["attach"] = f"tachi{socket_opt} attach {session.id}"
     else:
         result["attach"] = f"tachi attach {session.id} --token {token}"
+    # Transports that can show a session elsewhere (a browser page) say where.
+    result["links"] = [
+        link
+        for transport in ctx.daemon.transports
+        if hasattr(transport, "share_link")
+        and (link := transport.share_link(session.id, None if user else token))
+    ]
     return result
 
 

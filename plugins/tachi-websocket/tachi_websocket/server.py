@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -181,6 +182,18 @@ class WebSocketTransport:
         s = self.settings
         host = f"[{s.host}]" if ":" in s.host else s.host
         return f"{'wss' if self._tls else 'ws'}://{host}:{s.port}"
+
+    def share_link(self, session_id: str, token: str | None) -> dict[str, str] | None:
+        """The browser page for a share: ``https://host:port/s/ID#token=…``. The token
+        is in the fragment, which browsers never send to a server."""
+        if token is None:
+            return None
+        s = self.settings
+        base = s.public_url or self.url.replace("wss://", "https://").replace("ws://", "http://")
+        if not s.public_url and s.host in ("0.0.0.0", "::"):
+            host = socket.getfqdn()
+            base = f"{'https' if self._tls else 'http'}://{host}:{s.port}"
+        return {"label": "browser", "url": f"{base.rstrip('/')}/s/{session_id}#token={token}"}
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.url, "connections": len(self._connections)}

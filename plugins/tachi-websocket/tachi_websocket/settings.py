@@ -25,6 +25,7 @@ class Settings:
     compression: bool = True
     max_frame: int = 1 << 20
     origins: tuple[str, ...] = ()
+    public_url: str | None = None
     state_dir: Path = field(default_factory=Path)
 
     @property
@@ -105,6 +106,7 @@ def load(table: dict[str, Any], state_dir: Path) -> Settings:
         compression=bool(table.get("compression", True)),
         max_frame=max_frame,
         origins=tuple(origins),
+        public_url=str(table["public_url"]) if table.get("public_url") else None,
         state_dir=state_dir,
     )
     if settings.tls == "off" and not settings.loopback and not settings.insecure:

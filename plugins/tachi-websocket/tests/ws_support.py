@@ -95,11 +95,12 @@ class Proxy:
     """A TCP forwarder on loopback whose connections the test can cut, as a
     network drop would (the daemon and the client each see their side close)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int = 0) -> None:
         import socket
         import threading
 
-        self._upstream = port
+        #: Where connections go; may be set after the proxy is made.
+        self.upstream = port
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._pairs: list[tuple[Any, Any]] = []
@@ -115,7 +116,11 @@ class Proxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:  # the daemon is gone: so is this connection
+                client.close()
+                continue
             with self._lock:
                 self._pairs.append((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):

@@ -1,0 +1,153 @@
+"""The browser terminal in a real Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+from ws_support import Proxy, Remote, start_remote
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _page(browser: Browser) -> Page:
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1000, "height": 600})
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    return page
+
+
+def _share_link(remote: Remote, sid: str, role: str) -> str:
+    out = remote.daemon.run("share", sid, "--role", role, check=True).stdout
+    match = re.search(r"^browser: (\S+)$", out, re.M)
+    assert match, out
+    return match.group(1)
+
+
+def _screen_text(page: Page) -> str:
+    return page.evaluate(
+        """() => { const b = window.tachiTerm.buffer.active; const out = [];
+        for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+        return out.join("\\n"); }"""
+    )
+
+
+def _wait_text(page: Page, needle: str, timeout: float = 15) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = _screen_text(page)
+        if needle in text:
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} never shown; screen:\n{_screen_text(page)}")
+
+
+def _connected(page: Page) -> None:
+    page.wait_for_function("() => window.tachiState && window.tachiState().connected")
+
+
+def test_type_see_output_and_resize_the_pty(remote: Remote, browser: Browser):
+    s = remote.daemon.new("bash", "--norc", name="web")
+    url = _share_link(remote, s["id"], "collaborator")
+    assert url.startswith("https://127.0.0.1:") and f"/s/{s['id']}#token=tachi_" in url
+    page = _page(browser)
+    page.goto(url)
+    _connected(page)
+    assert "token=" not in page.url  # the fragment is dropped from the address bar
+    assert page.inner_text("#name") == "web"
+    assert page.inner_text("#role") == "collaborator"
+    page.click("#terminal")
+    page.keyboard.type("echo typed-$((40+2))\n")
+    _wait_text(page, "typed-42")
+    page.set_viewport_size({"width": 640, "height": 360})
+    page.wait_for_timeout(300)
+    rows, cols = page.evaluate("() => [window.tachiTerm.rows, window.tachiTerm.cols]")
+    page.keyboard.type("stty size\n")
+    _wait_text(page, f"{rows} {cols}")
+    listed = json.loads(remote.daemon.run("get", s["id"], "--json", check=True).stdout)
+    assert (listed["pty"]["rows"], listed["pty"]["cols"]) == (rows, cols)
+
+
+def test_an_observer_page_is_read_only(remote: Remote, browser: Browser):
+    s = remote.daemon.new("cat")
+    page = _page(browser)
+    page.goto(_share_link(remote, s["id"], "observer"))
+    _connected(page)
+    assert "read-only" in page.inner_text("#role")
+    page.click("#terminal")
+    page.keyboard.type("observer-typed\n")
+    remote.daemon.run("send", s["id"], "owner-typed\n", check=True)
+    _wait_text(page, "owner-typed")
+    screen = remote.daemon.run("capture", s["id"], check=True).stdout
+    assert "owner-typed" in screen and "observer-typed" not in screen
+
+
+def test_the_page_resumes_after_the_connection_is_cut(tachi_home, browser: Browser):
+    proxy = Proxy()
+    origin = f"https://127.0.0.1:{proxy.port}"
+    r = start_remote(
+        tachi_home, f'listen = "127.0.0.1:0"\ntls = "self-signed"\norigins = ["{origin}"]'
+    )
+    try:
+        proxy.upstream = int(r.url.rsplit(":", 1)[1])
+        s = r.daemon.new("bash", "--norc")
+        link = _share_link(r, s["id"], "collaborator")
+        page = _page(browser)
+        page.goto(link.replace(r.url.replace("wss", "https"), origin))
+        _connected(page)
+        page.click("#terminal")
+        page.keyboard.type("echo before-$((1+1))\n")
+        _wait_text(page, "before-2")
+        assert proxy.cut() >= 1
+        r.daemon.run("send", s["id"], "for i in 1 2 3; do echo during-$i; done\n", check=True)
+        text = _wait_text(page, "during-3")
+        _connected(page)
+        lines = text.splitlines()
+        assert sum(line.strip() == "during-2" for line in lines) == 1, text
+        assert sum(line.strip() == "before-2" for line in lines) == 1, text
+    finally:
+        proxy.close()
+        r.daemon.stop()
+
+
+def test_the_index_lists_sessions_and_a_recording_plays(remote: Remote, browser: Browser):
+    s = remote.daemon.new("bash", "--norc", name="listed")
+    remote.daemon.run("record", "start", s["id"], check=True)
+    remote.daemon.run("send", s["id"], "echo recorded-$((2*3))\n", check=True)
+    time.sleep(0.5)
+    remote.daemon.run("record", "stop", s["id"], check=True)
+    rec = json.loads(remote.daemon.run("record", "ls", "--json", check=True).stdout)[0]
+    base = remote.url.replace("wss://", "https://")
+    page = _page(browser)
+    page.goto(f"{base}/#token={remote.token}")
+    page.wait_for_selector(f"text={s['id']}")
+    assert "listed" in page.inner_text("#sessions")
+    page.goto(f"{base}/r/{rec['id']}#token={remote.token}")
+    page.wait_for_function("() => window.tachiPlayer !== undefined")
+    assert "events" in page.inner_text("#status")
+    page.wait_for_selector(".ap-player")
