@@ -1,0 +1,348 @@
+"""One SSH session channel: the tachi CLI run as the SSH principal, bridged to the channel.
+
+For each ``exec`` or ``shell`` request the daemon opens a private Unix socket
+(in the daemon socket's 0700 directory) that it serves as the channel's
+principal, and starts ``tachi_ssh.runner`` with ``TACHI_SOCKET`` set to it.
+With a pty-request the runner gets a new PTY of the requested size (so
+``tachi attach`` works unchanged: raw mode, prefix key, SIGWINCH on
+window-change); without one, pipes (so scripts get stdout, stderr and the
+exit status apart). The runner's exit status becomes the SSH exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import shlex
+import signal
+import struct
+import sys
+import termios
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from tachi import protocol
+from tachi.builtins.unix_socket import StreamWire, socket_peer
+
+if TYPE_CHECKING:
+    from tachi_ssh.server import SSHLogin
+
+log = logging.getLogger("tachi.ssh")
+_ids = itertools.count(1)
+#: Unsent input past this pauses reading from the SSH client.
+_INPUT_HIGH_WATER = 256 * 1024
+#: After the runner exits, how long its last output may take to arrive.
+_DRAIN_SECONDS = 2.0
+
+
+class RunnerSocket:
+    """A private listener that serves every connection as one SSH principal.
+
+    Only the runner process (checked by ``SO_PEERCRED``) may connect.
+    """
+
+    def __init__(self, login: SSHLogin) -> None:
+        self.login = login
+        directory = login.daemon.config.socket.parent
+        self.path = directory / f"ssh-{os.getpid()}-{next(_ids)}.sock"
+        self.runner_pid: int | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = socket_peer(writer.get_extra_info("socket"))
+        if peer.uid != os.getuid() or peer.pid != self.runner_pid:
+            writer.close()
+            return
+        principal = self.login.principal
+        assert principal is not None
+        await self.login.daemon.serve_connection(
+            StreamWire(writer),
+            lambda: protocol.read_frame(reader),
+            peer=self.login.peer,
+            principal=principal,
+        )
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
+    """An SSH session channel running one tachi command (or the menu)."""
+
+    def __init__(self, login: SSHLogin) -> None:
+        self.login = login
+        self.chan: asyncssh.SSHServerChannel | None = None
+        self.argv: list[str] | None = None
+        self.bad_command: str | None = None
+        self.term_type: str | None = None
+        self.term_size: tuple[int, int, int, int] = (80, 24, 0, 0)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._master: int | None = None
+        self._pending_input = bytearray()
+        self._output_done = asyncio.Event()
+        self._closed = False
+
+    # -- requests from the client ------------------------------------------------
+    def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        self.term_type = term_type or "xterm-256color"
+        if term_size:
+            self.term_size = tuple(term_size)  # (cols, rows, xpixel, ypixel)
+        return True
+
+    def shell_requested(self) -> bool:
+        self.argv = []
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        try:
+            self.argv = shlex.split(command)
+        except ValueError as exc:
+            self.argv = []
+            self.bad_command = f"tachi: cannot parse the command: {exc}"
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.login.channels.add(self)
+
+    # -- data from the client ------------------------------------------------------
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.login.touch()
+        if self._master is not None:
+            self._pending_input += data
+            self._flush_input()
+        elif self.proc is not None and self.proc.stdin is not None:
+            stdin = self.proc.stdin
+            if stdin.is_closing():
+                return
+            stdin.write(data)
+            if stdin.transport.get_write_buffer_size() > _INPUT_HIGH_WATER and self.chan:
+                self.chan.pause_reading()
+                self.login.spawn(self._resume_after_drain(stdin))
+
+    async def _resume_after_drain(self, stdin: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await stdin.drain()
+        if self.chan is not None and not self._closed:
+            self.chan.resume_reading()
+
+    def eof_received(self) -> bool:
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+        return True  # keep our side open: output and the exit status still follow
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self.term_size = (width, height, pixwidth, pixheight)
+        if self._master is not None:
+            _set_size(self._master, self.term_size)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+        if self._master is not None:
+            asyncio.get_running_loop().remove_reader(self._master)
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+        if self._master is not None and not self._output_done.is_set():
+            asyncio.get_running_loop().add_reader(self._master, self._pty_readable)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._writable.set()
+        self._hang_up()
+
+    # -- the runner --------------------------------------------------------------------
+    async def _run(self) -> None:
+        assert self.chan is not None
+        status = 1
+        listener = RunnerSocket(self.login)
+        try:
+            if self.bad_command:
+                self.chan.write_stderr(self.bad_command.encode() + b"\r\n")
+                status = 2
+                return
+            await listener.open()
+            env = self._environment(listener.path)
+            argv = [sys.executable, "-m", "tachi_ssh.runner", *(self.argv or [])]
+            if self.term_type is not None:
+                status = await self._run_on_pty(argv, env, listener)
+            else:
+                status = await self._run_on_pipes(argv, env, listener)
+        except Exception:
+            log.exception("ssh channel of %s failed", self.login.peer.source)
+            with contextlib.suppress(Exception):
+                self.chan.write_stderr(b"tachi: internal error in the SSH transport\r\n")
+        finally:
+            listener.close()
+            self._close_master()
+            self.login.channels.discard(self)
+            if not self._closed:
+                with contextlib.suppress(Exception):
+                    self.chan.exit(status)
+
+    def _environment(self, socket_path: Path) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TACHI_TOKEN", "SSH_", "TACHI_SSH_"))
+        }
+        env["TACHI_SOCKET"] = str(socket_path)
+        env["TERM"] = self.term_type or "dumb"
+        env["SSH_CONNECTION"] = " ".join(
+            str(x) for x in (self.login.peer.address, self.login.peer.port, "-", "-")
+        )
+        return env
+
+    async def _run_on_pipes(
+        self, argv: list[str], env: dict[str, str], listener: RunnerSocket
+    ) -> int:
+        assert self.chan is not None
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
+        listener.runner_pid = self.proc.pid
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        await asyncio.gather(
+            self._copy(self.proc.stdout, self.chan.write),
+            self._copy(self.proc.stderr, self.chan.write_stderr),
+        )
+        return _exit_status(await self.proc.wait())
+
+    async def _copy(self, stream: asyncio.StreamReader, write: Any) -> None:
+        while data := await stream.read(65536):
+            await self._writable.wait()
+            if self._closed:
+                continue  # keep reading so the runner is never blocked on a full pipe
+            self.login.touch()
+            write(data)
+
+    async def _run_on_pty(
+        self, argv: list[str], env: dict[str, str], listener: RunnerSocket
+    ) -> int:
+        master, slave = os.openpty()
+        try:
+            _set_size(slave, self.term_size)
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+            )
+        finally:
+            os.close(slave)  # the runner holds it now; its exit gives us EIO
+        listener.runner_pid = self.proc.pid
+        os.set_blocking(master, False)
+        self._master = master
+        if self._writable.is_set():
+            asyncio.get_running_loop().add_reader(master, self._pty_readable)
+        returncode = await self.proc.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._output_done.wait(), _DRAIN_SECONDS)
+        return _exit_status(returncode)
+
+    def _pty_readable(self) -> None:
+        assert self._master is not None and self.chan is not None
+        try:
+            data = os.read(self._master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: the runner (and everything holding the PTY) is gone
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._master)
+            self._output_done.set()
+            return
+        self.login.touch()
+        if not self._closed:
+            self.chan.write(data)
+
+    def _flush_input(self) -> None:
+        assert self._master is not None
+        loop = asyncio.get_running_loop()
+        while self._pending_input:
+            try:
+                n = os.write(self._master, self._pending_input)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._pending_input.clear()  # the runner is gone: nobody will read it
+                break
+            del self._pending_input[:n]
+        if self._pending_input:
+            loop.add_writer(self._master, self._flush_input)
+            if len(self._pending_input) > _INPUT_HIGH_WATER and self.chan is not None:
+                self.chan.pause_reading()
+        else:
+            loop.remove_writer(self._master)
+            if self.chan is not None and not self._closed:
+                self.chan.resume_reading()
+
+    def _close_master(self) -> None:
+        if self._master is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._master)
+            loop.remove_writer(self._master)
+            os.close(self._master)
+            self._master = None
+
+    def _hang_up(self) -> None:
+        """The client went away: the runner gets SIGHUP (``tachi attach`` detaches)."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGHUP)
+            self.login.spawn(self._kill_later(self.proc))
+
+    async def _kill_later(self, proc: asyncio.subprocess.Process) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 5.0)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def notify(self, message: str) -> None:
+        """Tell the client why its connection is about to end (on stderr)."""
+        if self.chan is not None and not self._closed:
+            with contextlib.suppress(Exception):
+                self.chan.write_stderr(f"\r\ntachi: {message}\r\n".encode())
+
+
+def _set_size(fd: int, term_size: tuple[int, ...]) -> None:
+    cols, rows, xpix, ypix = [*term_size, 0, 0, 0, 0][:4]
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpix, ypix))
+
+
+def _exit_status(returncode: int) -> int:
+    """A signalled runner exits like a shell reports it: 128 + the signal."""
+    return 128 - returncode if returncode < 0 else returncode & 0xFF
+
+
+__all__ = ["RunnerSocket", "SessionChannel"]

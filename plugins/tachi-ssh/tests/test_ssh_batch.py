@@ -1,0 +1,191 @@
+"""Scripts over SSH: the real OpenSSH client in BatchMode against a real daemon."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from ssh_support import (
+    BOB,
+    CAROL,
+    OWNER,
+    ensure_local_user,
+    make_key,
+    ssh_daemon,
+    start_ssh_daemon,
+    until,
+)
+
+__all__ = ["ssh_daemon"]
+
+
+def test_ls_new_send_capture_work_as_the_cli_does(ssh_daemon):
+    s = ssh_daemon
+    empty = s.ssh("ls", "--json")
+    assert empty.returncode == 0, empty.stderr
+    assert json.loads(empty.stdout) == []
+
+    created = s.ssh("new", "-d", "--json", "--name", "viassh", "--", "bash", "--norc")
+    assert created.returncode == 0, created.stderr
+    session = json.loads(created.stdout)
+    assert session["name"] == "viassh" and session["userId"] == OWNER
+
+    listed = s.ssh("ls")
+    assert listed.returncode == 0 and "viassh" in listed.stdout and session["id"] in listed.stdout
+
+    sent = s.ssh("send", "viassh", "'echo from-ssh-$((6*7))\\n'")
+    assert sent.returncode == 0, sent.stderr
+    waited = s.ssh("wait", "viassh", "--match", "from-ssh-42", "--timeout", "10")
+    assert waited.returncode == 0, waited.stderr
+    captured = s.ssh("capture", "viassh")
+    assert captured.returncode == 0 and "from-ssh-42" in captured.stdout
+    # The same screen the local CLI captures.
+    assert captured.stdout == s.daemon.run("capture", "viassh", check=True).stdout
+
+
+def test_exit_codes_and_errors_are_the_clis(ssh_daemon):
+    s = ssh_daemon
+    missing = s.ssh("capture", "nosuch")
+    assert missing.returncode == 3
+    assert missing.stderr.strip() == "tachi: no session 'nosuch' (see 'tachi ls')"
+    usage = s.ssh("send")
+    assert usage.returncode == 2 and usage.stderr.startswith("tachi: ")
+    timed_out = s.daemon.new("sleep", "300")
+    waited = s.ssh("wait", timed_out["id"], "--match", "never", "--timeout", "0.3")
+    assert waited.returncode == 124
+    unparsable = s.ssh("send", "x", "'unterminated")
+    assert unparsable.returncode == 2 and "cannot parse" in unparsable.stderr
+
+
+def test_commands_that_touch_the_host_are_not_offered(ssh_daemon):
+    s = ssh_daemon
+    for command in (("daemon", "stop"), ("play", "/etc/passwd"), ("record", "ls"), ("audit",)):
+        result = s.ssh(*command)
+        assert result.returncode == 2, command
+        assert "is not available over SSH" in result.stderr
+    assert s.daemon.run("daemon", "status").returncode == 0  # still running
+
+
+def test_a_principal_without_grants_sees_nothing_and_is_refused(ssh_daemon):
+    s = ssh_daemon
+    session = s.daemon.new("sleep", "300")
+    listed = s.ssh("ls", "--json", key="bob")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    refused = s.ssh("capture", session["id"], key="bob")
+    assert refused.returncode == 4
+    assert refused.stderr.strip() == f"tachi: {BOB} may not session.read on session {session['id']}"
+    created = s.ssh("new", "-d", "--", "true", key="bob")
+    assert created.returncode == 4
+    denied = [r for r in s.audit() if r["principal"] == BOB and r["result"] == "denied"]
+    assert {r["action"] for r in denied} >= {"session.read", "session.create"}
+    assert all(r["source"].startswith("ssh:127.0.0.1:") for r in denied)
+
+
+def test_unknown_key_is_refused_and_audited_with_the_address(ssh_daemon):
+    s = ssh_daemon
+    refused = s.ssh("ls", key="stranger")
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+    record = until(
+        lambda: [r for r in s.audit() if r["action"] == "auth" and r["result"] == "denied"]
+    )[-1]
+    assert record["details"]["address"] == "127.0.0.1"
+    assert record["source"].startswith("ssh:127.0.0.1:")
+    assert record["reason"].startswith("unknown key SHA256:")
+
+
+def test_host_key_is_made_once_and_shown_by_status(ssh_daemon):
+    s = ssh_daemon
+    key_file = s.daemon.state_dir / "ssh_host_ed25519_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    printed = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(key_file)], capture_output=True, text=True, check=True
+    ).stdout
+    assert printed.split()[1] == s.fingerprint
+    s.daemon.stop()
+    s.daemon.start()
+    listener = s.refresh_listener()
+    assert listener["hostKey"] == printed.split()[1]  # the same key after a restart
+    # StrictHostKeyChecking=yes with the key from status: ssh trusts the daemon.
+    assert s.ssh("ls").returncode == 0
+
+
+def test_a_changed_host_key_is_detected_by_the_client(ssh_daemon):
+    s = ssh_daemon
+    other = make_key(s.home, "other_host").with_suffix(".pub").read_text().split()
+    s.known_hosts.write_text(f"[127.0.0.1]:{s.port} {other[0]} {other[1]}\n")
+    result = s.ssh("ls")
+    assert result.returncode == 255  # ssh refuses a daemon whose key is not the pinned one
+
+
+def test_connection_from_a_denied_address_is_refused(tachi_home):
+    s = start_ssh_daemon(tachi_home, extra_config='[security]\ndeny_ip = ["127.0.0.2/32"]\n')
+    try:
+        assert s.ssh("ls").returncode == 0  # from 127.0.0.1
+        refused = s.ssh("ls", bind="127.0.0.2")
+        assert refused.returncode == 255
+        record = until(
+            lambda: [r for r in s.audit() if r["action"] == "connect" and r["result"] == "denied"]
+        )[-1]
+        assert record["details"]["address"] == "127.0.0.2"
+        assert "deny_ip" in record["reason"]
+    finally:
+        s.daemon.stop()
+
+
+def test_user_certificates_signed_by_the_ca_log_in_as_their_principal(tachi_home):
+    keydir = tachi_home / "ca"
+    keydir.mkdir()
+    ca = make_key(keydir, "user_ca")
+    ensure_local_user(CAROL)
+    s = start_ssh_daemon(tachi_home, extra_ssh=f'ca_keys = "{ca}.pub"')
+    try:
+        carol = make_key(s.home / "keys", "carol")
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-s",
+                str(ca),
+                "-I",
+                "carol@test",
+                "-n",
+                CAROL,
+                "-V",
+                "+1h",
+                str(carol) + ".pub",
+            ],
+            check=True,
+        )
+        s.keys["carol"] = carol
+        session = s.daemon.new("bash", "--norc")
+        s.daemon.run("share", session["id"], "--role", "observer", "--user", CAROL, check=True)
+        shared = s.ssh("capture", session["id"], key="carol", user=CAROL)
+        assert shared.returncode == 0, shared.stderr
+        login = [r for r in s.audit() if r["action"] == "ssh.login"][-1]
+        assert login["principal"] == CAROL and login["details"]["method"] == "certificate"
+        # The certificate does not name dave: refused.
+        refused = s.ssh("ls", key="carol", user="dave")
+        assert refused.returncode == 255
+        # A certificate from a CA nobody configured: refused.
+        rogue = make_key(keydir, "rogue_ca")
+        mallory = make_key(s.home / "keys", "mallory")
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-s",
+                str(rogue),
+                "-I",
+                "m",
+                "-n",
+                CAROL,
+                "-V",
+                "+1h",
+                str(mallory) + ".pub",
+            ],
+            check=True,
+        )
+        s.keys["mallory"] = mallory
+        assert s.ssh("ls", key="mallory", user=CAROL).returncode == 255
+    finally:
+        s.daemon.stop()
