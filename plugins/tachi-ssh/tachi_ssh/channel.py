@@ -327,6 +327,11 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
+    def close(self) -> None:
+        """Close the channel (the runner gets SIGHUP when asyncssh reports it closed)."""
+        if self.chan is not None and not self._closed:
+            self.chan.close()
+
     def notify(self, message: str) -> None:
         """Tell the client why its connection is about to end (on stderr)."""
         if self.chan is not None and not self._closed:

@@ -175,11 +175,18 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
         self._last_activity = time.monotonic()
 
     def end(self, message: str) -> None:
-        """Close the connection, telling each channel why first."""
+        """Close the connection, telling each channel why first.
+
+        Channels are closed before the connection, so the client prints the
+        message before it sees the connection go."""
         for channel in list(self.channels):
             channel.notify(message)
+            channel.close()
         if self.conn is not None:
-            self.conn.close()
+            if self.channels:
+                asyncio.get_running_loop().call_later(1.0, self.conn.close)
+            else:
+                self.conn.close()
 
     # -- authentication ------------------------------------------------------------
     def begin_auth(self, username: str) -> bool:
