@@ -214,9 +214,6 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         }
         env["TACHI_SOCKET"] = str(socket_path)
         env["TERM"] = self.term_type or "dumb"
-        env["SSH_CONNECTION"] = " ".join(
-            str(x) for x in (self.login.peer.address, self.login.peer.port, "-", "-")
-        )
         return env
 
     async def _run_on_pipes(
@@ -229,6 +226,7 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=env,
+            cwd=Path.home(),
             start_new_session=True,
         )
         listener.runner_pid = self.proc.pid
@@ -254,7 +252,13 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         try:
             _set_size(slave, self.term_size)
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+                *argv,
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                env=env,
+                cwd=Path.home(),
+                start_new_session=True,
             )
         finally:
             os.close(slave)  # the runner holds it now; its exit gives us EIO

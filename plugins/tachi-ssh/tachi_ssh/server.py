@@ -56,6 +56,9 @@ class SSHTransport:
         ``asyncssh.KeyImportError`` for an unusable key file."""
         self.daemon = daemon
         s = self.settings
+        if not log.isEnabledFor(logging.DEBUG):
+            # asyncssh logs every connection and channel at INFO: keep the daemon's log readable.
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)
         self.host_key = load_or_create_host_key(s.host_key)
         self.keys = LoginKeys(s.authorized_keys, s.ca_keys)
         self._acceptor = await asyncssh.create_server(

@@ -117,3 +117,18 @@ def test_observer_input_never_reaches_the_session(ssh_daemon, tmp_path):
     finally:
         term.close()
     assert not os.path.exists(marker)
+
+
+def test_daemon_stop_ends_ssh_clients_cleanly(ssh_daemon):
+    s = ssh_daemon
+    _bash(s)
+    term = s.spawn("attach", "work")
+    try:
+        term.expect(PROMPT)
+        assert s.daemon.stop() == 0
+        term.expect(pexpect.EOF, timeout=10)
+    finally:
+        term.close()
+    log = s.daemon.log.read_text()
+    assert "Traceback" not in log, log
+    assert "INFO asyncssh" not in log  # asyncssh's per-connection chatter stays out
