@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run as harness  # noqa: E402  (bench/run.py: spawn, drain_until, interleaved, …)
+import run as harness
 
 SSHD = "/usr/sbin/sshd"
 #: The user sshd logs in for the comparison (made if missing; needs root).

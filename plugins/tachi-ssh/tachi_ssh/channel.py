@@ -101,6 +101,9 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._pending_input = bytearray()
         self._output_done = asyncio.Event()
         self._closed = False
+        # Input and EOF that arrive before the runner is up are kept for it.
+        self._early: bytearray | None = bytearray()
+        self._early_eof = False
 
     # -- requests from the client ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -134,7 +137,11 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
     # -- data from the client ------------------------------------------------------
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.login.touch()
-        if self._master is not None:
+        if self._early is not None:
+            self._early += data
+            if len(self._early) > _INPUT_HIGH_WATER and self.chan is not None:
+                self.chan.pause_reading()
+        elif self._master is not None:
             self._pending_input += data
             self._flush_input()
         elif self.proc is not None and self.proc.stdin is not None:
@@ -153,7 +160,9 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.chan.resume_reading()
 
     def eof_received(self) -> bool:
-        if self.proc is not None and self.proc.stdin is not None:
+        if self._early is not None:
+            self._early_eof = True
+        elif self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.close()
         return True  # keep our side open: output and the exit status still follow
 
@@ -206,6 +215,16 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
                 with contextlib.suppress(Exception):
                     self.chan.exit(status)
 
+    def _runner_started(self) -> None:
+        """Hand the runner what the client sent while it was starting."""
+        early, self._early = self._early or bytearray(), None
+        if self.chan is not None and not self._closed:
+            self.chan.resume_reading()
+        if early:
+            self.data_received(bytes(early), None)
+        if self._early_eof:
+            self.eof_received()
+
     def _environment(self, socket_path: Path) -> dict[str, str]:
         env = {
             k: v
@@ -230,6 +249,7 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
             start_new_session=True,
         )
         listener.runner_pid = self.proc.pid
+        self._runner_started()
         assert self.proc.stdout is not None and self.proc.stderr is not None
         await asyncio.gather(
             self._copy(self.proc.stdout, self.chan.write),
@@ -265,6 +285,7 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         listener.runner_pid = self.proc.pid
         os.set_blocking(master, False)
         self._master = master
+        self._runner_started()
         if self._writable.is_set():
             asyncio.get_running_loop().add_reader(master, self._pty_readable)
         returncode = await self.proc.wait()

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -307,11 +308,22 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
             return
 
     def _grant_active(self) -> bool:
+        """Whether a token principal's grant still holds; a rotated grant is
+        followed to its replacement (its holders were handed the new token)."""
         p = self.principal
         if p is None or p.grant_id is None or p.grant_session is None:
             return True
-        try:
-            grant = self.daemon.grants.get(p.grant_session, p.grant_id)
-        except NotFound:
-            return False
-        return grant.active(now_ns())
+        grant_id: str | None = p.grant_id
+        now = now_ns()
+        for _ in range(16):  # bounded: a rotation chain is short
+            try:
+                grant = self.daemon.grants.get(p.grant_session, grant_id or "")
+            except NotFound:
+                return False
+            if grant.active(now):
+                return True
+            grant_id = grant.replacedBy
+            if grant_id is None:
+                return False
+            self.principal = replace(p, grant_id=grant_id)
+        return False

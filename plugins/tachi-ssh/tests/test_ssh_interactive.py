@@ -132,3 +132,14 @@ def test_daemon_stop_ends_ssh_clients_cleanly(ssh_daemon):
     log = s.daemon.log.read_text()
     assert "Traceback" not in log, log
     assert "INFO asyncssh" not in log  # asyncssh's per-connection chatter stays out
+
+
+def test_typeahead_before_the_menu_is_up_is_not_lost(ssh_daemon):
+    s = ssh_daemon
+    term = s.spawn()
+    try:
+        term.send("q\r")  # typed at once, before the daemon has started the menu
+        term.expect(pexpect.EOF)
+    finally:
+        term.close()
+    assert term.exitstatus == 0

@@ -148,3 +148,19 @@ def test_keepalive_drops_a_client_that_stopped_answering(tachi_home):
         assert record["principal"] != "-"
     finally:
         s.daemon.stop()
+
+
+def test_a_rotated_token_keeps_its_ssh_connection(ssh_daemon):
+    s = ssh_daemon
+    session = s.daemon.new("bash", "--norc", env="PS1=tok> ")
+    grant = _share(s, session["id"], "collaborator")
+    term = _with_password(s, grant["token"], "attach", session["id"], tty=True)
+    try:
+        term.expect("tok> ")
+        s.daemon.run("token", "rotate", session["id"], grant["id"], "--grace", "1s", check=True)
+        time.sleep(2.5)  # past the grace period of the old token
+        term.send("echo still-here-$((5*5))\r")
+        term.expect("still-here-25")
+    finally:
+        term.close()
+    assert not [r for r in s.audit() if r.get("reason") == "revoked"]
