@@ -69,12 +69,15 @@ class RunnerSocket:
             return
         principal = self.login.principal
         assert principal is not None
-        await self.login.daemon.serve_connection(
-            StreamWire(writer),
-            lambda: protocol.read_frame(reader),
-            peer=self.login.peer,
-            principal=principal,
-        )
+        # A runner killed with output unread (hang-up, daemon stop) resets the
+        # socket: the connection has cleaned up already; nothing to report.
+        with contextlib.suppress(ConnectionError):
+            await self.login.daemon.serve_connection(
+                StreamWire(writer),
+                lambda: protocol.read_frame(reader),
+                peer=self.login.peer,
+                principal=principal,
+            )
 
     def close(self) -> None:
         if self._server is not None:
