@@ -229,11 +229,10 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.eof_received()
 
     def _environment(self, socket_path: Path) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("TACHI_TOKEN", "SSH_", "TACHI_SSH_"))
-        }
+        # Not the daemon's own session markers (it may have been started inside
+        # a tachi session), tokens, or SSH variables such as its agent socket.
+        dropped = ("TACHI_TOKEN", "TACHI_SESSION", "SSH_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(dropped) and k != "TACHI"}
         env["TACHI_SOCKET"] = str(socket_path)
         env["TERM"] = self.term_type or "dumb"
         return env

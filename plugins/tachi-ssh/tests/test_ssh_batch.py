@@ -189,3 +189,12 @@ def test_user_certificates_signed_by_the_ca_log_in_as_their_principal(tachi_home
         assert s.ssh("ls", key="mallory", user=CAROL).returncode == 255
     finally:
         s.daemon.stop()
+
+
+def test_help_lists_what_is_offered_and_the_plugin_is_loaded(ssh_daemon):
+    s = ssh_daemon
+    shown = s.ssh("help")
+    assert shown.returncode == 0 and "commands: ls get new attach" in shown.stdout
+    plugins = json.loads(s.daemon.run("plugins", "--json", check=True).stdout)
+    (plugin,) = [p for p in plugins if p.get("distribution") == "tachi-ssh"]
+    assert set(plugin["hooks"]) == {"tachi_register_transports", "tachi_authenticate"}

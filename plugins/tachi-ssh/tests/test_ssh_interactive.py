@@ -23,12 +23,13 @@ def _bash(s) -> dict:
 def test_attach_type_see_resize_detach_and_reattach(ssh_daemon):
     s = ssh_daemon
     session = _bash(s)
-    term = s.spawn("attach", "work", rows=24, cols=80)
+    term = s.spawn("attach", "work", rows=27, cols=91)
     try:
         term.expect(PROMPT)  # attached: the terminal is in raw mode now
         term.send("echo typed-$((6*7))\r")
         term.expect("typed-42")
-        assert s.session("work")["pty"]["rows"] == 24
+        # The pty-request's size is the client's size in the session.
+        assert (s.session("work")["pty"]["rows"], s.session("work")["pty"]["cols"]) == (27, 91)
         # The terminal changes size: ssh sends window-change, the session follows.
         term.setwinsize(30, 100)
         until(lambda: s.session("work")["pty"]["rows"] == 30)
