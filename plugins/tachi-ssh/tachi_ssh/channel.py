@@ -97,7 +97,6 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         self.term_type: str | None = None
         self.term_size: tuple[int, int, int, int] = (80, 24, 0, 0)
         self.proc: asyncio.subprocess.Process | None = None
-        self.task: asyncio.Task[None] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._master: int | None = None
@@ -134,8 +133,8 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         return False
 
     def session_started(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
         self.login.channels.add(self)
+        self.login.spawn(self._run())
 
     # -- data from the client ------------------------------------------------------
     def data_received(self, data: bytes, datatype: Any) -> None:
@@ -219,7 +218,10 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
                     self.chan.exit(status)
 
     def _runner_started(self) -> None:
-        """Hand the runner what the client sent while it was starting."""
+        """Hand the runner what the client sent while it was starting (or hang
+        up on it at once if the client left meanwhile)."""
+        if self._closed:
+            self._hang_up()
         early, self._early = self._early or bytearray(), None
         if self.chan is not None and not self._closed:
             self.chan.resume_reading()

@@ -128,6 +128,7 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
         self._started = time.monotonic()
         self._last_activity = self._started
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher: asyncio.Task[None] | None = None
         self._ended = asyncio.Event()
         self._method = ("", "")
         self._end_reason: str | None = None
@@ -159,8 +160,9 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
                     result="info",
                     reason=self._end_reason or (str(exc) if exc else "closed"),
                 )
-        for task in self._tasks:
-            task.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        # The other tasks (channels' runners, hang-ups) end by themselves, bounded.
         self._ended.set()
 
     async def finished(self) -> None:
@@ -169,11 +171,12 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5.0)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` as a task this connection owns (cancelled when it ends)."""
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task this connection owns (``finished`` waits for it)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def touch(self) -> None:
         self._last_activity = time.monotonic()
@@ -277,7 +280,7 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
                 self.principal.grant_session,
                 details={"method": method, "key": detail, "sshUser": self.peer.username},
             )
-        self.spawn(self._watch())
+        self._watcher = self.spawn(self._watch())
 
     # -- sessions --------------------------------------------------------------------
     def session_requested(self) -> SessionChannel | bool:

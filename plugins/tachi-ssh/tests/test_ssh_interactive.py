@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pexpect
 from ssh_support import BOB, ssh_daemon, until
@@ -144,3 +145,38 @@ def test_typeahead_before_the_menu_is_up_is_not_lost(ssh_daemon):
     finally:
         term.close()
     assert term.exitstatus == 0
+
+
+def _runners(daemon_pid: int) -> list[int]:
+    """Processes the daemon started to serve SSH channels."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if ppid == daemon_pid and b"tachi_ssh.runner" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_a_client_that_vanishes_is_detached_and_its_runner_ends(ssh_daemon):
+    s = ssh_daemon
+    _bash(s)
+    term = s.spawn("attach", "work")
+    try:
+        term.expect(PROMPT)
+        assert s.session("work")["clients"] == 1
+        assert s.daemon.proc is not None
+        assert len(_runners(s.daemon.proc.pid)) == 1
+        os.kill(term.pid, signal.SIGKILL)  # the client machine goes away
+    finally:
+        term.close(force=True)
+    until(lambda: s.session("work")["clients"] == 0)
+    until(lambda: not _runners(s.daemon.proc.pid))
+    assert s.session("work")["closeReason"] is None
