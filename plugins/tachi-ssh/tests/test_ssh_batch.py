@@ -9,6 +9,7 @@ from ssh_support import (
     BOB,
     CAROL,
     OWNER,
+    authorized_line,
     ensure_local_user,
     make_key,
     ssh_daemon,
@@ -198,3 +199,25 @@ def test_help_lists_what_is_offered_and_the_plugin_is_loaded(ssh_daemon):
     plugins = json.loads(s.daemon.run("plugins", "--json", check=True).stdout)
     (plugin,) = [p for p in plugins if p.get("distribution") == "tachi-ssh"]
     assert set(plugin["hooks"]) == {"tachi_register_transports", "tachi_authenticate"}
+
+
+def test_forwarding_is_not_offered(ssh_daemon):
+    s = ssh_daemon
+    # stdio forwarding (a direct-tcpip channel) to the daemon's own listener
+    forwarded = s.ssh(options=("-W", f"127.0.0.1:{s.port}"), tty=False, timeout=20)
+    assert forwarded.returncode == 255
+    assert s.ssh("ls").returncode == 0
+
+
+def test_from_option_restricts_where_a_key_may_be_used(tachi_home):
+    s = start_ssh_daemon(tachi_home)
+    try:
+        lines = (s.home / "authorized_keys").read_text().splitlines()
+        lines[0] = authorized_line(s.keys["owner"], OWNER, 'from="127.0.0.2"')
+        (s.home / "authorized_keys").write_text("\n".join(lines) + "\n")
+        # Re-read without a restart; the key now works from 127.0.0.2 only.
+        assert s.ssh("ls").returncode == 255
+        assert s.ssh("ls", bind="127.0.0.2").returncode == 0
+        assert s.ssh("ls", key="bob").returncode == 0  # other entries unaffected
+    finally:
+        s.daemon.stop()
