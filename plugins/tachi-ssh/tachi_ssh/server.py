@@ -53,30 +53,39 @@ class SSHTransport:
         self._acceptor: asyncssh.SSHAcceptor | None = None
 
     async def start(self, daemon: Daemon) -> None:
-        """Listen. Raises ``OSError`` if the address is taken, ``ValueError`` or
-        ``asyncssh.KeyImportError`` for an unusable key file."""
+        """Listen. Raises ``TachiError`` naming what is wrong: the address is
+        taken, or a key file cannot be read or is not a key."""
         self.daemon = daemon
         s = self.settings
         if not log.isEnabledFor(logging.DEBUG):
             # asyncssh logs every connection and channel at INFO: keep the daemon's log readable.
             logging.getLogger("asyncssh").setLevel(logging.WARNING)
-        self.host_key = load_or_create_host_key(s.host_key)
-        self.keys = LoginKeys(s.authorized_keys, s.ca_keys)
-        self._acceptor = await asyncssh.create_server(
-            lambda: SSHLogin(self),
-            s.host,
-            s.port,
-            server_host_keys=[self.host_key],
-            encoding=None,
-            line_editor=False,
-            keepalive_interval=s.keepalive_interval,
-            keepalive_count_max=s.keepalive_count_max,
-            login_timeout=s.login_timeout,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_scp=False,
-            server_version="tachi",
-        )
+        try:
+            self.host_key = load_or_create_host_key(s.host_key)
+        except (OSError, ValueError) as exc:  # KeyImportError is a ValueError
+            raise TachiError(f"ssh: cannot use the host key {s.host_key}: {exc}") from None
+        try:
+            self.keys = LoginKeys(s.authorized_keys, s.ca_keys)
+        except (OSError, ValueError) as exc:
+            raise TachiError(f"ssh: cannot read ca_keys {s.ca_keys}: {exc}") from None
+        try:
+            self._acceptor = await asyncssh.create_server(
+                lambda: SSHLogin(self),
+                s.host,
+                s.port,
+                server_host_keys=[self.host_key],
+                encoding=None,
+                line_editor=False,
+                keepalive_interval=s.keepalive_interval,
+                keepalive_count_max=s.keepalive_count_max,
+                login_timeout=s.login_timeout,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_scp=False,
+                server_version="tachi",
+            )
+        except OSError as exc:
+            raise TachiError(f"ssh: cannot listen on {s.listen}: {exc.strerror or exc}") from None
         sockets = self._acceptor.sockets
         if sockets:
             self.port = sockets[0].getsockname()[1]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 
+import pytest
 from ssh_support import (
     BOB,
     CAROL,
@@ -16,6 +18,8 @@ from ssh_support import (
     start_ssh_daemon,
     until,
 )
+
+from tachi.testing import DaemonProcess
 
 __all__ = ["ssh_daemon"]
 
@@ -221,3 +225,30 @@ def test_from_option_restricts_where_a_key_may_be_used(tachi_home):
         assert s.ssh("ls", key="bob").returncode == 0  # other entries unaffected
     finally:
         s.daemon.stop()
+
+
+@pytest.mark.parametrize(
+    ("ssh_config", "expected"),
+    [
+        ('listen = "nonsense"', "[transports.ssh]: listen must be HOST:PORT"),
+        ('listen = "127.0.0.1:0"\nca_keys = "/nonexistent/ca.pub"', "ssh: cannot read ca_keys"),
+        ('listen = "127.0.0.1:0"\nhost_key = "{home}/bad_key"', "ssh: cannot use the host key"),
+        ('listen = "127.0.0.1:{busy}"', "ssh: cannot listen on 127.0.0.1:"),
+    ],
+)
+def test_a_bad_ssh_setting_stops_the_daemon_with_one_clear_line(tachi_home, ssh_config, expected):
+    (tachi_home / "bad_key").write_text("not a key\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        config = ssh_config.format(home=tachi_home, busy=busy.getsockname()[1])
+        daemon = DaemonProcess(
+            tachi_home,
+            extra_env={"TACHI_LOAD_PLUGINS": "ssh"},
+            config=f"[transports.ssh]\n{config}\n",
+        )
+        with pytest.raises(RuntimeError):
+            daemon.start()
+    log = daemon.log.read_text()
+    assert f"tachid: {expected}" in log, log
+    assert "Traceback" not in log
