@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from tachi_ssh.settings import SSHSettings
 
 log = logging.getLogger("tachi.ssh")
+#: What keyboard-interactive authentication asks for.
+TOKEN_PROMPT = "tachi share token: "
 #: How often a connection's limits (idle, duration, grant) are checked.
 WATCH_SECONDS = 0.5
 
@@ -236,6 +238,19 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
 
     def password_auth_supported(self) -> bool:
         return self.settings.passwords
+
+    def kbdint_auth_supported(self) -> bool:
+        return self.settings.passwords
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, tuple[tuple[str, bool], ...]]:
+        return ("", "", "", ((TOKEN_PROMPT, False),))
+
+    def validate_kbdint_response(self, username: str, responses: Any) -> bool:
+        if len(responses) != 1:
+            return False
+        return self.validate_password(username, str(responses[0]))
 
     def validate_password(self, username: str, password: str) -> bool:
         self._candidate = None

@@ -25,7 +25,7 @@ def _with_password(
     options = ("-o", f"PreferredAuthentications={method}", "-o", "NumberOfPasswordPrompts=1")
     argv = s.ssh_argv(*command, key=None, tty=tty, batch=False, options=options)
     term = pexpect.spawn(argv[0], argv[1:], dimensions=(24, 80), timeout=15)
-    term.expect("(?i)password:")
+    term.expect("tachi share token: " if method == "keyboard-interactive" else "(?i)password:")
     term.sendline(password)
     return term
 
@@ -164,3 +164,13 @@ def test_a_rotated_token_keeps_its_ssh_connection(ssh_daemon):
     finally:
         term.close()
     assert not [r for r in s.audit() if r.get("reason") == "revoked"]
+
+
+def test_passwords_can_be_turned_off(tachi_home):
+    s = start_ssh_daemon(tachi_home, extra_ssh="passwords = false")
+    try:
+        refused = s.ssh("ls", key=None)
+        assert refused.returncode == 255
+        assert "Permission denied (publickey)" in refused.stderr  # no password method offered
+    finally:
+        s.daemon.stop()
