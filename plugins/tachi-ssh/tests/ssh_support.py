@@ -161,7 +161,6 @@ def authorized_line(key: Path, principal: str, options: str = "") -> str:
 def start_ssh_daemon(home: Path, extra_config: str = "", extra_ssh: str = "") -> SSHDaemon:
     """Keys ``owner`` (the daemon's user), ``bob`` (principal ``tachi-bob``) and
     ``stranger`` (not authorized)."""
-    ensure_local_user(BOB)
     keydir = home / "keys"
     keydir.mkdir()
     keys = {name: make_key(keydir, name) for name in ("owner", "bob", "stranger")}

@@ -6,7 +6,7 @@ import os
 import signal
 
 import pexpect
-from ssh_support import BOB, ssh_daemon, until
+from ssh_support import BOB, ensure_local_user, ssh_daemon, until
 
 __all__ = ["ssh_daemon"]
 
@@ -92,6 +92,7 @@ def test_menu_lists_joinable_sessions_and_attaches_to_the_choice(ssh_daemon):
 
 
 def test_observer_input_never_reaches_the_session(ssh_daemon, tmp_path):
+    ensure_local_user(BOB)  # `share --user` names a local account
     s = ssh_daemon
     session = _bash(s)
     s.daemon.run("share", "work", "--role", "observer", "--user", BOB, check=True)
