@@ -106,6 +106,7 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         # Input and EOF that arrive before the runner is up are kept for it.
         self._early: bytearray | None = bytearray()
         self._early_eof = False
+        self._run_started = False
 
     # -- requests from the client ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -133,7 +134,7 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         return False
 
     def session_started(self) -> None:
-        self.login.channels.add(self)
+        self._run_started = True
         self.login.spawn(self._run())
 
     # -- data from the client ------------------------------------------------------
@@ -187,6 +188,8 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._closed = True
         self._writable.set()
         self._hang_up()
+        if not self._run_started:
+            self.login.channels.discard(self)  # closed before it ran anything
 
     # -- the runner --------------------------------------------------------------------
     async def _run(self) -> None:

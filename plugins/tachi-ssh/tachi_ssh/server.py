@@ -308,9 +308,13 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
 
     # -- sessions --------------------------------------------------------------------
     def session_requested(self) -> SessionChannel | bool:
-        if self.principal is None:
+        """A new session channel, unless unauthenticated or at ``max_sessions``
+        (each runs a CLI process)."""
+        if self.principal is None or len(self.channels) >= self.settings.max_sessions:
             return False
-        return SessionChannel(self)
+        channel = SessionChannel(self)
+        self.channels.add(channel)
+        return channel
 
     # -- limits ------------------------------------------------------------------------
     async def _watch(self) -> None:

@@ -30,6 +30,7 @@ class SSHSettings:
     login_timeout: float = 30.0
     idle_timeout: float = 0.0
     max_duration: float = 0.0
+    max_sessions: int = 10
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,6 +90,7 @@ def load(table: dict[str, Any], state_dir: Path, config_dir: Path) -> SSHSetting
             login_timeout=_seconds(table, "login_timeout", 30.0),
             idle_timeout=_seconds(table, "idle_timeout", 0.0),
             max_duration=_seconds(table, "max_duration", 0.0),
+            max_sessions=int(table.get("max_sessions", 10)),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidRequest(f"[transports.ssh]: {exc}") from None

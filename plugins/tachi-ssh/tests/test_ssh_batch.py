@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 
 import pytest
 from ssh_support import (
@@ -252,3 +253,30 @@ def test_a_bad_ssh_setting_stops_the_daemon_with_one_clear_line(tachi_home, ssh_
     log = daemon.log.read_text()
     assert f"tachid: {expected}" in log, log
     assert "Traceback" not in log
+
+
+def test_sessions_per_connection_are_limited(tachi_home):
+    s = start_ssh_daemon(tachi_home, extra_ssh="max_sessions = 2")
+    control = tachi_home / "ctl"
+    master = subprocess.Popen(
+        s.ssh_argv(options=("-M", "-S", str(control), "-N")), stdin=subprocess.DEVNULL
+    )
+    waiting: list[subprocess.Popen[bytes]] = []
+    try:
+        until(control.exists)
+        session = s.daemon.new("sleep", "300")
+        over_one = ("-S", str(control))
+        for _ in range(2):  # two long-running commands on the one connection
+            argv = s.ssh_argv("wait", session["id"], "--match", "never", options=over_one)
+            waiting.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
+        until(lambda: len([r for r in s.audit() if r["action"] == "ssh.login"]) == 1)
+        time.sleep(1.0)  # both channels open
+        third = s.ssh("ls", options=over_one)
+        # Refused on the shared connection (ssh then falls back to a new one).
+        assert "Session open refused by peer" in third.stderr
+        assert len([r for r in s.audit() if r["action"] == "ssh.login"]) == 2
+    finally:
+        for proc in [*waiting, master]:
+            proc.terminate()
+            proc.wait(10)
+        s.daemon.stop()
