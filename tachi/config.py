@@ -78,6 +78,15 @@ class Config:
         """The ``[transports.NAME]`` table, or ``{}``."""
         return dict(self.raw.get("transports", {}).get(name, {}))
 
+    def listen_on(self, address: str) -> None:
+        """``tachid --listen HOST:PORT``: set the network listener's address (the
+        WebSocket transport's ``listen``; the transport plugin must be installed),
+        with a self-signed certificate unless the config sets up TLS."""
+        table = self.raw.setdefault("transports", {}).setdefault("websocket", {})
+        table["listen"] = address
+        if not any(k in table for k in ("tls", "tls_cert", "tls_key")):
+            table["tls"] = "self-signed"  # TLS unless the config says otherwise
+
     def plugin(self, name: str) -> dict[str, Any]:
         """The ``[plugins.NAME]`` table, or ``{}``."""
         return dict(self.raw.get("plugins", {}).get(name, {}))

@@ -23,6 +23,9 @@ from tachi.errors import InvalidRequest, NotFound, PermissionDenied
 from tachi.gotime import format_rfc3339, now_ns
 
 ROLES = ("observer", "collaborator")
+#: The session id of a daemon grant: its token acts as the daemon's own user
+#: (``tachi token create``), for remote CLIs and programs.
+DAEMON_GRANT = "*"
 TOKEN_PREFIX = "tachi_"
 _RANK = {"observer": 1, "collaborator": 2}
 
@@ -123,7 +126,10 @@ class GrantStore:
 
         Raises ``InvalidRequest`` for an unknown role, a malformed CIDR or a ttl ≤ 0.
         """
-        if role not in ROLES:
+        if session_id == DAEMON_GRANT:
+            if role != "owner":
+                raise InvalidRequest("a daemon grant has the owner role")
+        elif role not in ROLES:
             raise InvalidRequest(f"unknown role {role!r}: use observer or collaborator")
         if ttl_ns is not None and ttl_ns <= 0:
             raise InvalidRequest("ttl must be positive")
@@ -165,6 +171,13 @@ class GrantStore:
         if row is None:
             raise NotFound(f"no grant {grant_id!r} on session {session_id}")
         return _from_row(row)
+
+    def is_active(self, session_id: str, grant_id: str) -> bool:
+        """Whether the grant exists and is usable now (not expired, revoked or rotated out)."""
+        try:
+            return self.get(session_id, grant_id).active(now_ns())
+        except NotFound:
+            return False
 
     def list(self, session_id: str, *, include_inactive: bool = False) -> list[Grant]:
         rows = self._db.execute(

@@ -20,7 +20,9 @@ from tachi.models import Session
 def role_on(principal: Principal, session: Any) -> str | None:
     """The principal's role on a live session or a closed session's record."""
     if isinstance(session, Session):
-        if principal.grant_id is None and principal.user == session.userId:
+        if (principal.grant_id is None or principal.grant_session == "*") and (
+            principal.user == session.userId
+        ):
             return "owner"
         return None
     return session.access.role_of(principal)
@@ -32,7 +34,11 @@ DAEMON_OWNER_ON_ANY_SESSION = frozenset({"session.close", "session.get"})
 
 @hookimpl
 def tachi_authorize(principal: Principal, action: str, session: Any) -> bool | None:
-    is_daemon_owner = principal.grant_id is None and principal.uid == os.getuid()
+    # A daemon token (``tachi token create``) is the daemon's user too; the daemon
+    # has checked that its grant is live before asking.
+    is_daemon_owner = principal.uid == os.getuid() and (
+        principal.grant_id is None or principal.grant_session == "*"
+    )
     if session is None:
         return True if is_daemon_owner else None
     if is_daemon_owner and action in DAEMON_OWNER_ON_ANY_SESSION:

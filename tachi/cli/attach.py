@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tachi import protocol
+from tachi.client.endpoint import Endpoint
 from tachi.client.wire import WireConnection
 from tachi.errors import DaemonUnavailable, TachiError, error_from_json
 
@@ -55,7 +56,7 @@ def terminal_size(fd: int) -> tuple[int, int, int, int]:
 
 
 def attach(
-    socket_path: Path,
+    endpoint: Path | Endpoint,
     session: str,
     *,
     token: str | None,
@@ -66,7 +67,7 @@ def attach(
 ) -> AttachOutcome:
     """Attach the controlling terminal to ``session`` until detach or the end."""
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
-    wire = WireConnection(socket_path, token=token)
+    wire = WireConnection(endpoint, token=token, autostart=False)
     if not os.isatty(in_fd):
         wire.call("session.get", {"session": session})  # a missing session is the better error
         raise TachiError("attach needs a terminal on stdin (use 'tachi send'/'capture' in scripts)")

@@ -23,15 +23,21 @@ def daemon() -> None:
 @click.option(
     "--foreground", is_flag=True, help="Run in this process (for systemd and other supervisors)."
 )
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Also serve network clients there (WebSocket; needs tachi-websocket).",
+)
 @pass_ctx
-def start(ctx: Context, foreground: bool) -> None:
+def start(ctx: Context, foreground: bool, listen: str | None) -> None:
     """Start the daemon (it also starts on first use)."""
     from tachi.client.autostart import start_daemon
 
+    extra = ("--listen", listen) if listen else ()
     if foreground:
         from tachi.daemon.server import main as daemon_main
 
-        sys.exit(daemon_main(["--socket", str(ctx.socket_path)]))
+        sys.exit(daemon_main(["--socket", str(ctx.socket_path), *extra]))
     try:
         with ctx.client(autostart=False) as client:
             click.echo(
@@ -41,8 +47,16 @@ def start(ctx: Context, foreground: bool) -> None:
             return
     except DaemonUnavailable:
         pass
-    pid = start_daemon(ctx.socket_path)
+    pid = start_daemon(ctx.socket_path, extra_args=extra)
     click.echo(f"tachid started (pid {pid}) on {ctx.socket_path}", err=True)
+    if listen:
+        with ctx.client(autostart=False) as client:
+            for listener in client.status().get("listeners", []):
+                if listener.get("transport") == "unix":
+                    continue
+                fp = listener.get("fingerprint")
+                note = f" (certificate {fp})" if fp else ""
+                click.echo(f"listening on {listener['url']}{note}", err=True)
 
 
 @daemon.command("stop")

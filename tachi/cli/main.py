@@ -23,14 +23,30 @@ from tachi.errors import TachiError
 class Context:
     """What every command needs: where the daemon is and which token to present."""
 
-    def __init__(self, socket: str | None) -> None:
+    def __init__(
+        self,
+        socket: str | None,
+        host: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         self.socket = socket
+        self.host = host
+        self.options = options or {}
         self.token: str | None = os.environ.get("TACHI_TOKEN") or None
 
     def client(self, *, autostart: bool = True) -> Any:
         from tachi.client.sync import Client
 
-        return Client(self.socket, token=self.token, autostart=autostart)
+        return Client(
+            self.socket, url=self.host, token=self.token, autostart=autostart, options=self.options
+        )
+
+    @property
+    def endpoint(self) -> Any:
+        """Where the daemon is: ``--host`` / ``TACHI_HOST``, else the local socket."""
+        from tachi.client.endpoint import resolve
+
+        return resolve(self.socket, self.host, self.options)
 
     @property
     def socket_path(self) -> Any:
@@ -174,14 +190,38 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--socket", envvar="TACHI_SOCKET", metavar="PATH", help="Daemon socket (or TACHI_SOCKET)."
 )
+@click.option(
+    "--host",
+    envvar="TACHI_HOST",
+    metavar="URL",
+    help="A remote daemon, e.g. wss://host:7681 (or TACHI_HOST); needs its transport plugin.",
+)
+@click.option(
+    "--fingerprint",
+    envvar="TACHI_FINGERPRINT",
+    metavar="SHA256:…",
+    help="Pin the remote daemon's TLS certificate (or TACHI_FINGERPRINT).",
+)
+@click.option(
+    "--ca-file",
+    envvar="TACHI_CA_FILE",
+    metavar="PATH",
+    help="CA certificates to verify the remote daemon with (or TACHI_CA_FILE).",
+)
 @click.version_option(__version__, prog_name="tachi")
 @click.pass_context
-def cli(ctx: click.Context, socket: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    socket: str | None,
+    host: str | None,
+    fingerprint: str | None,
+    ca_file: str | None,
+) -> None:
     """Remote terminal sessions: create, attach, share, record.
 
     A per-user daemon (tachid) owns the sessions; it starts on first use.
     """
-    ctx.obj = Context(socket)
+    ctx.obj = Context(socket, host or None, {"fingerprint": fingerprint, "ca_file": ca_file})
 
 
 def _plugin_commands() -> None:

@@ -126,7 +126,7 @@ def new(
         maxDuration=max_duration,
         record=record,
         env=extra_env,
-        cwd=cwd if cwd is not None else _here(),
+        cwd=cwd if cwd is not None else (None if ctx.host else _here()),
     )
     with ctx.client() as client:
         session = client.create(req)
@@ -297,7 +297,7 @@ def _attach(
     except ValueError as exc:
         raise InvalidRequest(f"config prefix_key: {exc}") from None
     outcome = attach(
-        ctx.socket_path,
+        ctx.endpoint,
         session,
         token=ctx.token,
         read_only=read_only,

@@ -174,7 +174,68 @@ def handoff(ctx: Context, session: str, to: str, keep: str, as_json: bool) -> No
 
 @cli.group("token")
 def token() -> None:
-    """Share tokens."""
+    """Share tokens, and daemon tokens for remote use."""
+
+
+@token.command("create")
+@click.option("--ttl", callback=checked_duration, help="Expire after this long (default: never).")
+@click.option(
+    "--allow-ip", "allow_ips", multiple=True, metavar="CIDR", help="Only from these addresses."
+)
+@json_option
+@pass_ctx
+def token_create(ctx: Context, ttl: str | None, allow_ips: tuple[str, ...], as_json: bool) -> None:
+    """Make a daemon token: it acts as you, from anywhere that reaches a network
+    listener (tachi --host URL with TACHI_TOKEN). Printed once; stored as a hash."""
+    with ctx.client() as client:
+        made = client.call("token.create", ttl=ttl, allowIps=list(allow_ips))
+    if as_json:
+        emit_json(made)
+        return
+    click.echo(
+        f"daemon token {made['id']}: acts as you; expires {made.get('expiresAt') or 'never'}"
+    )
+    click.echo(f"token (shown once): {made['token']}")
+    click.echo(f"use: TACHI_TOKEN={made['token']} tachi --host URL ls")
+
+
+@token.command("ls")
+@click.option("--all", "show_all", is_flag=True, help="Expired and revoked ones too.")
+@json_option
+@pass_ctx
+def token_ls(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """List daemon tokens (never their secrets)."""
+    with ctx.client() as client:
+        tokens = client.call("token.list", all=show_all)
+    if as_json:
+        emit_json(tokens)
+        return
+    if not tokens:
+        click.echo("no daemon tokens", err=True)
+        return
+    table(
+        ["TOKEN", "CREATED", "EXPIRES", "ALLOW-IP", "STATE"],
+        [
+            [
+                t["id"],
+                t["createdAt"],
+                t.get("expiresAt") or "never",
+                ",".join(t.get("allowIps") or []) or "any",
+                t.get("state", ""),
+            ]
+            for t in tokens
+        ],
+    )
+
+
+@token.command("revoke")
+@click.argument("grant")
+@pass_ctx
+def token_revoke(ctx: Context, grant: str) -> None:
+    """Revoke a daemon token: its connections lose their rights at once."""
+    with ctx.client() as client:
+        client.call("token.revoke", grant=grant)
+    click.echo(f"revoked {grant}", err=True)
 
 
 @token.command("rotate")

@@ -23,9 +23,9 @@ from typing import Any
 
 from tachi import protocol
 from tachi.client.autostart import start_daemon
+from tachi.client.endpoint import Endpoint, resolve
 from tachi.errors import DaemonUnavailable, error_from_json
 from tachi.models import PTYConfig, Session, SessionFilter, SessionRequest, Window
-from tachi.paths import socket_path
 
 
 class _AsyncWire:
@@ -38,16 +38,21 @@ class _AsyncWire:
         self._pump = asyncio.get_running_loop().create_task(self._read_forever())
 
     @classmethod
-    async def open(
-        cls, path: os.PathLike[str] | str, token: str | None, autostart: bool
-    ) -> _AsyncWire:
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            if not autostart:
-                raise DaemonUnavailable(f"no tachi daemon at {path}") from None
-            await asyncio.to_thread(start_daemon, socket_path(path))
-            reader, writer = await asyncio.open_unix_connection(str(path))
+    async def open(cls, endpoint: Endpoint, token: str | None, autostart: bool) -> _AsyncWire:
+        if endpoint.remote:
+            # The transport plugin connects (and verifies TLS) in a thread; what it
+            # hands back is a local stream socket carrying frames.
+            sock = await asyncio.to_thread(endpoint.open, autostart=False)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        else:
+            path = endpoint.socket
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                if not autostart:
+                    raise DaemonUnavailable(f"no tachi daemon at {path}") from None
+                await asyncio.to_thread(start_daemon, path)
+                reader, writer = await asyncio.open_unix_connection(str(path))
         wire = cls(reader, writer)
         args: dict[str, Any] = {"version": protocol.VERSION}
         if token:
@@ -108,10 +113,10 @@ class AsyncClient:
     """Create with ``await AsyncClient.connect(...)``; use as an async context manager."""
 
     def __init__(
-        self, wire: _AsyncWire, path: os.PathLike[str] | str, token: str | None, autostart: bool
+        self, wire: _AsyncWire, endpoint: Endpoint, token: str | None, autostart: bool
     ) -> None:
         self._wire = wire
-        self._path = path
+        self.endpoint = endpoint
         self._token = token
         self._autostart = autostart
 
@@ -120,12 +125,16 @@ class AsyncClient:
         cls,
         socket: str | os.PathLike[str] | None = None,
         *,
+        url: str | None = None,
         token: str | None = None,
         autostart: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> AsyncClient:
-        path = socket_path(socket)
+        """Connect like ``tachi.Client``: the local daemon, or ``url`` (or ``TACHI_HOST``)."""
+        endpoint = resolve(socket, url, options)
         token = token if token is not None else os.environ.get("TACHI_TOKEN") or None
-        return cls(await _AsyncWire.open(path, token, autostart), path, token, autostart)
+        autostart = autostart and not endpoint.remote
+        return cls(await _AsyncWire.open(endpoint, token, autostart), endpoint, token, autostart)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -240,7 +249,7 @@ class AsyncClient:
         window: int | None = None,
         size: PTYConfig | None = None,
     ) -> AsyncSessionConn:
-        wire = await _AsyncWire.open(self._path, self._token, self._autostart)
+        wire = await _AsyncWire.open(self.endpoint, self._token, self._autostart)
         result = await wire.call(
             "session.attach",
             {

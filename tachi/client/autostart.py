@@ -44,7 +44,9 @@ def connect_socket(path: Path, *, autostart: bool) -> socket.socket:
     return _connect(path)
 
 
-def start_daemon(path: Path, *, timeout: float = START_TIMEOUT) -> int:
+def start_daemon(
+    path: Path, *, timeout: float = START_TIMEOUT, extra_args: tuple[str, ...] = ()
+) -> int:
     """Spawn ``tachid`` for ``path`` in the background and wait until it accepts.
 
     Returns the daemon's pid. Raises ``DaemonUnavailable`` naming the log file if
@@ -55,7 +57,7 @@ def start_daemon(path: Path, *, timeout: float = START_TIMEOUT) -> int:
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tachi.daemon.server", "--socket", str(path)],
+            [sys.executable, "-m", "tachi.daemon.server", "--socket", str(path), *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -26,6 +26,7 @@ import signal as signals
 from typing import Any
 
 from tachi import protocol
+from tachi.client.endpoint import resolve
 from tachi.client.wire import WireConnection, encode_send_args
 from tachi.errors import DaemonUnavailable, TachiError, error_from_json
 from tachi.models import (
@@ -36,23 +37,29 @@ from tachi.models import (
     SessionRequest,
     Window,
 )
-from tachi.paths import socket_path
 
 
 class Client:
-    """A connection to the local daemon (started on demand unless ``autostart=False``)."""
+    """A connection to a daemon: the local one (started on demand unless
+    ``autostart=False``), or the remote one at ``url`` (``wss://host:7681``, or
+    ``TACHI_HOST``) through an installed transport plugin. ``options`` are the
+    connection options such plugins read (``fingerprint``, ``ca_file``,
+    ``svid_cert``, ``svid_key``, ``trust_bundle``, ``server_id``)."""
 
     def __init__(
         self,
         socket: str | os.PathLike[str] | None = None,
         *,
+        url: str | None = None,
         token: str | None = None,
         autostart: bool = True,
+        options: dict[str, Any] | None = None,
     ) -> None:
-        self.socket_path = socket_path(socket)
+        self.endpoint = resolve(socket, url, options)
+        self.socket_path = self.endpoint.socket
         self.token = token if token is not None else os.environ.get("TACHI_TOKEN") or None
-        self._autostart = autostart
-        self._wire = WireConnection(self.socket_path, token=self.token, autostart=autostart)
+        self._autostart = autostart and not self.endpoint.remote
+        self._wire = WireConnection(self.endpoint, token=self.token, autostart=self._autostart)
 
     def __enter__(self) -> Client:
         return self
@@ -87,7 +94,7 @@ class Client:
         ``resume=(window, seq)`` (from an earlier ``SessionConn.position``) asks for
         exactly the output produced since; if the daemon no longer holds it, or the
         active window changed, a screen snapshot is sent instead."""
-        wire = WireConnection(self.socket_path, token=self.token, autostart=self._autostart)
+        wire = WireConnection(self.endpoint, token=self.token, autostart=self._autostart)
         result = wire.call(
             "session.attach",
             {

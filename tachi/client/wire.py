@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tachi import protocol
-from tachi.client.autostart import connect_socket
+from tachi.client.endpoint import Endpoint
 from tachi.errors import DaemonUnavailable, ProtocolError, TachiError, error_from_json
 
 
@@ -23,12 +23,13 @@ class WireConnection:
 
     def __init__(
         self,
-        socket_path: Path,
+        target: Path | Endpoint,
         *,
         token: str | None = None,
         autostart: bool = True,
     ) -> None:
-        self.sock = connect_socket(socket_path, autostart=autostart)
+        self.endpoint = target if isinstance(target, Endpoint) else Endpoint(socket=Path(target))
+        self.sock = self.endpoint.open(autostart=autostart)
         self._decoder = protocol.FrameDecoder(max_payload=protocol.MAX_PAYLOAD * 4)
         self._frames: deque[protocol.Frame] = deque()
         self.pending: deque[protocol.Frame] = deque()

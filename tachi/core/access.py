@@ -42,6 +42,11 @@ class SessionAccess:
 
     def role_of(self, principal: Principal) -> str | None:
         if principal.grant_id is not None:
+            if principal.grant_session == "*":
+                # A daemon token acts as the daemon's user: owner of what it owns.
+                if principal.uid != self.owner_uid or self.grants is None:
+                    return None
+                return "owner" if self.grants.is_active("*", principal.grant_id) else None
             if principal.grant_session != self.session_id or self.grants is None:
                 return None
             # Checked live, so a revoked or expired token loses its rights at once

@@ -21,7 +21,7 @@ from tachi import config as config_mod
 from tachi.core.access import SessionAccess
 from tachi.core.guarded_hooks import GuardedHook
 from tachi.core.manager import SessionManager
-from tachi.core.principal import Principal
+from tachi.core.principal import Principal, user_name
 from tachi.core.store import SessionStore, connect
 from tachi.errors import PermissionDenied, TachiError
 from tachi.gotime import now_ns
@@ -104,7 +104,8 @@ class Daemon:
         import tachi.daemon.daemon_ops
         import tachi.daemon.record_ops
         import tachi.daemon.session_ops
-        import tachi.daemon.share_ops  # noqa: F401
+        import tachi.daemon.share_ops
+        import tachi.daemon.token_ops  # noqa: F401
 
         repaired = self.recordings.repair()
         if repaired:
@@ -179,7 +180,10 @@ class Daemon:
 
     # -- authorisation --------------------------------------------------------
     def allowed(self, principal: Principal, action: str, session: Any) -> bool:
-        """Ask every ``tachi_authorize`` hook: any deny wins, else one allow allows."""
+        """Ask every ``tachi_authorize`` hook: any deny wins, else one allow allows.
+        A daemon token must still be live (not expired or revoked)."""
+        if principal.grant_session == "*" and not self.grants.is_active("*", principal.grant_id):
+            return False
         answers = self.hooks.tachi_authorize(principal=principal, action=action, session=session)
         return False not in answers and True in answers
 
@@ -225,6 +229,8 @@ class Daemon:
             raise
         if principal is None:
             reason = f"no identity accepted for this {peer.transport} connection"
+            if peer.address is not None:
+                reason += " (present a token: TACHI_TOKEN; 'tachi token create' makes one)"
             self.audit_refusal(peer, "auth", reason)
             raise PermissionDenied(reason)
         self.admit(principal)
@@ -267,6 +273,18 @@ class Daemon:
         except TachiError as exc:
             self.audit_refusal(peer, "auth.token", exc.message)
             raise
+        if grant.sessionId == "*":
+            uid = os.getuid()
+            return Principal(
+                user=user_name(uid),
+                uid=uid,
+                source=f"{peer.source} (token {grant.id})",
+                grant_id=grant.id,
+                grant_session="*",
+                grant_role="owner",
+                peer_ip=peer.address,
+                kind="token",
+            )
         if grant.user and (identity is None or identity.user != grant.user):
             # A grant for a named identity is that identity's: nobody may borrow its token.
             reason = f"token of grant {grant.id} belongs to {grant.user}"
@@ -400,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tachid", description="The tachi session daemon.")
     parser.add_argument("--socket", help="Unix socket path")
     parser.add_argument("--config", help="config.toml path")
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="also listen for network clients there ([transports.websocket] listen)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("TACHI_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -414,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.socket:
         config.socket = Path(args.socket)
+    if args.listen:
+        config.listen_on(args.listen)
     try:
         asyncio.run(serve(config))
     except (RuntimeError, TachiError) as exc:

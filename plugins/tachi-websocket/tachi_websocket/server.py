@@ -1,0 +1,273 @@
+"""The WebSocket listener: one tachi frame per binary message, both ways.
+
+Everything about who the peer is and what it may do is the core's: this
+module only turns a WebSocket connection into a ``Peer``, a ``Wire`` and a
+``next_frame`` for ``daemon.serve_connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from tachi import protocol
+from tachi.core.peer import Peer
+from tachi.errors import PermissionDenied, ProtocolError
+from tachi_websocket import tls
+from tachi_websocket.settings import Settings
+
+if TYPE_CHECKING:
+    from tachi.daemon.server import Daemon
+
+log = logging.getLogger("tachi.websocket")
+#: The close code for a policy refusal (RFC 6455), with the reason in one line.
+POLICY_VIOLATION = 1008
+
+
+class MessageWire:
+    """``tachi.core.clients.Wire`` over a WebSocket: each frame the daemon writes
+    becomes one binary message, queued and sent by one task so that a slow peer
+    never blocks the daemon. ``buffered()`` is what the peer has not taken yet,
+    which the core uses to resynchronise a lagging client instead of buffering
+    without bound."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self._ws = ws
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._partial = b""
+        self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._closed = False
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            return
+        data = self._partial + data if self._partial else data
+        offset = 0
+        while len(data) - offset >= protocol.HEADER.size:
+            _, length = protocol.HEADER.unpack_from(data, offset)
+            end = offset + protocol.HEADER.size + length
+            if end > len(data):
+                break
+            self._queue.append(data[offset:end])
+            offset = end
+        self._partial = data[offset:]
+        self._queued += offset
+        if offset:
+            self._empty.clear()
+            self._wake.set()
+
+    def buffered(self) -> int:
+        transport = self._ws.transport
+        return self._queued + (transport.get_write_buffer_size() if transport else 0)
+
+    async def drained(self) -> None:
+        await self._empty.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def finish(self, timeout: float = 5.0) -> None:
+        """Close, after sending what is queued (a refusal's reason, the last output),
+        waiting at most ``timeout`` seconds for a peer that does not read."""
+        self.close()
+        with contextlib.suppress(TimeoutError, ConnectionClosed):
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        self._task.cancel()
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    message = self._queue.popleft()
+                    await self._ws.send(message)
+                    self._queued -= len(message)
+                self._empty.set()
+                if self._closed:
+                    await self._ws.close()
+                    return
+        except ConnectionClosed:
+            self._queue.clear()
+            self._queued = 0
+            self._empty.set()
+
+
+def read_message(data: bytes | str, max_payload: int) -> protocol.Frame:
+    """The one tachi frame a binary message carries. Raises ``ProtocolError`` for a
+    text message, a bad header, or a message that is not exactly one frame."""
+    if isinstance(data, str):
+        raise ProtocolError("text messages are not tachi frames; send binary messages")
+    if len(data) < protocol.HEADER.size:
+        raise ProtocolError(f"a {len(data)}-byte message is shorter than a frame header")
+    decoder = protocol.FrameDecoder(max_payload=max_payload)
+    frames = decoder.feed(data)
+    if len(frames) != 1 or decoder.pending:
+        raise ProtocolError("each WebSocket message must carry exactly one tachi frame")
+    return frames[0]
+
+
+class WebSocketTransport:
+    """``[transports.websocket]``: a WebSocket listener, with TLS unless on loopback."""
+
+    name = "websocket"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.fingerprint: str | None = None
+        self._server: Any = None
+        self._daemon: Daemon | None = None
+        self._connections: set[ServerConnection] = set()
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self, daemon: Daemon) -> None:
+        """Listen. Raises ``InvalidRequest`` for bad TLS settings and ``OSError``
+        when the address cannot be bound."""
+        self._daemon = daemon
+        s = self.settings
+        ssl_context = daemon.hooks.tachi_server_tls(transport=self.name, config=daemon.config)
+        if ssl_context is None and s.tls != "off":
+            if s.tls == "self-signed":
+                cert, key = tls.self_signed(s.state_dir, s.host)
+            else:
+                assert s.tls_cert is not None and s.tls_key is not None
+                cert, key = s.tls_cert, s.tls_key
+            ssl_context = tls.server_context(cert, key)
+            self.fingerprint = tls.fingerprint(tls.certificate_der(cert))
+        self._tls = ssl_context is not None
+        self._server = await serve(
+            self._serve,
+            s.host,
+            s.port,
+            ssl=ssl_context,
+            process_request=self._http,
+            origins=self._origins(),
+            compression="deflate" if s.compression else None,
+            # A peer that misses two heartbeats in a row is dropped.
+            ping_interval=s.heartbeat or None,
+            ping_timeout=2 * s.heartbeat if s.heartbeat else None,
+            max_size=s.max_frame + protocol.HEADER.size,
+            max_queue=64,
+        )
+        if s.port == 0:
+            self.settings = _with_port(s, self._server.sockets[0].getsockname()[1])
+        log.info(
+            "websocket listening on %s%s",
+            self.url,
+            f" (certificate {self.fingerprint})" if self.fingerprint else "",
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+
+    @property
+    def url(self) -> str:
+        s = self.settings
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        return f"{'wss' if self._tls else 'ws'}://{host}:{s.port}"
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url, "connections": len(self._connections)}
+        if self.fingerprint:
+            out["fingerprint"] = self.fingerprint
+        return out
+
+    def _origins(self) -> list[str | None] | None:
+        """Browsers' ``Origin`` values accepted: the configured list, else the
+        listener's own origin; ``None`` admits non-browser clients, which send none."""
+        s = self.settings
+        if s.origins:
+            return [*s.origins, None]
+        if s.host in ("0.0.0.0", "::"):
+            return None  # checked per request against its Host header, in _http
+        scheme = "https" if s.tls != "off" or self._tls else "http"
+        hosts = {f"[{s.host}]" if ":" in s.host else s.host}
+        if s.loopback:
+            hosts |= {"localhost", "127.0.0.1", "[::1]"}
+        return [f"{scheme}://{h}:{s.port}" for h in sorted(hosts)] + [None]
+
+    # -- HTTP ---------------------------------------------------------------------
+    async def _http(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Plain GET requests get the browser pages; upgrades go on to ``_serve``."""
+        if self.settings.host in ("0.0.0.0", "::") and not self.settings.origins:
+            origin = request.headers.get("Origin")
+            host = request.headers.get("Host")
+            if origin is not None and origin.split("://", 1)[-1] != host:
+                return ws.respond(403, "Origin not allowed\n")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        from tachi_websocket import web
+
+        assert self._daemon is not None
+        response = await web.respond(self._daemon, self, request)
+        return response or ws.respond(404, "Not found\n")
+
+    # -- WebSocket ------------------------------------------------------------
+    def peer_of(self, ws: ServerConnection) -> Peer:
+        address = ws.remote_address or (None, None)
+        chain: tuple[bytes, ...] = ()
+        ssl_object = ws.transport.get_extra_info("ssl_object") if ws.transport else None
+        if ssl_object is not None:
+            leaf = ssl_object.getpeercert(binary_form=True)
+            chain = (leaf,) if leaf else ()
+        host = address[0]
+        if host and host.startswith("::ffff:"):
+            host = host[7:]  # an IPv4 peer on a dual-stack socket
+        return Peer(transport=self.name, address=host, port=address[1], tls_chain=chain)
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        assert self._daemon is not None
+        daemon = self._daemon
+        peer = self.peer_of(ws)
+        try:
+            daemon.check_address(peer)
+        except PermissionDenied as exc:
+            await _refuse(ws, exc)
+            return
+        self._connections.add(ws)
+        wire = MessageWire(ws)
+        max_payload = self.settings.max_frame
+
+        async def next_frame() -> protocol.Frame | None:
+            try:
+                message = await ws.recv()
+            except ConnectionClosed:
+                return None
+            return read_message(message, max_payload)
+
+        try:
+            await daemon.serve_connection(wire, next_frame, peer=peer)
+        finally:
+            self._connections.discard(ws)
+            await wire.finish()
+            if ws.close_code == 1011 and "ping" in (ws.close_reason or ""):
+                daemon.audit_refusal(peer, "connection.heartbeat", "missed two heartbeats")
+
+
+async def _refuse(ws: ServerConnection, exc: PermissionDenied) -> None:
+    """Tell a refused peer why, in the protocol (for tachi clients) and in the close
+    frame (for anything else), then close."""
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(protocol.encode_control({"event": "error", "error": exc.to_json()}))
+        await ws.close(POLICY_VIOLATION, exc.message[:120])
+
+
+def _with_port(s: Settings, port: int) -> Settings:
+    from dataclasses import replace
+
+    return replace(s, port=port)
