@@ -56,3 +56,13 @@ def tachi_authenticate(peer: Peer) -> Principal | None:
             user=user_name(uid), uid=uid, source=peer.source, peer_ip=peer.address, kind="ssh"
         )
     return Principal(user=name, uid=None, source=peer.source, peer_ip=peer.address, kind="ssh")
+
+
+@hookimpl
+def tachi_connect(url: str, options: dict[str, Any]) -> Any:
+    """Open ``ssh://[user@]host[:port]`` URLs (in the client process) with OpenSSH."""
+    if url.split("://", 1)[0].lower() != "ssh":
+        return None
+    from tachi_ssh.client import open_connection
+
+    return open_connection(url, options)

@@ -29,6 +29,7 @@ import asyncssh
 
 from tachi import protocol
 from tachi.builtins.unix_socket import StreamWire, socket_peer
+from tachi_ssh.frames import SUBSYSTEM, FrameBridge
 
 if TYPE_CHECKING:
     from tachi_ssh.server import SSHLogin
@@ -107,6 +108,8 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._early: bytearray | None = bytearray()
         self._early_eof = False
         self._run_started = False
+        #: Set for the ``tachi`` subsystem: frames, no CLI process.
+        self.frames: FrameBridge | None = None
 
     # -- requests from the client ------------------------------------------------
     def connection_made(self, chan: asyncssh.SSHServerChannel) -> None:
@@ -131,16 +134,28 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        return False
+        if subsystem != SUBSYSTEM or self.chan is None:
+            return False
+        self.frames = FrameBridge(self.login, self.chan)
+        return True
 
     def session_started(self) -> None:
         self._run_started = True
-        self.login.spawn(self._run())
+        self.login.spawn(self._serve_frames() if self.frames else self._run())
+
+    async def _serve_frames(self) -> None:
+        assert self.frames is not None
+        try:
+            await self.frames.serve()
+        finally:
+            self.login.channels.discard(self)
 
     # -- data from the client ------------------------------------------------------
     def data_received(self, data: bytes, datatype: Any) -> None:
         self.login.touch()
-        if self._early is not None:
+        if self.frames is not None:
+            self.frames.feed(data)
+        elif self._early is not None:
             self._early += data
             if len(self._early) > _INPUT_HIGH_WATER and self.chan is not None:
                 self.chan.pause_reading()
@@ -163,7 +178,9 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.chan.resume_reading()
 
     def eof_received(self) -> bool:
-        if self._early is not None:
+        if self.frames is not None:
+            self.frames.end()
+        elif self._early is not None:
             self._early_eof = True
         elif self.proc is not None and self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -176,17 +193,23 @@ class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        if self.frames is not None:
+            self.frames.pause_writing()
         if self._master is not None:
             asyncio.get_running_loop().remove_reader(self._master)
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self.frames is not None:
+            self.frames.resume_writing()
         if self._master is not None and not self._output_done.is_set():
             asyncio.get_running_loop().add_reader(self._master, self._pty_readable)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._writable.set()
+        if self.frames is not None:
+            self.frames.lost()
         self._hang_up()
         if not self._run_started:
             self.login.channels.discard(self)  # closed before it ran anything
