@@ -203,7 +203,11 @@ def test_help_lists_what_is_offered_and_the_plugin_is_loaded(ssh_daemon):
     assert shown.returncode == 0 and "commands: ls get new attach" in shown.stdout
     plugins = json.loads(s.daemon.run("plugins", "--json", check=True).stdout)
     (plugin,) = [p for p in plugins if p.get("distribution") == "tachi-ssh"]
-    assert set(plugin["hooks"]) == {"tachi_register_transports", "tachi_authenticate"}
+    assert set(plugin["hooks"]) == {
+        "tachi_register_transports",
+        "tachi_authenticate",
+        "tachi_connect",
+    }
 
 
 def test_forwarding_is_not_offered(ssh_daemon):
