@@ -4,7 +4,10 @@ Three ways to reach a program's terminal, measured side by side and
 interleaved round by round (see bench/run.py for the method):
 
 - ``unix``: ``tachi attach`` on the local socket;
-- ``ssh``: ``ssh -tt -p PORT host attach NAME`` to the daemon's SSH transport;
+- ``ssh``: ``ssh -tt -p PORT host attach NAME`` to the daemon's SSH transport
+  (the tachi CLI runs on the daemon's side);
+- ``ssh-host``: the local ``tachi --host ssh://127.0.0.1:PORT attach NAME``
+  (frames over the ``tachi`` SSH subsystem);
 - ``sshd``: ``ssh -tt`` to OpenSSH's own sshd running the program directly (no
   tachi at all), when ``/usr/sbin/sshd`` exists and we are root.
 
@@ -23,6 +26,7 @@ import contextlib
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -129,6 +133,12 @@ class SSHEnv(harness.Env):
             "-tt" if tty else "-T", "127.0.0.1", *command,
         ]  # fmt: skip
 
+    def remote_tachi(self) -> list[str]:
+        """``tachi --host ssh://…``, with ssh told our key and known_hosts."""
+        ssh = self.ssh(self.port, tty=False)
+        self.env["TACHI_SSH_COMMAND"] = shlex.join(ssh[: ssh.index("-T")])
+        return [*harness.TACHI, "--host", f"ssh://127.0.0.1:{self.port}"]
+
     def close(self) -> None:
         if self.sshd is not None:
             self.sshd.send_signal(signal.SIGTERM)
@@ -148,6 +158,8 @@ def _client(env: SSHEnv, system: str, name: str, command: str) -> Any:
     env.tachi("new", "-d", "--name", name, *size, "--", "bash", "--norc", "-c", command)
     if system == "unix":
         return harness.spawn([*harness.TACHI, "attach", name], env.env)
+    if system == "ssh-host":
+        return harness.spawn([*env.remote_tachi(), "attach", name], env.env)
     return harness.spawn(env.ssh(env.port, "attach", name), env.env)
 
 
@@ -206,6 +218,7 @@ def bench_command(env: SSHEnv, system: str, runs: int) -> dict[str, float]:
     argv = {
         "unix": [*harness.TACHI, "ls"],
         "ssh": env.ssh(env.port, "ls", tty=False),
+        "ssh-host": [*env.remote_tachi(), "ls"],
         "sshd": env.ssh(env.sshd_port, "true", tty=False),
     }[system]
     samples = []
@@ -235,7 +248,7 @@ def main() -> int:
             check=True,
         )
         env.start()
-        systems = ["unix", "ssh"] + (["sshd"] if env.sshd is not None else [])
+        systems = ["unix", "ssh", "ssh-host"] + (["sshd"] if env.sshd is not None else [])
         if env.sshd is None:
             print("sshd: not measured (needs /usr/sbin/sshd and root)", file=sys.stderr)
         results["throughput"] = harness.interleaved(
@@ -260,11 +273,11 @@ def main() -> int:
                 if key in data:
                     s = data[key]
                     print(
-                        f"{bench:10} {key:14} {system:5} {s['median']:9.2f}"
+                        f"{bench:10} {key:14} {system:8} {s['median']:9.2f}"
                         f"  ({s['min']:.2f}-{s['max']:.2f}, n={s['n']})"
                     )
                 else:
-                    print(f"{bench:10} {key:14} {system:5} error: {data['samples']}")
+                    print(f"{bench:10} {key:14} {system:8} error: {data['samples']}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"raw samples: {args.json}")
