@@ -158,7 +158,9 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport.logins.discard(self)
-        if self.principal is None and not self._audited:
+        if self.principal is None and (self._failures or not self._audited):
+            # Keys and certificates refused along the way, once per connection
+            # (refused tokens and addresses were audited when they were refused).
             reason = "; ".join(dict.fromkeys(self._failures)) or "no accepted authentication"
             with contextlib.suppress(TachiError):
                 self.daemon.audit_refusal(self.peer, "auth", reason)
@@ -263,11 +265,9 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
         )
         try:
             self.principal = self.daemon.authenticate(peer)  # audits a refusal
-        except TachiError as exc:
-            self._failures.append(str(exc))
+        except TachiError:
             self._audited = True
             return False
-        self._audited = False
         self.peer = peer.with_token(None)
         self._method = ("password", "share token")
         return True
