@@ -7,6 +7,8 @@ With a pty-request the runner gets a new PTY of the requested size (so
 ``tachi attach`` works unchanged: raw mode, prefix key, SIGWINCH on
 window-change); without one, pipes (so scripts get stdout, stderr and the
 exit status apart). The runner's exit status becomes the SSH exit status.
+A ``tachi`` subsystem request instead carries protocol frames
+(``tachi_ssh.frames``), with no process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import itertools
 import logging
 import os
 import shlex
@@ -27,64 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from tachi import protocol
-from tachi.builtins.unix_socket import StreamWire, socket_peer
 from tachi_ssh.frames import SUBSYSTEM, FrameBridge
+from tachi_ssh.runner_socket import RunnerSocket
 
 if TYPE_CHECKING:
-    from tachi_ssh.server import SSHLogin
+    from tachi_ssh.login import SSHLogin
 
 log = logging.getLogger("tachi.ssh")
-_ids = itertools.count(1)
 #: Unsent input past this pauses reading from the SSH client.
 _INPUT_HIGH_WATER = 256 * 1024
 #: After the runner exits, how long its last output may take to arrive.
 _DRAIN_SECONDS = 2.0
-
-
-class RunnerSocket:
-    """A private listener that serves every connection as one SSH principal.
-
-    Only the runner process (checked by ``SO_PEERCRED``) may connect.
-    """
-
-    def __init__(self, login: SSHLogin) -> None:
-        self.login = login
-        directory = login.daemon.config.socket.parent
-        self.path = directory / f"ssh-{os.getpid()}-{next(_ids)}.sock"
-        self.runner_pid: int | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> None:
-        old_umask = os.umask(0o177)
-        try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        finally:
-            os.umask(old_umask)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = socket_peer(writer.get_extra_info("socket"))
-        if peer.uid != os.getuid() or peer.pid != self.runner_pid:
-            writer.close()
-            return
-        principal = self.login.principal
-        assert principal is not None
-        # A runner killed with output unread (hang-up, daemon stop) resets the
-        # socket: the connection has cleaned up already; nothing to report.
-        with contextlib.suppress(ConnectionError):
-            await self.login.daemon.serve_connection(
-                StreamWire(writer),
-                lambda: protocol.read_frame(reader),
-                peer=self.login.peer,
-                principal=principal,
-            )
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
 
 class SessionChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
@@ -405,4 +359,4 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode & 0xFF
 
 
-__all__ = ["RunnerSocket", "SessionChannel"]
+__all__ = ["SessionChannel"]

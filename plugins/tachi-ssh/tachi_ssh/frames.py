@@ -18,7 +18,7 @@ from tachi.errors import ProtocolError
 if TYPE_CHECKING:
     import asyncssh
 
-    from tachi_ssh.server import SSHLogin
+    from tachi_ssh.login import SSHLogin
 
 SUBSYSTEM = "tachi"
 #: Decoded frames waiting for the daemon past this pause reading from the client.
