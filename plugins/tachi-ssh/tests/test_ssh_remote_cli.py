@@ -10,6 +10,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 
 import pexpect
 from ssh_support import ssh_daemon, until
@@ -119,3 +120,39 @@ def test_a_share_token_typed_at_sshs_prompt(ssh_daemon):
     assert term.exitstatus == 0
     login = [r for r in s.audit() if r["action"] == "ssh.login"][-1]
     assert login["principal"] == f"token:{grant['id']}"
+
+
+def test_an_observers_raw_input_over_ssh_is_dropped_by_the_daemon(
+    ssh_daemon, monkeypatch, tmp_path
+):
+    """The Python API over ssh:// writes stdin frames as an observer: they never
+    reach the PTY, and the daemon audits the attempt."""
+    import tachi
+
+    s = ssh_daemon
+    session = s.daemon.new("bash", "--norc", env="PS1=obs> ")
+    grant = json.loads(
+        s.daemon.run("share", session["id"], "--role", "observer", "--json", check=True).stdout
+    )
+    monkeypatch.setenv("TACHI_LOAD_PLUGINS", "ssh")
+    monkeypatch.setenv("TACHI_SSH_COMMAND", _ssh_command(s))
+    marker = tmp_path / "observer-typed"
+    url = f"ssh://127.0.0.1:{s.port}"
+    with tachi.Client(url=url, token=grant["token"]) as client:
+        conn = client.attach(session["id"])
+        try:
+            conn.write(f"touch {marker}\r".encode())
+            s.daemon.run("send", session["id"], "echo owner-$((4*4))\\n", check=True)
+            seen = b""
+            deadline = time.monotonic() + 10
+            while b"owner-16" not in seen and time.monotonic() < deadline:
+                seen += conn.read(timeout=1)
+            assert b"owner-16" in seen  # the observer sees the session
+        finally:
+            conn.close()
+    assert not marker.exists()
+    denied = until(
+        lambda: [r for r in s.audit() if r["action"] == "session.write" and r["result"] == "denied"]
+    )[-1]
+    assert denied["principal"] == f"token:{grant['id']}"
+    assert denied["source"].startswith("ssh:127.0.0.1:")
