@@ -84,7 +84,31 @@ def attach(
     )
     bridge = _Bridge(wire, in_fd, out_fd, prefix, read_only=bool(result.get("readOnly")))
     bridge.session_id = str(result["id"])
+    if isinstance(endpoint, Endpoint) and endpoint.remote:
+
+        def reopen(position: tuple[int, int] | None) -> WireConnection:
+            fresh = WireConnection(
+                endpoint, token=os.environ.get("TACHI_TOKEN") or token, autostart=False
+            )
+            rows, cols, xpix, ypix = terminal_size(in_fd)
+            resume = {"window": position[0], "seq": position[1]} if position else None
+            fresh.call(
+                "session.attach",
+                {
+                    "session": bridge.session_id,
+                    "readOnly": read_only,
+                    "size": {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
+                    "resume": resume,
+                },
+            )
+            return fresh
+
+        bridge.reopen = reopen
     return bridge.run()
+
+
+#: How long an attach to a remote daemon keeps trying to reconnect after a drop.
+RECONNECT_SECONDS = 30.0
 
 
 class _Bridge:
@@ -101,6 +125,10 @@ class _Bridge:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._signals: list[int] = []
+        #: Set for a remote daemon: reconnects and resumes after a network drop.
+        self.reopen: Any = None
+        #: The window and output offset the terminal shows, for resuming.
+        self.position: tuple[int, int] | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -113,9 +141,14 @@ class _Bridge:
             signal.signal(sig, self._on_signal)
         try:
             tty.setraw(self.in_fd)
-            self._loop()
-        except DaemonUnavailable as exc:
-            self.state.ended = AttachOutcome(1, f"lost the daemon: {exc}")
+            while True:
+                try:
+                    self._loop()
+                    break
+                except DaemonUnavailable as exc:
+                    if not self._reconnect(exc):
+                        self.state.ended = AttachOutcome(1, f"lost the daemon: {exc}")
+                        break
         finally:
             termios.tcsetattr(self.in_fd, termios.TCSAFLUSH, saved)
             for sig, handler in previous.items():
@@ -127,6 +160,31 @@ class _Bridge:
             os.close(self._wake_w)
         assert self.state.ended is not None
         return self.state.ended
+
+    def _reconnect(self, exc: DaemonUnavailable) -> bool:
+        """After a network drop, reconnect (for up to RECONNECT_SECONDS) and resume
+        from the last output offset: the missing output if the daemon still has
+        it, else the current screen. Returns False if it could not."""
+        if self.reopen is None:
+            return False
+        self._flash(f"tachi: connection lost ({exc}); reconnecting…")
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        delay = 0.2
+        while time.monotonic() < deadline and not self._signals:
+            try:
+                fresh = self.reopen(self.position)
+            except DaemonUnavailable:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except TachiError as refused:  # the session ended, or access went away
+                self.state.ended = AttachOutcome(1, f"could not resume: {refused}")
+                return True
+            self.wire.close()
+            self.wire = fresh
+            self._flash("tachi: reconnected")
+            return True
+        return False
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
@@ -193,11 +251,15 @@ class _Bridge:
 
     def _apply(self, frame: protocol.Frame) -> None:
         if frame.channel == protocol.STDOUT:
-            self._write(protocol.decode_output(frame.payload)[2])
+            window, seq, data = protocol.decode_output(frame.payload)
+            self.position = (window, seq + len(data))
+            self._write(data)
             return
         message = json.loads(frame.payload)
         event = message.get("event")
         if event == "screen":
+            if "window" in message and "seq" in message:
+                self.position = (int(message["window"]), int(message["seq"]))
             self._write(str(message["data"]).encode())
         elif event == "notice":
             self._flash(str(message.get("message", "")))

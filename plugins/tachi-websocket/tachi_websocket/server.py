@@ -153,11 +153,12 @@ class WebSocketTransport:
             s.port,
             ssl=ssl_context,
             process_request=self._http,
-            origins=self._origins(),
             compression="deflate" if s.compression else None,
             # A peer that misses two heartbeats in a row is dropped.
             ping_interval=s.heartbeat or None,
             ping_timeout=2 * s.heartbeat if s.heartbeat else None,
+            # A dead peer never answers the closing handshake either.
+            close_timeout=min(10.0, max(1.0, 2 * s.heartbeat)),
             max_size=s.max_frame + protocol.HEADER.size,
             max_queue=64,
         )
@@ -187,28 +188,32 @@ class WebSocketTransport:
             out["fingerprint"] = self.fingerprint
         return out
 
-    def _origins(self) -> list[str | None] | None:
-        """Browsers' ``Origin`` values accepted: the configured list, else the
-        listener's own origin; ``None`` admits non-browser clients, which send none."""
+    def origin_allowed(self, origin: str | None, host_header: str | None) -> bool:
+        """Whether a request's ``Origin`` may open a connection: none (a program,
+        not a browser page), a configured origin, or the listener's own origin, so
+        that no other web page can drive a session from a user's browser."""
+        if origin is None:
+            return True
         s = self.settings
         if s.origins:
-            return [*s.origins, None]
+            return origin in s.origins
+        scheme = "https" if self._tls else "http"
+        port = s.port
         if s.host in ("0.0.0.0", "::"):
-            return None  # checked per request against its Host header, in _http
-        scheme = "https" if s.tls != "off" or self._tls else "http"
+            # Listening everywhere: the page must come from the host the browser
+            # asked for.
+            return host_header is not None and origin == f"{scheme}://{host_header}"
         hosts = {f"[{s.host}]" if ":" in s.host else s.host}
         if s.loopback:
             hosts |= {"localhost", "127.0.0.1", "[::1]"}
-        return [f"{scheme}://{h}:{s.port}" for h in sorted(hosts)] + [None]
+        return origin in {f"{scheme}://{h}:{port}" for h in hosts}
 
     # -- HTTP ---------------------------------------------------------------------
     async def _http(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Plain GET requests get the browser pages; upgrades go on to ``_serve``."""
-        if self.settings.host in ("0.0.0.0", "::") and not self.settings.origins:
-            origin = request.headers.get("Origin")
-            host = request.headers.get("Host")
-            if origin is not None and origin.split("://", 1)[-1] != host:
-                return ws.respond(403, "Origin not allowed\n")
+        """Refuse foreign origins; plain GET requests get the browser pages, and
+        upgrades go on to ``_serve``."""
+        if not self.origin_allowed(request.headers.get("Origin"), request.headers.get("Host")):
+            return ws.respond(403, "Origin not allowed\n")
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         from tachi_websocket import web
@@ -255,7 +260,8 @@ class WebSocketTransport:
         finally:
             self._connections.discard(ws)
             await wire.finish()
-            if ws.close_code == 1011 and "ping" in (ws.close_reason or ""):
+            sent = ws.protocol.close_sent
+            if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
                 daemon.audit_refusal(peer, "connection.heartbeat", "missed two heartbeats")
 
 
