@@ -183,6 +183,48 @@ def bench_throughput(env: Env, system: str, rnd: int, record: bool = False) -> d
         end_session(env, system, name, proc)
 
 
+def echo_round_trips(proc: PtyProcess, keys: int) -> dict[str, float]:
+    """Type ``keys`` single keys into a client showing an echo program; p50/p99 ms
+    from each write to its echo coming back."""
+    samples = []
+    for i in range(keys):
+        key = b"abcdefghij"[i % 10 : i % 10 + 1]
+        t0 = time.perf_counter()
+        os.write(proc.fd, key)
+        got = b""
+        while key not in got:
+            select.select([proc.fd], [], [], 5)
+            got += os.read(proc.fd, 4096)
+        samples.append((time.perf_counter() - t0) * 1000)
+    q = statistics.quantiles(samples, n=100)
+    return {"p50_ms": statistics.median(samples), "p99_ms": q[98]}
+
+
+def median_wall_ms(argv: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
+    """Median wall time of running ``argv`` to completion, ``runs`` times."""
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, capture_output=True, check=True, timeout=30)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return {"ms": statistics.median(samples)}
+
+
+def print_table(results: dict[str, Any], metrics: list[tuple[str, list[str]]]) -> None:
+    """One line per benchmark, metric and system: median (min-max, n)."""
+    for bench, keys in metrics:
+        for key in keys:
+            for system, data in results[bench].items():
+                if key in data:
+                    s = data[key]
+                    print(
+                        f"{bench:10} {key:14} {system:8} {s['median']:9.2f}"
+                        f"  ({s['min']:.2f}-{s['max']:.2f}, n={s['n']})"
+                    )
+                else:
+                    print(f"{bench:10} {key:14} {system:8} error: {data['samples']}")
+
+
 def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
     name = f"ec{rnd}{system}"
     proc, _ = session_and_client(env, system, name, f'{PY} -c "{ECHO_PROGRAM}"')
@@ -191,18 +233,7 @@ def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
         time.sleep(0.3)
         while select.select([proc.fd], [], [], 0.2)[0]:
             os.read(proc.fd, 1 << 16)
-        samples = []
-        for i in range(keys):
-            key = b"abcdefghij"[i % 10 : i % 10 + 1]
-            t0 = time.perf_counter()
-            os.write(proc.fd, key)
-            got = b""
-            while key not in got:
-                select.select([proc.fd], [], [], 5)
-                got += os.read(proc.fd, 4096)
-            samples.append((time.perf_counter() - t0) * 1000)
-        q = statistics.quantiles(samples, n=100)
-        return {"p50_ms": statistics.median(samples), "p99_ms": q[98]}
+        return echo_round_trips(proc, keys)
     finally:
         end_session(env, system, name, proc)
 

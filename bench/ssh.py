@@ -30,7 +30,6 @@ import shlex
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -116,8 +115,9 @@ class SSHEnv(harness.Env):
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.sshd_port), 0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.sshd_port), 0.5),
             ):
                 break
             time.sleep(0.05)
@@ -196,18 +196,7 @@ def bench_echo(env: SSHEnv, system: str, rnd: int, keys: int) -> dict[str, float
     try:
         harness.drain_until(proc, b"ready", 15)
         _settle(proc)
-        samples = []
-        for i in range(keys):
-            key = b"abcdefghij"[i % 10 : i % 10 + 1]
-            t0 = time.perf_counter()
-            os.write(proc.fd, key)
-            got = b""
-            while key not in got:
-                select.select([proc.fd], [], [], 5)
-                got += os.read(proc.fd, 4096)
-            samples.append((time.perf_counter() - t0) * 1000)
-        q = statistics.quantiles(samples, n=100)
-        return {"p50_ms": statistics.median(samples), "p99_ms": q[98]}
+        return harness.echo_round_trips(proc, keys)
     finally:
         harness.kill(proc)
         if system != "sshd":
@@ -221,12 +210,7 @@ def bench_command(env: SSHEnv, system: str, runs: int) -> dict[str, float]:
         "ssh-host": [*env.remote_tachi(), "ls"],
         "sshd": env.ssh(env.sshd_port, "true", tty=False),
     }[system]
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(argv, env=env.env, capture_output=True, check=True, timeout=30)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {"ms": statistics.median(samples)}
+    return harness.median_wall_ms(argv, env.env, runs)
 
 
 def main() -> int:
@@ -263,21 +247,14 @@ def main() -> int:
         )
     finally:
         env.close()
-    for bench, keys_ in (
-        ("throughput", ["mib_s", "delivered_mib"]),
-        ("echo", ["p50_ms", "p99_ms"]),
-        ("command", ["ms"]),
-    ):
-        for key in keys_:
-            for system, data in results[bench].items():
-                if key in data:
-                    s = data[key]
-                    print(
-                        f"{bench:10} {key:14} {system:8} {s['median']:9.2f}"
-                        f"  ({s['min']:.2f}-{s['max']:.2f}, n={s['n']})"
-                    )
-                else:
-                    print(f"{bench:10} {key:14} {system:8} error: {data['samples']}")
+    harness.print_table(
+        results,
+        [
+            ("throughput", ["mib_s", "delivered_mib"]),
+            ("echo", ["p50_ms", "p99_ms"]),
+            ("command", ["ms"]),
+        ],
+    )
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"raw samples: {args.json}")

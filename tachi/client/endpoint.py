@@ -25,6 +25,7 @@ OPTION_ENV = {
     "svid_key": "TACHI_SVID_KEY",
     "trust_bundle": "TACHI_TRUST_BUNDLE",
     "server_id": "TACHI_SERVER_ID",
+    "compression": "TACHI_WS_COMPRESSION",
 }
 
 

@@ -79,7 +79,9 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
             ssl=client_context(url, options) if tls else None,
             open_timeout=float(options.get("timeout", 10)),
             proxy=None,
-            compression="deflate",
+            # Deflate costs more CPU than it saves on a LAN; opt in with
+            # TACHI_WS_COMPRESSION=1 on slow links (browsers always offer it).
+            compression="deflate" if options.get("compression") else None,
             max_size=protocol.MAX_PAYLOAD * 4 + protocol.HEADER.size,
             ping_interval=20,
             ping_timeout=40,
