@@ -19,6 +19,8 @@ from tachi.gotime import parse_duration
 from tachi.paths import config_path, socket_path, state_dir
 
 SIZE_POLICIES = ("latest", "smallest", "largest")
+#: The most scrollback a window may keep (tmux has no hard limit; this bounds memory).
+MAX_HISTORY = 100_000
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -29,6 +31,8 @@ class Config:
     term: str = "xterm-256color"
     idle_timeout: int = 0
     max_duration: int = 0
+    #: Lines of scrollback kept per window (tmux's default), bounded in memory.
+    history_limit: int = 2000
     #: Closed sessions are forgotten this long after they closed (0: never).
     retention: int = 30 * 86400 * 1_000_000_000
     size_policy: str = "latest"
@@ -123,6 +127,10 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     for key in ("idle_timeout", "max_duration", "retention"):
         if key in session:
             setattr(cfg, key, parse_duration(session[key]))
+    if "history_limit" in session:
+        cfg.history_limit = int(session["history_limit"])
+        if not 0 <= cfg.history_limit <= MAX_HISTORY:
+            raise ValueError(f"session.history_limit must be 0-{MAX_HISTORY} lines")
     policy = str(raw.get("size_policy", session.get("size_policy", cfg.size_policy)))
     if policy not in SIZE_POLICIES:
         raise ValueError(f"size_policy must be one of {', '.join(SIZE_POLICIES)}, not {policy!r}")

@@ -137,11 +137,15 @@ def tachi_recorders(register: Callable[[Any], None]) -> None:
 
 
 @hookspec(firstresult=True)
-def tachi_create_screen(cols: int, rows: int) -> Any:
+def tachi_create_screen(cols: int, rows: int, history: int) -> Any:
     """Return a terminal emulator for a new window, or ``None`` to leave it to others.
 
-    The object must satisfy ``tachi.core.screen.Screen``. The built-in uses
-    avt (asciinema's emulator) and registers ``trylast``.
+    The object must satisfy ``tachi.core.screen.Screen``; it keeps up to
+    ``history`` lines that scrolled off the top (config ``[session]
+    history_limit``) for ``history()``. The built-in uses avt (asciinema's
+    emulator) and registers ``trylast``. An implementation may leave out the
+    ``history`` argument (pluggy passes only what it asks for); it then has no
+    scrollback.
     """
 
 

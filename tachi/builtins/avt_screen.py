@@ -22,8 +22,9 @@ _RESET = "\x1b[?1049l\x1b[0m\x1b[H\x1b[2J\x1b[?25h"
 class AvtScreen:
     """``tachi.core.screen.Screen`` backed by ``avt.Vt``."""
 
-    def __init__(self, cols: int, rows: int) -> None:
-        self._vt = avt.Vt(cols=cols, rows=rows, scrollback_limit=0)
+    def __init__(self, cols: int, rows: int, history: int = 0) -> None:
+        self._vt = avt.Vt(cols=cols, rows=rows, scrollback_limit=history)
+        self._rows = rows
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, data: bytes) -> None:
@@ -31,9 +32,14 @@ class AvtScreen:
 
     def resize(self, cols: int, rows: int) -> None:
         self._vt.resize(cols, rows)
+        self._rows = rows
 
     def lines(self) -> list[str]:
         return [line.text.rstrip() for line in self._vt.view()]
+
+    def history(self) -> list[str]:
+        every = self._vt.lines()
+        return [line.text.rstrip() for line in every[: max(0, len(every) - self._rows)]]
 
     def cursor(self) -> Cursor:
         c = self._vt.cursor
@@ -47,5 +53,5 @@ class AvtScreen:
 
 
 @hookimpl(trylast=True)
-def tachi_create_screen(cols: int, rows: int) -> AvtScreen:
-    return AvtScreen(cols, rows)
+def tachi_create_screen(cols: int, rows: int, history: int) -> AvtScreen:
+    return AvtScreen(cols, rows, history)

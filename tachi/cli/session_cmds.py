@@ -466,12 +466,39 @@ def send(ctx: Context, session: str, text: str, window: int | None, literal: boo
 @click.argument("session", shell_complete=complete_session)
 @click.option("-w", "--window", type=int, help="Window (default: the active one).")
 @click.option("--ansi", is_flag=True, help="Include colours and cursor as escape sequences.")
+@click.option("--history", "all_history", is_flag=True, help="Start with all the scrollback.")
+@click.option(
+    "-S",
+    "--start",
+    metavar="-N|-",
+    help="Start N lines back in the scrollback ('-': its beginning), like tmux capture-pane -S.",
+)
 @token_option
 @pass_ctx
-def capture(ctx: Context, session: str, window: int | None, ansi: bool) -> None:
-    """Print SESSION's current screen (trailing blank lines dropped)."""
+def capture(
+    ctx: Context,
+    session: str,
+    window: int | None,
+    ansi: bool,
+    all_history: bool,
+    start: str | None,
+) -> None:
+    """Print SESSION's current screen (trailing blank lines dropped), optionally
+    preceded by scrollback."""
+    history = None
+    if all_history or start == "-":
+        history = -1
+    elif start is not None:
+        try:
+            history = -int(start)
+        except ValueError:
+            history = -1
+        if history < 0:
+            raise click.BadParameter(
+                f"{start!r}: use a negative line number or '-'", param_hint="-S"
+            )
     with ctx.client() as client:
-        text = client.capture(session, window=window, ansi=ansi)
+        text = client.capture(session, window=window, ansi=ansi, history=history)
     # Not click.echo: it strips escape sequences when stdout is not a terminal.
     sys.stdout.write(text)
     sys.stdout.flush()

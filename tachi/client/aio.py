@@ -197,13 +197,17 @@ class AsyncClient:
         return int((await self._wire.call("session.send", args))["bytes"])
 
     async def capture(
-        self, session_id: str, *, window: int | None = None, ansi: bool = False
+        self,
+        session_id: str,
+        *,
+        window: int | None = None,
+        ansi: bool = False,
+        history: int | None = None,
     ) -> str:
-        return str(
-            (await self.call("session.capture", session=session_id, window=window, ansi=ansi))[
-                "text"
-            ]
+        result = await self.call(
+            "session.capture", session=session_id, window=window, ansi=ansi, history=history
         )
+        return "".join(line + "\n" for line in result.get("history", [])) + str(result["text"])
 
     async def wait(
         self,

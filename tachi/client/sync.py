@@ -155,10 +155,20 @@ class Client:
             self._wire.call("session.send", encode_send_args(session_id, data, window))["bytes"]
         )
 
-    def capture(self, session_id: str, *, window: int | None = None, ansi: bool = False) -> str:
-        return str(
-            self.call("session.capture", session=session_id, window=window, ansi=ansi)["text"]
+    def capture(
+        self,
+        session_id: str,
+        *,
+        window: int | None = None,
+        ansi: bool = False,
+        history: int | None = None,
+    ) -> str:
+        """The screen as text (or escape sequences with ``ansi``), preceded by the
+        last ``history`` lines of scrollback (``-1``: all of it)."""
+        result = self.call(
+            "session.capture", session=session_id, window=window, ansi=ansi, history=history
         )
+        return "".join(line + "\n" for line in result.get("history", [])) + str(result["text"])
 
     def wait(
         self,

@@ -119,12 +119,14 @@ class SessionManager:
             raise InvalidRequest(f"cannot start in {req.cwd!r}: no such directory")
         cwd = req.cwd or _home_of(principal)
         events = SessionEvents(
-            create_screen=lambda cols, rows: self.hooks.tachi_create_screen(cols=cols, rows=rows),
+            create_screen=lambda cols, rows: self.hooks.tachi_create_screen(
+                cols=cols, rows=rows, history=self.config.history_limit
+            ),
             make_multiplexer=self._multiplexer,
             changed=self._changed,
             closed=self._closed,
             budget=self.screen_budget,
-            history_lines=getattr(self.config, "history_limit", 0),
+            history_lines=self.config.history_limit,
         )
         session = SessionRuntime(
             info,

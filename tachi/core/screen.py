@@ -34,6 +34,10 @@ class Screen(Protocol):
 
     def cursor(self) -> Cursor: ...
 
+    def history(self) -> list[str]:
+        """The lines that scrolled off the top, oldest first, trailing spaces
+        removed (optional: a screen without it has no scrollback)."""
+
     def ansi(self) -> str:
         """Escape sequences that draw this screen (content, colours, cursor, alternate
         screen) on a terminal of the same size, starting from any state."""
@@ -51,8 +55,10 @@ _SCROLL_REGION = re.compile(rb"\x1b\[(\d*;?\d*)r")
 class LazyScreen:
     """Wraps a ``Screen`` and defers feeding it until the screen is needed."""
 
-    def __init__(self, screen: Screen, cols: int, rows: int) -> None:
+    def __init__(self, screen: Screen, cols: int, rows: int, history: int = 0) -> None:
         self._screen = screen
+        #: Lines of scrollback to keep: the skip logic must not drop them.
+        self.history_lines = history
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self.cols = cols
@@ -64,7 +70,7 @@ class LazyScreen:
     def feed(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes >= CATCH_UP_BYTES:
+        if self._pending_bytes >= max(CATCH_UP_BYTES, 200 * (self.rows + self.history_lines)):
             self.catch_up()
 
     def catch_up(self) -> None:
@@ -75,7 +81,8 @@ class LazyScreen:
         self._pending.clear()
         self._pending_bytes = 0
         if not self._scroll_region:
-            tail = plain_tail(data, self.rows)
+            # What scrolls into the history must be parsed too.
+            tail = plain_tail(data, self.rows + self.history_lines)
             self.skipped_bytes += len(data) - len(tail)
             data = tail
         if b"\x1b" in data:
@@ -103,6 +110,12 @@ class LazyScreen:
     def cursor(self) -> Cursor:
         self.catch_up()
         return self._screen.cursor()
+
+    def history(self) -> list[str]:
+        """Scrollback lines, oldest first (``[]`` if the emulator keeps none)."""
+        self.catch_up()
+        history = getattr(self._screen, "history", None)
+        return history() if history is not None else []
 
     def ansi(self) -> str:
         self.catch_up()

@@ -112,6 +112,7 @@ class SessionRuntime:
             cwd=self.cwd,
             pty=pty,
             screen=self.events.create_screen(pty.cols, pty.rows),
+            history=self.events.history_lines,
             on_output=self._window_output,
             on_exit=self._window_exit,
         )

@@ -29,6 +29,7 @@ class WindowRuntime:
         cwd: str | None,
         pty: PTYConfig,
         screen: Screen,
+        history: int = 0,
         on_output: Callable[[WindowRuntime, int, bytes], None],
         on_exit: Callable[[WindowRuntime, int], None],
     ) -> None:
@@ -40,7 +41,7 @@ class WindowRuntime:
         self._backlog = bytearray()
         self._on_output = on_output
         self._on_exit = on_exit
-        self.screen = LazyScreen(screen, pty.cols, pty.rows)
+        self.screen = LazyScreen(screen, pty.cols, pty.rows, history)
         self.output_taps: list[Callable[[bytes], None]] = []
         self.child = PtyChild(
             self.command,

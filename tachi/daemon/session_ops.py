@@ -235,7 +235,7 @@ async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "session.read")
     window = session.mux.get(arg_int(args, "window"))
     cursor = window.screen.cursor()
-    return {
+    result = {
         "window": window.id,
         "rows": window.screen.rows,
         "cols": window.screen.cols,
@@ -243,6 +243,12 @@ async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         "cursor": {"row": cursor.row, "col": cursor.col, "visible": cursor.visible},
         "seq": window.seq,
     }
+    wanted = arg_int(args, "history")
+    if wanted is not None:
+        # The last N lines of scrollback (-1: all of it), oldest first.
+        lines = window.screen.history()
+        result["history"] = lines if wanted < 0 else lines[max(0, len(lines) - wanted) :]
+    return result
 
 
 @operation("session.wait")
