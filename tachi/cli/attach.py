@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tachi import protocol
+from tachi.cli.copy_mode import CopyMode
+from tachi.cli.keyseq import NAMES, keys, sequence_at
 from tachi.client.endpoint import Endpoint
 from tachi.client.wire import WireConnection
 from tachi.errors import DaemonUnavailable, TachiError, error_from_json
@@ -44,6 +46,8 @@ class _State:
     prompt: bytearray | None = None
     ended: AttachOutcome | None = None
     redraw_at: float | None = None
+    #: When to repaint the unused area (programs erase to the terminal's edge).
+    unused_at: float | None = None
     pending_requests: dict[int, str] = field(default_factory=dict)
     closed: dict[str, Any] | None = None
 
@@ -111,6 +115,23 @@ def attach(
 RECONNECT_SECONDS = 30.0
 
 
+#: Sent on the way out: every mode a program may have set in the terminal, back
+#: to its default (alternate screen, scroll region, cursor and keypad keys,
+#: mouse reporting, focus events, bracketed paste, the kitty keyboard stack,
+#: cursor visibility and shape, origin mode, autowrap, insert mode, charset, SGR).
+RESTORE_TERMINAL = (
+    b"\x1b[?1049l\x1b[r\x1b[?1l\x1b>"
+    b"\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006l\x1b[?1015l"
+    b"\x1b[?1004l\x1b[?2004l\x1b[<99u"
+    b"\x1b[?25h\x1b[0 q\x1b[?6l\x1b[?7h\x1b[4l\x1b(B\x1b[0m"
+)
+#: What fills the part of a larger terminal that the session does not use.
+UNUSED = "·"
+#: Output may erase the unused area (erase-line reaches the terminal's edge): it
+#: is repainted this long after output, at most that often.
+UNUSED_REPAINT_DELAY = 0.05
+
+
 class _Bridge:
     def __init__(
         self, wire: WireConnection, in_fd: int, out_fd: int, prefix: bytes, *, read_only: bool
@@ -129,6 +150,11 @@ class _Bridge:
         self.reopen: Any = None
         #: The window and output offset the terminal shows, for resuming.
         self.position: tuple[int, int] | None = None
+        #: Copy mode, while it is up (session output is then not drawn).
+        self.copy: CopyMode | None = None
+        self._copy_keys: list[str] = []
+        #: The session's size (rows, cols), to draw what lies outside it.
+        self.session_size: tuple[int, int] | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -153,8 +179,10 @@ class _Bridge:
             termios.tcsetattr(self.in_fd, termios.TCSAFLUSH, saved)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            # Leave the alternate screen and show the cursor, whatever the app did.
-            self._write(b"\x1b[?1049l\x1b[?25h\x1b[0m\r\n")
+            # Give the terminal back as it was, whatever the program set, with the
+            # cursor on a fresh line below what it shows.
+            rows = terminal_size(self.in_fd)[0]
+            self._write(RESTORE_TERMINAL + f"\x1b[{rows};1H\r\n".encode())
             self.wire.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -196,9 +224,8 @@ class _Bridge:
             self._drain_pending()
             if self.state.ended is not None:
                 break
-            timeout = None
-            if self.state.redraw_at is not None:
-                timeout = max(0.0, self.state.redraw_at - time.monotonic())
+            due = [t for t in (self.state.redraw_at, self.state.unused_at) if t is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
             try:
                 ready, _, _ = select.select(
                     [self.in_fd, self.wire.fileno(), self._wake_r], [], [], timeout
@@ -211,6 +238,10 @@ class _Bridge:
             if self.state.redraw_at is not None and time.monotonic() >= self.state.redraw_at:
                 self.state.redraw_at = None
                 self.wire.send_request("client.redraw", {})
+            if self.state.unused_at is not None and time.monotonic() >= self.state.unused_at:
+                self.state.unused_at = None
+                if self.copy is None:
+                    self._draw_unused()
             if self.wire.fileno() in ready:
                 self._from_daemon()
             if self.in_fd in ready and self.state.ended is None:
@@ -253,14 +284,24 @@ class _Bridge:
         if frame.channel == protocol.STDOUT:
             window, seq, data = protocol.decode_output(frame.payload)
             self.position = (window, seq + len(data))
-            self._write(data)
+            if self.copy is None:
+                self._write(data)
+                if self._smaller and self.state.unused_at is None:
+                    self.state.unused_at = time.monotonic() + UNUSED_REPAINT_DELAY
             return
         message = json.loads(frame.payload)
         event = message.get("event")
         if event == "screen":
             if "window" in message and "seq" in message:
                 self.position = (int(message["window"]), int(message["seq"]))
-            self._write(str(message["data"]).encode())
+            if "rows" in message and "cols" in message:
+                self.session_size = (int(message["rows"]), int(message["cols"]))
+            if self.copy is None:
+                self._write(self._region() + str(message["data"]).encode())
+                self._draw_unused()
+        elif event == "resized":
+            # A screen event follows, drawn at the new size.
+            self.session_size = (int(message["rows"]), int(message["cols"]))
         elif event == "notice":
             self._flash(str(message.get("message", "")))
         elif event == "closed":
@@ -273,7 +314,9 @@ class _Bridge:
             self._flash("tachi: " + str(error_from_json(message.get("error") or {})))
         elif "id" in message and message.get("ok"):
             what = self.state.pending_requests.pop(message["id"], None)
-            if what == "window.list":
+            if what == "session.capture":
+                self._enter_copy_mode(message["result"])
+            elif what == "window.list":
                 names = " ".join(
                     f"{w['id']}:{w['name']}{'*' if w['active'] else ''}" for w in message["result"]
                 )
@@ -292,6 +335,59 @@ class _Bridge:
         return AttachOutcome(
             0, str(detached.get("message") or f"detached from session {self.session_id}")
         )
+
+    # -- what lies outside a smaller session ------------------------------------
+    def _region(self) -> bytes:
+        """Scrolling confined to the session's rows, when the terminal has more."""
+        if self.session_size is None:
+            return b""
+        rows = terminal_size(self.in_fd)[0]
+        srows = self.session_size[0]
+        return f"\x1b[1;{srows}r".encode() if srows < rows else b"\x1b[r"
+
+    @property
+    def _smaller(self) -> bool:
+        """Whether the session leaves part of this terminal unused."""
+        if self.session_size is None:
+            return False
+        rows, cols, _, _ = terminal_size(self.in_fd)
+        return self.session_size[0] < rows or self.session_size[1] < cols
+
+    def _draw_unused(self) -> None:
+        """Fill the part of a larger terminal the session does not use with dots,
+        as tmux does, so nothing stale shows there."""
+        if self.session_size is None:
+            return
+        rows, cols, _, _ = terminal_size(self.in_fd)
+        srows, scols = self.session_size
+        if srows >= rows and scols >= cols:
+            return
+        out = ["\x1b7\x1b[0;2m"]
+        if scols < cols:
+            for r in range(1, min(srows, rows) + 1):
+                out.append(f"\x1b[{r};{scols + 1}H" + UNUSED * (cols - scols))
+        for r in range(srows + 1, rows + 1):
+            out.append(f"\x1b[{r};1H" + UNUSED * cols)
+        out.append("\x1b[0m\x1b8")
+        self._write("".join(out).encode())
+
+    # -- copy mode ---------------------------------------------------------------
+    def _enter_copy_mode(self, capture: dict[str, Any]) -> None:
+        rows, cols, _, _ = terminal_size(self.in_fd)
+        lines = list(capture.get("history", [])) + str(capture.get("text", "")).split("\n")
+        while len(lines) > 1 and not lines[-1]:
+            lines.pop()
+        self.copy = CopyMode(lines, rows, cols, self._write)
+        for key in self._copy_keys:
+            if not self.copy.key(key):
+                self._leave_copy_mode()
+                return
+        self.copy.render()
+
+    def _leave_copy_mode(self) -> None:
+        self.copy = None
+        self._copy_keys = []
+        self.wire.send_request("client.redraw", {})
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -326,25 +422,39 @@ class _Bridge:
         if not data:
             self.state.ended = AttachOutcome(129, "terminal closed")
             return
+        if self.copy is not None:
+            for key in keys(data):
+                if not self.copy.key(key):
+                    self._leave_copy_mode()
+                    break
+            return
         out = bytearray()
-        for i in range(len(data)):
+        i = 0
+        while i < len(data):
             byte = data[i : i + 1]
+            i += 1
             if self.state.prompt is not None:
                 self._prompt_key(byte)
             elif self.state.prefix_pending:
                 self.state.prefix_pending = False
                 if byte == self.prefix:
                     out += byte
+                    continue
+                self._flush_input(out)
+                out.clear()
+                if byte == b"\x1b":
+                    # A key after the prefix is one key, never bytes for the program.
+                    seq = sequence_at(data, i - 1) or b"\x1b"
+                    i += len(seq) - 1
+                    self._command_key(NAMES.get(seq, "unknown"))
                 else:
-                    self._flush_input(out)
-                    out.clear()
                     self._command(byte)
-                    if self.state.ended is not None:
-                        return
+                if self.state.ended is not None:
+                    return
             elif byte == self.prefix:
                 self.state.prefix_pending = True
-            elif self.prefix not in data[i:] and self.state.prompt is None:
-                out += data[i:]
+            elif self.prefix not in data[i - 1 :] and self.state.prompt is None:
+                out += data[i - 1 :]
                 break
             else:
                 out += byte
@@ -373,8 +483,21 @@ class _Bridge:
         elif key == b",":
             self.state.prompt = bytearray()
             self._show_prompt()
+        elif key == b"[":
+            self._start_copy_mode([])
         else:
             self._write(b"\a")
+
+    def _command_key(self, name: str) -> None:
+        """A named key after the prefix: PageUp enters copy mode a page up."""
+        if name == "pageup":
+            self._start_copy_mode(["pageup"])
+        else:
+            self._write(b"\a")
+
+    def _start_copy_mode(self, first_keys: list[str]) -> None:
+        self._copy_keys = first_keys
+        self._request("session.capture", history=-1)
 
     # -- rename prompt --------------------------------------------------------------
     def _show_prompt(self) -> None:

@@ -54,7 +54,7 @@ class AttachedClient:
     read_only: bool
     size: PTYConfig | None
     limit: int
-    snapshot: Callable[[], tuple[int, int, str]]
+    snapshot: Callable[[], tuple[int, int, str, tuple[int, int]]]
     id: int = field(default_factory=lambda: next(_ids))
     attached_at: int = field(default_factory=now_ns)
     size_changed_at: int = 0
@@ -84,9 +84,15 @@ class AttachedClient:
             chunk = data[start : start + protocol.MAX_OUTPUT_CHUNK]
             self.wire.write(protocol.encode_output(window, seq + start, chunk))
 
-    def send_screen(self, window: int, seq: int, ansi: str) -> None:
-        """Replace what the client shows with a snapshot (attach, switch, resync)."""
-        self.send_event({"event": "screen", "window": window, "seq": seq, "data": ansi})
+    def send_screen(
+        self, window: int, seq: int, ansi: str, size: tuple[int, int] | None = None
+    ) -> None:
+        """Replace what the client shows with a snapshot (attach, switch, resync);
+        ``size`` is the window's (rows, cols)."""
+        event: dict[str, Any] = {"event": "screen", "window": window, "seq": seq, "data": ansi}
+        if size is not None:
+            event["rows"], event["cols"] = size
+        self.send_event(event)
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.wire.write(protocol.encode_control(event))
@@ -100,8 +106,7 @@ class AttachedClient:
         await self.wire.drained()
         self._lagging = False
         self.resyncs += 1
-        window, seq, ansi = self.snapshot()
-        self.send_screen(window, seq, ansi)
+        self.send_screen(*self.snapshot())
 
     def end(self, reason: str, message: str) -> None:
         """Tell the client why it is being detached, then let its connection go on

@@ -149,12 +149,13 @@ class SessionRuntime:
 
     def _redraw(self, client: AttachedClient, window: WindowRuntime) -> None:
         seq, ansi = window.snapshot()
-        client.send_screen(window.id, seq, ansi)
+        client.send_screen(window.id, seq, ansi, (window.screen.rows, window.screen.cols))
 
-    def snapshot_active(self) -> tuple[int, int, str]:
+    def snapshot_active(self) -> tuple[int, int, str, tuple[int, int]]:
+        """The active window's id, output offset, screen and (rows, cols)."""
         window = self.mux.get(None)
         seq, ansi = window.snapshot()
-        return window.id, seq, ansi
+        return window.id, seq, ansi, (window.screen.rows, window.screen.cols)
 
     # -- input --------------------------------------------------------------
     def write(self, data: bytes, window_id: int | None = None) -> None:
@@ -259,6 +260,12 @@ class SessionRuntime:
         self.info.pty = PTYConfig(current.term, pty.rows, pty.cols, pty.xPixel, pty.yPixel)
         for window in self.mux.windows():
             window.resize(self.info.pty)
+        self.broadcast({"event": "resized", "rows": pty.rows, "cols": pty.cols})
+        # Every client's cursor and contents were laid out for the old size: redraw
+        # them from the resized screen, so output that follows lands in place.
+        active = self.mux.get(None)
+        for client in list(self.clients.values()):
+            self._redraw(client, active)
         self.events.changed(self, "resized", self.info.pty.to_json())
         return True
 

@@ -150,8 +150,7 @@ async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
 @operation("client.redraw")
 async def client_redraw(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session, client = ctx.connection.require_attached()
-    window, seq, ansi = session.snapshot_active()
-    client.send_screen(window, seq, ansi)
+    client.send_screen(*session.snapshot_active())
     return {}
 
 

@@ -46,11 +46,12 @@ def test_the_scripting_tour_works_remotely_with_the_same_json(remote: Remote):
     local = json.loads(remote.daemon.run("get", "tour", "--json", check=True).stdout)
     assert session["id"] == local["id"] and session.keys() == local.keys()
     assert remote.run("send", "tour", "echo remote-$((6*7))\\n").returncode == 0
-    waited = remote.run("wait", "tour", "--match", "remote-42", "--timeout", "10")
+    waited = remote.run("wait", "tour", "--match", "remote-42", "--timeout", "30")
     assert waited.returncode == 0, waited.stderr
     assert "remote-42" in remote.run("capture", "tour").stdout
     assert remote.run("send", "tour", "exit 7\\n").returncode == 0
-    assert remote.run("wait", "tour", "--exit", "--timeout", "10").returncode == 7
+    exited = remote.run("wait", "tour", "--exit", "--timeout", "30")
+    assert exited.returncode == 7, (exited.returncode, exited.stderr)
     listed = json.loads(remote.run("ls", "--all", "--json").stdout)
     assert [s["id"] for s in listed] == [session["id"]]
     missing = remote.run("get", "no-such")
