@@ -78,6 +78,7 @@ COMMAND_MODULES = {
         "session_cmds",
     ),
     "window": "window_cmds",
+    **dict.fromkeys(["run", "exec", "events"], "run_cmds"),
     "daemon": "daemon_cmds",
     "plugins": "daemon_cmds",
     "record": "record_cmds",

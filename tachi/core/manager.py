@@ -127,6 +127,7 @@ class SessionManager:
             closed=self._closed,
             budget=self.screen_budget,
             history_lines=self.config.history_limit,
+            shell_dir=self.config.state_dir / "shell",
         )
         session = SessionRuntime(
             info,

@@ -6,10 +6,13 @@ import asyncio
 import os
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tachi.core.command_marks import CommandMarks
 from tachi.core.pty import INPUT_HIGH_WATER, INPUT_QUEUE_LIMIT
 from tachi.core.screen_budget import ScreenBudget
+from tachi.core.shell_integration import integrate
 from tachi.core.window import WindowRuntime, strip_escapes
 from tachi.errors import Conflict, InvalidRequest
 from tachi.gotime import now_ns
@@ -32,8 +35,11 @@ class SessionEvents:
         closed: Callable[[SessionRuntime], None],
         budget: ScreenBudget | None = None,
         history_lines: int = 0,
+        shell_dir: Path | None = None,
     ) -> None:
         self.create_screen = create_screen
+        #: Where shell-integration files go (``None``: no integration).
+        self.shell_dir = shell_dir
         self.budget = budget or ScreenBudget(1 << 62)
         self.history_lines = history_lines
         self.make_multiplexer = make_multiplexer
@@ -104,11 +110,15 @@ class SessionRuntime:
     def _new_window(
         self, window_id: int, argv: list[str], name: str | None, pty: PTYConfig
     ) -> WindowRuntime:
-        return WindowRuntime(
+        spawn, env = argv, self.env
+        if self.events.shell_dir is not None:
+            spawn, env = integrate(argv, env, self.events.shell_dir)
+        window = WindowRuntime(
             window_id,
             name=name or os.path.basename(argv[0]),
             command=argv,
-            env=self.env,
+            spawn=spawn,
+            env=env,
             cwd=self.cwd,
             pty=pty,
             screen=self.events.create_screen(pty.cols, pty.rows),
@@ -116,6 +126,10 @@ class SessionRuntime:
             on_output=self._window_output,
             on_exit=self._window_exit,
         )
+        window.marks = CommandMarks(
+            lambda kind, details: self.events.changed(self, kind, {"window": window_id, **details})
+        )
+        return window
 
     def active_window_changed(self, old: WindowRuntime | None, new: WindowRuntime | None) -> None:
         if new is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Sequence
 
+from tachi.core.command_marks import CommandMarks
 from tachi.core.pty import PtyChild
 from tachi.core.screen import LazyScreen, Screen
 from tachi.gotime import now_ns
@@ -30,6 +32,7 @@ class WindowRuntime:
         pty: PTYConfig,
         screen: Screen,
         history: int = 0,
+        spawn: Sequence[str] | None = None,
         on_output: Callable[[WindowRuntime, int, bytes], None],
         on_exit: Callable[[WindowRuntime, int], None],
     ) -> None:
@@ -43,8 +46,12 @@ class WindowRuntime:
         self._on_exit = on_exit
         self.screen = LazyScreen(screen, pty.cols, pty.rows, history)
         self.output_taps: list[Callable[[bytes], None]] = []
+        #: Command boundaries from OSC 133 marks (the session sets the callback).
+        self.marks = CommandMarks(lambda kind, details: None)
+        #: ``tachi run`` types one command at a time into a window.
+        self.run_lock = asyncio.Lock()
         self.child = PtyChild(
-            self.command,
+            list(spawn or self.command),
             env=env,
             cwd=cwd,
             rows=pty.rows,
@@ -68,6 +75,7 @@ class WindowRuntime:
         self._on_output(self, seq, data)
         # The screen is fed after the clients got the bytes (and lazily at that).
         self.screen.feed(data)
+        self.marks.feed(data)
         for tap in self.output_taps:
             tap(data)
 

@@ -46,6 +46,10 @@ class Connection:
         # Until the hello authenticates a bare peer, nobody: every op needs a hello first.
         self._principal = principal
         self.wire = wire
+        #: Called when the connection ends (an exec's process, an event stream).
+        self.closers: list[Callable[[], None]] = []
+        #: The command ``exec.start`` runs for this connection, if any.
+        self.exec_job: Any = None
         self.attached: AttachedClient | None = None
         self.session: SessionRuntime | None = None
         self._greeted = False
@@ -70,6 +74,8 @@ class Connection:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for closer in self.closers:
+                closer()
             self.detach("connection closed")
             self.wire.close()
 

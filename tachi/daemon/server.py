@@ -102,7 +102,9 @@ class Daemon:
         # Importing the operation modules registers their operations.
         import tachi.daemon.client_ops
         import tachi.daemon.daemon_ops
+        import tachi.daemon.exec_ops
         import tachi.daemon.record_ops
+        import tachi.daemon.run_ops
         import tachi.daemon.session_ops
         import tachi.daemon.share_ops
         import tachi.daemon.token_ops  # noqa: F401

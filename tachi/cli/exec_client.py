@@ -1,0 +1,104 @@
+"""The client side of ``tachi exec``: one command's streams over the protocol."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import select
+import signal
+import sys
+import termios
+import tty
+from typing import Any
+
+from tachi import protocol
+from tachi.client.endpoint import Endpoint
+from tachi.client.wire import WireConnection
+from tachi.errors import error_from_json
+
+
+def run_exec(
+    endpoint: Endpoint,
+    token: str | None,
+    command: list[str],
+    *,
+    use_pty: bool,
+    cwd: str | None,
+    env: dict[str, str],
+    timeout: float | None,
+) -> int:
+    """Run ``command`` under the daemon and relay its streams; returns its exit status.
+
+    Raises the daemon's error (``PermissionDenied`` for a principal without the
+    ``exec`` right, ``InvalidRequest`` for a command that cannot start).
+    """
+    wire = WireConnection(endpoint, token=token, autostart=not endpoint.remote)
+    in_fd, out_fd, err_fd = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
+    args: dict[str, Any] = {"command": command, "cwd": cwd, "env": env, "pty": use_pty}
+    if timeout is not None:
+        args["timeout"] = timeout
+    if use_pty and os.isatty(in_fd):
+        rows, cols = os.get_terminal_size(in_fd)[::-1]
+        args["size"] = {"rows": rows, "cols": cols}
+    wire.call("exec.start", args)
+    interrupts: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        interrupts.append(signum)
+
+    raw = use_pty and os.isatty(in_fd)
+    saved = termios.tcgetattr(in_fd) if raw else None
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stdin_open = True
+    try:
+        if raw:
+            tty.setraw(in_fd)
+        while True:
+            for signum in interrupts:
+                wire.send_request("exec.signal", {"signal": signum})
+            interrupts.clear()
+            watch = [wire.fileno()] + ([in_fd] if stdin_open else [])
+            buffered = bool(wire.pending) or wire.has_buffered()
+            try:
+                ready, _, _ = select.select(watch, [], [], 0 if buffered else None)
+            except InterruptedError:
+                continue
+            if stdin_open and in_fd in ready:
+                data = os.read(in_fd, 65536)
+                payload = base64.b64encode(data).decode()
+                wire.send_request("exec.stdin", {"data": payload, "eof": not data})
+                stdin_open = bool(data)
+            if buffered or wire.fileno() in ready:
+                while (frame := wire.next_frame(timeout=0)) is not None:
+                    status = _apply(frame, out_fd, err_fd)
+                    if status is not None:
+                        return status
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSAFLUSH, saved)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        wire.close()
+
+
+def _apply(frame: protocol.Frame, out_fd: int, err_fd: int) -> int | None:
+    """Write an output event to its stream; the exit status once the command ended."""
+    if frame.channel != protocol.CONTROL:
+        return None
+    message = protocol.decode_control(frame.payload)
+    event = message.get("event")
+    if event == "exec.output":
+        fd = err_fd if message.get("stream") == "stderr" else out_fd
+        data = base64.b64decode(message["data"])
+        while data:
+            with contextlib.suppress(InterruptedError):
+                data = data[os.write(fd, data) :]
+        return None
+    if event == "exec.exit":
+        return int(message["exitCode"])
+    if "ok" in message and not message["ok"]:
+        error = error_from_json(message.get("error") or {})
+        if error.code != "not_found":  # stdin after the command ended: nothing to say
+            os.write(err_fd, f"tachi: {error}\n".encode())
+    return None

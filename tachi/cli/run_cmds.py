@@ -1,0 +1,103 @@
+"""Driving terminals from programs: run, exec, events."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from tachi.cli.completion import complete_session
+from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("session", shell_complete=complete_session)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-w", "--window", type=int, help="Window (default: the active one).")
+@click.option("--timeout", type=float, help="Give up after S seconds (exit 124; it keeps running).")
+@json_option
+@token_option
+@pass_ctx
+def run_cmd(
+    ctx: Context,
+    session: str,
+    command: tuple[str, ...],
+    window: int | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Type COMMAND into SESSION's shell, wait for it, print its output alone and
+    exit with its exit status.
+
+    \b
+    Examples:
+      tachi run build -- make test          # exit status is make's
+      tachi run build --json -- 'ls | wc -l'
+    Boundaries come from shell integration (bash, zsh, fish started by tachi), or
+    a sentinel typed around the command in other shells. 124: timed out (the
+    command is left running).
+    """
+    with ctx.client() as client:
+        result = client.call(
+            "session.run",
+            session=session,
+            window=window,
+            command=" ".join(command),
+            timeout=timeout,
+        )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        sys.stdout.write(result["output"])
+        sys.stdout.flush()
+    code = int(result["exitCode"])
+    sys.exit(code if 0 <= code <= 255 else 1)
+
+
+@cli.command(
+    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.option("--pty", "use_pty", is_flag=True, help="Run on a terminal (stdout+stderr merged).")
+@click.option("--cwd", help="Working directory (default: the daemon user's home).")
+@click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Extra environment.")
+@click.option("--timeout", type=float, help="Kill it after S seconds (exit 124).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_ctx
+def exec_cmd(
+    ctx: Context,
+    use_pty: bool,
+    cwd: str | None,
+    env: tuple[str, ...],
+    timeout: float | None,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND on the daemon's host, without a session: its stdout and stderr
+    stream to yours, your stdin (and its end) to it, Ctrl-C interrupts it, and
+    the exit status is its own.
+
+    \b
+    Examples:
+      tachi exec -- uname -a
+      tachi --host wss://build-7:7681 exec -- make -C /src test
+      tar c src | tachi exec -- tar x -C /tmp/copy
+    """
+    from tachi.cli.exec_client import run_exec
+
+    extra = {}
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
+        extra[key] = value
+    sys.exit(
+        run_exec(
+            ctx.endpoint,
+            ctx.token,
+            list(command),
+            use_pty=use_pty,
+            cwd=cwd,
+            env=extra,
+            timeout=timeout,
+        )
+    )

@@ -1,0 +1,99 @@
+"""Following OSC 133 marks in a window's output: where commands start and end,
+and their exit status (see ``tachi.core.shell_integration``).
+
+Cheap on the hot path: a chunk without ``ESC ] 133 ;`` costs one ``bytes.find``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_PREFIX = b"\x1b]133;"
+# ESC ] 133 ; KIND [; PARAMS] then BEL or ST.
+MARK = re.compile(rb"\x1b\]133;([A-Z])((?:;[^\x07\x1b]*)?)(?:\x07|\x1b\\)")
+_MAX_PARTIAL = 256
+
+
+@dataclass(slots=True)
+class _Waiter:
+    ident: str | None
+    future: asyncio.Future[int]
+    armed: bool = False
+
+
+class CommandMarks:
+    """One window's command boundaries. ``on_event(kind, details)`` is told of
+    ``command-started`` and ``command-finished`` (with ``exitCode``)."""
+
+    def __init__(self, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+        self._on_event = on_event
+        self._partial = b""
+        #: A shell hook has printed marks here: commands' ends are known.
+        self.integrated = False
+        self._waiters: list[_Waiter] = []
+
+    def feed(self, data: bytes) -> None:
+        if not self._partial and _PREFIX not in data:
+            # A mark may be cut between two chunks: keep a prefix of one.
+            for k in range(len(_PREFIX) - 1, 0, -1):
+                if data.endswith(_PREFIX[:k]):
+                    self._partial = data[-k:]
+                    break
+            return
+        buf = self._partial + data
+        end = 0
+        for m in MARK.finditer(buf):
+            end = m.end()
+            params = m.group(2).decode(errors="replace").lstrip(";").split(";")
+            self._mark(m.group(1).decode(), [p for p in params if p])
+        start = buf.rfind(b"\x1b]", end)
+        self._partial = buf[start:] if start != -1 and len(buf) - start < _MAX_PARTIAL else b""
+
+    def _mark(self, kind: str, params: list[str]) -> None:
+        ident = next((p for p in params if p.startswith("tachi-")), None)
+        if ident is None:
+            self.integrated = True
+        if kind == "C":
+            for waiter in self._waiters:
+                if waiter.ident == ident:
+                    waiter.armed = True
+            self._on_event("command-started", {})
+        elif kind == "D":
+            code = -1
+            if params and params[0].lstrip("-").isdigit():
+                code = int(params[0])
+            for waiter in self._waiters:
+                # Only a command that started after the waiter came: an earlier
+                # command's end is not ours.
+                if waiter.ident == ident and waiter.armed and not waiter.future.done():
+                    waiter.future.set_result(code)
+            self._waiters = [w for w in self._waiters if not w.future.done()]
+            self._on_event("command-finished", {"exitCode": code})
+
+    def wait_finished(self, ident: str | None) -> asyncio.Future[int]:
+        """A future for the exit status of the next command that starts (mark C)
+        and then finishes (mark D) with this ``ident`` (``None``: the shell's own
+        marks; ``"tachi-…"``: a sentinel ``tachi run`` typed)."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiters.append(_Waiter(ident, future))
+        return future
+
+
+def command_output(data: bytes, ident: str | None) -> bytes:
+    """The bytes between the first matching start mark (C) and the end mark (D)
+    after it; everything after C if no D came."""
+    start = 0
+    for m in MARK.finditer(data):
+        params = m.group(2).decode(errors="replace")
+        if (ident is None or ident in params) and m.group(1) == b"C":
+            start = m.end()
+            break
+    for m in MARK.finditer(data, start):
+        params = m.group(2).decode(errors="replace")
+        if (ident is None or ident in params) and m.group(1) == b"D":
+            return data[start : m.start()]
+    return data[start:]
