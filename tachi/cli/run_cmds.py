@@ -101,3 +101,32 @@ def exec_cmd(
             timeout=timeout,
         )
     )
+
+
+@cli.command("events")
+@click.argument("session", required=False, shell_complete=complete_session)
+@click.option("--output", is_flag=True, help="Output chunks too (needs SESSION).")
+@json_option
+@token_option
+@pass_ctx
+def events_cmd(ctx: Context, session: str | None, output: bool, as_json: bool) -> None:
+    """Follow what happens to sessions (or SESSION) as it happens, until Ctrl-C.
+
+    \b
+    One line per event; --json gives JSON Lines (for programs):
+      created, state, closed, window-*, resized, client-attached,
+      client-detached, recording-started/-stopped, command-started,
+      command-finished (exit code, from shell integration), output (--output).
+    """
+    if output and not session:
+        raise click.UsageError("--output needs a SESSION")
+    with ctx.client() as client:
+        for event in client.events(session, output=output):
+            if as_json:
+                click.echo(json.dumps(event, separators=(",", ":")))
+                continue
+            rest = {
+                k: v for k, v in event.items() if k not in ("event", "type", "session", "time")
+            }
+            details = " ".join(f"{k}={v}" for k, v in rest.items())
+            click.echo(f"{event.get('time', '')} {event['session']} {event['type']} {details}")

@@ -18,7 +18,9 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tachi import protocol
@@ -167,6 +169,39 @@ class AsyncClient:
         return int(
             (await self.call("session.detach", session=session_id, client=client))["detached"]
         )
+
+    async def run(
+        self,
+        session_id: str,
+        command: str,
+        *,
+        window: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Like ``Client.run``."""
+        return dict(
+            await self.call(
+                "session.run", session=session_id, command=command, window=window, timeout=timeout
+            )
+        )
+
+    async def events(
+        self, session_id: str | None = None, *, output: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Like ``Client.events``, as an async iterator."""
+        wire = await _AsyncWire.open(self.endpoint, self._token, self._autostart)
+        try:
+            await wire.call("events.subscribe", {"session": session_id, "output": output})
+            while (frame := await wire.stream.get()) is not None:
+                if frame.channel != protocol.CONTROL:
+                    continue
+                message = json.loads(frame.payload)
+                if message.get("event") == "session.event":
+                    yield message
+                elif message.get("event") == "events.dropped":
+                    raise DaemonUnavailable(f"event stream dropped: {message.get('message')}")
+        finally:
+            await wire.close()
 
     async def clients(self, session_id: str) -> list[dict[str, Any]]:
         return list(await self.call("session.clients", session=session_id))

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import signal as signals
+from collections.abc import Iterator
 from typing import Any
 
 from tachi import protocol
@@ -111,6 +112,44 @@ class Client:
         """Detach every client of the session (or the one with id ``client``);
         returns how many."""
         return int(self.call("session.detach", session=session_id, client=client)["detached"])
+
+    def events(
+        self, session_id: str | None = None, *, output: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Yield session events (``tachi events --json``) as they happen, on a
+        connection of their own, until the daemon goes away (then
+        ``DaemonUnavailable``) or the iterator is closed."""
+        wire = WireConnection(self.endpoint, token=self.token, autostart=self._autostart)
+        try:
+            wire.call("events.subscribe", {"session": session_id, "output": output})
+            while True:
+                frame = wire.next_frame()
+                if frame is None or frame.channel != protocol.CONTROL:
+                    continue
+                message = json.loads(frame.payload)
+                if message.get("event") == "session.event":
+                    yield message
+                elif message.get("event") == "events.dropped":
+                    raise DaemonUnavailable(f"event stream dropped: {message.get('message')}")
+        finally:
+            wire.close()
+
+    def run(
+        self,
+        session_id: str,
+        command: str,
+        *,
+        window: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Type ``command`` into the session's shell and wait for it: ``output``,
+        ``exitCode``, ``startedAt``, ``duration`` (``tachi run --json``). Raises
+        ``TimedOut`` after ``timeout`` seconds (the command keeps running)."""
+        return dict(
+            self.call(
+                "session.run", session=session_id, command=command, window=window, timeout=timeout
+            )
+        )
 
     def clients(self, session_id: str) -> list[dict[str, Any]]:
         """The clients attached to the session (``tachi clients --json``)."""

@@ -61,7 +61,8 @@ class CommandMarks:
             for waiter in self._waiters:
                 if waiter.ident == ident:
                     waiter.armed = True
-            self._on_event("command-started", {})
+            if ident is None or not self.integrated:
+                self._on_event("command-started", {})
         elif kind == "D":
             code = -1
             if params and params[0].lstrip("-").isdigit():
@@ -72,7 +73,8 @@ class CommandMarks:
                 if waiter.ident == ident and waiter.armed and not waiter.future.done():
                     waiter.future.set_result(code)
             self._waiters = [w for w in self._waiters if not w.future.done()]
-            self._on_event("command-finished", {"exitCode": code})
+            if ident is None or not self.integrated:
+                self._on_event("command-finished", {"exitCode": code})
 
     def wait_finished(self, ident: str | None) -> asyncio.Future[int]:
         """A future for the exit status of the next command that starts (mark C)

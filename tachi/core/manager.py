@@ -144,7 +144,7 @@ class SessionManager:
         info.state = SessionState.SUSPENDED
         self.sessions[session_id] = session
         self.store.save(session.to_model())
-        self._emit(session, "created", {"command": command})
+        self.emit(session, "created", {"command": command})
         return session
 
     def _new_id(self) -> str:
@@ -231,7 +231,7 @@ class SessionManager:
     def _changed(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
         if event in ("state", "window-exited", "window-switched", "resized"):
             self.store.save(session.to_model())
-        self._emit(session, event, details)
+        self.emit(session, event, details)
 
     def _closed(self, session: SessionRuntime) -> None:
         self.sessions.pop(session.id, None)
@@ -246,9 +246,10 @@ class SessionManager:
             reason=str(info.closeReason),
             details={"exitCode": info.exitCode},
         )
-        self._emit(session, "closed", {"reason": str(info.closeReason), "exitCode": info.exitCode})
+        self.emit(session, "closed", {"reason": str(info.closeReason), "exitCode": info.exitCode})
 
-    def _emit(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
+    def emit(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
+        """Tell listeners (event streams, recorders) and ``tachi_session_event`` plugins."""
         for listener in self.session_listeners:
             listener(session, event, details)
         self._session_event_hook(session=session, event=event, details=details)

@@ -15,14 +15,18 @@ READ_CHUNK = 512 * 1024
 async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = ctx.daemon.manager.live(arg_str(args, "session") or "")
     ctx.daemon.authorize(ctx.principal, "record.start", session)
-    return ctx.daemon.recordings.start(session, ctx.principal.user).to_json()
+    rec = ctx.daemon.recordings.start(session, ctx.principal.user).to_json()
+    ctx.daemon.manager.emit(session, "recording-started", {"recording": rec["id"]})
+    return rec
 
 
 @operation("record.stop")
 async def stop(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = ctx.daemon.manager.live(arg_str(args, "session") or "")
     ctx.daemon.authorize(ctx.principal, "record.stop", session)
-    return ctx.daemon.recordings.stop(session.id, ctx.principal.user).to_json()
+    rec = ctx.daemon.recordings.stop(session.id, ctx.principal.user).to_json()
+    ctx.daemon.manager.emit(session, "recording-stopped", {"recording": rec["id"]})
+    return rec
 
 
 def _visible(ctx: RequestContext, session_id: str) -> bool:

@@ -102,6 +102,7 @@ class Daemon:
         # Importing the operation modules registers their operations.
         import tachi.daemon.client_ops
         import tachi.daemon.daemon_ops
+        import tachi.daemon.events_ops
         import tachi.daemon.exec_ops
         import tachi.daemon.record_ops
         import tachi.daemon.run_ops
@@ -316,10 +317,18 @@ class Daemon:
             session.id,
             details={"role": client.role, "readOnly": client.read_only},
         )
+        self.manager.emit(
+            session,
+            "client-attached",
+            {"client": client.id, "principal": principal.user, "role": client.role},
+        )
 
     def client_detached(self, principal: Principal, session: SessionRuntime, reason: str) -> None:
         if not session.closed:
             self.audit_by(principal, "session.detach", session.id, result="info", reason=reason)
+        self.manager.emit(
+            session, "client-detached", {"principal": principal.user, "reason": reason}
+        )
 
     def window_event(
         self, principal: Principal, session: SessionRuntime, action: str, window: int
