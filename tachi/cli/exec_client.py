@@ -43,9 +43,14 @@ def run_exec(
         args["size"] = {"rows": rows, "cols": cols}
     wire.call("exec.start", args)
     interrupts: list[int] = []
+    # select() is restarted after a signal handler runs: wake it through a pipe.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
 
     def forward(signum: int, _frame: Any) -> None:
         interrupts.append(signum)
+        with contextlib.suppress(BlockingIOError):
+            os.write(wake_w, b"!")
 
     raw = use_pty and os.isatty(in_fd)
     saved = termios.tcgetattr(in_fd) if raw else None
@@ -58,12 +63,14 @@ def run_exec(
             for signum in interrupts:
                 wire.send_request("exec.signal", {"signal": signum})
             interrupts.clear()
-            watch = [wire.fileno()] + ([in_fd] if stdin_open else [])
+            watch = [wire.fileno(), wake_r] + ([in_fd] if stdin_open else [])
             buffered = bool(wire.pending) or wire.has_buffered()
             try:
                 ready, _, _ = select.select(watch, [], [], 0 if buffered else None)
             except InterruptedError:
                 continue
+            if wake_r in ready:
+                os.read(wake_r, 64)
             if stdin_open and in_fd in ready:
                 data = os.read(in_fd, 65536)
                 payload = base64.b64encode(data).decode()
@@ -80,6 +87,8 @@ def run_exec(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         wire.close()
+        os.close(wake_r)
+        os.close(wake_w)
 
 
 def _apply(frame: protocol.Frame, out_fd: int, err_fd: int) -> int | None:

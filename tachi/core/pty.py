@@ -28,11 +28,20 @@ INPUT_HIGH_WATER = 256 * 1024
 INPUT_QUEUE_LIMIT = 8 * 1024 * 1024
 
 
-def _default_signals() -> None:
-    # Python ignores SIGPIPE and exec keeps ignored signals ignored: without this,
-    # `yes | head` in a session would spin on EPIPE instead of dying.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+def default_signals() -> None:
+    """In a child before exec: every signal back to its default disposition.
+
+    Python ignores SIGPIPE, and the daemon may have been started with SIGINT
+    ignored (by a job-control-less shell or a test runner); exec keeps ignored
+    signals ignored, so `yes | head` would spin on EPIPE and Ctrl-C would do
+    nothing.
+    """
+    for sig in (
+        signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+        signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+    ):  # fmt: skip
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 class PtyChild:
@@ -59,7 +68,7 @@ class PtyChild:
         """Spawn ``argv``. Raises ``FileNotFoundError`` if the command does not exist
         and ``OSError`` if the PTY or fork fails."""
         self._proc = PtyProcess.spawn(
-            list(argv), env=env, cwd=cwd, dimensions=(rows, cols), preexec_fn=_default_signals
+            list(argv), env=env, cwd=cwd, dimensions=(rows, cols), preexec_fn=default_signals
         )
         self.pid: int = self._proc.pid
         self.fd: int = self._proc.fd

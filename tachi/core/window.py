@@ -15,7 +15,9 @@ from tachi.models import PTYConfig, Window
 #: Raw output kept per window so a reconnecting client can resume exactly.
 BACKLOG_BYTES = 256 * 1024
 # Escape sequences removed before matching `wait --match` against output.
-_ESCAPES = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+_ESCAPES = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()*+][0-~]|\x1b[@-Z\\-_=>]"
+)
 
 
 class WindowRuntime:

@@ -15,16 +15,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import os
 import pty
 import signal
+import struct
+import termios
 from typing import Any
 
+from tachi.core.pty import default_signals
 from tachi.daemon.ops import RequestContext, arg_dict, arg_float, arg_str, operation
 from tachi.errors import Conflict, InvalidRequest, NotFound
 from tachi.gotime import now_ns
 
 _CHUNK = 64 * 1024
+
+
+def _on_terminal() -> None:
+    """In the child: default signals, and the pty (stdin) as the controlling
+    terminal, so that Ctrl-C typed into it interrupts the command."""
+    default_signals()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 class ExecJob:
@@ -95,9 +106,13 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     try:
         if use_pty:
             pty_fd, child_fd = pty.openpty()
+            size = arg_dict(args, "size")
+            if size:
+                rows, cols = int(size.get("rows") or 24), int(size.get("cols") or 80)
+                fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=child_fd, stdout=child_fd, stderr=child_fd, cwd=cwd, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_on_terminal,
             )  # fmt: skip
             os.close(child_fd)
         else:
@@ -109,6 +124,7 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
+                preexec_fn=default_signals,
             )
     except OSError as exc:
         if pty_fd is not None:

@@ -11,6 +11,7 @@ so it is complete however long it is. Runs on one window wait for each other.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from typing import Any
 
@@ -24,6 +25,9 @@ from tachi.gotime import format_rfc3339, now_ns
 #: The most output one run returns; more is cut from the front (it is in the
 #: session's scrollback and recording anyway).
 MAX_RUN_OUTPUT = 16 * 1024 * 1024
+# zsh's PROMPT_SP: a reverse-video % or # and a line of spaces, printed after
+# every command before its prompt hooks run, so it lands inside the marks.
+_ZSH_PROMPT_SP = re.compile(rb"(?:\x1b\[[0-9;]*m)*[%#](?:\x1b\[[0-9;]*m)* +\r \r$")
 
 
 def typed_line(command: str, shell: str | None, ident: str | None) -> str:
@@ -76,7 +80,12 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
                 ) from None
         finally:
             window.output_taps.remove(tap)
-    output = strip_escapes(command_output(bytes(captured), ident)).replace(b"\r\n", b"\n")
+    raw = command_output(bytes(captured), ident)
+    if shell == "zsh":
+        raw = _ZSH_PROMPT_SP.sub(b"", raw)
+    # Text for programs: newlines, not CR LF, and no carriage return a shell sent
+    # to redraw at the start of a line.
+    output = re.sub(rb"(?m)^\r+", b"", strip_escapes(raw).replace(b"\r\n", b"\n"))
     ctx.daemon.audit_by(
         ctx.principal,
         "session.run",
