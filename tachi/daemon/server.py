@@ -334,6 +334,9 @@ class Daemon:
         self, principal: Principal, session: SessionRuntime, action: str, window: int
     ) -> None:
         self.audit_by(principal, action, session.id, details={"window": window})
+        kind = {"window.new": "window-created", "window.rename": "window-renamed"}.get(action)
+        if kind is not None:
+            self.manager.emit(session, kind, {"window": window})
 
     def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
         """Input reached a session: attribute the burst, record it if asked to."""
