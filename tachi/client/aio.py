@@ -26,7 +26,7 @@ from typing import Any
 from tachi import protocol
 from tachi.client.autostart import start_daemon
 from tachi.client.endpoint import Endpoint, resolve
-from tachi.errors import DaemonUnavailable, error_from_json
+from tachi.errors import DaemonUnavailable, NotFound, error_from_json
 from tachi.models import PTYConfig, Session, SessionFilter, SessionRequest, Window
 
 
@@ -200,6 +200,41 @@ class AsyncClient:
                     yield message
                 elif message.get("event") == "events.dropped":
                     raise DaemonUnavailable(f"event stream dropped: {message.get('message')}")
+        finally:
+            await wire.close()
+
+    async def exec(
+        self,
+        command: list[str],
+        *,
+        stdin: bytes = b"",
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run ``command`` on the daemon's host with no session (``tachi exec``):
+        ``stdin`` is fed and closed; returns ``{"exitCode", "stdout", "stderr"}``
+        (bytes). Raises ``PermissionDenied`` without the ``exec`` right."""
+        wire = await _AsyncWire.open(self.endpoint, self._token, self._autostart)
+        out = {"stdout": bytearray(), "stderr": bytearray()}
+        try:
+            args = {"command": command, "cwd": cwd, "env": env or {}, "timeout": timeout}
+            await wire.call("exec.start", args)
+            with contextlib.suppress(NotFound):  # it may have ended already
+                await wire.call(
+                    "exec.stdin", {"data": base64.b64encode(stdin).decode(), "eof": True}
+                )
+            while (frame := await wire.stream.get()) is not None:
+                message = json.loads(frame.payload) if frame.channel == protocol.CONTROL else {}
+                if message.get("event") == "exec.output":
+                    out[message["stream"]] += base64.b64decode(message["data"])
+                elif message.get("event") == "exec.exit":
+                    return {
+                        "exitCode": message["exitCode"],
+                        "stdout": bytes(out["stdout"]),
+                        "stderr": bytes(out["stderr"]),
+                    }
+            raise DaemonUnavailable("the daemon went away while the command ran")
         finally:
             await wire.close()
 

@@ -29,7 +29,7 @@ from typing import Any
 from tachi import protocol
 from tachi.client.endpoint import resolve
 from tachi.client.wire import WireConnection, encode_send_args
-from tachi.errors import DaemonUnavailable, TachiError, error_from_json
+from tachi.errors import DaemonUnavailable, NotFound, TachiError, error_from_json
 from tachi.models import (
     PTYConfig,
     Recording,
@@ -150,6 +150,43 @@ class Client:
                 "session.run", session=session_id, command=command, window=window, timeout=timeout
             )
         )
+
+    def exec(
+        self,
+        command: list[str],
+        *,
+        stdin: bytes = b"",
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run ``command`` on the daemon's host with no session (``tachi exec``):
+        ``stdin`` is fed and closed; returns ``{"exitCode", "stdout", "stderr"}``
+        (bytes). Raises ``PermissionDenied`` without the ``exec`` right."""
+        import base64
+
+        wire = WireConnection(self.endpoint, token=self.token, autostart=self._autostart)
+        out = {"stdout": bytearray(), "stderr": bytearray()}
+        try:
+            args = {"command": command, "cwd": cwd, "env": env or {}, "timeout": timeout}
+            wire.call("exec.start", args)
+            with contextlib.suppress(NotFound):  # it may have ended already
+                wire.call("exec.stdin", {"data": base64.b64encode(stdin).decode(), "eof": True})
+            while True:
+                frame = wire.next_frame()
+                if frame is None or frame.channel != protocol.CONTROL:
+                    continue
+                message = json.loads(frame.payload)
+                if message.get("event") == "exec.output":
+                    out[message["stream"]] += base64.b64decode(message["data"])
+                elif message.get("event") == "exec.exit":
+                    return {
+                        "exitCode": message["exitCode"],
+                        "stdout": bytes(out["stdout"]),
+                        "stderr": bytes(out["stderr"]),
+                    }
+        finally:
+            wire.close()
 
     def clients(self, session_id: str) -> list[dict[str, Any]]:
         """The clients attached to the session (``tachi clients --json``)."""
