@@ -188,6 +188,8 @@ async def stdin(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         return {"bytes": len(data)}
     writer = job.proc.stdin
     if writer is None or writer.is_closing():
+        if not data:  # closing what is closed already is fine
+            return {"bytes": 0}
         raise Conflict("the command's stdin is closed")
     writer.write(data)
     with contextlib.suppress(ConnectionError):
