@@ -275,35 +275,13 @@ def audit(click_ctx: click.Context, session: str | None, since: str | None, as_j
     """Read the audit log (this host's, from the state directory)."""
     if click_ctx.invoked_subcommand is not None:
         return
-    from tachi.audit import read_records
-    from tachi.gotime import now_ns, parse_duration, parse_rfc3339
+    from tachi.client.shared import audit_records
     from tachi.paths import state_dir
 
-    since_ns = None
-    if since:
-        try:
-            since_ns = parse_rfc3339(since)
-        except ValueError:
-            try:
-                since_ns = now_ns() - parse_duration(since)
-            except ValueError:
-                raise click.BadParameter(
-                    f"{since!r} is neither an RFC 3339 time nor a duration", param_hint="--since"
-                ) from None
     path = state_dir() / "audit" / "audit.jsonl"
     if not path.exists():
         raise click.ClickException(f"no audit log at {path}")
-    ids: set[str] | None = None
-    if session is not None:
-        from tachi.core.store import session_ids
-        from tachi.errors import NotFound
-
-        ids = set(session_ids(state_dir() / "tachi.db", session))
-        if not ids:
-            raise NotFound(f"no session {session!r} in this daemon's history (see 'tachi ls')")
-    records = [
-        r for r in read_records(path, since_ns=since_ns) if ids is None or r.get("session") in ids
-    ]
+    records = audit_records(session, since)
     if as_json:
         emit_json(records)
         return

@@ -20,14 +20,16 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from tachi import protocol
 from tachi.client.autostart import start_daemon
 from tachi.client.endpoint import Endpoint, resolve
+from tachi.client.results import ExecResult, Grant, RunResult, Share
+from tachi.client.shared import audit_records
 from tachi.errors import DaemonUnavailable, NotFound, error_from_json
-from tachi.models import PTYConfig, Session, SessionFilter, SessionRequest, Window
+from tachi.models import PTYConfig, Recording, Session, SessionFilter, SessionRequest, Window
 
 
 class _AsyncWire:
@@ -177,9 +179,9 @@ class AsyncClient:
         *,
         window: int | None = None,
         timeout: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunResult:
         """Like ``Client.run``."""
-        return dict(
+        return RunResult.from_json(
             await self.call(
                 "session.run", session=session_id, command=command, window=window, timeout=timeout
             )
@@ -211,10 +213,8 @@ class AsyncClient:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Run ``command`` on the daemon's host with no session (``tachi exec``):
-        ``stdin`` is fed and closed; returns ``{"exitCode", "stdout", "stderr"}``
-        (bytes). Raises ``PermissionDenied`` without the ``exec`` right."""
+    ) -> ExecResult:
+        """Like ``Client.exec``."""
         wire = await _AsyncWire.open(self.endpoint, self._token, self._autostart)
         out = {"stdout": bytearray(), "stderr": bytearray()}
         try:
@@ -229,11 +229,9 @@ class AsyncClient:
                 if message.get("event") == "exec.output":
                     out[message["stream"]] += base64.b64decode(message["data"])
                 elif message.get("event") == "exec.exit":
-                    return {
-                        "exitCode": message["exitCode"],
-                        "stdout": bytes(out["stdout"]),
-                        "stderr": bytes(out["stderr"]),
-                    }
+                    return ExecResult(
+                        message["exitCode"], bytes(out["stdout"]), bytes(out["stderr"])
+                    )
             raise DaemonUnavailable("the daemon went away while the command ran")
         finally:
             await wire.close()
@@ -314,6 +312,86 @@ class AsyncClient:
 
     async def close_window(self, session_id: str, window_id: int) -> None:
         await self.call("window.close", session=session_id, window=window_id)
+
+    # -- SessionRecorder ----------------------------------------------------------------
+    async def start_recording(self, session_id: str) -> Recording:
+        return Recording.from_json(await self.call("record.start", session=session_id))
+
+    async def stop_recording(self, session_id: str) -> Recording:
+        return Recording.from_json(await self.call("record.stop", session=session_id))
+
+    async def playback(self, recording_id: str) -> Recording:
+        return Recording.from_json(await self.call("record.get", recording=recording_id))
+
+    async def list_recordings(self, session_id: str | None = None) -> list[Recording]:
+        found = await self.call("record.list", session=session_id)
+        return [Recording.from_json(r) for r in found]
+
+    async def read_recording(self, recording_id: str) -> bytes:
+        chunks = []
+        offset = 0
+        while True:
+            part = await self.call("record.read", recording=recording_id, offset=offset)
+            data = base64.b64decode(part["data"])
+            chunks.append(data)
+            offset += len(data)
+            if part["eof"]:
+                return b"".join(chunks)
+
+    async def remove_recording(self, recording_id: str) -> None:
+        await self.call("record.rm", recording=recording_id)
+
+    # -- sharing ------------------------------------------------------------------------
+    async def share(
+        self,
+        session_id: str,
+        role: str,
+        *,
+        user: str | None = None,
+        ttl: str | None = None,
+        allow_ips: Sequence[str] = (),
+    ) -> Share:
+        result = await self.call(
+            "share.create", session=session_id, role=role, user=user, ttl=ttl,
+            allowIps=list(allow_ips),
+        )  # fmt: skip
+        return Share.from_json(result)
+
+    async def grants(self, session_id: str, *, include_inactive: bool = False) -> list[Grant]:
+        found = await self.call("share.list", session=session_id, all=include_inactive)
+        return [Grant.from_json(g) for g in found]
+
+    async def revoke(self, session_id: str, grant_id: str) -> None:
+        await self.call("share.revoke", session=session_id, grant=grant_id)
+
+    async def rotate_token(
+        self, session_id: str, grant_id: str | None = None, *, grace: str | None = None
+    ) -> list[Share]:
+        rotated = await self.call("token.rotate", session=session_id, grant=grant_id, grace=grace)
+        return [Share.from_json(r) for r in rotated]
+
+    async def handoff(self, session_id: str, to: str, *, keep: str = "observer") -> Session:
+        result = await self.call("session.handoff", session=session_id, to=to, keep=keep)
+        return Session.from_json(result)
+
+    async def rename_window(self, session_id: str, window_id: int, name: str) -> Window:
+        result = await self.call("window.rename", session=session_id, window=window_id, name=name)
+        return Window.from_json(result)
+
+    # -- audit and daemon ------------------------------------------------------------------
+    async def audit(
+        self, *, session: str | None = None, since: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(audit_records, session, since)
+
+    async def verify_audit(self) -> Any:
+        from tachi.audit import verify
+        from tachi.paths import state_dir
+
+        return await asyncio.to_thread(verify, state_dir() / "audit")
+
+    async def status(self) -> dict[str, Any]:
+        return dict(await self.call("daemon.status"))
 
     async def attach(
         self,

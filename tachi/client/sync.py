@@ -23,11 +23,13 @@ import contextlib
 import json
 import os
 import signal as signals
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from tachi import protocol
 from tachi.client.endpoint import resolve
+from tachi.client.results import ExecResult, Grant, RunResult, Share
+from tachi.client.shared import audit_records, recording_bytes
 from tachi.client.wire import WireConnection, encode_send_args
 from tachi.errors import DaemonUnavailable, NotFound, TachiError, error_from_json
 from tachi.models import (
@@ -141,11 +143,11 @@ class Client:
         *,
         window: int | None = None,
         timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Type ``command`` into the session's shell and wait for it: ``output``,
-        ``exitCode``, ``startedAt``, ``duration`` (``tachi run --json``). Raises
-        ``TimedOut`` after ``timeout`` seconds (the command keeps running)."""
-        return dict(
+    ) -> RunResult:
+        """Type ``command`` into the session's shell and wait for it: its output
+        alone and exit code (``tachi run``). Raises ``TimedOut`` after ``timeout``
+        seconds (the command keeps running)."""
+        return RunResult.from_json(
             self.call(
                 "session.run", session=session_id, command=command, window=window, timeout=timeout
             )
@@ -159,10 +161,10 @@ class Client:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
         timeout: float | None = None,
-    ) -> dict[str, Any]:
+    ) -> ExecResult:
         """Run ``command`` on the daemon's host with no session (``tachi exec``):
-        ``stdin`` is fed and closed; returns ``{"exitCode", "stdout", "stderr"}``
-        (bytes). Raises ``PermissionDenied`` without the ``exec`` right."""
+        ``stdin`` is fed and closed. Raises ``PermissionDenied`` without the
+        ``exec`` right."""
         import base64
 
         wire = WireConnection(self.endpoint, token=self.token, autostart=self._autostart)
@@ -180,11 +182,9 @@ class Client:
                 if message.get("event") == "exec.output":
                     out[message["stream"]] += base64.b64decode(message["data"])
                 elif message.get("event") == "exec.exit":
-                    return {
-                        "exitCode": message["exitCode"],
-                        "stdout": bytes(out["stdout"]),
-                        "stderr": bytes(out["stderr"]),
-                    }
+                    return ExecResult(
+                        message["exitCode"], bytes(out["stdout"]), bytes(out["stderr"])
+                    )
         finally:
             wire.close()
 
@@ -298,6 +298,69 @@ class Client:
 
     def playback(self, recording_id: str) -> Recording:
         return Recording.from_json(self.call("record.get", recording=recording_id))
+
+    def list_recordings(self, session_id: str | None = None) -> list[Recording]:
+        return [Recording.from_json(r) for r in self.call("record.list", session=session_id)]
+
+    def read_recording(self, recording_id: str) -> bytes:
+        """The whole asciicast file (``tachi record export``), read through the daemon."""
+        return recording_bytes(
+            lambda offset: self.call("record.read", recording=recording_id, offset=offset)
+        )
+
+    def remove_recording(self, recording_id: str) -> None:
+        self.call("record.rm", recording=recording_id)
+
+    # -- sharing ------------------------------------------------------------------------
+    def share(
+        self,
+        session_id: str,
+        role: str,
+        *,
+        user: str | None = None,
+        ttl: str | None = None,
+        allow_ips: Sequence[str] = (),
+    ) -> Share:
+        """Grant ``role`` (observer or collaborator); the token is only in the result."""
+        return Share.from_json(
+            self.call(
+                "share.create", session=session_id, role=role, user=user, ttl=ttl,
+                allowIps=list(allow_ips),
+            )
+        )  # fmt: skip
+
+    def grants(self, session_id: str, *, include_inactive: bool = False) -> list[Grant]:
+        return [
+            Grant.from_json(g)
+            for g in self.call("share.list", session=session_id, all=include_inactive)
+        ]
+
+    def revoke(self, session_id: str, grant_id: str) -> None:
+        self.call("share.revoke", session=session_id, grant=grant_id)
+
+    def rotate_token(
+        self, session_id: str, grant_id: str | None = None, *, grace: str | None = None
+    ) -> list[Share]:
+        """New tokens for one grant (or all of the session's); holders get them in-band."""
+        rotated = self.call("token.rotate", session=session_id, grant=grant_id, grace=grace)
+        return [Share.from_json(r) for r in rotated]
+
+    def handoff(self, session_id: str, to: str, *, keep: str = "observer") -> Session:
+        return Session.from_json(self.call("session.handoff", session=session_id, to=to, keep=keep))
+
+    # -- audit (this host's log, read from the state directory) ----------------------------
+    def audit(
+        self, *, session: str | None = None, since: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit records, as ``tachi audit --json`` (local daemons only)."""
+        return audit_records(session, since)
+
+    def verify_audit(self) -> Any:
+        """``tachi audit verify``: a ``tachi.audit.VerifyResult`` (``ok``, ``problem`` …)."""
+        from tachi.audit import verify
+        from tachi.paths import state_dir
+
+        return verify(state_dir() / "audit")
 
     # -- daemon --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -87,7 +87,13 @@ def build_server(
         """Run one shell command line in the session's shell and wait for it:
         returns its output alone and its exitCode."""
         async with tachi() as client:
-            return await client.run(session, command, window=window, timeout=timeout)
+            result = await client.run(session, command, window=window, timeout=timeout)
+        return {
+            "output": result.output,
+            "exitCode": result.exit_code,
+            "window": result.window,
+            "durationSeconds": result.duration.total_seconds(),
+        }
 
     @server.tool()
     async def capture_screen(session: str, history_lines: int = 0) -> str:
@@ -112,9 +118,9 @@ def build_server(
         async with tachi() as client:
             result = await client.exec(command, stdin=stdin.encode(), cwd=cwd, timeout=timeout)
         return {
-            "exitCode": result["exitCode"],
-            "stdout": result["stdout"].decode(errors="replace"),
-            "stderr": result["stderr"].decode(errors="replace"),
+            "exitCode": result.exit_code,
+            "stdout": result.stdout.decode(errors="replace"),
+            "stderr": result.stderr.decode(errors="replace"),
         }
 
     @server.tool()
