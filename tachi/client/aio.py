@@ -400,7 +400,10 @@ class AsyncClient:
         read_only: bool = False,
         window: int | None = None,
         size: PTYConfig | None = None,
+        resume: tuple[int, int] | None = None,
     ) -> AsyncSessionConn:
+        """Attach on a connection of its own; ``resume=(window, seq)`` continues
+        from that output offset (exactly, if the daemon still holds it)."""
         wire = await _AsyncWire.open(self.endpoint, self._token, self._autostart)
         result = await wire.call(
             "session.attach",
@@ -409,6 +412,7 @@ class AsyncClient:
                 "readOnly": read_only,
                 "window": window,
                 "size": size.to_json() if size else None,
+                "resume": {"window": resume[0], "seq": resume[1]} if resume else None,
             },
         )
         return AsyncSessionConn(wire, result)
