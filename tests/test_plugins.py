@@ -126,3 +126,40 @@ def test_a_plugin_adds_a_cli_command(monkeypatch, capsys):
         cli_main.cli.commands.pop("hello", None)
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == "hello world from a plugin\n"
+
+
+class WatchStates:
+    """Sees the session's state at each event, and lists sessions from inside the
+    spawn (the moment a concurrent ``ls`` would)."""
+
+    def __init__(self) -> None:
+        self.states: list[tuple[str, str]] = []
+        self.daemon = None
+        self.listed_while_pending: list[str] = []
+
+    @tachi.hookimpl
+    def tachi_session_event(self, session, event, details):
+        self.states.append((event, str(session.info.state)))
+        if event == "created" and self.daemon is not None:
+            from tachi.models import SessionFilter
+
+            listed = self.daemon.manager.list(SessionFilter())
+            self.listed_while_pending = [str(s.state) for s in listed if s.id == session.id]
+
+
+async def test_a_session_is_pending_until_its_process_started(tachi_home):
+    watcher = WatchStates()
+    async with inprocess_daemon(tachi_home, [watcher]) as daemon:
+        watcher.daemon = daemon
+        client = await tachi.AsyncClient.connect(daemon.config.socket, autostart=False)
+        async with client:
+            s = await client.create(SessionRequest(command=["sleep", "300"]))
+            assert str(s.state) == "suspended"
+            with pytest.raises(tachi.errors.InvalidRequest):
+                await client.create(SessionRequest(command=["/no/such/program"]))
+            listed = await client.list()
+    assert watcher.states[:2] == [("created", "pending"), ("state", "suspended")]
+    assert watcher.listed_while_pending == ["pending"]
+    # A session whose process never started is announced closed, then forgotten.
+    assert ("closed", "pending") in watcher.states
+    assert [x.id for x in listed] == [s.id]

@@ -137,14 +137,21 @@ class SessionManager:
             size_policy=self.config.size_policy,
             events=events,
         )
+        # The seed's pending state: listed, stored and announced before the first
+        # window's process exists, so plugins and lists see every step.
+        self.sessions[session_id] = session
+        self.store.save(session.to_model())
+        self.emit(session, "created", {"command": command, "state": str(info.state)})
         try:
             session.mux.new_window(command)
         except (FileNotFoundError, PermissionError, OSError) as exc:
+            del self.sessions[session_id]
+            self.store.delete(session_id)
+            self.emit(session, "closed", {"reason": "not-started", "exitCode": None})
             raise InvalidRequest(f"cannot start {command[0]!r}: {_reason(exc)}") from None
         info.state = SessionState.SUSPENDED
-        self.sessions[session_id] = session
         self.store.save(session.to_model())
-        self.emit(session, "created", {"command": command})
+        self.emit(session, "state", {"state": str(info.state)})
         return session
 
     def _new_id(self) -> str:

@@ -91,6 +91,10 @@ class SessionStore:
         sessions = [Session.from_json(json.loads(r[0])) for r in rows]
         return [s for s in sessions if flt.matches(s)]
 
+    def delete(self, session_id: str) -> None:
+        """Forget one session (one that never started)."""
+        self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+
     def prune(self, closed_before: int) -> int:
         """Forget closed sessions that closed before ``closed_before`` (epoch ns).
         Returns how many were removed; live sessions are never touched."""
