@@ -209,6 +209,14 @@ def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     metavar="PATH",
     help="CA certificates to verify the remote daemon with (or TACHI_CA_FILE).",
 )
+@click.option("--svid-cert", metavar="PEM", help="Present this X.509-SVID (or TACHI_SVID_CERT).")
+@click.option("--svid-key", metavar="PEM", help="The SVID's key (or TACHI_SVID_KEY).")
+@click.option(
+    "--trust-bundle", metavar="PEM", help="CAs for the daemon's SVID (or TACHI_TRUST_BUNDLE)."
+)
+@click.option(
+    "--server-id", metavar="SPIFFE-ID", help="The daemon's expected SPIFFE ID (or TACHI_SERVER_ID)."
+)
 @click.version_option(__version__, prog_name="tachi")
 @click.pass_context
 def cli(
@@ -217,12 +225,24 @@ def cli(
     host: str | None,
     fingerprint: str | None,
     ca_file: str | None,
+    svid_cert: str | None,
+    svid_key: str | None,
+    trust_bundle: str | None,
+    server_id: str | None,
 ) -> None:
     """Remote terminal sessions: create, attach, share, record.
 
     A per-user daemon (tachid) owns the sessions; it starts on first use.
     """
-    ctx.obj = Context(socket, host or None, {"fingerprint": fingerprint, "ca_file": ca_file})
+    options = {
+        "fingerprint": fingerprint,
+        "ca_file": ca_file,
+        "svid_cert": svid_cert,
+        "svid_key": svid_key,
+        "trust_bundle": trust_bundle,
+        "server_id": server_id,
+    }
+    ctx.obj = Context(socket, host or None, options)
 
 
 def _plugin_commands() -> None:

@@ -40,6 +40,9 @@ def share() -> None:
     help="What the grant allows.",
 )
 @click.option("--user", help="A local user to let in with their own identity (no token needed).")
+@click.option(
+    "--spiffe-id", help="Bind the grant to this SPIFFE ID: only a peer with its SVID may use it."
+)
 @click.option("--ttl", callback=checked_duration, help="Expire after this long (e.g. 1h, 30m).")
 @click.option(
     "--allow-ip",
@@ -56,6 +59,7 @@ def share_create(
     session: str,
     role: str,
     user: str | None,
+    spiffe_id: str | None,
     ttl: str | None,
     allow_ips: tuple[str, ...],
     as_json: bool,
@@ -63,7 +67,13 @@ def share_create(
     """Grant ROLE on SESSION; prints the token once, with an attach command."""
     with ctx.client() as client:
         grant = client.call(
-            "share.create", session=session, role=role, user=user, ttl=ttl, allowIps=list(allow_ips)
+            "share.create",
+            session=session,
+            role=role,
+            user=user,
+            spiffeId=spiffe_id,
+            ttl=ttl,
+            allowIps=list(allow_ips),
         )
     if as_json:
         emit_json(grant)

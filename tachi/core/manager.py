@@ -101,7 +101,8 @@ class SessionManager:
             pty.term = self.config.term
         info = Session(
             id=session_id,
-            agentId=req.agentId or self.config.agent_id,
+            # An agent that proved a SPIFFE ID is that agent (the seed's agentId).
+            agentId=req.agentId or principal.spiffe_id or self.config.agent_id,
             userId=principal.user,
             state=SessionState.PENDING,
             pty=pty,

@@ -28,6 +28,9 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     if role not in ROLES[1:]:
         raise InvalidRequest("role must be 'observer' or 'collaborator'")
     user = arg_str(args, "user", required=False)
+    spiffe_id = arg_str(args, "spiffeId", required=False)
+    if spiffe_id is not None and (user is not None or not spiffe_id.startswith("spiffe://")):
+        raise InvalidRequest("spiffeId is a spiffe:// ID, and excludes user")
     ttl = args.get("ttl")
     try:
         ttl_ns = parse_duration(ttl) if isinstance(ttl, str) else ttl
@@ -43,7 +46,8 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         session.id,
         role,
         created_by=ctx.principal.user,
-        user=user,
+        # A grant bound to a SPIFFE ID works only for a peer that proved it.
+        user=user or spiffe_id,
         ttl_ns=ttl_ns or None,
         allow_ips=allow_ips,
     )
