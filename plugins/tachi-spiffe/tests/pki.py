@@ -1,0 +1,96 @@
+"""Test certificates made with cryptography: a CA per trust domain and SVIDs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+class CA:
+    """A trust domain's root CA."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(f"{domain} CA"))
+            .issuer_name(_name(f"{domain} CA"))
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{domain}")]),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    def bundle(self, path: Path, *others: CA) -> Path:
+        pem = b"".join(c.cert.public_bytes(serialization.Encoding.PEM) for c in (self, *others))
+        path.write_bytes(pem)
+        return path
+
+    def svid(
+        self,
+        directory: Path,
+        name: str,
+        uris: list[str],
+        *,
+        ca: bool = False,
+        expired: bool = False,
+    ) -> tuple[Path, Path]:
+        """A leaf certificate and key with these URI SANs, as PEM files."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        start, end = (
+            (now - dt.timedelta(days=3), now - dt.timedelta(days=1))
+            if expired
+            else (now - dt.timedelta(minutes=5), now + dt.timedelta(hours=1))
+        )
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, True, False, False, ca, ca, False, False),
+                critical=True,
+            )
+        )
+        if uris:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
+                critical=False,
+            )
+        cert = builder.sign(self.key, hashes.SHA256())
+        cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return cert_path, key_path
