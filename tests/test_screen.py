@@ -76,3 +76,41 @@ def test_scroll_region_disables_the_shortcut():
     full = AvtScreen(40, 6)
     full.feed(b"\x1b[2;4r" + body)
     assert s.lines() == full.lines()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    prefix,
+    st.lists(text_line, min_size=0, max_size=30),
+    st.text(st.sampled_from("abcxyz0123 -+/="), min_size=0, max_size=3000),
+    st.integers(0, 29),
+    st.integers(0, 40),
+    st.integers(1, 50),
+)
+def test_long_lines_and_history_give_the_same_screen_as_feeding_everything(
+    pre, lines, long_line, indent, history, chunk
+):
+    # A long last line (base64 -w 0) starting at any column, with scrollback kept.
+    rows, cols = 5, 30
+    text = ("\r\n".join(lines) + "\r\n" + " " * indent + long_line).encode()
+    full = AvtScreen(cols, rows, history)
+    full.feed(pre.encode() + text)
+    lazy = LazyScreen(AvtScreen(cols, rows, history), cols, rows, history)
+    lazy.feed(pre.encode())
+    lazy.catch_up()
+    for i in range(0, len(text), chunk * 40):
+        lazy.feed(text[i : i + chunk * 40])
+    assert lazy.lines() == full.lines()
+    assert lazy.cursor() == full.cursor()
+    assert lazy.history() == full.history()
+
+
+def test_a_long_line_costs_only_its_last_rows():
+    s = LazyScreen(AvtScreen(80, 24), 80, 24)
+    line = b"A" * 1_000_003
+    s.feed(line)
+    s.catch_up()
+    assert s.skipped_bytes > 990_000
+    full = AvtScreen(80, 24)
+    full.feed(line)
+    assert s.lines() == full.lines() and s.cursor() == full.cursor()

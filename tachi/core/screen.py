@@ -47,6 +47,8 @@ class Screen(Protocol):
 CATCH_UP_BYTES = 256 * 1024
 # Bytes that cannot change terminal state beyond the cursor and the text itself.
 _PLAIN = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n\t\b\a"
+# One column each, never combining: a run of these wraps at every ``cols`` bytes.
+_ASCII = bytes(range(0x20, 0x7F))
 # DECSTBM with parameters: a scroll region, after which scrolling is no longer
 # whole-screen and the plain-text shortcut would be wrong.
 _SCROLL_REGION = re.compile(rb"\x1b\[(\d*;?\d*)r")
@@ -82,7 +84,7 @@ class LazyScreen:
         self._pending_bytes = 0
         if not self._scroll_region:
             # What scrolls into the history must be parsed too.
-            tail = plain_tail(data, self.rows + self.history_lines)
+            tail = plain_tail(data, self.rows + self.history_lines, self.cols)
             self.skipped_bytes += len(data) - len(tail)
             data = tail
         if b"\x1b" in data:
@@ -122,7 +124,7 @@ class LazyScreen:
         return self._screen.ansi()
 
 
-def plain_tail(data: bytes, rows: int) -> bytes:
+def plain_tail(data: bytes, rows: int, cols: int = 0) -> bytes:
     """The part of ``data`` that decides the final screen, when that is provable.
 
     If ``data`` is plain text (no escape sequences, no control characters but CR,
@@ -130,7 +132,28 @@ def plain_tail(data: bytes, rows: int) -> bytes:
     feeds, then everything before that CR LF scrolls off the screen: it can change
     neither the pen (no escapes) nor any visible cell. Returns the tail from that
     CR LF on, else ``data`` unchanged. Only valid without a scroll region.
+
+    With ``cols``, a last line of printable ASCII longer than ``rows + 2`` screen
+    rows (``base64 -w 0``) is cut too: by whole multiples of ``cols`` bytes from
+    its start, which keeps every later byte in the same column and row phase,
+    while what is cut wraps into rows that scroll off.
     """
+    data = _plain_lines_tail(data, rows)
+    return _long_line_tail(data, rows, cols) if cols else data
+
+
+def _long_line_tail(data: bytes, rows: int, cols: int) -> bytes:
+    start = data.rfind(b"\n") + 1
+    keep = (rows + 2) * cols
+    if len(data) - start <= keep + cols:
+        return data
+    if data.translate(None, _PLAIN) or data[start:].translate(None, _ASCII):
+        return data
+    drop = (len(data) - start - keep) // cols * cols
+    return data[:start] + data[start + drop :]
+
+
+def _plain_lines_tail(data: bytes, rows: int) -> bytes:
     needed = 2 * rows + 2
     if len(data) < 8 * needed or data.count(b"\n") <= needed:
         return data
