@@ -160,10 +160,40 @@ def end_session(env: Env, system: str, name: str, proc: PtyProcess) -> None:
         env.tachi("close", name, check=False)
 
 
-def bench_throughput(env: Env, system: str, rnd: int, record: bool = False) -> dict[str, float]:
+def make_shapes(env: Env, size_mib: int) -> dict[str, Path]:
+    """The throughput payloads: line-broken base64 (``env.data``), the same as one
+    long line (``base64 -w 0``), source code, and a full-screen redraw flood of
+    colours and cursor moves (what vim or htop send)."""
+    import random
+
+    nbytes = size_mib * 2**20
+    long_line = env.dir / "payload-long.b64"
+    subprocess.run(f"tr -d '\\n' < {env.data} > {long_line}", shell=True, check=True)
+    source = env.dir / "payload.py"
+    code = b"".join(p.read_bytes() for p in sorted((ROOT / "tachi").rglob("*.py")))
+    source.write_bytes((code * (nbytes // len(code) + 1))[:nbytes])
+    rng = random.Random(7)
+    frames = []
+    for _ in range(64):
+        rows = [
+            f"\x1b[{r + 1};1H\x1b[3{rng.randrange(8)};4{rng.randrange(8)}m"
+            + "".join(rng.choice("abcdefghij0123456789 %#.") for _ in range(COLS - 1))
+            for r in range(ROWS)
+        ]
+        frames.append(("\x1b[H" + "".join(rows) + "\x1b[0m").encode())
+    flood = b"".join(frames)
+    redraw = env.dir / "payload-redraw.bin"
+    redraw.write_bytes((flood * (nbytes // len(flood) + 1))[:nbytes])
+    return {"lines": env.data, "long-line": long_line, "source": source, "redraw": redraw}
+
+
+def bench_throughput(
+    env: Env, system: str, rnd: int, record: bool = False, data: Path | None = None
+) -> dict[str, float]:
+    data = data or env.data
     name = f"tp{'r' if record else 'p'}{rnd}{system.replace('+', '')}"
-    size = env.data.stat().st_size
-    command = f"read x; cat {env.data}; echo __E''ND__; sleep 3600"
+    size = data.stat().st_size
+    command = f"read x; cat {data}; echo __E''ND__; sleep 3600"
     proc, type_line = session_and_client(
         env, "tachi" if system.startswith("tachi") else system, name, command, record
     )
@@ -376,7 +406,7 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: throughput,echo,attach,startup,sessions,switch,recording",
+        help="comma-separated: throughput,shapes,echo,attach,startup,sessions,switch,recording",
     )
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
@@ -406,6 +436,15 @@ def main() -> int:
             results["throughput"] = interleaved(
                 rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_throughput(env, s, r)
             )
+        if want("shapes"):
+            for shape, path in make_shapes(env, size_mib).items():
+                if shape == "lines":
+                    continue
+                results[f"throughput-{shape}"] = interleaved(
+                    rounds,
+                    ["raw", "tmux", "tachi"],
+                    lambda s, r, path=path: bench_throughput(env, s, r, data=path),
+                )
         if want("recording"):
             results["recording"] = interleaved(
                 rounds,
@@ -467,6 +506,7 @@ def report(results: dict[str, Any]) -> None:
     rows = []
     metrics = {
         "throughput": ["mib_s", "delivered_mib"],
+        **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
         "recording": ["mib_s"],
         "echo": ["p50_ms", "p99_ms"],
         "attach": ["ms"],
