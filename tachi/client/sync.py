@@ -24,12 +24,10 @@ import json
 import os
 import signal as signals
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tachi import protocol
 from tachi.client.endpoint import resolve
-from tachi.client.results import ExecResult, Grant, RunResult, Share
-from tachi.client.shared import audit_records, recording_bytes
 from tachi.client.wire import WireConnection, encode_send_args
 from tachi.errors import DaemonUnavailable, NotFound, TachiError, error_from_json
 from tachi.models import (
@@ -40,6 +38,9 @@ from tachi.models import (
     SessionRequest,
     Window,
 )
+
+if TYPE_CHECKING:
+    from tachi.client.results import ExecResult, Grant, RunResult, Share
 
 
 class Client:
@@ -147,6 +148,8 @@ class Client:
         """Type ``command`` into the session's shell and wait for it: its output
         alone and exit code (``tachi run``). Raises ``TimedOut`` after ``timeout``
         seconds (the command keeps running)."""
+        from tachi.client.results import RunResult
+
         return RunResult.from_json(
             self.call(
                 "session.run", session=session_id, command=command, window=window, timeout=timeout
@@ -166,6 +169,8 @@ class Client:
         ``stdin`` is fed and closed. Raises ``PermissionDenied`` without the
         ``exec`` right."""
         import base64
+
+        from tachi.client.results import ExecResult
 
         wire = WireConnection(self.endpoint, token=self.token, autostart=self._autostart)
         out = {"stdout": bytearray(), "stderr": bytearray()}
@@ -304,6 +309,8 @@ class Client:
 
     def read_recording(self, recording_id: str) -> bytes:
         """The whole asciicast file (``tachi record export``), read through the daemon."""
+        from tachi.client.shared import recording_bytes
+
         return recording_bytes(
             lambda offset: self.call("record.read", recording=recording_id, offset=offset)
         )
@@ -322,6 +329,8 @@ class Client:
         allow_ips: Sequence[str] = (),
     ) -> Share:
         """Grant ``role`` (observer or collaborator); the token is only in the result."""
+        from tachi.client.results import Share
+
         return Share.from_json(
             self.call(
                 "share.create", session=session_id, role=role, user=user, ttl=ttl,
@@ -330,6 +339,8 @@ class Client:
         )  # fmt: skip
 
     def grants(self, session_id: str, *, include_inactive: bool = False) -> list[Grant]:
+        from tachi.client.results import Grant
+
         return [
             Grant.from_json(g)
             for g in self.call("share.list", session=session_id, all=include_inactive)
@@ -342,6 +353,8 @@ class Client:
         self, session_id: str, grant_id: str | None = None, *, grace: str | None = None
     ) -> list[Share]:
         """New tokens for one grant (or all of the session's); holders get them in-band."""
+        from tachi.client.results import Share
+
         rotated = self.call("token.rotate", session=session_id, grant=grant_id, grace=grace)
         return [Share.from_json(r) for r in rotated]
 
@@ -353,6 +366,8 @@ class Client:
         self, *, session: str | None = None, since: str | None = None
     ) -> list[dict[str, Any]]:
         """Audit records, as ``tachi audit --json`` (local daemons only)."""
+        from tachi.client.shared import audit_records
+
         return audit_records(session, since)
 
     def verify_audit(self) -> Any:
