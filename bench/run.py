@@ -285,9 +285,20 @@ def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
         end_session(env, system, name, proc)
 
 
+#: What `tachi ls` imports, without running it: the import share of its start-up.
+_TACHI_IMPORTS = "import tachi.cli.main, tachi.cli.session_cmds, tachi.client.sync"
+
+
 def bench_startup(env: Env, system: str, runs: int) -> dict[str, float]:
+    """Whole-process wall time. Read side by side, the rows break `tachi ls` down:
+    interpreter (`python`), imports (`tachi imports` minus `python`), and the rest
+    (connect, hello, the request, printing: `tachi ls` minus `tachi imports`)."""
+    tachi = str(Path(PY).parent / "tachi")
     argv = {
-        "tachi": [str(Path(PY).parent / "tachi"), "ls"],
+        "tachi": [tachi, "ls"],
+        "tachi send": [tachi, "send", "startup", "x"],
+        "tachi capture": [tachi, "capture", "startup"],
+        "tachi imports": [PY, "-c", _TACHI_IMPORTS],
         "tmux": [*env.tmux, "ls"],
         "python": [PY, "-c", "pass"],
         "python -I -S": [PY, "-I", "-S", "-c", "pass"],
@@ -298,6 +309,29 @@ def bench_startup(env: Env, system: str, runs: int) -> dict[str, float]:
         subprocess.run(argv, env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         samples.append((time.perf_counter() - t0) * 1000)
     return {"ms": statistics.median(samples)}
+
+
+def bench_idle(env: Env, count: int, seconds: float) -> dict[str, Any]:
+    """The daemon's CPU over ``seconds`` with ``count`` idle sessions, as a
+    percentage of one core (from /proc: user + system ticks)."""
+    names = [f"idle{i}" for i in range(count)]
+    for name in names:
+        env.tachi("new", "-d", "--name", name, "--", "sleep", "3600")
+    pid = env.daemon_pid()
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    time.sleep(1.0)
+    before, t0 = ticks(), time.monotonic()
+    time.sleep(seconds)
+    used = (ticks() - before) / hz
+    wall = time.monotonic() - t0
+    for name in names:
+        env.tachi("close", name, check=False)
+    return {"sessions": count, "cpu_percent": 100 * used / wall, "rss_kib": rss_kib(pid)}
 
 
 def bench_sessions(env: Env, system: str, count: int) -> dict[str, float]:
@@ -406,7 +440,8 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: throughput,shapes,echo,attach,startup,sessions,switch,recording",
+        help="comma-separated: throughput,shapes,echo,attach,startup,sessions,switch,recording,"
+        "idle",
     )
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
@@ -462,11 +497,17 @@ def main() -> int:
             )
         if want("startup"):
             runs = 5 if args.quick else 15
+            env.tachi("new", "-d", "--name", "startup", "--", "cat")
             results["startup"] = interleaved(
                 rounds,
-                ["python -I -S", "python", "tmux", "tachi"],
+                [
+                    "python -I -S", "python", "tachi imports", "tmux", "tachi",
+                    "tachi send", "tachi capture",
+                ],
                 lambda s, r: bench_startup(env, s, runs),
-            )
+            )  # fmt: skip
+        if want("idle"):
+            results["idle"] = bench_idle(env, 200, 3.0 if args.quick else 10.0)
         if want("switch"):
             results["switch"] = interleaved(
                 1, ["tmux", "tachi"], lambda s, r: bench_switch(env, s, 6 if args.quick else 30)
