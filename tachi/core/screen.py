@@ -45,6 +45,11 @@ class Screen(Protocol):
 
 #: Feed the emulator once this much output is pending, so memory stays bounded.
 CATCH_UP_BYTES = 256 * 1024
+#: ... and at least this much per row of screen and history: the skip below must
+#: still parse every row that can stay visible or in the history, so batches of a
+#: few rows' worth would be parsed almost whole (measured: 2000 lines of history
+#: with 200-byte-per-row batches parsed 77% of a flood; 800 bytes per row, 20%).
+CATCH_UP_PER_ROW = 800
 # Bytes that cannot change terminal state beyond the cursor and the text itself.
 _PLAIN = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n\t\b\a"
 # One column each, never combining: a run of these wraps at every ``cols`` bytes.
@@ -61,6 +66,7 @@ class LazyScreen:
         self._screen = screen
         #: Lines of scrollback to keep: the skip logic must not drop them.
         self.history_lines = history
+        self._catch_up_at = max(CATCH_UP_BYTES, CATCH_UP_PER_ROW * (rows + history))
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self.cols = cols
@@ -72,7 +78,7 @@ class LazyScreen:
     def feed(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes >= max(CATCH_UP_BYTES, 200 * (self.rows + self.history_lines)):
+        if self._pending_bytes >= self._catch_up_at:
             self.catch_up()
 
     def catch_up(self) -> None:
@@ -96,6 +102,7 @@ class LazyScreen:
         # Output produced before the resize was laid out at the old size.
         self.catch_up()
         self.cols, self.rows = cols, rows
+        self._catch_up_at = max(CATCH_UP_BYTES, CATCH_UP_PER_ROW * (rows + self.history_lines))
         self._screen.resize(cols, rows)
 
     def lines(self) -> list[str]:

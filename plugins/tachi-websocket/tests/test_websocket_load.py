@@ -11,7 +11,7 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as aconnect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 from ws_support import Remote, control, hello, listener
 
 from tachi import protocol
@@ -106,7 +106,15 @@ def test_arbitrary_messages_never_hurt_the_daemon(remote: Remote, messages):
             ws.recv(timeout=0.5)
         except (ConnectionClosed, TimeoutError):
             pass
-    with remote.raw() as ws:
-        assert hello(ws, remote.token)["ok"]
-        ws.send(protocol.encode_control({"id": 2, "op": "daemon.status", "args": {}}))
-        assert control(ws)["ok"]
+    # The daemon still serves. Under a loaded CI machine one handshake can miss the
+    # server's 10 s opening deadline, so the probe may try three times.
+    for attempt in range(3):
+        try:
+            with remote.raw() as ws:
+                assert hello(ws, remote.token)["ok"]
+                ws.send(protocol.encode_control({"id": 2, "op": "daemon.status", "args": {}}))
+                assert control(ws)["ok"]
+            break
+        except (InvalidMessage, TimeoutError):
+            if attempt == 2:
+                raise
