@@ -95,7 +95,7 @@ FRAMES = st.one_of(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(messages=st.lists(st.one_of(FRAMES, st.text(max_size=20)), min_size=1, max_size=4))
 def test_arbitrary_messages_never_hurt_the_daemon(remote: Remote, messages):
