@@ -183,6 +183,17 @@ def checked_duration(_ctx: click.Context, _param: click.Parameter, value: str | 
     return value
 
 
+def env_pairs(items: tuple[str, ...]) -> dict[str, str]:
+    """``-e K=V`` options as a dict. Raises a usage error for an item without ``=``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
+        out[key] = value
+    return out
+
+
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("as_json", "--json", is_flag=True, help="Output one JSON document.")(fn)
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from tachi.cli.completion import complete_session
-from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+from tachi.cli.main import Context, cli, env_pairs, json_option, pass_ctx, token_option
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True})
@@ -84,12 +84,7 @@ def exec_cmd(
     """
     from tachi.cli.exec_client import run_exec
 
-    extra = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
-        extra[key] = value
+    extra = env_pairs(env)
     sys.exit(
         run_exec(
             ctx.endpoint,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from tachi.cli.completion import complete_session
-from tachi.cli.main import Context, cli, json_option, pass_ctx, token_option
+from tachi.cli.main import Context, cli, env_pairs, json_option, pass_ctx, token_option
 from tachi.cli.output import ago, emit_json, fields, plural, table
 from tachi.errors import InvalidRequest
 
@@ -111,12 +111,7 @@ def new(
                 _attach(ctx, existing.id, read_only=False, window=None)
             return
     size = _terminal_size()
-    extra_env = {}
-    for item in env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not K=V", param_hint="--env")
-        extra_env[key] = value
+    extra_env = env_pairs(env)
     req = SessionRequest(
         agentId=agent,
         name=name,

@@ -13,6 +13,20 @@ from tachi.errors import InvalidRequest, NotFound
 from tachi.gotime import parse_duration
 
 
+def grant_limits(args: dict[str, Any]) -> tuple[int | None, list[str]]:
+    """A grant's ``ttl`` (duration string or ns) and ``allowIps`` from a request.
+    Raises ``InvalidRequest`` for a bad duration or a non-list of strings."""
+    ttl = args.get("ttl")
+    try:
+        ttl_ns = parse_duration(ttl) if isinstance(ttl, str) else ttl
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    allow_ips = args.get("allowIps") or []
+    if not isinstance(allow_ips, list) or not all(isinstance(c, str) for c in allow_ips):
+        raise InvalidRequest("allowIps must be a list of CIDR strings")
+    return ttl_ns, allow_ips
+
+
 def _local_user(name: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(name)
@@ -31,14 +45,7 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     spiffe_id = arg_str(args, "spiffeId", required=False)
     if spiffe_id is not None and (user is not None or not spiffe_id.startswith("spiffe://")):
         raise InvalidRequest("spiffeId is a spiffe:// ID, and excludes user")
-    ttl = args.get("ttl")
-    try:
-        ttl_ns = parse_duration(ttl) if isinstance(ttl, str) else ttl
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-    allow_ips = args.get("allowIps") or []
-    if not isinstance(allow_ips, list) or not all(isinstance(c, str) for c in allow_ips):
-        raise InvalidRequest("allowIps must be a list of CIDR strings")
+    ttl_ns, allow_ips = grant_limits(args)
     uid = _local_user(user).pw_uid if user else None
     # Before the grant exists, so a failure leaves nothing half-made.
     shared_socket = await ctx.daemon.grant_socket_access(uid) if uid is not None else None

@@ -8,8 +8,8 @@ import os
 from typing import Any
 
 from tachi.daemon.ops import RequestContext, arg_str, operation
-from tachi.errors import InvalidRequest, PermissionDenied
-from tachi.gotime import parse_duration
+from tachi.daemon.share_ops import grant_limits
+from tachi.errors import PermissionDenied
 from tachi.grants import DAEMON_GRANT
 
 
@@ -26,14 +26,7 @@ def _require_local_owner(ctx: RequestContext, action: str) -> None:
 @operation("token.create")
 async def create(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     _require_local_owner(ctx, "token.create")
-    ttl = args.get("ttl")
-    try:
-        ttl_ns = parse_duration(ttl) if isinstance(ttl, str) else ttl
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
-    allow_ips = args.get("allowIps") or []
-    if not isinstance(allow_ips, list) or not all(isinstance(c, str) for c in allow_ips):
-        raise InvalidRequest("allowIps must be a list of CIDR strings")
+    ttl_ns, allow_ips = grant_limits(args)
     grant, token = ctx.daemon.grants.create(
         DAEMON_GRANT,
         "owner",
