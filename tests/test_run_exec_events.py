@@ -111,6 +111,7 @@ def test_exec_forwards_ctrl_c(tachi_daemon):
     )
     child = pexpect.spawn(argv[0], argv[1:], env=tachi_daemon.env, timeout=15)
     child.expect("ready")
+    time.sleep(0.2)  # as a person would: Ctrl-C comes after the output, not with it
     child.kill(signal.SIGINT)
     child.expect("got-int")
     child.expect(pexpect.EOF)
