@@ -273,3 +273,44 @@ def test_attach_reconnects_after_a_network_drop_without_losing_output(remote: Re
         assert child.exitstatus == 0
     finally:
         proxy.close()
+
+
+def test_ca_file_verification_and_the_python_client(remote: Remote):
+    cert = remote.daemon.state_dir / "websocket-cert.pem"
+    # The self-signed certificate is its own CA; it names 127.0.0.1.
+    by_ca = remote.daemon.run(
+        "--host", remote.url, "--ca-file", str(cert), "ls", env={"TACHI_TOKEN": remote.token}
+    )
+    assert by_ca.returncode == 0, by_ca.stderr
+    import tachi
+
+    s = remote.daemon.new("sleep", "60", name="py")
+    with tachi.Client(
+        url=remote.url, token=remote.token, options={"fingerprint": remote.fingerprint}
+    ) as client:
+        assert client.get("py").id == s["id"]
+        assert "py" in [x.name for x in client.list()]
+
+
+def test_limits_and_rotation_reach_a_remote_attached_client(remote: Remote):
+    s = remote.daemon.new("cat", idle_timeout="2s")
+    grant = json.loads(
+        remote.daemon.run("share", s["id"], "--role", "collaborator", "--json", check=True).stdout
+    )
+    with remote.raw() as ws:
+        assert hello(ws, grant["token"])["ok"]
+        ws.send(
+            protocol.encode_control({"id": 2, "op": "session.attach", "args": {"session": s["id"]}})
+        )
+        assert control(ws)["ok"]
+        remote.daemon.run("token", "rotate", s["id"], "--grace", "5s", check=True)
+        events = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and "detached" not in [e.get("event") for e in events]:
+            events.append(control(ws, timeout=15))
+        names = [e.get("event") for e in events]
+        # The rotated token arrives in-band; the idle timeout then ends the session.
+        token = next(e for e in events if e.get("event") == "token")
+        assert token["token"].startswith("tachi_") and token["token"] != grant["token"]
+        closed = next(e for e in events if e.get("event") == "closed")
+        assert closed["reason"] == "idle-timeout" and names[-1] == "detached"
