@@ -275,7 +275,7 @@ def test_attach_reconnects_after_a_network_drop_without_losing_output(remote: Re
         proxy.close()
 
 
-def test_ca_file_verification_and_the_python_client(remote: Remote):
+def test_ca_file_verification_and_the_python_client(remote: Remote, monkeypatch):
     cert = remote.daemon.state_dir / "websocket-cert.pem"
     # The self-signed certificate is its own CA; it names 127.0.0.1.
     by_ca = remote.daemon.run(
@@ -284,6 +284,8 @@ def test_ca_file_verification_and_the_python_client(remote: Remote):
     assert by_ca.returncode == 0, by_ca.stderr
     import tachi
 
+    # In this process too, the client finds the transport through its entry point.
+    monkeypatch.setenv("TACHI_LOAD_PLUGINS", "websocket")
     s = remote.daemon.new("sleep", "60", name="py")
     with tachi.Client(
         url=remote.url, token=remote.token, options={"fingerprint": remote.fingerprint}
