@@ -34,6 +34,23 @@ class CloseReason(enum.StrEnum):
     DAEMON_STOPPED = "daemon-stopped"
 
 
+def utc(ns: int | None) -> Any:
+    """Epoch nanoseconds as an aware UTC ``datetime`` (``None`` stays ``None``),
+    for Python users; JSON keeps RFC 3339 strings and fields keep nanoseconds."""
+    if ns is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
+
+
+def span(ns: int) -> Any:
+    """Nanoseconds as a ``timedelta``."""
+    import datetime as dt
+
+    return dt.timedelta(microseconds=ns / 1000)
+
+
 @dataclass(slots=True)
 class PTYConfig:
     """Terminal type and size of a PTY (seed: PTYConfig)."""
@@ -102,6 +119,10 @@ class Window:
     #: Input accepted by the daemon that the program has not read yet.
     inputPending: int = 0
 
+    @property
+    def created_at(self) -> Any:
+        return utc(self.createdAt)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -148,6 +169,28 @@ class Session:
     command: list[str] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
     clients: int = 0
+
+    @property
+    def created_at(self) -> Any:
+        """``createdAt`` as a UTC ``datetime``."""
+        return utc(self.createdAt)
+
+    @property
+    def last_activity(self) -> Any:
+        return utc(self.lastActivity)
+
+    @property
+    def closed_at(self) -> Any:
+        return utc(self.closedAt)
+
+    @property
+    def idle_timeout(self) -> Any:
+        """``idleTimeout`` as a ``timedelta`` (zero: none)."""
+        return span(self.idleTimeout)
+
+    @property
+    def max_duration(self) -> Any:
+        return span(self.maxDuration)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -291,6 +334,15 @@ class Recording:
     format: str = "asciicast"
     path: str | None = None
     active: bool = False
+
+    @property
+    def start_time(self) -> Any:
+        return utc(self.startTime)
+
+    @property
+    def length(self) -> Any:
+        """``duration`` as a ``timedelta``."""
+        return span(self.duration)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -5,6 +5,7 @@ or a sentinel), `tachi exec` (streams, stdin, signals, exit codes, rights) and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -181,3 +182,19 @@ def test_a_slow_event_subscriber_is_dropped_without_slowing_the_daemon(tachi_dae
     finally:
         wire.close()
     assert tachi_daemon.run("ls", check=True).returncode == 0
+
+
+def test_exec_can_be_recorded_for_asciinema(tachi_daemon, tmp_path):
+    result = tachi_daemon.run("exec", "--record", "--", "sh", "-c", "echo rec-$((6*7))")
+    assert result.returncode == 0 and result.stdout == "rec-42\n"
+    (rec,) = json.loads(tachi_daemon.run("record", "ls", "--json", check=True).stdout)
+    assert rec["sessionId"].startswith("exec-") and not rec["active"]
+    out = tmp_path / "exec.cast"
+    tachi_daemon.run("record", "export", rec["id"], "-o", str(out), check=True)
+    played = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "asciinema"), "cat", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert played.returncode == 0 and "rec-42" in played.stdout

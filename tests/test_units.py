@@ -84,3 +84,19 @@ def test_frames_decode_the_same_whatever_the_split(frames, cuts):
 def test_decoder_raises_only_protocol_errors(data):
     with contextlib.suppress(ProtocolError):
         protocol.FrameDecoder(max_payload=1024).feed(data)
+
+
+def test_models_give_python_times():
+    import datetime as dt
+
+    from tachi.models import Recording, Session, SessionState
+
+    ns = 1_795_581_375_123_456_000
+    s = Session(
+        id="a", agentId="x", userId="u", state=SessionState.ACTIVE, pty=None,
+        createdAt=ns, lastActivity=ns, idleTimeout=90_000_000_000,
+    )  # fmt: skip
+    assert s.created_at == dt.datetime(2026, 11, 25, 4, 36, 15, 123456, tzinfo=dt.UTC)
+    assert s.idle_timeout == dt.timedelta(seconds=90) and s.closed_at is None
+    rec = Recording(id="r", sessionId="a", startTime=ns, duration=1_500_000_000, size=0)
+    assert rec.length == dt.timedelta(seconds=1.5) and rec.start_time == s.created_at

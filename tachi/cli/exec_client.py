@@ -27,6 +27,7 @@ def run_exec(
     cwd: str | None,
     env: dict[str, str],
     timeout: float | None,
+    record: bool = False,
 ) -> int:
     """Run ``command`` under the daemon and relay its streams; returns its exit status.
 
@@ -35,7 +36,9 @@ def run_exec(
     """
     wire = WireConnection(endpoint, token=token, autostart=not endpoint.remote)
     in_fd, out_fd, err_fd = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
-    args: dict[str, Any] = {"command": command, "cwd": cwd, "env": env, "pty": use_pty}
+    args: dict[str, Any] = {
+        "command": command, "cwd": cwd, "env": env, "pty": use_pty, "record": record,
+    }  # fmt: skip
     if timeout is not None:
         args["timeout"] = timeout
     if use_pty and os.isatty(in_fd):

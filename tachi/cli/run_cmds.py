@@ -62,6 +62,7 @@ def run_cmd(
 @click.option("--cwd", help="Working directory (default: the daemon user's home).")
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Extra environment.")
 @click.option("--timeout", type=float, help="Kill it after S seconds (exit 124).")
+@click.option("--record", is_flag=True, help="Record its output (see 'tachi record ls').")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @pass_ctx
 def exec_cmd(
@@ -70,6 +71,7 @@ def exec_cmd(
     cwd: str | None,
     env: tuple[str, ...],
     timeout: float | None,
+    record: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND on the daemon's host, without a session: its stdout and stderr
@@ -94,6 +96,7 @@ def exec_cmd(
             cwd=cwd,
             env=extra,
             timeout=timeout,
+            record=record,
         )
     )
 

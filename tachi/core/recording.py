@@ -65,6 +65,31 @@ class _Live:
         return time.monotonic() - self.started
 
 
+@dataclass
+class StreamRecording:
+    """An open recording fed directly (not by a session's windows)."""
+
+    db: Any
+    id: str
+    path: str
+    sink: Any
+    started: float
+
+    def output(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # a full disk ends the recording, not the command
+            self.sink.output(data, time.monotonic() - self.started)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sink.close()
+        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        duration = int((time.monotonic() - self.started) * 1e9)
+        self.db.execute(
+            "UPDATE recordings SET active = 0, duration_ns = ?, size = ? WHERE id = ?",
+            (duration, size, self.id),
+        )
+
+
 class RecordingManager:
     """Starts, stops, lists and repairs recordings; one live recording per session."""
 
@@ -279,6 +304,36 @@ class RecordingManager:
                 reason=reason,
                 details={"recording": live.recording.id},
             )
+
+    def record_stream(
+        self, label: str, principal: str, *, width: int = 80, height: int = 24
+    ) -> StreamRecording:
+        """A recording of output that belongs to no session (``tachi exec
+        --record``), listed as ``exec-ID``. Raises ``InvalidRequest`` if no
+        recorder is installed or the file cannot be created."""
+        if self.recorder is None:
+            raise InvalidRequest("no recorder is installed for the configured recording.format")
+        rec_id = secrets.token_hex(4)
+        owner = f"exec-{rec_id}"
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.directory / f"{owner}{self.recorder.extension}"
+        start = now_ns()
+        try:
+            sink = self.recorder.open(
+                path, width=width, height=height, timestamp_ns=start, env={}, title=label,
+                record_input=False,
+            )  # fmt: skip
+        except OSError as exc:
+            raise InvalidRequest(f"cannot create recording {path}: {exc.strerror or exc}") from None
+        self._db.execute(
+            "INSERT INTO recordings(id, session_id, path, format, start_ns) VALUES (?, ?, ?, ?, ?)",
+            (rec_id, owner, str(path), self.recorder.format, start),
+        )
+        self._audit(
+            action="record.start", result="allowed", principal=principal, source="daemon",
+            session=None, details={"recording": rec_id, "path": str(path), "exec": label},
+        )  # fmt: skip
+        return StreamRecording(self._db, rec_id, str(path), sink, time.monotonic())
 
     # -- index --------------------------------------------------------------------
     def list(self, session_id: str | None = None) -> list[Recording]:

@@ -46,11 +46,15 @@ class ExecJob:
         self.proc = proc
         self.started = now_ns()
         self.pty_fd: int | None = None
+        #: ``exec.start`` with ``record``: the output goes to a recording too.
+        self.recording: Any = None
 
     def send(self, event: dict[str, Any]) -> None:
         self.ctx.connection.send(event)
 
     async def output(self, stream: str, data: bytes) -> None:
+        if self.recording is not None:
+            self.recording.output(data)
         payload = base64.b64encode(data).decode()
         self.send({"event": "exec.output", "stream": stream, "data": payload})
         # Back-pressure: a client that does not read slows the command, not the daemon.
@@ -132,6 +136,14 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
     job = ExecJob(ctx, proc)
     job.pty_fd = pty_fd
+    if args.get("record"):
+        size = arg_dict(args, "size")
+        job.recording = ctx.daemon.recordings.record_stream(
+            " ".join(argv)[:80],
+            ctx.principal.user,
+            width=int(size.get("cols") or 80),
+            height=int(size.get("rows") or 24),
+        )
     ctx.connection.exec_job = job
     ctx.connection.closers.append(job.kill)
     ctx.daemon.audit_by(
@@ -164,6 +176,9 @@ async def _supervise(job: ExecJob, timeout: float | None) -> None:
     event: dict[str, Any] = {"event": "exec.exit", "exitCode": 124 if timed_out else status}
     if timed_out:
         event["timedOut"] = True
+    if job.recording is not None:
+        job.recording.close()
+        event["recording"] = job.recording.id
     job.send(event)
     job.ctx.daemon.audit_by(
         job.ctx.principal,
