@@ -132,18 +132,24 @@ def test_certificates_that_are_not_svids_are_refused_and_audited(mesh, kind, uri
     assert refusals[-1]["details"]["address"] == "127.0.0.1"
 
 
-def test_an_svid_of_another_trust_domain_is_refused(mesh: Mesh):
-    # A bundle that trusts both CAs on the client side: the daemon still refuses.
+def _tls_refusals(daemon: DaemonProcess) -> list[dict]:
+    return [r for r in _audit(daemon) if r["action"] == "tls" and r["result"] == "denied"]
+
+
+def test_an_svid_of_another_trust_domain_is_refused_and_audited(mesh: Mesh):
     cert, key = mesh.other.svid(mesh.dir, "stranger", ["spiffe://other.org/stranger"])
     result = mesh.run(mesh.flags(cert, key), "ls")
     assert result.returncode in (1, 4)
     _one_line(result.stderr)
+    assert _tls_refusals(mesh.daemon)
 
 
-def test_an_expired_svid_is_refused(mesh: Mesh):
+def test_an_expired_svid_is_refused_and_audited(mesh: Mesh):
     result = mesh.run(mesh.client("old", expired=True), "ls")
     assert result.returncode in (1, 4)
     _one_line(result.stderr)
+    (refusal,) = _tls_refusals(mesh.daemon)
+    assert "expired" in refusal["reason"]
 
 
 def test_a_daemon_with_the_wrong_spiffe_id_is_refused(mesh: Mesh):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -148,6 +149,8 @@ class WebSocketTransport:
             ssl_context = tls.server_context(cert, key)
             self.fingerprint = tls.fingerprint(tls.certificate_der(cert))
         self._tls = ssl_context is not None
+        if ssl_context is not None:
+            ssl_context.sslobject_class = _audited_tls(daemon, self.name)
         self._server = await serve(
             self._serve,
             s.host,
@@ -276,6 +279,29 @@ class WebSocketTransport:
             sent = ws.protocol.close_sent
             if sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
                 daemon.audit_refusal(peer, "connection.heartbeat", "missed two heartbeats")
+
+
+def _audited_tls(daemon: Daemon, transport: str) -> type[ssl.SSLObject]:
+    """A TLS object that audits a client certificate the handshake refused (an
+    unknown CA, an expired certificate): no principal exists yet to refuse
+    later, and asyncio only logs such failures at debug level."""
+
+    class AuditedTLS(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except ssl.SSLCertVerificationError as exc:
+                reason = f"TLS client certificate refused: {exc.verify_message}"
+                daemon.audit_refusal(Peer(transport=transport), "tls", reason)
+                raise
+            except ssl.SSLError as exc:
+                if "CERTIFICATE" in str(exc).upper():
+                    daemon.audit_refusal(
+                        Peer(transport=transport), "tls", f"TLS client certificate refused: {exc}"
+                    )
+                raise
+
+    return AuditedTLS
 
 
 async def _refuse(ws: ServerConnection, exc: PermissionDenied) -> None:
