@@ -52,6 +52,16 @@ def tachi_server_tls(transport: str, config: Any) -> Any:
         return None
     from tachi_spiffe.tls import ServerContext
 
+    if s.workload_api:
+        from dataclasses import replace
+
+        from tachi_spiffe.workload import WorkloadFiles
+
+        files = WorkloadFiles(s.workload_api, config.state_dir / "spiffe")
+        files.watch()
+        s = _state.settings = replace(
+            s, svid_cert=files.cert, svid_key=files.key, trust_bundle=files.bundle
+        )
     server = ServerContext(s)
     server.watch()
     return server.context

@@ -34,15 +34,11 @@ def load(raw: dict[str, Any]) -> Settings | None:
     table = raw.get("identity", {}).get("spiffe")
     if not table:
         return None
-    if table.get("workload_api"):
-        raise InvalidRequest(
-            "identity.spiffe.workload_api: the Workload API source is not supported yet;"
-            " point svid_cert, svid_key and trust_bundle at the files a SPIRE agent"
-            " (or spiffe-helper) writes"
-        )
-    missing = [
-        k for k in ("trust_domains", "trust_bundle", "svid_cert", "svid_key") if k not in table
-    ]
+    workload_api = table.get("workload_api")
+    needed = ["trust_domains"]
+    if not workload_api:
+        needed += ["trust_bundle", "svid_cert", "svid_key"]
+    missing = [k for k in needed if k not in table]
     if missing:
         raise InvalidRequest(f"identity.spiffe: missing {', '.join(missing)}")
     rules = []
@@ -56,10 +52,10 @@ def load(raw: dict[str, Any]) -> Settings | None:
         rules.append(RoleRule(str(entry["id"]), str(role)))
     return Settings(
         trust_domains=frozenset(str(d) for d in table["trust_domains"]),
-        trust_bundle=Path(table["trust_bundle"]).expanduser(),
-        svid_cert=Path(table["svid_cert"]).expanduser(),
-        svid_key=Path(table["svid_key"]).expanduser(),
+        trust_bundle=Path(table.get("trust_bundle", "")).expanduser(),
+        svid_cert=Path(table.get("svid_cert", "")).expanduser(),
+        svid_key=Path(table.get("svid_key", "")).expanduser(),
         require_client_cert=bool(table.get("require_client_cert", False)),
         roles=tuple(rules),
-        workload_api=None,
+        workload_api=str(workload_api) if workload_api else None,
     )
