@@ -213,6 +213,50 @@ def bench_throughput(
         end_session(env, system, name, proc)
 
 
+def transport_main(
+    description: str,
+    name: str,
+    make_env: Callable[[], Any],
+    systems: Callable[[Any], list[str]],
+    benches: dict[str, Callable[[Any, str, int, bool], dict[str, float]]],
+) -> int:
+    """The command line shared by the transport benchmarks (bench/ssh.py,
+    bench/websocket.py): a payload, then each of ``benches`` (throughput, echo,
+    command) interleaved over ``systems(env)``, a table and the raw samples.
+    Each bench is called as ``bench(env, system, round, quick)``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / f"{name}-latest.json"))
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    env = make_env()
+    results: dict[str, Any] = {"rounds": rounds, "quick": args.quick}
+    try:
+        size_mib = 4 if args.quick else 32
+        subprocess.run(
+            f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}",
+            shell=True,
+            check=True,
+        )
+        env.start()
+        for bench, run in benches.items():
+            results[bench] = interleaved(
+                rounds, systems(env), lambda s, r, run=run: run(env, s, r, args.quick)
+            )
+    finally:
+        env.close()
+    print_table(
+        results,
+        [("throughput", ["mib_s", "delivered_mib"]), ("echo", ["p50_ms", "p99_ms"]),
+         ("command", ["ms"])],
+    )  # fmt: skip
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"raw samples: {args.json}")
+    return 0
+
+
 def echo_round_trips(proc: PtyProcess, keys: int) -> dict[str, float]:
     """Type ``keys`` single keys into a client showing an echo program; p50/p99 ms
     from each write to its echo coming back."""

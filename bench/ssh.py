@@ -21,7 +21,6 @@ Command: wall time of one non-interactive command (``tachi ls`` vs
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -213,52 +212,25 @@ def bench_command(env: SSHEnv, system: str, runs: int) -> dict[str, float]:
     return harness.median_wall_ms(argv, env.env, runs)
 
 
+def _ssh_systems(env: SSHEnv) -> list[str]:
+    if env.sshd is None:
+        print("sshd: not measured (needs /usr/sbin/sshd and root)", file=sys.stderr)
+        return ["unix", "ssh", "ssh-host"]
+    return ["unix", "ssh", "ssh-host", "sshd"]
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--json", default=str(harness.ROOT / "bench" / "results" / "ssh-latest.json")
+    return harness.transport_main(
+        __doc__ or "",
+        "ssh",
+        SSHEnv,
+        _ssh_systems,
+        {
+            "throughput": lambda env, s, r, quick: bench_throughput(env, s, r),
+            "echo": lambda env, s, r, quick: bench_echo(env, s, r, 100 if quick else 500),
+            "command": lambda env, s, r, quick: bench_command(env, s, 5 if quick else 10),
+        },
     )
-    args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
-    env = SSHEnv()
-    results: dict[str, Any] = {"rounds": rounds, "quick": args.quick}
-    try:
-        size_mib = 4 if args.quick else 32
-        subprocess.run(
-            f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}",
-            shell=True,
-            check=True,
-        )
-        env.start()
-        systems = ["unix", "ssh", "ssh-host"] + (["sshd"] if env.sshd is not None else [])
-        if env.sshd is None:
-            print("sshd: not measured (needs /usr/sbin/sshd and root)", file=sys.stderr)
-        results["throughput"] = harness.interleaved(
-            rounds, systems, lambda s, r: bench_throughput(env, s, r)
-        )
-        keys = 100 if args.quick else 500
-        results["echo"] = harness.interleaved(
-            rounds, systems, lambda s, r: bench_echo(env, s, r, keys)
-        )
-        results["command"] = harness.interleaved(
-            rounds, systems, lambda s, r: bench_command(env, s, 5 if args.quick else 10)
-        )
-    finally:
-        env.close()
-    harness.print_table(
-        results,
-        [
-            ("throughput", ["mib_s", "delivered_mib"]),
-            ("echo", ["p50_ms", "p99_ms"]),
-            ("command", ["ms"]),
-        ],
-    )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"raw samples: {args.json}")
-    return 0
 
 
 if __name__ == "__main__":

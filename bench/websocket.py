@@ -19,10 +19,8 @@ Command: wall time of ``tachi ls`` locally and remotely. Nothing asserts a timin
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -100,48 +98,21 @@ def bench_command(env: WebSocketEnv, system: str, runs: int) -> dict[str, float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--json", default=str(harness.ROOT / "bench" / "results" / "websocket-latest.json")
-    )
-    args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
-    env = WebSocketEnv()
-    results: dict[str, Any] = {"rounds": rounds, "quick": args.quick}
     if shutil.which("ttyd") is None:
         print(
             "ttyd: not measured (not installed; Debian has no ttyd package here)", file=sys.stderr
         )
-    try:
-        size_mib = 4 if args.quick else 32
-        subprocess.run(
-            f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}",
-            shell=True,
-            check=True,
-        )
-        env.start()
-        systems = ["unix", "wss"]
-        results["throughput"] = harness.interleaved(
-            rounds, systems, lambda s, r: bench_throughput(env, s, r)
-        )
-        keys = 100 if args.quick else 500
-        results["echo"] = harness.interleaved(
-            rounds, systems, lambda s, r: bench_echo(env, s, r, keys)
-        )
-        results["command"] = harness.interleaved(
-            rounds, systems, lambda s, r: bench_command(env, s, 5 if args.quick else 10)
-        )
-    finally:
-        env.close()
-    harness.print_table(
-        results, [("throughput", ["mib_s"]), ("echo", ["p50_ms", "p99_ms"]), ("command", ["ms"])]
+    return harness.transport_main(
+        __doc__ or "",
+        "websocket",
+        WebSocketEnv,
+        lambda env: ["unix", "wss"],
+        {
+            "throughput": lambda env, s, r, quick: bench_throughput(env, s, r),
+            "echo": lambda env, s, r, quick: bench_echo(env, s, r, 100 if quick else 500),
+            "command": lambda env, s, r, quick: bench_command(env, s, 5 if quick else 10),
+        },
     )
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"raw samples: {args.json}")
-    return 0
 
 
 if __name__ == "__main__":
