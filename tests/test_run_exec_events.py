@@ -162,6 +162,7 @@ def test_events_arrive_in_order(tachi_daemon):
     assert times == sorted(times)
 
 
+@pytest.mark.xdist_group("heavy")
 def test_a_slow_event_subscriber_is_dropped_without_slowing_the_daemon(tachi_daemon):
     from tachi.client.wire import WireConnection
 

@@ -77,7 +77,7 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
         ws = connect(
             target,
             ssl=client_context(url, options) if tls else None,
-            open_timeout=float(options.get("timeout", 10)),
+            open_timeout=float(options.get("timeout", 30)),
             proxy=None,
             # Deflate costs more CPU than it saves on a LAN; opt in with
             # TACHI_WS_COMPRESSION=1 on slow links (browsers always offer it).

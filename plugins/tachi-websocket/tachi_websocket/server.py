@@ -164,6 +164,8 @@ class WebSocketTransport:
             # A dead peer never answers the closing handshake either.
             close_timeout=min(10.0, max(1.0, 2 * s.heartbeat)),
             max_size=s.max_frame + protocol.HEADER.size,
+            # A busy host can take seconds to finish a TLS and HTTP handshake.
+            open_timeout=30,
             max_queue=64,
         )
         if s.port == 0:

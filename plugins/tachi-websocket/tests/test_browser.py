@@ -12,6 +12,8 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from ws_support import Proxy, Remote, start_remote
 
+# Chromium is heavy on 2 cores: these run one after another with other heavy tests.
+pytestmark = pytest.mark.xdist_group("heavy")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",

@@ -8,6 +8,7 @@ import json
 import ssl
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect as aconnect
@@ -22,6 +23,7 @@ def _rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
+@pytest.mark.xdist_group("heavy")
 def test_a_peer_that_never_reads_costs_bounded_memory_and_slows_nobody(remote: Remote):
     assert remote.daemon.proc is not None
     pid = remote.daemon.proc.pid
@@ -54,6 +56,7 @@ def test_a_peer_that_never_reads_costs_bounded_memory_and_slows_nobody(remote: R
     assert peak - before < 64 * 1024, (before, peak)
 
 
+@pytest.mark.xdist_group("heavy")
 def test_500_idle_connections(remote: Remote):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
