@@ -85,6 +85,8 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
             max_size=protocol.MAX_PAYLOAD * 4 + protocol.HEADER.size,
             ping_interval=20,
             ping_timeout=40,
+            # Held open by the bridge threads rather than a with-block.
+            legacy=True,
         )
     except ssl.SSLCertVerificationError as exc:
         raise PermissionDenied(
