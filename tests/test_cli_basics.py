@@ -213,3 +213,9 @@ def test_session_names_complete_in_the_shell(tachi_daemon):
     quiet = tachi_daemon.run("attach", "bu", env=down)
     assert quiet.returncode == 0 and quiet.stdout.strip() == ""
     assert not (tachi_daemon.home / "none.sock").exists()
+
+
+def test_listen_on_a_running_daemon_is_an_error_not_ignored(tachi_daemon):
+    result = tachi_daemon.run("daemon", "start", "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "already running" in result.stderr and "daemon stop" in result.stderr

@@ -40,13 +40,18 @@ def start(ctx: Context, foreground: bool, listen: str | None) -> None:
         sys.exit(daemon_main(["--socket", str(ctx.socket_path), *extra]))
     try:
         with ctx.client(autostart=False) as client:
-            click.echo(
-                f"tachid already running (pid {client.status()['pid']}) on {ctx.socket_path}",
-                err=True,
-            )
-            return
+            status = client.status()
     except DaemonUnavailable:
-        pass
+        status = None
+    if status is not None:
+        if listen:
+            # A running daemon keeps its listeners: say so rather than ignore --listen.
+            raise click.ClickException(
+                f"tachid is already running (pid {status['pid']}) without --listen {listen};"
+                " stop it first with 'tachi daemon stop' (its sessions close)"
+            )
+        click.echo(f"tachid already running (pid {status['pid']}) on {ctx.socket_path}", err=True)
+        return
     pid = start_daemon(ctx.socket_path, extra_args=extra)
     click.echo(f"tachid started (pid {pid}) on {ctx.socket_path}", err=True)
     if listen:
