@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import functools
 import os
 import pty
 import signal
@@ -31,11 +32,14 @@ from tachi.gotime import now_ns
 _CHUNK = 64 * 1024
 
 
-def _on_terminal() -> None:
-    """In the child: default signals, and the pty (stdin) as the controlling
-    terminal, so that Ctrl-C typed into it interrupts the command."""
+def _on_terminal(tty_fd: int) -> None:
+    """In the child: default signals, and the pty as the controlling terminal, so
+    that Ctrl-C typed into it interrupts the command. By descriptor: uvloop runs
+    this before it moves the pty onto stdin."""
     default_signals()
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    if os.getsid(0) != os.getpid():  # not every event loop calls setsid before this
+        os.setsid()
+    fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
 
 
 class ExecJob:
@@ -116,7 +120,7 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
                 fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=child_fd, stdout=child_fd, stderr=child_fd, cwd=cwd, env=env,
-                start_new_session=True, preexec_fn=_on_terminal,
+                preexec_fn=functools.partial(_on_terminal, child_fd),
             )  # fmt: skip
             os.close(child_fd)
         else:
