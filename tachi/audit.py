@@ -285,6 +285,7 @@ class AuditLog:
         fail_open: bool = False,
         checkpoint_every: int = 64,
         on_event: Callable[[dict], None] | None = None,
+        background_checkpoints: bool = False,
     ) -> None:
         """Open (creating if needed, dir 0700, files 0600) the log in ``directory``.
 
@@ -298,6 +299,10 @@ class AuditLog:
         key is unreadable, another process holds the log), unless ``fail_open``:
         then a warning is logged and every ``append`` retries the open.
         Raises ``ValueError`` if ``checkpoint_every`` < 1.
+
+        With ``background_checkpoints`` (the daemon), the periodic checkpoint's
+        fsyncs run on a thread, so a slow disk never stalls the caller (the
+        daemon's event loop); the final checkpoint at ``close`` stays inline.
         """
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be at least 1, not {checkpoint_every}")
@@ -318,6 +323,8 @@ class AuditLog:
         self._tip = GENESIS_HASH
         self._checkpointed: tuple[int, str] = (0, GENESIS_HASH)
         self._since_checkpoint = 0
+        self.background_checkpoints = background_checkpoints
+        self._cp_thread: threading.Thread | None = None
         self._dropped = 0
         self._first_dropped_ns = 0
         self._closed = False
@@ -447,6 +454,8 @@ class AuditLog:
         Never raises for a failed final checkpoint (it is logged); idempotent.
         Appends after ``close`` fail like a write error.
         """
+        if self._cp_thread is not None:
+            self._cp_thread.join(10)
         with self._lock:
             if self._closed:
                 return
@@ -637,6 +646,9 @@ class AuditLog:
         self._since_checkpoint += 1
         self._events.append(record)
         if self._since_checkpoint >= self.checkpoint_every:
+            if self.background_checkpoints:
+                self._checkpoint_soon_locked()
+                return record
             try:
                 self._checkpoint_locked()
             except OSError as e:
@@ -645,26 +657,58 @@ class AuditLog:
                 log.warning("could not write an audit checkpoint (will retry): %s", e)
         return record
 
+    def _checkpoint_soon_locked(self) -> None:
+        if self._cp_thread is None or not self._cp_thread.is_alive():
+            self._cp_thread = threading.Thread(
+                target=self._checkpoint_in_background, name="audit-checkpoint", daemon=True
+            )
+            self._cp_thread.start()
+
+    def _checkpoint_in_background(self) -> None:
+        """fsync the records without the lock (appends go on meanwhile), then sign
+        the tip as it was before the fsync."""
+        with self._lock:
+            if self._closed or self._fd is None:
+                return
+            fd, seq, tip = self._fd, self._seq, self._tip
+        try:
+            os.fsync(fd)
+            with self._lock:
+                if self._closed or self._fd != fd or self._checkpointed[0] >= seq:
+                    return
+                self._sign_locked(seq, tip)
+                cp_fd = self._cp_fd
+            if cp_fd is not None:
+                os.fsync(cp_fd)
+        except OSError as e:
+            log.warning("could not write an audit checkpoint (will retry): %s", e)
+
     def _checkpoint_locked(self) -> dict[str, Any] | None:
         if self._seq == 0 or self._checkpointed == (self._seq, self._tip):
             return None
-        assert self._fd is not None and self._cp_fd is not None and self._key is not None
+        assert self._fd is not None and self._cp_fd is not None
         # Sign only what is on disk: otherwise a crash could leave a signature
         # over records that never made it, which verify would call truncation.
         os.fsync(self._fd)
+        cp = self._sign_locked(self._seq, self._tip)
+        os.fsync(self._cp_fd)
+        return cp
+
+    def _sign_locked(self, seq: int, tip: str) -> dict[str, Any]:
+        """Append a signed checkpoint of ``(seq, tip)``, whose records are on disk."""
+        assert self._cp_fd is not None and self._key is not None
         _truncate_partial_line(self._cp_fd)
-        signature = self._key.sign(checkpoint_payload(self._seq, self._tip))
+        signature = self._key.sign(checkpoint_payload(seq, tip))
         cp = {
-            "seq": self._seq,
-            "hash": self._tip,
+            "seq": seq,
+            "hash": tip,
             "time": format_rfc3339(now_ns()),
             "publicKey": self._public_b64,
             "signature": base64.b64encode(signature).decode(),
         }
         _write_all(self._cp_fd, _line(cp))
-        os.fsync(self._cp_fd)
-        self._checkpointed = (self._seq, self._tip)
-        self._since_checkpoint = 0
+        self._checkpointed = (seq, tip)
+        self._since_checkpoint = self._seq - seq
         return cp
 
     def _close_files_locked(self) -> None:

@@ -68,6 +68,7 @@ class Daemon:
             state / "audit",
             fail_open=config.audit_fail_open,
             on_event=self._ship_audit_event,
+            background_checkpoints=True,
         )
         multiplexer = self.hooks.tachi_multiplexer()
         self.manager = SessionManager(
