@@ -44,6 +44,8 @@ OUTPUT_HEADER = struct.Struct("!IQ")
 MAX_PAYLOAD = 1 << 20
 #: Output is sliced to this size so one window cannot hog a connection.
 MAX_OUTPUT_CHUNK = 64 * 1024
+#: How much a stream reader asks for at a time.
+READ_CHUNK = 256 * 1024
 
 
 @dataclass(slots=True, frozen=True)
@@ -99,17 +101,23 @@ class FrameDecoder:
         self._buf = bytearray()
         self._max = max_payload
 
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buf += data
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        buf = self._buf
+        buf += data
         frames: list[Frame] = []
-        while len(self._buf) >= HEADER.size:
-            channel, length = HEADER.unpack_from(self._buf)
+        start, size = 0, len(buf)
+        # Walk the buffer by offset and cut it once at the end: deleting each frame
+        # from the front would move the rest of a 256 KiB read once per frame.
+        while size - start >= HEADER.size:
+            channel, length = HEADER.unpack_from(buf, start)
             _check_header(channel, length, self._max)
-            end = HEADER.size + length
-            if len(self._buf) < end:
+            end = start + HEADER.size + length
+            if size < end:
                 break
-            frames.append(Frame(channel, bytes(self._buf[HEADER.size : end])))
-            del self._buf[:end]
+            frames.append(Frame(channel, bytes(buf[start + HEADER.size : end])))
+            start = end
+        if start:
+            del buf[:start]
         return frames
 
     @property
@@ -138,6 +146,35 @@ async def read_frame(reader: asyncio.StreamReader, max_payload: int = MAX_PAYLOA
     except asyncio.IncompleteReadError:
         raise ProtocolError(f"connection closed inside a {length}-byte frame") from None
     return Frame(channel, payload)
+
+
+class StreamFrames:
+    """Frames from an ``asyncio.StreamReader``, one ``read`` for as many frames
+    as have arrived (a keystroke costs one wake-up, not two ``readexactly``).
+
+    ``await frames.next()`` returns the next frame, ``None`` on a clean EOF
+    between frames; raises ``ProtocolError`` for a bad header or EOF inside a
+    frame.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, max_payload: int = MAX_PAYLOAD) -> None:
+        self._reader = reader
+        self._decoder = FrameDecoder(max_payload)
+        self._frames: list[Frame] = []
+        self._next = 0
+
+    async def next(self) -> Frame | None:
+        while self._next >= len(self._frames):
+            data = await self._reader.read(READ_CHUNK)
+            if not data:
+                if self._decoder.pending:
+                    raise ProtocolError("connection closed inside a frame")
+                return None
+            self._frames = self._decoder.feed(data)
+            self._next = 0
+        frame = self._frames[self._next]
+        self._next += 1
+        return frame
 
 
 def _check_header(channel: int, length: int, max_payload: int) -> None:

@@ -117,9 +117,8 @@ class UnixSocketTransport:
         assert self._daemon is not None
         peer = socket_peer(writer.get_extra_info("socket"))
         wire = StreamWire(writer)
-        await self._daemon.serve_connection(
-            wire, lambda: protocol.read_frame(reader), peer=peer
-        )
+        frames = protocol.StreamFrames(reader)
+        await self._daemon.serve_connection(wire, frames.next, peer=peer)
 
     async def stop(self) -> None:
         for path, server in self._servers.items():

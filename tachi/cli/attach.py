@@ -155,6 +155,10 @@ class _Bridge:
         self._copy_keys: list[str] = []
         #: The session's size (rows, cols), to draw what lies outside it.
         self.session_size: tuple[int, int] | None = None
+        #: SIGWINCHes seen: the terminal's size may have changed since.
+        self._winches = 0
+        self._smaller_key: tuple[Any, int] | None = None
+        self._smaller_value = False
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -251,6 +255,7 @@ class _Bridge:
         while self._signals:
             sig = self._signals.pop(0)
             if sig == signal.SIGWINCH:
+                self._winches += 1
                 if not self.read_only:
                     rows, cols, xpix, ypix = terminal_size(self.in_fd)
                     self.wire.send_request(
@@ -269,25 +274,38 @@ class _Bridge:
             self._apply(self.wire.pending.popleft())
 
     def _from_daemon(self) -> None:
-        # One recv can carry many frames: apply every decoded one before the
-        # next select(), or the tail of a burst would wait for more output.
-        while self.state.ended is None and (self.wire.has_buffered() or self._readable()):
-            frame = self.wire.recv_frame(timeout=0)
-            if frame is None:
+        # Apply everything the socket holds before the next select(): one recv
+        # can carry many frames, and output frames in a row reach the terminal
+        # in one write (a flood arrives as 4 KiB frames, one per PTY read).
+        out: list[bytes] = []
+        for frame in self.wire.recv_ready():
+            if self.state.ended is not None:
                 break
+            if frame.channel == protocol.STDOUT:
+                window, seq, data = protocol.decode_output(frame.payload)
+                self.position = (window, seq + len(data))
+                if self.copy is None:
+                    out.append(data)
+                continue
+            self._output(out)
             self._apply(frame)
+        self._output(out)
 
-    def _readable(self) -> bool:
-        return bool(select.select([self.wire.fileno()], [], [], 0)[0])
+    def _output(self, out: list[bytes]) -> None:
+        """Write (and clear) session output gathered by ``_from_daemon``."""
+        if not out:
+            return
+        self._write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+        if self.state.unused_at is None and self._smaller:
+            self.state.unused_at = time.monotonic() + UNUSED_REPAINT_DELAY
 
     def _apply(self, frame: protocol.Frame) -> None:
         if frame.channel == protocol.STDOUT:
             window, seq, data = protocol.decode_output(frame.payload)
             self.position = (window, seq + len(data))
             if self.copy is None:
-                self._write(data)
-                if self._smaller and self.state.unused_at is None:
-                    self.state.unused_at = time.monotonic() + UNUSED_REPAINT_DELAY
+                self._output([data])
             return
         message = json.loads(frame.payload)
         event = message.get("event")
@@ -347,11 +365,17 @@ class _Bridge:
 
     @property
     def _smaller(self) -> bool:
-        """Whether the session leaves part of this terminal unused."""
-        if self.session_size is None:
-            return False
-        rows, cols, _, _ = terminal_size(self.in_fd)
-        return self.session_size[0] < rows or self.session_size[1] < cols
+        """Whether the session leaves part of this terminal unused (cached: asked
+        after every write of output, and the answer changes only with a size)."""
+        key = (self.session_size, self._winches)
+        if self._smaller_key != key:
+            self._smaller_key = key
+            if self.session_size is None:
+                self._smaller_value = False
+            else:
+                rows, cols, _, _ = terminal_size(self.in_fd)
+                self._smaller_value = self.session_size[0] < rows or self.session_size[1] < cols
+        return self._smaller_value
 
     def _draw_unused(self) -> None:
         """Fill the part of a larger terminal the session does not use with dots,

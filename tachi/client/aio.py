@@ -65,10 +65,9 @@ class _AsyncWire:
         return wire
 
     async def _read_forever(self) -> None:
+        frames = protocol.StreamFrames(self._reader, protocol.MAX_PAYLOAD * 4)
         try:
-            while (
-                frame := await protocol.read_frame(self._reader, protocol.MAX_PAYLOAD * 4)
-            ) is not None:
+            while (frame := await frames.next()) is not None:
                 if frame.channel == protocol.CONTROL:
                     message = protocol.decode_control(frame.payload)
                     fut = self._replies.pop(message.get("id"), None) if "ok" in message else None

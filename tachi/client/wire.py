@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import socket
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 from tachi import protocol
 from tachi.client.endpoint import Endpoint
 from tachi.errors import DaemonUnavailable, ProtocolError, TachiError, error_from_json
+
+#: One receive takes up to this much (many output frames during a flood).
+RECV_SIZE = 256 * 1024
 
 
 class WireConnection:
@@ -33,6 +37,7 @@ class WireConnection:
         self._decoder = protocol.FrameDecoder(max_payload=protocol.MAX_PAYLOAD * 4)
         self._frames: deque[protocol.Frame] = deque()
         self.pending: deque[protocol.Frame] = deque()
+        self._recv_buf: bytearray | None = None
         self._ids = itertools.count(1)
         args: dict[str, Any] = {"version": protocol.VERSION}
         if token:
@@ -71,7 +76,7 @@ class WireConnection:
         while not self._frames:
             self.sock.settimeout(timeout)
             try:
-                data = self.sock.recv(256 * 1024)
+                data = self.sock.recv(RECV_SIZE)
             except (TimeoutError, BlockingIOError):
                 return None
             except OSError as exc:
@@ -82,6 +87,32 @@ class WireConnection:
                 raise DaemonUnavailable("the daemon closed the connection")
             self._frames.extend(self._decoder.feed(data))
         return self._frames.popleft()
+
+    def recv_ready(self) -> list[protocol.Frame]:
+        """Every frame decoded so far plus what the socket holds now, without
+        blocking (``[]`` if nothing has arrived). Raises ``DaemonUnavailable`` at EOF."""
+        # Into one buffer kept for the connection: a fresh 256 KiB bytes object
+        # per receive costs the allocator an mmap, mremap and munmap.
+        if self._recv_buf is None:
+            self._recv_buf = bytearray(RECV_SIZE)
+        view = memoryview(self._recv_buf)
+        while True:
+            try:
+                n = self.sock.recv_into(view, RECV_SIZE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
+            if not n:
+                if self._frames:
+                    break  # hand out what came before the end; EOF shows on the next call
+                raise DaemonUnavailable("the daemon closed the connection")
+            self._frames.extend(self._decoder.feed(view[:n]))
+            if n < RECV_SIZE:
+                break
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames
 
     def has_buffered(self) -> bool:
         """Whether frames were already received and decoded but not yet taken."""

@@ -38,11 +38,11 @@ class CommandMarks:
 
     def feed(self, data: bytes) -> None:
         if not self._partial and _PREFIX not in data:
-            # A mark may be cut between two chunks: keep a prefix of one.
-            for k in range(len(_PREFIX) - 1, 0, -1):
-                if data.endswith(_PREFIX[:k]):
-                    self._partial = data[-k:]
-                    break
+            # A mark may be cut between two chunks: keep a prefix of one (it can
+            # only start at the last ESC, as the prefix holds one ESC).
+            esc = data.rfind(b"\x1b", len(data) - len(_PREFIX) + 1)
+            if esc != -1 and _PREFIX.startswith(data[esc:]):
+                self._partial = data[esc:]
             return
         buf = self._partial + data
         end = 0

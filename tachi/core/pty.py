@@ -2,7 +2,7 @@
 
 ptyprocess does the fork/exec; everything after that is ours, because
 ptyprocess's own ``close``/``wait``/``terminate`` sleep and block. Output is read
-with ``add_reader`` in 64 KiB chunks; the child is reaped through a pidfd so no
+with ``add_reader``, up to 64 KiB a callback; the child is reaped through a pidfd so no
 SIGCHLD handler or child watcher can steal its status.
 """
 
@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 from ptyprocess import PtyProcess
 
 READ_SIZE = 64 * 1024
+#: A PTY master hands out at most its line discipline's buffer (4095 bytes) per
+#: read, however much is queued behind it: a read this long means more may wait.
+PTY_FULL_READ = 4095
 #: Input queued for a PTY beyond this makes interactive senders wait (backpressure).
 INPUT_HIGH_WATER = 256 * 1024
 #: The most input one window holds for a program that does not read it yet;
@@ -170,6 +173,8 @@ class PtyChild:
             if exc.errno != errno.EIO:
                 raise
             data = b""
+        if len(data) >= PTY_FULL_READ:
+            data = self._read_more(data)
         if data:
             self._on_output(data)
             return
@@ -177,6 +182,24 @@ class PtyChild:
         self._eof = True
         self._loop.remove_reader(self.fd)
         self._maybe_finish()
+
+    def _read_more(self, first: bytes) -> bytes:
+        """After a full read, whatever else the PTY holds (up to ``READ_SIZE``):
+        a flood then costs one callback and one frame per 16-64 KiB, not per 4 KiB.
+        A short read (a keystroke's echo) never gets here, so it is not delayed."""
+        chunks, total = [first], len(first)
+        while total < READ_SIZE:
+            try:
+                more = os.read(self.fd, READ_SIZE - total)
+            except OSError:  # EAGAIN, or EIO at the end: the next callback sees it
+                break
+            if not more:
+                break
+            chunks.append(more)
+            total += len(more)
+            if len(more) < PTY_FULL_READ:
+                break
+        return first if len(chunks) == 1 else b"".join(chunks)
 
     def _exit_ready(self) -> None:
         self._loop.remove_reader(self._pidfd)

@@ -49,7 +49,7 @@ class RunnerSocket:
         with contextlib.suppress(ConnectionError):
             await self.login.daemon.serve_connection(
                 StreamWire(writer),
-                lambda: protocol.read_frame(reader),
+                protocol.StreamFrames(reader).next,
                 peer=self.login.peer,
                 principal=principal,
             )
