@@ -11,9 +11,9 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.daemon.inbox import FrameInbox
 from tachi.errors import TachiError
 from tachi.hookspecs import hookimpl
 from tachi.paths import ensure_private_dir, ensure_shared_dir, shared_socket_path
@@ -48,6 +48,85 @@ class StreamWire:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class FrameProtocol(asyncio.Protocol):
+    """One Unix-socket connection: bytes in go to a ``FrameInbox`` (keystrokes
+    reach the PTY inside ``data_received``), and this is the connection's
+    ``Wire`` for bytes out."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self._transport: asyncio.Transport | None = None
+        self._inbox: FrameInbox | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._write_paused = False
+        self._lost = False
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=_HIGH_WATER)
+        self._inbox = FrameInbox(transport.pause_reading, transport.resume_reading)
+        peer = socket_peer(transport.get_extra_info("socket"))
+        self.task = asyncio.get_running_loop().create_task(
+            self._daemon.serve_connection(self, self._inbox, peer=peer)
+        )
+        self.task.add_done_callback(_log_failure)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._inbox is not None
+        self._inbox.feed(data)
+
+    def eof_received(self) -> bool:
+        assert self._inbox is not None
+        self._inbox.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._inbox is not None:
+            self._inbox.feed_eof()
+        self._wake_drainers()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drainers()
+
+    # -- Wire -------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size() if self._transport else 0
+
+    async def drained(self) -> None:
+        if not self._write_paused or self._lost:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(fut)
+        await fut
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("connection failed", exc_info=task.exception())
 
 
 def socket_peer(sock: socket.socket) -> Peer:
@@ -86,8 +165,12 @@ class UnixSocketTransport:
                 raise RuntimeError(f"another tachid is already listening on {path}")
             path.unlink()
         old_umask = os.umask(0o177)
+        assert self._daemon is not None
+        daemon = self._daemon
         try:
-            self._servers[path] = await asyncio.start_unix_server(self._serve, path=str(path))
+            self._servers[path] = await asyncio.get_running_loop().create_unix_server(
+                lambda: FrameProtocol(daemon), path=str(path)
+            )
         finally:
             os.umask(old_umask)
         os.chmod(path, mode)
@@ -112,13 +195,6 @@ class UnixSocketTransport:
         """Let another local user reach the daemon; returns the socket they use."""
         await self._open_shared()
         return self.shared_path
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self._daemon is not None
-        peer = socket_peer(writer.get_extra_info("socket"))
-        wire = StreamWire(writer)
-        frames = protocol.StreamFrames(reader)
-        await self._daemon.serve_connection(wire, frames.next, peer=peer)
 
     async def stop(self) -> None:
         for path, server in self._servers.items():

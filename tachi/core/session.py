@@ -188,6 +188,17 @@ class SessionRuntime:
         child.write(data)
         self.info.lastActivity = now_ns()
 
+    def write_now(self, data: bytes) -> bool:
+        """Queue input for the active window unless its PTY is already far behind;
+        returns False (nothing queued) if it is, or if ``write`` would refuse it.
+        The synchronous half of :meth:`write_paced`, for a caller that has no
+        time to await (a transport's ``data_received``)."""
+        child = self.mux.get(None).child
+        if child.input_pending + len(data) > INPUT_HIGH_WATER:
+            return False
+        self.write(data)
+        return True
+
     async def write_paced(self, data: bytes) -> None:
         """Queue input for the active window, then wait while its PTY is far behind:
         an interactive client that pastes faster than the program reads is slowed

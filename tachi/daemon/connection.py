@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.daemon.inbox import FrameInbox
 from tachi.daemon.ops import OPERATIONS, RequestContext
 from tachi.errors import InvalidRequest, PermissionDenied, ProtocolError, TachiError
 
@@ -53,17 +54,30 @@ class Connection:
         self.attached: AttachedClient | None = None
         self.session: SessionRuntime | None = None
         self._greeted = False
+        self._stdin_busy = False
         self._last_denied_audit = 0.0
 
-    async def run(self, next_frame: NextFrame) -> None:
-        """Serve until the peer hangs up or breaks the protocol; always detaches."""
+    async def run(self, next_frame: NextFrame | FrameInbox) -> None:
+        """Serve until the peer hangs up or breaks the protocol; always detaches.
+
+        ``next_frame`` is an async callable returning the next frame (``None`` at
+        the end), or a :class:`~tachi.daemon.inbox.FrameInbox` that a protocol
+        feeds: keystrokes are then applied as they arrive (:meth:`stdin_now`).
+        """
+        if isinstance(next_frame, FrameInbox):
+            next_frame.bind(self)
+            next_frame = next_frame.next
         tasks: set[asyncio.Task[None]] = set()
         try:
             while (frame := await next_frame()) is not None:
                 if frame.channel == protocol.STDIN and self._greeted:
                     # Awaited here, so a paste faster than the program reads stops
                     # this loop reading: the client is slowed down, nothing is lost.
-                    await self._stdin(frame.payload)
+                    self._stdin_busy = True
+                    try:
+                        await self._stdin(frame.payload)
+                    finally:
+                        self._stdin_busy = False
                 else:
                     self._handle(frame, tasks)
         except ProtocolError as exc:
@@ -180,6 +194,23 @@ class Connection:
         self.send(reply)
 
     # -- attached streams -----------------------------------------------------------
+    def stdin_now(self, frame: protocol.Frame) -> bool:
+        """Apply a keystroke frame at once, if nothing calls for the slow path
+        (:meth:`_stdin`: errors, read-only denials, a program behind on its
+        input). Returns whether it did; if not, the frame goes through ``run``."""
+        if frame.channel != protocol.STDIN or not self._greeted or self._stdin_busy:
+            return False
+        client, session = self.attached, self.session
+        if client is None or session is None or client.read_only:
+            return False
+        try:
+            if not session.write_now(frame.payload):
+                return False
+        except TachiError:
+            return False  # ``run`` meets the same error and reports it
+        self.daemon.note_input(self.principal, session, frame.payload)
+        return True
+
     async def _stdin(self, data: bytes) -> None:
         client, session = self.attached, self.session
         if client is None or session is None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tachi.core.clients import AttachedClient, Wire
     from tachi.core.peer import Peer
     from tachi.core.session import SessionRuntime
+    from tachi.daemon.inbox import FrameInbox
     from tachi.models import SessionRequest
 
 log = logging.getLogger("tachi.daemon")
@@ -146,14 +147,17 @@ class Daemon:
     async def serve_connection(
         self,
         wire: Wire,
-        next_frame: Callable[[], Awaitable[protocol.Frame | None]],
+        next_frame: Callable[[], Awaitable[protocol.Frame | None]] | FrameInbox,
         *,
         peer: Peer | None = None,
         principal: Principal | None = None,
     ) -> None:
         """Serve one connection to its end.
 
-        Give ``peer`` to have the peer authenticated at the protocol's hello
+        ``next_frame`` pulls frames (an async callable, ``None`` at the end),
+        or is a :class:`~tachi.daemon.inbox.FrameInbox` that the transport's
+        protocol feeds. Give ``peer`` to have the peer authenticated at the
+        protocol's hello
         (with the token it may present there), or ``principal`` when the
         transport authenticated it already with :meth:`authenticate`.
         """

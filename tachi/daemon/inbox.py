@@ -1,0 +1,103 @@
+"""Frames pushed by a transport's ``data_received``, for one connection.
+
+A pull loop (``await next_frame()``) costs every keystroke a task wake-up: the
+bytes arrive in a protocol callback, and the connection's task only runs on
+the event loop's next turn. A transport built on ``asyncio.Protocol`` feeds a
+:class:`FrameInbox` instead: keystrokes for an attached session are written to
+its PTY inside that same callback, and everything else (requests, the hello,
+input while the program is not keeping up) is queued, in order, for the
+connection's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tachi import protocol
+from tachi.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from tachi.daemon.connection import Connection
+
+#: Frames queued for the connection's loop before the transport stops reading.
+QUEUE_HIGH = 64
+QUEUE_LOW = 16
+
+
+class FrameInbox:
+    """Decodes pushed bytes into frames; ``next`` hands them to ``Connection.run``.
+
+    ``pause``/``resume`` stop and restart reading the transport, so a peer
+    that sends faster than its requests are served is slowed, not buffered.
+    """
+
+    def __init__(
+        self,
+        pause: Callable[[], None],
+        resume: Callable[[], None],
+        max_payload: int = protocol.MAX_PAYLOAD,
+    ) -> None:
+        self._decoder = protocol.FrameDecoder(max_payload)
+        self._queue: deque[protocol.Frame] = deque()
+        self._pause, self._resume = pause, resume
+        self._paused = False
+        self._eof = False
+        self._error: ProtocolError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._connection: Connection | None = None
+
+    def bind(self, connection: Connection) -> None:
+        """Let ``connection`` take keystrokes straight from :meth:`feed`."""
+        self._connection = connection
+
+    def feed(self, data: bytes) -> None:
+        if self._error is not None or self._eof:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._error = exc
+            frames = []
+        connection = self._connection
+        for frame in frames:
+            # Only with nothing queued ahead of it, so input stays in order.
+            if not self._queue and connection is not None and connection.stdin_now(frame):
+                continue
+            self._queue.append(frame)
+        # A malformed frame ends the connection: nothing more is read.
+        if not self._paused and (self._error is not None or len(self._queue) >= QUEUE_HIGH):
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    async def next(self) -> protocol.Frame | None:
+        """The next queued frame; ``None`` at a clean end of stream. Raises
+        ``ProtocolError`` for a malformed frame or an end inside one."""
+        while not self._queue:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                if self._decoder.pending:
+                    raise ProtocolError("connection closed inside a frame")
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        frame = self._queue.popleft()
+        if self._paused and self._error is None and len(self._queue) <= QUEUE_LOW:
+            self._paused = False
+            self._resume()
+        return frame
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
