@@ -92,3 +92,28 @@ def test_a_crash_cut_file_reads_and_plays_after_repair(tmp_path):
     assert repair_cast(path) and path.read_bytes().endswith(b"\n")
     played = subprocess.run([ASCIINEMA, "cat", str(path)], capture_output=True, timeout=30)
     assert played.returncode == 0 and b"complete-event" in played.stdout
+
+
+# Every character but lone surrogates, which are not UTF-8 (the sink decodes
+# with "replace", so it never meets one).
+@given(st.text(st.characters(blacklist_categories=("Cs",)), max_size=400))
+def test_output_events_are_encoded_as_json_dumps_would(text):
+    from tachi.builtins.asciicast import json_string
+
+    assert json_string(text.encode()) == json.dumps(text, ensure_ascii=False).encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=12))
+def test_any_output_bytes_make_lines_json_reads_back_as_the_decoded_text(tmp_path_factory, chunks):
+    # ASCII goes straight to the byte encoder, anything else through the
+    # incremental UTF-8 decoder (invalid bytes become U+FFFD, a character cut
+    # between chunks is joined): the events must hold exactly that text.
+    path = tmp_path_factory.mktemp("cast") / "a.cast"
+    sink = _open(path)
+    for i, chunk in enumerate(chunks):
+        sink.output(chunk, i / 10)
+    sink.close()
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+    assert "".join(e[2] for e in events) == b"".join(chunks).decode("utf-8", "replace")
+    assert all(e[1] == "o" for e in events)

@@ -86,3 +86,24 @@ def test_a_send_past_the_input_limit_is_refused_whole(tachi_daemon):
     assert session["windows"][0]["inputPending"] == before
     assert session["state"] != "closed"
     tachi_daemon.run("close", s["id"], check=True)
+
+
+def test_a_paste_past_the_high_water_mark_arrives_whole_and_in_order(tachi_daemon, tmp_path):
+    # 600 KB outruns the 256 KiB the daemon lets pile up for a program: the
+    # keystrokes that came in while the queue was below the mark were applied
+    # as they arrived, the rest waited in the connection's loop. Nothing may be
+    # lost or overtake what came before it.
+    out = tmp_path / "pasted.txt"
+    reader = (
+        "stty -echo; echo READY;"
+        f" while IFS= read -r line; do printf '%s\\n' \"$line\"; done > {out}"
+    )
+    s = tachi_daemon.new("bash", "--norc", "--noprofile", "-c", reader)
+    child = spawn_attach(tachi_daemon, s["id"])
+    child.expect("READY")
+    paste = _lines(600 * 1024, "big")
+    child.send(paste)
+    data = _file_when_complete(out, len(paste))
+    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(paste.encode()).hexdigest()
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import time
 
 from tachi.core.pty import PtyChild
 
@@ -50,3 +51,28 @@ async def test_exit_code_and_output_are_all_delivered():
     )
     assert await asyncio.wait_for(done, 10) == 3
     assert out.endswith(b"last-words")
+
+
+async def test_a_flood_arrives_whole_in_callbacks_larger_than_one_pty_read():
+    # A PTY master hands out at most 4095 bytes per read. When more is queued
+    # (here: the loop was held up), one callback takes it all, up to 64 KiB.
+    sizes: list[int] = []
+    done = asyncio.get_running_loop().create_future()
+
+    def output(data: bytes) -> None:
+        if not sizes:
+            time.sleep(0.2)  # let the writer fill the PTY's buffers meanwhile
+        sizes.append(len(data))
+
+    PtyChild(
+        ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"],
+        env=dict(os.environ),
+        cwd=None,
+        rows=24,
+        cols=80,
+        on_output=output,
+        on_exit=done.set_result,
+    )
+    assert await asyncio.wait_for(done, 20) == 0
+    assert sum(sizes) == 1_000_000
+    assert max(sizes) > 4095

@@ -5,7 +5,10 @@ package) read only v2, and asciinema 3 still plays v2; v3 would lock out the
 older, widely installed players for no gain in what tachi records.
 
 Each event is one line, written and flushed at once, so a daemon killed with
-SIGKILL leaves every complete event readable.
+SIGKILL leaves every complete event readable. Output events, most of a
+recording's bytes, are encoded on bytes (:func:`json_string`): the same JSON
+``json.dumps`` writes, in a few fast passes rather than a character loop,
+without decoding text that is plain ASCII.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class AsciicastSink:
         record_input: bool,
     ) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        self._file = os.fdopen(fd, "wb")
         self._record_input = record_input
         # Output split across reads may cut a UTF-8 character: keep the partial
         # bytes until the rest arrives, per stream.
@@ -58,9 +61,12 @@ class AsciicastSink:
         return self._last_t
 
     def output(self, data: bytes, t: float) -> None:
-        text = self._out.decode(data)
-        if text:
-            self._event(t, "o", text)
+        if not (data.isascii() and not self._out.getstate()[0]):
+            # Invalid UTF-8 becomes U+FFFD; a character cut at the end waits.
+            data = self._out.decode(data).encode()
+        if data:
+            self._last_t = max(self._last_t, round(t, 6))
+            self._write(b"[%s, \"o\", %s]\n" % (repr(self._last_t).encode(), json_string(data)))
 
     def input(self, data: bytes, t: float) -> None:
         if self._record_input:
@@ -90,7 +96,9 @@ class AsciicastSink:
         self._line([self._last_t, code, data])
 
     def _line(self, value: Any) -> None:
-        line = json.dumps(value, ensure_ascii=False) + "\n"
+        self._write((json.dumps(value, ensure_ascii=False) + "\n").encode())
+
+    def _write(self, line: bytes) -> None:
         try:
             self._file.write(line)
             self._file.flush()
@@ -98,7 +106,30 @@ class AsciicastSink:
             # The file is unusable now; make every later call fail the same way.
             self._file.close()
             raise
-        self.size += len(line.encode())
+        self.size += len(line)
+
+
+_SHORT_ESCAPES = {0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0C: b"\\f", 0x0D: b"\\r"}
+#: How JSON writes each control character (as ``json.dumps`` does).
+_CONTROL_ESCAPES = {c: _SHORT_ESCAPES.get(c, b"\\u%04x" % c) for c in range(0x20)}
+_NOT_CONTROL = bytes(range(0x20, 0x100))
+
+
+def json_string(utf8: bytes) -> bytes:
+    """``utf8`` (valid UTF-8) as a JSON string, byte for byte what
+    ``json.dumps(utf8.decode(), ensure_ascii=False).encode()`` gives.
+
+    Works on the bytes: every byte JSON escapes is ASCII, and ASCII bytes never
+    occur inside a multi-byte UTF-8 character. One ``replace`` pass per kind of
+    character present, each at memory speed.
+    """
+    if b"\\" in utf8:
+        utf8 = utf8.replace(b"\\", b"\\\\")
+    if b'"' in utf8:
+        utf8 = utf8.replace(b'"', b'\\"')
+    for c in set(utf8.translate(None, _NOT_CONTROL)):
+        utf8 = utf8.replace(bytes((c,)), _CONTROL_ESCAPES[c])
+    return b'"' + utf8 + b'"'
 
 
 class AsciicastRecorder:
