@@ -114,3 +114,55 @@ def test_a_long_line_costs_only_its_last_rows():
     full = AvtScreen(80, 24)
     full.feed(line)
     assert s.lines() == full.lines() and s.cursor() == full.cursor()
+
+
+wrapped_line = st.text(st.sampled_from("abcdefghij é€ \t"), max_size=100)  # up to 3+ rows at 30
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prefix,
+    st.lists(wrapped_line, min_size=0, max_size=150),
+    st.sampled_from(["\r\n", "\n", "\r\n\r\n"]),
+    st.integers(0, 12),
+    st.integers(1, 400),
+    st.integers(64, 2000),
+)
+def test_compacting_pending_output_gives_the_same_screen_and_history(
+    pre, lines, sep, history, chunk, catch_up
+):
+    # A catch-up size of a few hundred bytes makes the lazy screen cut its
+    # pending output many times over (with wrapped lines, bare LFs, history),
+    # each time without parsing; the result must be what feeding it all gives.
+    rows, cols = 5, 30
+    text = sep.join(lines).encode()
+    full = AvtScreen(cols, rows, history)
+    full.feed(pre.encode() + text)
+    lazy = LazyScreen(AvtScreen(cols, rows, history), cols, rows, history, catch_up_bytes=catch_up)
+    lazy.feed(pre.encode())
+    lazy.catch_up()
+    for i in range(0, len(text), chunk):
+        lazy.feed(text[i : i + chunk])
+    assert lazy.lines() == full.lines()
+    assert lazy.cursor() == full.cursor()
+    assert lazy.history() == full.history()
+
+
+def test_a_plain_flood_is_not_parsed_until_someone_looks():
+    rows, cols, history = 50, 200, 2000
+    lazy = LazyScreen(AvtScreen(cols, rows, history), cols, rows, history)
+    full = AvtScreen(cols, rows, history)
+    flood = b"".join(b"%08d " % i + b"x" * 70 + b"\r\n" for i in range(150_000))  # ~12 MB
+    for i in range(0, len(flood), 4095):
+        lazy.feed(flood[i : i + 4095])
+    full.feed(flood)
+    assert lazy.parsed_bytes == 0
+    assert lazy.lines() == full.lines() and lazy.history() == full.history()
+    # Looking costs about the screen plus history, not the flood.
+    assert lazy.parsed_bytes < 2 * (rows + history + 1) * 81
+
+
+def test_c1_controls_are_not_plain_text():
+    # U+009B is CSI to the emulator: text holding it must be parsed, not cut.
+    data = b"".join(b"line-%d\r\n" % i for i in range(1000)) + "\u009b2J".encode()
+    assert plain_tail(data, rows=24) == data

@@ -43,43 +43,79 @@ class Screen(Protocol):
         screen) on a terminal of the same size, starting from any state."""
 
 
-#: Feed the emulator once this much output is pending, so memory stays bounded.
+#: Compact (or, failing that, feed) the pending output once this much piles up,
+#: so memory stays bounded.
 CATCH_UP_BYTES = 256 * 1024
-#: ... and at least this much per row of screen and history: the skip below must
-#: still parse every row that can stay visible or in the history, so batches of a
-#: few rows' worth would be parsed almost whole (measured: 2000 lines of history
-#: with 200-byte-per-row batches parsed 77% of a flood; 800 bytes per row, 20%).
+#: ... and at least this much per row of screen and history: what stays pending
+#: after compaction is about a line per row, so batches of a few rows' worth
+#: would compact to almost nothing gained.
 CATCH_UP_PER_ROW = 800
 # Bytes that cannot change terminal state beyond the cursor and the text itself.
 _PLAIN = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n\t\b\a"
 # One column each, never combining: a run of these wraps at every ``cols`` bytes.
 _ASCII = bytes(range(0x20, 0x7F))
+# U+0080-U+009F in UTF-8: C1 controls (U+009B is CSI), which are not plain.
+_C1 = re.compile(rb"\xc2[\x80-\x9f]")
 # DECSTBM with parameters: a scroll region, after which scrolling is no longer
 # whole-screen and the plain-text shortcut would be wrong.
 _SCROLL_REGION = re.compile(rb"\x1b\[(\d*;?\d*)r")
 
 
 class LazyScreen:
-    """Wraps a ``Screen`` and defers feeding it until the screen is needed."""
+    """Wraps a ``Screen`` and defers feeding it until the screen is needed.
 
-    def __init__(self, screen: Screen, cols: int, rows: int, history: int = 0) -> None:
+    Output piles up unparsed. When it reaches the catch-up size, the part that
+    provably cannot show on the screen or in the history is cut away
+    (:func:`plain_tail`) *without parsing anything*; only if that leaves more
+    than half the catch-up size (escape sequences, a scroll region) is the
+    emulator fed. A plain-text flood is then never parsed while nobody looks,
+    and whoever looks (attach, capture, wait) pays for the last screenful or so.
+    """
+
+    def __init__(
+        self,
+        screen: Screen,
+        cols: int,
+        rows: int,
+        history: int = 0,
+        *,
+        catch_up_bytes: int | None = None,
+    ) -> None:
         self._screen = screen
         #: Lines of scrollback to keep: the skip logic must not drop them.
         self.history_lines = history
-        self._catch_up_at = max(CATCH_UP_BYTES, CATCH_UP_PER_ROW * (rows + history))
+        self._fixed_catch_up = catch_up_bytes
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self.cols = cols
         self.rows = rows
+        self._catch_up_at = self._catch_up_size()
         self._scroll_region = False
         #: Bytes the emulator never had to parse thanks to :func:`plain_tail`.
         self.skipped_bytes = 0
+        #: Bytes the emulator parsed.
+        self.parsed_bytes = 0
+
+    def _catch_up_size(self) -> int:
+        if self._fixed_catch_up is not None:
+            return self._fixed_catch_up
+        return max(CATCH_UP_BYTES, CATCH_UP_PER_ROW * (self.rows + self.history_lines))
 
     def feed(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= self._catch_up_at:
-            self.catch_up()
+            self._compact()
+
+    def _compact(self) -> None:
+        data = self._skip(b"".join(self._pending))
+        if len(data) * 2 <= self._catch_up_at:
+            self._pending = [data]
+            self._pending_bytes = len(data)
+        else:
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._parse(data)
 
     def catch_up(self) -> None:
         """Bring the emulator up to date with everything pending, in one call."""
@@ -88,21 +124,27 @@ class LazyScreen:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
-        if not self._scroll_region:
-            # What scrolls into the history must be parsed too.
-            tail = plain_tail(data, self.rows + self.history_lines, self.cols)
-            self.skipped_bytes += len(data) - len(tail)
-            data = tail
+        self._parse(self._skip(data))
+
+    def _skip(self, data: bytes) -> bytes:
+        if self._scroll_region:
+            return data
+        tail = plain_tail(data, self.rows, self.cols, self.history_lines)
+        self.skipped_bytes += max(0, len(data) - len(tail))
+        return tail
+
+    def _parse(self, data: bytes) -> None:
         if b"\x1b" in data:
             for m in _SCROLL_REGION.finditer(data):
                 self._scroll_region = m.group(1) not in (b"", b";")
+        self.parsed_bytes += len(data)
         self._screen.feed(data)
 
     def resize(self, cols: int, rows: int) -> None:
         # Output produced before the resize was laid out at the old size.
         self.catch_up()
         self.cols, self.rows = cols, rows
-        self._catch_up_at = max(CATCH_UP_BYTES, CATCH_UP_PER_ROW * (rows + self.history_lines))
+        self._catch_up_at = self._catch_up_size()
         self._screen.resize(cols, rows)
 
     def lines(self) -> list[str]:
@@ -131,22 +173,32 @@ class LazyScreen:
         return self._screen.ansi()
 
 
-def plain_tail(data: bytes, rows: int, cols: int = 0) -> bytes:
-    """The part of ``data`` that decides the final screen, when that is provable.
+def plain_tail(data: bytes, rows: int, cols: int = 0, history: int = 0) -> bytes:
+    """A stream that leaves the same screen and history as ``data``, shorter when
+    that is provable; only valid without a scroll region.
 
-    If ``data`` is plain text (no escape sequences, no control characters but CR,
-    LF, TAB, BS, BEL) and, after a CR LF, still has at least ``2 * rows + 2`` line
-    feeds, then everything before that CR LF scrolls off the screen: it can change
-    neither the pen (no escapes) nor any visible cell. Returns the tail from that
-    CR LF on, else ``data`` unchanged. Only valid without a scroll region.
+    Lines: if ``data`` is plain text (no escape sequences, no control characters
+    but CR, LF, TAB, BS, BEL) with at least ``rows`` line feeds before some
+    CR LF and ``rows + history + 1`` from it on, then the cursor is on the
+    bottom row at that CR LF, and what comes after it scrolls everything
+    before out of the screen and the history. The result is ``rows`` line
+    feeds (which bring the emulator's cursor to the bottom row too, wherever
+    it was) and the rest of ``data`` from that CR LF.
 
-    With ``cols``, a last line of printable ASCII longer than ``rows + 2`` screen
-    rows (``base64 -w 0``) is cut too: by whole multiples of ``cols`` bytes from
-    its start, which keeps every later byte in the same column and row phase,
-    while what is cut wraps into rows that scroll off.
+    Long lines: with ``cols``, a last line of printable ASCII longer than
+    ``rows + history + 2`` screen rows (``base64 -w 0``) is cut by whole
+    multiples of ``cols`` bytes from its start, which keeps every later byte in
+    the same column and row phase, while what is cut wraps into rows that
+    scroll away.
     """
-    data = _plain_lines_tail(data, rows)
-    return _long_line_tail(data, rows, cols) if cols else data
+    data = _plain_lines_tail(data, rows, history)
+    return _long_line_tail(data, rows + history, cols) if cols else data
+
+
+def _is_plain(data: bytes) -> bool:
+    if data.translate(None, _PLAIN):
+        return False
+    return not (b"\xc2" in data and _C1.search(data))
 
 
 def _long_line_tail(data: bytes, rows: int, cols: int) -> bytes:
@@ -154,17 +206,17 @@ def _long_line_tail(data: bytes, rows: int, cols: int) -> bytes:
     keep = (rows + 2) * cols
     if len(data) - start <= keep + cols:
         return data
-    if data.translate(None, _PLAIN) or data[start:].translate(None, _ASCII):
+    if not _is_plain(data) or data[start:].translate(None, _ASCII):
         return data
     drop = (len(data) - start - keep) // cols * cols
     return data[:start] + data[start + drop :]
 
 
-def _plain_lines_tail(data: bytes, rows: int) -> bytes:
-    needed = 2 * rows + 2
-    if len(data) < 8 * needed or data.count(b"\n") <= needed:
+def _plain_lines_tail(data: bytes, rows: int, history: int) -> bytes:
+    needed = rows + history + 1
+    if len(data) < 4 * (needed + rows) or data.count(b"\n") <= needed + rows:
         return data
-    if data.translate(None, _PLAIN):
+    if not _is_plain(data):
         return data
     cut = len(data)
     for _ in range(needed):
@@ -172,6 +224,6 @@ def _plain_lines_tail(data: bytes, rows: int) -> bytes:
         if cut <= 0:
             return data
     cut = data.rfind(b"\r\n", 0, cut)
-    if cut <= 0:
+    if cut <= 0 or data.count(b"\n", 0, cut) < rows:
         return data
-    return data[cut:]
+    return b"\n" * rows + data[cut:]
