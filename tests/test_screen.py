@@ -119,23 +119,37 @@ def test_a_long_line_costs_only_its_last_rows():
 wrapped_line = st.text(st.sampled_from("abcdefghij é€ \t"), max_size=100)  # up to 3+ rows at 30
 
 
+suffix = st.sampled_from(
+    [
+        "",
+        "\x1b[3A\x1b[2Kup",
+        "\x1b[H\x1b[2J",
+        "\x1b[?1049hALT",
+        "\x1b[31mred\x1b[0m\r\nmore",
+        "\x1bM",
+    ]
+)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     prefix,
     st.lists(wrapped_line, min_size=0, max_size=150),
     st.sampled_from(["\r\n", "\n", "\r\n\r\n"]),
+    suffix,
     st.integers(0, 12),
     st.integers(1, 400),
     st.integers(64, 2000),
 )
 def test_compacting_pending_output_gives_the_same_screen_and_history(
-    pre, lines, sep, history, chunk, catch_up
+    pre, lines, sep, post, history, chunk, catch_up
 ):
     # A catch-up size of a few hundred bytes makes the lazy screen cut its
-    # pending output many times over (with wrapped lines, bare LFs, history),
-    # each time without parsing; the result must be what feeding it all gives.
+    # pending output many times over (with wrapped lines, bare LFs, history,
+    # escape sequences after the text), each time without parsing; the result
+    # must be what feeding it all gives.
     rows, cols = 5, 30
-    text = sep.join(lines).encode()
+    text = (sep.join(lines) + post).encode()
     full = AvtScreen(cols, rows, history)
     full.feed(pre.encode() + text)
     lazy = LazyScreen(AvtScreen(cols, rows, history), cols, rows, history, catch_up_bytes=catch_up)
@@ -166,3 +180,32 @@ def test_c1_controls_are_not_plain_text():
     # U+009B is CSI to the emulator: text holding it must be parsed, not cut.
     data = b"".join(b"line-%d\r\n" % i for i in range(1000)) + "\u009b2J".encode()
     assert plain_tail(data, rows=24) == data
+
+
+def test_output_with_escapes_is_parsed_in_small_batches_and_plain_text_is_not():
+    # A redraw flood cannot be cut: it is fed to the emulator in batches of
+    # ESCAPED_CATCH_UP_BYTES (a millisecond or so each), never the whole
+    # catch-up size at once; once plain text follows, it piles up unparsed again.
+    from tachi.core.screen import ESCAPED_CATCH_UP_BYTES
+
+    rows, cols, history = 50, 200, 2000
+    fed: list[int] = []
+
+    class Counting(AvtScreen):
+        def feed(self, data: bytes) -> None:
+            fed.append(len(data))
+            super().feed(data)
+
+    lazy = LazyScreen(Counting(cols, rows, history), cols, rows, history)
+    frame = b"".join(b"\x1b[%d;1H\x1b[3%dm" % (r + 1, r % 8) + b"y" * 199 for r in range(rows))
+    for _ in range(200):  # ~2 MB
+        lazy.feed(frame)
+    assert fed and max(fed) < ESCAPED_CATCH_UP_BYTES + len(frame)
+    fed.clear()
+    plain = b"".join(b"%08d " % i + b"x" * 70 + b"\r\n" for i in range(60_000))
+    for i in range(0, len(plain), 4095):
+        lazy.feed(plain[i : i + 4095])
+    assert sum(fed) < 2 * ESCAPED_CATCH_UP_BYTES  # at most the switch-over batch
+    full = AvtScreen(cols, rows, history)
+    full.feed(frame * 200 + plain)
+    assert lazy.lines() == full.lines() and lazy.history() == full.history()
