@@ -32,10 +32,13 @@ class DaemonProcess:
         config: str | None = None,
         *,
         address_space: int | None = None,
+        open_files: tuple[int, int] | None = None,
     ) -> None:
         """``address_space`` caps the daemon's virtual memory (``RLIMIT_AS``, bytes),
-        like ``prlimit --as``, to test how it behaves when memory runs out."""
+        like ``prlimit --as``, to test how it behaves when memory runs out;
+        ``open_files`` sets its (soft, hard) ``RLIMIT_NOFILE``, like ``prlimit -n``."""
         self.address_space = address_space
+        self.open_files = open_files
         self.home = home
         self.socket = home / "s.sock"
         self.uid = os.getuid()
@@ -52,11 +55,13 @@ class DaemonProcess:
         self.log = home / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def _limit_memory(self) -> None:
+    def _set_limits(self) -> None:
         import resource
 
-        assert self.address_space is not None
-        resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+        if self.address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.address_space, self.address_space))
+        if self.open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     @property
     def state_dir(self) -> Path:
@@ -68,7 +73,7 @@ class DaemonProcess:
             [sys.executable, "-m", "tachi.daemon.server", "--socket", str(self.socket)],
             env=self.env,
             stdin=subprocess.DEVNULL,
-            preexec_fn=self._limit_memory if self.address_space else None,
+            preexec_fn=self._set_limits if self.address_space or self.open_files else None,
             stdout=log,
             stderr=log,
             start_new_session=True,

@@ -26,7 +26,7 @@ from tachi.core.principal import Principal
 from tachi.core.screen_budget import ScreenBudget, default_limit
 from tachi.core.session import SessionEvents, SessionRuntime
 from tachi.core.store import SessionStore
-from tachi.errors import Conflict, InvalidRequest, NotFound
+from tachi.errors import Conflict, InvalidRequest, NotFound, TachiError
 from tachi.gotime import format_duration, now_ns
 from tachi.models import CloseReason, Session, SessionFilter, SessionRequest, SessionState
 
@@ -145,10 +145,12 @@ class SessionManager:
         self.emit(session, "created", {"command": command, "state": str(info.state)})
         try:
             session.mux.new_window(command)
-        except (FileNotFoundError, PermissionError, OSError) as exc:
+        except (FileNotFoundError, PermissionError, OSError, TachiError) as exc:
             del self.sessions[session_id]
             self.store.delete(session_id)
             self.emit(session, "closed", {"reason": "not-started", "exitCode": None})
+            if isinstance(exc, TachiError):
+                raise  # e.g. out of descriptors: its own message says what to do
             raise InvalidRequest(f"cannot start {command[0]!r}: {_reason(exc)}") from None
         info.state = SessionState.SUSPENDED
         self.store.save(session.to_model())

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 
 from ptyprocess import PtyProcess
 
+from tachi.core import fd_limits
+
 READ_SIZE = 64 * 1024
 #: A PTY master hands out at most its line discipline's buffer (4095 bytes) per
 #: read, however much is queued behind it: a read this long means more may wait.
@@ -37,7 +39,7 @@ def default_signals() -> None:
     Python ignores SIGPIPE, and the daemon may have been started with SIGINT
     ignored (by a job-control-less shell or a test runner); exec keeps ignored
     signals ignored, so `yes | head` would spin on EPIPE and Ctrl-C would do
-    nothing.
+    nothing. The open-file limit, too, is the one the daemon started with.
     """
     for sig in (
         signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
@@ -45,6 +47,7 @@ def default_signals() -> None:
     ):  # fmt: skip
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    fd_limits.restore_in_child()
 
 
 class PtyChild:
@@ -68,8 +71,10 @@ class PtyChild:
         on_output: Callable[[bytes], None],
         on_exit: Callable[[int], None],
     ) -> None:
-        """Spawn ``argv``. Raises ``FileNotFoundError`` if the command does not exist
-        and ``OSError`` if the PTY or fork fails."""
+        """Spawn ``argv``. Raises ``FileNotFoundError`` if the command does not exist,
+        ``OSError`` if the PTY or fork fails, and ``Conflict`` if the daemon is
+        too close to its open-file limit."""
+        fd_limits.check_headroom()
         self._proc = PtyProcess.spawn(
             list(argv), env=env, cwd=cwd, dimensions=(rows, cols), preexec_fn=default_signals
         )

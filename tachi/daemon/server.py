@@ -425,6 +425,9 @@ class Daemon:
 
 async def serve(config: config_mod.Config) -> None:
     """Run a daemon until it is stopped (used by ``tachid`` and ``tachi daemon start``)."""
+    from tachi.core import fd_limits
+
+    fd_limits.raise_limit()
     daemon = Daemon(config, make_plugin_manager())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,69 @@
+"""The daemon's open-file limit: raised for itself, kept in reserve, and given
+back to the programs it starts.
+
+Every window holds descriptors (its PTY, a pidfd), every client a socket. A
+daemon that runs out cannot even accept a connection to say why: clients
+would hang. So it raises its soft ``RLIMIT_NOFILE`` to the hard limit at start
+(as service managers do), refuses a new window while fewer than
+``FD_RESERVE`` descriptors would be left, and puts the original soft limit
+back in each child, where large limits break programs that use ``select()``
+or close every descriptor up to the limit.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+from tachi.errors import Conflict
+
+#: Descriptors kept free for connections, the store, the audit log and spawning.
+FD_RESERVE = 64
+#: Descriptors a new window may take while it starts (PTY pair, pidfd, the
+#: pipe ptyprocess reports exec errors through).
+FDS_PER_WINDOW = 6
+#: The soft limit the daemon started with, for its children.
+_inherited: tuple[int, int] | None = None
+
+
+def raise_limit() -> int:
+    """Raise the soft open-file limit to the hard one; returns the new soft limit."""
+    global _inherited
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if _inherited is None:
+        _inherited = (soft, hard)
+    # An unlimited hard limit is rare; cap what we ask for at the kernel's default
+    # per-process maximum rather than requesting infinity.
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def restore_in_child() -> None:
+    """In a child before exec: the open-file limit the daemon was started with."""
+    if _inherited is not None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, _inherited)
+
+
+def open_count() -> int:
+    """Descriptors this process has open now."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def check_headroom(windows: int = 1) -> None:
+    """Raise ``Conflict`` if starting ``windows`` more windows would leave fewer
+    than ``FD_RESERVE`` descriptors free."""
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return
+    used = open_count()
+    if used + windows * FDS_PER_WINDOW + FD_RESERVE > limit:
+        raise Conflict(
+            f"the daemon has {used} of its {limit} open files in use: close sessions,"
+            " or start it with a higher limit (ulimit -n)"
+        )
