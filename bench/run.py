@@ -1,24 +1,35 @@
-"""tachi vs tmux vs a raw PTY, side by side in one run.
+"""tachi vs tmux vs dtach vs a raw PTY, side by side in one run.
 
 Each metric is measured round by round with the systems interleaved, so noise
 on this (2-core, shared) machine hits all of them alike. Reported: median, min,
-max over rounds and the ratio to tmux. Nothing here asserts a timing.
+max over rounds and the ratio to tmux. Nothing here asserts a timing. dtach
+(a pass-through with no screen of its own: the floor for a session server) is
+measured when it is installed, and skipped with a note when it is not.
 
-    .venv/bin/python bench/run.py [--quick] [--rounds N] [--only a,b] [--json PATH]
+    .venv/bin/python bench/run.py [--quick] [--rounds N] [--only a,b] [--mib N]
+        [--json PATH] [--markdown PATH] [--scale-sessions N] [--scale-clients N]
+
+``--only scale`` (not in the default set: it is slow) creates 1000 idle
+sessions in tachi and in tmux, attaches 50 clients and times ``ls``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
+import resource
 import select
+import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +45,11 @@ ECHO_PROGRAM = (
     "import os,sys,tty; tty.setraw(0); os.write(1, b'ready'); "
     "exec('while True:\\n d = os.read(0, 64)\\n if not d: break\\n os.write(1, d)')"
 )
+DTACH = shutil.which("dtach")
+#: What ``dtach -a`` writes once connected (it clears the screen): the client is attached.
+DTACH_ATTACHED = b"\x1b[H\x1b[J"
+#: The systems of the throughput and echo benchmarks, in table order.
+SYSTEMS = ["raw", "tmux", "dtach", "tachi"]
 
 
 # -- plumbing ------------------------------------------------------------------------
@@ -76,9 +92,21 @@ class Env:
     def tmux_pid(self) -> int:
         return int(self.tmux_cmd("display", "-p", "#{pid}").strip())
 
+    def dtach_socket(self, name: str) -> Path:
+        return self.dir / f"{name}.dtach"
+
     def close(self) -> None:
-        subprocess.run([*self.tmux, "kill-server"], env=self.env, capture_output=True)
-        subprocess.run([*TACHI, "daemon", "stop"], env=self.env, capture_output=True)
+        # Bounded: a daemon holding 1000 sessions (``scale``) takes a while to stop.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [*self.tmux, "kill-server"], env=self.env, capture_output=True, timeout=60
+            )
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(
+                [*TACHI, "daemon", "stop"], env=self.env, capture_output=True, timeout=120
+            )
+        for socket in dtach_masters(self.dir):
+            stop_dtach(socket)
         if not os.environ.get("TACHI_BENCH_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -110,11 +138,96 @@ def kill(proc: PtyProcess) -> None:
         proc.close(force=True)
 
 
+def dtach_masters(where: Path) -> dict[Path, int]:
+    """The dtach masters (``dtach -n SOCKET ...``) whose socket is in ``where``, by
+    socket: they detach from us at start, so /proc is the only way back to them."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and argv[0].endswith(b"dtach") and argv[1] == b"-n":
+            socket = Path(os.fsdecode(argv[2]))
+            if socket.parent == where:
+                found[socket] = int(proc.name)
+    return found
+
+
+def stop_dtach(socket: Path) -> None:
+    """Kill the dtach master of ``socket`` and its program (the master's child leads
+    a session and process group of its own), then remove the socket."""
+    pid = dtach_masters(socket.parent).get(socket)
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            for child in children:
+                with contextlib.suppress(OSError):
+                    os.killpg(int(child), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    socket.unlink(missing_ok=True)
+
+
+class Drain:
+    """Reads a client's terminal on a thread until stopped, counting bytes: the
+    consumer of a flood, so that the flood really goes through the server to a
+    client while the main thread measures something else."""
+
+    def __init__(self, fd: int, limit: float = 600) -> None:
+        self.fd, self.bytes = fd, 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + limit
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                if select.select([self.fd], [], [], 0.2)[0]:
+                    chunk = os.read(self.fd, 1 << 16)
+                    if not chunk:
+                        return
+                    self.bytes += len(chunk)
+            except (OSError, ValueError):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS"):
             return int(line.split()[1])
     return 0
+
+
+def fd_limit(pid: int) -> int:
+    """The soft open-file limit process ``pid`` runs with (/proc/PID/limits)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    return 0
+
+
+def raise_nofile() -> int:
+    """Lift our open-file soft limit to the hard one, before a daemon or tmux server
+    is started: they inherit it, and 1000 sessions need 2000+ descriptors (a PTY and
+    a pidfd or pipe each, plus every client). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -128,7 +241,26 @@ def stats(samples: list[float]) -> dict[str, float]:
 
 # -- benchmarks ------------------------------------------------------------------------
 def new_session(env: Env, system: str, name: str, command: str, record: bool = False) -> list[str]:
-    """Start ``command`` detached in a 200x50 session; returns the attach command."""
+    """Start ``command`` detached in a 200x50 session; returns the attach command.
+
+    A dtach session keeps no screen, so what its program prints before a client
+    attaches is lost: its command first waits for one line, the gate that
+    ``session_and_client`` opens once the client is attached. Nor does dtach size
+    its PTY when started detached (and ``-r none`` keeps the client's size from
+    it), so the command sets 200x50 itself first."""
+    if system == "dtach":
+        socket = env.dtach_socket(name)
+        gated = f"stty rows {ROWS} cols {COLS}; read -r _; {command}"
+        subprocess.run(
+            ["dtach", "-n", str(socket), "-E", "bash", "--norc", "-c", gated],
+            env=env.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        )
+        # No detach character, no suspend key, no redraw on attach: a pure pipe.
+        return ["dtach", "-a", str(socket), "-E", "-z", "-r", "none"]
     if system == "tmux":
         env.tmux_cmd("new-session", "-d", "-s", name, "-x", str(COLS), "-y", str(ROWS), command)
         return [*env.tmux, "attach", "-t", name]
@@ -147,15 +279,26 @@ def session_and_client(
         proc = spawn(["bash", "--norc", "-c", command], env.env)
         return proc, lambda line: proc.write(line.encode())
     proc = spawn(new_session(env, system, name, command, record), env.env)
+    if system == "dtach":
+        # dtach forwards the client's input: typing is writing to its PTY, as raw.
+        drain_until(proc, DTACH_ATTACHED, 15)
+        proc.write(b"\n")  # open the gate (see new_session)
+        return proc, lambda line: proc.write(line.encode())
     if system == "tmux":
         return proc, lambda line: env.tmux_cmd("send-keys", "-t", name, "-l", line)
     return proc, lambda line: env.tachi("send", name, "--literal", line)
 
 
 def end_session(env: Env, system: str, name: str, proc: PtyProcess) -> None:
+    if system == "raw":
+        # The whole process group: a flood's `cat` must not outlive its shell.
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGKILL)
     kill(proc)
     if system == "tmux":
-        subprocess.run([*env.tmux, "kill-session", "-t", name], capture_output=True)
+        subprocess.run([*env.tmux, "kill-session", "-t", name], capture_output=True, timeout=30)
+    elif system == "dtach":
+        stop_dtach(env.dtach_socket(name))
     elif system.startswith("tachi"):
         env.tachi("close", name, check=False)
 
@@ -257,9 +400,10 @@ def transport_main(
     return 0
 
 
-def echo_round_trips(proc: PtyProcess, keys: int) -> dict[str, float]:
+def echo_round_trips(proc: PtyProcess, keys: int, timeout: float = 10) -> dict[str, float]:
     """Type ``keys`` single keys into a client showing an echo program; p50/p99 ms
-    from each write to its echo coming back."""
+    from each write to its echo coming back. An echo slower than ``timeout``
+    seconds ends the run with TimeoutError."""
     samples = []
     for i in range(keys):
         key = b"abcdefghij"[i % 10 : i % 10 + 1]
@@ -267,21 +411,37 @@ def echo_round_trips(proc: PtyProcess, keys: int) -> dict[str, float]:
         os.write(proc.fd, key)
         got = b""
         while key not in got:
-            select.select([proc.fd], [], [], 5)
-            got += os.read(proc.fd, 4096)
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"no echo of key {i} within {timeout} s")
+            if select.select([proc.fd], [], [], 1)[0]:
+                got += os.read(proc.fd, 4096)
         samples.append((time.perf_counter() - t0) * 1000)
     q = statistics.quantiles(samples, n=100)
     return {"p50_ms": statistics.median(samples), "p99_ms": q[98]}
 
 
+def wall_ms(argv: list[str], env: dict[str, str], timeout: float = 30, check: bool = True) -> float:
+    """Wall time of running ``argv`` to completion, in ms; output discarded. Bounded
+    by a watchdog that kills it after ``timeout`` s, not by ``subprocess.run(timeout=)``,
+    which polls with a doubling sleep and so rounds every sample up to the next
+    0.5 * (2**k - 1) ms (15.5, 31.5, 63.5, ...)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        status = proc.wait()
+    finally:
+        watchdog.cancel()
+    ms = (time.perf_counter() - t0) * 1000
+    if check and status:
+        raise subprocess.CalledProcessError(status, argv)
+    return ms
+
+
 def median_wall_ms(argv: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
     """Median wall time of running ``argv`` to completion, ``runs`` times."""
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(argv, env=env, capture_output=True, check=True, timeout=30)
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {"ms": statistics.median(samples)}
+    return {"ms": statistics.median(wall_ms(argv, env) for _ in range(runs))}
 
 
 def print_table(results: dict[str, Any], metrics: list[tuple[str, list[str]]]) -> None:
@@ -299,8 +459,8 @@ def print_table(results: dict[str, Any], metrics: list[tuple[str, list[str]]]) -
                     print(f"{bench:10} {key:14} {system:8} error: {data['samples']}")
 
 
-def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
-    name = f"ec{rnd}{system}"
+def bench_echo(env: Env, system: str, rnd: int, keys: int, prefix: str = "ec") -> dict[str, float]:
+    name = f"{prefix}{rnd}{system}"
     proc, _ = session_and_client(env, system, name, f'{PY} -c "{ECHO_PROGRAM}"')
     try:
         drain_until(proc, b"ready", 15)
@@ -310,6 +470,31 @@ def bench_echo(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
         return echo_round_trips(proc, keys)
     finally:
         end_session(env, system, name, proc)
+
+
+def bench_echo_load(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
+    """Echo as in ``bench_echo`` while a second session of the same system floods
+    output (the payload ``cat`` in a loop) to an attached client of its own, drained
+    on a thread: typing next to a build log. ``flood_mib_s`` is what that client
+    received meanwhile, so a system that keeps its echo fast by starving the flood
+    shows it. The flood is stopped and cleaned after each sample."""
+    name = f"fl{rnd}{system}"
+    flood, _ = session_and_client(env, system, name, f"while :; do cat {env.data}; done")
+    drain = Drain(flood.fd)
+    try:
+        deadline = time.monotonic() + 10
+        while drain.bytes < 1 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if drain.bytes < 1 << 20:
+            raise RuntimeError(f"the flood's client got {drain.bytes} bytes in 10 s")
+        time.sleep(0.3)
+        before, t0 = drain.bytes, time.perf_counter()
+        result = bench_echo(env, system, rnd, keys, prefix="el")
+        flood_bytes = drain.bytes - before
+        return result | {"flood_mib_s": flood_bytes / (time.perf_counter() - t0) / 2**20}
+    finally:
+        drain.stop()
+        end_session(env, system, name, flood)
 
 
 def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
@@ -454,6 +639,133 @@ def bench_switch(env: Env, system: str, switches: int) -> dict[str, float]:
         end_session(env, system, name, proc)
 
 
+class ScaleOps:
+    """What ``bench_scale`` does to one system: create idle session ``i``, the argv
+    of a client attaching to it, how many clients the server counts on sessions
+    ``0..n-1``, the server's pid, and the listing commands to time."""
+
+    def __init__(self, env: Env, system: str) -> None:
+        self.env, self.system = env, system
+        self.listing: dict[str, list[str]]
+        if system == "tmux":
+            self.listing = {"ls": [*env.tmux, "ls"]}
+            self.client: Any = None
+        else:
+            sys.path.insert(0, str(ROOT))
+            from tachi.client.sync import Client
+
+            self.client = Client(env.env["TACHI_SOCKET"], autostart=False)
+            tachi = str(Path(PY).parent / "tachi")
+            self.listing = {"ls": [tachi, "ls"], "ls_json": [tachi, "ls", "--json"]}
+
+    def create(self, i: int) -> None:
+        if self.client is None:
+            self.env.tmux_cmd("new-session", "-d", "-s", f"scale{i}", "sleep 3600")
+        else:
+            from tachi.models import SessionRequest
+
+            self.client.create(SessionRequest(name=f"scale{i}", command=["sleep", "3600"]))
+
+    def attach_argv(self, i: int) -> list[str]:
+        if self.client is None:
+            return [*self.env.tmux, "attach", "-t", f"scale{i}"]
+        return [*TACHI, "attach", f"scale{i}"]
+
+    def attached(self, n: int) -> int:
+        if self.client is None:
+            return len(self.env.tmux_cmd("list-clients").splitlines())
+        return sum(len(self.client.clients(f"scale{i}")) for i in range(n))
+
+    def pid(self) -> int:
+        return self.env.tmux_pid() if self.client is None else self.env.daemon_pid()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
+
+
+def bench_scale(env: Env, system: str, sessions: int, clients: int) -> dict[str, Any]:
+    """``sessions`` idle ``sleep`` sessions (tachi through the Python API, tmux with
+    ``new-session -d``), then ``clients`` real attached clients on PTYs: the create
+    rate, ``ls`` whole-process latency (median of 10) at 1 session and at all of
+    them, and the server's RSS per session and per client. A server that fails
+    part way gives the count it reached and its error, not a crash."""
+    ops = ScaleOps(env, system)
+    out: dict[str, Any] = {}
+    procs: list[PtyProcess] = []
+    try:
+        ops.create(0)
+        pid = ops.pid()
+        out["fd_limit"] = fd_limit(pid)
+        for key, argv in ops.listing.items():
+            out[f"{key}_1_ms"] = median_wall_ms(argv, env.env, 10)["ms"]
+        time.sleep(0.5)
+        base = rss_kib(pid)
+        made, t0 = 1, time.perf_counter()
+        deadline = t0 + 600
+        try:
+            for i in range(1, sessions):
+                if time.perf_counter() > deadline:
+                    raise TimeoutError("creation still running after 600 s")
+                ops.create(i)
+                made += 1
+        except Exception as exc:
+            out["error"] = f"at session {made + 1}: {type(exc).__name__}: {exc}"[:300]
+        seconds = time.perf_counter() - t0
+        out["sessions"] = made
+        if made > 1:
+            out["create_per_s"] = (made - 1) / seconds
+        time.sleep(0.5)
+        total = rss_kib(pid)
+        out |= {"rss_1_kib": base, "rss_kib": total}
+        out["kib_per_session"] = (total - base) / max(made - 1, 1)
+        for i in range(min(clients, made)):
+            procs.append(spawn(ops.attach_argv(i), env.env))
+        deadline = time.monotonic() + 60
+        while ops.attached(len(procs)) < len(procs) and time.monotonic() < deadline:
+            if not any(proc.isalive() for proc in procs):
+                break  # every client gave up: the server refused them
+            time.sleep(0.2)
+        for proc in procs:  # what each client drew on attach
+            while select.select([proc.fd], [], [], 0)[0] and os.read(proc.fd, 1 << 16):
+                pass
+        out["clients"] = ops.attached(len(procs))
+        time.sleep(0.5)
+        with_clients = rss_kib(pid)
+        out["rss_clients_kib"] = with_clients
+        if out["clients"]:
+            out["kib_per_client"] = (with_clients - total) / out["clients"]
+        for key, argv in ops.listing.items():
+            out[f"{key}_ms"] = median_wall_ms(argv, env.env, 10)["ms"]
+        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except Exception as exc:
+        out["error"] = (out.get("error", "") + f" then {type(exc).__name__}: {exc}")[:400]
+    finally:
+        for proc in procs:
+            kill(proc)
+        ops.close()
+    return out
+
+
+def run_scale(sessions: int, clients: int) -> dict[str, Any]:
+    """``bench_scale`` for tmux then tachi, each on a fresh server started after
+    the open-file limit is raised (they inherit it)."""
+    limit = raise_nofile()
+    print(f"scale: open-file limit {limit}; {sessions} sessions, {clients} clients")
+    per: dict[str, Any] = {}
+    for system in ["tmux", "tachi"]:
+        fresh = Env()
+        try:
+            if system == "tachi":
+                fresh.tachi("daemon", "start")
+            per[system] = bench_scale(fresh, system, sessions, clients)
+        except Exception as exc:
+            per[system] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        finally:
+            fresh.close()
+    return per
+
+
 # -- driver --------------------------------------------------------------------------------
 def interleaved(
     rounds: int, systems: list[str], fn: Callable[[str, int], dict[str, float]]
@@ -484,28 +796,30 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: throughput,shapes,echo,attach,startup,sessions,switch,recording,"
-        "idle",
+        help="comma-separated: throughput,shapes,echo,echo-load,attach,startup,sessions,switch,"
+        "recording,idle; and scale (slow: never in the default set)",
     )
+    parser.add_argument(
+        "--mib", type=int, default=None, help="throughput payload in MiB (default 64, --quick 4)"
+    )
+    parser.add_argument("--scale-sessions", type=int, default=1000, help="for --only scale")
+    parser.add_argument("--scale-clients", type=int, default=50, help="for --only scale")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--markdown", metavar="PATH", help="also write a Markdown table here")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     only = set(filter(None, args.only.split(",")))
-    want = lambda name: not only or name in only  # noqa: E731
+    want = lambda name: (not only and name != "scale") or name in only  # noqa: E731
+    systems = SYSTEMS if DTACH else [s for s in SYSTEMS if s != "dtach"]
+    if not DTACH:
+        print("dtach is not installed: not measured (apt-get install dtach)")
     env = Env()
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "tmux": subprocess.run(["tmux", "-V"], capture_output=True, text=True).stdout.strip(),
-        },
-        "quick": args.quick,
-        "rounds": rounds,
-    }
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "rounds": rounds}
     try:
-        size_mib = 4 if args.quick else 64
+        size_mib = args.mib or (4 if args.quick else 64)
+        results["mib"] = size_mib
         subprocess.run(
-            f"head -c {size_mib * 3 // 4 * 2**20} /dev/urandom | base64 > {env.data}",
+            f"head -c {size_mib * 2**20 * 3 // 4} /dev/urandom | base64 > {env.data}",
             shell=True,
             check=True,
         )
@@ -513,7 +827,7 @@ def main() -> int:
         env.tmux_cmd("new-session", "-d", "-s", "keepalive", "sleep 36000")
         if want("throughput"):
             results["throughput"] = interleaved(
-                rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_throughput(env, s, r)
+                rounds, systems, lambda s, r: bench_throughput(env, s, r)
             )
         if want("shapes"):
             for shape, path in make_shapes(env, size_mib).items():
@@ -521,7 +835,7 @@ def main() -> int:
                     continue
                 results[f"throughput-{shape}"] = interleaved(
                     rounds,
-                    ["raw", "tmux", "tachi"],
+                    systems,
                     lambda s, r, path=path: bench_throughput(env, s, r, data=path),
                 )
         if want("recording"):
@@ -532,8 +846,11 @@ def main() -> int:
             )
         if want("echo"):
             keys = 100 if args.quick else 500
-            results["echo"] = interleaved(
-                rounds, ["raw", "tmux", "tachi"], lambda s, r: bench_echo(env, s, r, keys)
+            results["echo"] = interleaved(rounds, systems, lambda s, r: bench_echo(env, s, r, keys))
+        if want("echo-load"):
+            keys = 100 if args.quick else 500
+            results["echo-load"] = interleaved(
+                rounds, systems, lambda s, r: bench_echo_load(env, s, r, keys)
             )
         if want("attach"):
             results["attach"] = interleaved(
@@ -569,73 +886,174 @@ def main() -> int:
                 finally:
                     fresh.close()
             results["sessions"] = per
+        if want("scale"):
+            env.close()
+            results["scale"] = run_scale(args.scale_sessions, args.scale_clients)
     finally:
         env.close()
     report(results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\nraw samples: {args.json}")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown(results))
+        print(f"markdown: {args.markdown}")
     failed = [
         f"{b}/{s}"
         for b, r in results.items()
         if isinstance(r, dict)
         for s, v in r.items()
-        if isinstance(v, dict) and any("error" in x for x in v.get("samples", []))
+        if isinstance(v, dict) and ("error" in v or any("error" in x for x in v.get("samples", [])))
     ]
     if failed:
         print("errors in: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
 
 
-def report(results: dict[str, Any]) -> None:
-    rows = []
-    metrics = {
-        "throughput": ["mib_s", "delivered_mib"],
-        **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
-        "recording": ["mib_s"],
-        "echo": ["p50_ms", "p99_ms"],
-        "attach": ["ms"],
-        "startup": ["ms"],
-        "switch": ["median_ms", "p90_ms"],
-    }
-    for bench, keys in metrics.items():
-        if bench not in results:
-            continue
+#: The metrics the tables show of each interleaved benchmark, in order.
+METRICS = {
+    "throughput": ["mib_s", "delivered_mib"],
+    **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
+    "recording": ["mib_s"],
+    "echo": ["p50_ms", "p99_ms"],
+    "echo-load": ["p50_ms", "p99_ms", "flood_mib_s"],
+    "attach": ["ms"],
+    "startup": ["ms"],
+    "switch": ["median_ms", "p90_ms"],
+}
+
+
+def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str, Any]]:
+    """Every figure to report as (benchmark, metric, system, value): the value is a
+    stats dict for interleaved benchmarks, a number for one-shot ones (sessions,
+    scale, idle), or a string: an error's message."""
+    rows: list[tuple[str, str, str, Any]] = []
+    for bench, keys in METRICS.items():
         for key in keys:
-            base = results[bench].get("tmux", {}).get(key, {}).get("median") or results[bench].get(
-                "tachi", {}
-            ).get(key, {}).get("median")
-            for system, data in results[bench].items():
+            for system, data in results.get(bench, {}).items():
                 if key in data:
-                    s = data[key]
-                    ratio = f"{s['median'] / base:.2f}" if base else "-"
-                    rows.append(
-                        (
-                            bench,
-                            key,
-                            system,
-                            f"{s['median']:.2f}",
-                            f"{s['min']:.2f}",
-                            f"{s['max']:.2f}",
-                            ratio,
-                        )
-                    )
+                    rows.append((bench, key, system, data[key]))
                 elif data.get("samples") and "error" in data["samples"][0]:
-                    rows.append(
-                        (bench, key, system, "error", "", "", data["samples"][0]["error"][:40])
-                    )
-    for system, data in results.get("sessions", {}).items():
-        for key, value in data.items():
-            rows.append(("sessions", key, system, f"{value:.2f}", "", "", ""))
-    widths = [
-        max(
-            len(str(r[i]))
-            for r in [*rows, ("benchmark", "metric", "system", "median", "min", "max", "vs ref")]
-        )
-        for i in range(7)
-    ]
-    for row in [("benchmark", "metric", "system", "median", "min", "max", "vs ref"), *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+                    rows.append((bench, key, system, str(data["samples"][0]["error"])))
+    for bench in ("sessions", "scale"):
+        per = results.get(bench, {})
+        by_size = sorted(per.values(), key=len, reverse=True)  # tachi's extra ls --json
+        keys = list(dict.fromkeys(k for data in by_size for k in data))
+        for key in keys:
+            for system, data in per.items():
+                if key in data:
+                    rows.append((bench, key, system, data[key]))
+    for key, value in results.get("idle", {}).items():
+        rows.append(("idle", key, "tachi", value))
+    return rows
+
+
+def median_of(value: Any) -> float | None:
+    if isinstance(value, dict):
+        return value["median"]
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def reference(rows: list[tuple[str, str, str, Any]]) -> dict[tuple[str, str], float]:
+    """The figure each (benchmark, metric) is compared with: tmux's, else tachi's."""
+    ref: dict[tuple[str, str], float] = {}
+    for system in ("tachi", "tmux"):
+        for bench, key, sys_, value in rows:
+            if sys_ == system and median_of(value):
+                ref[bench, key] = median_of(value)  # type: ignore[assignment]
+    return ref
+
+
+def report(results: dict[str, Any]) -> None:
+    rows = rows_of(results)
+    ref = reference(rows)
+    table = [("benchmark", "metric", "system", "median", "min", "max", "vs ref")]
+    for bench, key, system, value in rows:
+        med, base = median_of(value), ref.get((bench, key))
+        ratio = f"{med / base:.2f}" if med is not None and base else ""
+        if isinstance(value, dict):
+            cells = (f"{value['median']:.2f}", f"{value['min']:.2f}", f"{value['max']:.2f}")
+            table.append((bench, key, system, *cells, ratio))
+        elif med is not None:
+            table.append((bench, key, system, md_cell(value), "", "", ratio))
+        else:
+            table.append((bench, key, system, "error", "", "", str(value)[:80]))
+    widths = [max(len(r[i]) for r in table) for i in range(7)]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def machine() -> dict[str, Any]:
+    """What the results depend on, for the JSON and the Markdown header."""
+
+    def first_line(argv: list[str]) -> str:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+
+    mem_kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+    return {
+        "cpus": os.cpu_count(),
+        "nproc": len(os.sched_getaffinity(0)),
+        "mem_gib": round(mem_kib / 2**20, 1),
+        "python": sys.version.split()[0],
+        "tmux": first_line(["tmux", "-V"]),
+        "dtach": first_line([DTACH, "--version"]) if DTACH else None,
+    }
+
+
+#: Where each system goes in the Markdown table; any other is written in "other".
+MD_SYSTEMS = {"raw": "raw PTY", "tmux": "tmux", "dtach": "dtach", "tachi": "tachi"}
+EN_DASH = "\u2013"
+
+
+def md_cell(value: Any) -> str:
+    if isinstance(value, dict):
+        if value["n"] > 1:
+            return f"{value['median']:.2f} ({value['min']:.2f}{EN_DASH}{value['max']:.2f})"
+        return f"{value['median']:.2f}"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return f"error: {value}"[:60].replace("|", "\\|")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as one Markdown table (for docs/benchmarks.md): per benchmark and
+    metric, each system's median (min-max over rounds), then each over tmux. A
+    header line says when, where and with which exact command line."""
+    m = results["machine"]
+    argv = [os.path.relpath(PY) if PY.startswith(str(ROOT)) else PY, *sys.argv]
+    header = (
+        f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; nproc {m['nproc']}, "
+        f"{m['mem_gib']} GiB; Python {m['python']}; {m['tmux']}"
+        + (f"; {m['dtach']}" if m.get("dtach") else "; dtach not installed")
+        + f"; {results['rounds']} round(s) per interleaved benchmark; `{shlex.join(argv)}`"
+    )
+    rows = rows_of(results)
+    present = {system for _, _, system, _ in rows}
+    columns = [s for s in MD_SYSTEMS if s in present]
+    others = any(system not in MD_SYSTEMS for _, _, system, _ in rows)
+    ratios = [s for s in ("tachi", "dtach") if s in columns and "tmux" in columns]
+    head = ["benchmark", "metric", *(MD_SYSTEMS[s] for s in columns)]
+    head += [*(["other"] if others else []), *(f"{s} / tmux" for s in ratios)]
+    lines = [header, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for bench, key, system, value in rows:
+        grouped.setdefault((bench, key), {})[system] = value
+    for (bench, key), per in grouped.items():
+        cells = [bench, key, *(md_cell(per[s]) if s in per else "" for s in columns)]
+        if others:
+            extra = [f"{s} {md_cell(v)}" for s, v in per.items() if s not in MD_SYSTEMS]
+            cells.append("; ".join(extra))
+        for system in ratios:
+            mine, tmux = median_of(per.get(system)), median_of(per.get("tmux"))
+            cells.append(f"**{mine / tmux:.2f}**" if mine is not None and tmux else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
