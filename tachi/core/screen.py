@@ -73,6 +73,10 @@ class LazyScreen:
     than half the catch-up size (escape sequences, a scroll region) is the
     emulator fed. A plain-text flood is then never parsed while nobody looks,
     and whoever looks (attach, capture, wait) pays for the last screenful or so.
+
+    Each chunk is classified as it arrives (plain text or not, and whether the
+    line it ends in is printable ASCII), so a cut costs a join and a few
+    ``rfind`` calls, never a scan of megabytes on the event loop at once.
     """
 
     def __init__(
@@ -90,6 +94,10 @@ class LazyScreen:
         self._fixed_catch_up = catch_up_bytes
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        #: How many of the pending chunks, from the first, are plain text.
+        self._plain_chunks = 0
+        #: Whether the pending output after its last line feed is printable ASCII.
+        self._line_printable = True
         self.cols = cols
         self.rows = rows
         self._catch_up_at = self._catch_up_size()
@@ -105,6 +113,8 @@ class LazyScreen:
         return max(CATCH_UP_BYTES, CATCH_UP_PER_ROW * (self.rows + self.history_lines))
 
     def feed(self, data: bytes) -> None:
+        if self._plain_chunks == len(self._pending):
+            self._classify(data)
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._catch_up_at > ESCAPED_CATCH_UP_BYTES and b"\x1b" in data:
@@ -115,43 +125,52 @@ class LazyScreen:
         if self._pending_bytes >= self._catch_up_at:
             self._compact()
 
+    def _classify(self, data: bytes) -> None:
+        """Extend the plain run of pending chunks with ``data`` if it is plain."""
+        lf = data.rfind(b"\n")
+        printable = not (data[lf + 1 :] if lf >= 0 else data).translate(None, _ASCII)
+        if not ((lf < 0 and printable) or _is_plain(data)):
+            return
+        self._plain_chunks += 1
+        self._line_printable = printable if lf >= 0 else self._line_printable and printable
+
+    def _take(self) -> tuple[bytes, bytes, bool]:
+        """Empty the pending output: (its plain head, the rest, whether all of it
+        was plain); the classification starts again."""
+        pending, plain = self._pending, self._plain_chunks
+        line_printable = self._line_printable
+        self._pending, self._pending_bytes, self._plain_chunks = [], 0, 0
+        self._line_printable = True
+        whole = plain == len(pending)
+        head = b"".join(pending[:plain])
+        rest = b"" if whole else b"".join(pending[plain:])
+        if self._scroll_region:
+            return b"", head + rest, False
+        cut = _cut_plain(head, self.rows, self.cols, self.history_lines, whole and line_printable)
+        self.skipped_bytes += max(0, len(head) - len(cut))
+        if whole:
+            self._line_printable = line_printable  # what was cut ended no line of its own
+        return cut, rest, whole
+
     def _compact(self) -> None:
-        data, plain = self._cut(b"".join(self._pending))
+        head, rest, plain = self._take()
         big = self._catch_up_size()
-        if plain and len(data) * 2 <= big:
-            self._pending = [data]
-            self._pending_bytes = len(data)
+        if plain and len(head) * 2 <= big:
+            self._pending = [head]
+            self._pending_bytes = len(head)
+            self._plain_chunks = 1
         else:
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._parse(data)
+            self._line_printable = True
+            self._parse(head + rest)
         self._catch_up_at = big if plain else ESCAPED_CATCH_UP_BYTES
 
     def catch_up(self) -> None:
         """Bring the emulator up to date with everything pending, in one call."""
         if not self._pending:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._parse(self._cut(data)[0])
-
-    def _cut(self, data: bytes) -> tuple[bytes, bool]:
-        """``data`` less what provably cannot show, and whether it is plain text.
-        Plain text before the first escape sequence is cut as if it were all."""
-        if self._scroll_region:
-            return data, False
-        plain = _is_plain(data)
-        if plain:
-            head, rest = data, b""
-        else:
-            esc = data.find(b"\x1b")
-            head, rest = (data[:esc], data[esc:]) if esc > 0 else (b"", data)
-            if head and not _is_plain(head):
-                return data, False
-        tail = plain_tail(head, self.rows, self.cols, self.history_lines) if head else head
-        self.skipped_bytes += max(0, len(head) - len(tail))
-        return tail + rest, plain
+        head, rest, _ = self._take()
+        self._line_printable = True
+        self._parse(head + rest)
 
     def _parse(self, data: bytes) -> None:
         if b"\x1b" in data:
@@ -211,8 +230,20 @@ def plain_tail(data: bytes, rows: int, cols: int = 0, history: int = 0) -> bytes
     the same column and row phase, while what is cut wraps into rows that
     scroll away.
     """
+    if not _is_plain(data):
+        return data
+    lf = data.rfind(b"\n")
+    printable = not data[lf + 1 :].translate(None, _ASCII)
+    return _cut_plain(data, rows, cols, history, printable)
+
+
+def _cut_plain(data: bytes, rows: int, cols: int, history: int, line_printable: bool) -> bytes:
+    """:func:`plain_tail` for ``data`` known to be plain; ``line_printable``: the
+    part after its last line feed is printable ASCII."""
     data = _plain_lines_tail(data, rows, history)
-    return _long_line_tail(data, rows + history, cols) if cols else data
+    if cols and line_printable:
+        data = _long_line_tail(data, rows + history, cols)
+    return data
 
 
 def _is_plain(data: bytes) -> bool:
@@ -226,17 +257,13 @@ def _long_line_tail(data: bytes, rows: int, cols: int) -> bytes:
     keep = (rows + 2) * cols
     if len(data) - start <= keep + cols:
         return data
-    if not _is_plain(data) or data[start:].translate(None, _ASCII):
-        return data
     drop = (len(data) - start - keep) // cols * cols
     return data[:start] + data[start + drop :]
 
 
 def _plain_lines_tail(data: bytes, rows: int, history: int) -> bytes:
     needed = rows + history + 1
-    if len(data) < 4 * (needed + rows) or data.count(b"\n") <= needed + rows:
-        return data
-    if not _is_plain(data):
+    if len(data) < 4 * (needed + rows):
         return data
     cut = len(data)
     for _ in range(needed):
@@ -244,6 +271,11 @@ def _plain_lines_tail(data: bytes, rows: int, history: int) -> bytes:
         if cut <= 0:
             return data
     cut = data.rfind(b"\r\n", 0, cut)
-    if cut <= 0 or data.count(b"\n", 0, cut) < rows:
+    if cut <= 0:
         return data
+    before = cut
+    for _ in range(rows):  # what is cut must bring the cursor to the bottom row
+        before = data.rfind(b"\n", 0, before)
+        if before < 0:
+            return data
     return b"\n" * rows + data[cut:]
