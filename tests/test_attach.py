@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -163,3 +164,27 @@ def test_attach_without_a_terminal_is_a_clear_error(tachi_daemon):
         timeout=20,
     )
     assert result.returncode == 1 and "needs a terminal" in result.stderr
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_keys_typed_while_attach_starts_reach_the_session_on_either_loop(tachi_home, loop):
+    # The keys are typed before the client has put the terminal in raw mode:
+    # they must be kept (TCSANOW), not flushed. On uvloop, whose transports are
+    # not asyncio.Transport subclasses, the Unix socket's protocol once reset
+    # every connection.
+    from tachi.testing import DaemonProcess
+
+    daemon = DaemonProcess(tachi_home, {"TACHI_EVENT_LOOP": loop})
+    daemon.start()
+    try:
+        assert daemon.proc is not None
+        maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+        assert ("uvloop" in maps) == (loop == "uvloop")
+        s = daemon.new(*SHELL)
+        child = spawn_attach(daemon, s["id"])
+        child.send("echo typed-a''head\r")
+        child.expect("typed-ahead")
+        child.send("\x1cd")
+        child.expect(pexpect.EOF)
+    finally:
+        daemon.stop()

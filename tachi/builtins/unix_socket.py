@@ -9,7 +9,7 @@ import os
 import socket
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
@@ -66,7 +66,9 @@ class FrameProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport, though not always a subclass of asyncio.Transport
+        # (uvloop's are not).
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._inbox = FrameInbox(transport.pause_reading, transport.resume_reading)

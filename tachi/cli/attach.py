@@ -170,7 +170,8 @@ class _Bridge:
         for sig in previous:
             signal.signal(sig, self._on_signal)
         try:
-            tty.setraw(self.in_fd)
+            # TCSANOW: keys typed while attach was starting are kept, not flushed.
+            tty.setraw(self.in_fd, termios.TCSANOW)
             while True:
                 try:
                     self._loop()
