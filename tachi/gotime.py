@@ -7,6 +7,7 @@ are integer nanoseconds (Go's ``time.Duration``).
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import UTC, datetime
@@ -22,6 +23,9 @@ _UNITS_NS = {
     "h": 3600 * _NS_PER_S,
     "d": 86400 * _NS_PER_S,
 }
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})"
+)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
 
 
@@ -37,10 +41,23 @@ def format_rfc3339(ns: int) -> str:
     '2023-11-14T22:13:20.123456789Z'
     """
     seconds, frac = divmod(ns, _NS_PER_S)
-    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    base = _second_text(seconds)
     if frac:
         base += "." + f"{frac:09d}".rstrip("0")
     return base + "Z"
+
+
+# A listing of 1,000 sessions formats and parses 3,000 timestamps, most of them
+# in the same few seconds: the whole-second part is what costs (datetime).
+@functools.lru_cache(maxsize=4096)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_ns(whole: str, zone: str) -> int:
+    dt = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return int(dt.timestamp()) * _NS_PER_S
 
 
 def parse_rfc3339(text: str) -> int:
@@ -48,14 +65,11 @@ def parse_rfc3339(text: str) -> int:
 
     Raises ``ValueError`` for anything else.
     """
-    m = re.fullmatch(
-        r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})", text.strip()
-    )
+    m = _RFC3339.fullmatch(text.strip())
     if not m:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     whole, frac, zone = m.groups()
-    dt = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
-    return int(dt.timestamp()) * _NS_PER_S + int((frac or "0").ljust(9, "0"))
+    return _second_ns(whole, zone) + int((frac or "0").ljust(9, "0"))
 
 
 def parse_duration(text: str | int | float) -> int:
