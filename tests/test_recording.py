@@ -233,3 +233,59 @@ def test_record_rm_and_unknown_ids(tachi_daemon):
     assert recordings(tachi_daemon) == [] and not Path(rec["path"]).exists()
     missing = tachi_daemon.run("play", "nope")
     assert missing.returncode == 3 and "no recording 'nope'" in missing.stderr
+
+
+def _recorder_pids(daemon_pid: int) -> list[int]:
+    """The daemon's recorder processes (``python -m tachi.core.recorder_worker``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == daemon_pid and b"tachi.core.recorder_worker" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_recordings_are_written_by_one_process_beside_the_daemon(tachi_home, tmp_path):
+    # The encoding and the disk are off the event loop: one worker process for
+    # every recording, gone with the daemon, every event on disk by then.
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    assert daemon.proc is not None
+    try:
+        a = daemon.new("bash", "--norc", "-c", "echo first-rec; sleep 300", record=True)
+        b = daemon.new("bash", "--norc", "-c", "echo second-rec; sleep 300", record=True)
+        wait_match(daemon, b["id"], "second-rec")
+        assert len(_recorder_pids(daemon.proc.pid)) == 1
+        paths = {r["sessionId"]: Path(r["path"]) for r in recordings(daemon)}
+    finally:
+        daemon.stop()
+    assert _recorder_pids(daemon.proc.pid) == []
+    assert "first-rec" in output_of(paths[a["id"]])
+    assert "second-rec" in output_of(paths[b["id"]])
+
+
+def test_a_dead_recorder_process_fails_its_recordings_not_the_sessions(tachi_daemon):
+    assert tachi_daemon.proc is not None
+    s = tachi_daemon.new("bash", "--norc", "-c", "echo before-kill; cat", record=True)
+    wait_match(tachi_daemon, s["id"], "before-kill")
+    (worker,) = _recorder_pids(tachi_daemon.proc.pid)
+    os.kill(worker, 9)
+    (rec,) = until(lambda: [r for r in recordings(tachi_daemon) if not r["active"]])
+    audit = json.loads(tachi_daemon.run("audit", "--json", check=True).stdout)
+    errors = [r for r in audit if r["action"] == "record.error"]
+    assert errors and "recorder process" in errors[0]["reason"]
+    tachi_daemon.run("send", s["id"], r"still-typing\n", check=True)
+    wait_match(tachi_daemon, s["id"], "still-typing")
+    # The next recording gets a new worker.
+    tachi_daemon.run("record", "start", s["id"], check=True)
+    tachi_daemon.run("send", s["id"], r"after-restart\n", check=True)
+    wait_match(tachi_daemon, s["id"], "after-restart")
+    tachi_daemon.run("record", "stop", s["id"], check=True)
+    newest = [r for r in recordings(tachi_daemon) if r["id"] != rec["id"]]
+    assert "after-restart" in output_of(Path(newest[0]["path"]))

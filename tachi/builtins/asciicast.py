@@ -135,6 +135,8 @@ def json_string(utf8: bytes) -> bytes:
 class AsciicastRecorder:
     format = "asciicast"
     extension = ".cast"
+    #: Made again in the daemon's recorder process, which does the writing.
+    worker_factory = "tachi.builtins.asciicast:AsciicastRecorder"
 
     def open(
         self,

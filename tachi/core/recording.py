@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tachi.core.recorder_process import ProcessSink, RecorderProcess
 from tachi.errors import Conflict, InvalidRequest, NotFound, TachiError
 from tachi.gotime import now_ns
 from tachi.models import Recording
@@ -109,6 +111,8 @@ class RecordingManager:
         self.record_input = record_input
         self._audit = audit
         self.live: dict[str, _Live] = {}
+        #: Where recorders that name a ``worker_factory`` write (started on first use).
+        self.process = RecorderProcess()
 
     # -- lifecycle --------------------------------------------------------------
     def repair(self) -> int:
@@ -147,16 +151,23 @@ class RecordingManager:
         pty = session.info.pty
         assert pty is not None
         start = now_ns()
+        options: dict[str, Any] = {
+            "width": pty.cols,
+            "height": pty.rows,
+            "timestamp_ns": start,
+            "env": {"TERM": pty.term, "SHELL": session.env.get("SHELL", "/bin/sh")},
+            "title": session.info.name or f"tachi session {session.id}",
+            "record_input": self.record_input,
+        }
+        factory = getattr(self.recorder, "worker_factory", None)
         try:
-            sink = self.recorder.open(
-                path,
-                width=pty.cols,
-                height=pty.rows,
-                timestamp_ns=start,
-                env={"TERM": pty.term, "SHELL": session.env.get("SHELL", "/bin/sh")},
-                title=session.info.name or f"tachi session {session.id}",
-                record_input=self.record_input,
-            )
+            if factory:
+                # The worker opens the file later; what can be known now is said now.
+                if not os.access(self.directory, os.W_OK | os.X_OK):
+                    raise PermissionError(errno.EACCES, "Permission denied", str(self.directory))
+                sink = self.process.open(factory, path, **options)
+            else:
+                sink = self.recorder.open(path, **options)
         except OSError as exc:
             raise InvalidRequest(f"cannot create recording {path}: {exc.strerror or exc}") from None
         recording = Recording(
@@ -171,6 +182,9 @@ class RecordingManager:
         )
         live = _Live(recording, sink, time.monotonic(), session, self.record_input)
         self.live[session.id] = live
+        if isinstance(sink, ProcessSink):
+            # The worker reports a failed write (a full disk) after the fact.
+            sink.on_error = lambda exc: self._failed(live, exc)
         self._db.execute(
             "INSERT INTO recordings(id, session_id, path, format, start_ns) VALUES (?, ?, ?, ?, ?)",
             (rec_id, session.id, str(path), recording.format, start),

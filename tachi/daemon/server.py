@@ -137,6 +137,7 @@ class Daemon:
                 await transport.stop()
             await self.sharing.stop()
             await self.manager.shutdown()
+            self.recordings.process.stop()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
             self.audit_log.close()
             self.db.close()

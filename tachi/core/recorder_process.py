@@ -1,0 +1,307 @@
+"""The daemon's side of the recorder process (``tachi.core.recorder_worker``).
+
+:class:`RecorderProcess` starts the worker on first use and hands out
+:class:`ProcessSink` objects, which look like a recorder's sink to
+``tachi.core.recording`` but only queue frames for the worker: the event loop
+pays a pipe write per event, not the encoding and the disk. A recorder runs
+there when it names a ``worker_factory`` (``"module:callable"`` that makes it
+again in the worker); others keep writing in the daemon.
+
+Nothing is dropped: frames the pipe cannot take yet wait in memory, written as
+the worker reads, up to ``MAX_QUEUED`` bytes. Past that (a disk so slow the
+worker cannot keep up) the recordings fail with an error, as on a full disk;
+the sessions go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tachi.core import recorder_worker as wire
+
+log = logging.getLogger("tachi.recording")
+#: Frames held for a worker that is behind, before its recordings fail.
+MAX_QUEUED = 64 * 1024 * 1024
+#: A larger pipe than the default 64 KiB: one flush of a flood fits at once.
+PIPE_SIZE = 1 << 20
+#: How long stopping a recording waits for the worker to finish its file.
+CLOSE_TIMEOUT = 15.0
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class ProcessSink:
+    """A recording sink whose writing happens in the worker. ``on_error(exc)`` is
+    called (once) when the worker reports that this recording failed."""
+
+    def __init__(self, process: RecorderProcess, handle: int) -> None:
+        self._process = process
+        self.handle = handle
+        self.on_error: Callable[[OSError], None] | None = None
+        self.error: str | None = None
+        self.closed = False
+
+    def output(self, data: bytes, t: float) -> None:
+        self._send(wire.OUTPUT, t, data)
+
+    def input(self, data: bytes, t: float) -> None:
+        self._send(wire.INPUT, t, data)
+
+    def resize(self, cols: int, rows: int, t: float) -> None:
+        self._send(wire.RESIZE, t, f"{cols},{rows}".encode())
+
+    def marker(self, label: str, t: float) -> None:
+        self._send(wire.MARKER, t, label.encode())
+
+    def close(self) -> None:
+        """Finish the file; returns once the worker has. Raises ``OSError`` with
+        the recording's error, if it had one."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.error is None:
+            self._process.close_sink(self)
+        else:
+            self._process.forget(self)
+        if self.error is not None:
+            raise OSError(errno.EIO, self.error)
+
+    def _send(self, kind: int, t: float, payload: bytes) -> None:
+        if self.error is None and not self.closed:
+            self._process.send(kind, self.handle, t, payload)
+
+    def failed(self, message: str) -> None:
+        if self.error is not None:
+            return
+        self.error = message
+        if self.on_error is not None:
+            self.on_error(OSError(errno.EIO, message))
+
+
+class RecorderProcess:
+    """One worker process for all of a daemon's recordings."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._writing = False
+        self._lines = b""
+        self._sinks: dict[int, ProcessSink] = {}
+        self._closed: set[int] = set()
+        self._next = 1
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- opening -----------------------------------------------------------------
+    def open(self, factory: str, path: Path, **args: Any) -> ProcessSink:
+        """A sink for a new recording at ``path`` made by ``factory``'s recorder.
+        Raises ``OSError`` if the worker cannot be started."""
+        self._start()
+        handle, self._next = self._next, self._next + 1
+        sink = ProcessSink(self, handle)
+        self._sinks[handle] = sink
+        payload = json.dumps({"recorder": factory, "path": str(path), **args}).encode()
+        self.send(wire.OPEN, handle, 0.0, payload)
+        return sink
+
+    def _start(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        if self._proc is not None:
+            self._gone(f"the recorder process exited ({self._proc.returncode})")
+        self._loop = asyncio.get_running_loop()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tachi.core.recorder_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            start_new_session=True,
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        to_worker, from_worker = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(to_worker, _F_SETPIPE_SZ, PIPE_SIZE)
+        os.set_blocking(to_worker, False)
+        os.set_blocking(from_worker, False)
+        self._queue, self._queued, self._writing, self._lines = [], 0, False, b""
+        self._loop.add_reader(from_worker, self._read_replies)
+
+    # -- frames to the worker -------------------------------------------------------
+    def send(self, kind: int, handle: int, t: float, payload: bytes) -> None:
+        if self._proc is None:
+            return
+        parts = [p for p in wire.encode(kind, handle, t, payload) if p]
+        if not self._queue:
+            # The usual case: the pipe takes the whole frame at once, uncopied.
+            left = self._write(parts)
+            if left is None or not left:
+                return
+            parts = left
+        self._queue += parts
+        self._queued += sum(map(len, parts))
+        if self._queued > MAX_QUEUED:
+            self._gone(f"the recorder fell {self._queued >> 20} MiB behind (is the disk slow?)")
+            return
+        if not self._writing and self._loop is not None and self._proc.stdin is not None:
+            self._writing = True
+            self._loop.add_writer(self._proc.stdin.fileno(), self._flush)
+
+    def _write(self, parts: list[bytes]) -> list[bytes] | None:
+        """Write what the pipe takes now; returns what is left of ``parts``, or
+        ``None`` if the worker is gone."""
+        assert self._proc is not None and self._proc.stdin is not None
+        try:
+            written = os.writev(self._proc.stdin.fileno(), parts)
+        except BlockingIOError:
+            return parts
+        except OSError:
+            self._gone("the recorder process went away")
+            return None
+        while parts and written >= len(parts[0]):
+            written -= len(parts[0])
+            parts = parts[1:]
+        if parts and written:
+            parts = [parts[0][written:], *parts[1:]]
+        return parts
+
+    def _flush(self) -> None:
+        left = self._write(self._queue[:64])
+        if left is None:
+            return
+        done = min(len(self._queue), 64)
+        self._queue = left + self._queue[done:]
+        self._queued = sum(map(len, self._queue))
+        if not self._queue:
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing and self._loop is not None and self._proc and self._proc.stdin:
+            self._loop.remove_writer(self._proc.stdin.fileno())
+        self._writing = False
+
+    # -- replies ----------------------------------------------------------------------
+    def _read_replies(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            data = os.read(self._proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            code = self._proc.poll()
+            self._gone(f"the recorder process exited ({code})")
+            return
+        self._lines += data
+        *lines, self._lines = self._lines.split(b"\n")
+        for line in lines:
+            self._reply(line)
+
+    def _reply(self, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            log.error("the recorder process said %r", line[:200])
+            return
+        handle = reply.get("handle")
+        if reply.get("event") == "closed":
+            self._closed.add(handle)
+            sink = self._sinks.pop(handle, None)
+            if sink is not None and reply.get("message"):
+                sink.error = sink.error or str(reply["message"])
+        elif reply.get("event") == "error":
+            sink = self._sinks.get(handle)
+            if sink is not None:
+                sink.failed(str(reply.get("message")))
+
+    # -- closing ------------------------------------------------------------------------
+    def close_sink(self, sink: ProcessSink) -> None:
+        """Send ``CLOSE`` and wait (blocking, bounded) until the worker has finished
+        that file: whoever stops a recording reads its size next."""
+        self.send(wire.CLOSE, sink.handle, 0.0, b"")
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while sink.handle not in self._closed and sink.error is None:
+            if self._proc is None or time.monotonic() > deadline:
+                sink.error = sink.error or "the recorder process did not finish the file"
+                break
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            writers = [self._proc.stdin.fileno()] if self._queue else []
+            readable, writable, _ = select.select(
+                [self._proc.stdout.fileno()], writers, [], max(0.0, deadline - time.monotonic())
+            )
+            if writable:
+                self._flush()
+            if readable:
+                self._read_replies()
+        self._closed.discard(sink.handle)
+        self._sinks.pop(sink.handle, None)
+
+    def forget(self, sink: ProcessSink) -> None:
+        """A failed sink is closed: the worker dropped it already."""
+        self._sinks.pop(sink.handle, None)
+
+    def _gone(self, message: str) -> None:
+        """The worker died or cannot keep up: every recording it had fails."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if self._loop is not None and proc.stdout is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(proc.stdout.fileno())
+            self._stop_writing_of(proc)
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(1)
+            for stream in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    if stream is not None:
+                        stream.close()
+        self._queue, self._queued = [], 0
+        sinks, self._sinks = self._sinks, {}
+        for sink in sinks.values():
+            sink.failed(message)
+
+    def _stop_writing_of(self, proc: subprocess.Popen[bytes]) -> None:
+        if self._writing and self._loop is not None and proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(proc.stdin.fileno())
+        self._writing = False
+
+    def stop(self) -> None:
+        """End the worker after it has written everything (daemon shutdown)."""
+        proc = self._proc
+        if proc is None:
+            return
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        assert proc.stdin is not None
+        while self._queue and time.monotonic() < deadline:
+            select.select([], [proc.stdin.fileno()], [], 0.5)
+            self._flush()
+            if self._proc is None:
+                return
+        self._stop_writing()
+        if self._loop is not None and proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(proc.stdout.fileno())
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._proc = None

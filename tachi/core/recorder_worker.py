@@ -1,0 +1,111 @@
+"""The recorder process: writes recordings for the daemon, off its event loop.
+
+Encoding output (JSON escaping, for asciicast) and writing it to disk cost the
+daemon's only thread a few milliseconds per megabyte, and a slow or full disk
+would stall every session. So the daemon sends each recording's events down a
+pipe to this process (``python -m tachi.core.recorder_worker``), which owns the
+sinks. One worker serves every recording of a daemon.
+
+Frames to the worker: ``kind (1 B) | handle (uint32) | t (double) | length
+(uint32) | payload``. ``OPEN``'s payload is JSON: the recorder
+(``"module:callable"``) and the arguments of its ``open``. Replies are JSON
+lines: ``{"handle", "event": "error", "message"}`` when a sink fails (it is
+dropped; later frames for it are ignored) and ``{"handle", "event": "closed"}``
+once ``CLOSE`` has finished the file. At end of input (the daemon stopped or
+died) every open sink is closed, so what was sent is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import signal
+import struct
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+HEADER = struct.Struct("!BIdI")
+OPEN, OUTPUT, INPUT, RESIZE, MARKER, CLOSE = range(1, 7)
+
+
+def encode(kind: int, handle: int, t: float, payload: bytes) -> tuple[bytes, bytes]:
+    """A frame as (header, payload): written apart, a large payload is not copied."""
+    return HEADER.pack(kind, handle, t, len(payload)), payload
+
+
+def load_recorder(spec: str) -> Any:
+    """``"module:callable"`` → the recorder that callable returns."""
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
+    data = stream.read(n)
+    return data if data is not None and len(data) == n else None
+
+
+def _reply(out: IO[str], handle: int, event: str, message: str | None = None) -> None:
+    reply: dict[str, Any] = {"handle": handle, "event": event}
+    if message is not None:
+        reply["message"] = message
+    out.write(json.dumps(reply) + "\n")
+    out.flush()
+
+
+def serve(stream: IO[bytes], out: IO[str]) -> None:
+    sinks: dict[int, Any] = {}
+    recorders: dict[str, Any] = {}
+    while (head := _read_exactly(stream, HEADER.size)) is not None:
+        kind, handle, t, length = HEADER.unpack(head)
+        payload = _read_exactly(stream, length) if length else b""
+        if payload is None:
+            break
+        if kind == CLOSE:
+            sink = sinks.pop(handle, None)
+            error = None
+            if sink is not None:
+                try:
+                    sink.close()
+                except OSError as exc:
+                    error = exc.strerror or str(exc)
+            _reply(out, handle, "closed", error)
+            continue
+        if kind != OPEN and handle not in sinks:
+            continue  # failed earlier: its error was reported
+        try:
+            if kind == OPEN:
+                args = json.loads(payload)
+                spec = args.pop("recorder")
+                if spec not in recorders:
+                    recorders[spec] = load_recorder(spec)
+                sinks[handle] = recorders[spec].open(Path(args.pop("path")), **args)
+            elif kind == OUTPUT:
+                sinks[handle].output(payload, t)
+            elif kind == INPUT:
+                sinks[handle].input(payload, t)
+            elif kind == RESIZE:
+                cols, rows = payload.split(b",")
+                sinks[handle].resize(int(cols), int(rows), t)
+            elif kind == MARKER:
+                sinks[handle].marker(payload.decode(), t)
+        except Exception as exc:  # a failing sink is reported, never the end of the others
+            sinks.pop(handle, None)
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            _reply(out, handle, "error", text or type(exc).__name__)
+    for sink in sinks.values():
+        with contextlib.suppress(OSError):
+            sink.close()
+
+
+def main() -> None:
+    # The daemon decides when recordings end; a Ctrl-C meant for it (tachid in
+    # the foreground) must not cut the files short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    serve(sys.stdin.buffer, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
