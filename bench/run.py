@@ -805,7 +805,11 @@ def main() -> int:
     parser.add_argument("--scale-sessions", type=int, default=1000, help="for --only scale")
     parser.add_argument("--scale-clients", type=int, default=50, help="for --only scale")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
-    parser.add_argument("--markdown", metavar="PATH", help="also write a Markdown table here")
+    parser.add_argument(
+        "--markdown",
+        metavar="PATH",
+        help="also write a Markdown table there (between the results markers, if it has them)",
+    )
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
     only = set(filter(None, args.only.split(",")))
@@ -829,8 +833,9 @@ def main() -> int:
             results["throughput"] = interleaved(
                 rounds, systems, lambda s, r: bench_throughput(env, s, r)
             )
+        shapes = make_shapes(env, size_mib) if want("shapes") or want("recording") else {}
         if want("shapes"):
-            for shape, path in make_shapes(env, size_mib).items():
+            for shape, path in shapes.items():
                 if shape == "lines":
                     continue
                 results[f"throughput-{shape}"] = interleaved(
@@ -839,11 +844,16 @@ def main() -> int:
                     lambda s, r, path=path: bench_throughput(env, s, r, data=path),
                 )
         if want("recording"):
-            results["recording"] = interleaved(
-                rounds,
-                ["tachi", "tachi+record"],
-                lambda s, r: bench_throughput(env, s, r, record=s.endswith("record")),
-            )
+            # Recording on vs off, in every throughput shape.
+            for shape, path in shapes.items():
+                key = "recording" if shape == "lines" else f"recording-{shape}"
+                results[key] = interleaved(
+                    rounds,
+                    ["tachi", "tachi+record"],
+                    lambda s, r, path=path: bench_throughput(
+                        env, s, r, record=s.endswith("record"), data=path
+                    ),
+                )
         if want("echo"):
             keys = 100 if args.quick else 500
             results["echo"] = interleaved(rounds, systems, lambda s, r: bench_echo(env, s, r, keys))
@@ -896,8 +906,7 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\nraw samples: {args.json}")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(markdown(results))
+        write_markdown(Path(args.markdown), markdown(results))
         print(f"markdown: {args.markdown}")
     failed = [
         f"{b}/{s}"
@@ -916,6 +925,7 @@ METRICS = {
     "throughput": ["mib_s", "delivered_mib"],
     **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
     "recording": ["mib_s"],
+    **{f"recording-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
     "echo": ["p50_ms", "p99_ms"],
     "echo-load": ["p50_ms", "p99_ms", "flood_mib_s"],
     "attach": ["ms"],
@@ -1019,6 +1029,24 @@ def md_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return f"error: {value}"[:60].replace("|", "\\|")
+
+
+#: In a page that holds them, ``--markdown`` replaces only what lies between these.
+MD_START, MD_END = "<!-- bench/run.py results: start -->", "<!-- bench/run.py results: end -->"
+
+
+def write_markdown(path: Path, table: str) -> None:
+    """Write ``table`` to ``path``; into a page with the markers, between them (so
+    docs/benchmarks.md keeps its text and the table is regenerated in place)."""
+    text = path.read_text() if path.exists() else ""
+    if MD_START in text and MD_END in text:
+        before, rest = text.split(MD_START, 1)
+        after = rest.split(MD_END, 1)[1]
+        text = f"{before}{MD_START}\n{table}{MD_END}{after}"
+    else:
+        text = table
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def markdown(results: dict[str, Any]) -> str:
