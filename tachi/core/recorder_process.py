@@ -122,11 +122,16 @@ class RecorderProcess:
         if self._proc is not None:
             self._gone(f"the recorder process exited ({self._proc.returncode})")
         self._loop = asyncio.get_running_loop()
+        # The daemon's own import path, so the worker finds tachi and the
+        # recorder's module however the daemon was started (an embedding
+        # program, a test's in-process daemon).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tachi.core.recorder_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,
+            env=env,
             start_new_session=True,
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
