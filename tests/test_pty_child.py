@@ -10,20 +10,19 @@ import time
 from tachi.core.pty import PtyChild
 
 
+def _spawn(argv: list[str], on_output, on_exit) -> PtyChild:
+    """A child on a 24x80 PTY with this process's environment."""
+    return PtyChild(
+        argv, env=dict(os.environ), cwd=None, rows=24, cols=80, on_output=on_output, on_exit=on_exit
+    )
+
+
 async def test_a_finished_child_never_closes_a_reused_descriptor():
     # Once a child's PTY is closed, its file descriptor number is free for the
     # next session. The objects that wrapped it must not close that number again
     # when they are collected (that hung up unrelated sessions with SIGHUP).
     exited = asyncio.Event()
-    child = PtyChild(
-        ["true"],
-        env=dict(os.environ),
-        cwd=None,
-        rows=24,
-        cols=80,
-        on_output=lambda data: None,
-        on_exit=lambda code: exited.set(),
-    )
+    child = _spawn(["true"], lambda data: None, lambda code: exited.set())
     await asyncio.wait_for(exited.wait(), 10)
     number = child.fd
     reused = [os.open("/dev/null", os.O_RDONLY) for _ in range(4)]
@@ -40,15 +39,7 @@ async def test_a_finished_child_never_closes_a_reused_descriptor():
 
 async def test_exit_code_and_output_are_all_delivered():
     out, done = bytearray(), asyncio.get_running_loop().create_future()
-    PtyChild(
-        ["sh", "-c", "printf last-words; exit 3"],
-        env=dict(os.environ),
-        cwd=None,
-        rows=24,
-        cols=80,
-        on_output=out.extend,
-        on_exit=done.set_result,
-    )
+    _spawn(["sh", "-c", "printf last-words; exit 3"], out.extend, done.set_result)
     assert await asyncio.wait_for(done, 10) == 3
     assert out.endswith(b"last-words")
 
@@ -64,15 +55,7 @@ async def test_a_flood_arrives_whole_in_callbacks_larger_than_one_pty_read():
             time.sleep(0.2)  # let the writer fill the PTY's buffers meanwhile
         sizes.append(len(data))
 
-    PtyChild(
-        ["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"],
-        env=dict(os.environ),
-        cwd=None,
-        rows=24,
-        cols=80,
-        on_output=output,
-        on_exit=done.set_result,
-    )
+    _spawn(["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x"], output, done.set_result)
     assert await asyncio.wait_for(done, 20) == 0
     assert sum(sizes) == 1_000_000
     assert max(sizes) > 4095
