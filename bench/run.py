@@ -177,31 +177,45 @@ def stop_dtach(socket: Path) -> None:
 
 
 class Drain:
-    """Reads a client's terminal on a thread until stopped, counting bytes: the
-    consumer of a flood, so that the flood really goes through the server to a
-    client while the main thread measures something else."""
+    """Reads a client's terminal in a child process until stopped, counting bytes:
+    the consumer of a flood, so that the flood really goes through the server to
+    a client while this process measures something else. A process, not a
+    thread: a thread reading tens of MiB/s would hold this interpreter's GIL
+    when a keystroke's echo arrives, and charge the system with the fastest
+    flood for the harness's own wait."""
 
     def __init__(self, fd: int, limit: float = 600) -> None:
-        self.fd, self.bytes = fd, 0
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + limit
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        import multiprocessing
 
-    def _run(self) -> None:
-        while not self._stop.is_set() and time.monotonic() < self._deadline:
-            try:
-                if select.select([self.fd], [], [], 0.2)[0]:
-                    chunk = os.read(self.fd, 1 << 16)
-                    if not chunk:
-                        return
-                    self.bytes += len(chunk)
-            except (OSError, ValueError):
-                return
+        ctx = multiprocessing.get_context("fork")
+        self._count = ctx.Value("q", 0, lock=False)
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(target=_drain, args=(fd, self._count, self._stop, limit))
+        self._proc.start()
+
+    @property
+    def bytes(self) -> int:
+        return int(self._count.value)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(5)
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+
+
+def _drain(fd: int, count: Any, stop: Any, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            if select.select([fd], [], [], 0.2)[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    return
+                count.value += len(chunk)
+        except (OSError, ValueError):
+            return
 
 
 def rss_kib(pid: int) -> int:
