@@ -293,25 +293,32 @@ class SessionRequest:
 
 @dataclass(slots=True)
 class SessionFilter:
-    """Filters for ``List`` (seed: SessionFilter). ``None`` matches everything."""
+    """Filters for ``List`` (seed: SessionFilter). ``None`` matches everything;
+    ``live`` leaves out closed sessions (the daemon then does not read its
+    history at all)."""
 
     state: SessionState | None = None
     agentId: str | None = None
     userId: str | None = None
+    live: bool = False
 
     def matches(self, s: Session) -> bool:
         return (
             (self.state is None or s.state == self.state)
             and (self.agentId is None or s.agentId == self.agentId)
             and (self.userId is None or s.userId == self.userId)
+            and not (self.live and s.state == SessionState.CLOSED)
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "state": str(self.state) if self.state else None,
             "agentId": self.agentId,
             "userId": self.userId,
         }
+        if self.live:
+            d["live"] = True
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SessionFilter:
@@ -319,6 +326,7 @@ class SessionFilter:
             state=SessionState(d["state"]) if d.get("state") else None,
             agentId=d.get("agentId"),
             userId=d.get("userId"),
+            live=bool(d.get("live")),
         )
 
 

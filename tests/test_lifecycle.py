@@ -6,7 +6,7 @@ import json
 import pwd
 import re
 
-from helpers import SHELL, get, wait_match
+from helpers import SHELL, get, until, wait_match
 
 RFC3339_NS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 SEED_SESSION_FIELDS = {
@@ -147,3 +147,19 @@ def test_config_term_applies_to_new_sessions(tachi_home):
         assert daemon.new("sleep", "30", term="vt100")["pty"]["term"] == "vt100"
     finally:
         daemon.stop()
+
+
+def test_the_live_filter_leaves_the_history_out_in_the_daemon(tachi_daemon):
+    # `tachi ls` asks for live sessions only: the daemon must not send (or read)
+    # its closed history, which a busy CI host fills with hundreds of entries.
+    from tachi.models import SessionFilter
+
+    closed = [tachi_daemon.new("true")["id"] for _ in range(5)]
+    live = tachi_daemon.new("sleep", "300")["id"]
+    with tachi_daemon.client() as client:
+        until(lambda: all(get(tachi_daemon, sid)["state"] == "closed" for sid in closed))
+        assert [s.id for s in client.list(SessionFilter(live=True))] == [live]
+        everything = {s.id for s in client.list(SessionFilter())}
+    assert everything == {*closed, live}
+    shown = json.loads(tachi_daemon.run("ls", "--json", check=True).stdout)
+    assert [s["id"] for s in shown] == [live]

@@ -185,11 +185,14 @@ def ls(
     from tachi.models import SessionFilter, SessionState
 
     flt = SessionFilter(
-        state=SessionState(state) if state and state != "live" else None, agentId=agent, userId=user
+        state=SessionState(state) if state and state != "live" else None,
+        agentId=agent,
+        userId=user,
+        live=state == "live" or (state is None and not show_all),
     )
     with ctx.client() as client:
         sessions = client.list(flt)
-    if state == "live" or (state is None and not show_all):
+    if flt.live:  # a daemon older than the live filter sends the history too
         sessions = [s for s in sessions if s.state != SessionState.CLOSED]
     if as_json:
         emit_json([s.to_json() for s in sessions])
@@ -267,7 +270,9 @@ def _most_recent(ctx: Context) -> str:
     from tachi.models import SessionFilter, SessionState
 
     with ctx.client() as client:
-        live = [s for s in client.list(SessionFilter()) if s.state != SessionState.CLOSED]
+        live = [
+            s for s in client.list(SessionFilter(live=True)) if s.state != SessionState.CLOSED
+        ]
     if not live:
         raise NotFound("no live session to attach to (start one with 'tachi new')")
     return max(live, key=lambda s: (s.lastActivity, s.createdAt)).id

@@ -233,7 +233,8 @@ class SessionManager:
     def list(self, flt: SessionFilter) -> list[Session]:
         live = [s.to_model() for s in self.sessions.values() if flt.matches(s.info)]
         live.sort(key=lambda s: s.createdAt)
-        closed = [] if flt.state not in (None, SessionState.CLOSED) else self.store.closed(flt)
+        history = not flt.live and flt.state in (None, SessionState.CLOSED)
+        closed = self.store.closed(flt) if history else []
         closed.sort(key=lambda s: s.createdAt)
         return closed + live
 
