@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal as signals
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +39,8 @@ from tachi.models import (
 )
 
 if TYPE_CHECKING:
+    import signal as signals
+
     from tachi.client.results import ExecResult, Grant, RunResult, Share
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import itertools
 import os
 import socket
@@ -151,6 +150,8 @@ def encode_send_args(session: str, data: bytes | str, window: int | None) -> dic
     if isinstance(data, str):
         args["text"] = data
     else:
+        import base64  # here: `tachi ls` and attach never need it
+
         args["data"] = base64.b64encode(data).decode()
     return args
 
