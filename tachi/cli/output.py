@@ -21,17 +21,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         ["" if c is None else str(c) for c in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    # One write: a listing of 1,000 sessions spent 20 ms in click.echo per row.
+    click.echo(
+        "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells
+        )
+    )
 
 
-def ago(rfc3339: str | None) -> str:
-    """``2m ago`` style age of an RFC 3339 timestamp."""
-    if not rfc3339:
+def ago(when: str | int | None) -> str:
+    """``2m ago`` style age of an RFC 3339 timestamp or of epoch nanoseconds."""
+    if not when:
         return ""
-    from tachi.gotime import parse_rfc3339
+    if isinstance(when, str):
+        from tachi.gotime import parse_rfc3339
 
-    seconds = max(0, int(time.time() - parse_rfc3339(rfc3339) / 1e9))
+        when = parse_rfc3339(when)
+    seconds = max(0, int(time.time() - when / 1e9))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit} ago"

@@ -202,7 +202,6 @@ def ls(
         return
     rows = []
     for s in sessions:
-        j = s.to_json()
         state_text = str(s.state) + (f" ({s.closeReason})" if s.closeReason else "")
         size = f"{s.pty.cols}x{s.pty.rows}" if s.pty else ""
         rows.append(
@@ -214,7 +213,7 @@ def ls(
                 s.agentId,
                 size,
                 len(s.windows) or "-",
-                ago(j["createdAt"]),
+                ago(s.createdAt),
                 " ".join(s.command)[:40],
             ]
         )

@@ -64,7 +64,7 @@ def ls(ctx: Context, session: str, as_json: bool) -> None:
                 f"{w.id}{'*' if w.active else ''}",
                 w.name,
                 w.pid,
-                ago(w.to_json()["createdAt"]),
+                ago(w.createdAt),
                 " ".join(w.command),
             ]
             for w in windows
