@@ -225,32 +225,43 @@ class _Bridge:
             os.write(self._wake_w, b"!")
 
     def _loop(self) -> None:
-        while self.state.ended is None:
-            self._drain_pending()
-            if self.state.ended is not None:
-                break
-            due = [t for t in (self.state.redraw_at, self.state.unused_at) if t is not None]
-            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+        # Every keystroke and every echo passes through here: the descriptors are
+        # looked up once per connection, timers only looked at when set.
+        state, in_fd, sock, wake = self.state, self.in_fd, self.wire.fileno(), self._wake_r
+        watched = [in_fd, sock, wake]
+        while state.ended is None:
+            if self.wire.pending:
+                self._drain_pending()
+                if state.ended is not None:
+                    break
+            timeout = None
+            if state.redraw_at is not None or state.unused_at is not None:
+                due = min(t for t in (state.redraw_at, state.unused_at) if t is not None)
+                timeout = max(0.0, due - time.monotonic())
             try:
-                ready, _, _ = select.select(
-                    [self.in_fd, self.wire.fileno(), self._wake_r], [], [], timeout
-                )
+                ready = select.select(watched, [], [], timeout)[0]
             except InterruptedError:
                 ready = []
-            if self._wake_r in ready:
-                os.read(self._wake_r, 64)
-            self._handle_signals()
-            if self.state.redraw_at is not None and time.monotonic() >= self.state.redraw_at:
-                self.state.redraw_at = None
-                self.wire.send_request("client.redraw", {})
-            if self.state.unused_at is not None and time.monotonic() >= self.state.unused_at:
-                self.state.unused_at = None
-                if self.copy is None:
-                    self._draw_unused()
-            if self.wire.fileno() in ready:
+            if wake in ready:
+                os.read(wake, 64)
+            if self._signals:
+                self._handle_signals()
+            if timeout is not None:
+                self._timers()
+            if sock in ready:
                 self._from_daemon()
-            if self.in_fd in ready and self.state.ended is None:
+            if in_fd in ready and state.ended is None:
                 self._from_terminal()
+
+    def _timers(self) -> None:
+        now = time.monotonic()
+        if self.state.redraw_at is not None and now >= self.state.redraw_at:
+            self.state.redraw_at = None
+            self.wire.send_request("client.redraw", {})
+        if self.state.unused_at is not None and now >= self.state.unused_at:
+            self.state.unused_at = None
+            if self.copy is None:
+                self._draw_unused()
 
     def _handle_signals(self) -> None:
         while self._signals:
@@ -452,6 +463,13 @@ class _Bridge:
                 if not self.copy.key(key):
                     self._leave_copy_mode()
                     break
+            return
+        if (
+            self.state.prompt is None
+            and not self.state.prefix_pending
+            and self.prefix not in data
+        ):
+            self._flush_input(data)  # the usual keystroke: nothing for us in it
             return
         out = bytearray()
         i = 0
