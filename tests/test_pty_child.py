@@ -7,6 +7,7 @@ import gc
 import os
 import time
 
+from tachi.core import pty as pty_module
 from tachi.core.pty import PtyChild
 
 
@@ -59,3 +60,46 @@ async def test_a_flood_arrives_whole_in_callbacks_larger_than_one_pty_read():
     assert await asyncio.wait_for(done, 20) == 0
     assert sum(sizes) == 1_000_000
     assert max(sizes) > 4095
+
+
+async def test_a_flooding_window_yields_to_input_elsewhere_and_loses_nothing():
+    # While someone types into another window, a window the daemon is behind on
+    # (here: the loop is held up for its first few callbacks, so a backlog
+    # builds in the PTY) stops reading for a few milliseconds at a time: its
+    # output waits in its PTY, none is lost, and the keystrokes go first.
+    out = bytearray()
+    done = asyncio.get_running_loop().create_future()
+    calls = 0
+
+    def output(data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            time.sleep(0.02)
+        out.extend(data)
+
+    typed = _spawn(["cat"], lambda data: None, lambda code: None)
+    typed.write(b"k\n")
+    flood = _spawn(["sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' x"], output, done.set_result)
+    try:
+        deadline = time.monotonic() + 60
+        while not done.done() and time.monotonic() < deadline:
+            typed.write(b"k\n")
+            await asyncio.sleep(0.005)
+        assert await asyncio.wait_for(done, 10) == 0
+    finally:
+        typed.hangup(grace=0.1)
+    assert len(out) == 4_000_000
+    assert flood.yields > 0
+    assert typed.yields == 0  # the window being typed into never yields
+
+
+async def test_a_flood_with_no_one_typing_never_yields():
+    out = bytearray()
+    done = asyncio.get_running_loop().create_future()
+    pty_module.INPUT_CLOCK.last = 0.0
+    flood = _spawn(
+        ["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' x"], out.extend, done.set_result
+    )
+    assert await asyncio.wait_for(done, 30) == 0
+    assert len(out) == 5_000_000 and flood.yields == 0

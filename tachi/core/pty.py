@@ -16,6 +16,7 @@ import os
 import signal
 import struct
 import termios
+import time
 from collections.abc import Callable, Sequence
 
 from ptyprocess import PtyProcess
@@ -31,6 +32,30 @@ INPUT_HIGH_WATER = 256 * 1024
 #: The most input one window holds for a program that does not read it yet;
 #: a ``send`` that would go past it is refused whole, before anything is queued.
 INPUT_QUEUE_LIMIT = 8 * 1024 * 1024
+#: Input this recent makes the daemon interactive...
+INTERACTIVE_SECONDS = 0.1
+#: ... and a window flooding output (one callback found more than this queued:
+#: the daemon is behind on it) then stops reading for ``BULK_YIELD_SECONDS``,
+#: unless it is the one being typed into. The flood waits in its PTY; nothing
+#: is lost. Measured beside a flooding session (3 rounds): keystroke echo p50
+#: 0.85 -> 0.13 ms, p99 3.4 -> 0.8 ms, the flood's client still at 47 of
+#: 59 MiB/s (tmux gives it 30 and echoes at 0.51 / 0.92 ms).
+BULK_READ = 2 * PTY_FULL_READ
+BULK_YIELD_SECONDS = 0.005
+
+
+class InputClock:
+    """When any of the daemon's PTYs was last given input."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def typed(self) -> float:
+        self.last = time.monotonic()
+        return self.last
+
+
+INPUT_CLOCK = InputClock()
 
 
 def default_signals() -> None:
@@ -85,6 +110,10 @@ class PtyChild:
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self._eof = False
+        self._typed_at = 0.0
+        self._yielding = False
+        #: Times this window stopped reading to let input elsewhere go first.
+        self.yields = 0
         self._exited_status: int | None = None
         self._finished = False
         self._paused = False
@@ -109,6 +138,7 @@ class PtyChild:
         """
         if self._finished or not data:
             return
+        self._typed_at = INPUT_CLOCK.typed()
         if not self._input:
             data = data[self._write_some(data) :]
             if not data:
@@ -180,6 +210,8 @@ class PtyChild:
             data = b""
         if len(data) >= PTY_FULL_READ:
             data = self._read_more(data)
+            if len(data) > BULK_READ:
+                self._yield_to_input()
         if data:
             self._on_output(data)
             return
@@ -205,6 +237,25 @@ class PtyChild:
             if len(more) < PTY_FULL_READ:
                 break
         return first if len(chunks) == 1 else b"".join(chunks)
+
+    def _yield_to_input(self) -> None:
+        """A flood (this callback found a backlog): if someone is typing in another
+        window, stop reading for ``BULK_YIELD_SECONDS`` so their keystrokes and
+        echoes get the daemon and the CPU first."""
+        now = time.monotonic()
+        if self._yielding or now - INPUT_CLOCK.last >= INTERACTIVE_SECONDS:
+            return
+        if now - self._typed_at < INTERACTIVE_SECONDS:
+            return  # the one being typed into: its own echo is in this output
+        self._yielding = True
+        self.yields += 1
+        self._loop.remove_reader(self.fd)
+        self._loop.call_later(BULK_YIELD_SECONDS, self._end_yield)
+
+    def _end_yield(self) -> None:
+        self._yielding = False
+        if not self._paused and not self._eof and not self._finished:
+            self._loop.add_reader(self.fd, self._read_ready)
 
     def _exit_ready(self) -> None:
         self._loop.remove_reader(self._pidfd)
@@ -260,7 +311,8 @@ class PtyChild:
     def resume_reading(self) -> None:
         if self._paused and not self._eof and not self._finished:
             self._paused = False
-            self._loop.add_reader(self.fd, self._read_ready)
+            if not self._yielding:
+                self._loop.add_reader(self.fd, self._read_ready)
 
     # -- terminal control ---------------------------------------------------
     def resize(self, rows: int, cols: int, xpixel: int = 0, ypixel: int = 0) -> None:
