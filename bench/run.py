@@ -234,13 +234,12 @@ def fd_limit(pid: int) -> int:
 
 
 def raise_nofile() -> int:
-    """Lift our open-file soft limit to the hard one, before a daemon or tmux server
-    is started: they inherit it, and 1000 sessions need 2000+ descriptors (a PTY and
-    a pidfd or pipe each, plus every client). Returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    """Lift our open-file soft limit to the hard one, as tachid does for itself,
+    before a tmux server is started: it inherits the limit, and 1000 sessions need
+    2000+ descriptors. Returns the soft limit now in force."""
+    from tachi.core.fd_limits import raise_limit
+
+    raise_limit()
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 

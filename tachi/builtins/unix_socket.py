@@ -59,10 +59,11 @@ class FrameProtocol(asyncio.Protocol):
         self._daemon = daemon
         self._transport: asyncio.Transport | None = None
         self._inbox: FrameInbox | None = None
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._write_paused = False
-        self._lost = False
-        self.task: asyncio.Task[None] | None = None
+        #: Clear while the transport's buffer is over its high-water mark.
+        self._writable = asyncio.Event()
+        self._writable.set()
+        #: The connection's task (held here: the loop keeps only a weak one).
+        self._task: asyncio.Task[None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -73,10 +74,10 @@ class FrameProtocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_HIGH_WATER)
         self._inbox = FrameInbox(transport.pause_reading, transport.resume_reading)
         peer = socket_peer(transport.get_extra_info("socket"))
-        self.task = asyncio.get_running_loop().create_task(
+        self._task = asyncio.get_running_loop().create_task(
             self._daemon.serve_connection(self, self._inbox, peer=peer)
         )
-        self.task.add_done_callback(_log_failure)
+        self._task.add_done_callback(_log_failure)
 
     def data_received(self, data: bytes) -> None:
         assert self._inbox is not None
@@ -88,17 +89,15 @@ class FrameProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
         if self._inbox is not None:
             self._inbox.feed_eof()
-        self._wake_drainers()
+        self._writable.set()  # nothing will drain now: let waiters go
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._writable.clear()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_drainers()
+        self._writable.set()
 
     # -- Wire -------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -109,21 +108,11 @@ class FrameProtocol(asyncio.Protocol):
         return self._transport.get_write_buffer_size() if self._transport else 0
 
     async def drained(self) -> None:
-        if not self._write_paused or self._lost:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._drain_waiters.append(fut)
-        await fut
+        await self._writable.wait()
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-
-    def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

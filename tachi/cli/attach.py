@@ -155,10 +155,9 @@ class _Bridge:
         self._copy_keys: list[str] = []
         #: The session's size (rows, cols), to draw what lies outside it.
         self.session_size: tuple[int, int] | None = None
-        #: SIGWINCHes seen: the terminal's size may have changed since.
-        self._winches = 0
-        self._smaller_key: tuple[Any, int] | None = None
-        self._smaller_value = False
+        #: The terminal's (rows, cols, xpixel, ypixel), read again at each SIGWINCH:
+        #: output asks whether the session leaves part of it unused.
+        self.term_size = terminal_size(in_fd)
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -267,9 +266,9 @@ class _Bridge:
         while self._signals:
             sig = self._signals.pop(0)
             if sig == signal.SIGWINCH:
-                self._winches += 1
+                self.term_size = terminal_size(self.in_fd)
                 if not self.read_only:
-                    rows, cols, xpix, ypix = terminal_size(self.in_fd)
+                    rows, cols, xpix, ypix = self.term_size
                     self.wire.send_request(
                         "client.resize",
                         {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
@@ -282,15 +281,19 @@ class _Bridge:
 
     # -- daemon → terminal -------------------------------------------------------------
     def _drain_pending(self) -> None:
-        while self.wire.pending and self.state.ended is None:
-            self._apply(self.wire.pending.popleft())
+        frames = list(self.wire.pending)
+        self.wire.pending.clear()
+        self._apply_all(frames)
 
     def _from_daemon(self) -> None:
-        # Apply everything the socket holds before the next select(): one recv
-        # can carry many frames, and output frames in a row reach the terminal
-        # in one write (a flood arrives as 4 KiB frames, one per PTY read).
+        # Everything the socket holds, before the next select().
+        self._apply_all(self.wire.recv_ready())
+
+    def _apply_all(self, frames: list[protocol.Frame]) -> None:
+        """Apply frames in order; output frames in a row reach the terminal in one
+        write (a flood arrives as one frame per PTY callback)."""
         out: list[bytes] = []
-        for frame in self.wire.recv_ready():
+        for frame in frames:
             if self.state.ended is not None:
                 break
             if frame.channel == protocol.STDOUT:
@@ -313,12 +316,7 @@ class _Bridge:
             self.state.unused_at = time.monotonic() + UNUSED_REPAINT_DELAY
 
     def _apply(self, frame: protocol.Frame) -> None:
-        if frame.channel == protocol.STDOUT:
-            window, seq, data = protocol.decode_output(frame.payload)
-            self.position = (window, seq + len(data))
-            if self.copy is None:
-                self._output([data])
-            return
+        """Apply one control frame (output goes through :meth:`_apply_all`)."""
         message = json.loads(frame.payload)
         event = message.get("event")
         if event == "screen":
@@ -371,30 +369,24 @@ class _Bridge:
         """Scrolling confined to the session's rows, when the terminal has more."""
         if self.session_size is None:
             return b""
-        rows = terminal_size(self.in_fd)[0]
+        rows = self.term_size[0]
         srows = self.session_size[0]
         return f"\x1b[1;{srows}r".encode() if srows < rows else b"\x1b[r"
 
     @property
     def _smaller(self) -> bool:
-        """Whether the session leaves part of this terminal unused (cached: asked
-        after every write of output, and the answer changes only with a size)."""
-        key = (self.session_size, self._winches)
-        if self._smaller_key != key:
-            self._smaller_key = key
-            if self.session_size is None:
-                self._smaller_value = False
-            else:
-                rows, cols, _, _ = terminal_size(self.in_fd)
-                self._smaller_value = self.session_size[0] < rows or self.session_size[1] < cols
-        return self._smaller_value
+        """Whether the session leaves part of this terminal unused."""
+        if self.session_size is None:
+            return False
+        rows, cols, _, _ = self.term_size
+        return self.session_size[0] < rows or self.session_size[1] < cols
 
     def _draw_unused(self) -> None:
         """Fill the part of a larger terminal the session does not use with dots,
         as tmux does, so nothing stale shows there."""
         if self.session_size is None:
             return
-        rows, cols, _, _ = terminal_size(self.in_fd)
+        rows, cols, _, _ = self.term_size
         srows, scols = self.session_size
         if srows >= rows and scols >= cols:
             return
@@ -409,7 +401,7 @@ class _Bridge:
 
     # -- copy mode ---------------------------------------------------------------
     def _enter_copy_mode(self, capture: dict[str, Any]) -> None:
-        rows, cols, _, _ = terminal_size(self.in_fd)
+        rows, cols, _, _ = self.term_size
         lines = list(capture.get("history", [])) + str(capture.get("text", "")).split("\n")
         while len(lines) > 1 and not lines[-1]:
             lines.pop()
@@ -444,7 +436,7 @@ class _Bridge:
 
     def _flash(self, text: str) -> None:
         """Show one line on the bottom row, then redraw the screen shortly after."""
-        rows, cols, _, _ = terminal_size(self.in_fd)
+        rows, cols, _, _ = self.term_size
         line = text.replace("\n", " ")[: max(cols - 1, 1)]
         self._write(f"\x1b7\x1b[{rows};1H\x1b[0;7m{line}\x1b[K\x1b[0m\x1b8".encode())
         self.state.redraw_at = time.monotonic() + 2.0
@@ -463,13 +455,6 @@ class _Bridge:
                 if not self.copy.key(key):
                     self._leave_copy_mode()
                     break
-            return
-        if (
-            self.state.prompt is None
-            and not self.state.prefix_pending
-            and self.prefix not in data
-        ):
-            self._flush_input(data)  # the usual keystroke: nothing for us in it
             return
         out = bytearray()
         i = 0
@@ -544,7 +529,7 @@ class _Bridge:
 
     # -- rename prompt --------------------------------------------------------------
     def _show_prompt(self) -> None:
-        rows, _, _, _ = terminal_size(self.in_fd)
+        rows, _, _, _ = self.term_size
         text = "rename window: " + (self.state.prompt or b"").decode(errors="replace")
         self._write(f"\x1b7\x1b[{rows};1H\x1b[0;7m{text}\x1b[K\x1b[0m\x1b8".encode())
 

@@ -192,8 +192,6 @@ def ls(
     )
     with ctx.client() as client:
         sessions = client.list(flt)
-    if flt.live:  # a daemon older than the live filter sends the history too
-        sessions = [s for s in sessions if s.state != SessionState.CLOSED]
     if as_json:
         emit_json([s.to_json() for s in sessions])
         return
@@ -266,12 +264,10 @@ def attach_cmd(
 def _most_recent(ctx: Context) -> str:
     """The live session with the latest activity. Raises ``NotFound`` if none is live."""
     from tachi.errors import NotFound
-    from tachi.models import SessionFilter, SessionState
+    from tachi.models import SessionFilter
 
     with ctx.client() as client:
-        live = [
-            s for s in client.list(SessionFilter(live=True)) if s.state != SessionState.CLOSED
-        ]
+        live = client.list(SessionFilter(live=True))
     if not live:
         raise NotFound("no live session to attach to (start one with 'tachi new')")
     return max(live, key=lambda s: (s.lastActivity, s.createdAt)).id

@@ -160,8 +160,10 @@ class AsyncClient:
         return Session.from_json(await self.call("session.get", session=session_id))
 
     async def list(self, flt: SessionFilter | None = None) -> list[Session]:
-        found = await self.call("session.list", filter=(flt or SessionFilter()).to_json())
-        return [Session.from_json(s) for s in found]
+        flt = flt or SessionFilter()
+        found = await self.call("session.list", filter=flt.to_json())
+        # Applied here too: a daemon older than a filter field ignores it.
+        return [s for s in (Session.from_json(x) for x in found) if flt.matches(s)]
 
     async def close(self, session_id: str) -> Session:
         return Session.from_json(await self.call("session.close", session=session_id))

@@ -223,10 +223,10 @@ class Client:
         )
 
     def list(self, flt: SessionFilter | None = None) -> list[Session]:
-        return [
-            Session.from_json(s)
-            for s in self.call("session.list", filter=(flt or SessionFilter()).to_json())
-        ]
+        flt = flt or SessionFilter()
+        found = [Session.from_json(s) for s in self.call("session.list", filter=flt.to_json())]
+        # Applied here too: a daemon older than a filter field ignores it.
+        return [s for s in found if flt.matches(s)]
 
     def get(self, session_id: str) -> Session:
         return Session.from_json(self.call("session.get", session=session_id))

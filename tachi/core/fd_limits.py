@@ -12,6 +12,7 @@ or close every descriptor up to the limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 
@@ -26,8 +27,8 @@ FDS_PER_WINDOW = 6
 _inherited: tuple[int, int] | None = None
 
 
-def raise_limit() -> int:
-    """Raise the soft open-file limit to the hard one; returns the new soft limit."""
+def raise_limit() -> None:
+    """Raise the soft open-file limit to the hard one (once, at daemon start)."""
     global _inherited
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if _inherited is None:
@@ -36,12 +37,8 @@ def raise_limit() -> int:
     # per-process maximum rather than requesting infinity.
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if target > soft:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return soft
-        return target
-    return soft
 
 
 def restore_in_child() -> None:
@@ -50,19 +47,14 @@ def restore_in_child() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, _inherited)
 
 
-def open_count() -> int:
-    """Descriptors this process has open now."""
-    return len(os.listdir("/proc/self/fd"))
-
-
-def check_headroom(windows: int = 1) -> None:
-    """Raise ``Conflict`` if starting ``windows`` more windows would leave fewer
-    than ``FD_RESERVE`` descriptors free."""
+def check_headroom() -> None:
+    """Raise ``Conflict`` if starting one more window would leave fewer than
+    ``FD_RESERVE`` descriptors free."""
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit == resource.RLIM_INFINITY:
         return
-    used = open_count()
-    if used + windows * FDS_PER_WINDOW + FD_RESERVE > limit:
+    used = len(os.listdir("/proc/self/fd"))
+    if used + FDS_PER_WINDOW + FD_RESERVE > limit:
         raise Conflict(
             f"the daemon has {used} of its {limit} open files in use: close sessions,"
             " or start it with a higher limit (ulimit -n)"

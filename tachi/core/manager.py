@@ -145,7 +145,7 @@ class SessionManager:
         self.emit(session, "created", {"command": command, "state": str(info.state)})
         try:
             session.mux.new_window(command)
-        except (FileNotFoundError, PermissionError, OSError, TachiError) as exc:
+        except (OSError, TachiError) as exc:
             del self.sessions[session_id]
             self.store.delete(session_id)
             self.emit(session, "closed", {"reason": "not-started", "exitCode": None})

@@ -52,6 +52,8 @@ class ProcessSink:
         self.on_error: Callable[[OSError], None] | None = None
         self.error: str | None = None
         self.closed = False
+        #: The worker has finished the file (its reply to ``CLOSE``).
+        self.finished = False
 
     def output(self, data: bytes, t: float) -> None:
         self._send(wire.OUTPUT, t, data)
@@ -73,8 +75,7 @@ class ProcessSink:
         self.closed = True
         if self.error is None:
             self._process.close_sink(self)
-        else:
-            self._process.forget(self)
+        self._process.forget(self)
         if self.error is not None:
             raise OSError(errno.EIO, self.error)
 
@@ -96,11 +97,9 @@ class RecorderProcess:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._queue: list[bytes] = []
-        self._queued = 0
         self._writing = False
         self._lines = b""
         self._sinks: dict[int, ProcessSink] = {}
-        self._closed: set[int] = set()
         self._next = 1
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -140,7 +139,7 @@ class RecorderProcess:
             fcntl.fcntl(to_worker, _F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(to_worker, False)
         os.set_blocking(from_worker, False)
-        self._queue, self._queued, self._writing, self._lines = [], 0, False, b""
+        self._queue, self._writing, self._lines = [], False, b""
         self._loop.add_reader(from_worker, self._read_replies)
 
     # -- frames to the worker -------------------------------------------------------
@@ -155,9 +154,9 @@ class RecorderProcess:
                 return
             parts = left
         self._queue += parts
-        self._queued += sum(map(len, parts))
-        if self._queued > MAX_QUEUED:
-            self._gone(f"the recorder fell {self._queued >> 20} MiB behind (is the disk slow?)")
+        queued = sum(map(len, self._queue))
+        if queued > MAX_QUEUED:
+            self._gone(f"the recorder fell {queued >> 20} MiB behind (is the disk slow?)")
             return
         if not self._writing and self._loop is not None and self._proc.stdin is not None:
             self._writing = True
@@ -185,9 +184,7 @@ class RecorderProcess:
         left = self._write(self._queue[:64])
         if left is None:
             return
-        done = min(len(self._queue), 64)
-        self._queue = left + self._queue[done:]
-        self._queued = sum(map(len, self._queue))
+        self._queue = left + self._queue[64:]
         if not self._queue:
             self._stop_writing()
 
@@ -195,6 +192,13 @@ class RecorderProcess:
         if self._writing and self._loop is not None and self._proc and self._proc.stdin:
             self._loop.remove_writer(self._proc.stdin.fileno())
         self._writing = False
+
+    def _unwatch(self) -> None:
+        """Stop the event loop watching the worker's pipes."""
+        self._stop_writing()
+        if self._loop is not None and self._proc is not None and self._proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._proc.stdout.fileno())
 
     # -- replies ----------------------------------------------------------------------
     def _read_replies(self) -> None:
@@ -222,10 +226,11 @@ class RecorderProcess:
             return
         handle = reply.get("handle")
         if reply.get("event") == "closed":
-            self._closed.add(handle)
-            sink = self._sinks.pop(handle, None)
-            if sink is not None and reply.get("message"):
-                sink.error = sink.error or str(reply["message"])
+            sink = self._sinks.get(handle)
+            if sink is not None:
+                sink.finished = True
+                if reply.get("message"):
+                    sink.error = sink.error or str(reply["message"])
         elif reply.get("event") == "error":
             sink = self._sinks.get(handle)
             if sink is not None:
@@ -237,7 +242,7 @@ class RecorderProcess:
         that file: whoever stops a recording reads its size next."""
         self.send(wire.CLOSE, sink.handle, 0.0, b"")
         deadline = time.monotonic() + CLOSE_TIMEOUT
-        while sink.handle not in self._closed and sink.error is None:
+        while not sink.finished and sink.error is None:
             if self._proc is None or time.monotonic() > deadline:
                 sink.error = sink.error or "the recorder process did not finish the file"
                 break
@@ -250,21 +255,16 @@ class RecorderProcess:
                 self._flush()
             if readable:
                 self._read_replies()
-        self._closed.discard(sink.handle)
-        self._sinks.pop(sink.handle, None)
 
     def forget(self, sink: ProcessSink) -> None:
-        """A failed sink is closed: the worker dropped it already."""
+        """A sink is closed: no reply for it is awaited any more."""
         self._sinks.pop(sink.handle, None)
 
     def _gone(self, message: str) -> None:
         """The worker died or cannot keep up: every recording it had fails."""
+        self._unwatch()
         proc, self._proc = self._proc, None
         if proc is not None:
-            if self._loop is not None and proc.stdout is not None:
-                with contextlib.suppress(Exception):
-                    self._loop.remove_reader(proc.stdout.fileno())
-            self._stop_writing_of(proc)
             with contextlib.suppress(OSError):
                 proc.kill()
             with contextlib.suppress(Exception):
@@ -273,16 +273,10 @@ class RecorderProcess:
                 with contextlib.suppress(OSError):
                     if stream is not None:
                         stream.close()
-        self._queue, self._queued = [], 0
+        self._queue = []
         sinks, self._sinks = self._sinks, {}
         for sink in sinks.values():
             sink.failed(message)
-
-    def _stop_writing_of(self, proc: subprocess.Popen[bytes]) -> None:
-        if self._writing and self._loop is not None and proc.stdin is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_writer(proc.stdin.fileno())
-        self._writing = False
 
     def stop(self) -> None:
         """End the worker after it has written everything (daemon shutdown)."""
@@ -296,10 +290,7 @@ class RecorderProcess:
             self._flush()
             if self._proc is None:
                 return
-        self._stop_writing()
-        if self._loop is not None and proc.stdout is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(proc.stdout.fileno())
+        self._unwatch()
         with contextlib.suppress(OSError):
             proc.stdin.close()
         try:

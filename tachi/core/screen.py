@@ -135,21 +135,20 @@ class LazyScreen:
         self._line_printable = printable if lf >= 0 else self._line_printable and printable
 
     def _take(self) -> tuple[bytes, bytes, bool]:
-        """Empty the pending output: (its plain head, the rest, whether all of it
-        was plain); the classification starts again."""
+        """Empty the pending output: (its plain head, cut; the rest; whether all
+        of it was plain). ``_line_printable`` is left to the caller: it still
+        holds for the head if everything was plain (a cut keeps the last line)."""
         pending, plain = self._pending, self._plain_chunks
-        line_printable = self._line_printable
         self._pending, self._pending_bytes, self._plain_chunks = [], 0, 0
-        self._line_printable = True
         whole = plain == len(pending)
         head = b"".join(pending[:plain])
         rest = b"" if whole else b"".join(pending[plain:])
         if self._scroll_region:
             return b"", head + rest, False
-        cut = _cut_plain(head, self.rows, self.cols, self.history_lines, whole and line_printable)
+        cut = _cut_plain(
+            head, self.rows, self.cols, self.history_lines, whole and self._line_printable
+        )
         self.skipped_bytes += max(0, len(head) - len(cut))
-        if whole:
-            self._line_printable = line_printable  # what was cut ended no line of its own
         return cut, rest, whole
 
     def _compact(self) -> None:
@@ -160,19 +159,17 @@ class LazyScreen:
             self._pending_bytes = len(head)
             self._plain_chunks = 1
         else:
-            self._line_printable = True
             self._parse(head + rest)
         self._catch_up_at = big if plain else ESCAPED_CATCH_UP_BYTES
 
     def catch_up(self) -> None:
         """Bring the emulator up to date with everything pending, in one call."""
-        if not self._pending:
-            return
-        head, rest, _ = self._take()
-        self._line_printable = True
-        self._parse(head + rest)
+        if self._pending:
+            head, rest, _ = self._take()
+            self._parse(head + rest)
 
     def _parse(self, data: bytes) -> None:
+        self._line_printable = True  # nothing is pending: no line yet
         if b"\x1b" in data:
             for m in _SCROLL_REGION.finditer(data):
                 self._scroll_region = m.group(1) not in (b"", b";")

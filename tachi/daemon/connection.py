@@ -54,7 +54,6 @@ class Connection:
         self.attached: AttachedClient | None = None
         self.session: SessionRuntime | None = None
         self._greeted = False
-        self._stdin_busy = False
         self._last_denied_audit = 0.0
 
     async def run(self, next_frame: NextFrame | FrameInbox) -> None:
@@ -73,11 +72,7 @@ class Connection:
                 if frame.channel == protocol.STDIN and self._greeted:
                     # Awaited here, so a paste faster than the program reads stops
                     # this loop reading: the client is slowed down, nothing is lost.
-                    self._stdin_busy = True
-                    try:
-                        await self._stdin(frame.payload)
-                    finally:
-                        self._stdin_busy = False
+                    await self._stdin(frame.payload)
                 else:
                     self._handle(frame, tasks)
         except ProtocolError as exc:
@@ -197,8 +192,13 @@ class Connection:
     def stdin_now(self, frame: protocol.Frame) -> bool:
         """Apply a keystroke frame at once, if nothing calls for the slow path
         (:meth:`_stdin`: errors, read-only denials, a program behind on its
-        input). Returns whether it did; if not, the frame goes through ``run``."""
-        if frame.channel != protocol.STDIN or not self._greeted or self._stdin_busy:
+        input). Returns whether it did; if not, the frame goes through ``run``.
+
+        Order is kept without more bookkeeping: the inbox offers a frame only
+        when nothing is queued ahead of it, and while ``run`` waits in
+        :meth:`_stdin` for the program to catch up, the input it wrote first
+        keeps this window above the mark, so ``write_now`` declines."""
+        if frame.channel != protocol.STDIN or not self._greeted:
             return False
         client, session = self.attached, self.session
         if client is None or session is None or client.read_only:
