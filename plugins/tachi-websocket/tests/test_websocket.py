@@ -98,9 +98,12 @@ def test_a_peer_without_credentials_is_refused_and_audited(remote: Remote):
 
 
 def test_expired_revoked_and_rotated_tokens_over_the_network(remote: Remote):
-    short = json.loads(remote.daemon.run("token", "create", "--ttl", "1s", "--json").stdout)
+    # 3 s, and the wait counted from its creation: a remote `tachi ls` (TLS,
+    # plugins) took over a second on a loaded CI machine, past a 1 s token.
+    created = time.monotonic()
+    short = json.loads(remote.daemon.run("token", "create", "--ttl", "3s", "--json").stdout)
     assert remote.run("ls", token=short["token"]).returncode == 0
-    time.sleep(1.3)
+    time.sleep(max(0.0, created + 3.3 - time.monotonic()))
     expired = remote.run("ls", token=short["token"])
     assert expired.returncode == 4 and "expired" in expired.stderr
 
