@@ -1,3 +1,3 @@
-from tachi.cli.main import main
+from tachi.launch import main
 
 main()

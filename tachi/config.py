@@ -46,6 +46,8 @@ class Config:
     recording_dir: Path | None = None
     recording_input: bool = False
     recording_format: str = "asciicast"
+    #: Keep a warm CLI beside the socket (``tachi.launch``): ``[cli] warm``.
+    warm_cli: bool = True
     screen_memory: int | None = None
     allow_ip: list[Network] = field(default_factory=list)
     deny_ip: list[Network] = field(default_factory=list)
@@ -145,6 +147,7 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     cfg.recording_format = str(rec.get("format", cfg.recording_format))
     if rec.get("dir"):
         cfg.recording_dir = Path(rec["dir"]).expanduser()
+    cfg.warm_cli = bool(raw.get("cli", {}).get("warm", cfg.warm_cli))
     cfg.audit_fail_open = bool(sec.get("audit_fail_open", False))
     limits = raw.get("limits", {})
     if "screen_memory" in limits:

@@ -9,13 +9,9 @@ from pathlib import Path
 def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The daemon socket: ``--socket``, ``$TACHI_SOCKET``, ``$XDG_RUNTIME_DIR/tachi/default.sock``,
     else ``/tmp/tachi-$UID/default.sock``."""
-    if explicit:
-        return Path(explicit)
-    if env := os.environ.get("TACHI_SOCKET"):
-        return Path(env)
-    if runtime := os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(runtime) / "tachi" / "default.sock"
-    return Path(f"/tmp/tachi-{os.getuid()}") / "default.sock"
+    from tachi.launch import default_socket
+
+    return Path(explicit or default_socket())
 
 
 def state_dir() -> Path:

@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "tachi.builtins.windows",
     "tachi.builtins.avt_screen",
     "tachi.builtins.asciicast",
+    "tachi.builtins.warm_cli",
 )
 
 

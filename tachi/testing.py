@@ -214,7 +214,8 @@ async def inprocess_daemon(home: Path, plugins: Any = (), **config: Any) -> Any:
     pm = make_plugin_manager(load_entrypoints=False)
     for plugin in plugins:
         pm.register(plugin)
-    cfg = Config(state_dir=home / "state", socket=home / "s.sock")
+    # An embedded daemon keeps no warm CLI unless the test asks (warm_cli=True).
+    cfg = Config(state_dir=home / "state", socket=home / "s.sock", warm_cli=False)
     for key, value in config.items():
         setattr(cfg, key, value)
     daemon = Daemon(cfg, pm)

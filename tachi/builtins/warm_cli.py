@@ -1,0 +1,163 @@
+"""The warm CLI's keeper: the daemon starts ``tachi.cli.warm_server`` beside its
+socket, starts it again when it exits, and stops it with the daemon.
+
+It registers as a transport because it is one for the ``tachi`` command: a way
+in that ``tachi daemon status`` lists. ``[cli] warm = false`` in the config
+turns it off. See ``tachi.launch`` for what it is for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tachi.hookspecs import hookimpl
+from tachi.launch import warm_socket
+
+if TYPE_CHECKING:
+    from tachi.config import Config
+    from tachi.daemon.server import Daemon
+
+log = logging.getLogger("tachi.warm")
+#: The server's exit status when its code changed on disk (``warm_server.STALE``).
+_STALE = 75
+#: A server that ran at least this long before exiting is started again at once.
+_HEALTHY_SECONDS = 30.0
+#: The longest wait before starting a failing server again.
+_MAX_BACKOFF = 60.0
+
+
+class WarmCLI:
+    """One ``tachi.cli.warm_server`` process, kept running while the daemon runs."""
+
+    name = "warm-cli"
+
+    def __init__(self, daemon_socket: Path) -> None:
+        self.path = Path(warm_socket(str(daemon_socket)))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = False
+        self._started = 0.0
+        self._backoff = 1.0
+        self._restart: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    async def start(self, daemon: Daemon) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        self._restart = None
+        # The daemon's own import path, so the server imports the same tachi.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "tachi.cli.warm_server", str(self.path)],
+                stdin=subprocess.PIPE,  # the lifeline: it ends when the daemon does
+                stdout=subprocess.PIPE,  # "ready", then the end when it exits
+                stderr=None,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("cannot start the warm CLI: %s", exc)
+            self._schedule_restart()
+            return
+        self._started = time.monotonic()
+        self._ready = False
+        assert self._proc.stdout is not None
+        self._loop.add_reader(self._proc.stdout.fileno(), self._on_output)
+
+    def _on_output(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None and self._loop
+        data = os.read(self._proc.stdout.fileno(), 256)
+        if data:
+            self._ready = self._ready or b"ready" in data
+            return
+        self._loop.remove_reader(self._proc.stdout.fileno())
+        self._ready = False
+        if self._stopping:
+            return
+        # It closed its end when it exited; reap it off the loop.
+        self._loop.run_in_executor(None, self._reaped, self._proc)
+
+    def _reaped(self, proc: subprocess.Popen[bytes]) -> None:
+        status = proc.wait()
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._exited, proc, status)
+
+    def _exited(self, proc: subprocess.Popen[bytes], status: int) -> None:
+        self._close_pipes(proc)
+        if self._stopping or proc is not self._proc:
+            return
+        ran = time.monotonic() - self._started
+        if status == _STALE:
+            log.info("the warm CLI's code changed on disk: starting a fresh one")
+            self._backoff = 0.0
+        elif ran >= _HEALTHY_SECONDS:
+            log.warning("the warm CLI exited (%s) after %.0f s: starting it again", status, ran)
+            self._backoff = 0.0
+        else:
+            self._backoff = min(max(self._backoff * 2, 1.0), _MAX_BACKOFF)
+            log.warning(
+                "the warm CLI exited (%s) after %.1f s: starting it again in %.0f s",
+                status,
+                ran,
+                self._backoff,
+            )
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        assert self._loop is not None
+        self.restarts += 1
+        self._restart = self._loop.call_later(self._backoff, self._spawn)
+
+    @staticmethod
+    def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": f"unix:{self.path}",
+            "ready": self._ready,
+            "pid": self._proc.pid if self._proc and self._proc.poll() is None else None,
+            "restarts": self.restarts,
+        }
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+        proc = self._proc
+        if proc is None:
+            return
+        if self._loop is not None and proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(proc.stdout.fileno())
+        # Its commands are children it does not wait for: they run to their end.
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), 5)
+        except TimeoutError:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+        self._close_pipes(proc)
+
+
+@hookimpl
+def tachi_register_transports(register: Any, config: Config) -> None:
+    if config.warm_cli:
+        register(WarmCLI(config.socket))

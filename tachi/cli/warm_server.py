@@ -1,0 +1,327 @@
+"""The warm CLI: the whole ``tachi`` CLI imported once, each command run in a fork.
+
+The daemon starts this (``tachi.builtins.warm_cli``) as
+``python -m tachi.cli.warm_server SOCKET``; ``tachi.launch`` is its client and
+describes the exchange. The server's standard input is a lifeline: the daemon
+holds its other end, so when the daemon goes, even by SIGKILL, the server sees
+the end of it and exits. It prints ``ready`` on standard output once it
+listens, and exits with ``STALE`` when the code it imported has changed on disk
+(an upgrade, an edit of an editable install), so that the daemon starts a
+fresh one; that command, and every one until then, runs in the launcher.
+
+The child of each command takes over what it is sent (descriptors 0, 1, 2,
+the working directory, umask, environment, open-file limit, stream encodings,
+argv) and then runs ``tachi.cli.main.main`` exactly as the launcher would.
+If the launcher vanishes (SIGKILL), the child kills itself too, as the
+command would have died with it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import io
+import locale
+import os
+import pkgutil
+import resource
+import select
+import signal
+import socket
+import struct
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from tachi.launch import LOST, REQUEST_MAGIC, install_id
+
+#: Exit status when the code on disk changed: start a fresh server.
+STALE = 75
+#: Descriptors a request carries: 0, 1, 2 and the working directory.
+REQUEST_FDS = 4
+#: The largest request taken (argv and environment).
+MAX_REQUEST = 4 << 20
+_CREDS = struct.Struct("3i")
+
+
+# -- the server --------------------------------------------------------------------
+def preload() -> None:
+    """Import what any command may need, so that no child pays for it."""
+    import tachi.cli
+    import tachi.client
+    from tachi.plugins import make_plugin_manager
+
+    for package in (tachi.cli, tachi.client):
+        for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            if module.name != "tachi.cli.warm_server":
+                importlib.import_module(module.name)
+    # Plugin modules, and importlib.metadata's view of the installed distributions.
+    make_plugin_manager()
+
+
+def watched_files() -> list[str]:
+    """The files whose change makes this server stale: every module it imported
+    from outside the standard library, and each directory on ``sys.path`` (a
+    distribution installed or removed changes its directory)."""
+    stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+    files = {
+        path
+        for module in list(sys.modules.values())
+        if (path := getattr(module, "__file__", None)) and not path.startswith(stdlib)
+    }
+    files.update(entry for entry in sys.path if entry and os.path.isdir(entry))
+    return sorted(files)
+
+
+def stamp(files: list[str]) -> list[int]:
+    """The modification times of ``files`` (0 for one that is gone)."""
+    out = []
+    for path in files:
+        try:
+            out.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            out.append(0)
+    return out
+
+
+def listen(path: str) -> socket.socket:
+    """A listening socket at ``path``, 0600 (the daemon made sure it is the only
+    daemon on its socket, so whatever is at ``path`` is a leftover)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(128)
+    return listener
+
+
+def peer_uid(conn: socket.socket) -> int:
+    return _CREDS.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size))[1]
+
+
+def serve(path: str) -> int:
+    """Serve until the lifeline ends or SIGTERM; returns the exit status."""
+    preload()
+    files = watched_files()
+    loaded = stamp(files)
+    listener = listen(path)
+    bound = os.stat(path).st_ino
+    # Children are nobody's to wait for: the kernel reaps them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("ready", flush=True)
+    try:
+        while True:
+            ready, _, _ = select.select([listener, sys.stdin], [], [])
+            if sys.stdin in ready:
+                return 0  # the daemon is gone
+            conn, _ = listener.accept()
+            if peer_uid(conn) != os.getuid():
+                conn.close()
+                continue
+            if stamp(files) != loaded:
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"F\n")
+                conn.close()
+                return STALE
+            if os.fork() == 0:
+                # The child never returns into this loop (or its finally).
+                run_child(conn, listener)
+            conn.close()
+    finally:
+        listener.close()
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == bound:
+                os.unlink(path)
+
+
+# -- one command, in the child -------------------------------------------------------
+@dataclass
+class Request:
+    install: str
+    umask: int
+    encodings: list[str]
+    argv: list[str]
+    environ: dict[bytes, bytes]
+    nofile: int | None
+    fds: list[int]
+
+
+def read_request(conn: socket.socket) -> Request | None:
+    """The launcher's request, or ``None`` if it is malformed (its descriptors are closed then)."""
+    data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, REQUEST_FDS)
+    try:
+        while data.count(b"\n") < 2 and len(data) < 64:
+            more = conn.recv(1 << 16)
+            if not more:
+                raise ValueError("short request")
+            data += more
+        magic, size_line, payload = data.split(b"\n", 2)
+        size = int(size_line)
+        if magic + b"\n" != REQUEST_MAGIC or size > MAX_REQUEST or len(fds) != REQUEST_FDS:
+            raise ValueError("not a request of this version")
+        chunks = [payload]
+        received = len(payload)
+        while received < size:
+            more = conn.recv(min(1 << 20, size - received))
+            if not more:
+                raise ValueError("short request")
+            chunks.append(more)
+            received += len(more)
+        fields = b"".join(chunks).split(b"\0")
+        install, umask, nofile = fields[0].decode(), int(fields[1]), int(fields[2])
+        encodings = [field.decode() for field in fields[3:6]]
+        argc = int(fields[6])
+        argv = [os.fsdecode(arg) for arg in fields[7 : 7 + argc]]
+        environ = dict(field.split(b"=", 1) for field in fields[7 + argc :] if b"=" in field)
+        return Request(
+            install, umask, encodings, argv, environ, nofile if nofile >= 0 else None, fds
+        )
+    except (ValueError, IndexError, UnicodeDecodeError):
+        for fd in fds:
+            os.close(fd)
+        return None
+
+
+def adopt(request: Request) -> None:
+    """Become the launcher: its descriptors, directory, umask, environment, limits and streams."""
+    for target, fd in enumerate(request.fds[:3]):
+        os.dup2(fd, target)
+    os.fchdir(request.fds[3])
+    for fd in request.fds:
+        if fd > 2:
+            os.close(fd)
+    os.umask(request.umask)
+    os.environb.clear()
+    os.environb.update(request.environ)
+    time.tzset()
+    with contextlib.suppress(locale.Error):
+        locale.setlocale(locale.LC_CTYPE, "")
+    if request.nofile is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (request.nofile, hard))
+    # New stream objects, made as the interpreter makes them at start: the old
+    # ones were made for the server's own descriptors.
+    buffered = not request.environ.get(b"PYTHONUNBUFFERED")
+    streams = zip((0, 1, 2), ("stdin", "stdout", "stderr"), request.encodings, strict=True)
+    for fd, name, encoding in streams:
+        codec, _, errors = encoding.partition(":")
+        # As with -u: stdout and stderr unbuffered, stdin always buffered.
+        mode, buffering = ("rb", -1) if fd == 0 else ("wb", -1 if buffered else 0)
+        raw = open(fd, mode, buffering=buffering, closefd=False)  # noqa: SIM115 (lives on as sys.std*)
+        stream = io.TextIOWrapper(
+            raw,
+            encoding=codec or None,
+            errors=errors or None,
+            newline="\n",
+            line_buffering=buffered and (fd == 2 or os.isatty(fd)),
+            write_through=not buffered,
+        )
+        stream.mode = "r" if fd == 0 else "w"  # type: ignore[misc]
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    sys.argv = request.argv
+
+
+def run_child(conn: socket.socket, listener: socket.socket) -> None:
+    """Run one command and exit; never returns."""
+    status = LOST
+    try:
+        # The lifeline (0) and the ready pipe (1) stay open until adopt()
+        # replaces them, so the descriptors received are never 0, 1 or 2.
+        listener.close()
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        request = read_request(conn)
+        if request is None or request.install != install_id():
+            if request is not None:
+                for fd in request.fds:
+                    os.close(fd)
+            conn.sendall(b"F\n")
+            os._exit(0)
+        conn.sendall(b"P %d\n" % os.getpid())
+        if _read_line(conn) != b"G":
+            os._exit(0)  # the launcher gave up: it runs the command itself
+        adopt(request)
+        threading.Thread(target=_die_with_launcher, args=(conn,), daemon=True).start()
+        status, died_of = run_command()
+        message = b"S %d\n" % died_of if died_of else b"X %d\n" % status
+        conn.sendall(message)
+    except BaseException:  # whatever happens, this process must end here
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        os._exit(status & 0xFF)
+
+
+def run_command() -> tuple[int, int]:
+    """Run the CLI as the interpreter would run a script: (exit status, signal it died of)."""
+    from tachi.cli.main import main
+
+    status, died_of = 0, 0
+    try:
+        main()
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except KeyboardInterrupt:
+        died_of = signal.SIGINT
+    except BaseException:  # printed as the interpreter prints it
+        traceback.print_exc()
+        status = 1
+    # What interpreter shutdown does, in its order.
+    with contextlib.suppress(Exception):
+        threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = 120  # as the interpreter exits when it cannot flush stdout
+    return status, died_of
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = conn.recv(1)
+        if not byte:
+            return b""
+        line += byte
+    return line[:-1]
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    with contextlib.suppress(Exception):
+        print(code, file=sys.stderr)
+    return 1
+
+
+def _die_with_launcher(conn: socket.socket) -> None:
+    """Block on the launcher's end; if it goes before the command is done, go too."""
+    with contextlib.suppress(OSError):
+        while conn.recv(64):
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tachi.cli.warm_server SOCKET")
+    sys.exit(serve(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
