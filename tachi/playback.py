@@ -38,7 +38,11 @@ def read_cast(path: Path) -> tuple[CastHeader, list[CastEvent]]:
     An unparsable *last* line is ignored: that is what a crash mid-write leaves.
     Anything else malformed raises ``ValueError`` naming the line.
     """
-    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    # Lines end in "\n" alone: splitlines() would also cut at U+2028, U+0085 and
+    # the like, which JSON strings carry unescaped.
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").split("\n")
+    if lines[-1] == "":
+        lines.pop()
     if not lines:
         raise ValueError(f"{path}: empty file")
     try:

@@ -114,6 +114,20 @@ def test_any_output_bytes_make_lines_json_reads_back_as_the_decoded_text(tmp_pat
     for i, chunk in enumerate(chunks):
         sink.output(chunk, i / 10)
     sink.close()
-    events = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[1:]]
+    # Split at "\n" only, as the format does: splitlines() also cuts at U+0085.
+    events = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n")[1:-1]]
     assert "".join(e[2] for e in events) == b"".join(chunks).decode("utf-8", "replace")
+    _header, played = read_cast(path)
+    assert "".join(e.data for e in played) == b"".join(chunks).decode("utf-8", "replace")
     assert all(e[1] == "o" for e in events)
+
+
+def test_output_with_unicode_line_separators_plays_back_whole(tmp_path):
+    # JSON strings carry U+2028, U+2029 and U+0085 unescaped; only "\n" ends a line.
+    text = "one\u2028two\x85three\u2029four"
+    path = tmp_path / "sep.cast"
+    sink = _open(path)
+    sink.output(text.encode(), 0.1)
+    sink.close()
+    _header, events = read_cast(path)
+    assert [(e.code, e.data) for e in events] == [("o", text)]
