@@ -18,13 +18,15 @@ import pluggy
 
 from tachi import hookspecs
 
+# pluggy calls the last registered first: the warm CLI comes before the Unix
+# socket here so that the socket is registered, started and listed first.
 DEFAULT_PLUGINS = (
+    "tachi.builtins.warm_cli",
     "tachi.builtins.unix_socket",
     "tachi.builtins.acl",
     "tachi.builtins.windows",
     "tachi.builtins.avt_screen",
     "tachi.builtins.asciicast",
-    "tachi.builtins.warm_cli",
 )
 
 

@@ -28,10 +28,10 @@ import pkgutil
 import resource
 import select
 import signal
+import site
 import socket
 import struct
 import sys
-import sysconfig
 import threading
 import time
 import traceback
@@ -50,28 +50,29 @@ _CREDS = struct.Struct("3i")
 
 # -- the server --------------------------------------------------------------------
 def preload() -> None:
-    """Import what any command may need, so that no child pays for it."""
+    """Import what the built-in commands may need, so that no child pays for it.
+    Plugins are not preloaded: most commands never load them, and they would
+    double the server's memory (a plugin command loads them in its child)."""
     import tachi.cli
     import tachi.client
-    from tachi.plugins import make_plugin_manager
 
     for package in (tachi.cli, tachi.client):
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             if module.name != "tachi.cli.warm_server":
                 importlib.import_module(module.name)
-    # Plugin modules, and importlib.metadata's view of the installed distributions.
-    make_plugin_manager()
 
 
 def watched_files() -> list[str]:
     """The files whose change makes this server stale: every module it imported
     from outside the standard library, and each directory on ``sys.path`` (a
     distribution installed or removed changes its directory)."""
-    stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+    stdlib = os.path.dirname(os.__file__)
+    installed = (*site.getsitepackages(), site.getusersitepackages())
     files = {
         path
         for module in list(sys.modules.values())
-        if (path := getattr(module, "__file__", None)) and not path.startswith(stdlib)
+        if (path := getattr(module, "__file__", None))
+        and (path.startswith(installed) or not path.startswith(stdlib))
     }
     files.update(entry for entry in sys.path if entry and os.path.isdir(entry))
     return sorted(files)

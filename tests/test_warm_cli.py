@@ -1,0 +1,328 @@
+"""The warm CLI: `tachi` handed to a process that has the CLI imported must
+behave exactly as `tachi` run in-process, and fall back whenever it cannot.
+
+Every command here runs twice where it matters: ``TACHI_WARM=require`` (fails
+with 255 unless the warm CLI ran it) and ``TACHI_WARM=0`` (in-process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tachi.launch import REQUEST_MAGIC
+from tachi.testing import DaemonProcess
+from users import as_user, ensure_users
+
+WARM = {"TACHI_WARM": "require"}
+HERE = {"TACHI_WARM": "0"}
+
+
+def warm_listener(daemon: DaemonProcess, *, restarts: int = 0, timeout: float = 20) -> dict:
+    """The warm CLI's entry in `daemon status` once it is ready (after ``restarts``)."""
+    deadline = time.monotonic() + timeout
+    entry: dict = {}
+    while time.monotonic() < deadline:
+        status = json.loads(daemon.run("daemon", "status", "--json", check=True).stdout)
+        entry = next(x for x in status["listeners"] if x["transport"] == "warm-cli")
+        if entry["ready"] and entry["restarts"] >= restarts:
+            return entry
+        time.sleep(0.1)
+    raise AssertionError(f"the warm CLI did not become ready: {entry}")
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process_state(pid) == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def warm(tachi_daemon: DaemonProcess) -> DaemonProcess:
+    warm_listener(tachi_daemon)
+    return tachi_daemon
+
+
+def test_commands_print_and_exit_the_same_warm_or_in_process(warm):
+    s = warm.new("cat", name="w1")
+    cases = [
+        ["ls"],
+        ["ls", "--json"],
+        ["get", "w1", "--json"],
+        ["capture", "w1"],
+        ["capture", "no-such-session"],
+        ["ls", "--bogus-flag"],
+        ["--version"],
+        ["send", "--help"],
+        ["window", "ls", s["id"]],
+    ]
+    for argv in cases:
+        warm_run = warm.run(*argv, env=WARM)
+        here = warm.run(*argv, env=HERE)
+        assert warm_run.returncode != 255, warm_run.stderr
+        assert (warm_run.returncode, warm_run.stdout, warm_run.stderr) == (
+            here.returncode,
+            here.stdout,
+            here.stderr,
+        ), argv
+
+
+def test_the_commands_stdin_environment_and_directory_are_the_callers(warm, tmp_path):
+    # stdin and its end reach the command; exit codes come back.
+    out = warm.run("exec", "--", "sh", "-c", "cat; exit 7", input="from stdin\n", env=WARM)
+    assert (out.returncode, out.stdout) == (7, "from stdin\n"), out.stderr
+    # The caller's environment, not the server's: a bad token is refused.
+    out = warm.run("ls", env={**WARM, "TACHI_TOKEN": "t_not-a-token"})
+    assert out.returncode == 4, out.stderr
+    assert warm.run("ls", env=WARM).returncode == 0
+    # The caller's working directory becomes the session's.
+    work = tmp_path / "work dir"
+    work.mkdir()
+    made = subprocess.run(
+        warm.tachi_argv("new", "-d", "--json", "--", "sh", "-c", "pwd; sleep 30"),
+        env={**warm.env, **WARM},
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    session = json.loads(made.stdout)
+    warm.run("wait", session["id"], "--match", "work dir", "--timeout", "10", check=True)
+    assert str(work) in warm.run("capture", session["id"], check=True).stdout
+
+
+def test_files_the_command_writes_get_the_callers_umask(warm, tmp_path):
+    s = warm.new("sh", "-c", "echo recorded; sleep 30", record=True)
+    warm.run("wait", s["id"], "--match", "recorded", "--timeout", "10", check=True)
+    warm.run("close", s["id"], check=True)
+    recording = json.loads(warm.run("record", "ls", "--json", check=True).stdout)[0]["id"]
+    for umask, mode in ((0o077, 0o600), (0o022, 0o644)):
+        target = tmp_path / f"out-{umask:o}.cast"
+        subprocess.run(
+            warm.tachi_argv("record", "export", recording, "-o", str(target)),
+            env={**warm.env, **WARM},
+            preexec_fn=lambda u=umask: os.umask(u),
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        assert stat.S_IMODE(target.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("mode", ["require", "0"])
+def test_signals_reach_the_command_as_they_would_in_process(warm, mode):
+    s = warm.new("cat")
+    wait = [*warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "30")]
+    env = {**warm.env, "TACHI_WARM": mode}
+    # Ctrl-C: the command says it was interrupted and exits 130.
+    proc = subprocess.Popen(wait, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert (proc.returncode, err.strip()) == (130, "tachi: interrupted")
+    # SIGTERM: it dies of it, and so does `tachi`.
+    proc = subprocess.Popen(wait, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.terminate()
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == -signal.SIGTERM, err
+
+
+def test_a_killed_tachi_takes_its_command_with_it(warm):
+    server = warm_listener(warm)["pid"]
+    s = warm.new("cat")
+    proc = subprocess.Popen(
+        warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
+        env={**warm.env, **WARM},
+    )
+    deadline = time.monotonic() + 15
+    while not children(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = children(server)
+    proc.kill()
+    proc.wait(5)
+    assert gone(child), "the command outlived the tachi that ran it"
+
+
+def test_ctrl_z_stops_the_command_and_fg_resumes_it(warm):
+    server = warm_listener(warm)["pid"]
+    s = warm.new("cat")
+    shell = pexpect.spawn(
+        "bash",
+        ["--norc", "--noprofile", "-i"],
+        env={**warm.env, **WARM, "PS1": "PROMPT$ ", "HOME": str(warm.home)},
+        dimensions=(30, 100),
+        encoding="utf-8",
+        timeout=20,
+    )
+    try:
+        shell.expect_exact("PROMPT$ ")
+        shell.sendline(f"{sys.executable} -m tachi wait {s['id']} --match never --timeout 60")
+        deadline = time.monotonic() + 15
+        while not children(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = children(server)
+        shell.sendcontrol("z")
+        shell.expect("Stopped")
+        shell.expect_exact("PROMPT$ ")
+        assert process_state(child) == "T"
+        shell.sendline("fg")
+        deadline = time.monotonic() + 10
+        while process_state(child) == "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_state(child) in "SR"
+        shell.sendintr()
+        shell.expect_exact("tachi: interrupted")
+        shell.expect_exact("PROMPT$ ")
+        shell.sendline("echo status=$?")
+        shell.expect(r"status=(\d+)")
+        assert shell.match.group(1) == "130"
+    finally:
+        shell.close(force=True)
+
+
+def test_attach_through_the_warm_cli_draws_follows_resizes_and_detaches(warm):
+    s = warm.new("bash", "--norc", "--noprofile", name="wa")
+    warm.run("send", "wa", "echo drawn-before-attach\\r", check=True)
+    warm.run("wait", "wa", "--match", "drawn-before-attach", "--timeout", "10", check=True)
+    term = pexpect.spawn(
+        sys.executable,
+        ["-m", "tachi", "attach", "wa"],
+        env={**warm.env, **WARM},
+        dimensions=(30, 100),
+        timeout=20,
+    )
+    try:
+        term.expect("drawn-before-attach")
+        term.setwinsize(40, 120)
+        deadline = time.monotonic() + 10
+        size = None
+        while time.monotonic() < deadline:
+            size = warm.client().get(s["id"]).pty
+            if (size.cols, size.rows) == (120, 40):
+                break
+            time.sleep(0.1)
+        assert size is not None and (size.cols, size.rows) == (120, 40)
+        term.send("\x1c")
+        term.send("d")
+        term.expect("detached from session")
+        term.expect(pexpect.EOF)
+    finally:
+        term.close(force=True)
+    assert term.exitstatus == 0
+
+
+def test_a_change_on_disk_makes_the_warm_cli_step_aside_and_restart(tachi_home, tmp_path):
+    # A directory on the daemon's import path: installing a distribution there
+    # changes it, and the warm CLI must not go on running the old code.
+    site = tmp_path / "site"
+    site.mkdir()
+    daemon = DaemonProcess(tachi_home, {"PYTHONPATH": str(site)})
+    daemon.start()
+    try:
+        first = warm_listener(daemon)
+        assert daemon.run("ls", env=WARM).returncode == 0
+        time.sleep(0.02)  # a later mtime even on a coarse clock
+        (site / "new_distribution.py").write_text("")
+        refused = daemon.run("ls", env=WARM)
+        assert refused.returncode == 255
+        assert "warm CLI did not take the command" in refused.stderr
+        assert daemon.run("ls", env=HERE).returncode == 0
+        fresh = warm_listener(daemon, restarts=1)
+        assert fresh["pid"] != first["pid"]
+        assert daemon.run("ls", env=WARM).returncode == 0
+    finally:
+        daemon.stop()
+
+
+def test_the_warm_cli_goes_with_the_daemon_and_comes_back_when_killed(tachi_home):
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    try:
+        first = warm_listener(daemon)
+        os.kill(first["pid"], signal.SIGKILL)
+        second = warm_listener(daemon, restarts=1)
+        assert second["pid"] != first["pid"]
+        assert daemon.run("ls", env=WARM).returncode == 0
+        daemon.kill()  # SIGKILL: only the lifeline tells the server
+        assert gone(second["pid"]), "the warm CLI outlived its daemon"
+        assert not Path(str(daemon.socket) + ".warm").exists()
+    finally:
+        daemon.stop()
+
+
+def test_warm_false_in_the_config_keeps_no_warm_cli(tachi_home):
+    daemon = DaemonProcess(tachi_home, config="[cli]\nwarm = false\n")
+    daemon.start()
+    try:
+        status = json.loads(daemon.run("daemon", "status", "--json", check=True).stdout)
+        assert "warm-cli" not in status["transports"]
+        assert not Path(str(daemon.socket) + ".warm").exists()
+        assert daemon.run("ls", env=WARM).returncode == 255
+        assert daemon.run("ls").returncode == 0
+    finally:
+        daemon.stop()
+
+
+def test_another_user_never_gets_a_command_run(tmp_path):
+    # The socket's mode is the first wall (0600); here it is opened on purpose,
+    # and the server's own peer-credential check must still refuse.
+    ensure_users()
+    where = Path(tempfile.mkdtemp(prefix="tw-", dir="/tmp"))
+    where.chmod(0o755)
+    path = where / "w.warm"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tachi.cli.warm_server", str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+        path.chmod(0o666)
+
+        def probe() -> bytes:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+                sock.sendall(REQUEST_MAGIC)
+                sock.settimeout(10)
+                try:
+                    return sock.recv(64)
+                except ConnectionResetError:  # closed with the request unread
+                    return b""
+
+        # Closed without a pid: nothing ran. (Without the check the server
+        # would fork a child waiting for the rest, and this recv would time out.)
+        assert as_user("tachi-alice", probe) == b""
+    finally:
+        server.stdin.close()  # type: ignore[union-attr]
+        server.wait(10)
+        shutil.rmtree(where, ignore_errors=True)
