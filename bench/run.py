@@ -86,6 +86,16 @@ class Env:
             check=True,
         ).stdout
 
+    def wait_warm(self, timeout: float = 30) -> None:
+        """Wait until the daemon's warm CLI takes commands (``tachi.launch``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = json.loads(self.tachi("daemon", "status", "--json"))
+            if any(x.get("ready") for x in status["listeners"] if x["transport"] == "warm-cli"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the warm CLI did not become ready")
+
     def daemon_pid(self) -> int:
         return int(json.loads(self.tachi("daemon", "status", "--json"))["pid"])
 
@@ -517,9 +527,12 @@ def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
         " echo SCREEN''-READY; sleep 3600"
     )
     argv = new_session(env, system, name, command)
+    if system.startswith("tachi"):
+        # The `tachi` command users run, warm (the default) or in-process.
+        argv = [str(Path(PY).parent / "tachi"), *argv[len(TACHI) :]]
     time.sleep(0.5)
     t0 = time.perf_counter()
-    proc = spawn(argv, env.env)
+    proc = spawn(argv, env.env | _in_process(system))
     try:
         drain_until(proc, b"SCREEN-READY", 15)
         return {"ms": (time.perf_counter() - t0) * 1000}
@@ -527,17 +540,25 @@ def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
         end_session(env, system, name, proc)
 
 
+def _in_process(system: str) -> dict[str, str]:
+    """The environment that makes ``system`` run tachi without its warm CLI."""
+    return {"TACHI_WARM": "0"} if system.endswith("in-process") else {}
+
+
 #: What `tachi ls` imports, without running it: the import share of its start-up.
 _TACHI_IMPORTS = "import tachi.cli.main, tachi.cli.session_cmds, tachi.client.sync"
 
 
 def bench_startup(env: Env, system: str, runs: int) -> dict[str, float]:
-    """Whole-process wall time. Read side by side, the rows break `tachi ls` down:
-    interpreter (`python`), imports (`tachi imports` minus `python`), and the rest
-    (connect, hello, the request, printing: `tachi ls` minus `tachi imports`)."""
+    """Whole-process wall time. `tachi`, `tachi send` and `tachi capture` run
+    through the warm CLI (the default); the in-process rows break `tachi ls`
+    without it down: interpreter (`python`), imports (`tachi imports` minus
+    `python`), and the rest (connect, hello, the request, printing: `tachi ls
+    in-process` minus `tachi imports`)."""
     tachi = str(Path(PY).parent / "tachi")
     argv = {
         "tachi": [tachi, "ls"],
+        "tachi in-process": [tachi, "ls"],
         "tachi send": [tachi, "send", "startup", "x"],
         "tachi capture": [tachi, "capture", "startup"],
         "tachi imports": [PY, "-c", _TACHI_IMPORTS],
@@ -548,7 +569,12 @@ def bench_startup(env: Env, system: str, runs: int) -> dict[str, float]:
     samples = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run(argv, env=env.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            argv,
+            env=env.env | _in_process(system),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         samples.append((time.perf_counter() - t0) * 1000)
     return {"ms": statistics.median(samples)}
 
@@ -876,17 +902,21 @@ def main() -> int:
                 rounds, systems, lambda s, r: bench_echo_load(env, s, r, keys)
             )
         if want("attach"):
+            env.wait_warm()
             results["attach"] = interleaved(
-                rounds * 2, ["tmux", "tachi"], lambda s, r: bench_attach(env, s, r)
+                rounds * 2,
+                ["tmux", "tachi", "tachi in-process"],
+                lambda s, r: bench_attach(env, s, r),
             )
         if want("startup"):
             runs = 5 if args.quick else 15
             env.tachi("new", "-d", "--name", "startup", "--", "cat")
+            env.wait_warm()
             results["startup"] = interleaved(
                 rounds,
                 [
                     "python -I -S", "python", "tachi imports", "tmux", "tachi",
-                    "tachi send", "tachi capture",
+                    "tachi send", "tachi capture", "tachi in-process",
                 ],
                 lambda s, r: bench_startup(env, s, runs),
             )  # fmt: skip

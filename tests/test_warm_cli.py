@@ -311,12 +311,12 @@ def test_another_user_never_gets_a_command_run(tmp_path):
 
         def probe() -> bytes:
             with socket.socket(socket.AF_UNIX) as sock:
-                sock.connect(str(path))
-                sock.sendall(REQUEST_MAGIC)
                 sock.settimeout(10)
+                sock.connect(str(path))
                 try:
+                    sock.sendall(REQUEST_MAGIC)
                     return sock.recv(64)
-                except ConnectionResetError:  # closed with the request unread
+                except (BrokenPipeError, ConnectionResetError):  # closed on us
                     return b""
 
         # Closed without a pid: nothing ran. (Without the check the server
