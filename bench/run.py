@@ -521,7 +521,7 @@ def bench_echo_load(env: Env, system: str, rnd: int, keys: int) -> dict[str, flo
 
 
 def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
-    name = f"at{rnd}{system}"
+    name = f"at{rnd}{system}".replace(" ", "-")
     command = (
         "for i in $(seq 1 48); do printf 'line %03d %0150d\\n' $i 0; done;"
         " echo SCREEN''-READY; sleep 3600"

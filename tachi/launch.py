@@ -87,9 +87,12 @@ def warm_socket(daemon_socket: str) -> str:
 
 
 def install_id() -> str:
-    """What tells one install from another: the interpreter and this package's
-    directory. A launcher runs only on a warm CLI of its own install."""
-    return f"{sys.executable}\n{os.path.dirname(os.path.abspath(__file__))}"
+    """What tells one install from another: the environment (a venv's
+    ``sys.prefix`` is the same whether its ``python`` or ``python3`` runs), the
+    Python version and this package's directory. A launcher runs only on a warm
+    CLI of its own install."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return f"{sys.prefix}\n{sys.version}\n{here}"
 
 
 def encode_request(argv: list[str], umask: int) -> bytes:

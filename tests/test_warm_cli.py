@@ -74,7 +74,6 @@ def warm(tachi_daemon: DaemonProcess) -> DaemonProcess:
 def test_commands_print_and_exit_the_same_warm_or_in_process(warm):
     s = warm.new("cat", name="w1")
     cases = [
-        ["ls"],
         ["ls", "--json"],
         ["get", "w1", "--json"],
         ["capture", "w1"],
@@ -82,7 +81,7 @@ def test_commands_print_and_exit_the_same_warm_or_in_process(warm):
         ["ls", "--bogus-flag"],
         ["--version"],
         ["send", "--help"],
-        ["window", "ls", s["id"]],
+        ["window", "ls", s["id"], "--json"],
     ]
     for argv in cases:
         warm_run = warm.run(*argv, env=WARM)
@@ -326,3 +325,17 @@ def test_another_user_never_gets_a_command_run(tmp_path):
         server.stdin.close()  # type: ignore[union-attr]
         server.wait(10)
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_the_installed_tachi_script_uses_the_warm_cli_of_a_daemon_started_otherwise(warm):
+    # The daemon here runs as `python -m tachi.daemon.server`; the script's
+    # interpreter may be the venv's python3 instead: the same install.
+    script = Path(sys.executable).parent / "tachi"
+    out = subprocess.run(
+        [str(script), "ls", "--json"],
+        env={**warm.env, **WARM},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (out.returncode, out.stderr) == (0, "")
