@@ -124,16 +124,23 @@ def serve(path: str) -> int:
             ready, _, _ = select.select([listener, sys.stdin], [], [])
             if sys.stdin in ready:
                 return 0  # the daemon is gone
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # out of descriptors, say: launchers run in-process meanwhile
+                time.sleep(0.1)
+                continue
             if peer_uid(conn) != os.getuid():
                 conn.close()
                 continue
             if stamp(files) != loaded:
-                with contextlib.suppress(OSError):
-                    conn.sendall(b"F\n")
-                conn.close()
+                decline(conn)
                 return STALE
-            if os.fork() == 0:
+            try:
+                pid = os.fork()
+            except OSError:  # out of processes: this command runs in its launcher
+                decline(conn)
+                continue
+            if pid == 0:
                 # The child never returns into this loop (or its finally).
                 run_child(conn, listener)
             conn.close()
@@ -142,6 +149,13 @@ def serve(path: str) -> int:
         with contextlib.suppress(OSError):
             if os.stat(path).st_ino == bound:
                 os.unlink(path)
+
+
+def decline(conn: socket.socket) -> None:
+    """Tell the launcher to run its command itself."""
+    with contextlib.suppress(OSError):
+        conn.sendall(b"F\n")
+    conn.close()
 
 
 # -- one command, in the child -------------------------------------------------------
