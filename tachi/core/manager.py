@@ -69,7 +69,9 @@ class SessionManager:
         pruned = self.prune_history(now_ns())
         if pruned:
             log.info("forgot %d sessions closed longer ago than the retention", pruned)
-        self._ticker = asyncio.get_running_loop().create_task(every(TICK_SECONDS, self.tick, log))
+        self._ticker = asyncio.get_running_loop().create_task(
+            every(TICK_SECONDS, self.tick, log, watch=True)
+        )
 
     async def shutdown(self, grace: float = 3.0) -> None:
         """Close every session with reason ``daemon-stopped`` and wait (bounded) for

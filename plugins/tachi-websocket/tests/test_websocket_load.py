@@ -102,7 +102,13 @@ FRAMES = st.one_of(
 )
 @given(messages=st.lists(st.one_of(FRAMES, st.text(max_size=20)), min_size=1, max_size=4))
 def test_arbitrary_messages_never_hurt_the_daemon(remote: Remote, messages):
-    with remote.raw() as ws:
+    try:
+        ws = remote.raw()
+    except TimeoutError as exc:
+        # Seen only under the loaded full suite: say what the daemon was doing.
+        tail = remote.daemon.log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"handshake timed out; the daemon's log ends:\n{tail}") from exc
+    with ws:
         try:
             for m in messages:
                 ws.send(m)
