@@ -7,6 +7,7 @@ with 255 unless the warm CLI ran it) and ``TACHI_WARM=0`` (in-process).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +47,19 @@ def warm_listener(daemon: DaemonProcess, *, restarts: int = 0, timeout: float = 
 def children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
+
+
+def running_command(server: int, timeout: float = 15) -> int:
+    """The pid of the warm CLI's child that is running a command: it has been
+    told to go once it has started its second thread (the launcher watch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in children(server):
+            with contextlib.suppress(FileNotFoundError):
+                if len(os.listdir(f"/proc/{pid}/task")) >= 2:
+                    return pid
+        time.sleep(0.05)
+    raise AssertionError("no command started in the warm CLI")
 
 
 def process_state(pid: int) -> str:
@@ -163,10 +177,7 @@ def test_a_killed_tachi_takes_its_command_with_it(warm):
         warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
         env={**warm.env, **WARM},
     )
-    deadline = time.monotonic() + 15
-    while not children(server) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (child,) = children(server)
+    child = running_command(server)
     proc.kill()
     proc.wait(5)
     assert gone(child), "the command outlived the tachi that ran it"
@@ -186,10 +197,7 @@ def test_ctrl_z_stops_the_command_and_fg_resumes_it(warm):
     try:
         shell.expect_exact("PROMPT$ ")
         shell.sendline(f"{sys.executable} -m tachi wait {s['id']} --match never --timeout 60")
-        deadline = time.monotonic() + 15
-        while not children(server) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        (child,) = children(server)
+        child = running_command(server)
         shell.sendcontrol("z")
         shell.expect("Stopped")
         shell.expect_exact("PROMPT$ ")
