@@ -150,7 +150,8 @@ class _Launcher:
         umask = os.umask(0o077)
         os.umask(umask)
         message = encode_request(argv, umask)
-        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # O_PATH: a directory we may enter but not list is still ours to pass.
+        cwd = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fds = array.array("i", [0, 1, 2, cwd])
             # SOL_SOCKET, SCM_RIGHTS
