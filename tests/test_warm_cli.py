@@ -178,6 +178,8 @@ def test_a_killed_tachi_takes_its_command_with_it(warm):
         env={**warm.env, **WARM},
     )
     child = running_command(server)
+    with open(f"/proc/{child}/comm") as comm:
+        assert comm.read().strip() == "tachi"  # as top and pgrep show it
     proc.kill()
     proc.wait(5)
     assert gone(child), "the command outlived the tachi that ran it"

@@ -214,6 +214,10 @@ def adopt(request: Request) -> None:
     for fd in request.fds:
         if fd > 2:
             os.close(fd)
+    # Named as the command it now is, for top and pgrep (ps's full command
+    # line stays the server's).
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write("tachi")
     os.umask(request.umask)
     os.environb.clear()
     os.environb.update(request.environ)
