@@ -27,6 +27,8 @@ from tachi.launch import REQUEST_MAGIC
 from tachi.testing import DaemonProcess
 from users import as_user, ensure_users
 
+# Tests pass stdin explicitly: a closed one (CI may have none) runs in-process.
+DEVNULL = subprocess.DEVNULL
 WARM = {"TACHI_WARM": "require"}
 HERE = {"TACHI_WARM": "0"}
 
@@ -122,6 +124,7 @@ def test_the_commands_stdin_environment_and_directory_are_the_callers(warm, tmp_
     made = subprocess.run(
         warm.tachi_argv("new", "-d", "--json", "--", "sh", "-c", "pwd; sleep 30"),
         env={**warm.env, **WARM},
+        stdin=DEVNULL,
         cwd=work,
         capture_output=True,
         text=True,
@@ -143,6 +146,7 @@ def test_files_the_command_writes_get_the_callers_umask(warm, tmp_path):
         subprocess.run(
             warm.tachi_argv("record", "export", recording, "-o", str(target)),
             env={**warm.env, **WARM},
+            stdin=DEVNULL,
             preexec_fn=lambda u=umask: os.umask(u),
             capture_output=True,
             timeout=30,
@@ -157,13 +161,13 @@ def test_signals_reach_the_command_as_they_would_in_process(warm, mode):
     wait = [*warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "30")]
     env = {**warm.env, "TACHI_WARM": mode}
     # Ctrl-C: the command says it was interrupted and exits 130.
-    proc = subprocess.Popen(wait, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(wait, env=env, stdin=DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=15)
     assert (proc.returncode, err.strip()) == (130, "tachi: interrupted")
     # SIGTERM: it dies of it, and so does `tachi`.
-    proc = subprocess.Popen(wait, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(wait, env=env, stdin=DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(1.5)
     proc.terminate()
     _, err = proc.communicate(timeout=15)
@@ -176,6 +180,7 @@ def test_a_killed_tachi_takes_its_command_with_it(warm):
     proc = subprocess.Popen(
         warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
         env={**warm.env, **WARM},
+        stdin=DEVNULL,
     )
     child = running_command(server)
     with open(f"/proc/{child}/comm") as comm:
@@ -344,8 +349,55 @@ def test_the_installed_tachi_script_uses_the_warm_cli_of_a_daemon_started_otherw
     out = subprocess.run(
         [str(script), "ls", "--json"],
         env={**warm.env, **WARM},
+        stdin=DEVNULL,
         capture_output=True,
         text=True,
         timeout=30,
     )
     assert (out.returncode, out.stderr) == (0, "")
+
+
+def test_a_closed_stdin_or_a_background_job_runs_in_process(warm):
+    # Closed stdin: nothing to hand over, so `tachi` runs the command itself.
+    def close_stdin() -> None:
+        os.close(0)
+
+    closed = subprocess.run(
+        warm.tachi_argv("ls", "--json"),
+        env={**warm.env, **WARM},
+        preexec_fn=close_stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert closed.returncode == 255 and "did not take the command" in closed.stderr
+    works = subprocess.run(
+        warm.tachi_argv("ls", "--json"),
+        env=warm.env,
+        preexec_fn=close_stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert works.returncode == 0, works.stderr
+    # A background job on a terminal: job control must stop it if it reads the
+    # terminal, so it is not handed to a process outside the job.
+    shell = pexpect.spawn(
+        "bash",
+        ["--norc", "--noprofile", "-i"],
+        env={**warm.env, "PS1": "PROMPT$ ", "HOME": str(warm.home)},
+        dimensions=(30, 100),
+        encoding="utf-8",
+        timeout=30,
+    )
+    try:
+        shell.expect_exact("PROMPT$ ")
+        tachi = f"TACHI_WARM=require {sys.executable} -m tachi ls --json"
+        shell.sendline(f"{tachi} & wait $!; echo bg=$?")
+        shell.expect(r"bg=(\d+)")
+        assert shell.match.group(1) == "255"
+        shell.sendline(f"{tachi}; echo fg=$?")
+        shell.expect(r"fg=(\d+)")
+        assert shell.match.group(1) == "0"
+    finally:
+        shell.close(force=True)
