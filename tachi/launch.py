@@ -67,18 +67,24 @@ _VALUED_OPTIONS = {
 }
 
 
-def socket_in(argv: list[str]) -> str:
-    """The daemon socket ``argv`` names with ``--socket``, else ``default_socket()``."""
+def global_options(argv: list[str]) -> tuple[dict[str, str], str | None]:
+    """Split ``argv`` (without the program name) as the ``tachi`` group parses
+    it: the group's options before the command, with their values, and the
+    command's name (``None`` if there is none)."""
+    options: dict[str, str] = {}
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         option, equals, value = argv[i].partition("=")
-        if option == "--socket":
-            if equals:
-                return value
-            if i + 1 < len(argv):
-                return argv[i + 1]
-        i += 2 if option in _VALUED_OPTIONS and not equals else 1
-    return default_socket()
+        if option in _VALUED_OPTIONS and not equals:
+            value, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 1
+        options[option] = value
+        i += 1
+    return options, argv[i] if i < len(argv) else None
+
+
+def socket_in(argv: list[str]) -> str:
+    """The daemon socket ``argv`` names with ``--socket``, else ``default_socket()``."""
+    return global_options(argv)[0].get("--socket") or default_socket()
 
 
 def warm_socket(daemon_socket: str) -> str:
@@ -255,7 +261,7 @@ def run_warm(argv: list[str]) -> int | None:
     """Run ``argv`` (without the program name) in the warm CLI; its exit status,
     or ``None`` if it cannot be used (nothing has run then)."""
     mode = os.environ.get("TACHI_WARM", "1")
-    if mode in ("0", "off", "no") or "daemon" in argv:
+    if mode in ("0", "off", "no") or global_options(argv)[1] == "daemon":
         # `daemon start|run` must start from this process, not inside the
         # daemon's own process tree.
         return None
@@ -291,7 +297,7 @@ def run_warm(argv: list[str]) -> int | None:
 
 
 def main() -> None:
-    """The ``tachi`` console script."""
+    """The ``tachi`` command (``bin/tachi``)."""
     status = run_warm(sys.argv[1:])
     if status is not None:
         sys.exit(status)

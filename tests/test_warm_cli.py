@@ -406,3 +406,64 @@ def test_a_closed_stdin_or_a_background_job_runs_in_process(warm):
         assert shell.match.group(1) == "0"
     finally:
         shell.close(force=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "options", "command"),
+    [
+        (["ls"], {}, "ls"),
+        (["--socket", "/s", "ls", "-a"], {"--socket": "/s"}, "ls"),
+        (["--socket=/s", "daemon", "start"], {"--socket": "/s"}, "daemon"),
+        (["--host", "wss://h:1", "--fingerprint", "SHA256:x", "get", "a"],
+         {"--host": "wss://h:1", "--fingerprint": "SHA256:x"}, "get"),
+        (["new", "--", "daemon"], {}, "new"),
+        (["--version"], {"--version": ""}, None),
+        ([], {}, None),
+    ],
+)  # fmt: skip
+def test_global_options_are_split_from_the_command_as_click_does(argv, options, command):
+    from tachi.launch import global_options
+
+    assert global_options(argv) == (options, command)
+
+
+@pytest.mark.parametrize(
+    ("argv", "loads"),
+    [
+        (["ls"], False),
+        (["--socket", "/nonexistent.sock", "ls"], False),
+        (["--version"], False),
+        (["some-plugin-command"], True),
+        (["--help"], True),
+    ],
+)
+def test_plugins_load_only_for_a_command_that_may_be_a_plugins(argv, loads):
+    probe = (
+        "import sys\n"
+        f"sys.argv = ['tachi', *{argv!r}]\n"
+        "from tachi.cli.main import _plugin_commands\n"
+        "_plugin_commands()\n"
+        "print('tachi.plugins' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == str(loads)
+
+
+def test_the_tachi_command_itself_imports_neither_re_nor_typing(warm):
+    # What `tachi` imports before handing over is its start-up: re and typing
+    # alone cost it ~10 ms (a console-script wrapper imports re).
+    script = Path(sys.executable).parent / "tachi"
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", str(script), "ls", "--json"],
+        env={**warm.env, **WARM},
+        stdin=DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "tachi.launch" in imported
+    assert not imported & {"re", "typing", "click", "asyncio"}, sorted(imported)

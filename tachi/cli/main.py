@@ -257,9 +257,13 @@ def cli(
 
 
 def _plugin_commands() -> None:
-    # Plugin commands only load when the first argument is not a built-in, so
-    # `tachi ls` never pays for importing every plugin.
-    if len(sys.argv) > 1 and sys.argv[1] in COMMAND_MODULES:
+    # Plugin commands only load for a command that is not a built-in (or for
+    # the list in --help), so `tachi ls` and `tachi --socket S ls` never pay
+    # for importing every plugin.
+    from tachi.launch import global_options
+
+    options, command = global_options(sys.argv[1:])
+    if command in COMMAND_MODULES or (command is None and "--version" in options):
         return
     from tachi.plugins import make_plugin_manager
 
