@@ -102,12 +102,14 @@ def install_id() -> str:
 
 
 def encode_request(argv: list[str], umask: int) -> bytes:
-    """The request's fields: install id, umask, open-file limit, stream
-    encodings, argc, argv, environment."""
+    """The request's fields: install id, umask, open-file limit, nice value,
+    CPU affinity, stream encodings, argc, argv, environment."""
     import resource
 
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     fields = [os.fsencode(install_id()), b"%d" % umask, b"%d" % nofile]
+    fields.append(b"%d" % os.getpriority(os.PRIO_PROCESS, 0))
+    fields.append(b",".join(b"%d" % cpu for cpu in sorted(os.sched_getaffinity(0))))
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         fields.append(f"{stream.encoding}:{stream.errors}".encode() if stream else b"")
     fields.append(b"%d" % len(argv))

@@ -467,3 +467,23 @@ def test_the_tachi_command_itself_imports_neither_re_nor_typing(warm):
     imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "tachi.launch" in imported
     assert not imported & {"re", "typing", "click", "asyncio"}, sorted(imported)
+
+
+def test_nice_and_cpu_affinity_hold_for_the_command(warm):
+    server = warm_listener(warm)["pid"]
+    s = warm.new("cat")
+    proc = subprocess.Popen(
+        [
+            "nice", "-n", "7", "taskset", "-c", "0",
+            *warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
+        ],
+        env={**warm.env, **WARM},
+        stdin=DEVNULL,
+    )  # fmt: skip
+    try:
+        child = running_command(server)
+        assert os.getpriority(os.PRIO_PROCESS, child) == 7
+        assert os.sched_getaffinity(child) == {0}
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -167,6 +167,8 @@ class Request:
     argv: list[str]
     environ: dict[bytes, bytes]
     nofile: int | None
+    nice: int
+    cpus: set[int]
     fds: list[int]
 
 
@@ -193,12 +195,21 @@ def read_request(conn: socket.socket) -> Request | None:
             received += len(more)
         fields = b"".join(chunks).split(b"\0")
         install, umask, nofile = fields[0].decode(), int(fields[1]), int(fields[2])
-        encodings = [field.decode() for field in fields[3:6]]
-        argc = int(fields[6])
-        argv = [os.fsdecode(arg) for arg in fields[7 : 7 + argc]]
-        environ = dict(field.split(b"=", 1) for field in fields[7 + argc :] if b"=" in field)
+        nice, cpus = int(fields[3]), {int(cpu) for cpu in fields[4].split(b",") if cpu}
+        encodings = [field.decode() for field in fields[5:8]]
+        argc = int(fields[8])
+        argv = [os.fsdecode(arg) for arg in fields[9 : 9 + argc]]
+        environ = dict(field.split(b"=", 1) for field in fields[9 + argc :] if b"=" in field)
         return Request(
-            install, umask, encodings, argv, environ, nofile if nofile >= 0 else None, fds
+            install=install,
+            umask=umask,
+            encodings=encodings,
+            argv=argv,
+            environ=environ,
+            nofile=nofile if nofile >= 0 else None,
+            nice=nice,
+            cpus=cpus,
+            fds=fds,
         )
     except (ValueError, IndexError, UnicodeDecodeError):
         for fd in fds:
@@ -207,7 +218,8 @@ def read_request(conn: socket.socket) -> Request | None:
 
 
 def adopt(request: Request) -> None:
-    """Become the launcher: its descriptors, directory, umask, environment, limits and streams."""
+    """Become the launcher: its descriptors, directory, umask, environment,
+    limits, priority, CPUs and streams."""
     for target, fd in enumerate(request.fds[:3]):
         os.dup2(fd, target)
     os.fchdir(request.fds[3])
@@ -224,6 +236,14 @@ def adopt(request: Request) -> None:
     time.tzset()
     with contextlib.suppress(locale.Error):
         locale.setlocale(locale.LC_CTYPE, "")
+    # `nice tachi …` and `taskset … tachi …` hold for the command. A process
+    # may lower its own priority, never raise it, so only that is tried.
+    if request.nice > os.getpriority(os.PRIO_PROCESS, 0):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, request.nice)
+    if request.cpus and request.cpus != os.sched_getaffinity(0):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, request.cpus)
     if request.nofile is not None:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         with contextlib.suppress(ValueError, OSError):
