@@ -566,17 +566,7 @@ def bench_startup(env: Env, system: str, runs: int) -> dict[str, float]:
         "python": [PY, "-c", "pass"],
         "python -I -S": [PY, "-I", "-S", "-c", "pass"],
     }[system]
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(
-            argv,
-            env=env.env | _in_process(system),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        samples.append((time.perf_counter() - t0) * 1000)
-    return {"ms": statistics.median(samples)}
+    return median_wall_ms(argv, env.env | _in_process(system), runs)
 
 
 def bench_idle(env: Env, count: int, seconds: float) -> dict[str, Any]:

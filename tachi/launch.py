@@ -29,7 +29,12 @@ The exchange, one request per connection (all lines end in ``\\n``)::
 
 from __future__ import annotations
 
+# Built-in C modules only (no enum, re or typing behind them): `socket` and
+# `signal` would cost this process more than the command then does.
+import _signal
+import _socket
 import os
+import resource
 import sys
 
 #: Protocol version, first on every request: a launcher and a warm CLI of
@@ -38,7 +43,15 @@ REQUEST_MAGIC = b"TACHI-WARM 1\n"
 #: How long to wait for the warm CLI's first answer before running here.
 FIRST_ANSWER_SECONDS = 10.0
 #: Signals passed on to the child: what a terminal or a supervisor sends.
-FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "SIGUSR2")
+FORWARDED = (
+    _signal.SIGINT,
+    _signal.SIGTERM,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGWINCH,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+)
 #: Exit status when the warm CLI was required but not used, or lost the child.
 LOST = 255
 
@@ -82,11 +95,6 @@ def global_options(argv: list[str]) -> tuple[dict[str, str], str | None]:
     return options, argv[i] if i < len(argv) else None
 
 
-def socket_in(argv: list[str]) -> str:
-    """The daemon socket ``argv`` names with ``--socket``, else ``default_socket()``."""
-    return global_options(argv)[0].get("--socket") or default_socket()
-
-
 def warm_socket(daemon_socket: str) -> str:
     """Where the warm CLI of the daemon at ``daemon_socket`` listens."""
     return daemon_socket + ".warm"
@@ -104,8 +112,6 @@ def install_id() -> str:
 def encode_request(argv: list[str], umask: int) -> bytes:
     """The request's fields: install id, umask, open-file limit, nice value,
     CPU affinity, stream encodings, argc, argv, environment."""
-    import resource
-
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     fields = [os.fsencode(install_id()), b"%d" % umask, b"%d" % nofile]
     fields.append(b"%d" % os.getpriority(os.PRIO_PROCESS, 0))
@@ -127,9 +133,6 @@ class _Launcher:
     """One command handed to the warm CLI: connect, send, forward signals, wait."""
 
     def __init__(self, path: str) -> None:
-        import _socket
-
-        self._socket_module = _socket
         self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self.pid = 0
         self.pending: list[int] = []
@@ -153,17 +156,15 @@ class _Launcher:
         self.sock.close()
 
     def send_request(self, argv: list[str]) -> None:
-        import array
-
         umask = os.umask(0o077)
         os.umask(umask)
         message = encode_request(argv, umask)
         # O_PATH: a directory we may enter but not list is still ours to pass.
         cwd = os.open(".", getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fds = array.array("i", [0, 1, 2, cwd])
-            # SOL_SOCKET, SCM_RIGHTS
-            ancillary = [(self._socket_module.SOL_SOCKET, 1, fds.tobytes())]
+            # C ints, packed by hand: the array module imports collections.
+            fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd))
+            ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
             sent = self.sock.sendmsg([message], ancillary)
             self.sock.sendall(message[sent:])
         finally:
@@ -199,8 +200,6 @@ class _Launcher:
         if not self.pid:
             self.pending.append(signum)
             return
-        import _signal
-
         if signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
             # If the child dies of it, so does this process.
             self.fatal = signum
@@ -212,8 +211,6 @@ class _Launcher:
     def suspend(self, _signum: int, _frame: object) -> None:
         """Ctrl-Z: stop the child (it is in no job the shell controls), then
         this process; continue both when the shell says so."""
-        import _signal
-
         if self.pid:
             os.kill(self.pid, _signal.SIGSTOP)
         _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
@@ -225,8 +222,6 @@ class _Launcher:
 
     def wait(self) -> int:
         """The child's exit status (dying of a signal if it did)."""
-        import _signal
-
         try:
             answer = self.line()
         except OSError:
@@ -262,23 +257,20 @@ def _usable_here() -> bool:
 def run_warm(argv: list[str]) -> int | None:
     """Run ``argv`` (without the program name) in the warm CLI; its exit status,
     or ``None`` if it cannot be used (nothing has run then)."""
-    mode = os.environ.get("TACHI_WARM", "1")
-    if mode in ("0", "off", "no") or global_options(argv)[1] == "daemon":
+    options, command = global_options(argv)
+    if os.environ.get("TACHI_WARM", "1") in ("0", "off", "no") or command == "daemon":
         # `daemon start|run` must start from this process, not inside the
         # daemon's own process tree.
         return None
     if not _usable_here():
         return None
-    import _signal
-
     try:
-        launcher = _Launcher(warm_socket(socket_in(argv)))
+        launcher = _Launcher(warm_socket(options.get("--socket") or default_socket()))
     except _Refused:
         return None
     handlers = {}
     try:
-        for name in FORWARDED:
-            signum = getattr(_signal, name)
+        for signum in FORWARDED:
             handlers[signum] = _signal.signal(signum, lambda s, _f: launcher.forward(s))
         handlers[_signal.SIGTSTP] = _signal.signal(_signal.SIGTSTP, launcher.suspend)
         try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tachi.launch import default_socket
+
 
 def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The daemon socket: ``--socket``, ``$TACHI_SOCKET``, ``$XDG_RUNTIME_DIR/tachi/default.sock``,
     else ``/tmp/tachi-$UID/default.sock``."""
-    from tachi.launch import default_socket
-
     return Path(explicit or default_socket())
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import click
 import pexpect
 import pytest
 
@@ -79,6 +80,18 @@ def gone(pid: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def job_control_shell(daemon: DaemonProcess, env: dict[str, str] | None = None) -> pexpect.spawn:
+    """An interactive bash on a terminal of its own, so jobs and Ctrl-Z are real."""
+    return pexpect.spawn(
+        "bash",
+        ["--norc", "--noprofile", "-i"],
+        env={**daemon.env, **(env or {}), "PS1": "PROMPT$ ", "HOME": str(daemon.home)},
+        dimensions=(30, 100),
+        encoding="utf-8",
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -193,14 +206,7 @@ def test_a_killed_tachi_takes_its_command_with_it(warm):
 def test_ctrl_z_stops_the_command_and_fg_resumes_it(warm):
     server = warm_listener(warm)["pid"]
     s = warm.new("cat")
-    shell = pexpect.spawn(
-        "bash",
-        ["--norc", "--noprofile", "-i"],
-        env={**warm.env, **WARM, "PS1": "PROMPT$ ", "HOME": str(warm.home)},
-        dimensions=(30, 100),
-        encoding="utf-8",
-        timeout=20,
-    )
+    shell = job_control_shell(warm, WARM)
     try:
         shell.expect_exact("PROMPT$ ")
         shell.sendline(f"{sys.executable} -m tachi wait {s['id']} --match never --timeout 60")
@@ -387,14 +393,7 @@ def test_a_closed_stdin_or_a_background_job_runs_in_process(warm):
     assert works.returncode == 0, works.stderr
     # A background job on a terminal: job control must stop it if it reads the
     # terminal, so it is not handed to a process outside the job.
-    shell = pexpect.spawn(
-        "bash",
-        ["--norc", "--noprofile", "-i"],
-        env={**warm.env, "PS1": "PROMPT$ ", "HOME": str(warm.home)},
-        dimensions=(30, 100),
-        encoding="utf-8",
-        timeout=30,
-    )
+    shell = job_control_shell(warm)
     try:
         shell.expect_exact("PROMPT$ ")
         tachi = f"TACHI_WARM=require {sys.executable} -m tachi ls --json"
@@ -487,3 +486,19 @@ def test_nice_and_cpu_affinity_hold_for_the_command(warm):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_launcher_knows_every_group_option_that_takes_a_value():
+    # tachi.launch finds the command past the group's options without click;
+    # its list must follow the group's.
+    from tachi.cli.main import cli
+    from tachi.launch import _VALUED_OPTIONS
+
+    valued = {
+        name
+        for param in cli.params
+        if isinstance(param, click.Option) and not param.is_flag and not param.count
+        for name in param.opts
+        if name.startswith("--")
+    }
+    assert valued == _VALUED_OPTIONS

@@ -13,11 +13,11 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tachi.core.helper_process import on_exit, spawn_module
 from tachi.hookspecs import hookimpl
 from tachi.launch import warm_socket
 
@@ -47,6 +47,8 @@ class WarmCLI:
         self._started = 0.0
         self._backoff = 1.0
         self._restart: asyncio.TimerHandle | None = None
+        #: Resolved with its exit status when the current process is reaped.
+        self._done: asyncio.Future[int] | None = None
         self._stopping = False
         self.restarts = 0
 
@@ -57,48 +59,37 @@ class WarmCLI:
     def _spawn(self) -> None:
         assert self._loop is not None
         self._restart = None
-        # The daemon's own import path, so the server imports the same tachi.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "tachi.cli.warm_server", str(self.path)],
-                stdin=subprocess.PIPE,  # the lifeline: it ends when the daemon does
-                stdout=subprocess.PIPE,  # "ready", then the end when it exits
-                stderr=None,
-                env=env,
-                start_new_session=True,
-            )
+            # stdin is the lifeline (it ends when the daemon does); stdout says "ready".
+            proc = self._proc = spawn_module("tachi.cli.warm_server", str(self.path))
         except OSError as exc:
             log.error("cannot start the warm CLI: %s", exc)
             self._schedule_restart()
             return
         self._started = time.monotonic()
         self._ready = False
-        assert self._proc.stdout is not None
-        self._loop.add_reader(self._proc.stdout.fileno(), self._on_output)
+        assert proc.stdout is not None
+        self._loop.add_reader(proc.stdout.fileno(), self._on_output, proc)
+        done = self._done = self._loop.create_future()
 
-    def _on_output(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None and self._loop
-        data = os.read(self._proc.stdout.fileno(), 256)
-        if data:
-            self._ready = self._ready or b"ready" in data
-            return
-        self._loop.remove_reader(self._proc.stdout.fileno())
-        self._ready = False
-        if self._stopping:
-            return
-        # It closed its end when it exited; reap it off the loop.
-        self._loop.run_in_executor(None, self._reaped, self._proc)
+        def exited(status: int) -> None:
+            done.set_result(status)
+            self._exited(proc, status)
 
-    def _reaped(self, proc: subprocess.Popen[bytes]) -> None:
-        status = proc.wait()
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._exited, proc, status)
+        on_exit(proc, exited)
+
+    def _on_output(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None and self._loop is not None
+        data = os.read(proc.stdout.fileno(), 256)
+        self._ready = self._ready or b"ready" in data
+        if not data:
+            self._loop.remove_reader(proc.stdout.fileno())
 
     def _exited(self, proc: subprocess.Popen[bytes], status: int) -> None:
-        self._close_pipes(proc)
+        self._unwatch(proc)
         if self._stopping or proc is not self._proc:
             return
+        self._ready = False
         ran = time.monotonic() - self._started
         if status == _STALE:
             log.info("the warm CLI's code changed on disk: starting a fresh one")
@@ -121,8 +112,10 @@ class WarmCLI:
         self.restarts += 1
         self._restart = self._loop.call_later(self._backoff, self._spawn)
 
-    @staticmethod
-    def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    def _unwatch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop reading its output and close both pipes (which ends the lifeline)."""
+        if self._loop is not None and proc.stdout is not None and not proc.stdout.closed:
+            self._loop.remove_reader(proc.stdout.fileno())
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
                 with contextlib.suppress(OSError):
@@ -132,7 +125,7 @@ class WarmCLI:
         return {
             "url": f"unix:{self.path}",
             "ready": self._ready,
-            "pid": self._proc.pid if self._proc and self._proc.poll() is None else None,
+            "pid": self._proc.pid if self._proc and self._done and not self._done.done() else None,
             "restarts": self.restarts,
         }
 
@@ -140,21 +133,16 @@ class WarmCLI:
         self._stopping = True
         if self._restart is not None:
             self._restart.cancel()
-        proc = self._proc
-        if proc is None:
+        proc, done = self._proc, self._done
+        if proc is None or done is None or done.done():
             return
-        if self._loop is not None and proc.stdout is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(proc.stdout.fileno())
         # Its commands are children it does not wait for: they run to their end.
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        proc.terminate()
         try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), 5)
+            await asyncio.wait_for(asyncio.shield(done), 5)
         except TimeoutError:
             proc.kill()
-            await asyncio.to_thread(proc.wait)
-        self._close_pipes(proc)
+            await done
 
 
 @hookimpl

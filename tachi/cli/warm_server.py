@@ -161,19 +161,21 @@ def decline(conn: socket.socket) -> None:
 # -- one command, in the child -------------------------------------------------------
 @dataclass
 class Request:
-    install: str
+    """What a launcher hands over (see ``tachi.launch.encode_request``)."""
+
     umask: int
     encodings: list[str]
     argv: list[str]
     environ: dict[bytes, bytes]
-    nofile: int | None
+    nofile: int
     nice: int
     cpus: set[int]
     fds: list[int]
 
 
 def read_request(conn: socket.socket) -> Request | None:
-    """The launcher's request, or ``None`` if it is malformed (its descriptors are closed then)."""
+    """The launcher's request, or ``None`` if it is malformed or from another
+    install (its descriptors are closed then)."""
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, REQUEST_FDS)
     try:
         while data.count(b"\n") < 2 and len(data) < 64:
@@ -194,19 +196,20 @@ def read_request(conn: socket.socket) -> Request | None:
             chunks.append(more)
             received += len(more)
         fields = b"".join(chunks).split(b"\0")
-        install, umask, nofile = fields[0].decode(), int(fields[1]), int(fields[2])
+        if fields[0].decode() != install_id():
+            raise ValueError("a launcher of another install")
+        umask, nofile = int(fields[1]), int(fields[2])
         nice, cpus = int(fields[3]), {int(cpu) for cpu in fields[4].split(b",") if cpu}
         encodings = [field.decode() for field in fields[5:8]]
         argc = int(fields[8])
         argv = [os.fsdecode(arg) for arg in fields[9 : 9 + argc]]
         environ = dict(field.split(b"=", 1) for field in fields[9 + argc :] if b"=" in field)
         return Request(
-            install=install,
             umask=umask,
             encodings=encodings,
             argv=argv,
             environ=environ,
-            nofile=nofile if nofile >= 0 else None,
+            nofile=nofile,
             nice=nice,
             cpus=cpus,
             fds=fds,
@@ -244,10 +247,9 @@ def adopt(request: Request) -> None:
     if request.cpus and request.cpus != os.sched_getaffinity(0):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, request.cpus)
-    if request.nofile is not None:
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (request.nofile, hard))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    with contextlib.suppress(ValueError, OSError):  # RLIM_INFINITY is -1 on both ends
+        resource.setrlimit(resource.RLIMIT_NOFILE, (request.nofile, hard))
     # New stream objects, made as the interpreter makes them at start: the old
     # ones were made for the server's own descriptors.
     buffered = not request.environ.get(b"PYTHONUNBUFFERED")
@@ -281,11 +283,8 @@ def run_child(conn: socket.socket, listener: socket.socket) -> None:
         for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         request = read_request(conn)
-        if request is None or request.install != install_id():
-            if request is not None:
-                for fd in request.fds:
-                    os.close(fd)
-            conn.sendall(b"F\n")
+        if request is None:
+            decline(conn)
             os._exit(0)
         conn.sendall(b"P %d\n" % os.getpid())
         if _read_line(conn) != b"G":

@@ -24,13 +24,13 @@ import logging
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tachi.core import recorder_worker as wire
+from tachi.core.helper_process import spawn_module
 
 log = logging.getLogger("tachi.recording")
 #: Frames held for a worker that is behind, before its recordings fail.
@@ -121,18 +121,7 @@ class RecorderProcess:
         if self._proc is not None:
             self._gone(f"the recorder process exited ({self._proc.returncode})")
         self._loop = asyncio.get_running_loop()
-        # The daemon's own import path, so the worker finds tachi and the
-        # recorder's module however the daemon was started (an embedding
-        # program, a test's in-process daemon).
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "tachi.core.recorder_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            env=env,
-            start_new_session=True,
-        )
+        self._proc = spawn_module("tachi.core.recorder_worker")
         assert self._proc.stdin is not None and self._proc.stdout is not None
         to_worker, from_worker = self._proc.stdin.fileno(), self._proc.stdout.fileno()
         with contextlib.suppress(OSError):
