@@ -9,7 +9,8 @@ Internally times are kept as epoch nanoseconds (``int``).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tachi.gotime import format_rfc3339, parse_rfc3339
@@ -135,6 +136,13 @@ class Window:
             "inputPending": self.inputPending,
         }
 
+    def masked_json(self, keys: frozenset[str]) -> dict[str, Any]:
+        """``to_json`` with only ``keys``."""
+        return {
+            k: format_rfc3339(self.createdAt) if k == "createdAt" else getattr(self, k)
+            for k in keys
+        }
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Window:
         return cls(
@@ -192,7 +200,10 @@ class Session:
     def max_duration(self) -> Any:
         return span(self.maxDuration)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, fields: FieldMask | None = None) -> dict[str, Any]:
+        """The seed's JSON; with ``fields`` (see ``field_mask``), only those."""
+        if fields is not None:
+            return self._masked_json(fields)
         d: dict[str, Any] = {
             "id": self.id,
             "agentId": self.agentId,
@@ -216,6 +227,27 @@ class Session:
         }
         return d
 
+    def _masked_json(self, fields: FieldMask) -> dict[str, Any]:
+        # Field by field from the attributes (named as the JSON keys): a listing
+        # of 1,000 sessions then never formats what it leaves out.
+        d: dict[str, Any] = {}
+        for key, sub in fields.items():
+            value = getattr(self, key)
+            if key == "pty":
+                if value is None:
+                    continue
+                value = value.to_json()
+                if sub is not None:
+                    value = {k: value[k] for k in sub}
+            elif key == "windows":
+                value = [w.to_json() if sub is None else w.masked_json(sub) for w in value]
+            elif key in _TIMES:
+                value = format_rfc3339(value) if value else None
+            elif key in _ENUMS:
+                value = str(value) if value else None
+            d[key] = value
+        return d
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Session:
         return cls(
@@ -236,6 +268,44 @@ class Session:
             windows=[Window.from_json(w) for w in d.get("windows") or []],
             clients=int(d.get("clients") or 0),
         )
+
+
+# Session fields whose JSON is an RFC 3339 timestamp / an enum's value.
+_TIMES = frozenset({"createdAt", "lastActivity", "closedAt"})
+_ENUMS = frozenset({"state", "closeReason"})
+#: A parsed field mask: Session keys, each with the keys kept of its value (``pty``'s,
+#: or each window's), or ``None`` for the whole value.
+FieldMask = Mapping[str, frozenset[str] | None]
+
+
+def field_mask(paths: Iterable[Any]) -> FieldMask:
+    """Parse a field mask (``session.list``'s ``fields``): Session keys such as
+    ``"state"``, or ``"pty.cols"`` / ``"windows.id"`` for part of the terminal size
+    or of each window. ``id`` is always kept.
+
+    Raises ``ValueError`` naming an unknown field.
+    """
+    nested = {"pty": PTYConfig, "windows": Window}
+    known = {f.name for f in fields(Session)}
+    mask: dict[str, set[str] | None] = {"id": None}
+    for path in paths:
+        if not isinstance(path, str):
+            raise ValueError(f"a field is a string, not {path!r}")
+        key, _, sub = path.partition(".")
+        if key not in known:
+            raise ValueError(f"unknown field {path!r} (fields: {', '.join(sorted(known))})")
+        if not sub:
+            mask[key] = None
+            continue
+        if key not in nested:
+            raise ValueError(f"{key!r} has no fields: {path!r}")
+        subs = {f.name for f in fields(nested[key])}
+        if sub not in subs:
+            raise ValueError(f"unknown field {path!r} ({key} has: {', '.join(sorted(subs))})")
+        kept = mask.setdefault(key, set())
+        if kept is not None:
+            kept.add(sub)
+    return {k: None if v is None else frozenset(v) for k, v in mask.items()}
 
 
 @dataclass(slots=True)
@@ -308,6 +378,17 @@ class SessionFilter:
             and (self.agentId is None or s.agentId == self.agentId)
             and (self.userId is None or s.userId == self.userId)
             and not (self.live and s.state == SessionState.CLOSED)
+        )
+
+    def matches_json(self, d: Mapping[str, Any]) -> bool:
+        """``matches`` for a Session's JSON, checking only the keys it has (a
+        daemon that left one out of a field mask applied the filter itself)."""
+        state = d.get("state")
+        return (
+            (self.state is None or state is None or state == self.state)
+            and (self.agentId is None or d.get("agentId", self.agentId) == self.agentId)
+            and (self.userId is None or d.get("userId", self.userId) == self.userId)
+            and not (self.live and state == SessionState.CLOSED)
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -163,3 +163,69 @@ def test_the_live_filter_leaves_the_history_out_in_the_daemon(tachi_daemon):
     assert everything == {*closed, live}
     shown = json.loads(tachi_daemon.run("ls", "--json", check=True).stdout)
     assert [s["id"] for s in shown] == [live]
+
+
+def test_a_field_mask_sends_only_the_fields_asked_for(tachi_daemon):
+    # `tachi ls` asks for its columns only; the values must be the full listing's.
+    from tachi.models import SessionFilter
+
+    closed = tachi_daemon.new("true", name="done")["id"]
+    live = tachi_daemon.new("sleep", "300", name="work", rows=30, cols=90)["id"]
+    tachi_daemon.run("window", "new", live, "--", "sleep", "300", check=True)
+    until(lambda: get(tachi_daemon, closed)["state"] == "closed")
+    fields = ["state", "closeReason", "pty.cols", "windows.id", "windows.pid", "createdAt"]
+    with tachi_daemon.client() as client:
+        full = {s["id"]: s for s in client.list_json(SessionFilter())}
+        masked = client.list_json(SessionFilter(), fields=fields)
+    assert [s["id"] for s in masked] == [closed, live]
+    for s in masked:
+        whole = full[s["id"]]
+        assert set(s) == {"id", "state", "closeReason", "pty", "windows", "createdAt"}
+        assert s["pty"] == {"cols": whole["pty"]["cols"]}
+        assert s["windows"] == [{"id": w["id"], "pid": w["pid"]} for w in whole["windows"]]
+        assert (s["state"], s["closeReason"], s["createdAt"]) == (
+            whole["state"],
+            whole["closeReason"],
+            whole["createdAt"],
+        )
+    assert masked[1]["pty"] == {"cols": 90} and [w["id"] for w in masked[1]["windows"]] == [0, 1]
+    assert masked[0]["closeReason"] == "exit"
+
+
+def test_a_bad_field_mask_is_refused_by_name_and_the_daemon_keeps_serving(tachi_daemon):
+    from tachi.errors import InvalidRequest
+
+    s = tachi_daemon.new("sleep", "300")
+    with tachi_daemon.client() as client:
+        for fields, named in (
+            (["state", "colour"], "unknown field 'colour'"),
+            (["pty.depth"], "'pty.depth' (pty has: cols, rows, term, xPixel, yPixel)"),
+            (["name.first"], "'name' has no fields"),
+            ([7], "a field is a string"),
+            ("state", "'fields' must be a list"),
+        ):
+            try:
+                client.call("session.list", filter={}, fields=fields)
+            except InvalidRequest as exc:
+                assert named in str(exc), (fields, str(exc))
+            else:
+                raise AssertionError(f"{fields!r} was accepted")
+        assert [x.id for x in client.list()] == [s["id"]]
+
+
+def test_ls_shows_each_column(tachi_daemon):
+    s = tachi_daemon.new("sleep", "300", name="build", agent="ci-7", rows=30, cols=90)
+    tachi_daemon.run("window", "new", s["id"], "--", "sleep", "300", check=True)
+    done = tachi_daemon.new("true", name="once")
+    until(lambda: get(tachi_daemon, done["id"])["state"] == "closed")
+    user = pwd.getpwuid(__import__("os").getuid()).pw_name
+    lines = tachi_daemon.run("ls", "--all", check=True).stdout.splitlines()
+    assert lines[0].split() == [
+        "ID", "NAME", "STATE", "USER", "AGENT", "SIZE", "WIN", "CREATED", "COMMAND",
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows[s["id"]][:7] == [s["id"], "build", "suspended", user, "ci-7", "90x30", "2"]
+    assert re.fullmatch(r"\d+s", rows[s["id"]][7]) and rows[s["id"]][8:] == ["ago", "sleep", "300"]
+    assert rows[done["id"]][1:4] == ["once", "closed", "(exit)"]
+    live_only = tachi_daemon.run("ls", check=True).stdout
+    assert s["id"] in live_only and done["id"] not in live_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import fields
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from tachi import protocol
 from tachi.cli.keys import decode_escapes, parse_key
 from tachi.errors import ProtocolError
 from tachi.gotime import format_rfc3339, parse_duration, parse_rfc3339
+from tachi.models import CloseReason, PTYConfig, Session, SessionState, Window, field_mask
 
 
 def test_rfc3339_is_gos_rfc3339nano():
@@ -100,3 +102,40 @@ def test_models_give_python_times():
     assert s.idle_timeout == dt.timedelta(seconds=90) and s.closed_at is None
     rec = Recording(id="r", sessionId="a", startTime=ns, duration=1_500_000_000, size=0)
     assert rec.length == dt.timedelta(seconds=1.5) and rec.start_time == s.created_at
+
+
+_NS = st.integers(min_value=1, max_value=4_000_000_000 * 10**9)
+
+
+@given(
+    pty=st.none() | st.builds(PTYConfig, rows=st.integers(1, 500), cols=st.integers(1, 1000)),
+    closed=st.none() | _NS,
+    reason=st.none() | st.sampled_from(list(CloseReason)),
+    windows=st.integers(0, 3),
+    created=_NS,
+    picked=st.sets(st.sampled_from(["state", "pty", "pty.rows", "windows", "windows.pid",
+                                    "windows.createdAt", "closedAt", "closeReason", "name"])),
+)  # fmt: skip
+def test_a_masked_session_is_the_full_json_cut_down(pty, closed, reason, windows, created, picked):
+    s = Session(
+        id="abcd1234", agentId="a", userId="u", state=SessionState.CLOSED, pty=pty,
+        createdAt=created, lastActivity=created + 5, closedAt=closed, closeReason=reason,
+        name="n", command=["sh"],
+        windows=[Window(id=i, name=f"w{i}", active=i == 0, createdAt=created, pid=100 + i)
+                 for i in range(windows)],
+    )  # fmt: skip
+    full = s.to_json()
+    # Every field, whole: exactly the full JSON.
+    assert s.to_json(field_mask(f.name for f in fields(Session))) == full
+    masked = s.to_json(field_mask(picked))
+    for key, value in masked.items():
+        whole = full[key]
+        if key == "pty" and "pty" not in picked:
+            assert value == {"rows": whole["rows"]}
+        elif key == "windows" and "windows" not in picked:
+            kept = {p.split(".")[1] for p in picked if p.startswith("windows.")}
+            assert value == [{k: w[k] for k in kept} for w in whole]
+        else:
+            assert value == whole, key
+    expected = {"id"} | {p.split(".")[0] for p in picked} - ({"pty"} if pty is None else set())
+    assert set(masked) == expected

@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+# Already loaded with tachi.models, which every command that prints an age uses.
+from tachi.gotime import parse_rfc3339
+
 
 def emit_json(value: Any) -> None:
     """One JSON document on stdout: indented for a person at a terminal, compact
@@ -37,14 +40,15 @@ def ago(when: str | int | None) -> str:
     if not when:
         return ""
     if isinstance(when, str):
-        from tachi.gotime import parse_rfc3339
-
         when = parse_rfc3339(when)
     seconds = max(0, int(time.time() - when / 1e9))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, size in _AGE_UNITS:
         if seconds >= size:
             return f"{seconds // size}{unit} ago"
     return f"{seconds}s ago"
+
+
+_AGE_UNITS = (("d", 86400), ("h", 3600), ("m", 60))
 
 
 def warn(message: str) -> None:

@@ -165,6 +165,16 @@ class AsyncClient:
         # Applied here too: a daemon older than a filter field ignores it.
         return [s for s in (Session.from_json(x) for x in found) if flt.matches(s)]
 
+    async def list_json(
+        self, flt: SessionFilter | None = None, fields: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """``Client.list_json``."""
+        flt = flt or SessionFilter()
+        args: dict[str, Any] = {"filter": flt.to_json()}
+        if fields is not None:
+            args["fields"] = list(fields)
+        return [s for s in await self.call("session.list", **args) if flt.matches_json(s)]
+
     async def close(self, session_id: str) -> Session:
         return Session.from_json(await self.call("session.close", session=session_id))
 

@@ -18,7 +18,14 @@ from tachi.daemon.ops import (
     operation,
 )
 from tachi.errors import InvalidRequest, PermissionDenied, TimedOut
-from tachi.models import PTYConfig, Session, SessionFilter, SessionRequest
+from tachi.models import (
+    FieldMask,
+    PTYConfig,
+    Session,
+    SessionFilter,
+    SessionRequest,
+    field_mask,
+)
 
 if TYPE_CHECKING:
     from tachi.core.session import SessionRuntime
@@ -41,12 +48,25 @@ async def list_sessions(ctx: RequestContext, args: dict[str, Any]) -> list[dict[
         flt = SessionFilter.from_json(arg_dict(args, "filter"))
     except ValueError as exc:
         raise InvalidRequest(f"invalid filter: {exc}") from None
+    mask = _field_mask(args.get("fields"))
     visible = []
     for info in ctx.daemon.manager.list(flt):
         target = ctx.daemon.manager.sessions.get(info.id, info)
         if ctx.daemon.allowed(ctx.principal, "session.get", target):
-            visible.append(info.to_json())
+            visible.append(info.to_json(mask))
     return visible
+
+
+def _field_mask(paths: Any) -> FieldMask | None:
+    """``session.list``'s ``fields``, parsed (``None``: whole sessions)."""
+    if paths is None:
+        return None
+    if not isinstance(paths, list):
+        raise InvalidRequest("'fields' must be a list of field names")
+    try:
+        return field_mask(paths)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid fields: {exc}") from None
 
 
 @operation("session.get")
