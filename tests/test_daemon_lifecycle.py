@@ -73,6 +73,29 @@ def test_stop_closes_sessions_and_restart_keeps_the_history(tachi_home):
         second.stop()
 
 
+def test_stopping_right_after_a_close_waits_for_its_processes_and_saves_their_exit(tachi_home):
+    # A closed session's program may take a while to exit after its hangup: the
+    # daemon stopping meanwhile must wait for it and record its exit, not write to
+    # a closed store from the exit callback (a traceback, and the exit code lost).
+    first = DaemonProcess(tachi_home)
+    first.start()
+    slow = "trap 'sleep 0.7; exit 7' HUP; echo ready; while :; do sleep 0.1; done"
+    s = first.new("sh", "-c", slow)
+    until(lambda: "ready" in first.run("capture", s["id"]).stdout)
+    first.run("close", s["id"], check=True)
+    assert first.stop() == 0
+    log = first.log.read_text()
+    assert "Traceback" not in log and "closed database" not in log, log
+    second = DaemonProcess(tachi_home)
+    second.start()
+    try:
+        info = get(second, s["id"])
+        assert info["closeReason"] == "closed"
+        assert [w["exitCode"] for w in info["windows"]] == [7]
+    finally:
+        second.stop()
+
+
 def test_after_a_crash_the_next_daemon_marks_sessions_closed(tachi_home):
     first = DaemonProcess(tachi_home)
     first.start()

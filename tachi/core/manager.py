@@ -55,6 +55,10 @@ class SessionManager:
         self.audit = audit
         self._multiplexer = multiplexer
         self.sessions: dict[str, SessionRuntime] = {}
+        #: Closed sessions whose processes are still exiting (hung up, not yet gone):
+        #: shutdown waits for them too, so their exit is saved before the store closes.
+        self._exiting: set[SessionRuntime] = set()
+        self._stopped = False
         self.screen_budget = ScreenBudget(default_limit(config.screen_memory))
         self._session_event_hook = GuardedHook(hooks.tachi_session_event)
         self.session_listeners: list[Callable[[SessionRuntime, str, dict[str, Any]], None]] = []
@@ -78,14 +82,16 @@ class SessionManager:
         their processes to go."""
         if self._ticker:
             self._ticker.cancel()
-        live = list(self.sessions.values())
-        for session in live:
+        for session in list(self.sessions.values()):
             session.finish(CloseReason.DAEMON_STOPPED)
         deadline = asyncio.get_running_loop().time() + grace
-        while any(w for s in live for w in s.mux.windows() if not w.child.finished):
+        while self._exiting:
             if asyncio.get_running_loop().time() > deadline:
+                log.warning("%d sessions' processes did not exit in time", len(self._exiting))
                 break
             await asyncio.sleep(0.05)
+        # Anything that exits later finds the store closed: it is not written.
+        self._stopped = True
 
     # -- create ---------------------------------------------------------------
     def create(self, principal: Principal, req: SessionRequest) -> SessionRuntime:
@@ -242,12 +248,18 @@ class SessionManager:
 
     # -- events -------------------------------------------------------------------
     def _changed(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
+        if self._stopped:
+            return
         if event in ("state", "window-exited", "window-switched", "resized"):
             self.store.save(session.to_model())
+        if event == "window-exited" and not _running(session):
+            self._exiting.discard(session)
         self.emit(session, event, details)
 
     def _closed(self, session: SessionRuntime) -> None:
         self.sessions.pop(session.id, None)
+        if _running(session):
+            self._exiting.add(session)
         self.store.save(session.to_model())
         info = session.info
         self.audit(
@@ -327,3 +339,8 @@ def _home_of(principal: Principal) -> str:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _running(session: SessionRuntime) -> bool:
+    """Whether any of the session's processes has yet to exit."""
+    return any(not w.child.finished for w in session.mux.windows())
