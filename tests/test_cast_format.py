@@ -131,3 +131,34 @@ def test_output_with_unicode_line_separators_plays_back_whole(tmp_path):
     sink.close()
     _header, events = read_cast(path)
     assert [(e.code, e.data) for e in events] == [("o", text)]
+
+
+def test_a_file_size_limit_mid_event_fails_the_sink_with_what_fit_on_disk(tmp_path):
+    # An event is one writev of its pieces: when the kernel takes only part of it
+    # (the file hits RLIMIT_FSIZE, or the disk fills), the sink writes the rest
+    # or raises, and `size` counts exactly what reached the file.
+    script = f"""
+import errno, json, resource, signal, sys
+sys.path[:0] = {sys.path!r}
+from pathlib import Path
+from tachi.builtins.asciicast import AsciicastRecorder
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+sink = AsciicastRecorder().open(Path({str(tmp_path / "big.cast")!r}), width=80, height=24,
+                                timestamp_ns=0, env={{}}, title=None)
+events = 0
+try:
+    for i in range(10):
+        sink.output(b"x" * 65536, i / 10)
+        events += 1
+except OSError as exc:
+    print(json.dumps({{"errno": exc.errno, "events": events, "size": sink.size}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    path = tmp_path / "big.cast"
+    assert result["errno"] == 27 and result["events"] == 3  # EFBIG on the fourth
+    assert result["size"] == path.stat().st_size == 200_000
+    lines = path.read_bytes().split(b"\n")
+    assert [json.loads(x)[2] for x in lines[1:4]] == ["x" * 65536] * 3

@@ -14,6 +14,7 @@ without decoding text that is plain ASCII.
 from __future__ import annotations
 
 import codecs
+import errno
 import json
 import os
 from pathlib import Path
@@ -36,8 +37,9 @@ class AsciicastSink:
         title: str | None,
         record_input: bool,
     ) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        self._file = os.fdopen(fd, "wb")
+        # Unbuffered: every event is one writev of its pieces, so a flood's
+        # megabytes are copied once, into the file, and never joined into a line.
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._record_input = record_input
         # Output split across reads may cut a UTF-8 character: keep the partial
         # bytes until the rest arrives, per stream.
@@ -66,7 +68,8 @@ class AsciicastSink:
             data = self._out.decode(data).encode()
         if data:
             self._last_t = max(self._last_t, round(t, 6))
-            self._write(b"[%s, \"o\", %s]\n" % (repr(self._last_t).encode(), json_string(data)))
+            head = b'[%s, "o", "' % repr(self._last_t).encode()
+            self._write(head, json_string_body(data), b'"]\n')
 
     def input(self, data: bytes, t: float) -> None:
         if self._record_input:
@@ -81,14 +84,14 @@ class AsciicastSink:
         self._event(t, "m", label)
 
     def close(self) -> None:
-        if self._file.closed:
+        if self._fd is None:
             return
         try:
             tail = self._out.decode(b"", final=True)
             if tail:
                 self._event(self._last_t, "o", tail)
         finally:
-            self._file.close()
+            self._close_fd()
 
     def _event(self, t: float, code: str, data: str) -> None:
         # Times never go backwards, whatever the clock did.
@@ -98,15 +101,27 @@ class AsciicastSink:
     def _line(self, value: Any) -> None:
         self._write((json.dumps(value, ensure_ascii=False) + "\n").encode())
 
-    def _write(self, line: bytes) -> None:
+    def _write(self, *parts: bytes) -> None:
+        if self._fd is None:
+            raise OSError(errno.EBADF, "the recording is closed")
+        parts_left = [p for p in parts if p]
         try:
-            self._file.write(line)
-            self._file.flush()
+            while parts_left:
+                written = os.writev(self._fd, parts_left)
+                self.size += written
+                while parts_left and written >= len(parts_left[0]):
+                    written -= len(parts_left.pop(0))
+                if parts_left and written:
+                    parts_left[0] = parts_left[0][written:]
         except OSError:
             # The file is unusable now; make every later call fail the same way.
-            self._file.close()
+            self._close_fd()
             raise
-        self.size += len(line)
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 _SHORT_ESCAPES = {0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0C: b"\\f", 0x0D: b"\\r"}
@@ -117,7 +132,12 @@ _NOT_CONTROL = bytes(range(0x20, 0x100))
 
 def json_string(utf8: bytes) -> bytes:
     """``utf8`` (valid UTF-8) as a JSON string, byte for byte what
-    ``json.dumps(utf8.decode(), ensure_ascii=False).encode()`` gives.
+    ``json.dumps(utf8.decode(), ensure_ascii=False).encode()`` gives."""
+    return b'"' + json_string_body(utf8) + b'"'
+
+
+def json_string_body(utf8: bytes) -> bytes:
+    """``json_string`` without its quotes (``utf8`` itself when nothing needs escaping).
 
     Works on the bytes: every byte JSON escapes is ASCII, and ASCII bytes never
     occur inside a multi-byte UTF-8 character. One ``replace`` pass per kind of
@@ -129,7 +149,7 @@ def json_string(utf8: bytes) -> bytes:
         utf8 = utf8.replace(b'"', b'\\"')
     for c in set(utf8.translate(None, _NOT_CONTROL)):
         utf8 = utf8.replace(bytes((c,)), _CONTROL_ESCAPES[c])
-    return b'"' + utf8 + b'"'
+    return utf8
 
 
 class AsciicastRecorder:

@@ -40,6 +40,8 @@ PIPE_SIZE = 1 << 20
 #: How long stopping a recording waits for the worker to finish its file.
 CLOSE_TIMEOUT = 15.0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: Pieces per writev (the kernel takes up to 1024).
+_IOV_MAX = 64
 
 
 class ProcessSink:
@@ -57,6 +59,12 @@ class ProcessSink:
 
     def output(self, data: bytes, t: float) -> None:
         self._send(wire.OUTPUT, t, data)
+
+    def output_parts(self, parts: list[bytes], t: float) -> None:
+        """``output`` of ``b"".join(parts)``, without joining them here: the
+        daemon's thread copies a flood once, into the pipe."""
+        if self.error is None and not self.closed:
+            self._process.send_parts(wire.OUTPUT, self.handle, t, parts)
 
     def input(self, data: bytes, t: float) -> None:
         self._send(wire.INPUT, t, data)
@@ -133,9 +141,14 @@ class RecorderProcess:
 
     # -- frames to the worker -------------------------------------------------------
     def send(self, kind: int, handle: int, t: float, payload: bytes) -> None:
+        self.send_parts(kind, handle, t, [payload])
+
+    def send_parts(self, kind: int, handle: int, t: float, payload: list[bytes]) -> None:
+        """Send one frame whose payload is ``payload`` joined."""
         if self._proc is None:
             return
-        parts = [p for p in wire.encode(kind, handle, t, payload) if p]
+        header = wire.HEADER.pack(kind, handle, t, sum(map(len, payload)))
+        parts = [header, *(p for p in payload if p)]
         if not self._queue:
             # The usual case: the pipe takes the whole frame at once, uncopied.
             left = self._write(parts)
@@ -156,7 +169,7 @@ class RecorderProcess:
         ``None`` if the worker is gone."""
         assert self._proc is not None and self._proc.stdin is not None
         try:
-            written = os.writev(self._proc.stdin.fileno(), parts)
+            written = os.writev(self._proc.stdin.fileno(), parts[:_IOV_MAX])
         except BlockingIOError:
             return parts
         except OSError:
@@ -170,10 +183,10 @@ class RecorderProcess:
         return parts
 
     def _flush(self) -> None:
-        left = self._write(self._queue[:64])
+        left = self._write(self._queue[:_IOV_MAX])
         if left is None:
             return
-        self._queue = left + self._queue[64:]
+        self._queue = left + self._queue[_IOV_MAX:]
         if not self._queue:
             self._stop_writing()
 

@@ -30,11 +30,6 @@ HEADER = struct.Struct("!BIdI")
 OPEN, OUTPUT, INPUT, RESIZE, MARKER, CLOSE = range(1, 7)
 
 
-def encode(kind: int, handle: int, t: float, payload: bytes) -> tuple[bytes, bytes]:
-    """A frame as (header, payload): written apart, a large payload is not copied."""
-    return HEADER.pack(kind, handle, t, len(payload)), payload
-
-
 def load_recorder(spec: str) -> Any:
     """``"module:callable"`` → the recorder that callable returns."""
     module, _, name = spec.partition(":")

@@ -256,10 +256,14 @@ class RecordingManager:
         if live.flush_timer is not None:
             live.flush_timer.cancel()
             live.flush_timer = None
-        if live.pending:
-            data = b"".join(live.pending)
-            live.pending.clear()
-            self._write(live, lambda: live.sink.output(data, live.pending_t))
+        if not live.pending:
+            return
+        chunks, live.pending = live.pending, []
+        sink = live.sink
+        if isinstance(sink, ProcessSink):
+            self._write(live, lambda: sink.output_parts(chunks, live.pending_t))
+        else:
+            self._write(live, lambda: sink.output(b"".join(chunks), live.pending_t))
 
     def input(self, session: SessionRuntime, data: bytes) -> None:
         live = self.live.get(session.id)
