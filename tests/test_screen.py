@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,8 +39,10 @@ def test_plain_tail_keeps_only_what_stays_visible():
 
 text_line = st.text(st.sampled_from("abcdefghij é€ \t"), max_size=70)
 prefix = st.sampled_from(
-    ["", "\x1b[31m", "\x1b[?1049h", "\x1b[5;5H", "\x1b[1;44m\x1b[2J", "\x1b[4h"]
-)
+    ["", "\x1b[31m", "\x1b[?1049h", "\x1b[5;5H", "\x1b[1;44m\x1b[2J", "\x1b[4h",
+     # Scroll regions, set with a 7- or 8-bit CSI, reset, or on the alternate screen.
+     "\x1b[2;4r", "\u009b2;4r", "\x1b[2;4r\x1b[r", "\x1b[2;4r\x1b[?1049h", "\x1b[?1049h\x1b[1;3r"]
+)  # fmt: skip
 
 
 @settings(max_examples=150, deadline=None)
@@ -65,17 +68,50 @@ def test_plain_text_shortcut_gives_the_same_screen_as_feeding_everything(pre, li
         assert lazy.skipped_bytes > 0  # the shortcut really ran
 
 
-def test_scroll_region_disables_the_shortcut():
-    s = _lazy(rows=6)
-    s.feed(b"\x1b[2;4r")
-    s.catch_up()
+class ScanningScreen(AvtScreen):
+    """An emulator that cannot tell its scroll region: LazyScreen scans for it."""
+
+    has_scroll_region = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("screen", [AvtScreen, ScanningScreen])
+@pytest.mark.parametrize("region", [b"\x1b[2;4r", "\u009b2;4r".encode()])
+def test_scroll_region_disables_the_shortcut_until_it_is_reset(screen, region):
+    s = LazyScreen(screen(40, 6), 40, 6)
     body = b"".join(b"row-%d\r\n" % i for i in range(500))
+    s.feed(region)
+    s.catch_up()
     s.feed(body)
     s.catch_up()
     assert s.skipped_bytes == 0
     full = AvtScreen(40, 6)
-    full.feed(b"\x1b[2;4r" + body)
+    full.feed(region + body)
     assert s.lines() == full.lines()
+    s.feed(b"\x1b[r")  # back to whole-screen scrolling: the shortcut is exact again
+    s.catch_up()
+    s.feed(body)
+    full.feed(b"\x1b[r" + body)
+    assert s.lines() == full.lines() and s.skipped_bytes > 0
+
+
+def test_a_redraw_flood_is_not_scanned_for_scroll_regions():
+    asked: list[int] = []
+
+    class Probed(AvtScreen):
+        def has_scroll_region(self) -> bool:
+            asked.append(1)
+            return super().has_scroll_region()
+
+    s = LazyScreen(Probed(200, 50), 200, 50)
+    frame = b"".join(b"\x1b[%d;1H\x1b[3%dm" % (r + 1, r % 8) + b"y" * 199 for r in range(50))
+    for _ in range(100):
+        s.feed(b"\x1b[H" + frame)
+    s.catch_up()
+    assert s.parsed_bytes > 0 and asked == []  # parsed, never asked
+    flood = b"".join(b"row-%d\r\n" % i for i in range(100_000))
+    for i in range(0, len(flood), 4095):  # plain: cut, after asking once
+        s.feed(flood[i : i + 4095])
+    assert len(asked) == 1 and s.skipped_bytes > 0
 
 
 @settings(max_examples=150, deadline=None)

@@ -8,6 +8,7 @@ otherwise linger after it exits.
 from __future__ import annotations
 
 import codecs
+import re
 
 import avt
 
@@ -17,6 +18,8 @@ from tachi.hookspecs import hookimpl
 # Leave any alternate screen, reset attributes, home and clear: the drawing that
 # follows then starts from a known state whatever the client showed before.
 _RESET = "\x1b[?1049l\x1b[0m\x1b[H\x1b[2J\x1b[?25h"
+# DECSTBM as avt dumps it (8-bit CSI).
+_DECSTBM = re.compile("\x9b[0-9;]*r")
 
 
 class AvtScreen:
@@ -40,6 +43,10 @@ class AvtScreen:
     def history(self) -> list[str]:
         every = self._vt.lines()
         return [line.text.rstrip() for line in every[: max(0, len(every) - self._rows)]]
+
+    def has_scroll_region(self) -> bool:
+        # avt's dump holds DECSTBM exactly when margins narrower than the screen are set.
+        return _DECSTBM.search(self._vt.dump()) is not None
 
     def cursor(self) -> Cursor:
         c = self._vt.cursor

@@ -38,6 +38,10 @@ class Screen(Protocol):
         """The lines that scrolled off the top, oldest first, trailing spaces
         removed (optional: a screen without it has no scrollback)."""
 
+    def has_scroll_region(self) -> bool:
+        """Whether a scroll region (DECSTBM) is set (optional: without it,
+        ``LazyScreen`` finds scroll regions by scanning the output it feeds)."""
+
     def ansi(self) -> str:
         """Escape sequences that draw this screen (content, colours, cursor, alternate
         screen) on a terminal of the same size, starting from any state."""
@@ -59,9 +63,9 @@ _PLAIN = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\r\n\t\b\a"
 _ASCII = bytes(range(0x20, 0x7F))
 # U+0080-U+009F in UTF-8: C1 controls (U+009B is CSI), which are not plain.
 _C1 = re.compile(rb"\xc2[\x80-\x9f]")
-# DECSTBM with parameters: a scroll region, after which scrolling is no longer
-# whole-screen and the plain-text shortcut would be wrong.
-_SCROLL_REGION = re.compile(rb"\x1b\[(\d*;?\d*)r")
+# DECSTBM with parameters (after a 7- or 8-bit CSI): a scroll region, after which
+# scrolling is no longer whole-screen and the plain-text shortcut would be wrong.
+_SCROLL_REGION = re.compile(rb"(?:\x1b\[|\xc2\x9b)(\d*;?\d*)r")
 
 
 class LazyScreen:
@@ -102,6 +106,10 @@ class LazyScreen:
         self.rows = rows
         self._catch_up_at = self._catch_up_size()
         self._scroll_region = False
+        #: Output that may have changed the scroll region was parsed since we last
+        #: asked the emulator (``has_scroll_region``).
+        self._region_stale = False
+        self._region_probe = getattr(screen, "has_scroll_region", None)
         #: Bytes the emulator never had to parse thanks to :func:`plain_tail`.
         self.skipped_bytes = 0
         #: Bytes the emulator parsed.
@@ -143,7 +151,7 @@ class LazyScreen:
         whole = plain == len(pending)
         head = b"".join(pending[:plain])
         rest = b"" if whole else b"".join(pending[plain:])
-        if self._scroll_region:
+        if head and self._in_scroll_region():
             return b"", head + rest, False
         cut = _cut_plain(
             head, self.rows, self.cols, self.history_lines, whole and self._line_printable
@@ -168,11 +176,24 @@ class LazyScreen:
             head, rest, _ = self._take()
             self._parse(head + rest)
 
+    def _in_scroll_region(self) -> bool:
+        """Whether a scroll region is set in the emulator (all pending output is
+        plain text up to the cut, which cannot set one)."""
+        if self._region_stale and self._region_probe is not None:
+            self._region_stale = False
+            self._scroll_region = self._region_probe()
+        return self._scroll_region
+
     def _parse(self, data: bytes) -> None:
         self._line_printable = True  # nothing is pending: no line yet
-        if b"\x1b" in data:
-            for m in _SCROLL_REGION.finditer(data):
-                self._scroll_region = m.group(1) not in (b"", b";")
+        if b"\x1b" in data or b"\xc2\x9b" in data:
+            if self._region_probe is not None:
+                # Asked at the next cut, if any: a redraw flood, never cut, then
+                # costs no scan (the scan took a fifth of the emulator's time).
+                self._region_stale = True
+            else:
+                for m in _SCROLL_REGION.finditer(data):
+                    self._scroll_region = m.group(1) not in (b"", b";")
         self.parsed_bytes += len(data)
         self._screen.feed(data)
 
@@ -182,6 +203,7 @@ class LazyScreen:
         self.cols, self.rows = cols, rows
         self._catch_up_at = self._catch_up_size()
         self._screen.resize(cols, rows)
+        self._region_stale = True
 
     def lines(self) -> list[str]:
         self.catch_up()
