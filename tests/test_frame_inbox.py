@@ -97,3 +97,22 @@ async def test_next_waits_for_a_frame_that_arrives_later():
     inbox.feed(protocol.encode_control({"op": "later"}))
     frame = await asyncio.wait_for(waiting, 5)
     assert frame is not None and protocol.decode_control(frame.payload) == {"op": "later"}
+
+
+async def test_a_keystroke_taken_in_feed_does_not_wake_the_connections_task():
+    # The connection's loop waits in next(); a keystroke written straight to the
+    # PTY gives it nothing to do, so it must stay asleep (a wake-up per key cost
+    # a turn of the event loop on every echo).
+    inbox, taker, _ = _inbox()
+    waiting = asyncio.ensure_future(inbox.next())
+    await asyncio.sleep(0)
+    wakes = 0
+    waiter = inbox._waiter
+    for key in b"hello":
+        inbox.feed(protocol.encode(protocol.STDIN, bytes([key])))
+        if inbox._waiter is not waiter or (waiter is not None and waiter.done()):
+            wakes += 1
+    assert taker.taken == [bytes([k]) for k in b"hello"] and wakes == 0
+    inbox.feed(protocol.encode_control({"op": "hello"}))  # a request does wake it
+    frame = await asyncio.wait_for(waiting, 5)
+    assert frame is not None and frame.channel == protocol.CONTROL

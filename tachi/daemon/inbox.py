@@ -71,7 +71,10 @@ class FrameInbox:
         if not self._paused and (self._error is not None or len(self._queue) >= QUEUE_HIGH):
             self._paused = True
             self._pause()
-        self._wake()
+        if self._queue or self._error is not None:
+            # Not for keystrokes already written: waking the connection's task
+            # for nothing cost every keystroke a turn of the event loop.
+            self._wake()
 
     def feed_eof(self) -> None:
         self._eof = True
