@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,15 @@ class Remote:
         """``tachi --host URL ARGS`` as a real process, with the daemon token."""
         env = {"TACHI_TOKEN": self.token if token is None else token}
         env |= kwargs.pop("env", {})
-        return self.daemon.run(*self.flags(), *args, env=env, **kwargs)
+        try:
+            return self.daemon.run(*self.flags(), *args, env=env, **kwargs)
+        except subprocess.TimeoutExpired as exc:
+            # A hang is a finding: say what the command and the daemon printed.
+            log = self.daemon.log.read_text(errors="replace").splitlines()[-60:]
+            raise AssertionError(
+                f"tachi {' '.join(args)} hung for {exc.timeout} s; its stderr:\n"
+                f"{exc.stderr!r}\ndaemon log (tail):\n" + "\n".join(log)
+            ) from exc
 
     def raw(self, **kwargs: Any) -> ClientConnection:
         """A bare WebSocket connection to ``/ws`` (for protocol-level tests)."""
