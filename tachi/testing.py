@@ -70,7 +70,7 @@ class DaemonProcess:
     def start(self, timeout: float = 15.0) -> None:
         log = open(self.log, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tachi.daemon.server", "--socket", str(self.socket)],
+            [sys.executable, "-P", "-m", "tachi.daemon.server", "--socket", str(self.socket)],
             env=self.env,
             stdin=subprocess.DEVNULL,
             preexec_fn=self._set_limits if self.address_space or self.open_files else None,

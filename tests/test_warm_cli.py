@@ -502,3 +502,33 @@ def test_the_launcher_knows_every_group_option_that_takes_a_value():
         if name.startswith("--")
     }
     assert valued == _VALUED_OPTIONS
+
+
+def test_the_directory_the_daemon_started_in_is_not_on_its_import_path(tachi_home, tmp_path):
+    # `tachi new` in a project auto-starts the daemon there. That directory must
+    # not be on the daemon's (or its helpers') import path: a module planted in
+    # it would load into the daemon, and each file saved there looked like
+    # tachi's code changing, so the warm CLI restarted on every command.
+    work = tmp_path / "project"
+    work.mkdir()
+    marker = tmp_path / "planted-module-ran"
+    (work / "uvloop.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    daemon = DaemonProcess(tachi_home, {"TACHI_EVENT_LOOP": "uvloop"})
+    started = subprocess.run(
+        [sys.executable, "-m", "tachi", "daemon", "start"],
+        env=daemon.env, cwd=work, capture_output=True, text=True, timeout=30, stdin=DEVNULL,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    try:
+        first = warm_listener(daemon)
+        for i in range(3):
+            (work / f"edited-{i}.txt").write_text("saved")
+            time.sleep(0.02)  # a later directory mtime even on a coarse clock
+            assert daemon.run("ls", env=WARM).returncode == 0, f"edit {i}: not warm"
+        assert warm_listener(daemon)["restarts"] == 0 and not marker.exists()
+        assert warm_listener(daemon)["pid"] == first["pid"]
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "tachi", "daemon", "stop"], env=daemon.env, timeout=30,
+            capture_output=True, stdin=DEVNULL,
+        )  # fmt: skip

@@ -57,7 +57,10 @@ def start_daemon(
     with open(log_path, "ab") as log:
         os.chmod(log_path, 0o600)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tachi.daemon.server", "--socket", str(path), *extra_args],
+            # -P: the directory it was started from is not on its import path (a
+            # module planted there must not load into the daemon, and its changes
+            # must not look like tachi's code changing to the warm CLI).
+            [sys.executable, "-P", "-m", "tachi.daemon.server", "--socket", str(path), *extra_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

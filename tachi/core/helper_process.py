@@ -21,7 +21,8 @@ def spawn_module(module: str, *args: str) -> subprocess.Popen[bytes]:
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
+        # -P: not the working directory on its import path (see autostart).
+        [sys.executable, "-P", "-m", module, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=None,
