@@ -25,14 +25,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [
         ["" if c is None else str(c) for c in row] for row in rows
     ]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    # One write: a listing of 1,000 sessions spent 20 ms in click.echo per row.
-    click.echo(
-        "\n".join(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in cells
-        )
-    )
+    widths = [max(map(len, column)) for column in zip(*cells, strict=True)]
+    # One format per row and one write: a listing of 1,000 sessions spent 20 ms
+    # in click.echo per row, and 1 ms more padding cell by cell.
+    row_format = "  ".join(f"{{:<{w}}}" for w in widths)
+    click.echo("\n".join(row_format.format(*row).rstrip() for row in cells))
 
 
 def ago(when: str | int | None) -> str:
