@@ -192,7 +192,7 @@ def ls(
     )
     with ctx.client() as client:
         # The table asks for its columns only: at 1,000 sessions, half the bytes to
-        # send and decode, and no models to build (81 -> 55 ms here).
+        # send and decode, and no models to build (81 -> 58 ms here).
         sessions = client.list_json(flt, fields=None if as_json else _LS_FIELDS)
     if as_json:
         emit_json(sessions)
