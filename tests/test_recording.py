@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -289,3 +291,27 @@ def test_a_dead_recorder_process_fails_its_recordings_not_the_sessions(tachi_dae
     tachi_daemon.run("record", "stop", s["id"], check=True)
     newest = [r for r in recordings(tachi_daemon) if r["id"] != rec["id"]]
     assert "after-restart" in output_of(Path(newest[0]["path"]))
+
+
+def test_a_recording_read_while_the_recorder_process_is_behind_waits_for_it(
+    tachi_daemon, tmp_path
+):
+    # The recorder process creates and writes the file: an export right after
+    # `record start` must wait for it (bounded), not fail with "No such file"
+    # or miss what was already recorded.
+    assert tachi_daemon.proc is not None
+    first = tachi_daemon.new("bash", "--norc", "-c", "echo warm-up; sleep 300", record=True)
+    wait_match(tachi_daemon, first["id"], "warm-up")
+    (worker,) = _recorder_pids(tachi_daemon.proc.pid)
+    s = tachi_daemon.new("bash", "--norc", "-c", "echo behind-the-worker; sleep 300")
+    wait_match(tachi_daemon, s["id"], "behind-the-worker")
+    os.kill(worker, signal.SIGSTOP)  # a worker that has not got to the OPEN yet
+    try:
+        tachi_daemon.run("record", "start", s["id"], check=True)
+        rec = next(r for r in recordings(tachi_daemon) if r["sessionId"] == s["id"])
+        threading.Timer(0.5, os.kill, (worker, signal.SIGCONT)).start()
+        out = tmp_path / "now.cast"
+        tachi_daemon.run("record", "export", rec["id"], "-o", str(out), check=True)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert "behind-the-worker" in output_of(out)  # the screen when recording started

@@ -39,6 +39,8 @@ MAX_QUEUED = 64 * 1024 * 1024
 PIPE_SIZE = 1 << 20
 #: How long stopping a recording waits for the worker to finish its file.
 CLOSE_TIMEOUT = 15.0
+#: How long reading a recording in progress waits for the worker to catch up.
+SYNC_TIMEOUT = 5.0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: Pieces per writev (the kernel takes up to 1024).
 _IOV_MAX = 64
@@ -56,6 +58,7 @@ class ProcessSink:
         self.closed = False
         #: The worker has finished the file (its reply to ``CLOSE``).
         self.finished = False
+        self._sync_waiters: list[asyncio.Future[None]] = []
 
     def output(self, data: bytes, t: float) -> None:
         self._send(wire.OUTPUT, t, data)
@@ -74,6 +77,24 @@ class ProcessSink:
 
     def marker(self, label: str, t: float) -> None:
         self._send(wire.MARKER, t, label.encode())
+
+    async def synced(self, timeout: float = SYNC_TIMEOUT) -> None:
+        """Return once the worker has written everything sent so far (or after
+        ``timeout`` seconds, or at once if this recording failed)."""
+        if self.error is not None or self.closed:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._sync_waiters.append(waiter)
+        self._process.send(wire.SYNC, self.handle, 0.0, b"")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+
+    def wake_synced(self) -> None:
+        """The worker answered a ``SYNC`` (replies come in order: the oldest one)."""
+        if self._sync_waiters:
+            waiter = self._sync_waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
 
     def close(self) -> None:
         """Finish the file; returns once the worker has. Raises ``OSError`` with
@@ -95,6 +116,8 @@ class ProcessSink:
         if self.error is not None:
             return
         self.error = message
+        while self._sync_waiters:  # no answer will come for them
+            self.wake_synced()
         if self.on_error is not None:
             self.on_error(OSError(errno.EIO, message))
 
@@ -233,6 +256,10 @@ class RecorderProcess:
                 sink.finished = True
                 if reply.get("message"):
                     sink.error = sink.error or str(reply["message"])
+        elif reply.get("event") == "synced":
+            sink = self._sinks.get(handle)
+            if sink is not None:
+                sink.wake_synced()
         elif reply.get("event") == "error":
             sink = self._sinks.get(handle)
             if sink is not None:

@@ -11,8 +11,10 @@ Frames to the worker: ``kind (1 B) | handle (uint32) | t (double) | length
 (``"module:callable"``) and the arguments of its ``open``. Replies are JSON
 lines: ``{"handle", "event": "error", "message"}`` when a sink fails (it is
 dropped; later frames for it are ignored) and ``{"handle", "event": "closed"}``
-once ``CLOSE`` has finished the file. At end of input (the daemon stopped or
-died) every open sink is closed, so what was sent is on disk.
+once ``CLOSE`` has finished the file; ``{"handle", "event": "synced"}`` once
+everything sent before ``SYNC`` is in the file (the file exists from ``OPEN``).
+At end of input (the daemon stopped or died) every open sink is closed, so
+what was sent is on disk.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 HEADER = struct.Struct("!BIdI")
-OPEN, OUTPUT, INPUT, RESIZE, MARKER, CLOSE = range(1, 7)
+OPEN, OUTPUT, INPUT, RESIZE, MARKER, CLOSE, SYNC = range(1, 8)
 
 
 def load_recorder(spec: str) -> Any:
@@ -66,6 +68,9 @@ def serve(stream: IO[bytes], out: IO[str]) -> None:
                 except OSError as exc:
                     error = exc.strerror or str(exc)
             _reply(out, handle, "closed", error)
+            continue
+        if kind == SYNC:
+            _reply(out, handle, "synced")
             continue
         if kind != OPEN and handle not in sinks:
             continue  # failed earlier: its error was reported

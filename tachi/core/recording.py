@@ -383,6 +383,16 @@ class RecordingManager:
             out.append(rec)
         return out
 
+    async def synced(self, rec_id: str) -> None:
+        """Bring a recording in progress up to date on disk (what the daemon still
+        holds, then what the recorder process does), before it is read."""
+        live = next((x for x in self.live.values() if x.recording.id == rec_id), None)
+        if live is None:
+            return
+        self._flush(live)
+        if isinstance(live.sink, ProcessSink):
+            await live.sink.synced()
+
     def get(self, rec_id: str) -> Recording:
         for rec in self.list():
             if rec.id == rec_id:

@@ -66,6 +66,10 @@ async def read(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     offset = arg_int(args, "offset") or 0
     if offset < 0:
         raise InvalidRequest("offset must not be negative")
+    if offset == 0 and rec.active:
+        # The recorder process writes the file: a read just after `record start`
+        # could find none yet, or miss what was recorded a moment ago.
+        await ctx.daemon.recordings.synced(rec.id)
     try:
         with open(rec.path or "", "rb") as f:
             f.seek(offset)
