@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,15 +37,31 @@ class Remote:
         """``tachi --host URL ARGS`` as a real process, with the daemon token."""
         env = {"TACHI_TOKEN": self.token if token is None else token}
         env |= kwargs.pop("env", {})
-        try:
+        if kwargs or set(env) - {"TACHI_TOKEN"}:
             return self.daemon.run(*self.flags(), *args, env=env, **kwargs)
-        except subprocess.TimeoutExpired as exc:
-            # A hang is a finding: say what the command and the daemon printed.
-            log = self.daemon.log.read_text(errors="replace").splitlines()[-60:]
+        argv = self.daemon.tachi_argv(*self.flags(), *args)
+        proc = subprocess.Popen(
+            argv,
+            env={**self.daemon.env, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # A hang is a finding: where every process of the command is blocked
+            # (the launcher, and what runs the command), then what the daemon said.
+            where = _blocked_in([proc.pid, *_descendants(self.daemon)])
+            proc.kill()
+            out, err = proc.communicate()
+            log = self.daemon.log.read_text(errors="replace").splitlines()[-40:]
             raise AssertionError(
-                f"tachi {' '.join(args)} hung for {exc.timeout} s; its stderr:\n"
-                f"{exc.stderr!r}\ndaemon log (tail):\n" + "\n".join(log)
-            ) from exc
+                f"tachi {' '.join(args)} hung for 30 s; stderr: {err!r}\n{where}\n"
+                "daemon log (tail):\n" + "\n".join(log)
+            ) from None
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
     def raw(self, **kwargs: Any) -> ClientConnection:
         """A bare WebSocket connection to ``/ws`` (for protocol-level tests)."""
@@ -163,3 +181,31 @@ class Proxy:
     def close(self) -> None:
         self._server.close()
         self.cut()
+
+
+def _descendants(daemon: DaemonProcess) -> list[int]:
+    """The daemon's processes below it (the warm CLI and the commands it forked)."""
+    assert daemon.proc is not None
+    found, todo = [], [daemon.proc.pid]
+    while todo:
+        pid = todo.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    return found
+
+
+def _blocked_in(pids: list[int]) -> str:
+    """Each thread's command line, state and kernel wait channel."""
+    lines = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+            for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = (task / "wchan").read_text()
+                syscall = (task / "syscall").read_text().split()[0]
+                lines.append(f"  pid {pid} tid {task.name} {stat} {wchan} syscall {syscall}: {cmd}")
+    return "processes:\n" + "\n".join(lines)
