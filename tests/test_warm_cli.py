@@ -135,7 +135,8 @@ def test_the_commands_stdin_environment_and_directory_are_the_callers(warm, tmp_
     work = tmp_path / "work dir"
     work.mkdir()
     made = subprocess.run(
-        warm.tachi_argv("new", "-d", "--json", "--", "sh", "-c", "pwd; sleep 30"),
+        # Wide enough that the path (longer with each pytest run number) never wraps.
+        warm.tachi_argv("new", "-d", "--json", "--cols", "300", "--", "sh", "-c", "pwd; sleep 30"),
         env={**warm.env, **WARM},
         stdin=DEVNULL,
         cwd=work,
