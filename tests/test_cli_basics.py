@@ -137,7 +137,7 @@ def test_rename(tachi_daemon):
 
 
 def test_new_cwd_is_used_and_a_missing_one_is_an_error(tachi_daemon, tmp_path):
-    s = tachi_daemon.new(*SHELL, cwd=str(tmp_path))
+    s = tachi_daemon.new(*SHELL, cwd=str(tmp_path), cols=300)  # a long path never wraps
     tachi_daemon.run("send", s["id"], "pwd\n", check=True)
     wait_match(tachi_daemon, s["id"], str(tmp_path))
     result = tachi_daemon.run("new", "-d", "--cwd", str(tmp_path / "nope"), "--", "true")
