@@ -23,13 +23,11 @@ def test_client_api_implements_the_seed_session_manager(tachi_daemon):
         with client.attach(s.id, size=PTYConfig(rows=20, cols=70)) as conn:
             assert client.get(s.id).state == SessionState.ACTIVE
             conn.write(b"stty size\r")
-            seen = b""
-            while b"20 70" not in seen:
-                seen += conn.read(timeout=5)
+            assert b"20 70" in _read_until(conn, b"20 70")
+            # The keys sent right after the resize see the new size.
             conn.resize(31, 91)
             conn.write(b"stty size\r")
-            while b"31 91" not in seen:
-                seen += conn.read(timeout=5)
+            assert b"31 91" in _read_until(conn, b"31 91")
         until(lambda: client.get(s.id).state == SessionState.SUSPENDED)
         client.resize(s.id, PTYConfig(rows=10, cols=40))
         assert client.get(s.id).pty.rows == 10
@@ -152,3 +150,11 @@ def test_the_first_screen_is_never_stranded_after_the_attach_reply(tachi_daemon)
         ready = bool(wire.pending) or bool(select.select([wire.fileno()], [], [], 2)[0])
         wire.close()
         assert ready, "the first screen was left where nobody reads it"
+
+
+def _read_until(conn, wanted: bytes, timeout: float = 10) -> bytes:
+    """Output read until ``wanted`` appears or ``timeout`` seconds pass."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while wanted not in seen and time.monotonic() < deadline:
+        seen += conn.read(timeout=1)
+    return seen

@@ -169,3 +169,30 @@ def test_a_read_only_client_cannot_open_or_rename_windows(tachi_daemon):
         conn.close()
     assert [r["error"]["code"] for r in replies] == ["permission_denied"] * 2
     assert [w["name"] for w in _windows(tachi_daemon, s["id"])] == ["bash"]
+
+
+def test_keys_sent_right_after_a_window_switch_go_to_the_new_window(tachi_daemon):
+    # The switch is a request, handled beside the connection's loop; keystrokes
+    # arriving with it (one write, one read by the daemon) must not overtake it
+    # and be typed into the window the user just left.
+    from tachi import protocol
+
+    s = tachi_daemon.new("cat", name="two")
+    tachi_daemon.run("window", "new", s["id"], "--", "cat", check=True)  # now active: 1
+    with tachi_daemon.client() as client, client.attach(s["id"]) as conn:
+        for n in range(5):
+            target = n % 2
+            select = {"id": 900 + n, "op": "window.select",
+                      "args": {"session": s["id"], "window": target}}  # fmt: skip
+            conn._wire.sock.sendall(
+                protocol.encode_control(select)
+                + protocol.encode(protocol.STDIN, b"typed-into-%d-%d\r" % (target, n))
+            )
+            until(lambda n=n, t=target: f"typed-into-{t}-{n}" in _screen(tachi_daemon, s, t))
+    for window in (0, 1):
+        text = _screen(tachi_daemon, s, window)
+        assert f"typed-into-{1 - window}" not in text, (window, text)
+
+
+def _screen(daemon, session, window: int) -> str:
+    return capture(daemon, session["id"], "--window", str(window))

@@ -31,6 +31,10 @@ log = logging.getLogger("tachi.connection")
 NextFrame = Callable[[], Awaitable[protocol.Frame | None]]
 
 
+#: Requests that change where keystrokes go or what the program sees (a window
+#: switch, a new window, a resize): input sent after one waits until it is done.
+_ORDERED_PREFIXES = ("client.", "window.")
+
 class Connection:
     """State of one connection: who it is, and what it is attached to."""
 
@@ -54,6 +58,8 @@ class Connection:
         self.attached: AttachedClient | None = None
         self.session: SessionRuntime | None = None
         self._greeted = False
+        #: Requests in flight that later keystrokes must not overtake.
+        self._ordered: set[asyncio.Task[None]] = set()
         self._last_denied_audit = 0.0
 
     async def run(self, next_frame: NextFrame | FrameInbox) -> None:
@@ -70,6 +76,8 @@ class Connection:
         try:
             while (frame := await next_frame()) is not None:
                 if frame.channel == protocol.STDIN and self._greeted:
+                    if self._ordered:
+                        await asyncio.wait(list(self._ordered))
                     # Awaited here, so a paste faster than the program reads stops
                     # this loop reading: the client is slowed down, nothing is lost.
                     await self._stdin(frame.payload)
@@ -121,6 +129,11 @@ class Connection:
             task = asyncio.get_running_loop().create_task(self._request(message))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            if str(message.get("op", "")).startswith(_ORDERED_PREFIXES):
+                # Keystrokes sent after a window switch or a resize must reach the
+                # new window, after the resize: they wait until this is done.
+                self._ordered.add(task)
+                task.add_done_callback(self._ordered.discard)
         elif frame.channel == protocol.STDIN:
             raise ProtocolError("the first frame must be a hello control frame")
         else:
@@ -198,7 +211,7 @@ class Connection:
         when nothing is queued ahead of it, and while ``run`` waits in
         :meth:`_stdin` for the program to catch up, the input it wrote first
         keeps this window above the mark, so ``write_now`` declines."""
-        if frame.channel != protocol.STDIN or not self._greeted:
+        if frame.channel != protocol.STDIN or not self._greeted or self._ordered:
             return False
         client, session = self.attached, self.session
         if client is None or session is None or client.read_only:
