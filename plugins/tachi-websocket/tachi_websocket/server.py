@@ -151,6 +151,13 @@ class WebSocketTransport:
         self._tls = ssl_context is not None
         if ssl_context is not None:
             ssl_context.sslobject_class = _audited_tls(daemon, self.name)
+            # No TLS 1.3 session tickets (whoever made the context: a plugin's
+            # SPIFFE context too). OpenSSL sends them after the handshake, and
+            # with asyncio's TLS layer a connection then stalled now and then:
+            # 9 of 72 runs of the fuzz test under load had a client wait 30 s for
+            # the HTTP answer, none of 48 without tickets. No tachi client resumes
+            # sessions, so nothing is lost.
+            ssl_context.num_tickets = 0
         self._server = await serve(
             self._serve,
             s.host,

@@ -319,3 +319,22 @@ def test_limits_and_rotation_reach_a_remote_attached_client(remote: Remote):
         assert token["token"].startswith("tachi_") and token["token"] != grant["token"]
         closed = next(e for e in events if e.get("event") == "closed")
         assert closed["reason"] == "idle-timeout" and names[-1] == "detached"
+
+
+def test_the_listener_sends_no_tls_session_tickets(remote: Remote):
+    # TLS 1.3 session tickets, sent after the handshake, stalled one connection
+    # in a few hundred under load (the client waited 30 s for the HTTP answer);
+    # no tachi client resumes sessions, so the listener sends none.
+    host, port = remote.url.removeprefix("wss://").rsplit(":", 1)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    with ctx.wrap_socket(raw) as tls:
+        tls.sendall(f"GET /no-such-page HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += tls.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 404")
+        assert tls.version() == "TLSv1.3"
+        assert tls.session is not None and not tls.session.has_ticket
