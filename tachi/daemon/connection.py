@@ -19,7 +19,7 @@ from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
 from tachi.daemon.inbox import FrameInbox
-from tachi.daemon.ops import OPERATIONS, RequestContext
+from tachi.daemon.ops import OPERATIONS, ORDERED, RequestContext
 from tachi.errors import InvalidRequest, PermissionDenied, ProtocolError, TachiError
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tachi.connection")
 NextFrame = Callable[[], Awaitable[protocol.Frame | None]]
 
-
-#: Requests that change where keystrokes go or what the program sees (a window
-#: switch, a new window, a resize): input sent after one waits until it is done.
-_ORDERED_PREFIXES = ("client.", "window.")
 
 class Connection:
     """State of one connection: who it is, and what it is attached to."""
@@ -129,7 +125,7 @@ class Connection:
             task = asyncio.get_running_loop().create_task(self._request(message))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            if str(message.get("op", "")).startswith(_ORDERED_PREFIXES):
+            if message.get("op") in ORDERED:
                 # Keystrokes sent after a window switch or a resize must reach the
                 # new window, after the resize: they wait until this is done.
                 self._ordered.add(task)

@@ -28,11 +28,19 @@ class RequestContext:
 
 Operation = Callable[[RequestContext, dict[str, Any]], Awaitable[Any]]
 OPERATIONS: dict[str, Operation] = {}
+#: Operations that change where a connection's keystrokes go or what the program
+#: sees (a window switch, a resize): input sent after one waits until it is done.
+ORDERED: set[str] = set()
 
 
-def operation(name: str) -> Callable[[Operation], Operation]:
+def operation(name: str, *, ordered: bool = False) -> Callable[[Operation], Operation]:
+    """Register an operation; ``ordered``: keystrokes sent after it on the same
+    connection are applied only once it has finished."""
+
     def register(fn: Operation) -> Operation:
         OPERATIONS[name] = fn
+        if ordered:
+            ORDERED.add(name)
         return fn
 
     return register

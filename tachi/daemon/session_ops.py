@@ -148,7 +148,7 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@operation("client.resize")
+@operation("client.resize", ordered=True)
 async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session, client = ctx.connection.require_attached()
     if client.read_only:
@@ -174,7 +174,7 @@ async def client_redraw(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     return {}
 
 
-@operation("client.detach")
+@operation("client.detach", ordered=True)
 async def client_detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.connection.require_attached()
     ctx.connection.detach("detached")
@@ -204,7 +204,7 @@ async def close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return session.to_model().to_json()
 
 
-@operation("session.resize")
+@operation("session.resize", ordered=True)
 async def resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "session.resize")
     ctx.connection.deny_if_read_only("resizing")
@@ -294,7 +294,7 @@ async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- windows ------------------------------------------------------------------------
-@operation("window.new")
+@operation("window.new", ordered=True)
 async def window_new(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "window.new")
     ctx.connection.deny_if_read_only("opening windows")
@@ -319,7 +319,7 @@ async def window_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[st
     return [w.to_model(w is active).to_json() for w in session.mux.windows()]
 
 
-@operation("window.select")
+@operation("window.select", ordered=True)
 async def window_select(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "window.select")
     ctx.connection.deny_if_read_only("switching windows")
@@ -347,7 +347,7 @@ async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     return window.to_model(window is session.mux.active).to_json()
 
 
-@operation("window.close")
+@operation("window.close", ordered=True)
 async def window_close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "window.close")
     ctx.connection.deny_if_read_only("closing windows")

@@ -33,16 +33,12 @@ class Remote:
             out += ["--fingerprint", self.fingerprint]
         return out
 
-    def run(self, *args: str, token: str | None = None, **kwargs: Any) -> Any:
+    def run(self, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         """``tachi --host URL ARGS`` as a real process, with the daemon token."""
-        env = {"TACHI_TOKEN": self.token if token is None else token}
-        env |= kwargs.pop("env", {})
-        if kwargs or set(env) - {"TACHI_TOKEN"}:
-            return self.daemon.run(*self.flags(), *args, env=env, **kwargs)
         argv = self.daemon.tachi_argv(*self.flags(), *args)
         proc = subprocess.Popen(
             argv,
-            env={**self.daemon.env, **env},
+            env={**self.daemon.env, "TACHI_TOKEN": self.token if token is None else token},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
