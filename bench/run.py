@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import resource
@@ -50,6 +51,10 @@ DTACH = shutil.which("dtach")
 DTACH_ATTACHED = b"\x1b[H\x1b[J"
 #: The systems of the throughput and echo benchmarks, in table order.
 SYSTEMS = ["raw", "tmux", "dtach", "tachi"]
+#: The daemon's screen emulator: "ghostty" (plugins/tachi-ghostty) when it is
+#: installed, else the built-in "avt"; ``--screen`` picks one.
+SCREENS = {"ghostty": "ghostty", "avt": ""}
+SCREEN = "ghostty" if importlib.util.find_spec("tachi_ghostty") else "avt"
 
 
 # -- plumbing ------------------------------------------------------------------------
@@ -62,7 +67,7 @@ class Env:
             **os.environ,
             "TACHI_HOME": str(self.dir),
             "TACHI_SOCKET": str(self.dir / "s.sock"),
-            "TACHI_LOAD_PLUGINS": "",
+            "TACHI_LOAD_PLUGINS": SCREENS[SCREEN],
         }
         self.env.pop("TMUX", None)
         self.tmux = ["tmux", "-L", f"tachibench{os.getpid()}", "-f", "/dev/null"]
@@ -817,6 +822,7 @@ def interleaved(
 
 
 def main() -> int:
+    global SCREEN
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, few rounds (a smoke run)"
@@ -835,11 +841,18 @@ def main() -> int:
     parser.add_argument("--scale-clients", type=int, default=50, help="for --only scale")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument(
+        "--screen",
+        choices=sorted(SCREENS),
+        default=SCREEN,
+        help=f"tachi's screen emulator (default here: {SCREEN}; ghostty is plugins/tachi-ghostty)",
+    )
+    parser.add_argument(
         "--markdown",
         metavar="PATH",
         help="also write a Markdown table there (between the results markers, if it has them)",
     )
     args = parser.parse_args()
+    SCREEN = args.screen
     rounds = 1 if args.quick else args.rounds
     only = set(filter(None, args.only.split(",")))
     want = lambda name: (not only and name != "scale") or name in only  # noqa: E731
@@ -1044,6 +1057,7 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "tmux": first_line(["tmux", "-V"]),
         "dtach": first_line([DTACH, "--version"]) if DTACH else None,
+        "screen": SCREEN,
     }
 
 
@@ -1092,6 +1106,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; nproc {m['nproc']}, "
         f"{m['mem_gib']} GiB; Python {m['python']}; {m['tmux']}"
         + (f"; {m['dtach']}" if m.get("dtach") else "; dtach not installed")
+        + f"; tachi's screen: {m.get('screen', 'avt')}"
         + f"; {results['rounds']} round(s) per interleaved benchmark; `{shlex.join(argv)}`"
     )
     rows = rows_of(results)

@@ -28,6 +28,8 @@ _RESET = "\x1b[?1049l\x1b[0m\x1b[H\x1b[2J\x1b[?25h"
 _MARGINS = re.compile(r"\x1b\[\d*;\d*[rs]")
 # What the redraw restores besides the cells. Not the palette: that would
 # repaint the client's own colours with the emulator's defaults.
+# An SGR sequence with ";"-separated parameters (colons: left as written).
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
 _REDRAW_EXTRAS = ("modes", "scrolling_region", "tabstops")
 _REDRAW_SCREEN_EXTRAS = ("cursor", "style", "hyperlink", "charsets")
 _LEAVE_ALTERNATE = b"\x1b[?1049l"
@@ -92,12 +94,12 @@ class GhosttyScreen:
     def ansi(self) -> str:
         screen = _area(self._term, "active", 0, self._rows, self._cols)
         body = _format(self._term, screen, _VT, _REDRAW_EXTRAS, _REDRAW_SCREEN_EXTRAS)
-        if self._term.get("active_screen", "int") == lib.GHOSTTY_TERMINAL_SCREEN_PRIMARY:
-            return _RESET + body
-        # On the alternate screen (vim, less), draw the primary screen first, as
-        # the program left it: the client's terminal then shows it again when
-        # the program leaves the alternate screen (``body`` enters it).
-        return _RESET + self._primary_screen() + body
+        if self._term.get("active_screen", "int") != lib.GHOSTTY_TERMINAL_SCREEN_PRIMARY:
+            # On the alternate screen (vim, less), draw the primary screen first,
+            # as the program left it: the client's terminal then shows it again
+            # when the program leaves the alternate screen (``body`` enters it).
+            body = self._primary_screen() + body
+        return _RESET + _SGR.sub(_sixteen_colours, body)
 
     def _primary_screen(self) -> str:
         """The primary screen's cells and cursor as escape sequences, read from a
@@ -182,6 +184,32 @@ def _copy(handle: Any) -> Terminal:
     copy._unknown_cb = copy._reply_cb = copy._cb_err = None
     copy._free = weakref.finalize(copy, lib.ghostty_terminal_free, out[0])
     return copy
+
+
+def _sixteen_colours(sgr: re.Match[str]) -> str:
+    """An SGR sequence with the 16 basic colours in their own codes (``31``,
+    ``94``, ``45``) instead of the 256-colour form the formatter writes
+    (``38;5;1``): what the program sent, and what 16-colour terminals know."""
+    params = sgr.group(1).split(";")
+    out: list[str] = []
+    i = 0
+    while i < len(params):
+        p = params[i]
+        if p in ("38", "48") and i + 2 < len(params) and params[i + 1] == "5":
+            n = int(params[i + 2] or 0)
+            if n < 16:
+                base = (30 if n < 8 else 90) + (10 if p == "48" else 0)
+                out.append(str(base + n % 8))
+            else:
+                out += params[i : i + 3]
+            i += 3
+        elif p in ("38", "48") and i + 1 < len(params) and params[i + 1] == "2":
+            out += params[i : i + 5]  # truecolour: r, g, b follow
+            i += 5
+        else:
+            out.append(p)
+            i += 1
+    return "\x1b[" + ";".join(out) + "m"
 
 
 def _rows(text: str, count: int) -> list[str]:

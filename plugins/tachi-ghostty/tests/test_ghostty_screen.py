@@ -18,3 +18,18 @@ class TestGhosttyScreen(ScreenContract):
         assert s.has_scroll_region()
         s.feed(b"\x1b[?69l")
         assert not s.has_scroll_region()
+
+
+def test_the_redraw_writes_the_sixteen_colours_as_the_program_did():
+    # The formatter writes palette colours as 38;5;N; a 16-colour terminal
+    # (the Linux console, TERM=screen) only knows 30-37, 90-97 and their
+    # backgrounds. 256-colour and truecolour stay as they were.
+    s = GhosttyScreen(60, 3)
+    s.feed(
+        b"\x1b[1;31mred\x1b[0m \x1b[44mbg\x1b[0m \x1b[94mbright\x1b[0m "
+        b"\x1b[38;5;200mx256\x1b[0m \x1b[38;2;38;5;1mtc\x1b[0m"
+    )
+    redraw = s.ansi()
+    for expected in ("\x1b[31mred", "\x1b[44mbg", "\x1b[94mbright", "\x1b[38;5;200mx256"):
+        assert expected in redraw
+    assert "\x1b[38;2;38;5;1mtc" in redraw and "38;5;1m" not in redraw.replace("2;38;5;1m", "")
