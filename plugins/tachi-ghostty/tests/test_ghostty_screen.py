@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from tachi_ghostty import GhosttyScreen
 
 from tachi.screen_contract import ScreenContract
@@ -33,3 +36,18 @@ def test_the_redraw_writes_the_sixteen_colours_as_the_program_did():
     for expected in ("\x1b[31mred", "\x1b[44mbg", "\x1b[94mbright", "\x1b[38;5;200mx256"):
         assert expected in redraw
     assert "\x1b[38;2;38;5;1mtc" in redraw and "38;5;1m" not in redraw.replace("2;38;5;1m", "")
+
+
+def test_without_pyghostty_the_plugin_leaves_windows_to_avt():
+    # Where no pyghostty wheel exists (macOS, musl), the plugin still loads.
+    code = (
+        "import sys; sys.modules['pyghostty'] = None\n"  # import pyghostty now fails
+        "import tachi_ghostty\n"
+        "from tachi.plugins import make_plugin_manager\n"
+        "assert tachi_ghostty.tachi_create_screen(cols=80, rows=24, history=0) is None\n"
+        "pm = make_plugin_manager(load_entrypoints=False); pm.register(tachi_ghostty)\n"
+        "print(type(pm.hook.tachi_create_screen(cols=80, rows=24, history=10)).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "AvtScreen"
