@@ -166,7 +166,7 @@ def test_attach_without_a_terminal_is_a_clear_error(tachi_daemon):
     assert result.returncode == 1 and "needs a terminal" in result.stderr
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop", None])
 def test_keys_typed_while_attach_starts_reach_the_session_on_either_loop(tachi_home, loop):
     # The keys are typed before the client has put the terminal in raw mode:
     # they must be kept (TCSANOW), not flushed. On uvloop, whose transports are
@@ -174,12 +174,14 @@ def test_keys_typed_while_attach_starts_reach_the_session_on_either_loop(tachi_h
     # every connection.
     from tachi.testing import DaemonProcess
 
-    daemon = DaemonProcess(tachi_home, {"TACHI_EVENT_LOOP": loop})
+    daemon = DaemonProcess(tachi_home, {"TACHI_EVENT_LOOP": loop} if loop else {})
+    if loop is None:
+        daemon.env.pop("TACHI_EVENT_LOOP", None)  # the default
     daemon.start()
     try:
         assert daemon.proc is not None
         maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
-        assert ("uvloop" in maps) == (loop == "uvloop")
+        assert ("uvloop" in maps) == (loop != "asyncio")  # uvloop unless told otherwise
         s = daemon.new(*SHELL)
         child = spawn_attach(daemon, s["id"])
         child.send("echo typed-a''head\r")
