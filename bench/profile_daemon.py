@@ -6,7 +6,10 @@ reads as fast as it can; the top functions by cumulative and by own time are
 printed. Use it before and after a change to the output path.
 
     .venv/bin/python bench/profile_daemon.py [--mib 32] [--shape lines|long-line|redraw]
-        [--record] [--top 25]
+        [--record] [--screen ghostty|avt] [--top 25]
+
+``--screen`` (default: ghostty when plugins/tachi-ghostty is installed) is the
+window's emulator, as in ``bench/run.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib
+import importlib.util
 import io
 import pstats
 import shlex
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import tachi
 from tachi.models import PTYConfig, SessionRequest
@@ -42,8 +48,8 @@ def payload(directory: Path, mib: int, shape: str) -> Path:
     return path
 
 
-async def flood(home: Path, data: Path, record: bool) -> float:
-    async with inprocess_daemon(home) as daemon:  # noqa: SIM117 (the client needs the daemon)
+async def flood(home: Path, data: Path, record: bool, plugins: tuple[Any, ...]) -> float:
+    async with inprocess_daemon(home, plugins) as daemon:  # noqa: SIM117 (the client needs the daemon)
         async with await tachi.AsyncClient.connect(daemon.config.socket, autostart=False) as c:
             command = f"read x; cat {shlex.quote(str(data))}; echo __E''ND__; sleep 60"
             s = await c.create(
@@ -74,17 +80,23 @@ def main() -> int:
     parser.add_argument("--shape", choices=["lines", "long-line", "redraw"], default="lines")
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--top", type=int, default=25)
+    ghostty = importlib.util.find_spec("tachi_ghostty") is not None
+    parser.add_argument(
+        "--screen", choices=["ghostty", "avt"], default="ghostty" if ghostty else "avt"
+    )
     args = parser.parse_args()
+    plugins = (importlib.import_module("tachi_ghostty"),) if args.screen == "ghostty" else ()
     with tempfile.TemporaryDirectory(prefix="tachi-prof-", dir="/tmp") as tmp:
         home = Path(tmp)
         data = payload(home, args.mib, args.shape)
         size = data.stat().st_size
         profiler = cProfile.Profile()
         profiler.enable()
-        seconds = asyncio.run(flood(home, data, args.record))
+        seconds = asyncio.run(flood(home, data, args.record, plugins))
         profiler.disable()
     rate = size / seconds / 2**20
-    print(f"{args.shape}: {size / 2**20:.1f} MiB in {seconds:.2f} s = {rate:.1f} MiB/s")
+    mib = size / 2**20
+    print(f"{args.shape} ({args.screen}): {mib:.1f} MiB in {seconds:.2f} s = {rate:.1f} MiB/s")
     for key in ("cumulative", "tottime"):
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(args.top)

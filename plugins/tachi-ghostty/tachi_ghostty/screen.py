@@ -222,3 +222,22 @@ def _rows(text: str, count: int) -> list[str]:
 def _check(result: int) -> None:
     if result:
         raise GhosttyError(f"libghostty-vt call failed ({result})")
+
+
+def _warm_up() -> None:
+    """Parse, once per process, the C types the methods above use.
+
+    cffi parses a type string the first time it meets it (pycparser, in
+    Python): ~100 ms in all here, which the first attach after the daemon
+    started would otherwise wait for. Done at import, it is part of the
+    daemon's start instead."""
+    screen = GhosttyScreen(2, 2, 1)
+    screen.feed(b"\x1b[?1049h")
+    screen.ansi()
+    screen.lines()
+    screen.history()
+    screen.has_scroll_region()
+    screen.resize(3, 2)
+
+
+_warm_up()
