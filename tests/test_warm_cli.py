@@ -489,6 +489,41 @@ def test_nice_and_cpu_affinity_hold_for_the_command(warm):
         proc.wait(10)
 
 
+def _blocked_signals(pid: int, tid: int) -> int:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        return int(next(line for line in f if line.startswith("SigBlk:")).split()[1], 16)
+
+
+def test_forwarded_signals_go_to_the_commands_main_thread(warm):
+    # The command's process has a second thread (it watches the launcher). A
+    # signal sent to the process may land on any thread not blocking it; one
+    # landing there does not wake the main thread from sleep() or select(), so
+    # Ctrl-C in `tachi play` would wait out the pause and attach would miss a
+    # resize. Only the main thread may take them.
+    server = warm_listener(warm)["pid"]
+    s = warm.new("cat")
+    proc = subprocess.Popen(
+        warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
+        env={**warm.env, **WARM},
+        stdin=DEVNULL,
+    )
+    try:
+        child = running_command(server)
+        others = [int(t) for t in os.listdir(f"/proc/{child}/task") if int(t) != child]
+        assert others
+        wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGWINCH - 1))
+        wanted |= 1 << (signal.SIGTERM - 1)
+        for tid in others:
+            assert _blocked_signals(child, tid) & wanted == wanted, f"thread {tid}"
+        assert _blocked_signals(child, child) & wanted == 0  # the main thread takes them
+        proc.send_signal(signal.SIGINT)  # forwarded: the wait ends at once
+        assert proc.wait(10) == 130
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
 def test_the_launcher_knows_every_group_option_that_takes_a_value():
     # tachi.launch finds the command past the group's options without click;
     # its list must follow the group's.

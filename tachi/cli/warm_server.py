@@ -290,7 +290,7 @@ def run_child(conn: socket.socket, listener: socket.socket) -> None:
         if _read_line(conn) != b"G":
             os._exit(0)  # the launcher gave up: it runs the command itself
         adopt(request)
-        threading.Thread(target=_die_with_launcher, args=(conn,), daemon=True).start()
+        _start_launcher_watch(conn)
         status, died_of = run_command()
         message = b"S %d\n" % died_of if died_of else b"X %d\n" % status
         conn.sendall(message)
@@ -345,6 +345,25 @@ def _exit_status(code: object) -> int:
     with contextlib.suppress(Exception):
         print(code, file=sys.stderr)
     return 1
+
+
+def _start_launcher_watch(conn: socket.socket) -> None:
+    """Start ``_die_with_launcher`` in a thread that blocks every signal.
+
+    The signals the launcher forwards (Ctrl-C, SIGWINCH, ...) are sent to the
+    process, and the kernel may hand a process's signal to any thread that does
+    not block it (Linux does when the main thread already has one pending).
+    Python runs handlers in the main thread only, and a signal taken by this
+    thread does not interrupt the main thread's ``sleep`` or ``select``: Ctrl-C
+    in ``tachi play`` would wait out the pause, and attach would see a resize
+    only at its next keystroke or output. A thread starts with its creator's
+    mask, hence blocked around the start."""
+    every = signal.valid_signals()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, every)
+    try:
+        threading.Thread(target=_die_with_launcher, args=(conn,), daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _die_with_launcher(conn: socket.socket) -> None:
