@@ -513,9 +513,14 @@ def test_forwarded_signals_go_to_the_commands_main_thread(warm):
         assert others
         wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGWINCH - 1))
         wanted |= 1 << (signal.SIGTERM - 1)
+        # The main thread blocks them too while it starts the other: wait for
+        # it to unblock them (bounded).
+        deadline = time.monotonic() + 10
+        while _blocked_signals(child, child) & wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _blocked_signals(child, child) & wanted == 0  # the main thread takes them
         for tid in others:
             assert _blocked_signals(child, tid) & wanted == wanted, f"thread {tid}"
-        assert _blocked_signals(child, child) & wanted == 0  # the main thread takes them
         proc.send_signal(signal.SIGINT)  # forwarded: the wait ends at once
         assert proc.wait(10) == 130
     finally:
