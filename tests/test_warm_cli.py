@@ -65,6 +65,18 @@ def running_command(server: int, timeout: float = 15) -> int:
     raise AssertionError("no command started in the warm CLI")
 
 
+def start_waiting_command(
+    daemon: DaemonProcess, *, prefix: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``tachi wait`` on a fresh session, through the warm CLI (after ``prefix``,
+    e.g. ``nice``): the process and the pid of the warm CLI child running it."""
+    server = warm_listener(daemon)["pid"]
+    s = daemon.new("cat")
+    argv = daemon.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60")
+    proc = subprocess.Popen([*prefix, *argv], env={**daemon.env, **WARM}, stdin=DEVNULL)
+    return proc, running_command(server)
+
+
 def process_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -189,14 +201,7 @@ def test_signals_reach_the_command_as_they_would_in_process(warm, mode):
 
 
 def test_a_killed_tachi_takes_its_command_with_it(warm):
-    server = warm_listener(warm)["pid"]
-    s = warm.new("cat")
-    proc = subprocess.Popen(
-        warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
-        env={**warm.env, **WARM},
-        stdin=DEVNULL,
-    )
-    child = running_command(server)
+    proc, child = start_waiting_command(warm)
     with open(f"/proc/{child}/comm") as comm:
         assert comm.read().strip() == "tachi"  # as top and pgrep show it
     proc.kill()
@@ -470,18 +475,8 @@ def test_the_tachi_command_itself_imports_neither_re_nor_typing(warm):
 
 
 def test_nice_and_cpu_affinity_hold_for_the_command(warm):
-    server = warm_listener(warm)["pid"]
-    s = warm.new("cat")
-    proc = subprocess.Popen(
-        [
-            "nice", "-n", "7", "taskset", "-c", "0",
-            *warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
-        ],
-        env={**warm.env, **WARM},
-        stdin=DEVNULL,
-    )  # fmt: skip
+    proc, child = start_waiting_command(warm, prefix=("nice", "-n", "7", "taskset", "-c", "0"))
     try:
-        child = running_command(server)
         assert os.getpriority(os.PRIO_PROCESS, child) == 7
         assert os.sched_getaffinity(child) == {0}
     finally:
@@ -500,15 +495,8 @@ def test_forwarded_signals_go_to_the_commands_main_thread(warm):
     # landing there does not wake the main thread from sleep() or select(), so
     # Ctrl-C in `tachi play` would wait out the pause and attach would miss a
     # resize. Only the main thread may take them.
-    server = warm_listener(warm)["pid"]
-    s = warm.new("cat")
-    proc = subprocess.Popen(
-        warm.tachi_argv("wait", s["id"], "--match", "never-printed", "--timeout", "60"),
-        env={**warm.env, **WARM},
-        stdin=DEVNULL,
-    )
+    proc, child = start_waiting_command(warm)
     try:
-        child = running_command(server)
         others = [int(t) for t in os.listdir(f"/proc/{child}/task") if int(t) != child]
         assert others
         wanted = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGWINCH - 1))
