@@ -88,6 +88,7 @@ def attach(
     )
     bridge = _Bridge(wire, in_fd, out_fd, prefix, read_only=bool(result.get("readOnly")))
     bridge.session_id = str(result["id"])
+    bridge.direct = _may_hand_over(endpoint, in_fd, out_fd)
     if isinstance(endpoint, Endpoint) and endpoint.remote:
 
         def reopen(position: tuple[int, int] | None) -> WireConnection:
@@ -111,6 +112,22 @@ def attach(
     return bridge.run()
 
 
+def _may_hand_over(endpoint: Path | Endpoint, in_fd: int, out_fd: int) -> bool:
+    """Whether to offer the daemon this terminal (``client.terminal``): a daemon
+    on this host's Unix socket, stdin and stdout the same terminal, and not
+    turned off with ``TACHI_DIRECT=0``."""
+    if os.environ.get("TACHI_DIRECT", "1") == "0":
+        return False
+    if isinstance(endpoint, Endpoint) and endpoint.remote:
+        return False
+    try:
+        return os.isatty(out_fd) and os.fstat(in_fd).st_rdev == os.fstat(out_fd).st_rdev
+    except OSError:
+        return False
+
+
+#: How long to wait for the daemon to hand the terminal back before drawing anyway.
+HAND_BACK_TIMEOUT = 2.0
 #: How long an attach to a remote daemon keeps trying to reconnect after a drop.
 RECONNECT_SECONDS = 30.0
 
@@ -158,6 +175,20 @@ class _Bridge:
         #: The terminal's (rows, cols, xpixel, ypixel), read again at each SIGWINCH:
         #: output asks whether the session leaves part of it unused.
         self.term_size = terminal_size(in_fd)
+        #: Whether to hand the terminal to the daemon when nothing here needs it
+        #: (see tachi.daemon.direct_terminal): then keystrokes and output do not
+        #: pass through this process at all.
+        self.direct = False
+        self.owns_input = True
+        self.owns_output = True
+        #: The window and output offset of the last screen drawn (by either side).
+        self.screen_at: tuple[int, int] | None = None
+        #: Hand-overs of the output so far: the daemon's ``terminal`` event names
+        #: the one it answers.
+        self.handover = 0
+        #: After the daemon handed the output back on its own (the session became
+        #: smaller than this terminal), wait for the next screen before offering it.
+        self._hold_off = False
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -180,6 +211,7 @@ class _Bridge:
                         self.state.ended = AttachOutcome(1, f"lost the daemon: {exc}")
                         break
         finally:
+            self._reclaim_terminal()
             termios.tcsetattr(self.in_fd, termios.TCSAFLUSH, saved)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -227,12 +259,15 @@ class _Bridge:
         # Every keystroke and every echo passes through here: the descriptors are
         # looked up once per connection, timers only looked at when set.
         state, in_fd, sock, wake = self.state, self.in_fd, self.wire.fileno(), self._wake_r
-        watched = [in_fd, sock, wake]
+        with_terminal, without = [in_fd, sock, wake], [sock, wake]
         while state.ended is None:
             if self.wire.pending:
                 self._drain_pending()
                 if state.ended is not None:
                     break
+            if self.direct and (self.owns_input or self.owns_output):
+                self._hand_over()
+            watched = with_terminal if self.owns_input else without
             timeout = None
             if state.redraw_at is not None or state.unused_at is not None:
                 due = min(t for t in (state.redraw_at, state.unused_at) if t is not None)
@@ -249,8 +284,106 @@ class _Bridge:
                 self._timers()
             if sock in ready:
                 self._from_daemon()
-            if in_fd in ready and state.ended is None:
+            if in_fd in ready and state.ended is None and self.owns_input:
                 self._from_terminal()
+
+    # -- the terminal handed to the daemon --------------------------------------------
+    def _hand_over(self) -> None:
+        """Give the daemon whichever direction nothing here needs now: the keys
+        while no prefix command, prompt or copy mode is under way; the output
+        while this process draws nothing of its own either."""
+        state = self.state
+        if self.copy is not None or state.prompt is not None or state.prefix_pending:
+            return
+        if state.pending_requests:
+            return
+        if self.owns_input and not self.read_only and len(self.prefix) <= 1:
+            self.owns_input = False
+            prefix = self.prefix.decode("latin-1")
+            self._request_quietly("client.terminal", input=True, prefix=prefix)
+        if (
+            self.owns_output
+            and not self._hold_off
+            and state.redraw_at is None
+            and state.unused_at is None
+            and self.session_size == self.term_size[:2]
+        ):
+            self.owns_output = False
+            self.handover += 1
+            self._request_quietly("client.terminal", output=True, handover=self.handover)
+
+    def _request_quietly(self, op: str, **args: Any) -> None:
+        request_id = self.wire.send_request(op, args)
+        self.state.pending_requests[request_id] = op
+
+    def _take_output(self) -> None:
+        """Get the output back from the daemon before drawing anything here: ask,
+        then wait (bounded) for the ``terminal`` event, which comes once the
+        daemon's last write has reached the terminal. Output the daemon framed
+        before it took the terminal is dropped: its screen showed it."""
+        self.wire.send_request("client.terminal", {"output": False})
+        later: list[protocol.Frame] = []
+        deadline = time.monotonic() + HAND_BACK_TIMEOUT
+        try:
+            while not self.owns_output:
+                left = deadline - time.monotonic()
+                frame = self.wire.next_frame(max(left, 0.0)) if left > 0 else None
+                if frame is None:
+                    break
+                if frame.channel != protocol.CONTROL:
+                    continue
+                message = json.loads(frame.payload)
+                if self._terminal_event(message, quietly=True):
+                    continue
+                if message.get("event") == "screen":
+                    self._screen_state(message)  # drawn by the daemon
+                else:
+                    later.append(frame)
+        except DaemonUnavailable:
+            pass  # nobody else writes to the terminal now
+        finally:
+            self.owns_output = True
+            self.wire.pending.extendleft(reversed(later))
+
+    def _terminal_event(self, message: dict[str, Any], *, quietly: bool = False) -> bool:
+        """Apply a ``terminal`` event (a direction handed back); False if it is not one."""
+        if message.get("event") != "terminal":
+            return False
+        if message.get("output") is False and message.get("handover") == self.handover:
+            if not self.owns_output and not quietly:
+                self._hold_off = True  # the daemon gave it back on its own
+            self.owns_output = True
+        if message.get("input") is False:
+            self.owns_input = True
+            keys = str(message.get("keys") or "").encode("latin-1")
+            if keys:
+                self._keys(keys)
+        return True
+
+    def _reclaim_terminal(self) -> None:
+        """On the way out: the daemon stops reading and writing the terminal
+        before it is given back to the shell."""
+        if not self.direct or (self.owns_input and self.owns_output):
+            return
+        with contextlib.suppress(DaemonUnavailable, OSError):
+            if not self.owns_input:
+                request = self.wire.send_request("client.terminal", {"input": False})
+                self.owns_input = True
+                self._wait_reply(request)
+            if not self.owns_output:
+                self._take_output()
+
+    def _wait_reply(self, request_id: int) -> None:
+        deadline = time.monotonic() + HAND_BACK_TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            frame = self.wire.next_frame(left)
+            if frame is None:
+                return
+            if frame.channel == protocol.CONTROL:
+                message = json.loads(frame.payload)
+                if message.get("id") == request_id:
+                    return
+                self._terminal_event(message, quietly=True)
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -299,7 +432,7 @@ class _Bridge:
             if frame.channel == protocol.STDOUT:
                 window, seq, data = protocol.decode_output(frame.payload)
                 self.position = (window, seq + len(data))
-                if self.copy is None:
+                if self.copy is None and self.owns_output and not self._shown(window, seq):
                     out.append(data)
                 continue
             self._output(out)
@@ -320,13 +453,15 @@ class _Bridge:
         message = json.loads(frame.payload)
         event = message.get("event")
         if event == "screen":
-            if "window" in message and "seq" in message:
-                self.position = (int(message["window"]), int(message["seq"]))
-            if "rows" in message and "cols" in message:
-                self.session_size = (int(message["rows"]), int(message["cols"]))
-            if self.copy is None:
+            self._screen_state(message)
+            if message.get("drawn"):
+                return  # by the daemon, on the terminal it was handed
+            self._hold_off = False
+            if self.copy is None and self.owns_output:
                 self._write(self._region() + str(message["data"]).encode())
                 self._draw_unused()
+        elif event == "terminal":
+            self._terminal_event(message)
         elif event == "resized":
             # A screen event follows, drawn at the new size.
             self.session_size = (int(message["rows"]), int(message["cols"]))
@@ -338,6 +473,12 @@ class _Bridge:
             self.state.ended = self._outcome_for(message)
         elif event == "token":
             os.environ["TACHI_TOKEN"] = str(message.get("token"))
+        elif self.state.pending_requests.get(message.get("id")) == "client.terminal":
+            del self.state.pending_requests[message["id"]]
+            if not message.get("ok"):
+                # This daemon will not take the terminal: keep it, and stop asking.
+                self.direct = False
+                self.owns_input = self.owns_output = True
         elif event == "error" or ("id" in message and not message.get("ok")):
             self._flash("tachi: " + str(error_from_json(message.get("error") or {})))
         elif "id" in message and message.get("ok"):
@@ -349,6 +490,21 @@ class _Bridge:
                     f"{w['id']}:{w['name']}{'*' if w['active'] else ''}" for w in message["result"]
                 )
                 self._flash(names)
+
+    def _shown(self, window: int, seq: int) -> bool:
+        """Whether output at ``seq`` is already in the last screen: output the
+        daemon framed before it took the terminal may still be on its way when
+        the terminal comes back, after the screen the daemon drew."""
+        if not self.direct or self.screen_at is None:
+            return False
+        return window != self.screen_at[0] or seq < self.screen_at[1]
+
+    def _screen_state(self, message: dict[str, Any]) -> None:
+        if "window" in message and "seq" in message:
+            self.position = (int(message["window"]), int(message["seq"]))
+            self.screen_at = self.position
+        if "rows" in message and "cols" in message:
+            self.session_size = (int(message["rows"]), int(message["cols"]))
 
     def _outcome_for(self, detached: dict[str, Any]) -> AttachOutcome:
         closed = self.state.closed
@@ -418,6 +574,8 @@ class _Bridge:
         self.wire.send_request("client.redraw", {})
 
     def _write(self, data: bytes) -> None:
+        if not self.owns_output:
+            self._take_output()
         view = memoryview(data)
         while view:
             try:
@@ -450,6 +608,11 @@ class _Bridge:
         if not data:
             self.state.ended = AttachOutcome(129, "terminal closed")
             return
+        self._keys(data)
+
+    def _keys(self, data: bytes) -> None:
+        """Keys typed on the terminal: the prefix key's commands here, the rest
+        to the session."""
         if self.copy is not None:
             for key in keys(data):
                 if not self.copy.key(key):

@@ -4,11 +4,20 @@ A client that cannot keep up must never slow the session or the other clients,
 nor grow the daemon's memory. Each client's transport buffer is capped; when a
 write would go past the cap, output for that client is dropped and, once its
 buffer has drained, it is resynchronised with one snapshot of the screen.
+
+A client on this host may hand its terminal's output to the daemon
+(``client.terminal``): output is then written to ``terminal`` instead of being
+framed for the socket, and screens are drawn there too. Handing it back is
+ordered: the daemon stops writing to the terminal, waits until what it wrote
+has reached it, then sends a ``terminal`` event with ``output: false`` and only
+then what was framed meanwhile, so the client never writes between two halves
+of the daemon's output.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +48,13 @@ class Wire(Protocol):
     def close(self) -> None: ...
 
 
+class TerminalWire(Wire, Protocol):
+    """A client's own terminal, written by the daemon (see the module's docstring)."""
+
+    def when_drained(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what was written has reached the terminal."""
+
+
 @dataclass(eq=False)
 class AttachedClient:
     """One client attached to a session.
@@ -66,6 +82,15 @@ class AttachedClient:
     on_end: Callable[[str], None] | None = None
     #: The transport connection this client came in on (opaque to the core).
     connection: Any = None
+    #: The client's own terminal, while the daemon writes its output there.
+    terminal: TerminalWire | None = None
+    #: How many times the client handed its output over (the ``terminal`` event
+    #: names the latest, so a client can tell a stale one).
+    handovers: int = 0
+    #: Frames held back while the terminal drains (see ``release_terminal``).
+    _held: list[bytes] | None = None
+    _held_bytes: int = 0
+    _after_hand_back: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def writable(self) -> bool:
@@ -76,13 +101,21 @@ class AttachedClient:
         if self._lagging:
             self.dropped_bytes += len(data)
             return
-        if self.wire.buffered() + len(data) > self.limit:
+        terminal = self.terminal
+        if terminal is not None:
+            if terminal.buffered() + len(data) > self.limit:
+                self.dropped_bytes += len(data)
+                self._start_resync()
+            else:
+                terminal.write(data)
+            return
+        if self.wire.buffered() + self._held_bytes + len(data) > self.limit:
             self.dropped_bytes += len(data)
             self._start_resync()
             return
         for start in range(0, len(data), protocol.MAX_OUTPUT_CHUNK):
             chunk = data[start : start + protocol.MAX_OUTPUT_CHUNK]
-            self.wire.write(protocol.encode_output(window, seq + start, chunk))
+            self._send(protocol.encode_output(window, seq + start, chunk))
 
     def send_screen(
         self, window: int, seq: int, ansi: str, size: tuple[int, int] | None = None
@@ -92,10 +125,79 @@ class AttachedClient:
         event: dict[str, Any] = {"event": "screen", "window": window, "seq": seq, "data": ansi}
         if size is not None:
             event["rows"], event["cols"] = size
+        if self.terminal is not None:
+            if self.size is not None and size == (self.size.rows, self.size.cols):
+                # Drawn where the output goes, in order with it; the client only
+                # learns what it shows.
+                self.terminal.write(b"\x1b[r" + ansi.encode())
+                event["data"], event["drawn"] = "", True
+            else:
+                # The client draws what lies outside a smaller window itself.
+                self.release_terminal()
         self.send_event(event)
 
     def send_event(self, event: dict[str, Any]) -> None:
-        self.wire.write(protocol.encode_control(event))
+        self._send(protocol.encode_control(event))
+
+    def _send(self, frame: bytes) -> None:
+        if self._held is not None:
+            self._held.append(frame)
+            self._held_bytes += len(frame)
+        else:
+            self.wire.write(frame)
+
+    # -- the client's terminal -------------------------------------------------------
+    def take_terminal(self, terminal: TerminalWire) -> None:
+        """Write output to ``terminal`` from now on, starting with the screen (the
+        client stopped drawing when it asked, so what it missed is redrawn).
+        The caller waits for :meth:`handed_back` first."""
+        assert self._held is None, "a hand-back is still under way"
+        self.terminal = terminal
+        self._lagging = False
+        self.send_screen(*self.snapshot())
+
+    def hand_back_now(self) -> None:
+        """The client asked for its terminal: release it, or say at once that the
+        daemon is not writing there."""
+        if self.terminal is None and self._held is None:
+            self.send_event({"event": "terminal", "output": False, "handover": self.handovers})
+        else:
+            self.release_terminal()
+
+    async def handed_back(self) -> None:
+        """Return once no hand-back is under way."""
+        while self._held is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.release_terminal(functools.partial(_resolve, done))
+            await done
+
+    def release_terminal(self, then: Callable[[], None] | None = None) -> None:
+        """Stop writing to the client's terminal and hand it back: once what was
+        written has reached it, the ``terminal`` event (``output: false``) and the
+        frames held meanwhile go out. ``then`` runs after that."""
+        terminal = self.terminal
+        if terminal is None:
+            if self._held is not None and then is not None:
+                self._after_hand_back.append(then)
+            elif then is not None:
+                then()
+            return
+        self.terminal = None
+        if self._held is None:
+            self._held, self._held_bytes = [], 0
+
+        def hand_back() -> None:
+            held = self._held or []
+            self._held, self._held_bytes = None, 0
+            marker = {"event": "terminal", "output": False, "handover": self.handovers}
+            self.wire.write(protocol.encode_control(marker))
+            for frame in held:
+                self.wire.write(frame)
+            waiting, self._after_hand_back = self._after_hand_back, []
+            for callback in [*waiting, *([then] if then else [])]:
+                callback()
+
+        terminal.when_drained(hand_back)
 
     def _start_resync(self) -> None:
         self._lagging = True
@@ -103,7 +205,7 @@ class AttachedClient:
             self._resync_task = asyncio.get_running_loop().create_task(self._resync())
 
     async def _resync(self) -> None:
-        await self.wire.drained()
+        await (self.terminal or self.wire).drained()
         self._lagging = False
         self.resyncs += 1
         self.send_screen(*self.snapshot())
@@ -111,8 +213,14 @@ class AttachedClient:
     def end(self, reason: str, message: str) -> None:
         """Tell the client why it is being detached, then let its connection go on
         (``on_end`` lets the connection forget the attachment)."""
+        self.release_terminal()
         self.send_event({"event": "detached", "reason": reason, "message": message})
         if self._resync_task:
             self._resync_task.cancel()
         if self.on_end:
             self.on_end(reason)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -26,9 +26,18 @@ async def clients(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, A
             "size": {"cols": c.size.cols, "rows": c.size.rows} if c.size else None,
             "since": format_rfc3339(c.attached_at),
             "self": c.connection is ctx.connection,
+            "direct": _direct(c),
         }
         for c in sorted(session.clients.values(), key=lambda c: c.attached_at)
     ]
+
+
+def _direct(client: Any) -> dict[str, bool]:
+    """Which directions of the client's terminal the daemon reads or writes itself
+    (``client.terminal``)."""
+    terminal = getattr(client.connection, "terminal", None)
+    reading = terminal is not None and terminal.reading
+    return {"input": bool(reading), "output": client.terminal is not None}
 
 
 @operation("session.rename")

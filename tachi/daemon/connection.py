@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.daemon.direct_terminal import DirectTerminal
 from tachi.daemon.inbox import FrameInbox
 from tachi.daemon.ops import OPERATIONS, ORDERED, RequestContext
 from tachi.errors import InvalidRequest, PermissionDenied, ProtocolError, TachiError
@@ -57,6 +58,15 @@ class Connection:
         #: Requests in flight that later keystrokes must not overtake.
         self._ordered: set[asyncio.Task[None]] = set()
         self._last_denied_audit = 0.0
+        self._inbox: FrameInbox | None = None
+        #: The client's own terminal, opened by ``client.terminal`` (local peers only).
+        self.terminal: DirectTerminal | None = None
+        #: The attached client that last had the terminal's output (it hands it back).
+        self.terminal_client: AttachedClient | None = None
+        #: The prefix key: reading the terminal stops at it (the client's commands).
+        self._prefix = b""
+        #: Reading the terminal waits for queued keystrokes to be worked off.
+        self._terminal_paused = False
 
     async def run(self, next_frame: NextFrame | FrameInbox) -> None:
         """Serve until the peer hangs up or breaks the protocol; always detaches.
@@ -67,6 +77,7 @@ class Connection:
         """
         if isinstance(next_frame, FrameInbox):
             next_frame.bind(self)
+            self._inbox = next_frame
             next_frame = next_frame.next
         tasks: set[asyncio.Task[None]] = set()
         try:
@@ -77,6 +88,7 @@ class Connection:
                     # Awaited here, so a paste faster than the program reads stops
                     # this loop reading: the client is slowed down, nothing is lost.
                     await self._stdin(frame.payload)
+                    self._resume_terminal_input()
                 else:
                     self._handle(frame, tasks)
         except ProtocolError as exc:
@@ -90,6 +102,8 @@ class Connection:
             for closer in self.closers:
                 closer()
             self.detach("connection closed")
+            if self.terminal is not None:
+                self.terminal.close()
             self.wire.close()
 
     @property
@@ -252,6 +266,59 @@ class Connection:
                 details={"attempts": client.denied_inputs},
             )
 
+    # -- the client's own terminal (see tachi.daemon.direct_terminal) ---------------
+    def open_terminal(self) -> DirectTerminal:
+        """The client's terminal, opened on first use. Raises ``InvalidRequest``
+        for a peer that is not a local process with a terminal the daemon may open."""
+        if self.terminal is None or self.terminal.broken:
+            if self.peer is None or self.peer.transport != "unix" or self._inbox is None:
+                raise InvalidRequest(
+                    "only a client on this host's Unix socket can hand over its terminal"
+                )
+            self.terminal = DirectTerminal.of_peer(self.peer.pid, asyncio.get_running_loop())
+            self.terminal.on_broken = self._terminal_broken
+        return self.terminal
+
+    def read_terminal(self, prefix: bytes) -> None:
+        """Take keystrokes from the client's terminal until the prefix key, which
+        goes back to the client (a ``terminal`` event with ``input: false``)."""
+        terminal = self.open_terminal()
+        self._prefix = prefix
+        terminal.start_reading(self._terminal_keys)
+
+    def _terminal_keys(self, data: bytes) -> None:
+        at = data.find(self._prefix) if self._prefix else -1
+        keys, rest = (data, b"") if at < 0 else (data[:at], data[at:])
+        if rest:
+            self.stop_terminal_input()
+        if keys:
+            frame = protocol.Frame(protocol.STDIN, keys)
+            assert self._inbox is not None
+            if not self._inbox.offer(frame):
+                # Queued behind other frames (a program not keeping up): the
+                # terminal is read again once the queue has been worked off.
+                assert self.terminal is not None
+                self.terminal.stop_reading()
+                self._terminal_paused = True
+        if rest:
+            self.send({"event": "terminal", "input": False, "keys": rest.decode("latin-1")})
+
+    def _resume_terminal_input(self) -> None:
+        if self._terminal_paused and self._inbox is not None and not self._inbox.queued:
+            self._terminal_paused = False
+            if self.terminal is not None and self.attached is not None:
+                self.terminal.start_reading(self._terminal_keys)
+
+    def stop_terminal_input(self) -> None:
+        self._terminal_paused = False
+        if self.terminal is not None:
+            self.terminal.stop_reading()
+
+    def _terminal_broken(self) -> None:
+        self.stop_terminal_input()
+        if self.attached is not None:
+            self.attached.release_terminal()
+
     def attach(self, session: SessionRuntime, client: AttachedClient) -> None:
         if self.attached is not None:
             raise InvalidRequest("this connection is already attached; detach first")
@@ -259,6 +326,9 @@ class Connection:
         client.on_end = lambda reason: self._forget_attachment()
 
     def _forget_attachment(self) -> None:
+        self.stop_terminal_input()
+        if self.attached is not None:
+            self.attached.release_terminal()
         self.attached = self.session = None
 
     def detach(self, reason: str) -> None:

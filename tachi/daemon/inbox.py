@@ -61,12 +61,8 @@ class FrameInbox:
         except ProtocolError as exc:
             self._error = exc
             frames = []
-        connection = self._connection
         for frame in frames:
-            # Only with nothing queued ahead of it, so input stays in order.
-            if not self._queue and connection is not None and connection.stdin_now(frame):
-                continue
-            self._queue.append(frame)
+            self._push(frame)
         # A malformed frame ends the connection: nothing more is read.
         if not self._paused and (self._error is not None or len(self._queue) >= QUEUE_HIGH):
             self._paused = True
@@ -75,6 +71,27 @@ class FrameInbox:
             # Not for keystrokes already written: waking the connection's task
             # for nothing cost every keystroke a turn of the event loop.
             self._wake()
+
+    def _push(self, frame: protocol.Frame) -> bool:
+        # Only with nothing queued ahead of it, so input stays in order.
+        connection = self._connection
+        if not self._queue and connection is not None and connection.stdin_now(frame):
+            return True
+        self._queue.append(frame)
+        return False
+
+    def offer(self, frame: protocol.Frame) -> bool:
+        """Take a keystroke frame from elsewhere than the transport (the client's
+        own terminal, read by the daemon): applied at once if it can be, else
+        queued in order. Returns whether it was applied."""
+        if self._push(frame):
+            return True
+        self._wake()
+        return False
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
     def feed_eof(self) -> None:
         self._eof = True

@@ -110,6 +110,7 @@ class Daemon:
         import tachi.daemon.run_ops
         import tachi.daemon.session_ops
         import tachi.daemon.share_ops
+        import tachi.daemon.terminal_ops
         import tachi.daemon.token_ops  # noqa: F401
 
         repaired = self.recordings.repair()

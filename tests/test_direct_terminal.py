@@ -1,0 +1,228 @@
+"""The attached terminal handed to the daemon (``client.terminal``): keys and
+output skip the attach process, and everything the client draws itself still
+works, in the right order, with the terminal given back on the way out."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pexpect
+import pytest
+
+from helpers import SHELL, until, wait_match
+
+PREFIX = "\x1c"  # Ctrl-\
+
+
+def _clients(daemon, session: str) -> list[dict]:
+    return json.loads(daemon.run("clients", session, "--json", check=True).stdout)
+
+
+def _direct(daemon, session: str, client_pid: int | None = None) -> dict[str, bool]:
+    for c in _clients(daemon, session):
+        if client_pid is None or c["source"].endswith(f"pid:{client_pid}"):
+            return c["direct"]
+    return {}
+
+
+def _client_pid(daemon, session: str) -> int:
+    [client] = _clients(daemon, session)
+    return int(client["source"].rsplit("pid:", 1)[1])
+
+
+def _attach(daemon, session: str, rows: int = 30, cols: int = 100, **env: str) -> pexpect.spawn:
+    argv = daemon.tachi_argv("attach", session)
+    return pexpect.spawn(
+        argv[0], argv[1:], env={**daemon.env, **env}, dimensions=(rows, cols), timeout=15
+    )
+
+
+def _handed_over(daemon, session: str) -> bool:
+    return _direct(daemon, session) == {"input": True, "output": True}
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["handed-over", "TACHI_DIRECT=0"])
+def test_keys_and_output_skip_a_stopped_attach_process(tachi_daemon, direct):
+    """With the terminal handed over, a session answers typing even while the
+    attach process is stopped: it is on neither leg of a keystroke."""
+    s = tachi_daemon.new(*SHELL)
+    child = _attach(tachi_daemon, s["id"], **({} if direct else {"TACHI_DIRECT": "0"}))
+    child.expect(r"\$|#")
+    if direct:
+        assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    else:
+        time.sleep(0.5)
+        assert _direct(tachi_daemon, s["id"]) == {"input": False, "output": False}
+    pid = _client_pid(tachi_daemon, s["id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        child.send("echo while-$((6*7))-stopped\r")
+        if direct:
+            child.expect("while-42-stopped", timeout=10)
+        else:
+            with pytest.raises(pexpect.TIMEOUT):
+                child.expect("while-42-stopped", timeout=1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    if not direct:
+        child.expect("while-42-stopped")  # once the attach process runs again
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_prefix_commands_take_the_terminal_back_and_hand_it_over_again(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    child = _attach(tachi_daemon, s["id"])
+    child.expect(r"\$|#")
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    # A new window: the prefix goes to the client, which asks for the window;
+    # the daemon draws it on the terminal it writes to.
+    child.send(PREFIX + "c")
+    assert until(lambda: len(_windows(tachi_daemon, s["id"])) == 2)
+    child.send("echo in-window-$((1+1))\r")
+    child.expect("in-window-2")
+    # The window list is drawn by the client itself (it takes the output back).
+    child.send(PREFIX + "w")
+    child.expect(r"0:\S+ 1:\S+\*")
+    assert until(lambda: _direct(tachi_daemon, s["id"])["output"] is False)
+    # The flash is redrawn over after 2 s; then the output goes back to the daemon.
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]), timeout=10)
+    child.send("echo after-$((2+2))\r")
+    child.expect("after-4")
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)
+
+
+def test_a_smaller_session_hands_the_output_back_for_the_unused_area(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    big = _attach(tachi_daemon, s["id"], rows=30, cols=100)
+    big.expect(r"\$|#")
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    big_pid = _client_pid(tachi_daemon, s["id"])
+    # A second, smaller client: the session takes its size, and the bigger
+    # terminal shows the rest as unused area, which only its client draws.
+    small = _attach(tachi_daemon, s["id"], rows=20, cols=60)
+    small.expect(r"\$|#")
+    big.expect(("·" * 20).encode())
+    assert until(lambda: _direct(tachi_daemon, s["id"], big_pid)["output"] is False)
+    small.send("echo from-small-$((3*3))\r")
+    big.expect("from-small-9")
+    small.send(PREFIX + "d")
+    small.expect(pexpect.EOF)
+    # Back to the big client's size: its output is handed over again.
+    assert until(lambda: _direct(tachi_daemon, s["id"], big_pid)["output"] is True, timeout=10)
+    big.send("stty size\r")
+    big.expect("30 100")
+    big.send(PREFIX + "d")
+    big.expect(pexpect.EOF)
+
+
+def test_keys_typed_after_detach_go_to_the_shell_not_the_session(tachi_daemon, tmp_path):
+    s = tachi_daemon.new("cat")
+    attach = " ".join(tachi_daemon.tachi_argv("attach", s["id"]))
+    script = f"{attach}; read -r line; echo got=[$line]"
+    child = pexpect.spawn(
+        "bash", ["--norc", "-c", script], env=tachi_daemon.env, dimensions=(30, 100), timeout=15
+    )
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    child.send(PREFIX + "d")
+    child.expect(r"\[detached from session")
+    child.send("after-detach\r")
+    child.expect(r"got=\[after-detach\]")
+    child.expect(pexpect.EOF)
+    with tachi_daemon.client() as client:
+        assert "after-detach" not in client.capture(s["id"])
+
+
+def test_copy_mode_and_resize_with_the_terminal_handed_over(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    child = _attach(tachi_daemon, s["id"], rows=24, cols=80)
+    child.expect(r"\$|#")
+    tachi_daemon.run("send", s["id"], r"seq 1 200 | sed 's/^/line-/'\n", check=True)
+    child.expect("line-200")
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    # A resize: the daemon redraws at the new size on the terminal it writes to.
+    child.setwinsize(20, 70)
+    child.kill(signal.SIGWINCH)
+    wait_match(tachi_daemon, s["id"], "line-200")
+    child.send("stty size\r")
+    child.expect("20 70")
+    # Copy mode is drawn by the client: the output comes back to it first.
+    child.send(PREFIX + "[")
+    child.send("g")
+    child.expect("line-1")
+    child.send("q")
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]), timeout=10)
+    child.send("echo copy-$((5+5))\r")
+    child.expect("copy-10")
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)
+
+
+def test_a_peer_without_a_terminal_is_refused_and_keeps_its_output(tachi_daemon):
+    """The daemon opens only the terminal the peer process holds on stdin: a
+    client whose stdin is not a terminal gets a clear error, and its output
+    keeps coming as frames."""
+    s = tachi_daemon.new("cat")
+    script = f"""
+import json, sys
+from tachi.client.wire import WireConnection
+from tachi import protocol
+wire = WireConnection({str(tachi_daemon.socket)!r}, autostart=False)
+wire.call("session.attach", {{"session": {s["id"]!r}}})
+try:
+    wire.call("client.terminal", {{"output": True, "handover": 1}})
+    print("ACCEPTED")
+except Exception as exc:
+    print("REFUSED", exc)
+events = [json.loads(f.payload) for f in wire.pending if f.channel == protocol.CONTROL]
+print("MARKER", any(e.get("event") == "terminal" and e.get("handover") == 1 for e in events))
+wire.send_stdin(b"still-framed\\n")
+seen = b""
+while b"still-framed" not in seen:
+    frame = wire.next_frame(10)
+    assert frame is not None
+    if frame.channel == protocol.STDOUT:
+        seen += protocol.decode_output(frame.payload)[2]
+print("OUTPUT", seen.count(b"still-framed") > 0)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=tachi_daemon.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "REFUSED" in out.stdout and "not a terminal" in out.stdout, out.stdout + out.stderr
+    assert "MARKER True" in out.stdout
+    assert "OUTPUT True" in out.stdout
+
+
+def test_a_terminal_that_hangs_up_takes_nothing_else_down(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    other = tachi_daemon.new("cat")
+    child = _attach(tachi_daemon, s["id"])
+    child.expect(r"\$|#")
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    tachi_daemon.run("send", s["id"], "yes | head -c 20000000 | tr y z\n", check=True)
+    child.close(force=True)  # the terminal goes away under the daemon's writes
+    assert until(lambda: not _clients(tachi_daemon, s["id"]), timeout=10)
+    tachi_daemon.run("send", other["id"], "still-alive\n", check=True)
+    wait_match(tachi_daemon, other["id"], "still-alive")
+    again = _attach(tachi_daemon, s["id"])
+    again.expect(r"\$|#")
+    again.send(PREFIX + "d")
+    again.expect(pexpect.EOF)
+
+
+def _windows(daemon, session: str) -> list:
+    with daemon.client() as client:
+        return client.list_windows(session)
