@@ -43,7 +43,8 @@ def _attach(daemon, session: str, rows: int = 30, cols: int = 100, **env: str) -
 
 
 def _handed_over(daemon, session: str) -> bool:
-    return _direct(daemon, session) == {"input": True, "output": True}
+    direct = _direct(daemon, session)
+    return direct.get("input") is True and direct.get("output") is True
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["handed-over", "TACHI_DIRECT=0"])
@@ -57,7 +58,7 @@ def test_keys_and_output_skip_a_stopped_attach_process(tachi_daemon, direct):
         assert until(lambda: _handed_over(tachi_daemon, s["id"]))
     else:
         time.sleep(0.5)
-        assert _direct(tachi_daemon, s["id"]) == {"input": False, "output": False}
+        assert _direct(tachi_daemon, s["id"]) == {"input": False, "output": False, "floods": 0}
     pid = _client_pid(tachi_daemon, s["id"])
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -226,3 +227,21 @@ def test_a_terminal_that_hangs_up_takes_nothing_else_down(tachi_daemon):
 def _windows(daemon, session: str) -> list:
     with daemon.client() as client:
         return client.list_windows(session)
+
+
+def test_a_flood_goes_through_the_client_and_the_output_comes_back_after(tachi_daemon):
+    """The daemon gives the output back when the terminal cannot take a write
+    whole (the client writes a flood faster), and gets it again once the
+    output has paused; nothing of the end of the flood is lost on the way."""
+    s = tachi_daemon.new(*SHELL)
+    child = _attach(tachi_daemon, s["id"])
+    child.expect(r"\$|#")
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    child.send("seq 1 300000 | tr '\\n' ' '; echo; echo FLOOD-$((40+2))-DONE\r")
+    child.expect("FLOOD-42-DONE", timeout=60)
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]), timeout=10)
+    assert _direct(tachi_daemon, s["id"])["floods"] >= 1
+    child.send("echo calm-$((2*3))\r")
+    child.expect("calm-6")
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)

@@ -48,6 +48,8 @@ class _State:
     redraw_at: float | None = None
     #: When to repaint the unused area (programs erase to the terminal's edge).
     unused_at: float | None = None
+    #: When to offer the daemon the output again (once it has been quiet).
+    hand_over_at: float | None = None
     pending_requests: dict[int, str] = field(default_factory=dict)
     closed: dict[str, Any] | None = None
 
@@ -126,6 +128,8 @@ def _may_hand_over(endpoint: Path | Endpoint, in_fd: int, out_fd: int) -> bool:
         return False
 
 
+#: After a flood, the output goes back to the daemon once it has paused this long.
+OUTPUT_QUIET = 0.25
 #: How long to wait for the daemon to hand the terminal back before drawing anyway.
 HAND_BACK_TIMEOUT = 2.0
 #: How long an attach to a remote daemon keeps trying to reconnect after a drop.
@@ -189,6 +193,8 @@ class _Bridge:
         #: After the daemon handed the output back on its own (the session became
         #: smaller than this terminal), wait for the next screen before offering it.
         self._hold_off = False
+        #: When session output was last written here.
+        self._output_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -269,8 +275,8 @@ class _Bridge:
                 self._hand_over()
             watched = with_terminal if self.owns_input else without
             timeout = None
-            if state.redraw_at is not None or state.unused_at is not None:
-                due = min(t for t in (state.redraw_at, state.unused_at) if t is not None)
+            if state.redraw_at or state.unused_at or state.hand_over_at:
+                due = min(t for t in (state.redraw_at, state.unused_at, state.hand_over_at) if t)
                 timeout = max(0.0, due - time.monotonic())
             try:
                 ready = select.select(watched, [], [], timeout)[0]
@@ -308,6 +314,13 @@ class _Bridge:
             and state.unused_at is None
             and self.session_size == self.term_size[:2]
         ):
+            # Not during a flood: this process writes that faster (see
+            # AttachedClient.send_output); wait until the output pauses.
+            quiet_at = self._output_at + OUTPUT_QUIET
+            if time.monotonic() < quiet_at:
+                state.hand_over_at = quiet_at
+                return
+            state.hand_over_at = None
             self.owns_output = False
             self.handover += 1
             self._request_quietly("client.terminal", output=True, handover=self.handover)
@@ -333,7 +346,7 @@ class _Bridge:
                 if frame.channel != protocol.CONTROL:
                     continue
                 message = json.loads(frame.payload)
-                if self._terminal_event(message, quietly=True):
+                if self._terminal_event(message):
                     continue
                 if message.get("event") == "screen":
                     self._screen_state(message)  # drawn by the daemon
@@ -345,14 +358,15 @@ class _Bridge:
             self.owns_output = True
             self.wire.pending.extendleft(reversed(later))
 
-    def _terminal_event(self, message: dict[str, Any], *, quietly: bool = False) -> bool:
+    def _terminal_event(self, message: dict[str, Any]) -> bool:
         """Apply a ``terminal`` event (a direction handed back); False if it is not one."""
         if message.get("event") != "terminal":
             return False
         if message.get("output") is False and message.get("handover") == self.handover:
-            if not self.owns_output and not quietly:
-                self._hold_off = True  # the daemon gave it back on its own
+            if not self.owns_output and message.get("reason") == "size":
+                self._hold_off = True  # until a screen at this terminal's size
             self.owns_output = True
+            self._output_at = time.monotonic()
         if message.get("input") is False:
             self.owns_input = True
             keys = str(message.get("keys") or "").encode("latin-1")
@@ -383,7 +397,7 @@ class _Bridge:
                 message = json.loads(frame.payload)
                 if message.get("id") == request_id:
                     return
-                self._terminal_event(message, quietly=True)
+                self._terminal_event(message)
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -443,6 +457,7 @@ class _Bridge:
         """Write (and clear) session output gathered by ``_from_daemon``."""
         if not out:
             return
+        self._output_at = time.monotonic()
         self._write(out[0] if len(out) == 1 else b"".join(out))
         out.clear()
         if self.state.unused_at is None and self._smaller:

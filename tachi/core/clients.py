@@ -87,6 +87,8 @@ class AttachedClient:
     #: How many times the client handed its output over (the ``terminal`` event
     #: names the latest, so a client can tell a stale one).
     handovers: int = 0
+    #: Times the daemon gave the output back because the terminal was busy.
+    floods: int = 0
     #: Frames held back while the terminal drains (see ``release_terminal``).
     _held: list[bytes] | None = None
     _held_bytes: int = 0
@@ -103,11 +105,13 @@ class AttachedClient:
             return
         terminal = self.terminal
         if terminal is not None:
-            if terminal.buffered() + len(data) > self.limit:
-                self.dropped_bytes += len(data)
-                self._start_resync()
-            else:
-                terminal.write(data)
+            terminal.write(data)
+            if terminal.buffered():
+                # The terminal did not take it all: a flood. Its client writes
+                # that faster (blocking, on the other core) than the daemon can
+                # between reads, so it gets the output back until things calm down.
+                self.floods += 1
+                self.release_terminal(reason="busy")
             return
         if self.wire.buffered() + self._held_bytes + len(data) > self.limit:
             self.dropped_bytes += len(data)
@@ -133,7 +137,7 @@ class AttachedClient:
                 event["data"], event["drawn"] = "", True
             else:
                 # The client draws what lies outside a smaller window itself.
-                self.release_terminal()
+                self.release_terminal(reason="size")
         self.send_event(event)
 
     def send_event(self, event: dict[str, Any]) -> None:
@@ -171,10 +175,12 @@ class AttachedClient:
             self.release_terminal(functools.partial(_resolve, done))
             await done
 
-    def release_terminal(self, then: Callable[[], None] | None = None) -> None:
+    def release_terminal(
+        self, then: Callable[[], None] | None = None, *, reason: str = "asked"
+    ) -> None:
         """Stop writing to the client's terminal and hand it back: once what was
-        written has reached it, the ``terminal`` event (``output: false``) and the
-        frames held meanwhile go out. ``then`` runs after that."""
+        written has reached it, the ``terminal`` event (``output: false``, with
+        ``reason``) and the frames held meanwhile go out. ``then`` runs after that."""
         terminal = self.terminal
         if terminal is None:
             if self._held is not None and then is not None:
@@ -189,7 +195,12 @@ class AttachedClient:
         def hand_back() -> None:
             held = self._held or []
             self._held, self._held_bytes = None, 0
-            marker = {"event": "terminal", "output": False, "handover": self.handovers}
+            marker = {
+                "event": "terminal",
+                "output": False,
+                "handover": self.handovers,
+                "reason": reason,
+            }
             self.wire.write(protocol.encode_control(marker))
             for frame in held:
                 self.wire.write(frame)

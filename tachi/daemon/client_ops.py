@@ -32,12 +32,16 @@ async def clients(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, A
     ]
 
 
-def _direct(client: Any) -> dict[str, bool]:
+def _direct(client: Any) -> dict[str, Any]:
     """Which directions of the client's terminal the daemon reads or writes itself
-    (``client.terminal``)."""
+    (``client.terminal``), and how often a flood sent the output back to the client."""
     terminal = getattr(client.connection, "terminal", None)
     reading = terminal is not None and terminal.reading
-    return {"input": bool(reading), "output": client.terminal is not None}
+    return {
+        "input": bool(reading),
+        "output": client.terminal is not None,
+        "floods": client.floods,
+    }
 
 
 @operation("session.rename")
