@@ -51,6 +51,9 @@ DTACH = shutil.which("dtach")
 DTACH_ATTACHED = b"\x1b[H\x1b[J"
 #: The systems of the throughput and echo benchmarks, in table order.
 SYSTEMS = ["raw", "tmux", "dtach", "tachi"]
+#: tachi with every keystroke and its echo through the attach process
+#: (``TACHI_DIRECT=0``): the echo benchmarks' extra column.
+VIA_ATTACH = "tachi-via-attach"
 #: The daemon's screen emulator: "ghostty" (plugins/tachi-ghostty) when it is
 #: installed, else the built-in "avt"; ``--screen`` picks one.
 SCREENS = {"ghostty": "ghostty", "avt": ""}
@@ -306,7 +309,7 @@ def session_and_client(
     if system == "raw":
         proc = spawn(["bash", "--norc", "-c", command], env.env)
         return proc, lambda line: proc.write(line.encode())
-    proc = spawn(new_session(env, system, name, command, record), env.env)
+    proc = spawn(new_session(env, system, name, command, record), env.env | _in_process(system))
     if system == "dtach":
         # dtach forwards the client's input: typing is writing to its PTY, as raw.
         drain_until(proc, DTACH_ATTACHED, 15)
@@ -546,8 +549,11 @@ def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
 
 
 def _in_process(system: str) -> dict[str, str]:
-    """The environment that makes ``system`` run tachi without its warm CLI."""
-    return {"TACHI_WARM": "0"} if system.endswith("in-process") else {}
+    """The environment that makes ``system`` run tachi without its warm CLI, or
+    (``tachi-via-attach``) without handing the terminal to the daemon."""
+    if system.endswith("in-process"):
+        return {"TACHI_WARM": "0"}
+    return {"TACHI_DIRECT": "0"} if system == VIA_ATTACH else {}
 
 
 #: What `tachi ls` imports, without running it: the import share of its start-up.
@@ -898,11 +904,13 @@ def main() -> int:
                 )
         if want("echo"):
             keys = 100 if args.quick else 500
-            results["echo"] = interleaved(rounds, systems, lambda s, r: bench_echo(env, s, r, keys))
+            results["echo"] = interleaved(
+                rounds, [*systems, VIA_ATTACH], lambda s, r: bench_echo(env, s, r, keys)
+            )
         if want("echo-load"):
             keys = 100 if args.quick else 500
             results["echo-load"] = interleaved(
-                rounds, systems, lambda s, r: bench_echo_load(env, s, r, keys)
+                rounds, [*systems, VIA_ATTACH], lambda s, r: bench_echo_load(env, s, r, keys)
             )
         if want("attach"):
             env.wait_warm()
