@@ -491,6 +491,11 @@ def print_table(results: dict[str, Any], metrics: list[tuple[str, list[str]]]) -
 
 
 def bench_echo(env: Env, system: str, rnd: int, keys: int, prefix: str = "ec") -> dict[str, float]:
+    """Echo round trips, and the CPU each keystroke costs the server and the
+    client processes (``server_us``, ``client_us``: run time from
+    ``/proc/PID/task/*/schedstat``, which counts nanoseconds, over the run):
+    unlike the round trip, that does not depend on how fast an idle virtual
+    CPU wakes up, the larger part of the latency on a busy host."""
     name = f"{prefix}{rnd}{system}"
     proc, _ = session_and_client(env, system, name, f'{PY} -c "{ECHO_PROGRAM}"')
     try:
@@ -498,9 +503,36 @@ def bench_echo(env: Env, system: str, rnd: int, keys: int, prefix: str = "ec") -
         time.sleep(0.3)
         while select.select([proc.fd], [], [], 0.2)[0]:
             os.read(proc.fd, 1 << 16)
-        return echo_round_trips(proc, keys)
+        pids = echo_pids(env, system, name, proc)
+        before = {role: cpu_ns(pid) for role, pid in pids.items()}
+        result = echo_round_trips(proc, keys)
+        for role, pid in pids.items():
+            result[f"{role}_us"] = (cpu_ns(pid) - before[role]) / keys / 1000
+        return result
     finally:
         end_session(env, system, name, proc)
+
+
+def echo_pids(env: Env, system: str, name: str, proc: PtyProcess) -> dict[str, int]:
+    """The server and client processes on a keystroke's path (none for raw)."""
+    if system == "raw":
+        return {}
+    if system == "tmux":
+        return {"server": env.tmux_pid(), "client": proc.pid}
+    if system == "dtach":
+        return {"server": dtach_masters(env.dir)[env.dtach_socket(name)], "client": proc.pid}
+    # The attach process is the warm CLI's fork the daemon sees on its socket.
+    [client] = json.loads(env.tachi("clients", name, "--json"))
+    return {"server": env.daemon_pid(), "client": int(client["source"].rsplit("pid:", 1)[1])}
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds ``pid`` (all its threads) has run on a CPU."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
 
 
 def bench_echo_load(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
@@ -980,7 +1012,7 @@ METRICS = {
     **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
     "recording": ["mib_s"],
     **{f"recording-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
-    "echo": ["p50_ms", "p99_ms"],
+    "echo": ["p50_ms", "p99_ms", "server_us", "client_us"],
     "echo-load": ["p50_ms", "p99_ms", "flood_mib_s"],
     "attach": ["ms"],
     "startup": ["ms"],

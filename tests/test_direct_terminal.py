@@ -245,3 +245,41 @@ def test_a_flood_goes_through_the_client_and_the_output_comes_back_after(tachi_d
     child.expect("calm-6")
     child.send(PREFIX + "d")
     child.expect(pexpect.EOF)
+
+
+def test_an_observer_is_written_directly_and_its_keys_never_arrive(tachi_daemon):
+    s = tachi_daemon.new("cat")
+    owner = _attach(tachi_daemon, s["id"], rows=30, cols=100)
+    assert until(lambda: _handed_over(tachi_daemon, s["id"]))
+    argv = tachi_daemon.tachi_argv("attach", "--read-only", s["id"])
+    observer = pexpect.spawn(
+        argv[0], argv[1:], env=tachi_daemon.env, dimensions=(30, 100), timeout=15
+    )
+    assert until(lambda: len(_clients(tachi_daemon, s["id"])) == 2)
+    observer_pid = _client_pid_of(tachi_daemon, s["id"], read_only=True)
+    # The same size as the session: its output is written by the daemon; its
+    # keys are not read there (an observer's input is dropped anyway).
+    assert until(
+        lambda: (
+            _direct(tachi_daemon, s["id"], observer_pid)
+            == {"input": False, "output": True, "floods": 0}
+        )
+    )
+    observer.send("typed-by-observer\r")
+    owner.send("typed-by-owner\r")
+    observer.expect("typed-by-owner")
+    with tachi_daemon.client() as client:
+        assert "typed-by-observer" not in client.capture(s["id"])
+    # Its terminal grows; the session keeps its size (an observer never sets
+    # it), so the observer takes the output back to draw the unused area.
+    observer.setwinsize(36, 120)
+    observer.expect(("·" * 20).encode())
+    assert until(lambda: _direct(tachi_daemon, s["id"], observer_pid)["output"] is False)
+    for child in (observer, owner):
+        child.send(PREFIX + "d")
+        child.expect(pexpect.EOF)
+
+
+def _client_pid_of(daemon, session: str, *, read_only: bool) -> int:
+    [client] = [c for c in _clients(daemon, session) if c["readOnly"] is read_only]
+    return int(client["source"].rsplit("pid:", 1)[1])

@@ -334,10 +334,10 @@ class _Bridge:
         then wait (bounded) for the ``terminal`` event, which comes once the
         daemon's last write has reached the terminal. Output the daemon framed
         before it took the terminal is dropped: its screen showed it."""
-        self.wire.send_request("client.terminal", {"output": False})
         later: list[protocol.Frame] = []
         deadline = time.monotonic() + HAND_BACK_TIMEOUT
         try:
+            self.wire.send_request("client.terminal", {"output": False})
             while not self.owns_output:
                 left = deadline - time.monotonic()
                 frame = self.wire.next_frame(max(left, 0.0)) if left > 0 else None
@@ -414,6 +414,10 @@ class _Bridge:
             sig = self._signals.pop(0)
             if sig == signal.SIGWINCH:
                 self.term_size = terminal_size(self.in_fd)
+                if self.read_only and not self.owns_output:
+                    # The session keeps its size: what lies outside it is drawn here.
+                    self._take_output()
+                    self.wire.send_request("client.redraw", {})
                 if not self.read_only:
                     rows, cols, xpix, ypix = self.term_size
                     self.wire.send_request(

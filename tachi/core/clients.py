@@ -54,6 +54,9 @@ class TerminalWire(Wire, Protocol):
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once what was written has reached the terminal."""
 
+    def size(self) -> tuple[int, int] | None:
+        """The terminal's (rows, cols) now."""
+
 
 @dataclass(eq=False)
 class AttachedClient:
@@ -130,7 +133,9 @@ class AttachedClient:
         if size is not None:
             event["rows"], event["cols"] = size
         if self.terminal is not None:
-            if self.size is not None and size == (self.size.rows, self.size.cols):
+            # The terminal's own size, not the one the client last sent: an
+            # observer never sends one, and a resize may be on its way.
+            if size is not None and size == self.terminal.size():
                 # Drawn where the output goes, in order with it; the client only
                 # learns what it shows.
                 self.terminal.write(b"\x1b[r" + ansi.encode())

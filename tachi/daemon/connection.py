@@ -271,7 +271,9 @@ class Connection:
         """The client's terminal, opened on first use. Raises ``InvalidRequest``
         for a peer that is not a local process with a terminal the daemon may open."""
         if self.terminal is None or self.terminal.broken:
-            if self.peer is None or self.peer.transport != "unix" or self._inbox is None:
+            # Any transport that knows the peer's process from the kernel (the
+            # Unix socket's SO_PEERCRED) and pushes frames into an inbox.
+            if self.peer is None or not self.peer.pid or self._inbox is None:
                 raise InvalidRequest(
                     "only a client on this host's Unix socket can hand over its terminal"
                 )

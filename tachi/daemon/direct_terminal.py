@@ -20,7 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
+import struct
+import termios
 from collections.abc import Callable
 
 from tachi.errors import InvalidRequest
@@ -109,6 +112,18 @@ class DirectTerminal:
 
     def buffered(self) -> int:
         return len(self._out)
+
+    def size(self) -> tuple[int, int] | None:
+        """The terminal's (rows, cols) as the kernel has them now (``None`` if gone)."""
+        if self.broken or self.closed:
+            return None
+        try:
+            rows, cols, _, _ = struct.unpack(
+                "HHHH", fcntl.ioctl(self.fd, termios.TIOCGWINSZ, bytes(8))
+            )
+        except OSError:
+            return None
+        return rows, cols
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once everything written has reached the terminal (at
