@@ -283,3 +283,57 @@ def test_an_observer_is_written_directly_and_its_keys_never_arrive(tachi_daemon)
 def _client_pid_of(daemon, session: str, *, read_only: bool) -> int:
     [client] = [c for c in _clients(daemon, session) if c["readOnly"] is read_only]
     return int(client["source"].rsplit("pid:", 1)[1])
+
+
+def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
+    """The frames the daemon sends right after its ``terminal`` event often come
+    in the same read: taking the output back must leave them where the attach
+    loop looks (``pending``), not decoded and unseen while it waits on select()."""
+    import socket
+    import threading
+
+    from tachi import protocol
+    from tachi.cli.attach import _Bridge
+    from tachi.client.wire import WireConnection
+
+    path = tmp_path / "peer.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def scripted_daemon() -> None:
+        conn, _ = listener.accept()
+        decoder = protocol.FrameDecoder()
+        for expected in ("hello", "client.terminal"):
+            frames: list[protocol.Frame] = []
+            while not frames:
+                frames = decoder.feed(conn.recv(65536))
+            request = json.loads(frames[0].payload)
+            assert request["op"] == expected
+            if expected == "hello":
+                reply = {"id": request["id"], "ok": True, "result": {"version": 1}}
+                conn.sendall(protocol.encode_control(reply))
+        marker = {"event": "terminal", "output": False, "handover": 1, "reason": "asked"}
+        conn.sendall(
+            protocol.encode_control(marker) + protocol.encode_output(0, 10, b"held-output")
+        )
+        conn.recv(1)  # until the client hangs up
+        conn.close()
+
+    server = threading.Thread(target=scripted_daemon, daemon=True)
+    server.start()
+    wire = WireConnection(path, autostart=False)
+    master, terminal = os.openpty()
+    try:
+        bridge = _Bridge(wire, terminal, terminal, b"\x1c", read_only=False)
+        bridge.direct, bridge.owns_output, bridge.handover = True, False, 1
+        bridge._take_output()
+        assert bridge.owns_output
+        assert [f.channel for f in wire.pending] == [protocol.STDOUT]
+        assert protocol.decode_output(wire.pending[0].payload)[2] == b"held-output"
+    finally:
+        wire.close()
+        server.join(5)
+        listener.close()
+        os.close(master)
+        os.close(terminal)

@@ -357,6 +357,9 @@ class _Bridge:
         finally:
             self.owns_output = True
             self.wire.pending.extendleft(reversed(later))
+            # What the daemon held while it handed back follows the event,
+            # often in the same read.
+            self.wire.keep_buffered()
 
     def _terminal_event(self, message: dict[str, Any]) -> bool:
         """Apply a ``terminal`` event (a direction handed back); False if it is not one."""
@@ -396,6 +399,7 @@ class _Bridge:
             if frame.channel == protocol.CONTROL:
                 message = json.loads(frame.payload)
                 if message.get("id") == request_id:
+                    self.wire.keep_buffered()
                     return
                 self._terminal_event(message)
 

@@ -113,6 +113,12 @@ class WireConnection:
         self._frames.clear()
         return frames
 
+    def keep_buffered(self) -> None:
+        """Move frames already decoded into ``pending``: a caller that waited for
+        one frame and then ``select()``s on the socket would not see the rest."""
+        self.pending.extend(self._frames)
+        self._frames.clear()
+
     def has_buffered(self) -> bool:
         """Whether frames were already received and decoded but not yet taken."""
         return bool(self._frames)
@@ -133,10 +139,8 @@ class WireConnection:
                 message = protocol.decode_control(frame.payload)
                 if message.get("id") == request_id and "ok" in message:
                     # Frames that came in the same read as the reply (an attach's
-                    # first screen) must not wait in the decoder for the next read:
-                    # a caller that select()s on the socket would never see them.
-                    self.pending.extend(self._frames)
-                    self._frames.clear()
+                    # first screen) must not wait in the decoder for the next read.
+                    self.keep_buffered()
                     if message["ok"]:
                         return message.get("result")
                     raise error_from_json(message.get("error") or {})
