@@ -127,7 +127,9 @@ class AsciicastSink:
 _SHORT_ESCAPES = {0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0C: b"\\f", 0x0D: b"\\r"}
 #: How JSON writes each control character (as ``json.dumps`` does).
 _CONTROL_ESCAPES = {c: _SHORT_ESCAPES.get(c, b"\\u%04x" % c) for c in range(0x20)}
-_NOT_CONTROL = bytes(range(0x20, 0x100))
+#: Every byte JSON escapes: the control characters, the quote and the backslash.
+_ESCAPES = {**_CONTROL_ESCAPES, 0x22: b'\\"', 0x5C: b"\\\\"}
+_NOT_ESCAPED = bytes(b for b in range(0x100) if b not in _ESCAPES)
 
 
 def json_string(utf8: bytes) -> bytes:
@@ -140,15 +142,19 @@ def json_string_body(utf8: bytes) -> bytes:
     """``json_string`` without its quotes (``utf8`` itself when nothing needs escaping).
 
     Works on the bytes: every byte JSON escapes is ASCII, and ASCII bytes never
-    occur inside a multi-byte UTF-8 character. One ``replace`` pass per kind of
-    character present, each at memory speed.
+    occur inside a multi-byte UTF-8 character. One pass finds which of them are
+    present (``translate`` keeps only those), then one ``replace`` pass per kind,
+    each at memory speed; output with none (a long line of base64) costs the
+    one pass.
     """
-    if b"\\" in utf8:
+    present = set(utf8.translate(None, _NOT_ESCAPED))
+    if not present:
+        return utf8
+    if 0x5C in present:  # the backslash first: the escapes below add some
         utf8 = utf8.replace(b"\\", b"\\\\")
-    if b'"' in utf8:
-        utf8 = utf8.replace(b'"', b'\\"')
-    for c in set(utf8.translate(None, _NOT_CONTROL)):
-        utf8 = utf8.replace(bytes((c,)), _CONTROL_ESCAPES[c])
+        present.discard(0x5C)
+    for c in present:
+        utf8 = utf8.replace(bytes((c,)), _ESCAPES[c])
     return utf8
 
 
