@@ -42,6 +42,15 @@ def _attach(daemon, session: str, rows: int = 30, cols: int = 100, **env: str) -
     )
 
 
+def _handed_over_again_then_detach(daemon, session: str, child: pexpect.spawn, tag: str) -> None:
+    """The terminal goes back to the daemon, typing still works, detach ends it."""
+    assert until(lambda: _handed_over(daemon, session), timeout=10)
+    child.send(f"echo {tag}-$((20+22))\r")
+    child.expect(f"{tag}-42")
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)
+
+
 def _handed_over(daemon, session: str) -> bool:
     direct = _direct(daemon, session)
     return direct.get("input") is True and direct.get("output") is True
@@ -94,11 +103,7 @@ def test_prefix_commands_take_the_terminal_back_and_hand_it_over_again(tachi_dae
     child.expect(r"0:\S+ 1:\S+\*")
     assert until(lambda: _direct(tachi_daemon, s["id"])["output"] is False)
     # The flash is redrawn over after 2 s; then the output goes back to the daemon.
-    assert until(lambda: _handed_over(tachi_daemon, s["id"]), timeout=10)
-    child.send("echo after-$((2+2))\r")
-    child.expect("after-4")
-    child.send(PREFIX + "d")
-    child.expect(pexpect.EOF)
+    _handed_over_again_then_detach(tachi_daemon, s["id"], child, "after")
 
 
 def test_a_smaller_session_hands_the_output_back_for_the_unused_area(tachi_daemon):
@@ -160,11 +165,7 @@ def test_copy_mode_and_resize_with_the_terminal_handed_over(tachi_daemon):
     child.send("g")
     child.expect("line-1")
     child.send("q")
-    assert until(lambda: _handed_over(tachi_daemon, s["id"]), timeout=10)
-    child.send("echo copy-$((5+5))\r")
-    child.expect("copy-10")
-    child.send(PREFIX + "d")
-    child.expect(pexpect.EOF)
+    _handed_over_again_then_detach(tachi_daemon, s["id"], child, "copy")
 
 
 def test_a_peer_without_a_terminal_is_refused_and_keeps_its_output(tachi_daemon):
