@@ -163,6 +163,8 @@ class DirectTerminal:
         return self._reader is not None
 
     def _read(self) -> None:
+        if self._reader is None:
+            return  # stopped in this turn of the loop: leave the keys to the client
         try:
             data = os.read(self.fd, READ_SIZE)
         except BlockingIOError:
@@ -174,7 +176,6 @@ class DirectTerminal:
         if not data:
             self._break()
             return
-        assert self._reader is not None
         self._reader(data)
 
     # -- the end --------------------------------------------------------------------
