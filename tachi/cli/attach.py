@@ -301,8 +301,8 @@ class _Bridge:
         state = self.state
         if self.copy is not None or state.prompt is not None or state.prefix_pending:
             return
-        if state.pending_requests:
-            return
+        if state.pending_requests or self.session_size is None:
+            return  # a reply to wait for, or the first screen not drawn yet
         if self.owns_input and not self.read_only and len(self.prefix) <= 1:
             self.owns_input = False
             prefix = self.prefix.decode("latin-1")
