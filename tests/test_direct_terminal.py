@@ -186,6 +186,13 @@ except Exception as exc:
     print("REFUSED", exc)
 events = [json.loads(f.payload) for f in wire.pending if f.channel == protocol.CONTROL]
 print("MARKER", any(e.get("event") == "terminal" and e.get("handover") == 1 for e in events))
+for bad in ({{"input": True, "prefix": "ab"}}, {{"input": True, "prefix": 7}},
+            {{"output": True, "handover": "one"}}, {{"output": True}}):
+    try:
+        wire.call("client.terminal", bad)
+        print("BAD-ACCEPTED", bad)
+    except Exception as exc:
+        print("BAD-REFUSED", type(exc).__name__)
 wire.send_stdin(b"still-framed\\n")
 seen = b""
 while b"still-framed" not in seen:
@@ -205,6 +212,8 @@ print("OUTPUT", seen.count(b"still-framed") > 0)
     )
     assert "REFUSED" in out.stdout and "not a terminal" in out.stdout, out.stdout + out.stderr
     assert "MARKER True" in out.stdout
+    # Malformed requests get a clear error each, and the connection goes on.
+    assert out.stdout.count("BAD-REFUSED InvalidRequest") == 4, out.stdout
     assert "OUTPUT True" in out.stdout
 
 
