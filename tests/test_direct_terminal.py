@@ -347,3 +347,68 @@ def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
         listener.close()
         os.close(master)
         os.close(terminal)
+
+
+def test_a_daemon_that_refuses_the_terminal_gets_a_redraw_request(tmp_path):
+    """Attach stops drawing output the moment it offers the terminal. If the
+    daemon refuses (a transport that cannot take it, as over SSH, or an older
+    daemon), attach keeps the terminal and asks for a redraw, so output that
+    came meanwhile is not missing from the screen (it was, under load: the
+    shell's first prompt never showed over SSH)."""
+    import socket
+    import threading
+
+    from tachi import protocol
+    from tachi.cli.attach import _Bridge
+    from tachi.client.wire import WireConnection
+
+    path = tmp_path / "peer.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(1)
+    seen: list[str] = []
+    redraw_asked = threading.Event()
+
+    def scripted_daemon() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        decoder = protocol.FrameDecoder()
+        while data := conn.recv(65536):  # until the client hangs up
+            for frame in decoder.feed(data):
+                request = json.loads(frame.payload)
+                seen.append(request["op"])
+                if request["op"] == "hello":
+                    reply = {"id": request["id"], "ok": True, "result": {"version": 1}}
+                elif request["op"] == "client.terminal":
+                    error = {"code": "invalid", "message": "not over this transport"}
+                    reply = {"id": request["id"], "ok": False, "error": error}
+                else:
+                    redraw_asked.set()
+                    continue
+                conn.sendall(protocol.encode_control(reply))
+        conn.close()
+
+    server = threading.Thread(target=scripted_daemon, daemon=True)
+    server.start()
+    wire = WireConnection(path, autostart=False)
+    master, terminal = os.openpty()
+    try:
+        bridge = _Bridge(wire, terminal, terminal, b"\x1c", read_only=False)
+        bridge.direct = True
+        bridge.session_size = bridge.term_size[:2]  # the first screen is up
+        bridge._hand_over()
+        assert not bridge.owns_input and not bridge.owns_output
+        deadline = time.monotonic() + 10
+        while not redraw_asked.is_set() and time.monotonic() < deadline:
+            frame = wire.recv_frame(0.2)
+            if frame is not None:
+                bridge._apply_all([frame])
+        assert redraw_asked.is_set(), seen
+        assert seen == ["hello", "client.terminal", "client.terminal", "client.redraw"]
+        assert bridge.owns_input and bridge.owns_output and not bridge.direct
+    finally:
+        wire.close()
+        server.join(5)
+        listener.close()
+        os.close(master)
+        os.close(terminal)

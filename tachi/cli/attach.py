@@ -498,10 +498,14 @@ class _Bridge:
             os.environ["TACHI_TOKEN"] = str(message.get("token"))
         elif self.state.pending_requests.get(message.get("id")) == "client.terminal":
             del self.state.pending_requests[message["id"]]
-            if not message.get("ok"):
-                # This daemon will not take the terminal: keep it, and stop asking.
+            if not message.get("ok") and self.direct:
+                # This daemon will not take the terminal (a transport that cannot,
+                # an older daemon): keep it, stop asking, and redraw, since output
+                # that came while this process waited for the daemon to take it
+                # was not drawn.
                 self.direct = False
                 self.owns_input = self.owns_output = True
+                self.wire.send_request("client.redraw", {})
         elif event == "error" or ("id" in message and not message.get("ok")):
             self._flash("tachi: " + str(error_from_json(message.get("error") or {})))
         elif "id" in message and message.get("ok"):

@@ -144,8 +144,7 @@ class SSHDaemon:
         """``ssh -tt … COMMAND`` in a real terminal driven by pexpect."""
         kwargs.setdefault("tty", True)
         argv = self.ssh_argv(*command, **kwargs)
-        # 30 s: an SSH handshake in a loaded full run on two slow cores took over 15.
-        return pexpect.spawn(argv[0], argv[1:], dimensions=(rows, cols), timeout=30)
+        return pexpect.spawn(argv[0], argv[1:], dimensions=(rows, cols), timeout=15)
 
     def audit(self) -> list[dict[str, Any]]:
         return json.loads(self.daemon.run("audit", "--json", check=True).stdout)
