@@ -162,8 +162,10 @@ def test_copy_mode_and_resize_with_the_terminal_handed_over(tachi_daemon):
     child.expect("20 70")
     # Copy mode is drawn by the client: the output comes back to it first.
     child.send(PREFIX + "[")
+    # Keys before copy mode is up go to the program (it waits for the capture).
+    child.expect(r"\[copy mode\]")
     child.send("g")
-    child.expect("line-1")
+    child.expect(r"\[copy mode\] 1/")
     child.send("q")
     _handed_over_again_then_detach(tachi_daemon, s["id"], child, "copy")
 
