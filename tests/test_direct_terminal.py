@@ -4,11 +4,14 @@ works, in the right order, with the terminal given back on the way out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pexpect
@@ -203,6 +206,19 @@ while b"still-framed" not in seen:
     if frame.channel == protocol.STDOUT:
         seen += protocol.decode_output(frame.payload)[2]
 print("OUTPUT", seen.count(b"still-framed") > 0)
+# Detached, asking for the terminal back is still answered by the event (attach
+# waits for it on its way out), naming the hand-over it was asked about.
+wire.call("client.detach", {{}})
+wire.send_request("client.terminal", {{"output": False, "input": False, "handover": 3}})
+answer = None
+while answer is None:
+    frame = wire.next_frame(10)
+    assert frame is not None
+    if frame.channel == protocol.CONTROL:
+        event = json.loads(frame.payload)
+        if event.get("event") == "terminal":
+            answer = event
+print("DETACHED-ANSWER", answer.get("output"), answer.get("handover"))
 """
     out = subprocess.run(
         [sys.executable, "-c", script],
@@ -217,6 +233,7 @@ print("OUTPUT", seen.count(b"still-framed") > 0)
     # Malformed requests get a clear error each, and the connection goes on.
     assert out.stdout.count("BAD-REFUSED InvalidRequest") == 4, out.stdout
     assert "OUTPUT True" in out.stdout
+    assert "DETACHED-ANSWER False 3" in out.stdout, out.stdout + out.stderr
 
 
 def test_a_terminal_that_hangs_up_takes_nothing_else_down(tachi_daemon):
@@ -297,13 +314,11 @@ def _client_pid_of(daemon, session: str, *, read_only: bool) -> int:
     return int(client["source"].rsplit("pid:", 1)[1])
 
 
-def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
-    """The frames the daemon sends right after its ``terminal`` event often come
-    in the same read: taking the output back must leave them where the attach
-    loop looks (``pending``), not decoded and unseen while it waits on select()."""
-    import socket
-    import threading
-
+@contextlib.contextmanager
+def _scripted_bridge(tmp_path, answer):
+    """An attach bridge on a real terminal, connected over a real Unix socket to
+    a scripted daemon: it greets, then hands every other request (and the
+    socket) to ``answer``, until the client hangs up."""
     from tachi import protocol
     from tachi.cli.attach import _Bridge
     from tachi.client.wire import WireConnection
@@ -315,21 +330,16 @@ def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
 
     def scripted_daemon() -> None:
         conn, _ = listener.accept()
+        conn.settimeout(10)
         decoder = protocol.FrameDecoder()
-        for expected in ("hello", "client.terminal"):
-            frames: list[protocol.Frame] = []
-            while not frames:
-                frames = decoder.feed(conn.recv(65536))
-            request = json.loads(frames[0].payload)
-            assert request["op"] == expected
-            if expected == "hello":
-                reply = {"id": request["id"], "ok": True, "result": {"version": 1}}
-                conn.sendall(protocol.encode_control(reply))
-        marker = {"event": "terminal", "output": False, "handover": 1, "reason": "asked"}
-        conn.sendall(
-            protocol.encode_control(marker) + protocol.encode_output(0, 10, b"held-output")
-        )
-        conn.recv(1)  # until the client hangs up
+        while data := conn.recv(65536):
+            for frame in decoder.feed(data):
+                request = json.loads(frame.payload)
+                if request["op"] == "hello":
+                    reply = {"id": request["id"], "ok": True, "result": {"version": 1}}
+                    conn.sendall(protocol.encode_control(reply))
+                else:
+                    answer(request, conn)
         conn.close()
 
     server = threading.Thread(target=scripted_daemon, daemon=True)
@@ -337,12 +347,7 @@ def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
     wire = WireConnection(path, autostart=False)
     master, terminal = os.openpty()
     try:
-        bridge = _Bridge(wire, terminal, terminal, b"\x1c", read_only=False)
-        bridge.direct, bridge.owns_output, bridge.handover = True, False, 1
-        bridge._take_output()
-        assert bridge.owns_output
-        assert [f.channel for f in wire.pending] == [protocol.STDOUT]
-        assert protocol.decode_output(wire.pending[0].payload)[2] == b"held-output"
+        yield _Bridge(wire, terminal, terminal, PREFIX.encode(), read_only=False), wire
     finally:
         wire.close()
         server.join(5)
@@ -351,51 +356,51 @@ def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
         os.close(terminal)
 
 
+def test_output_sent_with_the_hand_back_is_not_left_in_the_decoder(tmp_path):
+    """The frames the daemon sends right after its ``terminal`` event often come
+    in the same read: taking the output back must leave them where the attach
+    loop looks (``pending``), not decoded and unseen while it waits on select()."""
+    from tachi import protocol
+
+    ops: list[str] = []
+
+    def answer(request: dict, conn: socket.socket) -> None:
+        ops.append(request["op"])
+        marker = {"event": "terminal", "output": False, "handover": 1, "reason": "asked"}
+        conn.sendall(
+            protocol.encode_control(marker) + protocol.encode_output(0, 10, b"held-output")
+        )
+
+    with _scripted_bridge(tmp_path, answer) as (bridge, wire):
+        bridge.direct, bridge.owns_output, bridge.handover = True, False, 1
+        bridge._take_output()
+        assert ops == ["client.terminal"]
+        assert bridge.owns_output
+        assert [f.channel for f in wire.pending] == [protocol.STDOUT]
+        assert protocol.decode_output(wire.pending[0].payload)[2] == b"held-output"
+
+
 def test_a_daemon_that_refuses_the_terminal_gets_a_redraw_request(tmp_path):
     """Attach stops drawing output the moment it offers the terminal. If the
     daemon refuses (a transport that cannot take it, as over SSH, or an older
     daemon), attach keeps the terminal and asks for a redraw, so output that
     came meanwhile is not missing from the screen (it was, under load: the
     shell's first prompt never showed over SSH)."""
-    import socket
-    import threading
-
     from tachi import protocol
-    from tachi.cli.attach import _Bridge
-    from tachi.client.wire import WireConnection
 
-    path = tmp_path / "peer.sock"
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(path))
-    listener.listen(1)
     seen: list[str] = []
     redraw_asked = threading.Event()
 
-    def scripted_daemon() -> None:
-        conn, _ = listener.accept()
-        conn.settimeout(10)
-        decoder = protocol.FrameDecoder()
-        while data := conn.recv(65536):  # until the client hangs up
-            for frame in decoder.feed(data):
-                request = json.loads(frame.payload)
-                seen.append(request["op"])
-                if request["op"] == "hello":
-                    reply = {"id": request["id"], "ok": True, "result": {"version": 1}}
-                elif request["op"] == "client.terminal":
-                    error = {"code": "invalid", "message": "not over this transport"}
-                    reply = {"id": request["id"], "ok": False, "error": error}
-                else:
-                    redraw_asked.set()
-                    continue
-                conn.sendall(protocol.encode_control(reply))
-        conn.close()
+    def answer(request: dict, conn: socket.socket) -> None:
+        seen.append(request["op"])
+        if request["op"] == "client.terminal":
+            error = {"code": "invalid", "message": "not over this transport"}
+            reply = {"id": request["id"], "ok": False, "error": error}
+            conn.sendall(protocol.encode_control(reply))
+        else:
+            redraw_asked.set()
 
-    server = threading.Thread(target=scripted_daemon, daemon=True)
-    server.start()
-    wire = WireConnection(path, autostart=False)
-    master, terminal = os.openpty()
-    try:
-        bridge = _Bridge(wire, terminal, terminal, b"\x1c", read_only=False)
+    with _scripted_bridge(tmp_path, answer) as (bridge, wire):
         bridge.direct = True
         bridge.session_size = bridge.term_size[:2]  # the first screen is up
         bridge._hand_over()
@@ -406,11 +411,5 @@ def test_a_daemon_that_refuses_the_terminal_gets_a_redraw_request(tmp_path):
             if frame is not None:
                 bridge._apply_all([frame])
         assert redraw_asked.is_set(), seen
-        assert seen == ["hello", "client.terminal", "client.terminal", "client.redraw"]
+        assert seen == ["client.terminal", "client.terminal", "client.redraw"]
         assert bridge.owns_input and bridge.owns_output and not bridge.direct
-    finally:
-        wire.close()
-        server.join(5)
-        listener.close()
-        os.close(master)
-        os.close(terminal)

@@ -329,26 +329,31 @@ class _Bridge:
         request_id = self.wire.send_request(op, args)
         self.state.pending_requests[request_id] = op
 
-    def _take_output(self) -> None:
-        """Get the output back from the daemon before drawing anything here: ask,
-        then wait (bounded) for the ``terminal`` event, which comes once the
-        daemon's last write has reached the terminal. Output the daemon framed
-        before it took the terminal is dropped: its screen showed it."""
+    def _take_output(self, *, keys: bool = False) -> None:
+        """Get the output (with ``keys``, the keyboard too) back from the daemon
+        before drawing anything here: ask, then wait (bounded) for the ``terminal``
+        event, which comes once the daemon's last write has reached the terminal.
+        Output the daemon framed before it took the terminal is dropped: its
+        screen showed it."""
         later: list[protocol.Frame] = []
         deadline = time.monotonic() + HAND_BACK_TIMEOUT
+        args: dict[str, Any] = {"output": False, "handover": self.handover}
+        if keys:
+            args["input"] = False
+            self.owns_input = True
         try:
-            self.wire.send_request("client.terminal", {"output": False})
-            while not self.owns_output:
-                left = deadline - time.monotonic()
-                frame = self.wire.next_frame(max(left, 0.0)) if left > 0 else None
+            self.wire.send_request("client.terminal", args)
+            while (left := deadline - time.monotonic()) > 0:
+                frame = self.wire.next_frame(left)
                 if frame is None:
                     break
                 if frame.channel != protocol.CONTROL:
                     continue
                 message = json.loads(frame.payload)
                 if self._terminal_event(message):
-                    continue
-                if message.get("event") == "screen":
+                    if message.get("output") is False and message.get("handover") == self.handover:
+                        break
+                elif message.get("event") == "screen":
                     self._screen_state(message)  # drawn by the daemon
                 else:
                     later.append(frame)
@@ -380,28 +385,9 @@ class _Bridge:
     def _reclaim_terminal(self) -> None:
         """On the way out: the daemon stops reading and writing the terminal
         before it is given back to the shell."""
-        if not self.direct or (self.owns_input and self.owns_output):
-            return
-        with contextlib.suppress(DaemonUnavailable, OSError):
-            if not self.owns_input:
-                request = self.wire.send_request("client.terminal", {"input": False})
-                self.owns_input = True
-                self._wait_reply(request)
-            if not self.owns_output:
-                self._take_output()
-
-    def _wait_reply(self, request_id: int) -> None:
-        deadline = time.monotonic() + HAND_BACK_TIMEOUT
-        while (left := deadline - time.monotonic()) > 0:
-            frame = self.wire.next_frame(left)
-            if frame is None:
-                return
-            if frame.channel == protocol.CONTROL:
-                message = json.loads(frame.payload)
-                if message.get("id") == request_id:
-                    self.wire.keep_buffered()
-                    return
-                self._terminal_event(message)
+        if self.direct and not (self.owns_input and self.owns_output):
+            with contextlib.suppress(OSError):
+                self._take_output(keys=True)
 
     def _timers(self) -> None:
         now = time.monotonic()

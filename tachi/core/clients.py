@@ -17,7 +17,6 @@ of the daemon's output.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,10 +91,12 @@ class AttachedClient:
     handovers: int = 0
     #: Times the daemon gave the output back because the terminal was busy.
     floods: int = 0
-    #: Frames held back while the terminal drains (see ``release_terminal``).
+    #: Frames held back while the terminal drains (see ``release_terminal``);
+    #: ``None`` when no hand-back is under way.
     _held: list[bytes] | None = None
     _held_bytes: int = 0
-    _after_hand_back: list[Callable[[], None]] = field(default_factory=list)
+    #: Resolved when the hand-back under way is done.
+    _handed_back: asyncio.Future[None] | None = None
 
     @property
     def writable(self) -> bool:
@@ -175,27 +176,19 @@ class AttachedClient:
 
     async def handed_back(self) -> None:
         """Return once no hand-back is under way."""
-        while self._held is not None:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.release_terminal(functools.partial(_resolve, done))
-            await done
+        if self._handed_back is not None:
+            await self._handed_back
 
-    def release_terminal(
-        self, then: Callable[[], None] | None = None, *, reason: str = "asked"
-    ) -> None:
+    def release_terminal(self, *, reason: str = "asked") -> None:
         """Stop writing to the client's terminal and hand it back: once what was
         written has reached it, the ``terminal`` event (``output: false``, with
-        ``reason``) and the frames held meanwhile go out. ``then`` runs after that."""
+        ``reason``) and the frames held meanwhile go out."""
         terminal = self.terminal
         if terminal is None:
-            if self._held is not None and then is not None:
-                self._after_hand_back.append(then)
-            elif then is not None:
-                then()
             return
         self.terminal = None
-        if self._held is None:
-            self._held, self._held_bytes = [], 0
+        self._held, self._held_bytes = [], 0
+        done = self._handed_back = asyncio.get_running_loop().create_future()
 
         def hand_back() -> None:
             held = self._held or []
@@ -209,9 +202,8 @@ class AttachedClient:
             self.wire.write(protocol.encode_control(marker))
             for frame in held:
                 self.wire.write(frame)
-            waiting, self._after_hand_back = self._after_hand_back, []
-            for callback in [*waiting, *([then] if then else [])]:
-                callback()
+            self._handed_back = None
+            done.set_result(None)
 
         terminal.when_drained(hand_back)
 
@@ -221,7 +213,8 @@ class AttachedClient:
             self._resync_task = asyncio.get_running_loop().create_task(self._resync())
 
     async def _resync(self) -> None:
-        await (self.terminal or self.wire).drained()
+        # Started from the framed path only: a busy terminal is handed back instead.
+        await self.wire.drained()
         self._lagging = False
         self.resyncs += 1
         self.send_screen(*self.snapshot())
@@ -235,8 +228,3 @@ class AttachedClient:
             self._resync_task.cancel()
         if self.on_end:
             self.on_end(reason)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

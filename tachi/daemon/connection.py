@@ -277,6 +277,8 @@ class Connection:
                 raise InvalidRequest(
                     "only a client on this host's Unix socket can hand over its terminal"
                 )
+            if self.terminal is not None:
+                self.terminal.close()  # broken: its descriptor is of no more use
             self.terminal = DirectTerminal.of_peer(self.peer.pid, asyncio.get_running_loop())
             self.terminal.on_broken = self._terminal_broken
         return self.terminal

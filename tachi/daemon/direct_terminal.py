@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
 import struct
@@ -169,10 +168,8 @@ class DirectTerminal:
             data = os.read(self.fd, READ_SIZE)
         except BlockingIOError:
             return
-        except OSError as exc:
-            if exc.errno not in (errno.EIO, errno.EBADF):
-                raise
-            data = b""
+        except OSError:
+            data = b""  # EIO after a hang-up, mostly: the terminal is gone either way
         if not data:
             self._break()
             return

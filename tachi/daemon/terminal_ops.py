@@ -26,9 +26,14 @@ async def client_terminal(ctx: RequestContext, args: dict[str, Any]) -> dict[str
         connection.stop_terminal_input()
         result["input"] = False
     if output is False:
+        # Answered by the terminal event in every case, once nothing the daemon
+        # wrote is still on its way to the terminal.
         previous = connection.attached or connection.terminal_client
         if previous is not None:
             previous.hand_back_now()
+        else:
+            handover = args.get("handover", 0)
+            connection.send({"event": "terminal", "output": False, "handover": handover})
         result["output"] = False
     if keys is not True and output is not True:
         return result
