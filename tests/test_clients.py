@@ -7,6 +7,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 import tachi
 from helpers import SHELL, get, until
 from tachi import protocol
@@ -23,11 +25,11 @@ def test_client_api_implements_the_seed_session_manager(tachi_daemon):
         with client.attach(s.id, size=PTYConfig(rows=20, cols=70)) as conn:
             assert client.get(s.id).state == SessionState.ACTIVE
             conn.write(b"stty size\r")
-            assert b"20 70" in _read_until(conn, b"20 70")
+            conn.read_until(b"20 70")
             # The keys sent right after the resize see the new size.
             conn.resize(31, 91)
             conn.write(b"stty size\r")
-            assert b"31 91" in _read_until(conn, b"31 91")
+            conn.read_until(b"31 91")
         until(lambda: client.get(s.id).state == SessionState.SUSPENDED)
         client.resize(s.id, PTYConfig(rows=10, cols=40))
         assert client.get(s.id).pty.rows == 10
@@ -55,6 +57,42 @@ async def test_async_client_twin(tachi_daemon):
         await conn.close()
         await client.send(s.id, "exit 2\n")
         assert (await client.wait(s.id, exit=True, timeout=10))["exitCode"] == 2
+
+
+def test_read_until_matches_across_chunks_and_bounds_the_whole_wait(tachi_daemon):
+    with tachi_daemon.client() as client:
+        s = client.create(SessionRequest(command=SHELL))
+        with client.attach(s.id) as conn:
+            # Two writes 0.3 s apart: the pattern spans two chunks, and the
+            # typed command line (echoed) never holds it.
+            conn.write(b"printf 'ab''cd'; sleep 0.3; printf 'ef''gh\\n'\r")
+            seen = conn.read_until(b"abcdefgh")
+            assert b"abcdefgh" in seen
+            started = time.monotonic()
+            with pytest.raises(TimeoutError, match=r"never-printed.*within 0.5 s"):
+                conn.read_until("never-printed", timeout=0.5)
+            assert time.monotonic() - started < 5  # bounded, not once per read
+            conn.write(b"echo still-$((6*7))\r")
+            assert b"still-42" in conn.read_until(b"still-42")
+            conn.write(b"exit 3\r")
+            with pytest.raises(EOFError, match="attachment ended"):
+                conn.read_until(b"never-printed", timeout=30)
+            assert conn.exit_code == 3
+
+
+async def test_async_read_until(tachi_daemon):
+    async with await tachi.AsyncClient.connect(tachi_daemon.socket, autostart=False) as client:
+        s = await client.create(SessionRequest(command=SHELL))
+        conn = await client.attach(s.id)
+        await conn.write(b"printf 'as''ync'; sleep 0.3; printf 'ok''\\n'\r")
+        assert b"asyncok" in await conn.read_until(b"asyncok")
+        with pytest.raises(TimeoutError, match="never-printed"):
+            await conn.read_until(b"never-printed", timeout=0.5)
+        await conn.write(b"exit 4\r")
+        with pytest.raises(EOFError):
+            await conn.read_until(b"never-printed", timeout=30)
+        assert conn.exit_code == 4
+        await conn.close()
 
 
 def test_a_stuck_client_slows_nobody_and_is_resynchronised(tachi_daemon):
@@ -150,11 +188,3 @@ def test_the_first_screen_is_never_stranded_after_the_attach_reply(tachi_daemon)
         ready = bool(wire.pending) or bool(select.select([wire.fileno()], [], [], 2)[0])
         wire.close()
         assert ready, "the first screen was left where nobody reads it"
-
-
-def _read_until(conn, wanted: bytes, timeout: float = 10) -> bytes:
-    """Output read until ``wanted`` appears or ``timeout`` seconds pass."""
-    seen, deadline = b"", time.monotonic() + timeout
-    while wanted not in seen and time.monotonic() < deadline:
-        seen += conn.read(timeout=1)
-    return seen

@@ -459,6 +459,28 @@ class AsyncSessionConn:
                 self.done = True
         return b""
 
+    async def read_until(self, pattern: bytes | str, timeout: float = 10.0) -> bytes:
+        """``SessionConn.read_until``: read until ``pattern`` has appeared; returns
+        everything read. Raises ``TimeoutError`` after ``timeout`` seconds (the
+        message ends with the last output read) and ``EOFError`` if the
+        attachment ends first."""
+        wanted = pattern.encode() if isinstance(pattern, str) else pattern
+        seen = bytearray()
+
+        async def until_seen() -> None:
+            while wanted not in seen:
+                if self.done:
+                    raise EOFError(f"the attachment ended before {wanted!r} was read")
+                seen.extend(await self.read())
+
+        try:
+            await asyncio.wait_for(until_seen(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{wanted!r} not read within {timeout:g} s; the last output: {bytes(seen[-200:])!r}"
+            ) from None
+        return bytes(seen)
+
     async def write(self, data: bytes) -> int:
         for start in range(0, len(data), protocol.MAX_PAYLOAD):
             self._wire.send(protocol.STDIN, data[start : start + protocol.MAX_PAYLOAD])

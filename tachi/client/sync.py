@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -422,15 +423,40 @@ class SessionConn:
         """Next chunk of output; ``b""`` once detached or the session closed.
 
         ``timeout`` seconds without output returns ``b""`` too but leaves the
-        connection usable (check ``self.done``)."""
+        connection usable (check ``self.done``); events arriving meanwhile do
+        not extend it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
-            frame = self._wire.next_frame(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            frame = self._wire.next_frame(left)
             if frame is None:
                 return b""
             data = self.handle_frame(frame)
             if data:
                 return data
         return b""
+
+    def read_until(self, pattern: bytes | str, timeout: float = 10.0) -> bytes:
+        """Read until ``pattern`` has appeared in the output; returns everything
+        read, up to the end of the chunk that completed it.
+
+        The bound is the whole wait, not each read: raises ``TimeoutError``
+        after ``timeout`` seconds (its message ends with the last output read),
+        and ``EOFError`` if the attachment ends first. Matching is on the bytes
+        a terminal would be sent, escape sequences included."""
+        wanted = pattern.encode() if isinstance(pattern, str) else pattern
+        seen = b""
+        deadline = time.monotonic() + timeout
+        while wanted not in seen:
+            if self.done:
+                raise EOFError(f"the attachment ended before {wanted!r} was read")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"{wanted!r} not read within {timeout:g} s; the last output: {seen[-200:]!r}"
+                )
+            seen += self.read(timeout=left)
+        return seen
 
     def handle_frame(self, frame: protocol.Frame) -> bytes:
         """Apply one frame; returns bytes to show (possibly empty)."""
