@@ -56,9 +56,7 @@ def ensure_private_dir(path: Path, *, owned: bool = True) -> Path:
     return path
 
 
-def shared_socket_path(
-    primary: Path, uid: int | None = None, directory: str | None = None
-) -> Path:
+def shared_socket_path(primary: Path, uid: int | None = None, directory: str | None = None) -> Path:
     """Where the daemon of ``primary`` lets granted local users in.
 
     The primary socket sits in a 0700 directory nobody else can enter. Once a

@@ -91,6 +91,7 @@ def test_a_second_daemon_on_the_same_state_is_one_line(tachi_daemon):
     assert "in use by another process" in result.stderr and "AuditWriteError" not in result.stderr
 
 
+# fmt: off
 WORDS = st.sampled_from(
     [
         "{sid}", "no-such", "", "-1", "0", "7", "99999", "--json", "--rows", "--cols", "abc",
@@ -107,6 +108,7 @@ COMMANDS = st.sampled_from(
         ["audit"], ["audit", "verify"], ["plugins"], ["daemon", "status"], ["close"],
     ]
 )
+# fmt: on
 
 
 _SESSIONS: dict[object, str] = {}

@@ -92,4 +92,3 @@ def test_a_send_past_the_input_limit_is_refused_whole(tachi_daemon):
     assert session["windows"][0]["inputPending"] == before
     assert session["state"] != "closed"
     tachi_daemon.run("close", s["id"], check=True)
-

@@ -293,9 +293,7 @@ def test_a_dead_recorder_process_fails_its_recordings_not_the_sessions(tachi_dae
     assert "after-restart" in output_of(Path(newest[0]["path"]))
 
 
-def test_a_recording_read_while_the_recorder_process_is_behind_waits_for_it(
-    tachi_daemon, tmp_path
-):
+def test_a_recording_read_while_the_recorder_process_is_behind_waits_for_it(tachi_daemon, tmp_path):
     # The recorder process creates and writes the file: an export right after
     # `record start` must wait for it (bounded), not fail with "No such file"
     # or miss what was already recorded.

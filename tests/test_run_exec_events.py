@@ -79,9 +79,13 @@ def test_run_output_longer_than_the_screen_is_complete(tachi_daemon):
 def test_concurrent_runs_queue_in_order(tachi_daemon):
     sid = _shell(tachi_daemon, "bash")
     argv = [sys.executable, "-m", "tachi", "run", sid, "--"]
-    first = subprocess.Popen([*argv, "sleep 1; echo one"], env=tachi_daemon.env, stdout=subprocess.PIPE, text=True)  # noqa: E501
+    first = subprocess.Popen(
+        [*argv, "sleep 1; echo one"], env=tachi_daemon.env, stdout=subprocess.PIPE, text=True
+    )
     time.sleep(0.2)
-    second = subprocess.Popen([*argv, "echo two"], env=tachi_daemon.env, stdout=subprocess.PIPE, text=True)  # noqa: E501
+    second = subprocess.Popen(
+        [*argv, "echo two"], env=tachi_daemon.env, stdout=subprocess.PIPE, text=True
+    )
     assert second.communicate(timeout=20)[0] == "two\n"
     assert first.communicate(timeout=20)[0] == "one\n"
     screen = capture(tachi_daemon, sid)

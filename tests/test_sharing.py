@@ -148,9 +148,7 @@ def test_handoff_demotes_the_old_owner_live(tachi_daemon, users):
     assert tachi_daemon.run("send", sid, "x").returncode == 4
 
 
-def test_the_daemons_user_can_close_a_session_handed_away_with_nothing_kept(
-    tachi_daemon, users
-):
+def test_the_daemons_user_can_close_a_session_handed_away_with_nothing_kept(tachi_daemon, users):
     s = tachi_daemon.new(*SHELL)
     out = tachi_daemon.run("handoff", s["id"], "--to", "tachi-alice", "--keep", "none")
     assert out.returncode == 0

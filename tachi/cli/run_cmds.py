@@ -123,8 +123,6 @@ def events_cmd(ctx: Context, session: str | None, output: bool, as_json: bool) -
             if as_json:
                 click.echo(json.dumps(event, separators=(",", ":")))
                 continue
-            rest = {
-                k: v for k, v in event.items() if k not in ("event", "type", "session", "time")
-            }
+            rest = {k: v for k, v in event.items() if k not in ("event", "type", "session", "time")}
             details = " ".join(f"{k}={v}" for k, v in rest.items())
             click.echo(f"{event.get('time', '')} {event['session']} {event['type']} {details}")

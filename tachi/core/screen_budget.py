@@ -45,9 +45,7 @@ class ScreenBudget:
     def used(self) -> int:
         return sum(self._held.values())
 
-    def reserve(
-        self, owners: Iterable[Hashable], cols: int, rows: int, history: int
-    ) -> None:
+    def reserve(self, owners: Iterable[Hashable], cols: int, rows: int, history: int) -> None:
         """Reserve (or re-size the reservations of) the windows ``owners``, all at
         ``cols`` x ``rows`` with ``history`` lines, or none of them.
 

@@ -269,9 +269,7 @@ class Daemon:
         self.audit_by(principal, "connect", result="denied", reason="no grant for this user")
         raise PermissionDenied(f"{principal.user} holds no grant on this tachi daemon")
 
-    def principal_for_token(
-        self, token: str, identity: Principal | None, peer: Peer
-    ) -> Principal:
+    def principal_for_token(self, token: str, identity: Principal | None, peer: Peer) -> Principal:
         """The principal a share token makes of ``identity`` (``None``: an anonymous peer).
 
         Raises ``PermissionDenied`` (audited) for an unknown, expired, revoked
