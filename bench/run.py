@@ -376,13 +376,24 @@ def bench_throughput(
         # Drain whatever the attach drew, then start the flood.
         while select.select([proc.fd], [], [], 0.2)[0]:
             os.read(proc.fd, 1 << 16)
+        pids = flood_pids(env, system, name, proc)
+        before = {role: cpu_ns(pid) for role, pid in pids.items()}
         type_line("\n")
         seconds, delivered = drain_until(proc, b"__END__")
-        return {
+        result = {
             "mib_s": size / seconds / 2**20,
             "delivered_mib": delivered / 2**20,
             "seconds": seconds,
         }
+        # CPU seconds per 64 MiB, per process: where a recording's cost goes,
+        # whatever the wall clock of this noisy machine did.
+        per_64 = 64 * 2**20 / size / 1e9
+        if "recorder" in pids:  # its share of the flood, even what it wrote after the marker
+            settled(pids["recorder"])
+        for role, pid in pids.items():
+            with contextlib.suppress(OSError):
+                result[f"{role}_cpu_s"] = (cpu_ns(pid) - before[role]) * per_64
+        return result
     finally:
         end_session(env, system, name, proc)
 
@@ -524,6 +535,28 @@ def echo_pids(env: Env, system: str, name: str, proc: PtyProcess) -> dict[str, i
     # The attach process is the warm CLI's fork the daemon sees on its socket.
     [client] = json.loads(env.tachi("clients", name, "--json"))
     return {"server": env.daemon_pid(), "client": int(client["source"].rsplit("pid:", 1)[1])}
+
+
+def flood_pids(env: Env, system: str, name: str, proc: PtyProcess) -> dict[str, int]:
+    """``echo_pids`` plus tachi's recorder process, when the daemon has one."""
+    if not system.startswith("tachi"):
+        return {}
+    pids = echo_pids(env, "tachi", name, proc)
+    server = pids["server"]
+    for task in Path(f"/proc/{server}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                if b"recorder_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    pids["recorder"] = int(child)
+    return pids
+
+
+def settled(pid: int, quiet: float = 0.05, limit: float = 3) -> None:
+    """Wait (at most ``limit`` seconds) until ``pid`` has not run for ``quiet`` seconds."""
+    deadline, last = time.monotonic() + limit, -1
+    while time.monotonic() < deadline and (now := cpu_ns(pid)) != last:
+        last = now
+        time.sleep(quiet)
 
 
 def cpu_ns(pid: int) -> int:
@@ -1006,12 +1039,17 @@ def main() -> int:
     return 1 if failed else 0
 
 
+#: CPU seconds per 64 MiB of each of tachi's processes in a flood.
+CPU_METRICS = ["server_cpu_s", "recorder_cpu_s", "client_cpu_s"]
 #: The metrics the tables show of each interleaved benchmark, in order.
 METRICS = {
     "throughput": ["mib_s", "delivered_mib"],
     **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
-    "recording": ["mib_s"],
-    **{f"recording-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
+    "recording": ["mib_s", "delivered_mib", *CPU_METRICS],
+    **{
+        f"recording-{s}": ["mib_s", "delivered_mib", *CPU_METRICS]
+        for s in ("long-line", "source", "redraw")
+    },
     "echo": ["p50_ms", "p99_ms", "server_us", "client_us"],
     "echo-load": ["p50_ms", "p99_ms", "flood_mib_s"],
     "attach": ["ms"],
