@@ -43,7 +43,7 @@ class AsciicastSink:
         self._record_input = record_input
         # Output split across reads may cut a UTF-8 character: keep the partial
         # bytes until the rest arrives, per stream.
-        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._out_partial = b""
         self._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._last_t = 0.0
         self.size = 0
@@ -63,13 +63,29 @@ class AsciicastSink:
         return self._last_t
 
     def output(self, data: bytes, t: float) -> None:
-        if not (data.isascii() and not self._out.getstate()[0]):
-            # Invalid UTF-8 becomes U+FFFD; a character cut at the end waits.
-            data = self._out.decode(data).encode()
+        if not (data.isascii() and not self._out_partial):
+            data = self._valid_utf8(data)
         if data:
             self._last_t = max(self._last_t, round(t, 6))
             head = b'[%s, "o", "' % repr(self._last_t).encode()
             self._write(head, json_string_body(data), b'"]\n')
+
+    def _valid_utf8(self, data: bytes) -> bytes:
+        """``data`` after the bytes held from the last call, as valid UTF-8, with an
+        incomplete character at its end held back for the next call.
+
+        Valid input (nearly all of it) is only checked, never re-encoded: a
+        strict decode is half the cost of decoding and encoding again. Invalid
+        bytes become U+FFFD, as the whole output decoded at once would have them:
+        the cut is always before a lead byte, where a new character starts."""
+        data = self._out_partial + data
+        cut = _complete_utf8_end(data)
+        data, self._out_partial = data[:cut], data[cut:]
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("utf-8", "replace").encode()
+        return data
 
     def input(self, data: bytes, t: float) -> None:
         if self._record_input:
@@ -87,7 +103,7 @@ class AsciicastSink:
         if self._fd is None:
             return
         try:
-            tail = self._out.decode(b"", final=True)
+            tail = self._out_partial.decode("utf-8", "replace")
             if tail:
                 self._event(self._last_t, "o", tail)
         finally:
@@ -124,12 +140,29 @@ class AsciicastSink:
             os.close(fd)
 
 
+def _complete_utf8_end(data: bytes) -> int:
+    """Where ``data`` ends once a character cut short at its end is left out."""
+    for back in range(1, min(3, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            break
+        if byte >= 0xC0:  # the lead byte: how long its character is
+            length = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) - back if length > back else len(data)
+    return len(data)
+
+
 _SHORT_ESCAPES = {0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0C: b"\\f", 0x0D: b"\\r"}
 #: How JSON writes each control character (as ``json.dumps`` does).
 _CONTROL_ESCAPES = {c: _SHORT_ESCAPES.get(c, b"\\u%04x" % c) for c in range(0x20)}
 #: Every byte JSON escapes: the control characters, the quote and the backslash.
 _ESCAPES = {**_CONTROL_ESCAPES, 0x22: b'\\"', 0x5C: b"\\\\"}
 _NOT_ESCAPED = bytes(b for b in range(0x100) if b not in _ESCAPES)
+#: (byte, its escape) in the order to replace them: the backslash first, since
+#: the other escapes add backslashes.
+_ESCAPE_PASSES = sorted(
+    ((bytes((c,)), e) for c, e in _ESCAPES.items()), key=lambda p: p[0] != b"\\"
+)
 
 
 def json_string(utf8: bytes) -> bytes:
@@ -143,18 +176,17 @@ def json_string_body(utf8: bytes) -> bytes:
 
     Works on the bytes: every byte JSON escapes is ASCII, and ASCII bytes never
     occur inside a multi-byte UTF-8 character. One pass finds which of them are
-    present (``translate`` keeps only those), then one ``replace`` pass per kind,
-    each at memory speed; output with none (a long line of base64) costs the
+    present (``translate`` keeps only those), then one ``replace`` pass per kind
+    found, each at memory speed; output with none (a long line of base64) costs the
     one pass.
     """
-    present = set(utf8.translate(None, _NOT_ESCAPED))
-    if not present:
+    found = utf8.translate(None, _NOT_ESCAPED)
+    if not found:
         return utf8
-    if 0x5C in present:  # the backslash first: the escapes below add some
-        utf8 = utf8.replace(b"\\", b"\\\\")
-        present.discard(0x5C)
-    for c in present:
-        utf8 = utf8.replace(bytes((c,)), _ESCAPES[c])
+    # Looking each one up in the (short) bytes found beats building a set of them.
+    for byte, escaped in _ESCAPE_PASSES:
+        if byte in found:
+            utf8 = utf8.replace(byte, escaped)
     return utf8
 
 
