@@ -139,3 +139,21 @@ def test_a_masked_session_is_the_full_json_cut_down(pty, closed, reason, windows
             assert value == whole, key
     expected = {"id"} | {p.split(".")[0] for p in picked} - ({"pty"} if pty is None else set())
     assert set(masked) == expected
+
+
+@given(
+    st.text(alphabet="ab", min_size=1, max_size=4).map(str.encode),
+    st.lists(st.text(alphabet="ab", max_size=5).map(str.encode), max_size=20),
+)
+def test_read_until_finds_a_pattern_split_anywhere(pattern, chunks):
+    # PatternWait searches only where a match could still start: after every
+    # chunk it must agree with a search of everything read.
+    from tachi.client.shared import PatternWait
+
+    wait = PatternWait(pattern, 1.0)
+    for chunk in chunks:
+        wait.add(chunk)
+        assert wait.found == (pattern in wait.seen)
+        if wait.found:
+            break
+    assert bytes(wait.seen) == b"".join(chunks)[: len(wait.seen)]

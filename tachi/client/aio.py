@@ -27,7 +27,7 @@ from tachi import protocol
 from tachi.client.autostart import start_daemon
 from tachi.client.endpoint import Endpoint, resolve
 from tachi.client.results import ExecResult, Grant, RunResult, Share
-from tachi.client.shared import audit_records
+from tachi.client.shared import PatternWait, audit_records
 from tachi.errors import DaemonUnavailable, NotFound, error_from_json
 from tachi.models import PTYConfig, Recording, Session, SessionFilter, SessionRequest, Window
 
@@ -464,22 +464,19 @@ class AsyncSessionConn:
         everything read. Raises ``TimeoutError`` after ``timeout`` seconds (the
         message ends with the last output read) and ``EOFError`` if the
         attachment ends first."""
-        wanted = pattern.encode() if isinstance(pattern, str) else pattern
-        seen = bytearray()
+        wait = PatternWait(pattern, timeout)
 
-        async def until_seen() -> None:
-            while wanted not in seen:
+        async def until_found() -> None:
+            while not wait.found:
                 if self.done:
-                    raise EOFError(f"the attachment ended before {wanted!r} was read")
-                seen.extend(await self.read())
+                    raise wait.ended()
+                wait.add(await self.read())
 
         try:
-            await asyncio.wait_for(until_seen(), timeout)
+            await asyncio.wait_for(until_found(), timeout)
         except TimeoutError:
-            raise TimeoutError(
-                f"{wanted!r} not read within {timeout:g} s; the last output: {bytes(seen[-200:])!r}"
-            ) from None
-        return bytes(seen)
+            raise wait.timed_out() from None
+        return bytes(wait.seen)
 
     async def write(self, data: bytes) -> int:
         for start in range(0, len(data), protocol.MAX_PAYLOAD):

@@ -9,6 +9,34 @@ from typing import Any
 from tachi.errors import InvalidRequest, NotFound
 
 
+class PatternWait:
+    """What a ``read_until`` has read so far, and whether its pattern is in it.
+
+    Each search starts where the last one could still find a match, so a long
+    wait costs the bytes read, not the bytes read times the reads."""
+
+    def __init__(self, pattern: bytes | str, timeout: float) -> None:
+        self.wanted = pattern.encode() if isinstance(pattern, str) else pattern
+        self.timeout = timeout
+        self.seen = bytearray()
+        self.found = not self.wanted
+        self._from = 0
+
+    def add(self, data: bytes) -> None:
+        self.seen += data
+        self.found = self.seen.find(self.wanted, self._from) >= 0
+        self._from = max(0, len(self.seen) - len(self.wanted) + 1)
+
+    def ended(self) -> EOFError:
+        return EOFError(f"the attachment ended before {self.wanted!r} was read")
+
+    def timed_out(self) -> TimeoutError:
+        return TimeoutError(
+            f"{self.wanted!r} not read within {self.timeout:g} s; "
+            f"the last output: {bytes(self.seen[-200:])!r}"
+        )
+
+
 def recording_bytes(read: Callable[[int], dict[str, Any]]) -> bytes:
     """A whole recording, from ``record.read`` chunks: ``read(offset)``."""
     chunks = []

@@ -444,19 +444,18 @@ class SessionConn:
         after ``timeout`` seconds (its message ends with the last output read),
         and ``EOFError`` if the attachment ends first. Matching is on the bytes
         a terminal would be sent, escape sequences included."""
-        wanted = pattern.encode() if isinstance(pattern, str) else pattern
-        seen = b""
+        from tachi.client.shared import PatternWait
+
+        wait = PatternWait(pattern, timeout)
         deadline = time.monotonic() + timeout
-        while wanted not in seen:
+        while not wait.found:
             if self.done:
-                raise EOFError(f"the attachment ended before {wanted!r} was read")
+                raise wait.ended()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(
-                    f"{wanted!r} not read within {timeout:g} s; the last output: {seen[-200:]!r}"
-                )
-            seen += self.read(timeout=left)
-        return seen
+                raise wait.timed_out()
+            wait.add(self.read(timeout=left))
+        return bytes(wait.seen)
 
     def handle_frame(self, frame: protocol.Frame) -> bytes:
         """Apply one frame; returns bytes to show (possibly empty)."""
