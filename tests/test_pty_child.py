@@ -66,15 +66,16 @@ async def test_a_flooding_window_yields_to_input_elsewhere_and_loses_nothing():
     # While someone types into another window, a window the daemon is behind on
     # (here: the loop is held up for its first few callbacks, so a backlog
     # builds in the PTY) stops reading for a few milliseconds at a time: its
-    # output waits in its PTY, none is lost, and the keystrokes go first.
+    # output waits in its PTY, none is lost, and the keystrokes go first. Each
+    # of its callbacks reads at most SHARED_READ, however much is queued, so a
+    # keystroke never waits behind a 64 KiB read and feed.
     out = bytearray()
     done = asyncio.get_running_loop().create_future()
-    calls = 0
+    sizes: list[int] = []
 
     def output(data: bytes) -> None:
-        nonlocal calls
-        calls += 1
-        if calls <= 5:
+        sizes.append(len(data))
+        if len(sizes) <= 5:
             time.sleep(0.02)
         out.extend(data)
 
@@ -91,6 +92,7 @@ async def test_a_flooding_window_yields_to_input_elsewhere_and_loses_nothing():
         typed.hangup(grace=0.1)
     assert len(out) == 4_000_000
     assert flood.yields > 0
+    assert max(sizes) <= 2 * pty_module.PTY_FULL_READ
     assert typed.yields == 0  # the window being typed into never yields
 
 

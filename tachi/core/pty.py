@@ -34,14 +34,15 @@ INPUT_HIGH_WATER = 256 * 1024
 INPUT_QUEUE_LIMIT = 8 * 1024 * 1024
 #: Input this recent makes the daemon interactive...
 INTERACTIVE_SECONDS = 0.1
-#: ... and a window flooding output (one callback found more than this queued:
-#: the daemon is behind on it) then stops reading for ``BULK_YIELD_SECONDS``,
-#: unless it is the one being typed into. The flood waits in its PTY; nothing
-#: is lost. Measured beside a flooding session (3 rounds): keystroke echo p50
-#: 0.85 -> 0.13 ms, p99 3.4 -> 0.8 ms, the flood's client still at 47 of
-#: 59 MiB/s (tmux gives it 30 and echoes at 0.51 / 0.92 ms).
-BULK_READ = 2 * PTY_FULL_READ
-BULK_YIELD_SECONDS = 0.005
+#: ... and then a window flooding output (its PTY held more than one full
+#: read: the daemon is behind on it) reads at most ``SHARED_READ`` bytes a
+#: callback and stops reading for ``BULK_YIELD_SECONDS`` after each, unless it
+#: is the one being typed into. A keystroke that arrives while the flood is
+#: being read waits for one such callback, not for a 64 KiB one (about 1 ms
+#: here, most of it the sixteen PTY reads). The flood waits in its PTY;
+#: nothing is lost.
+SHARED_READ = 2 * PTY_FULL_READ
+BULK_YIELD_SECONDS = 0.001
 
 
 class InputClock:
@@ -209,8 +210,9 @@ class PtyChild:
                 raise
             data = b""
         if len(data) >= PTY_FULL_READ:
-            data = self._read_more(data)
-            if len(data) > BULK_READ:
+            sharing = self._input_elsewhere()
+            data = self._read_more(data, SHARED_READ if sharing else READ_SIZE)
+            if sharing and len(data) > PTY_FULL_READ:
                 self._yield_to_input()
         if data:
             self._on_output(data)
@@ -220,14 +222,14 @@ class PtyChild:
         self._loop.remove_reader(self.fd)
         self._maybe_finish()
 
-    def _read_more(self, first: bytes) -> bytes:
-        """After a full read, whatever else the PTY holds (up to ``READ_SIZE``):
+    def _read_more(self, first: bytes, limit: int) -> bytes:
+        """After a full read, whatever else the PTY holds (up to ``limit`` in all):
         a flood then costs one callback and one frame per 16-64 KiB, not per 4 KiB.
         A short read (a keystroke's echo) never gets here, so it is not delayed."""
         chunks, total = [first], len(first)
-        while total < READ_SIZE:
+        while total < limit:
             try:
-                more = os.read(self.fd, READ_SIZE - total)
+                more = os.read(self.fd, limit - total)
             except OSError:  # EAGAIN, or EIO at the end: the next callback sees it
                 break
             if not more:
@@ -238,15 +240,19 @@ class PtyChild:
                 break
         return first if len(chunks) == 1 else b"".join(chunks)
 
-    def _yield_to_input(self) -> None:
-        """A flood (this callback found a backlog): if someone is typing in another
-        window, stop reading for ``BULK_YIELD_SECONDS`` so their keystrokes and
-        echoes get the daemon and the CPU first."""
+    def _input_elsewhere(self) -> bool:
+        """Someone is typing, and not into this window (whose echo is in its output)."""
         now = time.monotonic()
-        if self._yielding or now - INPUT_CLOCK.last >= INTERACTIVE_SECONDS:
+        return (
+            now - INPUT_CLOCK.last < INTERACTIVE_SECONDS
+            and now - self._typed_at >= INTERACTIVE_SECONDS
+        )
+
+    def _yield_to_input(self) -> None:
+        """Stop reading this flood for ``BULK_YIELD_SECONDS``, so keystrokes and
+        echoes elsewhere get the daemon and the CPU first."""
+        if self._yielding:
             return
-        if now - self._typed_at < INTERACTIVE_SECONDS:
-            return  # the one being typed into: its own echo is in this output
         self._yielding = True
         self.yields += 1
         self._loop.remove_reader(self.fd)
