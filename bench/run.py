@@ -383,6 +383,9 @@ def bench_throughput(
         result = {
             "mib_s": size / seconds / 2**20,
             "delivered_mib": delivered / 2**20,
+            # What the client was actually sent per second: unlike mib_s, it does
+            # not rise when the client falls behind and is skipped ahead.
+            "client_mib_s": delivered / seconds / 2**20,
             "seconds": seconds,
         }
         # CPU seconds per 64 MiB, per process: where a recording's cost goes,
@@ -1045,9 +1048,9 @@ CPU_METRICS = ["server_cpu_s", "recorder_cpu_s", "client_cpu_s"]
 METRICS = {
     "throughput": ["mib_s", "delivered_mib"],
     **{f"throughput-{s}": ["mib_s"] for s in ("long-line", "source", "redraw")},
-    "recording": ["mib_s", "delivered_mib", *CPU_METRICS],
+    "recording": ["mib_s", "delivered_mib", "client_mib_s", *CPU_METRICS],
     **{
-        f"recording-{s}": ["mib_s", "delivered_mib", *CPU_METRICS]
+        f"recording-{s}": ["mib_s", "delivered_mib", "client_mib_s", *CPU_METRICS]
         for s in ("long-line", "source", "redraw")
     },
     "echo": ["p50_ms", "p99_ms", "server_us", "client_us"],

@@ -1,0 +1,172 @@
+"""A burst of output is held in the daemon while it lasts, then recorded whole.
+
+These drive ``RecorderProcess`` on a real event loop with its real worker
+process and read the files it writes; the daemon test at the end checks that
+the memory a held burst took is given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from helpers import until
+from tachi.core import recorder_process
+from tachi.core.recorder_process import RecorderProcess
+from tachi.playback import read_cast
+
+FACTORY = "tachi.builtins.asciicast:AsciicastRecorder"
+OPEN_ARGS = {"width": 80, "height": 24, "timestamp_ns": 0, "env": {}, "title": None}
+#: A frame big enough to start a burst.
+BULK = b"x" * recorder_process.HOLD_FRAME
+
+
+def output_events(path: Path) -> list[str]:
+    return [e.data for e in read_cast(path)[1] if e.code == "o"]
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def burst(sink, frames: int, period: float = 0.02, start: int = 0) -> None:
+    """``frames`` bulk output frames, one each ``period`` (a flood coalesced)."""
+    for i in range(start, start + frames):
+        sink.output_parts([b"%06d" % i, BULK], float(i))
+        await asyncio.sleep(period)
+
+
+def test_a_burst_reaches_the_worker_once_it_pauses_whole_and_in_order(tmp_path):
+    path = tmp_path / "burst.cast"
+
+    async def main() -> list[int]:
+        process = RecorderProcess()
+        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        await wait_for(lambda: path.exists() and path.stat().st_size > 0)
+        header = path.stat().st_size
+        sizes = []
+        for i in range(15):  # 0.3 s of flood, well inside HOLD_SECONDS
+            await burst(sink, 1, start=i)
+            sizes.append(path.stat().st_size - header)
+        await wait_for(lambda: path.stat().st_size > header + 15 * len(BULK))
+        sink.close()
+        return sizes
+
+    sizes = asyncio.run(main())
+    assert sizes == [0] * 15  # nothing reached the worker while the flood lasted
+    events = output_events(path)
+    assert [e[:6] for e in events] == [f"{i:06d}" for i in range(15)]
+    assert all(e[6:] == BULK.decode() for e in events)
+
+
+def test_a_burst_is_held_no_longer_than_hold_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_process, "HOLD_SECONDS", 0.2)
+    path = tmp_path / "long.cast"
+
+    async def main() -> int:
+        process = RecorderProcess()
+        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        await wait_for(lambda: path.exists() and path.stat().st_size > 0)
+        header = path.stat().st_size
+        await burst(sink, 30)  # 0.6 s: three times the hold
+        during = path.stat().st_size - header
+        sink.close()
+        return during
+
+    during = asyncio.run(main())
+    # The frames after the first 0.2 s streamed to the worker while the flood went on.
+    assert during >= 10 * len(BULK)
+    assert [e[:6] for e in output_events(path)] == [f"{i:06d}" for i in range(30)]
+
+
+def test_a_burst_holds_no_more_than_hold_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_process, "HOLD_BYTES", 4 * len(BULK))
+    path = tmp_path / "big.cast"
+
+    async def main() -> int:
+        process = RecorderProcess()
+        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        await wait_for(lambda: path.exists() and path.stat().st_size > 0)
+        header = path.stat().st_size
+        await burst(sink, 12)
+        during = path.stat().st_size - header
+        sink.close()
+        return during
+
+    assert asyncio.run(main()) >= 6 * len(BULK)
+
+
+def test_any_other_event_sends_what_is_held_first(tmp_path, monkeypatch):
+    # Output never pauses long enough here: only the other events end the hold.
+    monkeypatch.setattr(recorder_process, "QUIET_SECONDS", 30.0)
+    path = tmp_path / "order.cast"
+
+    async def main() -> None:
+        process = RecorderProcess()
+        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        await burst(sink, 3)
+        sink.marker("in the middle", 3.0)
+        sink.resize(100, 30, 3.5)
+        await burst(sink, 3, start=4)
+        await sink.synced(timeout=5)  # a reader of the recording in progress sees all of it
+        assert [e[:6] for e in output_events(path)] == [f"{i:06d}" for i in (0, 1, 2, 4, 5, 6)]
+        sink.close()
+
+    asyncio.run(main())
+    events = read_cast(path)[1]
+    codes = [(e.code, e.data[:6] if e.code == "o" else e.data) for e in events]
+    assert codes == [
+        ("o", "000000"), ("o", "000001"), ("o", "000002"),
+        ("m", "in the middle"), ("r", "100x30"),
+        ("o", "000004"), ("o", "000005"), ("o", "000006"),
+    ]  # fmt: skip
+
+
+def test_small_output_is_never_held(tmp_path):
+    path = tmp_path / "small.cast"
+
+    async def main() -> None:
+        process = RecorderProcess()
+        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        for i in range(20):  # typing-speed output, for longer than QUIET_SECONDS
+            sink.output_parts([b"line %d\r\n" % i], float(i))
+            assert not process._queue  # in the pipe at once, not held
+            await asyncio.sleep(0.01)
+        sink.close()
+
+    asyncio.run(main())
+    assert output_events(path) == [f"line {i}\r\n" for i in range(20)]
+
+
+def _status(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in lines) if "kB" in v}
+
+
+@pytest.mark.timeout(120)
+def test_the_daemon_gives_back_the_memory_a_held_burst_took(tachi_daemon, tmp_path):
+    # 48 MiB of output in a recorded session, held whole: the daemon's RSS rises
+    # by about that, and glibc keeps the freed pages unless they are given back.
+    data = tmp_path / "flood.txt"
+    data.write_bytes((b"0123456789abcdef" * 4 + b"\n") * (48 * 2**20 // 65))
+    assert tachi_daemon.proc is not None
+    pid = tachi_daemon.proc.pid
+    s = tachi_daemon.new("bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600")
+    until(lambda: "FLOOD-DONE" in tachi_daemon.run("capture", s["id"]).stdout, timeout=60)
+    before = _status(pid)["VmRSS"]
+    r = tachi_daemon.new(
+        "bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600", record=True
+    )
+    until(lambda: "FLOOD-DONE" in tachi_daemon.run("capture", r["id"]).stdout, timeout=60)
+    rec = json.loads(tachi_daemon.run("record", "ls", "--json", check=True).stdout)[0]
+    until(lambda: Path(rec["path"]).stat().st_size > 48 * 2**20, timeout=60)
+    status = until(lambda: (st := _status(pid)) and st["VmRSS"] < before + 24 * 1024 and st)
+    assert status["VmHWM"] > before + 24 * 1024, "the burst was not held: nothing to give back"
