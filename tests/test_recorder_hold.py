@@ -67,21 +67,26 @@ def test_a_burst_reaches_the_worker_once_it_pauses_whole_and_in_order(tmp_path):
     assert all(e[6:] == BULK.decode() for e in events)
 
 
-def test_a_burst_is_held_no_longer_than_hold_seconds(tmp_path, monkeypatch):
-    monkeypatch.setattr(recorder_process, "HOLD_SECONDS", 0.2)
-    path = tmp_path / "long.cast"
+def written_during_a_burst(path: Path, frames: int) -> int:
+    """Bytes of ``path`` the worker wrote while a burst of ``frames`` lasted."""
 
     async def main() -> int:
         process = RecorderProcess()
         sink = process.open(FACTORY, path, **OPEN_ARGS)
         await wait_for(lambda: path.exists() and path.stat().st_size > 0)
         header = path.stat().st_size
-        await burst(sink, 30)  # 0.6 s: three times the hold
+        await burst(sink, frames)
         during = path.stat().st_size - header
         sink.close()
         return during
 
-    during = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_burst_is_held_no_longer_than_hold_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_process, "HOLD_SECONDS", 0.2)
+    path = tmp_path / "long.cast"
+    during = written_during_a_burst(path, 30)  # 0.6 s: three times the hold
     # The frames after the first 0.2 s streamed to the worker while the flood went on.
     assert during >= 10 * len(BULK)
     assert [e[:6] for e in output_events(path)] == [f"{i:06d}" for i in range(30)]
@@ -89,19 +94,7 @@ def test_a_burst_is_held_no_longer_than_hold_seconds(tmp_path, monkeypatch):
 
 def test_a_burst_holds_no_more_than_hold_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(recorder_process, "HOLD_BYTES", 4 * len(BULK))
-    path = tmp_path / "big.cast"
-
-    async def main() -> int:
-        process = RecorderProcess()
-        sink = process.open(FACTORY, path, **OPEN_ARGS)
-        await wait_for(lambda: path.exists() and path.stat().st_size > 0)
-        header = path.stat().st_size
-        await burst(sink, 12)
-        during = path.stat().st_size - header
-        sink.close()
-        return during
-
-    assert asyncio.run(main()) >= 6 * len(BULK)
+    assert written_during_a_burst(tmp_path / "big.cast", 12) >= 6 * len(BULK)
 
 
 def test_any_other_event_sends_what_is_held_first(tmp_path, monkeypatch):
