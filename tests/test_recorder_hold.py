@@ -123,6 +123,22 @@ def test_any_other_event_sends_what_is_held_first(tmp_path, monkeypatch):
     ]  # fmt: skip
 
 
+def test_stopping_in_the_middle_of_a_burst_writes_all_of_it(tmp_path, monkeypatch):
+    # A daemon shutting down while a burst is held loses none of it: only SIGKILL may.
+    monkeypatch.setattr(recorder_process, "QUIET_SECONDS", 30.0)
+    path = tmp_path / "stop.cast"
+
+    async def main() -> None:
+        process = RecorderProcess()
+        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        await burst(sink, 8)
+        assert process._queue  # still held when the daemon stops
+        process.stop()
+
+    asyncio.run(main())
+    assert [e[:6] for e in output_events(path)] == [f"{i:06d}" for i in range(8)]
+
+
 def test_small_output_is_never_held(tmp_path):
     path = tmp_path / "small.cast"
 
