@@ -25,6 +25,13 @@ def until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float =
         time.sleep(interval)
 
 
+def memory_kib(pid: int) -> dict[str, int]:
+    """The memory figures of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``, …), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = (line.split(":", 1) for line in status)
+        return {key: int(value.split()[0]) for key, value in fields if value.endswith("kB\n")}
+
+
 def get(daemon: DaemonProcess, ref: str) -> dict[str, Any]:
     result = daemon.run("get", ref, "--json", check=True)
     return json.loads(result.stdout)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 import tachi
-from helpers import SHELL, get, until
+from helpers import SHELL, get, memory_kib, until
 from tachi import protocol
 from tachi.models import PTYConfig, SessionFilter, SessionRequest, SessionState
 
@@ -123,13 +122,7 @@ def test_a_stuck_client_slows_nobody_and_is_resynchronised(tachi_daemon):
         conn.close()
     assert elapsed < 30
     pid = tachi_daemon.proc.pid
-    rss_kib = int(
-        next(
-            line.split()[1]
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if line.startswith("VmRSS")
-        )
-    )
+    rss_kib = memory_kib(pid)["VmRSS"]
     assert rss_kib < 200 * 1024, f"daemon RSS {rss_kib} KiB with a stuck client"
     # Once the stuck client reads again, it gets a fresh screen, not 40 MB of history.
     stuck.settimeout(5)

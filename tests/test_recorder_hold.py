@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import until
+from helpers import memory_kib, until
 from tachi.core import recorder_process
-from tachi.core.recorder_process import RecorderProcess
+from tachi.core.recorder_process import ProcessSink, RecorderProcess
 from tachi.playback import read_cast
 
 FACTORY = "tachi.builtins.asciicast:AsciicastRecorder"
@@ -37,6 +37,18 @@ async def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def recording(path: Path) -> tuple[RecorderProcess, ProcessSink]:
+    """A recorder process (the worker starts on first use) and a recording in it."""
+    process = RecorderProcess()
+    return process, process.open(FACTORY, path, **OPEN_ARGS)
+
+
+async def header_size(path: Path) -> int:
+    """The size of ``path`` once the worker has written the recording's header."""
+    await wait_for(lambda: path.exists() and path.stat().st_size > 0)
+    return path.stat().st_size
+
+
 async def burst(sink, frames: int, period: float = 0.02, start: int = 0) -> None:
     """``frames`` bulk output frames, one each ``period`` (a flood coalesced)."""
     for i in range(start, start + frames):
@@ -48,10 +60,8 @@ def test_a_burst_reaches_the_worker_once_it_pauses_whole_and_in_order(tmp_path):
     path = tmp_path / "burst.cast"
 
     async def main() -> list[int]:
-        process = RecorderProcess()
-        sink = process.open(FACTORY, path, **OPEN_ARGS)
-        await wait_for(lambda: path.exists() and path.stat().st_size > 0)
-        header = path.stat().st_size
+        _, sink = recording(path)
+        header = await header_size(path)
         sizes = []
         for i in range(15):  # 0.3 s of flood, well inside HOLD_SECONDS
             await burst(sink, 1, start=i)
@@ -71,10 +81,8 @@ def written_during_a_burst(path: Path, frames: int) -> int:
     """Bytes of ``path`` the worker wrote while a burst of ``frames`` lasted."""
 
     async def main() -> int:
-        process = RecorderProcess()
-        sink = process.open(FACTORY, path, **OPEN_ARGS)
-        await wait_for(lambda: path.exists() and path.stat().st_size > 0)
-        header = path.stat().st_size
+        _, sink = recording(path)
+        header = await header_size(path)
         await burst(sink, frames)
         during = path.stat().st_size - header
         sink.close()
@@ -97,14 +105,18 @@ def test_a_burst_holds_no_more_than_hold_bytes(tmp_path, monkeypatch):
     assert written_during_a_burst(tmp_path / "big.cast", 12) >= 6 * len(BULK)
 
 
-def test_any_other_event_sends_what_is_held_first(tmp_path, monkeypatch):
-    # Output never pauses long enough here: only the other events end the hold.
+@pytest.fixture
+def output_never_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pause in these tests is long enough to end a burst."""
     monkeypatch.setattr(recorder_process, "QUIET_SECONDS", 30.0)
+
+
+def test_any_other_event_sends_what_is_held_first(tmp_path, output_never_pauses):
+    # Only the other events can end the hold here.
     path = tmp_path / "order.cast"
 
     async def main() -> None:
-        process = RecorderProcess()
-        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        _, sink = recording(path)
         await burst(sink, 3)
         sink.marker("in the middle", 3.0)
         sink.resize(100, 30, 3.5)
@@ -123,14 +135,12 @@ def test_any_other_event_sends_what_is_held_first(tmp_path, monkeypatch):
     ]  # fmt: skip
 
 
-def test_stopping_in_the_middle_of_a_burst_writes_all_of_it(tmp_path, monkeypatch):
+def test_stopping_in_the_middle_of_a_burst_writes_all_of_it(tmp_path, output_never_pauses):
     # A daemon shutting down while a burst is held loses none of it: only SIGKILL may.
-    monkeypatch.setattr(recorder_process, "QUIET_SECONDS", 30.0)
     path = tmp_path / "stop.cast"
 
     async def main() -> None:
-        process = RecorderProcess()
-        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        process, sink = recording(path)
         await burst(sink, 8)
         assert process._queue  # still held when the daemon stops
         process.stop()
@@ -143,21 +153,16 @@ def test_small_output_is_never_held(tmp_path):
     path = tmp_path / "small.cast"
 
     async def main() -> None:
-        process = RecorderProcess()
-        sink = process.open(FACTORY, path, **OPEN_ARGS)
+        process, sink = recording(path)
         for i in range(20):  # typing-speed output, for longer than QUIET_SECONDS
             sink.output_parts([b"line %d\r\n" % i], float(i))
             assert not process._queue  # in the pipe at once, not held
+            assert process._quiet_timer is None  # and nothing watches for its pauses
             await asyncio.sleep(0.01)
         sink.close()
 
     asyncio.run(main())
     assert output_events(path) == [f"line {i}\r\n" for i in range(20)]
-
-
-def _status(pid: int) -> dict[str, int]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    return {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in lines) if "kB" in v}
 
 
 @pytest.mark.timeout(120)
@@ -170,12 +175,12 @@ def test_the_daemon_gives_back_the_memory_a_held_burst_took(tachi_daemon, tmp_pa
     pid = tachi_daemon.proc.pid
     s = tachi_daemon.new("bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600")
     until(lambda: "FLOOD-DONE" in tachi_daemon.run("capture", s["id"]).stdout, timeout=60)
-    before = _status(pid)["VmRSS"]
+    before = memory_kib(pid)["VmRSS"]
     r = tachi_daemon.new(
         "bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600", record=True
     )
     until(lambda: "FLOOD-DONE" in tachi_daemon.run("capture", r["id"]).stdout, timeout=60)
     rec = json.loads(tachi_daemon.run("record", "ls", "--json", check=True).stdout)[0]
     until(lambda: Path(rec["path"]).stat().st_size > 48 * 2**20, timeout=60)
-    status = until(lambda: (st := _status(pid)) and st["VmRSS"] < before + 24 * 1024 and st)
+    status = until(lambda: (st := memory_kib(pid)) and st["VmRSS"] < before + 24 * 1024 and st)
     assert status["VmHWM"] > before + 24 * 1024, "the burst was not held: nothing to give back"

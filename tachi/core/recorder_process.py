@@ -235,9 +235,7 @@ class RecorderProcess:
                 return
             parts = left
         self._enqueue(parts)
-        if not self._writing and self._loop is not None and self._proc.stdin is not None:
-            self._writing = True
-            self._loop.add_writer(self._proc.stdin.fileno(), self._flush)
+        self._start_writing()
 
     def _enqueue(self, parts: list[bytes]) -> None:
         self._queue += parts
@@ -250,6 +248,10 @@ class RecorderProcess:
         """Whether an output frame of ``size`` bytes is held (see the module)."""
         if self._loop is None:
             return False
+        # Output between bursts (all of an interactive session's) pays no clock
+        # read and no timer: pauses only matter during a burst or its streamed tail.
+        if not (self._holding or self._hold_spent) and size < HOLD_FRAME:
+            return False
         now = time.monotonic()
         self._last_output = now
         if self._quiet_timer is None:
@@ -260,7 +262,7 @@ class RecorderProcess:
             self._hold_spent = True
             self._release()
             return False
-        if self._hold_spent or size < HOLD_FRAME:
+        if self._hold_spent:
             return False
         self._holding, self._hold_until, self._held = True, now + HOLD_SECONDS, True
         self._stop_writing()
@@ -281,7 +283,11 @@ class RecorderProcess:
     def _release(self) -> None:
         """Stop holding: write the held frames as the pipe takes them."""
         self._holding = False
-        if self._queue and not self._writing and self._loop and self._proc and self._proc.stdin:
+        if self._queue:
+            self._start_writing()
+
+    def _start_writing(self) -> None:
+        if not self._writing and self._loop and self._proc and self._proc.stdin:
             self._writing = True
             self._loop.add_writer(self._proc.stdin.fileno(), self._flush)
 
