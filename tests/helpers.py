@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pexpect
@@ -62,3 +64,18 @@ SHELL = ["bash", "--norc", "--noprofile"]
 
 def shell_env() -> dict[str, str]:
     return {"PS1": "$ ", **os.environ}
+
+
+def installed_plugin(site: Path, name: str, source: str) -> dict[str, str]:
+    """Make ``source`` an installed third-party plugin named ``name``, as ``pip
+    install`` would (a module and a ``.dist-info`` with a ``tachi`` entry point) in
+    the directory ``site``. Returns the environment that puts ``site`` on the path."""
+    site.mkdir(parents=True, exist_ok=True)
+    module = f"tachi_test_{name}"
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[tachi]\n{name} = {module}\n")
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{site}{os.pathsep}{path}" if path else str(site)}

@@ -271,5 +271,8 @@ def _plugin_commands() -> None:
 
 
 def main() -> None:
+    from tachi.library_warnings import hide_unless_asked
+
+    hide_unless_asked()  # before the plugins: their imports are where warnings come from
     _plugin_commands()
     cli(prog_name="tachi")

@@ -110,6 +110,9 @@ def peer_uid(conn: socket.socket) -> int:
 
 def serve(path: str) -> int:
     """Serve until the lifeline ends or SIGTERM; returns the exit status."""
+    from tachi.library_warnings import hide_unless_asked
+
+    hide_unless_asked()  # the children inherit it
     preload()
     files = watched_files()
     loaded = stamp(files)

@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default=os.environ.get("TACHI_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    from tachi.library_warnings import hide_unless_asked
+
+    hide_unless_asked()
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
