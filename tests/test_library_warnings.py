@@ -8,7 +8,6 @@ under ``cryptography`` 51: stderr must stay empty on success.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
