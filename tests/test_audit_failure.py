@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 
 import pytest
 
+from helpers import spawn_attach, until, wait_match
 from tachi.testing import DaemonProcess
 
 
@@ -55,4 +57,72 @@ def test_full_audit_disk(tachi_home, audit_on_tiny_disk, fail_open):
         assert live == {before["id"], *created}
     finally:
         os.unlink(audit_on_tiny_disk / "filler")
+        daemon.stop()
+
+
+def _sessions_typing_into_files(daemon, tmp_path, count):
+    """``count`` sessions whose program writes what it is typed into a file of its own."""
+    out = []
+    for n in range(count):
+        path = tmp_path / f"typed-{n}.txt"
+        s = daemon.new(
+            "bash", "--norc", "--noprofile", "-c", f"stty -echo; echo READY; cat > {path}"
+        )
+        out.append((s["id"], path))
+    for sid, _ in out:
+        wait_match(daemon, sid, "READY")
+    return out
+
+
+def _input_records(daemon):
+    records = [json.loads(line) for line in (daemon.state_dir / "audit" / "audit.jsonl").open()]
+    return {r["session"] for r in records if r["action"] == "session.input"}
+
+
+def test_input_that_cannot_be_audited_never_reaches_the_program(
+    tachi_home, audit_on_tiny_disk, tmp_path
+):
+    """Fail closed: with the audit disk full, `send` and an attached client's
+    keys are refused before they are typed; once there is room, typing works
+    and every input that reached a program has its `session.input` record."""
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    try:
+        sent = _sessions_typing_into_files(daemon, tmp_path, 30)
+        (attached_id, attached_file), sent = sent[0], sent[1:]
+        child = spawn_attach(daemon, attached_id)
+        child.expect("READY")
+        _fill(audit_on_tiny_disk)
+        # The log file's last page takes a few more records; then sends are refused.
+        refused = []
+        for sid, _ in sent:
+            r = daemon.run("send", sid, f"typed-{sid}\n")
+            if r.returncode != 0:
+                assert "audit" in r.stderr.lower(), r.stderr
+                refused.append(sid)
+                break
+        assert refused, "every send was accepted although the audit disk is full"
+        # The disk stays full: an attached client's keys are refused as well.
+        child.send("secret-keys\r")
+        child.expect("audit")
+
+        os.unlink(audit_on_tiny_disk / "filler")
+        for sid, _path in [*sent, (attached_id, attached_file)]:
+            daemon.run("send", sid, "after\n", check=True)
+        for _sid, path in [*sent, (attached_id, attached_file)]:
+            until(lambda path=path: path.exists() and b"after\n" in path.read_bytes())
+        audited = _input_records(daemon)
+        for sid, path in sent:
+            typed = path.read_bytes()
+            if sid in refused:
+                assert typed == b"after\n", "refused input reached the program"
+            elif typed != b"after\n":
+                assert typed == f"typed-{sid}\nafter\n".encode()
+                assert sid in audited, f"input reached {sid} with no audit record"
+        assert attached_file.read_bytes() == b"after\n", "unaudited keystrokes were typed"
+        assert attached_id in audited
+        child.terminate(force=True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(audit_on_tiny_disk / "filler")
         daemon.stop()

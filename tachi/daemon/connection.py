@@ -227,6 +227,8 @@ class Connection:
         if client is None or session is None or client.read_only:
             return False
         try:
+            # Audited before it is typed; a burst already audited costs a dict lookup.
+            self.daemon.admit_input(self.principal, session, len(frame.payload))
             if not session.write_now(frame.payload):
                 return False
         except TachiError:
@@ -244,6 +246,7 @@ class Connection:
             self._audit_denied_input(session, client)
             return
         try:
+            self.daemon.admit_input(self.principal, session, len(data))
             await session.write_paced(data)
         except TachiError as exc:
             self.send({"event": "error", "error": exc.to_json()})

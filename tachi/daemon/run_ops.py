@@ -68,6 +68,7 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         window.output_taps.append(tap)
         started = now_ns()
         try:
+            ctx.daemon.admit_input(ctx.principal, session, len(command))
             session.write((typed_line(command, shell, ident) + "\r").encode(), window.id)
             ctx.daemon.note_input(ctx.principal, session, command.encode())
             try:

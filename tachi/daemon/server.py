@@ -343,9 +343,16 @@ class Daemon:
         if kind is not None:
             self.manager.emit(session, kind, {"window": window})
 
+    def admit_input(self, principal: Principal, session: SessionRuntime, size: int) -> None:
+        """Audit input before it reaches the program (one record per burst of typing).
+
+        Raises ``AuditWriteError`` when the record cannot be written and the log
+        fails closed: the caller must then not write the input.
+        """
+        self.sharing.input_burst(principal, session, size)
+
     def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
-        """Input reached a session: attribute the burst, record it if asked to."""
-        self.sharing.input_burst(principal, session, len(data))
+        """Input reached a session (after :meth:`admit_input`): record it if asked to."""
         self.recordings.input(session, data)
 
     # -- sharing ------------------------------------------------------------------

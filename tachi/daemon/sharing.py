@@ -144,11 +144,16 @@ class SharingService:
 
     # -- attribution ----------------------------------------------------------------
     def input_burst(self, principal: Principal, session: SessionRuntime, size: int) -> None:
-        """Audit who typed, once per burst of input rather than per keystroke."""
+        """Audit who is about to type, once per burst of input rather than per keystroke.
+
+        Called before the input reaches the program. Raises ``AuditWriteError``
+        when a burst starts and its record cannot be written (the log fails
+        closed): the caller refuses the input. The burst counts as started only
+        once its record is written, so every later keystroke tries again.
+        """
         key = (session.id, principal.user, principal.grant_id)
         now = time.monotonic()
         last = self._bursts.get(key)
-        self._bursts[key] = now
         if last is None or now - last > BURST_GAP_SECONDS:
             self.daemon.audit_by(
                 principal,
@@ -156,6 +161,7 @@ class SharingService:
                 session.id,
                 details={"grant": principal.grant_id, "bytes": size},
             )
+        self._bursts[key] = now
 
     # -- time -------------------------------------------------------------------------
     def tick(self, now: int) -> None:
