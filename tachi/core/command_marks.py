@@ -2,6 +2,9 @@
 and their exit status (see ``tachi.core.shell_integration``).
 
 Cheap on the hot path: a chunk without ``ESC ] 133 ;`` costs one ``bytes.find``.
+Parsing never raises, whatever the program prints: a malformed mark is ignored
+or read as an unknown exit status (-1), never the end of the output path
+(clients, subscribers, ``tachi run`` and recordings see every chunk).
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ _PREFIX = b"\x1b]133;"
 # ESC ] 133 ; KIND [; PARAMS] then BEL or ST.
 MARK = re.compile(rb"\x1b\]133;([A-Z])((?:;[^\x07\x1b]*)?)(?:\x07|\x1b\\)")
 _MAX_PARTIAL = 256
+# An exit status as a program may print it: ASCII digits only (``str.isdigit``
+# also takes "²", which ``int`` refuses) and short enough for ``int`` and for
+# JSON (a 5,000-digit number raised in both, on the output path).
+_EXIT_CODE = re.compile(r"-?[0-9]{1,10}")
+_INT32 = (-(2**31), 2**31 - 1)
 
 
 @dataclass(slots=True)
@@ -64,9 +72,7 @@ class CommandMarks:
             if ident is None or not self.integrated:
                 self._on_event("command-started", {})
         elif kind == "D":
-            code = -1
-            if params and params[0].lstrip("-").isdigit():
-                code = int(params[0])
+            code = exit_code(params[0] if params else "")
             for waiter in self._waiters:
                 # Only a command that started after the waiter came: an earlier
                 # command's end is not ours.
@@ -83,6 +89,16 @@ class CommandMarks:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.append(_Waiter(ident, future))
         return future
+
+
+def exit_code(text: str) -> int:
+    """The exit status a D mark reports, or -1 when it names none a program can
+    have (missing, malformed, out of the 32-bit range). Never raises: the text
+    is whatever a program printed."""
+    if not _EXIT_CODE.fullmatch(text):
+        return -1
+    code = int(text)
+    return code if _INT32[0] <= code <= _INT32[1] else -1
 
 
 def command_output(data: bytes, ident: str | None) -> bytes:
