@@ -28,6 +28,14 @@ ROLES = ("observer", "collaborator")
 DAEMON_GRANT = "*"
 TOKEN_PREFIX = "tachi_"
 _RANK = {"observer": 1, "collaborator": 2}
+#: What a grant's ``user`` names (its ``userKind``), and the principal kinds
+#: that prove that name: a local account name (``--user``) is proven by the
+#: kernel (``unix``) or by an SSH principal named after the account (docs/ssh.md);
+#: a SPIFFE ID only by an SVID. A name alone never crosses kinds.
+USER_KINDS: dict[str, frozenset[str]] = {
+    "user": frozenset({"unix", "ssh"}),
+    "spiffe": frozenset({"spiffe"}),
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
@@ -42,13 +50,14 @@ CREATE TABLE IF NOT EXISTS grants (
     revoked INTEGER NOT NULL DEFAULT 0,
     grace_until INTEGER,
     replaced_by TEXT,
-    created_by TEXT NOT NULL
+    created_by TEXT NOT NULL,
+    user_kind TEXT
 );
 CREATE INDEX IF NOT EXISTS grants_session ON grants(session_id);
 """
 _COLUMNS = (
     "id, session_id, role, user, token_hash, created_at, expires_at, allow_ips,"
-    " revoked, grace_until, replaced_by, created_by"
+    " revoked, grace_until, replaced_by, created_by, user_kind"
 )
 
 
@@ -67,7 +76,16 @@ class Grant:
     graceUntil: int | None = None
     replacedBy: str | None = None
     createdBy: str = ""
+    #: What ``user`` names: ``user`` (a local account) or ``spiffe`` (see ``USER_KINDS``).
+    userKind: str | None = None
     _token_hash: str = ""
+
+    def binds(self, kind: str, name: str) -> bool:
+        """Whether a principal of ``kind`` named ``name`` is the identity this
+        grant is bound to: same name *and* a kind that proves such a name."""
+        if self.user is None or name != self.user:
+            return False
+        return kind in USER_KINDS.get(self.userKind or "", frozenset({self.userKind}))
 
     def ends_at(self) -> int | None:
         """When it stops being usable: expiry or the end of its rotation grace."""
@@ -84,6 +102,7 @@ class Grant:
             "sessionId": self.sessionId,
             "role": self.role,
             "user": self.user,
+            "userKind": self.userKind,
             "createdAt": format_rfc3339(self.createdAt),
             "expiresAt": format_rfc3339(self.expiresAt) if self.expiresAt else None,
             "allowIps": list(self.allowIps),
@@ -109,6 +128,10 @@ class GrantStore:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(grants)")}
+        if "user_kind" not in columns:
+            # Databases from before grants recorded what their user names.
+            db.execute("ALTER TABLE grants ADD COLUMN user_kind TEXT")
 
     # -- creating ---------------------------------------------------------------
     def create(
@@ -121,9 +144,12 @@ class GrantStore:
         ttl_ns: int | None = None,
         allow_ips: Sequence[str] = (),
         expires_at: int | None = None,
+        user_kind: str | None = None,
     ) -> tuple[Grant, str]:
         """Create a grant; returns it with its token, which is not stored anywhere.
 
+        ``user_kind`` says what ``user`` names (``user``: a local account,
+        ``spiffe``: a SPIFFE ID); by default it is inferred from the name.
         Raises ``InvalidRequest`` for an unknown role, a malformed CIDR or a ttl ≤ 0.
         """
         if session_id == DAEMON_GRANT:
@@ -134,6 +160,8 @@ class GrantStore:
         if ttl_ns is not None and ttl_ns <= 0:
             raise InvalidRequest("ttl must be positive")
         networks = [_network(c) for c in allow_ips]
+        if user is not None and user_kind is None:
+            user_kind = _infer_kind(user)
         now = now_ns()
         grant = Grant(
             id="g_" + secrets.token_hex(4),
@@ -144,11 +172,12 @@ class GrantStore:
             expiresAt=expires_at if ttl_ns is None else now + ttl_ns,
             allowIps=[str(n) for n in networks],
             createdBy=created_by,
+            userKind=user_kind if user is not None else None,
         )
         token = new_token()
         grant._token_hash = hash_token(token)
         self._db.execute(
-            f"INSERT INTO grants({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL, ?)",
+            f"INSERT INTO grants({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, NULL, ?, ?)",
             (
                 grant.id,
                 session_id,
@@ -159,6 +188,7 @@ class GrantStore:
                 grant.expiresAt,
                 ",".join(grant.allowIps),
                 created_by,
+                grant.userKind,
             ),
         )
         return grant, token
@@ -187,19 +217,27 @@ class GrantStore:
         now = now_ns()
         return grants if include_inactive else [g for g in grants if g.active(now)]
 
-    def for_user(self, session_id: str, user: str, *, now: int | None = None) -> Grant | None:
-        """The strongest active grant naming local ``user`` on the session."""
+    def for_user(
+        self, session_id: str, user: str, *, kind: str = "unix", now: int | None = None
+    ) -> Grant | None:
+        """The strongest active grant bound to the identity ``user`` of principal
+        kind ``kind`` on the session (``Grant.binds``: name and kind)."""
         now = now_ns() if now is None else now
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM grants WHERE session_id = ? AND user = ?", (session_id, user)
         ).fetchall()
-        active = [g for g in map(_from_row, rows) if g.active(now)]
+        active = [g for g in map(_from_row, rows) if g.active(now) and g.binds(kind, user)]
         return max(active, key=lambda g: _RANK[g.role], default=None)
 
-    def users_with_grants(self, *, now: int | None = None) -> set[str]:
+    def users_with_grants(self, *, kind: str = "unix", now: int | None = None) -> set[str]:
+        """Names of ``kind`` principals that hold an active grant somewhere."""
         now = now_ns() if now is None else now
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM grants WHERE user IS NOT NULL").fetchall()
-        return {g.user for g in map(_from_row, rows) if g.user and g.active(now)}
+        return {
+            g.user
+            for g in map(_from_row, rows)
+            if g.user and g.active(now) and g.binds(kind, g.user)
+        }
 
     def expired_between(self, start_ns: int, end_ns: int) -> list[Grant]:
         """Grants whose expiry or grace end fell in ``[start_ns, end_ns)``."""
@@ -241,6 +279,7 @@ class GrantStore:
                 user=old.user,
                 allow_ips=old.allowIps,
                 expires_at=old.expiresAt,
+                user_kind=old.userKind,
             )
             grace_end = now + max(grace_ns, 0)
             self._db.execute(
@@ -295,6 +334,12 @@ def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InvalidRequest(f"invalid network {cidr!r} (use CIDR such as 10.0.0.0/8)") from None
 
 
+def _infer_kind(user: str) -> str:
+    """What a grant's name is, for grants made without saying: a local account
+    name cannot contain ``:`` or ``/``, so ``spiffe://…`` is a SPIFFE ID."""
+    return "spiffe" if user.startswith("spiffe://") else "user"
+
+
 def _from_row(row: Sequence[Any]) -> Grant:
     return Grant(
         id=row[0],
@@ -309,4 +354,5 @@ def _from_row(row: Sequence[Any]) -> Grant:
         graceUntil=row[9],
         replacedBy=row[10],
         createdBy=row[11],
+        userKind=row[12] or (_infer_kind(row[3]) if row[3] else None),
     )

@@ -20,8 +20,13 @@ from tachi.models import Session
 def role_on(principal: Principal, session: Any) -> str | None:
     """The principal's role on a live session or a closed session's record."""
     if isinstance(session, Session):
-        if (principal.grant_id is None or principal.grant_session == "*") and (
-            principal.user == session.userId
+        # Owners are local users (live sessions compare the uid): a network
+        # identity that merely shares the owner's name (an SSH principal
+        # "root", say) owns nothing.
+        if (
+            (principal.grant_id is None or principal.grant_session == "*")
+            and principal.uid is not None
+            and principal.user == session.userId
         ):
             return "owner"
         return None

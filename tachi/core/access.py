@@ -59,7 +59,7 @@ class SessionAccess:
         if principal.uid is not None and principal.uid == self.owner_uid:
             return "owner"
         if self.grants is not None:
-            grant = self.grants.for_user(self.session_id, principal.user)
+            grant = self.grants.for_user(self.session_id, principal.user, kind=principal.kind)
             if grant is not None:
                 return grant.role
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pwd
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,13 @@ class Principal:
         return cls(
             user=user_name(uid), uid=uid, source=f"uid:{uid}" + (f",pid:{pid}" if pid else "")
         )
+
+    @property
+    def is_local_owner(self) -> bool:
+        """The daemon's own user, proven by the kernel (peer credentials on the
+        Unix socket), with no token: not an SSH or SPIFFE principal that *acts
+        as* the daemon's user, whose key or certificate may be taken away."""
+        return self.kind == "unix" and self.grant_id is None and self.uid == os.getuid()
 
     @property
     def identity(self) -> tuple[str, str]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from tachi.core.pty import default_signals
 from tachi.daemon.ops import RequestContext, arg_dict, arg_float, arg_str, operation
+from tachi.daemon.token_ops import require_local_owner
 from tachi.errors import Conflict, InvalidRequest, NotFound
 from tachi.gotime import now_ns
 
@@ -98,6 +99,7 @@ def _job(ctx: RequestContext) -> ExecJob:
 @operation("exec.start")
 async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.daemon.authorize(ctx.principal, "exec", None)
+    require_local_owner(ctx, "exec.start", daemon_token=True)
     if getattr(ctx.connection, "exec_job", None) is not None:
         raise Conflict("this connection already runs a command")
     argv = args.get("command")

@@ -293,7 +293,7 @@ class Daemon:
                 peer_ip=peer.address,
                 kind="token",
             )
-        if grant.user and (identity is None or identity.user != grant.user):
+        if grant.user and (identity is None or not grant.binds(identity.kind, identity.user)):
             # A grant for a named identity is that identity's: nobody may borrow its token.
             reason = f"token of grant {grant.id} belongs to {grant.user}"
             if identity is None and peer.address is not None:

@@ -52,6 +52,8 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
         self.principal: Principal | None = None
         self.channels: set[SessionChannel] = set()
         self._candidate: tuple[str, KeyMatch] | None = None
+        #: The principals of the certificate being checked (see _CertificatePrincipals).
+        self._cert_principals: tuple[str, ...] = ()
         self._failures: list[str] = []
         self._audited = False
         self._started = time.monotonic()
@@ -131,6 +133,11 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
         self.peer = Peer(
             transport="ssh", address=self.peer.address, port=self.peer.port, username=username
         )
+        if self.conn is not None:
+            # Lets us see each offered certificate's principals before asyncssh
+            # asks validate_ca_key, which gets only the CA key. Set here, as
+            # asyncssh re-reads its options just before begin_auth.
+            self.conn.set_authorized_keys(_CertificatePrincipals(self))
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -147,10 +154,15 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         # asyncssh checks the certificate's signature, validity and that it
-        # lists ``username`` as a principal; we only say which CAs we trust.
+        # lists ``username`` as a principal -- but it takes an empty list as
+        # "any user". OpenSSH's sshd refuses such a certificate (no principals,
+        # no login); so do we, before trusting the CA.
         fp = fingerprint(key)
         if not self.keys.is_ca(key):
             self._failures.append(f"certificate signed by an untrusted CA {fp}")
+            return False
+        if not self._cert_principals:
+            self._failures.append(f"certificate signed by CA {fp} lists no principals")
             return False
         line = key.export_public_key().decode().strip()
         self._candidate = ("certificate", KeyMatch(username, line, fp))
@@ -257,22 +269,66 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
             return
 
     def _grant_active(self) -> bool:
-        """Whether a token principal's grant still holds; a rotated grant is
-        followed to its replacement (its holders were handed the new token)."""
+        """Whether a token principal's grant still holds.
+
+        The connection lives as long as the grant it logged in with: a revoked,
+        expired or rotated-out grant ends it. A rotation is followed only when
+        this connection was attached at the time and so was handed the new
+        token in-band (its attached client holds the new grant now); a
+        connection that was not attached never learned the new token."""
         p = self.principal
         if p is None or p.grant_id is None or p.grant_session is None:
             return True
-        grant_id: str | None = p.grant_id
         now = now_ns()
-        for _ in range(16):  # bounded: a rotation chain is short
-            try:
-                grant = self.daemon.grants.get(p.grant_session, grant_id or "")
-            except NotFound:
-                return False
-            if grant.active(now):
-                return True
-            grant_id = grant.replacedBy
-            if grant_id is None:
-                return False
-            self.principal = replace(p, grant_id=grant_id)
-        return False
+        try:
+            grant = self.daemon.grants.get(p.grant_session, p.grant_id)
+        except NotFound:
+            return False
+        if grant.active(now):
+            return True
+        handed = self._handed_grant(p.grant_session, grant.replacedBy)
+        if handed is None:
+            return False
+        self.principal = replace(p, grant_id=handed)
+        return True
+
+    def _handed_grant(self, session_id: str, replacement: str | None) -> str | None:
+        """The live replacement grant one of this connection's attached clients
+        holds (``SharingService.rotate`` handed it the new token), if any."""
+        session = self.daemon.manager.sessions.get(session_id)
+        if replacement is None or session is None:
+            return None
+        if not self.daemon.grants.is_active(session_id, replacement):
+            return None
+        for client in list(session.clients.values()):
+            p = client.principal
+            if p.source == self.peer.source and p.grant_id == replacement:
+                return replacement
+        return None
+
+
+class _CertificatePrincipals:
+    """Stands in for asyncssh's ``authorized_client_keys`` on one connection.
+
+    asyncssh calls ``validate(ca_key, host, addr, cert.principals, ca=True)``
+    on it right before ``validate_ca_key`` for each offered certificate: we note
+    the principals and trust nothing here (``None``), so keys and CAs are still
+    decided by ``SSHLogin``'s own checks."""
+
+    def __init__(self, login: SSHLogin) -> None:
+        self._login = login
+
+    def validate(
+        self,
+        key: asyncssh.SSHKey,
+        client_host: str,
+        client_addr: str,
+        cert_principals: Any = None,
+        ca: bool = False,
+    ) -> None:
+        if ca:
+            self._login._cert_principals = tuple(cert_principals or ())
+        return None
+
+    def validate_x509(self, *args: Any, **kwargs: Any) -> None:
+        return None  # X.509 client certificates are not offered
