@@ -57,14 +57,33 @@ LOST = 255
 
 
 def default_socket() -> str:
-    """The daemon socket without ``--socket``: ``$TACHI_SOCKET``,
-    ``$XDG_RUNTIME_DIR/tachi/default.sock``, else ``/tmp/tachi-$UID/default.sock``.
-    (``tachi.paths.socket_path`` is this as a ``Path``.)"""
+    """The daemon socket without ``--socket``: ``$TACHI_SOCKET``, else
+    ``$TACHI_HOME/tachi.sock``, else ``$XDG_RUNTIME_DIR/tachi/default.sock``, else
+    ``/tmp/tachi-$UID/default.sock``. (``tachi.paths.socket_path`` is this as a ``Path``.)
+
+    ``TACHI_HOME`` alone isolates a daemon: two jobs that set only it used to
+    share one daemon, which wrote into the first job's home. A home whose socket
+    path would pass the kernel's limit (108 bytes) gets
+    ``/tmp/tachi-$UID/home-HASH.sock``, named after the home."""
     if env := os.environ.get("TACHI_SOCKET"):
         return env
+    if home := os.environ.get("TACHI_HOME"):
+        home = os.path.abspath(home)
+        path = os.path.join(home, "tachi.sock")
+        if len(os.fsencode(path)) < 100:
+            return path
+        return f"/tmp/tachi-{os.getuid()}/home-{_fnv1a(os.fsencode(home)):016x}.sock"
     if runtime := os.environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(runtime, "tachi", "default.sock")
     return f"/tmp/tachi-{os.getuid()}/default.sock"
+
+
+def _fnv1a(data: bytes) -> int:
+    """A 64-bit FNV-1a hash (hashlib would cost this process its import)."""
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
 
 
 #: The ``tachi`` group's options that take a value (see ``tachi.cli.main.cli``).

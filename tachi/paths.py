@@ -9,8 +9,9 @@ from tachi.launch import default_socket
 
 
 def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The daemon socket: ``--socket``, ``$TACHI_SOCKET``, ``$XDG_RUNTIME_DIR/tachi/default.sock``,
-    else ``/tmp/tachi-$UID/default.sock``."""
+    """The daemon socket: ``--socket``, ``$TACHI_SOCKET``, ``$TACHI_HOME/tachi.sock``,
+    ``$XDG_RUNTIME_DIR/tachi/default.sock``, else ``/tmp/tachi-$UID/default.sock``
+    (see :func:`tachi.launch.default_socket`)."""
     return Path(explicit or default_socket())
 
 

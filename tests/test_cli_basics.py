@@ -183,14 +183,15 @@ def test_tachi_works_inside_a_session(tachi_daemon):
 
 
 def test_nested_attach_warns_and_refuses_its_own_session(tachi_daemon):
-    outer = tachi_daemon.new(*SHELL)
+    outer = tachi_daemon.new(*SHELL, name="outer")
     inner = tachi_daemon.new(*SHELL)
     env = {**tachi_daemon.env, "TACHI_SESSION": outer["id"]}
-    argv = tachi_daemon.tachi_argv("attach", outer["id"])
-    own = pexpect.spawn(argv[0], argv[1:], env=env, timeout=15)
-    own.expect(pexpect.EOF)
-    own.close()
-    assert own.exitstatus == 2 and "to itself" in own.before.decode()
+    for ref in (outer["id"], "outer"):  # by its name too: it would feed itself for ever
+        argv = tachi_daemon.tachi_argv("attach", ref)
+        own = pexpect.spawn(argv[0], argv[1:], env=env, timeout=15)
+        own.expect(pexpect.EOF)
+        own.close()
+        assert own.exitstatus == 2 and "to itself" in own.before.decode(), ref
     argv = tachi_daemon.tachi_argv("attach", inner["id"])
     nested = pexpect.spawn(argv[0], argv[1:], env=env, timeout=15)
     nested.expect("warning: attaching from inside session")

@@ -120,6 +120,11 @@ class TachiGroup(click.Group):
         except click.exceptions.Abort:
             click.echo("tachi: interrupted", err=True)
             sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # `tachi` or `tachi window` alone: the help a person asked for, whole.
+            assert exc.ctx is not None
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         except click.UsageError as exc:
             ctx = exc.ctx
             while ctx is not None and ctx.command.hidden and ctx.parent is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -11,7 +12,7 @@ import click
 from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, cli, env_pairs, json_option, pass_ctx, token_option
 from tachi.cli.output import ago, emit_json, fields, plural, table
-from tachi.errors import InvalidRequest
+from tachi.errors import InvalidRequest, TachiError
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
@@ -292,7 +293,7 @@ def _attach(
     from tachi.cli.attach import attach
     from tachi.cli.keys import parse_key
 
-    _refuse_nesting(session)
+    _refuse_nesting(ctx, session)
     cfg = config_mod.load()
     try:
         prefix = parse_key(cfg.prefix_key)
@@ -311,12 +312,17 @@ def _attach(
     sys.exit(outcome.status)
 
 
-def _refuse_nesting(session: str) -> None:
+def _refuse_nesting(ctx: Context, session: str) -> None:
     """Inside a tachi session, attaching nests one client in another (as in tmux):
-    warn, and refuse outright when it is the very session we are in."""
+    warn, and refuse outright when it is the very session we are in, named by
+    its id or its name (its output would feed itself for ever)."""
     inside = os.environ.get("TACHI_SESSION")
     if not inside or not sys.stdin.isatty():
         return
+    if session != inside and ctx.host is None:
+        # A name (or a prefix of the id): ask the daemon which session it is.
+        with contextlib.suppress(TachiError), ctx.client() as client:
+            session = client.get(session).id
     if session == inside:
         raise InvalidRequest(
             f"refusing to attach session {inside} to itself (this shell runs inside it)"

@@ -27,7 +27,10 @@ _PAGES = {"": "index.html", "s": "terminal.html", "r": "player.html"}
 _SECURITY_HEADERS = [
     (
         "Content-Security-Policy",
-        "default-src 'self'; style-src 'self' 'unsafe-inline'; worker-src 'self' blob:;"
+        # 'wasm-unsafe-eval': asciinema-player parses recordings in WebAssembly
+        # (without it the player page stays blank); it allows no JavaScript eval.
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval';"
+        " style-src 'self' 'unsafe-inline'; worker-src 'self' blob:;"
         " img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),

@@ -146,6 +146,8 @@ def test_the_index_lists_sessions_and_a_recording_plays(remote: Remote, browser:
     rec = json.loads(remote.daemon.run("record", "ls", "--json", check=True).stdout)[0]
     base = remote.url.replace("wss://", "https://")
     page = _page(browser)
+    refused: list[str] = []  # what the page's Content-Security-Policy blocked
+    page.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
     page.goto(f"{base}/#token={remote.token}")
     page.wait_for_selector(f"text={s['id']}")
     assert "listed" in page.inner_text("#sessions")
@@ -153,3 +155,9 @@ def test_the_index_lists_sessions_and_a_recording_plays(remote: Remote, browser:
     page.wait_for_function("() => window.tachiPlayer !== undefined")
     assert "events" in page.inner_text("#status")
     page.wait_for_selector(".ap-player")
+    # Frames play: the recorded text is drawn and the clock moves past zero.
+    page.wait_for_function(
+        "() => (document.querySelector('.ap-term')?.textContent || '').includes('recorded-6')"
+    )
+    page.wait_for_function("async () => (await window.tachiPlayer.getCurrentTime()) > 0")
+    assert refused == []

@@ -1,0 +1,54 @@
+"""What a new user meets first: help with no arguments, one variable that isolates a daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tachi.testing import short_tempdir
+
+
+def _tachi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tachi", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_tachi_alone_prints_the_help_on_several_lines(tachi_home):
+    env = {**os.environ, "TACHI_HOME": str(tachi_home), "TACHI_SOCKET": str(tachi_home / "s")}
+    for argv in ((), ("window",), ("record",)):
+        result = _tachi(*argv, env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert result.stdout.startswith("Usage: tachi"), result.stdout
+        assert len(result.stdout.splitlines()) > 5
+        assert "Commands:" in result.stdout
+
+
+def test_tachi_home_alone_isolates_the_daemon():
+    """Two jobs that set only TACHI_HOME get two daemons, each writing in its own home."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TACHI_SOCKET", "XDG_RUNTIME_DIR")}
+    with short_tempdir() as one, short_tempdir() as two:
+        envs = [{**env, "TACHI_HOME": str(home)} for home in (one, two)]
+        try:
+            for job in envs:
+                result = _tachi("new", "-d", "--json", "--", "sleep", "60", env=job)
+                assert result.returncode == 0, result.stderr
+            statuses = [
+                json.loads(_tachi("daemon", "status", "--json", env=job).stdout) for job in envs
+            ]
+            assert statuses[0]["pid"] != statuses[1]["pid"]
+            for home, status in zip((one, two), statuses, strict=True):
+                assert status["socket"] == str(home / "tachi.sock")
+                assert status["stateDir"] == str(home / "state")
+                assert status["sessions"] == 1
+        finally:
+            for job in envs:
+                _tachi("daemon", "stop", env=job)
