@@ -52,3 +52,12 @@ def test_tachi_home_alone_isolates_the_daemon():
         finally:
             for job in envs:
                 _tachi("daemon", "stop", env=job)
+
+
+def test_token_ls_shows_each_tokens_state(tachi_daemon):
+    active = json.loads(tachi_daemon.run("token", "create", "--json", check=True).stdout)
+    revoked = json.loads(tachi_daemon.run("token", "create", "--json", check=True).stdout)
+    tachi_daemon.run("token", "revoke", revoked["id"], check=True)
+    rows = tachi_daemon.run("token", "ls", "--all", check=True).stdout.splitlines()
+    state = {row.split()[0]: row.split()[-1] for row in rows[1:]}
+    assert state == {active["id"]: "active", revoked["id"]: "revoked"}

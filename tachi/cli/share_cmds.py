@@ -91,9 +91,11 @@ def share_create(
         click.echo(f"{user} joins with their own identity (no token), by running:", err=True)
     else:
         click.echo(f"token (shown once): {grant['token']}", err=True)
-    click.echo(grant["attach"])
     for link in grant.get("links", []):
-        click.echo(f"{link['label']}: {link['url']}")
+        # Notes for the person, like the token: stdout is the command alone, for
+        # `$(tachi share …)`; --json has every link.
+        click.echo(f"{link['label']}: {link['url']}", err=True)
+    click.echo(grant["attach"])
 
 
 @share.command("ls")
@@ -233,7 +235,7 @@ def token_ls(ctx: Context, show_all: bool, as_json: bool) -> None:
                 t["createdAt"],
                 t.get("expiresAt") or "never",
                 ",".join(t.get("allowIps") or []) or "any",
-                t.get("state", ""),
+                _grant_state(t),
             ]
             for t in tokens
         ],
@@ -305,15 +307,22 @@ def audit(click_ctx: click.Context, session: str | None, since: str | None, as_j
 
 
 @audit.command("verify")
+@click.option(
+    "--recordings", is_flag=True, help="Also check every recording against its audited SHA-256."
+)
 @pass_ctx
-def verify(ctx: Context) -> None:
-    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record."""
+def verify(ctx: Context, recordings: bool) -> None:
+    """Check the hash chain and signed checkpoints; exit 1 naming the first bad record
+    (with --recordings, or a recording file that was changed)."""
     from tachi.audit import verify as verify_log
     from tachi.paths import state_dir
 
     result = verify_log(state_dir() / "audit")
-    if result.ok:
-        click.echo(f"audit log ok: {result.records} records, {result.checkpoints} checkpoints")
-        return
-    click.echo(f"tachi: audit log verification failed: {result.problem}", err=True)
-    sys.exit(1)
+    if not result.ok:
+        click.echo(f"tachi: audit log verification failed: {result.problem}", err=True)
+        sys.exit(1)
+    click.echo(f"audit log ok: {result.records} records, {result.checkpoints} checkpoints")
+    if recordings:
+        from tachi.cli.record_cmds import check_recordings
+
+        check_recordings(None)

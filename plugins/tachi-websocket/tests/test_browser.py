@@ -45,9 +45,10 @@ def _page(browser: Browser) -> Page:
 
 
 def _share_link(remote: Remote, sid: str, role: str) -> str:
-    out = remote.daemon.run("share", sid, "--role", role, check=True).stdout
-    match = re.search(r"^browser: (\S+)$", out, re.M)
-    assert match, out
+    result = remote.daemon.run("share", sid, "--role", role, check=True)
+    assert result.stdout.count("\n") == 1 and "tachi attach" in result.stdout  # the command alone
+    match = re.search(r"^browser: (\S+)$", result.stderr, re.M)
+    assert match, result.stderr
     return match.group(1)
 
 
