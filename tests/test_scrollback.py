@@ -11,6 +11,7 @@ import time
 
 import avt
 import pexpect
+import pytest
 
 from helpers import SHELL, capture, get, spawn_attach, until, wait_match
 from tachi.cli.copy_mode import CopyMode
@@ -179,3 +180,14 @@ def test_a_larger_terminal_shows_the_unused_area(tachi_daemon):
     for child in (small, big):
         child.send(PREFIX + "d")
         child.expect(pexpect.EOF)
+
+
+@pytest.mark.parametrize("cols", [80, 120])
+def test_copy_mode_help_fits_the_status_line(cols):
+    """At 80 columns the full help is cut: the status line says a shorter one, whole."""
+    written: list[bytes] = []
+    cm = CopyMode([f"line {i}" for i in range(1000)], rows=24, cols=cols, write=written.append)
+    cm.render()
+    status = written[-1].decode().rsplit("\x1b[24;1H\x1b[0;7m", 1)[1].split("\x1b[K")[0]
+    assert status.endswith("enter copy"), status
+    assert len(status) < cols

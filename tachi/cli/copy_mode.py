@@ -14,6 +14,8 @@ import base64
 from collections.abc import Callable
 
 HELP = "q quit  ↑↓ PgUp PgDn g G scroll  / ? n N search  space select  enter copy"
+#: The help, shorter, for terminals too narrow for ``HELP`` (80 columns).
+SHORT_HELP = "q quit  / search  space select  enter copy"
 
 
 class CopyMode:
@@ -122,10 +124,11 @@ class CopyMode:
             elif i == self.cursor:
                 text = f"\x1b[1;4m{text or ' '}\x1b[0m"
             out.append(f"\x1b[{row + 1};1H{text}")
-        status = (
-            ("/" if self.forward else "?") + self.prompt
-            if self.prompt is not None
-            else f"[copy mode] {self.cursor + 1}/{len(self.lines)}  {self.message}"
-        )
+        if self.prompt is not None:
+            status = ("/" if self.forward else "?") + self.prompt
+        else:
+            status = f"[copy mode] {self.cursor + 1}/{len(self.lines)}  {self.message}"
+            if self.message == HELP and len(status) >= self.cols:
+                status = f"[copy mode] {self.cursor + 1}/{len(self.lines)}  {SHORT_HELP}"
         out.append(f"\x1b[{self.rows + 1};1H\x1b[0;7m{status[: self.cols - 1]}\x1b[K\x1b[0m")
         self._write("".join(out).encode())
