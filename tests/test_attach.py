@@ -17,7 +17,7 @@ PREFIX = "\x1c"  # Ctrl-\
 
 
 def test_attach_shows_the_existing_screen_then_typing_works(tachi_daemon):
-    s = tachi_daemon.new(*SHELL)
+    s = tachi_daemon.new(*SHELL, name="earlier")
     tachi_daemon.run(
         "send", s["id"], r"printf '\\033[1;31mEARLIER\\033[0m-%s\\n' output\n", check=True
     )
@@ -33,7 +33,7 @@ def test_attach_shows_the_existing_screen_then_typing_works(tachi_daemon):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
-    assert "[detached from session" in child.before.decode()
+    assert "[detached from session earlier]" in child.before.decode()  # its name, as given
     assert until(lambda: get(tachi_daemon, s["id"])["state"] == "suspended")
 
 

@@ -61,3 +61,15 @@ def test_token_ls_shows_each_tokens_state(tachi_daemon):
     rows = tachi_daemon.run("token", "ls", "--all", check=True).stdout.splitlines()
     state = {row.split()[0]: row.split()[-1] for row in rows[1:]}
     assert state == {active["id"]: "active", revoked["id"]: "revoked"}
+
+
+def test_a_name_that_looks_like_an_id_is_refused(tachi_daemon):
+    """Ids are looked up first: a session named like an id could never be reached by name."""
+    first = tachi_daemon.new("sleep", "60")
+    for name in (first["id"], "0badc0de"):
+        result = tachi_daemon.run("new", "-d", "--name", name, "--", "sleep", "60")
+        assert result.returncode == 2, result.stderr
+        assert "looks like a session id" in result.stderr
+    s = tachi_daemon.new("sleep", "60", name="deadbeef-2")
+    assert tachi_daemon.run("rename", s["id"], "feedface").returncode == 2
+    assert tachi_daemon.new("sleep", "60", name="c0ffee42x")["name"] == "c0ffee42x"

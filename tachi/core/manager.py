@@ -37,6 +37,10 @@ PRUNE_INTERVAL_NS = 3600 * 1_000_000_000
 AuditFn = Callable[..., Any]
 
 
+#: Session ids are this many lowercase hex digits.
+ID_LENGTH = 8
+
+
 class SessionManager:
     """Owns every live ``SessionRuntime`` of the daemon."""
 
@@ -167,7 +171,7 @@ class SessionManager:
 
     def _new_id(self) -> str:
         while True:
-            candidate = secrets.token_hex(4)
+            candidate = secrets.token_hex(ID_LENGTH // 2)
             if candidate not in self.sessions and self.store.get(candidate) is None:
                 return candidate
 
@@ -327,6 +331,13 @@ def _check_name(name: str) -> None:
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise InvalidRequest(
             f"invalid session name {name!r}: use 1-64 letters, digits, '-', '_' or '.'"
+        )
+    if len(name) == ID_LENGTH and all(c in "0123456789abcdef" for c in name):
+        # Ids are looked up before names: a session named like another's id
+        # could never be reached by its name.
+        raise InvalidRequest(
+            f"invalid session name {name!r}: it looks like a session id"
+            f" ({ID_LENGTH} hex digits); add a letter outside a-f, or a '-'"
         )
 
 
