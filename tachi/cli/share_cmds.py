@@ -95,6 +95,8 @@ def share_create(
         # Notes for the person, like the token: stdout is the command alone, for
         # `$(tachi share …)`; --json has every link.
         click.echo(f"{link['label']}: {link['url']}", err=True)
+        if link.get("warning"):
+            click.echo(f"warning: {link['warning']}", err=True)
     click.echo(grant["attach"])
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.errors import PermissionDenied, ProtocolError
 from tachi_websocket import tls
+from tachi_websocket.links import is_loopback, reachable_host
 from tachi_websocket.settings import Settings
 
 if TYPE_CHECKING:
@@ -211,10 +211,19 @@ class WebSocketTransport:
             return None
         s = self.settings
         base = s.public_url or self.url.replace("wss://", "https://").replace("ws://", "http://")
+        warning = None
         if not s.public_url and s.host in ("0.0.0.0", "::"):
-            host = socket.getfqdn()
+            host, warning = reachable_host()
             base = f"{'https' if self._tls else 'http'}://{host}:{s.port}"
-        return {"label": "browser", "url": f"{base.rstrip('/')}/s/{session_id}#token={token}"}
+        elif not s.public_url and is_loopback(s.host):
+            warning = (
+                f"this link only works on this host (the listener is on {s.host}):"
+                " listen on an address others reach, or set [transports.websocket] public_url"
+            )
+        link = {"label": "browser", "url": f"{base.rstrip('/')}/s/{session_id}#token={token}"}
+        if warning:
+            link["warning"] = warning
+        return link
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.url, "connections": len(self._connections)}
