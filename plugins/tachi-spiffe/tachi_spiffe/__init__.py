@@ -18,6 +18,7 @@ from tachi.core.principal import Principal
 from tachi.errors import PermissionDenied
 from tachi.hookspecs import hookimpl
 from tachi_spiffe import settings as settings_mod
+from tachi_spiffe.bundles import check_issuer
 from tachi_spiffe.svid import matches, spiffe_id_of
 
 __version__ = "0.1.0"
@@ -25,6 +26,8 @@ __version__ = "0.1.0"
 
 class _State:
     settings: settings_mod.Settings | None = None
+    #: The listener's context, with each trust domain's CAs (``bundles``).
+    server: Any = None
 
 
 _state = _State()
@@ -57,12 +60,16 @@ def tachi_server_tls(transport: str, config: Any) -> Any:
 
         from tachi_spiffe.workload import WorkloadFiles
 
-        files = WorkloadFiles(s.workload_api, config.state_dir / "spiffe")
+        files = WorkloadFiles(s.workload_api, config.state_dir / "spiffe", s.trust_domains)
         files.watch()
         s = _state.settings = replace(
-            s, svid_cert=files.cert, svid_key=files.key, trust_bundle=files.bundle
+            s,
+            svid_cert=files.cert,
+            svid_key=files.key,
+            trust_bundle=None,
+            trust_bundles={d: files.bundle_for(d) for d in s.trust_domains},
         )
-    server = ServerContext(s)
+    server = _state.server = ServerContext(s)
     server.watch()
     return server.context
 
@@ -73,7 +80,12 @@ def tachi_authenticate(peer: Peer) -> Principal | None:
     s = _state.settings
     if s is None or not peer.tls_chain:
         return None
-    spiffe_id = str(spiffe_id_of(peer.tls_chain[0], s.trust_domains))
+    parsed = spiffe_id_of(peer.tls_chain[0], s.trust_domains)
+    if _state.server is not None:
+        # The handshake trusted every configured CA; the SVID must chain to
+        # its own trust domain's (SPIFFE federation: one bundle per domain).
+        check_issuer(peer.tls_chain, str(parsed.trust_domain), _state.server.bundles)
+    spiffe_id = str(parsed)
     owner = role_for(spiffe_id, s) == "owner"
     return Principal(
         user=spiffe_id,

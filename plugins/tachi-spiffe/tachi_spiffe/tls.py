@@ -14,31 +14,27 @@ import logging
 import ssl
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from spiffe import TrustDomain, X509Bundle, X509Svid
+from spiffe import X509Svid
 from spiffe.errors import PySpiffeError
 
 from tachi.errors import InvalidRequest
+from tachi_spiffe import bundles
 from tachi_spiffe.settings import Settings
 
 log = logging.getLogger("tachi.spiffe")
 RELOAD_SECONDS = 1.0
 
 
-def check_files(settings: Settings) -> None:
-    """Validate our SVID (leaf rules, key match) and the bundle with the spiffe
-    library. Raises ``InvalidRequest`` naming the file."""
+def check_files(settings: Settings) -> dict[str, tuple[x509.Certificate, ...]]:
+    """Validate our SVID (leaf rules, key match) with the spiffe library, and
+    read each trust domain's CAs. Raises ``InvalidRequest`` naming the file."""
     try:
         X509Svid.load(settings.svid_cert, settings.svid_key, Encoding.PEM)
     except (PySpiffeError, OSError, ValueError) as exc:
         raise InvalidRequest(f"identity.spiffe: SVID {settings.svid_cert}: {exc}") from None
-    for domain in settings.trust_domains:
-        try:
-            X509Bundle.load(TrustDomain(domain), settings.trust_bundle, Encoding.PEM)
-        except (PySpiffeError, OSError, ValueError) as exc:
-            raise InvalidRequest(
-                f"identity.spiffe: trust bundle {settings.trust_bundle}: {exc}"
-            ) from None
+    return bundles.load(settings.trust_domains, settings.trust_bundles, settings.trust_bundle)
 
 
 def _stamp(paths: list[Path]) -> tuple[float, ...]:
@@ -56,8 +52,11 @@ class ServerContext:
         self.context.verify_mode = (
             ssl.CERT_REQUIRED if settings.require_client_cert else ssl.CERT_OPTIONAL
         )
-        self._paths = [settings.svid_cert, settings.svid_key, settings.trust_bundle]
+        self._paths = [settings.svid_cert, settings.svid_key, *settings.bundle_files()]
         self._stamp: tuple[float, ...] = ()
+        #: Each trust domain's CAs, for ``bundles.check_issuer`` (a CA removed
+        #: from a file stops counting at the next reload, unlike OpenSSL's store).
+        self.bundles: dict[str, tuple[x509.Certificate, ...]] = {}
         self.reload()
 
     def reload(self) -> bool:
@@ -66,9 +65,11 @@ class ServerContext:
         if stamp == self._stamp:
             return False
         try:
-            check_files(self.settings)
+            loaded = check_files(self.settings)
             self.context.load_cert_chain(self.settings.svid_cert, self.settings.svid_key)
-            self.context.load_verify_locations(self.settings.trust_bundle)
+            for path in self.settings.bundle_files():
+                if path.stat().st_size:  # a domain the Workload API has no bundle for yet
+                    self.context.load_verify_locations(path)
         except (InvalidRequest, OSError, ssl.SSLError) as exc:
             if not self._stamp:
                 raise InvalidRequest(f"identity.spiffe: {exc}") from None
@@ -77,6 +78,7 @@ class ServerContext:
             return False
         if self._stamp:
             log.info("reloaded the SVID and trust bundle")
+        self.bundles = loaded
         self._stamp = stamp
         return True
 

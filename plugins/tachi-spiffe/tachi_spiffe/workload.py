@@ -24,13 +24,14 @@ SYNC_SECONDS = 1.0
 
 
 class WorkloadFiles:
-    """Mirror the Workload API's default SVID and bundles into three files."""
+    """Mirror the Workload API's default SVID, and each trust domain's bundle, into files."""
 
-    def __init__(self, socket: str, directory: Path) -> None:
+    def __init__(self, socket: str, directory: Path, domains: frozenset[str]) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.directory = directory
+        self.domains = domains
         self.cert = directory / "svid.pem"
         self.key = directory / "svid_key.pem"
-        self.bundle = directory / "bundle.pem"
         try:
             self.source = X509Source(socket_path=socket, timeout_in_seconds=10)
         except (PySpiffeError, ValueError) as exc:
@@ -38,20 +39,29 @@ class WorkloadFiles:
         self._serial: int | None = None
         self.sync()
 
+    def bundle_for(self, domain: str) -> Path:
+        """The file holding ``domain``'s CAs (empty until the agent sends them)."""
+        return self.directory / f"bundle-{domain}.pem"
+
     def sync(self) -> bool:
         """Write the current SVID and bundles if the SVID changed; returns whether."""
         context = self.source.get_x509_context()
         svid = context.default_svid
         if svid.leaf.serial_number == self._serial:
             return False
-        pem = b"".join(
-            authority.public_bytes(Encoding.PEM)
+        # One file per trust domain: a peer's SVID must chain to its own
+        # domain's CAs (bundles.check_issuer), as SPIFFE federation says.
+        by_domain = {
+            str(bundle.trust_domain): b"".join(
+                authority.public_bytes(Encoding.PEM) for authority in bundle.x509_authorities
+            )
             for bundle in context.x509_bundle_set.bundles
-            for authority in bundle.x509_authorities
-        )
-        tmp = self.bundle.with_suffix(".tmp")
-        tmp.write_bytes(pem)
-        os.replace(tmp, self.bundle)
+        }
+        for domain in self.domains:
+            path = self.bundle_for(domain)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(by_domain.get(domain, b""))
+            os.replace(tmp, path)
         # Key first, then the certificate: a reader never pairs a new certificate
         # with the old key.
         svid.save(self.cert.with_suffix(".new"), self.key, Encoding.PEM)

@@ -18,14 +18,18 @@ def _name(cn: str) -> x509.Name:
 class CA:
     """A trust domain's root CA."""
 
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str, *, uri_san: bool = True, parent: CA | None = None) -> None:
+        """A root CA (or, with ``parent``, an intermediate it signs), with a
+        ``spiffe://DOMAIN`` URI SAN unless ``uri_san`` is false."""
         self.domain = domain
+        self.parent = parent
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        self.cert = (
+        label = f"{domain} intermediate CA" if parent else f"{domain} CA"
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(f"{domain} CA"))
-            .issuer_name(_name(f"{domain} CA"))
+            .subject_name(_name(label))
+            .issuer_name(parent.cert.subject if parent else _name(label))
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1))
@@ -35,12 +39,13 @@ class CA:
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                 critical=True,
             )
-            .add_extension(
+        )
+        if uri_san:
+            builder = builder.add_extension(
                 x509.SubjectAlternativeName([x509.UniformResourceIdentifier(f"spiffe://{domain}")]),
                 critical=False,
             )
-            .sign(self.key, hashes.SHA256())
-        )
+        self.cert = builder.sign(parent.key if parent else self.key, hashes.SHA256())
 
     def bundle(self, path: Path, *others: CA) -> Path:
         pem = b"".join(c.cert.public_bytes(serialization.Encoding.PEM) for c in (self, *others))
@@ -55,8 +60,11 @@ class CA:
         *,
         ca: bool = False,
         expired: bool = False,
+        basic_constraints: bool = True,
+        key_cert_sign: bool | None = None,
     ) -> tuple[Path, Path]:
-        """A leaf certificate and key with these URI SANs, as PEM files."""
+        """A leaf certificate and key with these URI SANs, as PEM files (the
+        certificate file holds the chain up to, not including, the root)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         start, end = (
@@ -72,11 +80,15 @@ class CA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, True, False, False, ca, ca, False, False),
-                critical=True,
+        )
+        if basic_constraints:
+            builder = builder.add_extension(
+                x509.BasicConstraints(ca=ca, path_length=None), critical=True
             )
+        signs = ca if key_cert_sign is None else key_cert_sign
+        builder = builder.add_extension(
+            x509.KeyUsage(True, False, True, False, False, signs, ca, False, False),
+            critical=True,
         )
         if uris:
             builder = builder.add_extension(
@@ -85,7 +97,11 @@ class CA:
             )
         cert = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        chain, up = [cert], self
+        while up.parent is not None:
+            chain.append(up.cert)
+            up = up.parent
+        cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
         key_path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM,

@@ -272,7 +272,7 @@ class WebSocketTransport:
         ssl_object = ws.transport.get_extra_info("ssl_object") if ws.transport else None
         if ssl_object is not None:
             leaf = ssl_object.getpeercert(binary_form=True)
-            chain = (leaf,) if leaf else ()
+            chain = (leaf, *_verified_intermediates(ssl_object)) if leaf else ()
         host = address[0]
         if host and host.startswith("::ffff:"):
             host = host[7:]  # an IPv4 peer on a dual-stack socket
@@ -343,3 +343,22 @@ def _with_port(s: Settings, port: int) -> Settings:
     from dataclasses import replace
 
     return replace(s, port=port)
+
+
+def _verified_intermediates(ssl_object: Any) -> tuple[bytes, ...]:
+    """The rest of the chain the handshake verified (DER, after the leaf), so an
+    identity plugin can tell which CA it ends at (SPIFFE: the peer's own trust
+    domain's). Public in Python 3.13; the same method of ``_sslobj`` before."""
+    verified = getattr(ssl_object, "get_verified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_verified_chain", None
+    )
+    if verified is None:
+        return ()
+    try:
+        certs = verified() or []
+        return tuple(
+            c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+            for c in certs[1:]
+        )
+    except (ssl.SSLError, ValueError, AttributeError):
+        return ()
