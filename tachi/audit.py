@@ -952,3 +952,101 @@ def _checkpoint_problem(
     except (binascii.Error, ValueError, InvalidSignature):
         return f"seq {seq}: bad signature (forged or edited?)"
     return None
+
+
+# -- recordings -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordingCheck:
+    """One recording checked against the audit log by :func:`verify_recordings`.
+
+    ``status``: ``ok`` (the file hashes to what ``record.stop`` audited),
+    ``modified`` (it does not), ``missing`` (the file is gone, with no
+    ``record.rm``), ``removed`` (deleted with ``record rm``), ``running`` (no
+    ``record.stop`` yet) or ``unhashed`` (stopped by a tachi that did not hash
+    recordings). ``failed`` says whether the status is a verification failure.
+    """
+
+    id: str
+    path: str
+    status: str
+    problem: str = ""
+    seq: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("modified", "missing")
+
+
+def verify_recordings(directory: Path, recording: str | None = None) -> list[RecordingCheck]:
+    """Check each recording the audit log in ``directory`` knows of against the
+    SHA-256 its ``record.stop`` record holds (only ``recording``, an id or a
+    file path, when given). Records are read as they are: run :func:`verify`
+    first, since a log that does not verify vouches for nothing. Never raises
+    for a damaged log or file; raises ``OSError`` if the log cannot be read.
+    """
+    from tachi.core.recorder_worker import file_digest
+
+    paths: dict[str, str] = {}
+    stops: dict[str, dict[str, Any]] = {}
+    removed: set[str] = set()
+    for record in read_records(Path(directory) / RECORDS_NAME):
+        details = record.get("details")
+        if not isinstance(details, dict) or not isinstance(details.get("recording"), str):
+            continue
+        rec_id = details["recording"]
+        action = record.get("action")
+        if action == "record.start" and isinstance(details.get("path"), str):
+            paths[rec_id] = details["path"]
+            stops.pop(rec_id, None)
+            removed.discard(rec_id)
+        elif action == "record.stop":
+            stops[rec_id] = {**details, "seq": record.get("seq")}
+        elif action == "record.rm":
+            removed.add(rec_id)
+    checks = []
+    for rec_id, path in paths.items():
+        if recording is not None and not _names(recording, rec_id, path):
+            continue
+        stop = stops.get(rec_id)
+        if rec_id in removed:
+            checks.append(RecordingCheck(rec_id, path, "removed", "deleted with record rm"))
+        elif stop is None:
+            checks.append(RecordingCheck(rec_id, path, "running", "no record.stop yet"))
+        elif not isinstance(stop.get("sha256"), str):
+            checks.append(
+                RecordingCheck(rec_id, path, "unhashed", "its record.stop holds no sha256")
+            )
+        else:
+            seq = stop["seq"] if _is_int(stop["seq"]) else None
+            try:
+                digest, size = file_digest(Path(path))
+            except FileNotFoundError:
+                checks.append(
+                    RecordingCheck(rec_id, path, "missing", "the file is gone (not record rm)", seq)
+                )
+                continue
+            except OSError as e:
+                problem = f"cannot read it: {e.strerror or e}"
+                checks.append(RecordingCheck(rec_id, path, "missing", problem, seq))
+                continue
+            if digest != stop["sha256"]:
+                problem = (
+                    f"SHA-256 differs from the one audited at record {seq}"
+                    f" ({size} bytes now, {stop.get('size')} then): edited?"
+                )
+                checks.append(RecordingCheck(rec_id, path, "modified", problem, seq))
+            else:
+                checks.append(RecordingCheck(rec_id, path, "ok", "", seq))
+    return checks
+
+
+def _names(ref: str, rec_id: str, path: str) -> bool:
+    """Whether ``ref`` (an id or a file path) names the recording ``rec_id`` at ``path``."""
+    if ref in (rec_id, path):
+        return True
+    try:
+        return os.path.samefile(ref, path)
+    except OSError:
+        return False

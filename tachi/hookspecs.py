@@ -133,6 +133,14 @@ def tachi_recorders(register: Callable[[Any], None]) -> None:
     ``input(data, t)``, ``resize(cols, rows, t)``, ``marker(label, t)`` and
     ``close()``. ``t`` is seconds since the recording started. The recorder
     named by config ``recording.format`` is used.
+
+    An exception from the sink (``OSError`` for a full disk, or any other for
+    a bug) ends that recording: it is marked failed with the reason, one log
+    line names the recorder, the session goes on. Optional
+    ``repair(path) -> float | None``: make a file a crashed daemon left
+    readable and return its duration in seconds; it must leave bytes it does
+    not understand as they are (raise instead). A format whose recorder has no
+    ``repair`` is never touched after a crash.
     """
 
 

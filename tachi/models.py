@@ -423,6 +423,8 @@ class Recording:
     format: str = "asciicast"
     path: str | None = None
     active: bool = False
+    #: Why the recording stopped early (a full disk, a failing recorder), or ``None``.
+    error: str | None = None
 
     @property
     def start_time(self) -> Any:
@@ -443,6 +445,7 @@ class Recording:
             "format": self.format,
             "path": self.path,
             "active": self.active,
+            "error": self.error,
         }
 
     @classmethod
@@ -456,6 +459,7 @@ class Recording:
             format=d.get("format", "asciicast"),
             path=d.get("path"),
             active=bool(d.get("active")),
+            error=d.get("error"),
         )
 
 

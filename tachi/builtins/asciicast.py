@@ -217,6 +217,56 @@ class AsciicastRecorder:
             record_input=record_input,
         )
 
+    def repair(self, path: Path) -> float:
+        """See :func:`repair_asciicast`."""
+        return repair_asciicast(path)
+
+
+#: How far back from its end a repair looks for the last complete event.
+_REPAIR_TAIL = 1 << 20
+
+
+def repair_asciicast(path: Path) -> float:
+    """Make a recording a crashed writer left readable: cut a partial last line
+    (an event cut short) and return the recording's duration (the time of its
+    last complete event).
+
+    Touches nothing it does not understand: a file that does not begin with an
+    asciicast v2 header line raises ``ValueError`` and is left as it is, and
+    nothing before the end of the header is ever cut. Raises ``OSError`` if the
+    file cannot be read or written.
+    """
+    with open(path, "rb+") as f:
+        head = f.readline(_REPAIR_TAIL)
+        try:
+            header = json.loads(head)
+        except ValueError:
+            header = None
+        if not head.endswith(b"\n") or not isinstance(header, dict) or header.get("version") != 2:
+            raise ValueError(f"{path} does not start with an asciicast v2 header; left as it is")
+        header_end = len(head)
+        size = f.seek(0, os.SEEK_END)
+        start = max(header_end, size - _REPAIR_TAIL)
+        f.seek(start)
+        tail = f.read()
+        if tail and not tail.endswith(b"\n"):
+            newline = tail.rfind(b"\n")
+            if newline < 0 and start > header_end:
+                # A last line longer than what was read: not an event cut short.
+                raise ValueError(f"{path} ends with an unreadable line; left as it is")
+            keep = start + newline + 1 if newline >= 0 else header_end
+            f.truncate(keep)
+            os.fsync(f.fileno())
+            tail = tail[: keep - start]
+    for line in reversed(tail.splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, list) and event and isinstance(event[0], int | float):
+            return float(event[0])
+    return 0.0
+
 
 @hookimpl
 def tachi_recorders(register: Any) -> None:

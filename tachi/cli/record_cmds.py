@@ -74,12 +74,63 @@ def ls(ctx: Context, session: str | None, as_json: bool) -> None:
                 r["startTime"][:19].replace("T", " "),
                 format_duration(r["duration"]),
                 r["size"],
-                "recording" if r["active"] else "done",
+                _state(r),
                 r["path"],
             ]
             for r in recs
         ],
     )
+
+
+def _state(rec: dict) -> str:
+    if rec["active"]:
+        return "recording"
+    return f"failed: {rec['error']}" if rec.get("error") else "done"
+
+
+def check_recordings(recording: str | None) -> None:
+    """Check recordings against the SHA-256 in their ``record.stop`` audit records
+    (all of them, or ``recording``: an id or a file), after the audit log itself.
+
+    Prints one line per recording and a summary; exits 1 naming the first file
+    that does not match (or a log that does not verify), 3 if ``recording`` is
+    not in the log. Reads this host's state directory: no daemon needed."""
+    from tachi.audit import verify, verify_recordings
+    from tachi.paths import state_dir
+
+    directory = state_dir() / "audit"
+    log_ok = verify(directory)
+    if not log_ok.ok:
+        click.echo(f"tachi: audit log verification failed: {log_ok.problem}", err=True)
+        sys.exit(1)
+    try:
+        checks = verify_recordings(directory, recording)
+    except OSError as exc:
+        raise TachiError(f"cannot read the audit log: {exc.strerror or exc}") from None
+    if recording is not None and not checks:
+        click.echo(f"tachi: no recording {recording!r} in the audit log", err=True)
+        sys.exit(3)
+    for c in checks:
+        line = f"{c.status:9} {c.id}  {c.path}"
+        click.echo(f"{line}: {c.problem}" if c.problem and c.status != "removed" else line)
+    bad = [c for c in checks if c.failed]
+    if bad:
+        click.echo(
+            f"tachi: recording verification failed: {bad[0].path}: {bad[0].problem}"
+            + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+            err=True,
+        )
+        sys.exit(1)
+    ok = sum(c.status == "ok" for c in checks)
+    click.echo(f"recordings ok: {ok} verified, {len(checks) - ok} not checked", err=True)
+
+
+@record.command("verify")
+@click.argument("recording", required=False)
+def verify_cmd(recording: str | None) -> None:
+    """Check RECORDING (an id or a file; default: all) against the SHA-256 its
+    record.stop audit record holds; exit 1 naming a file that was changed."""
+    check_recordings(recording)
 
 
 def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:

@@ -11,7 +11,7 @@ import click
 
 from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, cli, env_pairs, json_option, pass_ctx, token_option
-from tachi.cli.output import ago, emit_json, fields, plural, table
+from tachi.cli.output import ago, emit_json, fields, plural, table, warn
 from tachi.errors import InvalidRequest, TachiError
 
 
@@ -126,12 +126,24 @@ def new(
     )
     with ctx.client() as client:
         session = client.create(req)
+        if record:
+            _warn_if_unrecorded(client, session.id)
     if as_json:
         emit_json(session.to_json())
     elif detached:
         click.echo(session.name or session.id)
     if not detached:
         _attach(ctx, session.id, read_only=False, window=None)
+
+
+def _warn_if_unrecorded(client: Any, session_id: str) -> None:
+    """`new --record`: the session runs even when its recording could not start
+    (exit 0, as the session exists); say so on stderr, with the reason."""
+    recs = client.call("record.list", session=session_id)
+    if recs and not recs[-1].get("error"):
+        return  # recording (or already done: a command that ended at once)
+    reason = recs[-1]["error"] if recs else "no recording was started (see daemon.log)"
+    warn(f"tachi: warning: session {session_id} runs unrecorded: {reason}")
 
 
 def _here() -> str | None:

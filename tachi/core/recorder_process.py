@@ -98,6 +98,8 @@ class ProcessSink:
         self.closed = False
         #: The worker has finished the file (its reply to ``CLOSE``).
         self.finished = False
+        #: (hex SHA-256, size) of the file as the worker closed it, if it could read it.
+        self.digest: tuple[str, int] | None = None
         self._sync_waiters: list[asyncio.Future[None]] = []
 
     def output(self, data: bytes, t: float) -> None:
@@ -367,6 +369,8 @@ class RecorderProcess:
             sink = self._sinks.get(handle)
             if sink is not None:
                 sink.finished = True
+                if isinstance(reply.get("sha256"), str) and isinstance(reply.get("size"), int):
+                    sink.digest = (reply["sha256"], reply["size"])
                 if reply.get("message"):
                     sink.error = sink.error or str(reply["message"])
         elif reply.get("event") == "synced":

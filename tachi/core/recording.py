@@ -4,7 +4,11 @@ The recorder itself (the file format) is a plugin (``tachi_recorders``); this
 module decides what goes in: the screen as it was when recording started, then
 the active window's output, resizes, and a marker plus a redraw at every window
 switch, so playback shows what attached clients saw. A write error (disk full)
-stops that recording, is audited, and never touches the session.
+or a recorder that raises stops that recording, marks it failed with the reason,
+is audited and logged once, and never touches the session.
+
+Every finished recording's SHA-256 goes into its ``record.stop`` audit record,
+so an edited file no longer matches the log (``tachi record verify``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.recorder_process import ProcessSink, RecorderProcess
+from tachi.core.recorder_worker import failure_text, file_digest
 from tachi.errors import Conflict, InvalidRequest, NotFound, TachiError
 from tachi.gotime import now_ns
 from tachi.models import Recording
@@ -59,6 +64,8 @@ class _Live:
     session: SessionRuntime
     record_input: bool
     listener: Any = None
+    #: Why this recording stopped early (the first failure; later ones are not news).
+    failure: str | None = None
     pending: list[bytes] = field(default_factory=list)
     pending_t: float = 0.0
     flush_timer: asyncio.TimerHandle | None = None
@@ -77,19 +84,43 @@ class StreamRecording:
     sink: Any
     started: float
 
+    audit: Any = None
+    recorder_name: str = "recorder"
+    error: str | None = None
+
     def output(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):  # a full disk ends the recording, not the command
+        if self.error is not None:
+            return
+        try:
             self.sink.output(data, time.monotonic() - self.started)
+        except Exception as exc:  # a full disk or a broken recorder ends the recording only
+            self.error = f"write failed: {failure_text(exc, self.recorder_name)}"
+            log.error("recording %s stopped: %s", self.id, self.error)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
+        """Finish the file, update the index and audit ``record.stop`` with its digest."""
+        try:
             self.sink.close()
-        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+        except Exception as exc:
+            self.error = self.error or f"closing failed: {failure_text(exc, self.recorder_name)}"
+        digest = _digest(self.path)
+        size = digest[1] if digest else 0
         duration = int((time.monotonic() - self.started) * 1e9)
         self.db.execute(
-            "UPDATE recordings SET active = 0, duration_ns = ?, size = ? WHERE id = ?",
-            (duration, size, self.id),
+            "UPDATE recordings SET active = 0, duration_ns = ?, size = ?, error = ? WHERE id = ?",
+            (duration, size, self.error, self.id),
         )
+        if self.audit is not None:
+            with contextlib.suppress(TachiError):
+                self.audit(
+                    action="record.stop",
+                    result="error" if self.error else "allowed",
+                    principal="tachid",
+                    source="daemon",
+                    session=None,
+                    reason=self.error,
+                    details=_stop_details(self.id, digest),
+                )
 
 
 class RecordingManager:
@@ -103,11 +134,17 @@ class RecordingManager:
         recorder: Any,
         record_input: bool,
         audit: Any,
+        recorders: dict[str, Any] | None = None,
     ) -> None:
+        """``recorder`` writes new recordings; ``recorders`` (every registered one,
+        by format) repair what a crashed daemon left, each its own format."""
         self._db = db
         db.executescript(_SCHEMA)
         self.directory = directory
         self.recorder = recorder
+        self.recorders = dict(recorders or {})
+        if recorder is not None:
+            self.recorders.setdefault(recorder.format, recorder)
         self.record_input = record_input
         self._audit = audit
         self.live: dict[str, _Live] = {}
@@ -116,31 +153,58 @@ class RecordingManager:
 
     # -- lifecycle --------------------------------------------------------------
     def repair(self) -> int:
-        """Recordings a crashed daemon left ``active``: cut any partial last line,
-        measure what is there, and mark them finished. Returns how many."""
-        rows = self._db.execute("SELECT id, path FROM recordings WHERE active = 1").fetchall()
-        if not rows:
-            return 0
-        from tachi.playback import cast_summary, repair_cast
-
-        for rec_id, path in rows:
-            size, duration = 0, 0
-            with contextlib.suppress(OSError, ValueError):
-                repair_cast(Path(path))
-                summary = cast_summary(Path(path))
-                size, duration = summary["size"], int(summary["duration"] * 1e9)
+        """Recordings a crashed daemon left ``active``: let their format's recorder
+        repair them (its ``repair(path)``; a format with none, or no recorder
+        installed for it, is left byte for byte as it is), measure what is there,
+        mark them finished with an error, and audit ``record.stop`` with the
+        file's digest. Returns how many. Never raises for a damaged file."""
+        rows = self._db.execute(
+            "SELECT id, session_id, path, format FROM recordings WHERE active = 1"
+        ).fetchall()
+        for rec_id, session_id, path, fmt in rows:
+            recorder = self.recorders.get(fmt)
+            duration = 0.0
+            note = "not repaired: no recorder for its format"
+            repair = getattr(recorder, "repair", None)
+            if repair is not None:
+                try:
+                    duration = float(repair(Path(path)) or 0.0)
+                    note = "repaired by its recorder"
+                except Exception as exc:
+                    note = f"repair failed: {failure_text(exc, recorder_name(recorder))}"
+                    log.error("recording %s (%s): %s", rec_id, path, note)
+            elif recorder is not None:
+                note = "not repaired: its recorder has no repair()"
+            digest = _digest(Path(path))
+            size = digest[1] if digest else 0
+            reason = f"daemon stopped unexpectedly; {note}"
             self._db.execute(
                 "UPDATE recordings SET active = 0, size = ?, duration_ns = ?,"
-                " error = COALESCE(error, 'daemon stopped unexpectedly') WHERE id = ?",
-                (size, duration, rec_id),
+                " error = COALESCE(error, ?) WHERE id = ?",
+                (size, int(duration * 1e9), reason, rec_id),
             )
+            try:
+                self._audit(
+                    action="record.stop",
+                    result="error",
+                    principal="tachid",
+                    source="daemon",
+                    session=None if session_id.startswith("exec-") else session_id,
+                    reason=reason,
+                    details=_stop_details(rec_id, digest),
+                )
+            except TachiError as exc:
+                log.error("recording %s repaired but not audited: %s", rec_id, exc)
         return len(rows)
 
     def start(self, session: SessionRuntime, principal: str) -> Recording:
         """Start recording ``session`` from its current screen.
 
-        Raises ``Conflict`` if it is already recorded and ``InvalidRequest`` if the
-        file cannot be created."""
+        Raises ``Conflict`` if it is already recorded, and ``InvalidRequest`` if
+        the recorder cannot create the file or fails on its first write (the
+        screen as it is now): then the recording is in the index as failed,
+        with the reason, and ``record.error`` is audited. The session is never
+        touched either way."""
         if self.recorder is None:
             raise InvalidRequest("no recorder is installed for the configured recording.format")
         if session.id in self.live:
@@ -168,8 +232,26 @@ class RecordingManager:
                 sink = self.process.open(factory, path, **options)
             else:
                 sink = self.recorder.open(path, **options)
-        except OSError as exc:
-            raise InvalidRequest(f"cannot create recording {path}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            reason = failure_text(exc, recorder_name(self.recorder))
+            log.error("recording of %s not started: %s", session.id, reason)
+            # In the index as failed, so `record ls` and `new --record` can say why.
+            self._db.execute(
+                "INSERT INTO recordings(id, session_id, path, format, start_ns, active, error)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (rec_id, session.id, str(path), self.recorder.format, start, reason),
+            )
+            with contextlib.suppress(TachiError):
+                self._audit(
+                    action="record.error",
+                    result="error",
+                    principal=principal,
+                    source="daemon",
+                    session=session.id,
+                    reason=f"cannot create recording {path}: {reason}",
+                    details={"recording": rec_id, "path": str(path)},
+                )
+            raise InvalidRequest(f"cannot create recording {path}: {reason}") from None
         recording = Recording(
             id=rec_id,
             sessionId=session.id,
@@ -184,11 +266,25 @@ class RecordingManager:
         self.live[session.id] = live
         if isinstance(sink, ProcessSink):
             # The worker reports a failed write (a full disk) after the fact.
-            sink.on_error = lambda exc: self._failed(live, exc)
+            sink.on_error = lambda exc: self._failed(live, f"write failed: {exc.strerror or exc}")
         self._db.execute(
             "INSERT INTO recordings(id, session_id, path, format, start_ns) VALUES (?, ?, ?, ?, ?)",
             (rec_id, session.id, str(path), recording.format, start),
         )
+        try:
+            self._audit(
+                action="record.start",
+                result="allowed",
+                principal=principal,
+                source="daemon",
+                session=session.id,
+                details={"recording": rec_id, "path": str(path)},
+            )
+        except TachiError:
+            # Fail closed: a recording the log does not know of is not made.
+            with contextlib.suppress(TachiError):
+                self.stop(session.id, principal, error="the audit log could not be written")
+            raise
 
         def on_output(window: WindowRuntime, data: bytes) -> None:
             # Output arriving within COALESCE_SECONDS becomes one event: a flood
@@ -206,35 +302,35 @@ class RecordingManager:
         # What the user saw when recording started, so playback doesn't begin blank.
         window = session.mux.get(None)
         self._write(live, lambda: live.sink.output(window.screen.ansi().encode(), 0.0))
-        self._audit(
-            action="record.start",
-            result="allowed",
-            principal=principal,
-            source="daemon",
-            session=session.id,
-            details={"recording": rec_id, "path": str(path)},
-        )
+        if live.failure is not None:
+            raise InvalidRequest(f"recording {rec_id} failed: {live.failure}")
         return recording
 
     def stop(
         self, session_id: str, principal: str = "tachid", error: str | None = None
     ) -> Recording:
-        """Finish the session's recording. Raises ``NotFound`` if none is running."""
+        """Finish the session's recording and audit ``record.stop`` with the file's
+        SHA-256 and size. Raises ``NotFound`` if none is running."""
         live = self.live.pop(session_id, None)
         if live is None:
             raise NotFound(f"session {session_id} is not being recorded")
         with contextlib.suppress(ValueError):
             live.session.output_listeners.remove(live.listener)
         self._flush(live)
+        error = error or live.failure
         try:
             live.sink.close()
-        except OSError as exc:
-            error = error or f"closing failed: {exc.strerror or exc}"
+        except Exception as exc:
+            error = error or f"closing failed: {failure_text(exc, recorder_name(self.recorder))}"
         rec = live.recording
         rec.active = False
         rec.duration = int(live.t() * 1e9)
-        with contextlib.suppress(OSError):
-            rec.size = os.path.getsize(rec.path or "")
+        rec.error = error
+        # The worker hashed the file as it closed it (off the event loop); a sink
+        # written here, or one that failed, is hashed now.
+        digest = getattr(live.sink, "digest", None) or _digest(Path(rec.path or ""))
+        if digest is not None:
+            rec.size = digest[1]
         self._db.execute(
             "UPDATE recordings SET active = 0, duration_ns = ?, size = ?, error = ? WHERE id = ?",
             (rec.duration, rec.size, error, rec.id),
@@ -246,7 +342,7 @@ class RecordingManager:
             source="daemon",
             session=session_id,
             reason=error,
-            details={"recording": rec.id, "size": rec.size},
+            details=_stop_details(rec.id, digest),
         )
         return rec
 
@@ -295,15 +391,21 @@ class RecordingManager:
             self._write(live, lambda: live.sink.marker(label, live.t()))
 
     def _write(self, live: _Live, action: Any) -> None:
+        if live.failure is not None:
+            return
         try:
             action()
-        except OSError as exc:
-            self._failed(live, exc)
+        except Exception as exc:  # a full disk, or a recorder's bug: the recording ends
+            self._failed(live, f"write failed: {failure_text(exc, recorder_name(self.recorder))}")
 
-    def _failed(self, live: _Live, exc: OSError) -> None:
-        if live.session.id not in self.live:
+    def _failed(self, live: _Live, reason: str) -> None:
+        """End a recording that cannot go on: one log line, the index says why,
+        ``record.stop`` and ``record.error`` are audited, clients get a notice."""
+        if live.failure is not None:
             return
-        reason = f"write failed: {exc.strerror or exc}"
+        live.failure = reason
+        if self.live.get(live.session.id) is not live:
+            return  # stop() is under way: it records the reason
         log.error("recording %s of %s stopped: %s", live.recording.id, live.session.id, reason)
         with contextlib.suppress(TachiError):
             self.stop(live.session.id, error=reason)
@@ -341,8 +443,9 @@ class RecordingManager:
                 path, width=width, height=height, timestamp_ns=start, env={}, title=label,
                 record_input=False,
             )  # fmt: skip
-        except OSError as exc:
-            raise InvalidRequest(f"cannot create recording {path}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            reason = failure_text(exc, recorder_name(self.recorder))
+            raise InvalidRequest(f"cannot create recording {path}: {reason}") from None
         self._db.execute(
             "INSERT INTO recordings(id, session_id, path, format, start_ns) VALUES (?, ?, ?, ?, ?)",
             (rec_id, owner, str(path), self.recorder.format, start),
@@ -351,12 +454,15 @@ class RecordingManager:
             action="record.start", result="allowed", principal=principal, source="daemon",
             session=None, details={"recording": rec_id, "path": str(path), "exec": label},
         )  # fmt: skip
-        return StreamRecording(self._db, rec_id, str(path), sink, time.monotonic())
+        return StreamRecording(
+            self._db, rec_id, str(path), sink, time.monotonic(), audit=self._audit,
+            recorder_name=recorder_name(self.recorder),
+        )  # fmt: skip
 
     # -- index --------------------------------------------------------------------
     def list(self, session_id: str | None = None) -> list[Recording]:
         query = (
-            "SELECT id, session_id, path, format, start_ns, duration_ns, size, active"
+            "SELECT id, session_id, path, format, start_ns, duration_ns, size, active, error"
             " FROM recordings"
         )
         args: tuple[Any, ...] = ()
@@ -374,6 +480,7 @@ class RecordingManager:
                 duration=row[5],
                 size=row[6],
                 active=bool(row[7]),
+                error=row[8],
             )
             if rec.active and rec.sessionId in self.live:
                 live = self.live[rec.sessionId]
@@ -407,3 +514,25 @@ class RecordingManager:
             os.unlink(rec.path or "")
         self._db.execute("DELETE FROM recordings WHERE id = ?", (rec_id,))
         return rec
+
+
+def recorder_name(recorder: Any) -> str:
+    """How a log line names a recorder: its format and the module it comes from."""
+    if recorder is None:
+        return "(none)"
+    return f"{getattr(recorder, 'format', '?')!r} ({type(recorder).__module__})"
+
+
+def _digest(path: Path) -> tuple[str, int] | None:
+    """(hex SHA-256, size) of a recording file, or ``None`` if it cannot be read."""
+    try:
+        return file_digest(path)
+    except OSError:
+        return None
+
+
+def _stop_details(rec_id: str, digest: tuple[str, int] | None) -> dict[str, Any]:
+    """``record.stop`` details: what ``tachi record verify`` checks the file against."""
+    if digest is None:
+        return {"recording": rec_id, "size": 0, "sha256": None}
+    return {"recording": rec_id, "size": digest[1], "sha256": digest[0]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -89,6 +90,7 @@ class Daemon:
             recorder=recorders.get(config.recording_format),
             record_input=config.recording_input,
             audit=self.audit,
+            recorders=recorders,
         )
         self.manager.session_listeners.append(self.recordings.session_event)
         from tachi.daemon.sharing import SharingService
@@ -185,7 +187,10 @@ class Daemon:
             session.finish(CloseReason.CLOSED)
             raise
         if req.record or self.config.recording_auto:
-            self.recordings.start(session, principal.user)
+            # If the recording fails, the session runs unrecorded: the recording
+            # manager logged and audited why, the index says so, `new` warns.
+            with contextlib.suppress(TachiError):
+                self.recordings.start(session, principal.user)
         return session
 
     # -- authorisation --------------------------------------------------------
