@@ -162,3 +162,33 @@ def test_the_index_lists_sessions_and_a_recording_plays(remote: Remote, browser:
     )
     page.wait_for_function("async () => (await window.tachiPlayer.getCurrentTime()) > 0")
     assert refused == []
+
+
+def test_a_viewer_smaller_than_the_session_sees_it_whole(remote: Remote, browser: Browser):
+    """An observer's 640x400 page on a 153x48 session: the terminal takes the
+    session's size (lines neither wrap nor pile up), and scrolls or scales."""
+    script = (
+        "printf '\\033[2J\\033[1;1HTOP-LEFT'; printf '\\033[48;142HBOTTOM-RIGHT';"
+        " printf '\\033[20;1H%s' \"$(printf 'w%.0s' $(seq 150))\"; sleep 600"
+    )
+    s = remote.daemon.new("sh", "-c", script, rows=48, cols=153)
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 640, "height": 400})
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    page.goto(_share_link(remote, s["id"], "observer"))
+    _connected(page)
+    _wait_text(page, "BOTTOM-RIGHT")
+    assert page.evaluate("() => [window.tachiTerm.cols, window.tachiTerm.rows]") == [153, 48]
+    line = "(i) => window.tachiTerm.buffer.active.getLine(i).translateToString()"
+    assert page.evaluate(line, 47)[141:153] == "BOTTOM-RIGHT"
+    assert page.evaluate(line, 19).rstrip() == "w" * 150  # one line, not wrapped
+    # Scroll (the default) shows the terminal at full size in a scrolling box...
+    assert page.evaluate("() => document.getElementById('terminal').scrollWidth") > 640
+    # ... and "scale" fits it to the window.
+    page.click("#view")
+    assert page.inner_text("#view") == "scale"
+    width = page.evaluate("() => document.querySelector('.xterm').getBoundingClientRect().width")
+    assert width <= 641
+    # The observer's page never resized the session.
+    assert remote.daemon.run("get", s["id"], "--json", check=True).stdout.count('"cols": 153') >= 1
+    context.close()

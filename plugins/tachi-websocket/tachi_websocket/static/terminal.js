@@ -1,7 +1,10 @@
 // The browser terminal: /s/SESSION#token=TOKEN. Attaches with the token, shows
 // the role (observers get a read-only badge and never send input), lists the
-// windows, follows the browser's size, and after a dropped connection
-// reconnects by itself and resumes from the last output offset it drew.
+// windows, and after a dropped connection reconnects by itself and resumes from
+// the last output offset it drew. The terminal always has the session's size
+// (any other size wraps the program's lines and piles them up): a client that
+// may resize proposes the browser's size, and a session larger than the window
+// scrolls or is scaled to fit (the "view" button; remembered per browser).
 "use strict";
 
 const sessionId = decodeURIComponent(location.pathname.split("/")[2] || "");
@@ -20,12 +23,33 @@ let canSwitch = false;
 let position = null; // [window, seq]: what the terminal shows, for resuming
 let ended = false;
 let attempt = 0;
+let view = localStorage.getItem("tachi-view") === "scale" ? "scale" : "scroll";
 window.tachiTerm = term; // for tests and the devtools console
 window.tachiState = () => ({ position, readOnly, ended, connected: !!(conn && conn.attached) });
 
 function status(text, bad) {
   $("status").textContent = text;
   $("status").className = bad ? "status bad" : "status";
+}
+
+function followSession(rows, cols) {
+  if (rows > 0 && cols > 0 && (term.rows !== rows || term.cols !== cols)) {
+    term.resize(cols, rows);
+  }
+  layout();
+}
+
+function layout() {
+  const box = $("terminal");
+  const shown = box.querySelector(".xterm");
+  const screen = box.querySelector(".xterm-screen");
+  $("view").textContent = view;
+  box.style.overflow = view === "scale" ? "hidden" : "auto";
+  if (!shown || !screen) return;
+  const scale = view === "scale"
+    ? Math.min(1, box.clientWidth / screen.offsetWidth, box.clientHeight / screen.offsetHeight)
+    : 1;
+  shown.style.transform = scale < 1 ? `scale(${scale})` : "";
 }
 
 function onFrame(kind, value) {
@@ -36,10 +60,13 @@ function onFrame(kind, value) {
   }
   const event = value.event;
   if (event === "screen") {
+    followSession(value.rows, value.cols);
     position = [value.window, value.seq];
     term.reset();
     term.write(value.data);
     refreshWindows();
+  } else if (event === "resized") {
+    followSession(value.rows, value.cols);
   } else if (event === "notice") {
     status(value.message, value.level !== "info");
   } else if (event === "token") {
@@ -122,8 +149,15 @@ term.onData((data) => {
   if (!readOnly && conn) conn.sendInput(data);
 });
 window.addEventListener("resize", () => {
-  fit.fit();
+  // Only a client that may resize the session follows the browser's size.
+  if (!readOnly) fit.fit();
+  layout();
 });
+$("view").onclick = () => {
+  view = view === "scale" ? "scroll" : "scale";
+  localStorage.setItem("tachi-view", view);
+  layout();
+};
 term.onResize(() => sendSize());
 
 if (!sessionId) {
