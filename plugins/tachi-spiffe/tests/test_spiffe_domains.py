@@ -172,3 +172,17 @@ def test_a_leaf_that_may_sign_certificates_is_refused(tachi_home, name, options,
         assert any(reason in r["reason"] for r in refusals), refusals
     finally:
         fed.daemon.stop()
+
+
+def test_an_owner_svid_may_not_mint_daemon_tokens_or_exec(federation: Federation):
+    """F10: the owner role acts as the daemon's user for sessions; a daemon
+    token it minted would outlive the SVID, and exec is the local owner's."""
+    fed = federation
+    minted = fed.run(fed.example, "builder", BUILDER, "token", "create", "--json")
+    assert minted.returncode == 4, minted.stdout
+    assert "tachi_" not in minted.stdout
+    ran = fed.run(fed.example, "builder", BUILDER, "exec", "--", "id")
+    assert ran.returncode == 4 and "uid=" not in ran.stdout
+    refused = [r for r in fed.audit() if r.get("reason") == "local owner only"]
+    assert {r["action"] for r in refused} >= {"token.create", "exec.start"}
+    assert {r["principal"] for r in refused} == {BUILDER}

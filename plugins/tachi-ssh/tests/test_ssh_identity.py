@@ -38,9 +38,11 @@ def _sign(ca: Path, key: Path, *principals: str) -> None:
     )  # fmt: skip
 
 
-def _remote(s: SSHDaemon, *args: str, key: str = "owner") -> subprocess.CompletedProcess[str]:
+def _remote(
+    s: SSHDaemon, *args: str, key: str = "owner", token: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """The local CLI over the raw protocol (``tachi --host ssh://``, the ``tachi``
-    subsystem), authenticated by ``key``."""
+    subsystem), authenticated by ``key`` (narrowed to ``token``'s grant if given)."""
     argv = s.ssh_argv(key=key)
     argv = argv[: argv.index("-T")]
     port_at = argv.index("-p")
@@ -48,6 +50,8 @@ def _remote(s: SSHDaemon, *args: str, key: str = "owner") -> subprocess.Complete
     env = {**s.daemon.env, "TACHI_SSH_COMMAND": shlex.join(argv)}
     env.pop("TACHI_SOCKET")
     env.pop("TACHI_TOKEN", None)
+    if token is not None:
+        env["TACHI_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "tachi", "--host", f"ssh://127.0.0.1:{s.port}", *args],
         env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
@@ -96,9 +100,12 @@ def test_an_ssh_principal_named_like_a_spiffe_id_does_not_get_its_grant(tachi_ho
             f.write(authorized_line(s.keys["spoof"], spoof) + "\n")
         session = s.daemon.new("bash", "--norc", env="PS1=kind> ")
         s.daemon.run("send", session["id"], "echo secret-$((6*7))\\n", check=True)
-        s.daemon.run(
-            "share", session["id"], "--role", "collaborator", "--spiffe-id", spoof, check=True
-        )
+        grant = json.loads(
+            s.daemon.run(
+                "share", session["id"], "--role", "collaborator", "--spiffe-id", spoof, "--json",
+                check=True,
+            ).stdout
+        )  # fmt: skip
         listed = s.ssh("ls", "--json", key="spoof")
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout) == []
@@ -109,6 +116,10 @@ def test_an_ssh_principal_named_like_a_spiffe_id_does_not_get_its_grant(tachi_ho
         assert sent.returncode in REFUSED
         denied = _audit(s, "session.get", "denied") + _audit(s, "session.read", "denied")
         assert any(r["principal"] == spoof for r in denied)
+        # Nor may it use the grant's token: it is bound to the SVID, not the name.
+        borrowed = _remote(s, "capture", session["id"], key="spoof", token=grant["token"])
+        assert borrowed.returncode == 4, borrowed.stdout
+        assert f"belongs to {spoof}" in borrowed.stderr
     finally:
         s.daemon.stop()
 
