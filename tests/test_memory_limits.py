@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from helpers import get
 from tachi.config import _from_raw
 from tachi.core.screen_budget import ScreenBudget, window_cost
-from tachi.errors import Conflict
+from tachi.errors import Conflict, InvalidRequest
 from tachi.testing import DaemonProcess
 
 FLOOD = ["sh", "-c", "base64 -w 997 /dev/urandom | head -c 3000000; exec sleep 300"]
@@ -21,7 +23,9 @@ def test_a_huge_size_is_refused_and_the_daemon_lives_on(tachi_daemon):
         assert refused.returncode == 2
         assert refused.stderr.startswith("tachi: ") and refused.stderr.count("\n") == 1
     resize = tachi_daemon.run("resize", survivor["id"], "--rows", "501", "--cols", "80")
-    assert resize.returncode == 2 and "between 1 and 500" in resize.stderr
+    assert resize.returncode == 2 and "1<=x<=500" in resize.stderr  # the CLI says the limit
+    with tachi_daemon.client() as client, pytest.raises(InvalidRequest, match="between 1 and 500"):
+        client.call("session.resize", session=survivor["id"], size={"rows": 501, "cols": 80})
     assert get(tachi_daemon, survivor["id"])["state"] == "suspended"
     assert tachi_daemon.proc is not None and tachi_daemon.proc.poll() is None
 

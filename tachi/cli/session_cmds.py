@@ -13,6 +13,7 @@ from tachi.cli.completion import complete_session
 from tachi.cli.main import Context, cli, env_pairs, json_option, pass_ctx, token_option
 from tachi.cli.output import ago, emit_json, fields, plural, table, warn
 from tachi.errors import InvalidRequest, TachiError
+from tachi.models import MAX_COLS, MAX_ROWS
 
 
 def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
@@ -32,10 +33,12 @@ def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -
 @click.option("--agent", help="Agent id (default: config agent_id, else the host name).")
 @click.option("--term", default=None, help="TERM for the session (default xterm-256color).")
 @click.option(
-    "--rows", type=click.IntRange(1, 65535), help="Rows (default: this terminal's, else 24)."
+    "--rows", type=click.IntRange(1, MAX_ROWS), help="Rows (default: this terminal's, else 24)."
 )
 @click.option(
-    "--cols", type=click.IntRange(1, 65535), help="Columns (default: this terminal's, else 80)."
+    "--cols",
+    type=click.IntRange(1, MAX_COLS),
+    help="Columns (default: this terminal's, else 80).",
 )
 @click.option(
     "--idle-timeout",
@@ -436,8 +439,8 @@ def close(ctx: Context, session: str, as_json: bool) -> None:
 
 @cli.command("resize")
 @click.argument("session", shell_complete=complete_session)
-@click.option("--rows", type=click.IntRange(1, 65535), required=True)
-@click.option("--cols", type=click.IntRange(1, 65535), required=True)
+@click.option("--rows", type=click.IntRange(1, MAX_ROWS), required=True)
+@click.option("--cols", type=click.IntRange(1, MAX_COLS), required=True)
 @click.option("--xpixel", type=click.IntRange(0, 65535), default=0)
 @click.option("--ypixel", type=click.IntRange(0, 65535), default=0)
 @token_option
