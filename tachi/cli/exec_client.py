@@ -7,6 +7,7 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import sys
 import termios
 import tty
@@ -15,7 +16,7 @@ from typing import Any
 from tachi import protocol
 from tachi.client.endpoint import Endpoint
 from tachi.client.wire import WireConnection
-from tachi.errors import error_from_json
+from tachi.errors import DaemonUnavailable, error_from_json
 
 
 def run_exec(
@@ -59,25 +60,35 @@ def run_exec(
     saved = termios.tcgetattr(in_fd) if raw else None
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     stdin_open = True
+    # Requests not yet taken by the daemon. Sent without blocking, and stdin is
+    # read only once they are gone: a daemon that stops reading us (its request
+    # limit, a command slower than our input) must still be read from, or
+    # both sides would wait for each other.
+    outgoing = bytearray()
     try:
         if raw:
             tty.setraw(in_fd)
         while True:
             for signum in interrupts:
-                wire.send_request("exec.signal", {"signal": signum})
+                outgoing += _request(wire, "exec.signal", {"signal": signum})
             interrupts.clear()
-            watch = [wire.fileno(), wake_r] + ([in_fd] if stdin_open else [])
+            reading = stdin_open and not outgoing
+            watch = [wire.fileno(), wake_r] + ([in_fd] if reading else [])
             buffered = bool(wire.pending) or wire.has_buffered()
             try:
-                ready, _, _ = select.select(watch, [], [], 0 if buffered else None)
+                ready, writable, _ = select.select(
+                    watch, [wire.fileno()] if outgoing else [], [], 0 if buffered else None
+                )
             except InterruptedError:
                 continue
             if wake_r in ready:
                 os.read(wake_r, 64)
-            if stdin_open and in_fd in ready:
+            if writable:
+                del outgoing[: _send_some(wire, outgoing)]
+            if reading and in_fd in ready:
                 data = os.read(in_fd, 65536)
                 payload = base64.b64encode(data).decode()
-                wire.send_request("exec.stdin", {"data": payload, "eof": not data})
+                outgoing += _request(wire, "exec.stdin", {"data": payload, "eof": not data})
                 stdin_open = bool(data)
             if buffered or wire.fileno() in ready:
                 while (frame := wire.next_frame(timeout=0)) is not None:
@@ -92,6 +103,21 @@ def run_exec(
         wire.close()
         os.close(wake_r)
         os.close(wake_w)
+
+
+def _request(wire: WireConnection, op: str, args: dict[str, Any]) -> bytes:
+    """A request frame, to be sent with :func:`_send_some`."""
+    return protocol.encode_control({"id": next(wire._ids), "op": op, "args": args})
+
+
+def _send_some(wire: WireConnection, data: bytearray) -> int:
+    """Send what the socket takes now, without blocking; returns how much."""
+    try:
+        return wire.sock.send(data, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError as exc:
+        raise DaemonUnavailable(f"lost the connection to the daemon: {exc}") from None
 
 
 def _apply(frame: protocol.Frame, out_fd: int, err_fd: int) -> int | None:

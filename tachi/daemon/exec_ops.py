@@ -8,6 +8,13 @@ stdin (``eof`` closes it), ``exec.signal`` signals the command's process
 group. The connection ending kills the command. Authorised as ``exec``, which
 only the daemon's owner holds (never an observer), and audited at start and
 exit.
+
+With ``pty`` the command runs on a :class:`tachi.core.pty.PtyChild`, as a
+session's window does: input is queued and written as the terminal takes it,
+never with a blocking write on the event loop, and an ``exec.stdin`` request
+is answered once the terminal has room again, so a client that sends faster
+than the command reads is held back by the connection's request limit.
+Output stops being read while the client has not taken what was sent.
 """
 
 from __future__ import annotations
@@ -15,16 +22,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import fcntl
-import functools
 import os
-import pty
 import signal
-import struct
-import termios
 from typing import Any
 
-from tachi.core.pty import default_signals
+from tachi.core.pty import INPUT_HIGH_WATER, PtyChild, default_signals
 from tachi.daemon.ops import RequestContext, arg_dict, arg_float, arg_str, operation
 from tachi.daemon.token_ops import require_local_owner
 from tachi.errors import Conflict, InvalidRequest, NotFound
@@ -33,26 +35,27 @@ from tachi.gotime import now_ns
 _CHUNK = 64 * 1024
 
 
-def _on_terminal(tty_fd: int) -> None:
-    """In the child: default signals, and the pty as the controlling terminal, so
-    that Ctrl-C typed into it interrupts the command. By descriptor: uvloop runs
-    this before it moves the pty onto stdin."""
-    default_signals()
-    if os.getsid(0) != os.getpid():  # not every event loop calls setsid before this
-        os.setsid()
-    fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
-
-
 class ExecJob:
-    """One running command and the connection it reports to."""
+    """One running command and the connection it reports to: on pipes
+    (``proc``) or on a terminal (``child``), exactly one of them."""
 
-    def __init__(self, ctx: RequestContext, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, ctx: RequestContext, pid: int) -> None:
         self.ctx = ctx
-        self.proc = proc
+        self.pid = pid
         self.started = now_ns()
-        self.pty_fd: int | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.child: PtyChild | None = None
+        #: The terminal's exit status, set when ``child`` has exited and its
+        #: output has been sent.
+        self.pty_exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         #: ``exec.start`` with ``record``: the output goes to a recording too.
         self.recording: Any = None
+
+    @property
+    def running(self) -> bool:
+        if self.child is not None:
+            return not self.pty_exit.done()
+        return self.proc is not None and self.proc.returncode is None
 
     def send(self, event: dict[str, Any]) -> None:
         self.ctx.connection.send(event)
@@ -71,27 +74,36 @@ class ExecJob:
         while data := await reader.read(_CHUNK):
             await self.output(stream, data)
 
-    async def pump_pty(self) -> None:
-        assert self.pty_fd is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                data = await loop.run_in_executor(None, os.read, self.pty_fd, _CHUNK)
-            except OSError:  # EIO: the command and its children closed the terminal
-                return
-            if not data:
-                return
-            await self.output("stdout", data)
+    def pty_output(self, data: bytes) -> None:
+        """``PtyChild.on_output``: send it; while the client has not taken what
+        was sent before, stop reading the terminal (the command then waits)."""
+        if self.recording is not None:
+            self.recording.output(data)
+        payload = base64.b64encode(data).decode()
+        self.send({"event": "exec.output", "stream": "stdout", "data": payload})
+        wire = self.ctx.connection.wire
+        if self.child is not None and wire.buffered() > _CHUNK:
+            self.child.pause_reading()
+            asyncio.get_running_loop().create_task(self._resume_when_drained(self.child))
+
+    async def _resume_when_drained(self, child: PtyChild) -> None:
+        await self.ctx.connection.wire.drained()
+        child.resume_reading()
+
+    def pty_exited(self, code: int) -> None:
+        """``PtyChild.on_exit``: after the last output, with the shell-style status."""
+        if not self.pty_exit.done():
+            self.pty_exit.set_result(code)
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
+        if self.running and self.pid > 0:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
 
 
 def _job(ctx: RequestContext) -> ExecJob:
     job = getattr(ctx.connection, "exec_job", None)
-    if job is None or job.proc.returncode is not None:
+    if job is None or not job.running:
         raise NotFound("no command is running on this connection (start one with exec.start)")
     return job
 
@@ -112,19 +124,19 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TACHI_TOKEN")}
     env |= {str(k): str(v) for k, v in extra.items()}
     use_pty = bool(args.get("pty"))
-    pty_fd = None
+    job: ExecJob
     try:
         if use_pty:
-            pty_fd, child_fd = pty.openpty()
             size = arg_dict(args, "size")
-            if size:
-                rows, cols = int(size.get("rows") or 24), int(size.get("cols") or 80)
-                fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=child_fd, stdout=child_fd, stderr=child_fd, cwd=cwd, env=env,
-                preexec_fn=functools.partial(_on_terminal, child_fd),
+            rows, cols = int(size.get("rows") or 24), int(size.get("cols") or 80)
+            job = ExecJob(ctx, 0)
+            # ptyprocess makes the terminal the command's controlling one, so
+            # Ctrl-C typed into it interrupts the command.
+            job.child = PtyChild(
+                argv, env=env, cwd=cwd, rows=rows, cols=cols,
+                on_output=job.pty_output, on_exit=job.pty_exited,
             )  # fmt: skip
-            os.close(child_fd)
+            job.pid = job.child.pid
         else:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -136,12 +148,10 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
                 start_new_session=True,
                 preexec_fn=default_signals,
             )
+            job = ExecJob(ctx, proc.pid)
+            job.proc = proc
     except OSError as exc:
-        if pty_fd is not None:
-            os.close(pty_fd)
         raise InvalidRequest(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
-    job = ExecJob(ctx, proc)
-    job.pty_fd = pty_fd
     if args.get("record"):
         size = arg_dict(args, "size")
         job.recording = ctx.daemon.recordings.record_stream(
@@ -157,28 +167,31 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     )
     timeout = arg_float(args, "timeout")
     asyncio.get_running_loop().create_task(_supervise(job, timeout))
-    return {"pid": proc.pid}
+    return {"pid": job.pid}
 
 
 async def _supervise(job: ExecJob, timeout: float | None) -> None:
-    pumps = (
-        [job.pump_pty()]
-        if job.pty_fd is not None
-        else [job.pump(job.proc.stdout, "stdout"), job.pump(job.proc.stderr, "stderr")]
-    )
     timed_out = False
-    try:
-        await asyncio.wait_for(asyncio.gather(job.proc.wait(), *pumps), timeout)
-    except TimeoutError:
-        timed_out = True
-        job.kill()
-        await job.proc.wait()
-    finally:
-        if job.pty_fd is not None:
-            os.close(job.pty_fd)
-    code = job.proc.returncode
-    assert code is not None
-    status = 128 - code if code < 0 else code
+    if job.child is not None:
+        try:
+            status = await asyncio.wait_for(asyncio.shield(job.pty_exit), timeout)
+        except TimeoutError:
+            timed_out = True
+            job.kill()
+            status = await job.pty_exit
+    else:
+        proc = job.proc
+        assert proc is not None
+        pumps = [job.pump(proc.stdout, "stdout"), job.pump(proc.stderr, "stderr")]
+        try:
+            await asyncio.wait_for(asyncio.gather(proc.wait(), *pumps), timeout)
+        except TimeoutError:
+            timed_out = True
+            job.kill()
+            await proc.wait()
+        code = proc.returncode
+        assert code is not None
+        status = 128 - code if code < 0 else code
     event: dict[str, Any] = {"event": "exec.exit", "exitCode": 124 if timed_out else status}
     if timed_out:
         event["timedOut"] = True
@@ -202,11 +215,14 @@ async def stdin(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         data = base64.b64decode(arg_str(args, "data", required=False) or "", validate=True)
     except ValueError:
         raise InvalidRequest("data must be base64") from None
-    if job.pty_fd is not None:
-        os.write(job.pty_fd, data)
-        if args.get("eof"):
-            os.write(job.pty_fd, b"\x04")
+    if job.child is not None:
+        # Queued at once, in request order; answered once the terminal has taken
+        # enough of it, so a sender faster than the command fills the
+        # connection's request slots and is no longer read.
+        job.child.write(data + b"\x04" if args.get("eof") else data)
+        await job.child.input_below(INPUT_HIGH_WATER)
         return {"bytes": len(data)}
+    assert job.proc is not None
     writer = job.proc.stdin
     if writer is None or writer.is_closing():
         if not data:  # closing what is closed already is fine
@@ -227,5 +243,5 @@ async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, An
     job = _job(ctx)
     number = parse_signal(args.get("signal"))
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(job.proc.pid, number)
+        os.killpg(job.pid, number)
     return {"signal": signal.Signals(number).name}
