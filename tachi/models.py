@@ -9,11 +9,39 @@ Internally times are kept as epoch nanoseconds (``int``).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tachi.gotime import format_rfc3339, parse_rfc3339
+
+#: Characters a terminal acts on rather than shows: C0 and C1 controls (ESC
+#: starts OSC 52 clipboard writes and OSC 0 title changes), DEL, line and
+#: paragraph separators, bidirectional overrides and isolates (which reorder
+#: what follows them), and lone surrogates.
+UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every character of :data:`UNSAFE_TEXT` written as an escape
+    (``\\x1b``, ``\\u202e``), so printing it cannot drive the terminal."""
+    if not UNSAFE_TEXT.search(text):
+        return text
+    return UNSAFE_TEXT.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+def check_window_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is 1-64 characters, not all blank, with
+    no character a terminal would act on (see :data:`UNSAFE_TEXT`)."""
+    if not name.strip() or len(name) > 64:
+        raise ValueError("a window name must be 1-64 characters")
+    if UNSAFE_TEXT.search(name):
+        raise ValueError(
+            f"invalid window name '{visible(name)}': control characters are not allowed"
+        )
 
 
 class SessionState(enum.StrEnum):

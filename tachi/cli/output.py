@@ -12,6 +12,7 @@ import click
 
 # Already loaded with tachi.models, which every command that prints an age uses.
 from tachi.gotime import parse_rfc3339
+from tachi.models import UNSAFE_TEXT, visible
 
 
 def emit_json(value: Any) -> None:
@@ -25,6 +26,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [
         ["" if c is None else str(c) for c in row] for row in rows
     ]
+    # Names made before they were checked (old state, a plugin's) must not drive
+    # the terminal (OSC 52, OSC 0): escape them. One search when there are none.
+    if UNSAFE_TEXT.search("".join(map("".join, cells))):
+        cells = [[visible(c) for c in row] for row in cells]
     widths = [max(map(len, column)) for column in zip(*cells, strict=True)]
     # One format per row and one write: a listing of 1,000 sessions spent 20 ms
     # in click.echo per row, and 1 ms more padding cell by cell.

@@ -16,7 +16,15 @@ from tachi.core.shell_integration import integrate
 from tachi.core.window import WindowRuntime, strip_escapes
 from tachi.errors import Conflict, InvalidRequest
 from tachi.gotime import now_ns
-from tachi.models import MAX_COLS, MAX_ROWS, CloseReason, PTYConfig, Session, SessionState
+from tachi.models import (
+    MAX_COLS,
+    MAX_ROWS,
+    CloseReason,
+    PTYConfig,
+    Session,
+    SessionState,
+    visible,
+)
 
 if TYPE_CHECKING:
     from tachi.core.clients import AttachedClient
@@ -115,7 +123,8 @@ class SessionRuntime:
             spawn, env = integrate(argv, env, self.events.shell_dir)
         window = WindowRuntime(
             window_id,
-            name=name or os.path.basename(argv[0]),
+            # The default comes from the command, which may hold anything.
+            name=name or visible(os.path.basename(argv[0]))[:64],
             command=argv,
             spawn=spawn,
             env=env,

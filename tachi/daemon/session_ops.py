@@ -24,6 +24,7 @@ from tachi.models import (
     Session,
     SessionFilter,
     SessionRequest,
+    check_window_name,
     field_mask,
 )
 
@@ -304,6 +305,11 @@ async def window_new(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
         raise InvalidRequest("command must be a list of strings")
     name = arg_str(args, "name", required=False)
+    if name is not None:
+        try:
+            check_window_name(name)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
     try:
         window = session.mux.new_window(command, name, select=args.get("select", True) is not False)
     except OSError as exc:
@@ -339,8 +345,10 @@ async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     session = _live(ctx, args, "window.rename")
     ctx.connection.deny_if_read_only("renaming windows")
     name = arg_str(args, "name") or ""
-    if not name.strip() or len(name) > 64:
-        raise InvalidRequest("a window name must be 1-64 characters")
+    try:
+        check_window_name(name)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     window_id = arg_int(args, "window", required=True)
     if window_id == -1:
         window_id = session.mux.get(None).id
