@@ -368,3 +368,25 @@ def test_configured_rotation_rotates_tokens_by_itself(tachi_home):
         assert refused.returncode == 4 and "rotated out" in refused.stderr
     finally:
         daemon.stop()
+
+
+def test_an_observers_typed_keys_are_dropped_by_the_daemon_and_audited(tachi_daemon):
+    """attach --token as an observer: what they type goes to the daemon, which
+    drops it (never the program) and writes one denied session.write record."""
+    s = tachi_daemon.new(*SHELL)
+    made = tachi_daemon.run("share", s["id"], "--role", "observer", "--json", check=True)
+    token = json.loads(made.stdout)["token"]
+    child = spawn_attach(tachi_daemon, s["id"], "--token", token)
+    child.expect(r"\$ |# ")
+    child.send("echo OBSERVER-KEYS\r")
+    until = time.monotonic() + 10
+    denied: list[dict] = []
+    while not denied and time.monotonic() < until:
+        records = audit_records(tachi_daemon, "--session", s["id"])
+        denied = [r for r in records if r["action"] == "session.write" and r["result"] == "denied"]
+        time.sleep(0.1)
+    child.send(PREFIX + "d")
+    child.expect(pexpect.EOF)
+    assert denied, "the observer's keys left no audit record"
+    assert denied[0]["principal"].startswith("token:") and "read-only" in denied[0]["reason"]
+    assert "OBSERVER-KEYS" not in capture(tachi_daemon, s["id"])
