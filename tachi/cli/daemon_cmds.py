@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -71,8 +72,12 @@ def stop(ctx: Context, timeout: float) -> None:
     """Stop the daemon; every session is closed (reason daemon-stopped)."""
     try:
         client = ctx.client(autostart=False)
-    except DaemonUnavailable:
-        click.echo("tachid is not running", err=True)
+    except DaemonUnavailable as exc:
+        listener = None if ctx.host else _socket_owner(ctx.socket_path)
+        if listener is None:
+            click.echo("tachid is not running", err=True)
+            return
+        _stop_by_signal(listener, ctx.socket_path, timeout, str(exc))
         return
     with client:
         # Watch the process itself, opened before it is asked to stop: the socket
@@ -82,6 +87,46 @@ def stop(ctx: Context, timeout: float) -> None:
     if not exited(timeout):
         raise DaemonUnavailable(f"tachid (pid {result['pid']}) did not exit within {timeout:g}s")
     click.echo(f"tachid stopped ({plural(result['sessions'], 'session')} closed)", err=True)
+
+
+def _socket_owner(path: Path) -> tuple[int, int] | None:
+    """(pid, uid) of the process listening on the Unix socket ``path``, as the
+    kernel reports it, or ``None`` if nothing accepts connections there."""
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(str(path))
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _stop_by_signal(listener: tuple[int, int], socket: Path, timeout: float, why: str) -> None:
+    """Stop a daemon that is alive but did not answer, with SIGTERM (what it
+    does on ``daemon.stop`` too); raise saying what failed if that is not ours
+    to do or does not work."""
+    import os
+    import signal
+
+    pid, uid = listener
+    if uid != os.getuid():
+        raise DaemonUnavailable(
+            f"the process listening on {socket} (pid {pid}, uid {uid}) did not answer: {why}"
+        )
+    click.echo(
+        f"tachid (pid {pid}) is running but did not answer: {why}; sending SIGTERM", err=True
+    )
+    exited = _exit_watch(pid, socket)
+    with contextlib.suppress(ProcessLookupError):  # gone already: the watch says so
+        os.kill(pid, signal.SIGTERM)
+    if not exited(timeout):
+        raise DaemonUnavailable(f"tachid (pid {pid}) did not exit within {timeout:g}s of SIGTERM")
+    click.echo("tachid stopped", err=True)
 
 
 def _exit_watch(pid: int, socket: Path) -> Callable[[float], bool]:

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from tachi import __version__
 from tachi import config as config_mod
 from tachi.core.access import SessionAccess
-from tachi.core.guarded_hooks import GuardedHook
+from tachi.core.guarded_hooks import CheckedHook, GuardedHook, OffLoopHook, Verdict
 from tachi.core.manager import SessionManager
 from tachi.core.principal import Principal, user_name
 from tachi.core.store import SessionStore, connect
-from tachi.errors import PermissionDenied, TachiError
+from tachi.errors import AuditWriteError, PermissionDenied, TachiError
 from tachi.gotime import now_ns
 from tachi.models import CloseReason
 from tachi.plugins import make_plugin_manager
@@ -43,6 +43,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tachi.daemon")
 
+#: What the daemon's own user on the Unix socket may always do, whatever a
+#: plugin answers or however it fails: it could send SIGTERM anyway, and must
+#: not need to, to get rid of a broken plugin.
+OWNER_ALWAYS = frozenset({"daemon.status", "daemon.stop"})
+
+
+def _is_local_owner(principal: Principal) -> bool:
+    """The daemon's own user, proven by the kernel on the Unix socket, with no token."""
+    return principal.kind == "unix" and principal.grant_id is None and principal.uid == os.getuid()
+
+
+def _is_vote(answer: Any) -> bool:
+    return answer is None or isinstance(answer, bool)
+
+
+def _is_identity(answer: Any) -> bool:
+    return answer is None or isinstance(answer, Principal)
+
 
 class Daemon:
     """The daemon's state and the decisions (authorisation, admission, audit)
@@ -59,7 +77,24 @@ class Daemon:
         self.pm = pm
         pm.register(TokenAuthenticator(self), "tachi.builtins.token_auth")
         self.hooks = pm.hook
-        self._audit_event_hook = GuardedHook(pm.hook.tachi_audit_event)
+        # Audit shippers talk to the network: they run on their own thread.
+        self._audit_event_hook = OffLoopHook(GuardedHook(pm.hook.tachi_audit_event, deadline=None))
+        # Decisions are needed before a request goes on: on the loop, one
+        # implementation at a time, timed (see tachi.core.guarded_hooks).
+        self._authorize_hook = CheckedHook(
+            pm.hook.tachi_authorize,
+            valid=_is_vote,
+            expected="True, False or None",
+            firstresult=False,
+            on_failure=self._audit_plugin_failure,
+        )
+        self._authenticate_hook = CheckedHook(
+            pm.hook.tachi_authenticate,
+            valid=_is_identity,
+            expected="a Principal or None",
+            firstresult=True,
+            on_failure=self._audit_plugin_failure,
+        )
         self.started_at = now_ns()
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,6 +178,7 @@ class Daemon:
             self.recordings.process.stop()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
             self.audit_log.close()
+            self._audit_event_hook.close(timeout=5.0)
             self.db.close()
 
     def request_stop(self) -> None:
@@ -196,20 +232,51 @@ class Daemon:
     # -- authorisation --------------------------------------------------------
     def allowed(self, principal: Principal, action: str, session: Any) -> bool:
         """Ask every ``tachi_authorize`` hook: any deny wins, else one allow allows.
-        A daemon token must still be live (not expired or revoked)."""
+        A daemon token must still be live (not expired or revoked). Never raises
+        for a plugin: one that raises, answers something other than a bool or
+        ``None``, or overruns its deadline denies."""
+        return self._denial(principal, action, session) is None
+
+    def _denial(
+        self, principal: Principal, action: str, session: Any
+    ) -> tuple[str, str | None, str | None] | None:
+        """Why ``principal`` may not do ``action``: (audit reason, the plugin that
+        decided, the message for the peer or ``None`` for the usual one); ``None``
+        if it may."""
         if principal.grant_session == "*" and not self.grants.is_active("*", principal.grant_id):
-            return False
-        answers = self.hooks.tachi_authorize(principal=principal, action=action, session=session)
-        return False not in answers and True in answers
+            return ("policy", None, None)
+        denial = _denial_of(
+            self._authorize_hook(principal=principal, action=action, session=session)
+        )
+        if denial is not None and action in OWNER_ALWAYS and _is_local_owner(principal):
+            self.audit_by(
+                principal,
+                action,
+                result="allowed",
+                reason=f"{denial[0]}; overridden: the daemon's own user may always {action}",
+                details={"plugin": denial[1]},
+            )
+            return None
+        return denial
 
     def authorize(self, principal: Principal, action: str, session: Any) -> None:
-        """Raise ``PermissionDenied`` (and audit it) unless ``allowed``."""
-        if self.allowed(principal, action, session):
+        """Raise ``PermissionDenied`` (and audit it, naming the plugin that
+        denied and its reason) unless ``allowed``."""
+        denial = self._denial(principal, action, session)
+        if denial is None:
             return
+        reason, plugin, message = denial
         session_id = getattr(session, "id", None)
-        self.audit_by(principal, action, session_id, result="denied", reason="policy")
+        self.audit_by(
+            principal,
+            action,
+            session_id,
+            result="denied",
+            reason=reason,
+            details={"plugin": plugin} if plugin else None,
+        )
         target = f" on session {session_id}" if session_id else ""
-        raise PermissionDenied(f"{principal.user} may not {action}{target}")
+        raise PermissionDenied(message or f"{principal.user} may not {action}{target}")
 
     def role_of(self, principal: Principal, session: SessionRuntime) -> str | None:
         return session.access.role_of(principal)
@@ -237,19 +304,56 @@ class Daemon:
         refusal cannot be audited while failing closed.
         """
         self.check_address(peer)
-        try:
-            principal = self.hooks.tachi_authenticate(peer=peer)
-        except PermissionDenied as exc:
-            self.audit_refusal(peer, "auth", exc.message)
-            raise
+        verdict = self._authenticate_hook(peer=peer)
+        principal = verdict.result
+        owner = peer.transport == "unix" and peer.uid == os.getuid()
+        if verdict.refusal is not None:
+            plugin, exc = verdict.refusal
+            if (
+                not owner
+                or plugin.startswith("tachi.builtins.")
+                or isinstance(exc, AuditWriteError)
+            ):
+                if isinstance(exc, PermissionDenied):
+                    self.audit_refusal(peer, "auth", exc.message)
+                raise exc
+            # The daemon's own user (the kernel says so) is never locked out by a
+            # plugin: it could kill the daemon anyway, and needs to stop it.
+            self.audit(
+                action="auth",
+                result="allowed",
+                principal=peer.username or "-",
+                source=peer.source,
+                reason=f"plugin {plugin} refused ({exc.message}); overridden: the daemon's"
+                " own user on the Unix socket is always let in",
+                details={"transport": peer.transport, "plugin": plugin},
+            )
+            principal = None
+        if principal is None and owner:
+            assert peer.uid is not None
+            principal = Principal.local(peer.uid, peer.pid)
+            if peer.token is not None:
+                principal = self.principal_for_token(peer.token, principal, peer)
         if principal is None:
             reason = f"no identity accepted for this {peer.transport} connection"
             if peer.address is not None:
                 reason += " (present a token: TACHI_TOKEN; 'tachi token create' makes one)"
-            self.audit_refusal(peer, "auth", reason)
+            failed = ", ".join(sorted({plugin for plugin, _ in verdict.failures}))
+            self.audit_refusal(peer, "auth", f"{reason}; failed: {failed}" if failed else reason)
             raise PermissionDenied(reason)
         self.admit(principal)
         return principal
+
+    def _audit_plugin_failure(self, plugin: str, hook: str, why: str) -> None:
+        """Audit that a plugin failed in a decision hook (as often as it is logged)."""
+        self.audit(
+            action="plugin.error",
+            result="error",
+            principal="tachid",
+            source="daemon",
+            reason=f"plugin {plugin} failed in {hook}: {why}",
+            details={"plugin": plugin, "hook": hook},
+        )
 
     def audit_refusal(self, peer: Peer, action: str, reason: str) -> None:
         """Audit a refused peer that has no principal yet (named by its source)."""
@@ -446,6 +550,24 @@ async def serve(config: config_mod.Config) -> None:
         loop.add_signal_handler(sig, daemon.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     await daemon.run()
+
+
+def _denial_of(verdict: Verdict) -> tuple[str, str | None, str | None] | None:
+    """The ``tachi_authorize`` answers combined: a refusal, a failure or a
+    ``False`` denies (naming the plugin); otherwise one ``True`` allows."""
+    if verdict.refusal is not None:
+        plugin, exc = verdict.refusal
+        return (exc.message, plugin, exc.message)
+    if verdict.failures:
+        plugin, why = verdict.failures[0]
+        return (f"plugin {plugin} failed: {why}", plugin, None)
+    votes = verdict.answers
+    for plugin, answer in votes:
+        if answer is False:
+            return ("policy", plugin, None)
+    if any(answer is True for _, answer in votes):
+        return None
+    return ("policy", None, None)
 
 
 def run_loop(main: Any) -> None:
