@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.daemon.direct_terminal import DescriptorReceiver
 from tachi.daemon.inbox import FrameInbox
 from tachi.errors import TachiError
 from tachi.hookspecs import hookimpl
@@ -64,6 +65,7 @@ class FrameProtocol(asyncio.Protocol):
         self._writable.set()
         #: The connection's task (held here: the loop keeps only a weak one).
         self._task: asyncio.Task[None] | None = None
+        self._receiver: DescriptorReceiver | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,7 +74,10 @@ class FrameProtocol(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=_HIGH_WATER)
-        self._inbox = FrameInbox(transport.pause_reading, transport.resume_reading)
+        # Flow control goes through the receiver: while it reads the socket for
+        # a terminal's descriptor, the transport does not.
+        self._receiver = DescriptorReceiver(transport, self.data_received)
+        self._inbox = FrameInbox(self._receiver.pause_reading, self._receiver.resume_reading)
         peer = socket_peer(transport.get_extra_info("socket"))
         self._task = asyncio.get_running_loop().create_task(
             self._daemon.serve_connection(self, self._inbox, peer=peer)
@@ -89,6 +94,8 @@ class FrameProtocol(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._receiver is not None:
+            self._receiver.close()
         if self._inbox is not None:
             self._inbox.feed_eof()
         self._writable.set()  # nothing will drain now: let waiters go
@@ -98,6 +105,16 @@ class FrameProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+
+    # -- a terminal handed over (see tachi.daemon.direct_terminal) --------------
+    def expect_descriptor(self, timeout: float) -> None:
+        """Take the next descriptor the peer sends (within ``timeout`` seconds)."""
+        assert self._receiver is not None
+        self._receiver.expect(timeout)
+
+    def take_descriptor(self) -> int | None:
+        """The descriptor the peer sent since :meth:`expect_descriptor`, if any."""
+        return self._receiver.take() if self._receiver is not None else None
 
     # -- Wire -------------------------------------------------------------------
     def write(self, data: bytes) -> None:

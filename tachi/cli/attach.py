@@ -15,6 +15,7 @@ import json
 import os
 import select
 import signal
+import socket
 import struct
 import sys
 import termios
@@ -90,7 +91,9 @@ def attach(
     )
     bridge = _Bridge(wire, in_fd, out_fd, prefix, read_only=bool(result.get("readOnly")))
     bridge.session_id = str(result["id"])
-    bridge.direct = _may_hand_over(endpoint, in_fd, out_fd)
+    # Messages name the session as the user knows it (as tmux does): its name if it has one.
+    bridge.session_label = str(result.get("name") or result["id"])
+    bridge.direct = _may_hand_over(endpoint, in_fd, out_fd) and _hand_over_terminal(wire, in_fd)
     if isinstance(endpoint, Endpoint) and endpoint.remote:
 
         def reopen(position: tuple[int, int] | None) -> WireConnection:
@@ -128,6 +131,30 @@ def _may_hand_over(endpoint: Path | Endpoint, in_fd: int, out_fd: int) -> bool:
         return False
 
 
+def _hand_over_terminal(wire: WireConnection, in_fd: int) -> bool:
+    """Send the daemon this terminal (``client.terminal``'s descriptor step):
+    opened anew by this process, so it is a terminal this user may open, in a
+    non-blocking file description of its own (the shell's stays as it is).
+    Returns whether the daemon took it; if not, attach draws everything itself."""
+    if getattr(wire.sock, "family", None) != socket.AF_UNIX:
+        return False
+    flags = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(f"/proc/self/fd/{in_fd}", flags)
+    except OSError:
+        return False
+    try:
+        ready = wire.call("client.terminal", {"descriptor": "offer"}) or {}
+        if ready.get("descriptor") != "ready":
+            return False
+        wire.call("client.terminal", {"descriptor": "sent"}, descriptor=fd)
+    except TachiError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 #: After a flood, the output goes back to the daemon once it has paused this long.
 OUTPUT_QUIET = 0.25
 #: How long to wait for the daemon to hand the terminal back before drawing anyway.
@@ -163,6 +190,7 @@ class _Bridge:
         self.prefix = prefix
         self.read_only = read_only
         self.session_id = ""
+        self.session_label = ""
         self.state = _State()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -417,7 +445,7 @@ class _Bridge:
             else:
                 name = signal.Signals(sig).name
                 self.state.ended = AttachOutcome(
-                    128 + sig, f"detached from session {self.session_id} ({name})"
+                    128 + sig, f"detached from session {self.session_label} ({name})"
                 )
 
     # -- daemon → terminal -------------------------------------------------------------
@@ -526,11 +554,11 @@ class _Bridge:
             reason = closed.get("reason")
             if reason == "exit":
                 return AttachOutcome(
-                    int(code or 0), f"session {self.session_id} exited with code {code}"
+                    int(code or 0), f"session {self.session_label} exited with code {code}"
                 )
-            return AttachOutcome(1, f"session {self.session_id} closed ({reason})")
+            return AttachOutcome(1, f"session {self.session_label} closed ({reason})")
         return AttachOutcome(
-            0, str(detached.get("message") or f"detached from session {self.session_id}")
+            0, str(detached.get("message") or f"detached from session {self.session_label}")
         )
 
     # -- what lies outside a smaller session ------------------------------------
@@ -665,7 +693,9 @@ class _Bridge:
         self._flush_input(out)
 
     def _flush_input(self, data: bytes | bytearray) -> None:
-        if data and not self.read_only:
+        # A read-only client's keys go too: the daemon drops them and audits
+        # the attempt (what was tried is part of the record).
+        if data:
             self.wire.send_stdin(bytes(data))
 
     def _request(self, op: str, **args: Any) -> None:
@@ -675,7 +705,7 @@ class _Bridge:
     def _command(self, key: bytes) -> None:
         if key == b"d":
             self.wire.send_request("client.detach", {})
-            self.state.ended = AttachOutcome(0, f"detached from session {self.session_id}")
+            self.state.ended = AttachOutcome(0, f"detached from session {self.session_label}")
         elif key == b"c":
             self._request("window.new", command=[])
         elif key in (b"n", b"p"):

@@ -58,9 +58,27 @@ class WireConnection:
                 f"lost the connection to the daemon: {exc.strerror or exc}"
             ) from None
 
-    def send_request(self, op: str, args: dict[str, Any]) -> int:
+    def send_with_descriptor(self, data: bytes, fd: int) -> None:
+        """Send ``data`` with a copy of descriptor ``fd`` attached (``SCM_RIGHTS``:
+        a Unix socket only); the daemon receives it with the first byte."""
+        import array  # here: only a hand-over needs it
+
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        try:
+            sent = self.sock.sendmsg([data], rights)
+            self.sock.sendall(data[sent:])
+        except OSError as exc:
+            raise DaemonUnavailable(
+                f"lost the connection to the daemon: {exc.strerror or exc}"
+            ) from None
+
+    def send_request(self, op: str, args: dict[str, Any], *, descriptor: int | None = None) -> int:
         request_id = next(self._ids)
-        self.send_frame(protocol.encode_control({"id": request_id, "op": op, "args": args}))
+        data = protocol.encode_control({"id": request_id, "op": op, "args": args})
+        if descriptor is None:
+            self.send_frame(data)
+        else:
+            self.send_with_descriptor(data, descriptor)
         return request_id
 
     def send_stdin(self, data: bytes) -> None:
@@ -129,9 +147,12 @@ class WireConnection:
             return self.pending.popleft()
         return self.recv_frame(timeout)
 
-    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
-        """Send a request and block for its reply; raises the daemon's error."""
-        request_id = self.send_request(op, args or {})
+    def call(
+        self, op: str, args: dict[str, Any] | None = None, *, descriptor: int | None = None
+    ) -> Any:
+        """Send a request (with a copy of ``descriptor`` attached, if given) and
+        block for its reply; raises the daemon's error."""
+        request_id = self.send_request(op, args or {}, descriptor=descriptor)
         while True:
             frame = self.recv_frame()
             assert frame is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from tachi.daemon.server import Daemon
 
 log = logging.getLogger("tachi.connection")
+#: How long the daemon reads for a terminal's descriptor after answering the offer.
+DESCRIPTOR_TIMEOUT = 5.0
 NextFrame = Callable[[], Awaitable[protocol.Frame | None]]
 
 
@@ -271,20 +274,57 @@ class Connection:
 
     # -- the client's own terminal (see tachi.daemon.direct_terminal) ---------------
     def open_terminal(self) -> DirectTerminal:
-        """The client's terminal, opened on first use. Raises ``InvalidRequest``
-        for a peer that is not a local process with a terminal the daemon may open."""
+        """The terminal the client handed over (``adopt_terminal``). Raises
+        ``InvalidRequest`` if there is none: the daemon never opens one itself."""
         if self.terminal is None or self.terminal.broken:
-            # Any transport that knows the peer's process from the kernel (the
-            # Unix socket's SO_PEERCRED) and pushes frames into an inbox.
-            if self.peer is None or not self.peer.pid or self._inbox is None:
-                raise InvalidRequest(
-                    "only a client on this host's Unix socket can hand over its terminal"
-                )
-            if self.terminal is not None:
-                self.terminal.close()  # broken: its descriptor is of no more use
-            self.terminal = DirectTerminal.of_peer(self.peer.pid, asyncio.get_running_loop())
-            self.terminal.on_broken = self._terminal_broken
+            self._descriptor_wire()
+            raise InvalidRequest(
+                "this client has not handed over its terminal (its stdin is not a"
+                " terminal, or it sent no descriptor with client.terminal)"
+            )
         return self.terminal
+
+    def expect_terminal(self) -> None:
+        """Ready this connection to receive the client's terminal descriptor
+        (``client.terminal`` with ``descriptor: "offer"``)."""
+        self._descriptor_wire().expect_descriptor(DESCRIPTOR_TIMEOUT)
+
+    def adopt_terminal(self) -> DirectTerminal:
+        """Take the descriptor that came with this request as the client's
+        terminal, if it may be used (see ``DirectTerminal.adopt``). Raises
+        ``PermissionDenied`` or ``InvalidRequest`` saying why not."""
+        wire = self._descriptor_wire()
+        fd = wire.take_descriptor()
+        if fd is None:
+            raise InvalidRequest(
+                "no descriptor came with this request (send it with SCM_RIGHTS"
+                " once the daemon has answered the offer)"
+            )
+        assert self.peer is not None and self.peer.uid is not None
+        if self.terminal is not None and not self.terminal.broken:
+            os.close(fd)
+            raise InvalidRequest("this client's terminal is handed over already")
+        terminal = DirectTerminal.adopt(fd, self.peer.uid, asyncio.get_running_loop())
+        if self.terminal is not None:
+            self.terminal.close()  # broken: its descriptor is of no more use
+        self.terminal = terminal
+        self.terminal.on_broken = self._terminal_broken
+        return terminal
+
+    def _descriptor_wire(self) -> Any:
+        # Only a transport that knows the peer from the kernel (the Unix
+        # socket's SO_PEERCRED) and can receive descriptors.
+        wire = self.wire
+        if (
+            self.peer is None
+            or self.peer.uid is None
+            or self._inbox is None
+            or not hasattr(wire, "expect_descriptor")
+        ):
+            raise InvalidRequest(
+                "only a client on this host's Unix socket can hand over its terminal"
+            )
+        return wire
 
     def read_terminal(self, prefix: bytes) -> None:
         """Take keystrokes from the client's terminal until the prefix key, which

@@ -2,38 +2,55 @@
 
 An attach normally puts the client process on both legs of every keystroke:
 it reads the terminal and sends a frame, the daemon writes the PTY, and the
-echo comes back the same way. For a client on this host the daemon can open
-that terminal itself, as ``/proc/PID/fd/0`` of the peer the kernel names on
-the Unix socket (``SO_PEERCRED``), and take the client off the path: keys go
-from the terminal to the PTY, and output from the PTY to the terminal, inside
-one process. The client keeps everything else (the prefix key's commands,
-copy mode, prompts, signals) and takes either direction back when it needs
-it; the protocol is in ``docs/protocol.md`` under ``client.terminal``.
+echo comes back the same way. For a client on this host the daemon can use
+that terminal itself and take the client off the path: keys go from the
+terminal to the PTY, and output from the PTY to the terminal, inside one
+process. The client keeps everything else (the prefix key's commands, copy
+mode, prompts, signals) and takes either direction back when it needs it; the
+protocol is in ``docs/protocol.md`` under ``client.terminal``.
 
-Opening ``/proc/PID/fd/0`` is allowed only where the kernel would let the
-daemon read that process's memory (the same user, or root), and it names the
-very terminal the peer holds: a client cannot point the daemon at another.
+The daemon uses only a terminal the peer itself opened and sent over the Unix
+socket (``SCM_RIGHTS``): it never opens a terminal with its own credentials.
+Opening ``/proc/PID/fd/0`` of the peer did, and a peer could put there an
+``O_PATH`` descriptor of a terminal it may not open (a root daemon then wrote
+into another user's terminal and read its keys). A descriptor is taken only
+open for reading and writing (never ``O_PATH``: that proves nothing), non-blocking
+(its own file description: the daemon must never block on it, nor change the
+flags of one it shares), a terminal, and owned by the peer's user unless the
+peer is the daemon's own user (:meth:`DirectTerminal.adopt`).
+
+Transports read their sockets with ``recv`` (uvloop's in C), which discards
+(closes) descriptors that come along. So the descriptor has a step of its own:
+the client asks (``descriptor: "offer"``), the daemon stops the transport's
+reading and reads the socket with ``recvmsg`` itself
+(:class:`DescriptorReceiver`), answers, and the client's next request carries
+the descriptor. At most one is kept; any other is closed at once.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import fcntl
 import os
+import socket
+import stat
 import struct
 import termios
 from collections.abc import Callable
+from typing import Any
 
-from tachi.errors import InvalidRequest
+from tachi.errors import InvalidRequest, PermissionDenied
 
 #: Read at most this much from the terminal per callback (a paste comes in pieces).
 READ_SIZE = 65536
 
 
 class DirectTerminal:
-    """A terminal device opened anew (its own file description, non-blocking, not
-    the daemon's controlling terminal), with a buffered writer and a reader.
+    """A terminal the client opened anew and handed over (its own file
+    description, non-blocking; receiving it never makes it the daemon's
+    controlling terminal), with a buffered writer and a reader.
 
     It has the ``write``/``buffered``/``drained``/``close`` of a
     :class:`~tachi.core.clients.Wire`, so a client's output goes to it by the
@@ -54,25 +71,16 @@ class DirectTerminal:
         self.on_broken: Callable[[], None] | None = None
 
     @classmethod
-    def of_peer(cls, pid: int | None, loop: asyncio.AbstractEventLoop) -> DirectTerminal:
-        """Open the terminal the process ``pid`` has on its stdin, checking that
-        its stdout is the same terminal. Raises ``InvalidRequest`` saying why not."""
-        if not pid:
-            raise InvalidRequest("the daemon does not know this client's process")
-        flags = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+    def adopt(cls, fd: int, peer_uid: int, loop: asyncio.AbstractEventLoop) -> DirectTerminal:
+        """Take ``fd``, a descriptor the peer (user ``peer_uid``) sent, as its
+        terminal if it may be used: open for reading and writing (not
+        ``O_PATH``), non-blocking, a terminal, and the peer's own (or the peer is
+        the daemon's user). Otherwise ``fd`` is closed and ``PermissionDenied``
+        (a terminal that is not the peer's to hand over) or ``InvalidRequest``
+        says why."""
         try:
-            fd = os.open(f"/proc/{pid}/fd/0", flags)
-        except OSError as exc:
-            raise InvalidRequest(f"cannot open the client's terminal: {exc.strerror}") from None
-        try:
-            if not os.isatty(fd):
-                raise InvalidRequest("the client's stdin is not a terminal")
-            if os.stat(f"/proc/{pid}/fd/1").st_rdev != os.fstat(fd).st_rdev:
-                raise InvalidRequest("the client's stdout is not the terminal on its stdin")
-        except OSError as exc:
-            os.close(fd)
-            raise InvalidRequest(f"cannot check the client's terminal: {exc.strerror}") from None
-        except InvalidRequest:
+            _check_terminal(fd, peer_uid)
+        except BaseException:
             os.close(fd)
             raise
         return cls(fd, loop)
@@ -199,3 +207,163 @@ class DirectTerminal:
         self._out.clear()
         self._run_drained()
         os.close(self.fd)
+
+
+def _check_terminal(fd: int, peer_uid: int) -> None:
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        info = os.fstat(fd)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot check the terminal handed over: {exc.strerror}") from None
+    # An O_PATH descriptor can be had for any file one can name, and is
+    # readable by nobody: holding it proves no right to the terminal.
+    if flags & getattr(os, "O_PATH", 0) or flags & os.O_ACCMODE != os.O_RDWR:
+        raise PermissionDenied(
+            "the terminal handed over is not open for reading and writing"
+            " (the client must open it itself)"
+        )
+    if not stat.S_ISCHR(info.st_mode) or not os.isatty(fd):
+        raise InvalidRequest("the descriptor handed over is not a terminal")
+    if info.st_uid != peer_uid and peer_uid != os.geteuid():
+        raise PermissionDenied("the terminal handed over belongs to another user")
+    if not flags & os.O_NONBLOCK:
+        # Never blocking, and never changing flags another process shares.
+        raise InvalidRequest(
+            "the terminal handed over is not non-blocking (open it anew with O_NONBLOCK)"
+        )
+
+
+#: Room for exactly one descriptor (not CMSG_SPACE, whose padding fits two): the
+#: kernel installs no more, and closes the rest of a message's.
+_ONE_FD = socket.CMSG_LEN(array.array("i").itemsize)
+#: Read at most this much per ``recvmsg`` while waiting for a descriptor.
+_RECV_SIZE = 65536
+
+
+class DescriptorReceiver:
+    """Reads a stream socket with ``recvmsg`` in its transport's stead, for a while,
+    to take the one descriptor the peer sends (:meth:`expect`, :meth:`take`).
+
+    Bytes read go to ``feed`` in order, exactly as the transport would have
+    handed them over. It also stands between the connection's flow control and
+    the transport (:meth:`pause_reading`, :meth:`resume_reading`), so that only
+    one of the two reads the socket at a time.
+    """
+
+    def __init__(self, transport: Any, feed: Callable[[bytes], None]) -> None:
+        self._transport = transport
+        self._feed = feed
+        self._loop = asyncio.get_running_loop()
+        self._sock: socket.socket | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._fd: int | None = None
+
+    def pause_reading(self) -> None:
+        """Stop reading the socket, whoever reads it now (flow control)."""
+        self._paused = True
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        else:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read the socket again, here while a descriptor is expected, else in the transport."""
+        self._paused = False
+        if self._sock is not None:
+            self._loop.add_reader(self._sock.fileno(), self._read)
+        else:
+            self._transport.resume_reading()
+
+    def expect(self, timeout: float) -> None:
+        """Read the socket here until a descriptor comes, or for ``timeout``
+        seconds. What the transport already read stays ahead of it: the peer
+        sends its descriptor only once it has the answer to its offer."""
+        self._discard()
+        if self._sock is not None:
+            self._reset_timer(timeout)
+            return
+        raw = self._transport.get_extra_info("socket")
+        if raw is None or self._transport.is_closing():
+            raise InvalidRequest("the connection is closing")
+        # A second descriptor of the socket: the loop refuses a reader on the
+        # transport's own, and this one is closed after, leaving the transport's.
+        fd = os.dup(raw.fileno())
+        try:
+            self._sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            raise InvalidRequest("cannot read this connection's socket") from None
+        self._sock.setblocking(False)
+        self._transport.pause_reading()
+        if not self._paused:
+            self._loop.add_reader(self._sock.fileno(), self._read)
+        self._reset_timer(timeout)
+
+    def take(self) -> int | None:
+        """Stop reading here; the descriptor that came (now the caller's), if any."""
+        self._stop()
+        fd, self._fd = self._fd, None
+        return fd
+
+    def close(self) -> None:
+        """The connection is gone: stop, and close a descriptor nobody took."""
+        self._stop()
+        self._discard()
+
+    def _reset_timer(self, timeout: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(timeout, self._stop)
+
+    def _read(self) -> None:
+        assert self._sock is not None
+        try:
+            data, ancdata, _flags, _ = self._sock.recvmsg(
+                _RECV_SIZE, _ONE_FD, socket.MSG_CMSG_CLOEXEC
+            )
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, ancdata = b"", []
+        fds = _descriptors(ancdata)
+        if fds:
+            # Kept before the bytes it came with (its request) are fed.
+            self._discard()
+            self._fd = fds[0]
+            for extra in fds[1:]:
+                os.close(extra)
+        if fds or not data:
+            # Done here; at an end or error the transport sees it again itself.
+            self._stop()
+        if data:
+            self._feed(data)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sock is None:
+            return
+        sock, self._sock = self._sock, None
+        if not self._paused:
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
+        if not self._paused and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _descriptors(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """Every descriptor in ``recvmsg``'s ancillary data (the caller owns them)."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[: len(data) - len(data) % received.itemsize])
+            fds.extend(received)
+    return fds

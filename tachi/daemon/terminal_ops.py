@@ -5,13 +5,17 @@ With ``output: true`` the daemon writes the session's output (and screens) to
 the terminal itself and stops framing it; with ``input: true`` (and the prefix
 key) it reads the keystrokes itself, up to the prefix key. ``output: false``
 asks for the output back; the answer is the ``terminal`` event, sent once the
-daemon's last write has reached the terminal. See
-:mod:`tachi.daemon.direct_terminal` for how the terminal is found.
+daemon's last write has reached the terminal. Before any of that the client
+hands over the terminal itself: ``descriptor: "offer"``, then, once answered,
+``descriptor: "sent"`` with the descriptor attached (``SCM_RIGHTS``). See
+:mod:`tachi.daemon.direct_terminal` for why, and what the daemon accepts.
+Every refusal to use a terminal is audited (``client.terminal``, denied).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tachi.daemon.ops import RequestContext, operation
 from tachi.errors import InvalidRequest, TachiError
@@ -20,6 +24,9 @@ from tachi.errors import InvalidRequest, TachiError
 @operation("client.terminal", ordered=True)
 async def client_terminal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     connection = ctx.connection
+    descriptor = args.get("descriptor")
+    if descriptor is not None:
+        return _descriptor(ctx, descriptor)
     output, keys = args.get("output"), args.get("input")
     result: dict[str, Any] = {}
     if keys is False:
@@ -44,7 +51,7 @@ async def client_terminal(ctx: RequestContext, args: dict[str, Any]) -> dict[str
             raise InvalidRequest("prefix must be one character (or empty for none)")
         if client.read_only:
             raise InvalidRequest("a read-only client's keystrokes are not read")
-        connection.read_terminal(prefix.encode("latin-1"))
+        _audited(ctx, connection.read_terminal, prefix.encode("latin-1"))
         result["input"] = True
     if output is True:
         handover = args.get("handover")
@@ -52,7 +59,7 @@ async def client_terminal(ctx: RequestContext, args: dict[str, Any]) -> dict[str
             raise InvalidRequest("handover must be the client's count of hand-overs")
         client.handovers = handover
         try:
-            terminal = connection.open_terminal()
+            terminal = _audited(ctx, connection.open_terminal)
         except TachiError:
             # The client stopped drawing when it asked: give it its output back.
             client.hand_back_now()
@@ -65,3 +72,33 @@ async def client_terminal(ctx: RequestContext, args: dict[str, Any]) -> dict[str
         client.take_terminal(terminal)
         result["output"] = True
     return result
+
+
+def _descriptor(ctx: RequestContext, step: object) -> dict[str, Any]:
+    connection = ctx.connection
+    if step == "offer":
+        _audited(ctx, connection.expect_terminal)
+        return {"descriptor": "ready"}
+    if step == "sent":
+        _audited(ctx, connection.adopt_terminal)
+        return {"descriptor": "accepted"}
+    raise InvalidRequest('descriptor must be "offer" or "sent"')
+
+
+T = TypeVar("T")
+
+
+def _audited(ctx: RequestContext, use: Callable[..., T], *args: Any) -> T:
+    """``use(*args)``; a refusal to use a terminal is audited before it is raised."""
+    try:
+        return use(*args)
+    except TachiError as exc:
+        session = ctx.connection.session
+        ctx.daemon.audit_by(
+            ctx.principal,
+            "client.terminal",
+            session.id if session is not None else None,
+            result="denied",
+            reason=str(exc),
+        )
+        raise
