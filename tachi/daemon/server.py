@@ -132,6 +132,9 @@ class Daemon:
 
         self.sharing = SharingService(self)
         self.system_principal = Principal(user="tachid", uid=None, source="daemon")
+        from tachi.daemon.refusals import RefusalThrottle
+
+        self.refusals = RefusalThrottle(self.audit)
         self.transports: list[Any] = []
         self.extensions: dict[str, Any] = {}
         self._stop = asyncio.Event()
@@ -176,6 +179,7 @@ class Daemon:
             await self.sharing.stop()
             await self.manager.shutdown()
             self.recordings.process.stop()
+            self.refusals.close()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
             self.audit_log.close()
             self._audit_event_hook.close(timeout=5.0)
@@ -356,15 +360,21 @@ class Daemon:
         )
 
     def audit_refusal(self, peer: Peer, action: str, reason: str) -> None:
-        """Audit a refused peer that has no principal yet (named by its source)."""
-        self.audit(
-            action=action,
-            result="denied",
-            principal=peer.username or "-",
-            source=peer.source,
-            reason=reason,
-            details={"transport": peer.transport, "address": peer.address},
-        )
+        """Audit a refused peer that has no principal yet (named by its source):
+        per network address, the first of an interval in full, the rest as one
+        counted record (``tachi.daemon.refusals``). A refused token or password
+        (``auth.token``) also slows that address's next attempts."""
+        if action == "auth.token":
+            self.refusals.secret_failed(peer.address)
+        record = {
+            "action": action,
+            "result": "denied",
+            "principal": peer.username or "-",
+            "source": peer.source,
+            "reason": reason,
+            "details": {"transport": peer.transport, "address": peer.address},
+        }
+        self.refusals.refused(peer.address, record)
 
     def admit(self, principal: Principal) -> None:
         """Refuse, at connect, a local user who holds nothing here (audited)."""

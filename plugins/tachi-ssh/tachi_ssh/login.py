@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from tachi.core.peer import Peer
+from tachi.daemon.refusals import THROTTLED
 from tachi.errors import NotFound, TachiError
 from tachi.gotime import now_ns
 from tachi_ssh.channel import SessionChannel
@@ -179,13 +180,23 @@ class SSHLogin(asyncssh.SSHServer):  # type: ignore[misc]
     ) -> tuple[str, str, str, tuple[tuple[str, bool], ...]]:
         return ("", "", "", ((TOKEN_PROMPT, False),))
 
-    def validate_kbdint_response(self, username: str, responses: Any) -> bool:
+    async def validate_kbdint_response(self, username: str, responses: Any) -> bool:
         if len(responses) != 1:
             return False
-        return self.validate_password(username, str(responses[0]))
+        return await self.validate_password(username, str(responses[0]))
 
-    def validate_password(self, username: str, password: str) -> bool:
+    async def validate_password(self, username: str, password: str) -> bool:
+        """A share token as the password. After wrong ones from this address,
+        each attempt waits for its slot, or is refused unchecked when the wait
+        would be too long (``tachi.daemon.refusals``): guessing is slow."""
         self._candidate = None
+        if not await self.daemon.refusals.before_secret(self.peer.address):
+            self._audited = True
+            with contextlib.suppress(TachiError):
+                self.daemon.audit_refusal(self.peer, "auth.token", THROTTLED)
+            return False
+        if self.conn is None or self._ended.is_set():
+            return False  # the client left while it waited
         peer = Peer(
             transport="ssh",
             address=self.peer.address,
