@@ -22,6 +22,7 @@ API = {
     "record rm": "remove_recording", "share": "share", "share ls": "grants",
     "revoke": "revoke", "token rotate": "rotate_token", "handoff": "handoff",
     "audit": "audit", "audit verify": "verify_audit", "daemon status": "status",
+    "record verify": "verify_recordings",
 }  # fmt: skip
 #: Commands that manage the local daemon or this terminal, not sessions.
 NOT_API = {

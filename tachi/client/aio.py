@@ -401,6 +401,12 @@ class AsyncClient:
 
         return await asyncio.to_thread(verify, state_dir() / "audit")
 
+    async def verify_recordings(self, recording: str | None = None) -> Any:
+        from tachi.audit import verify_recordings
+        from tachi.paths import state_dir
+
+        return await asyncio.to_thread(verify_recordings, state_dir() / "audit", recording)
+
     async def status(self) -> dict[str, Any]:
         return dict(await self.call("daemon.status"))
 

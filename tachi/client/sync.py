@@ -391,6 +391,16 @@ class Client:
 
         return verify(state_dir() / "audit")
 
+    def verify_recordings(self, recording: str | None = None) -> Any:
+        """``tachi record verify``: a list of ``tachi.audit.RecordingCheck`` (``id``,
+        ``path``, ``status``, ``problem``, ``failed``), each recording checked
+        against the SHA-256 its ``record.stop`` audit record holds. Check
+        :meth:`verify_audit` first: a log that does not verify vouches for nothing."""
+        from tachi.audit import verify_recordings
+        from tachi.paths import state_dir
+
+        return verify_recordings(state_dir() / "audit", recording)
+
     # -- daemon --------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return self.call("daemon.status")
