@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tachi.daemon.limits import MAX_REQUESTS, REQUESTS
 from tachi.errors import InvalidRequest
 from tachi.gotime import parse_duration
 from tachi.paths import config_path, socket_path, state_dir
@@ -49,6 +50,8 @@ class Config:
     #: Keep a warm CLI beside the socket (``tachi.launch``): ``[cli] warm``.
     warm_cli: bool = True
     screen_memory: int | None = None
+    #: ``[limits] requests``: requests one connection runs at once (tachi.daemon.limits).
+    requests: int = REQUESTS
     allow_ip: list[Network] = field(default_factory=list)
     deny_ip: list[Network] = field(default_factory=list)
     state_dir: Path = field(default_factory=state_dir)
@@ -152,6 +155,8 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     limits = raw.get("limits", {})
     if "screen_memory" in limits:
         cfg.screen_memory = parse_size(limits["screen_memory"], "limits.screen_memory")
+    if "requests" in limits:
+        cfg.requests = _count(limits["requests"], "limits.requests", 1, MAX_REQUESTS)
     cfg.allow_ip = _networks(sec, "allow_ip")
     cfg.deny_ip = _networks(sec, "deny_ip")
     if "token_grace" in sec:
@@ -159,6 +164,13 @@ def _from_raw(raw: dict[str, Any]) -> Config:
     if "token_rotation" in sec or "token_rotation" in raw:
         cfg.token_rotation = parse_duration(sec.get("token_rotation", raw.get("token_rotation")))
     return cfg
+
+
+def _count(value: Any, key: str, low: int, high: int) -> int:
+    """A whole number in ``low``-``high``; ``ValueError`` naming ``key`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{key} must be a whole number from {low} to {high}, not {value!r}")
+    return value
 
 
 def _networks(table: dict[str, Any], key: str) -> list[Network]:

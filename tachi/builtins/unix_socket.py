@@ -15,6 +15,7 @@ from tachi.core.peer import Peer
 from tachi.core.principal import Principal
 from tachi.daemon.direct_terminal import DescriptorReceiver
 from tachi.daemon.inbox import FrameInbox
+from tachi.daemon.limits import ConnectionLimits
 from tachi.errors import TachiError
 from tachi.hookspecs import hookimpl
 from tachi.paths import ensure_private_dir, ensure_shared_dir, shared_socket_path
@@ -41,6 +42,9 @@ class StreamWire:
             self._writer.write(data)
 
     def buffered(self) -> int:
+        # Nothing more will be sent on a closed stream: none of it waits.
+        if self._writer.is_closing():
+            return 0
         return self._writer.transport.get_write_buffer_size()
 
     async def drained(self) -> None:
@@ -77,7 +81,11 @@ class FrameProtocol(asyncio.Protocol):
         # Flow control goes through the receiver: while it reads the socket for
         # a terminal's descriptor, the transport does not.
         self._receiver = DescriptorReceiver(transport, self.data_received)
-        self._inbox = FrameInbox(self._receiver.pause_reading, self._receiver.resume_reading)
+        self._inbox = FrameInbox(
+            self._receiver.pause_reading,
+            self._receiver.resume_reading,
+            limits=ConnectionLimits.of(self._daemon.config),
+        )
         peer = socket_peer(transport.get_extra_info("socket"))
         self._task = asyncio.get_running_loop().create_task(
             self._daemon.serve_connection(self, self._inbox, peer=peer)
@@ -98,6 +106,9 @@ class FrameProtocol(asyncio.Protocol):
             self._receiver.close()
         if self._inbox is not None:
             self._inbox.feed_eof()
+        # Nothing more is sent: nothing waits (a connection over its unsent
+        # budget must not wait for bytes a lost transport still counts).
+        self._transport = None
         self._writable.set()  # nothing will drain now: let waiters go
 
     def pause_writing(self) -> None:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.command_marks import CommandMarks
+from tachi.core.patterns import Pattern, compile_pattern
 from tachi.core.pty import INPUT_HIGH_WATER, INPUT_QUEUE_LIMIT
 from tachi.core.screen_budget import ScreenBudget
 from tachi.core.shell_integration import integrate
 from tachi.core.window import WindowRuntime, strip_escapes
-from tachi.errors import Conflict, InvalidRequest
+from tachi.errors import Conflict
 from tachi.gotime import now_ns
 from tachi.models import (
     MAX_COLS,
@@ -319,10 +319,8 @@ class SessionRuntime:
     async def wait_match(self, pattern: str, window_id: int | None, timeout: float | None) -> str:
         """Wait until ``pattern`` matches the window's current screen or the output
         it produces from now on (escape sequences removed). Returns the match."""
-        try:
-            regex = re.compile(pattern, re.MULTILINE)
-        except re.error as exc:
-            raise InvalidRequest(f"invalid regular expression {pattern!r}: {exc}") from None
+        # RE2, linear time: a caller's pattern must not be able to stall the loop.
+        regex = compile_pattern(pattern)
         window = self.mux.get(window_id)
         if m := regex.search(window.screen.text()):
             return m.group(0)
@@ -387,7 +385,7 @@ class _OutputWaiter:
     LIMIT = 1 << 20
     SCREEN_CHECK_DELAY = 0.05
 
-    def __init__(self, regex: re.Pattern[str], window: WindowRuntime) -> None:
+    def __init__(self, regex: Pattern, window: WindowRuntime) -> None:
         self.regex = regex
         self.window = window
         self.text = ""

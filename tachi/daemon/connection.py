@@ -3,7 +3,9 @@
 A transport authenticates the peer (peer credentials, a token, an SSH key),
 then hands the connection's frames to :meth:`Connection.run`. Control requests
 run as tasks owned by the connection, so a long ``wait`` never blocks the
-keystrokes behind it; stdin frames are applied in arrival order.
+keystrokes behind it; stdin frames are applied in arrival order. The
+connection's limits (:mod:`tachi.daemon.limits`) bound what it costs: past
+them it stops reading, and the peer's own sends wait.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.daemon import limits
 from tachi.daemon.direct_terminal import DirectTerminal
 from tachi.daemon.inbox import FrameInbox
 from tachi.daemon.ops import OPERATIONS, ORDERED, RequestContext
@@ -59,7 +62,7 @@ class Connection:
         self.session: SessionRuntime | None = None
         self._greeted = False
         #: Requests in flight that later keystrokes must not overtake.
-        self._ordered: set[asyncio.Task[None]] = set()
+        self._ordered: set[asyncio.Future[None]] = set()
         self._last_denied_audit = 0.0
         self._inbox: FrameInbox | None = None
         #: The client's own terminal, opened by ``client.terminal`` (local peers only).
@@ -70,6 +73,9 @@ class Connection:
         self._prefix = b""
         #: Reading the terminal waits for queued keystrokes to be worked off.
         self._terminal_paused = False
+        self.limits = limits.ConnectionLimits.of(daemon.config)
+        #: One per request running: a full set stops the reader (back-pressure).
+        self._slots = asyncio.Semaphore(self.limits.requests)
 
     async def run(self, next_frame: NextFrame | FrameInbox) -> None:
         """Serve until the peer hangs up or breaks the protocol; always detaches.
@@ -92,6 +98,12 @@ class Connection:
                     # this loop reading: the client is slowed down, nothing is lost.
                     await self._stdin(frame.payload)
                     self._resume_terminal_input()
+                elif frame.channel == protocol.CONTROL and self._greeted:
+                    await self._admit()
+                    self._handle(frame, tasks)
+                    # Let the request run its first step now: one that answers at
+                    # once (capture) has its reply counted before the next is admitted.
+                    await asyncio.sleep(0)
                 else:
                     self._handle(frame, tasks)
         except ProtocolError as exc:
@@ -133,6 +145,27 @@ class Connection:
             log.exception("reply too large to send")
 
     # -- frames -----------------------------------------------------------------
+    async def _admit(self) -> None:
+        """Wait for a free request slot and for unsent bytes within budget. Until
+        then nothing more is read from this peer: a client that pipelines
+        requests and does not read slows itself down, not the daemon."""
+        if not self._slots.locked() and self.wire.buffered() <= self.limits.unsent:
+            await self._slots.acquire()  # free: returns without suspending
+            return
+        # Keystrokes that arrive while this request waits must not overtake it
+        # (a window switch, a resize): ``stdin_now`` declines while this is held.
+        hold: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ordered.add(hold)
+        try:
+            await self._slots.acquire()
+            try:
+                await limits.below(self.wire, self.limits.unsent)
+            except BaseException:
+                self._slots.release()
+                raise
+        finally:
+            self._ordered.discard(hold)
+
     def _handle(self, frame: protocol.Frame, tasks: set[asyncio.Task[None]]) -> None:
         if frame.channel == protocol.CONTROL:
             message = protocol.decode_control(frame.payload)
@@ -142,6 +175,7 @@ class Connection:
             task = asyncio.get_running_loop().create_task(self._request(message))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(self._release_slot)
             if message.get("op") in ORDERED:
                 # Keystrokes sent after a window switch or a resize must reach the
                 # new window, after the resize: they wait until this is done.
@@ -151,6 +185,9 @@ class Connection:
             raise ProtocolError("the first frame must be a hello control frame")
         else:
             raise ProtocolError("clients may not send stdout frames")
+
+    def _release_slot(self, _task: asyncio.Task[None]) -> None:
+        self._slots.release()
 
     def _hello(self, message: dict[str, Any]) -> None:
         args = message.get("args") or {}

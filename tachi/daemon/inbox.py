@@ -17,14 +17,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tachi import protocol
+from tachi.daemon.limits import ConnectionLimits
 from tachi.errors import ProtocolError
 
 if TYPE_CHECKING:
     from tachi.daemon.connection import Connection
 
-#: Frames queued for the connection's loop before the transport stops reading.
-QUEUE_HIGH = 64
-QUEUE_LOW = 16
+#: Frames queued for the connection's loop before the transport stops reading,
+#: and the level at which it reads again, by default (``[limits] requests``).
+QUEUE_HIGH = ConnectionLimits().read_ahead
+QUEUE_LOW = ConnectionLimits().resume_at
 
 
 class FrameInbox:
@@ -39,8 +41,11 @@ class FrameInbox:
         pause: Callable[[], None],
         resume: Callable[[], None],
         max_payload: int = protocol.MAX_PAYLOAD,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self._decoder = protocol.FrameDecoder(max_payload)
+        limits = limits or ConnectionLimits()
+        self._high, self._low = limits.read_ahead, limits.resume_at
         self._queue: deque[protocol.Frame] = deque()
         self._pause, self._resume = pause, resume
         self._paused = False
@@ -64,7 +69,7 @@ class FrameInbox:
         for frame in frames:
             self._push(frame)
         # A malformed frame ends the connection: nothing more is read.
-        if not self._paused and (self._error is not None or len(self._queue) >= QUEUE_HIGH):
+        if not self._paused and (self._error is not None or len(self._queue) >= self._high):
             self._paused = True
             self._pause()
         if self._queue or self._error is not None:
@@ -113,7 +118,7 @@ class FrameInbox:
             finally:
                 self._waiter = None
         frame = self._queue.popleft()
-        if self._paused and self._error is None and len(self._queue) <= QUEUE_LOW:
+        if self._paused and self._error is None and len(self._queue) <= self._low:
             self._paused = False
             self._resume()
         return frame

@@ -1,0 +1,142 @@
+"""What one connection may cost the daemon (issue 26 F4, issue 33; docs/protocol.md
+"Limits"): a peer that pipelines requests and never reads its replies is no
+longer read from; the daemon's memory stays bounded and everyone else is served.
+A caller's regular expression runs in linear time (F6).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import memory_kib, until, wait_match
+from tachi import protocol
+from tachi.testing import DaemonProcess
+
+#: What the daemon may grow by while one peer holds 10,000 unread requests:
+#: [limits] requests (64) replies of ~170 KiB, 2 x client_buffer, socket buffers.
+GROWTH_BOUND_KIB = 48 * 1024
+
+
+def raw_peer(path: Path) -> socket.socket:
+    """A greeted protocol connection on the daemon's Unix socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    sock.sendall(protocol.encode_control({"id": 0, "op": "hello", "args": {"version": 1}}))
+    decoder = protocol.FrameDecoder()
+    while not (frames := decoder.feed(sock.recv(65536))):
+        pass
+    assert json.loads(frames[0].payload)["ok"]
+    return sock
+
+
+def pipeline(sock: socket.socket, requests: list[bytes], stall: float = 3.0) -> int:
+    """Send ``requests`` back to back without reading anything; stop once the
+    daemon has taken nothing for ``stall`` seconds. Returns how many went out."""
+    data = memoryview(b"".join(requests))
+    sent, last_progress = 0, time.monotonic()
+    sock.setblocking(False)
+    while sent < len(data) and time.monotonic() - last_progress < stall:
+        try:
+            sent += sock.send(data[sent : sent + 65536])
+            last_progress = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    per_request = len(data) // len(requests)
+    return sent // per_request
+
+
+def history_session(daemon: DaemonProcess) -> str:
+    """A session whose scrollback is full: each capture --history is ~170 KiB."""
+    s = daemon.new("sh", "-c", "for i in $(seq 2000); do printf '%078d\\n' $i; done; exec cat")
+    wait_match(daemon, s["id"], r"^0+2000$", timeout=30)
+    return s["id"]
+
+
+def ls_answers_quickly(daemon: DaemonProcess) -> float:
+    started = time.monotonic()
+    result = daemon.run("ls", timeout=30)
+    assert result.returncode == 0, result.stderr
+    return time.monotonic() - started
+
+
+def requests(op: str, args: dict[str, object], count: int) -> list[bytes]:
+    return [protocol.encode_control({"id": n, "op": op, "args": args}) for n in range(1, count + 1)]
+
+
+@pytest.mark.timeout(180)
+def test_a_peer_that_pipelines_captures_and_never_reads_costs_a_bounded_amount(
+    tachi_daemon: DaemonProcess,
+) -> None:
+    sid = history_session(tachi_daemon)
+    assert tachi_daemon.proc is not None
+    pid = tachi_daemon.proc.pid
+    before = memory_kib(pid)["VmRSS"]
+    peer = raw_peer(tachi_daemon.socket)
+    try:
+        taken = pipeline(peer, requests("session.capture", {"session": sid, "history": -1}, 10_000))
+        # The daemon stopped reading: the rest wait on the peer's side.
+        assert taken < 10_000
+        assert ls_answers_quickly(tachi_daemon) < 5
+        grown = memory_kib(pid)["VmRSS"] - before
+        assert grown < GROWTH_BOUND_KIB, f"the daemon grew by {grown // 1024} MiB"
+    finally:
+        peer.close()
+    # Everyone else was served all along, and still is.
+    assert ls_answers_quickly(tachi_daemon) < 5
+
+
+@pytest.mark.timeout(180)
+def test_a_peer_that_pipelines_waits_runs_a_bounded_number_of_them(
+    tachi_daemon: DaemonProcess,
+) -> None:
+    s = tachi_daemon.new("cat")
+    assert tachi_daemon.proc is not None
+    pid = tachi_daemon.proc.pid
+    before = memory_kib(pid)["VmRSS"]
+    peer = raw_peer(tachi_daemon.socket)
+    try:
+        waits = requests("session.wait", {"session": s["id"], "match": "never-seen"}, 10_000)
+        taken = pipeline(peer, waits)
+        assert taken < 10_000
+        # Each wait that runs keeps the output it has seen (to match across
+        # chunks): 64 of them, not 10,000, see these 40 KB (input and its echo).
+        tachi_daemon.run("send", s["id"], ("x" * 999 + "\n") * 19 + "sent-all\n", check=True)
+        wait_match(tachi_daemon, s["id"], "^sent-all")
+        assert ls_answers_quickly(tachi_daemon) < 5
+        grown = memory_kib(pid)["VmRSS"] - before
+        assert grown < GROWTH_BOUND_KIB, f"the daemon grew by {grown // 1024} MiB"
+    finally:
+        peer.close()
+    assert ls_answers_quickly(tachi_daemon) < 5
+
+
+@pytest.mark.timeout(120)
+def test_a_hostile_pattern_neither_freezes_the_daemon_nor_outlives_its_timeout(
+    tachi_daemon: DaemonProcess,
+) -> None:
+    # 400 KB of output for the pattern to chew on, then the wait.
+    s = tachi_daemon.new("sh", "-c", "head -c 400000 /dev/zero | tr '\\0' a; exec cat")
+    until(lambda: len(tachi_daemon.run("capture", s["id"]).stdout) > 1000, timeout=30)
+    started = time.monotonic()
+    waiting = tachi_daemon.run(
+        "wait", s["id"], "--match", r"(?:[\s\S]+)+Q", "--timeout", "3", timeout=60
+    )
+    assert time.monotonic() - started < 20
+    assert waiting.returncode != 0 and "timed out" in waiting.stderr
+    assert ls_answers_quickly(tachi_daemon) < 5
+
+
+def test_patterns_re2_cannot_run_are_refused_naming_the_construct(
+    tachi_daemon: DaemonProcess,
+) -> None:
+    s = tachi_daemon.new("cat")
+    refused = tachi_daemon.run("wait", s["id"], "--match", r"(a)\1", "--timeout", "1")
+    assert refused.returncode != 0 and "backreference" in refused.stderr
+    refused = tachi_daemon.run("wait", s["id"], "--match", r"x(?=y)", "--timeout", "1")
+    assert "lookahead" in refused.stderr
