@@ -98,6 +98,8 @@ class DaemonProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
+            # Killed earlier: its session keeper still holds the sessions.
+            self.end_keeper()
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -107,8 +109,25 @@ class DaemonProcess:
             self.proc.wait(5)
             raise RuntimeError(f"tachid ignored SIGTERM:\n{self.log.read_text()}") from None
 
+    def end_keeper(self) -> None:
+        """End the session keeper of this socket and every process it keeps
+        (what a clean stop does), if one is left, e.g. after :meth:`kill`."""
+        import socket as socket_mod
+
+        from tachi.keeper import keeper_socket, recv, send
+
+        with socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_SEQPACKET) as sock:
+            sock.settimeout(5)
+            try:
+                sock.connect(keeper_socket(self.socket))
+                send(sock, {"op": "close"})
+                recv(sock)
+            except OSError:
+                pass
+
     def kill(self) -> None:
-        """SIGKILL the daemon (a crash), leaving its state behind."""
+        """SIGKILL the daemon (a crash), leaving its state behind; the session
+        keeper keeps its sessions for the next daemon on this socket."""
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(5)

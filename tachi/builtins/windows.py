@@ -58,11 +58,19 @@ class WindowMultiplexer:
             raise NotFound(f"no window {window_id} in this session") from None
 
     def new_window(
-        self, command: Sequence[str], name: str | None = None, *, select: bool = True
+        self,
+        command: Sequence[str],
+        name: str | None = None,
+        *,
+        select: bool = True,
+        window_id: int | None = None,
     ) -> WindowRuntime:
-        window_id = self._next_id
+        """Start a window. ``window_id`` is for a daemon re-creating a window it
+        adopted (ids stay unique: later windows get higher ones)."""
+        if window_id is None or window_id in self._windows:
+            window_id = self._next_id
         window = self._host.spawn_window(window_id, command, name)
-        self._next_id += 1
+        self._next_id = max(self._next_id, window_id + 1)
         self._windows[window_id] = window
         if select or not self._mru:
             self._activate(window)

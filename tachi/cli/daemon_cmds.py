@@ -89,6 +89,59 @@ def stop(ctx: Context, timeout: float) -> None:
     click.echo(f"tachid stopped ({plural(result['sessions'], 'session')} closed)", err=True)
 
 
+@daemon.command("restart")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for it to exit.")
+@pass_ctx
+def restart(ctx: Context, timeout: float) -> None:
+    """Restart the daemon, keeping every session: the same processes, screens,
+    names and grants (the session keeper holds them meanwhile; see docs/survival.md)."""
+    from tachi.client.autostart import start_daemon
+
+    try:
+        client = ctx.client(autostart=False)
+    except DaemonUnavailable:
+        pid = start_daemon(ctx.socket_path)
+        click.echo(f"tachid was not running; started (pid {pid}) on {ctx.socket_path}", err=True)
+        return
+    with client:
+        status = client.status()
+        if not (status.get("keeper") or {}).get("connected"):
+            raise click.ClickException(
+                "this daemon has no session keeper (TACHI_KEEPER=off, or it failed to start):"
+                " a restart would close every session; use 'tachi daemon stop' and start"
+            )
+        extra = _listen_args(status.get("listeners", []))
+        exited = _exit_watch(status["pid"], ctx.socket_path)
+        began = time.monotonic()
+        result = client.call("daemon.stop", keepSessions=True)
+    if not exited(timeout):
+        raise DaemonUnavailable(f"tachid (pid {result['pid']}) did not exit within {timeout:g}s")
+    pid = start_daemon(ctx.socket_path, extra_args=extra)
+    gap = time.monotonic() - began
+    with ctx.client(autostart=False) as client:
+        kept = client.status()["sessions"]
+    click.echo(
+        f"tachid restarted (pid {result['pid']} -> {pid}): {plural(kept, 'session')} kept,"
+        f" {gap * 1000:.0f} ms without service",
+        err=True,
+    )
+
+
+def _listen_args(listeners: list[dict[str, object]]) -> tuple[str, ...]:
+    """``--listen HOST:PORT`` for the network listener a daemon has, so its
+    successor comes back with it."""
+    from urllib.parse import urlsplit
+
+    for listener in listeners:
+        if listener.get("transport") in ("unix", "warm-cli"):
+            continue
+        url = urlsplit(str(listener.get("url", "")))
+        if url.hostname and url.port:
+            host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+            return ("--listen", f"{host}:{url.port}")
+    return ()
+
+
 def _socket_owner(path: Path) -> tuple[int, int] | None:
     """(pid, uid) of the process listening on the Unix socket ``path``, as the
     kernel reports it, or ``None`` if nothing accepts connections there."""

@@ -47,6 +47,12 @@ def restore_in_child() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, _inherited)
 
 
+def inherited() -> tuple[int, int] | None:
+    """The (soft, hard) open-file limit the daemon started with, for a child
+    started elsewhere (the session keeper); ``None`` if it was never raised."""
+    return _inherited
+
+
 def check_headroom() -> None:
     """Raise ``Conflict`` if starting one more window would leave fewer than
     ``FD_RESERVE`` descriptors free."""

@@ -17,7 +17,7 @@ import secrets
 import shutil
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tachi.config import Config
 from tachi.core.guarded_hooks import GuardedHook
@@ -26,6 +26,9 @@ from tachi.core.principal import Principal
 from tachi.core.screen_budget import ScreenBudget, default_limit
 from tachi.core.session import SessionEvents, SessionRuntime
 from tachi.core.store import SessionStore
+
+if TYPE_CHECKING:
+    from tachi.core.keeper_link import KeeperLink
 from tachi.errors import Conflict, InvalidRequest, NotFound, TachiError
 from tachi.gotime import format_duration, now_ns
 from tachi.models import CloseReason, Session, SessionFilter, SessionRequest, SessionState
@@ -68,10 +71,12 @@ class SessionManager:
         self.session_listeners: list[Callable[[SessionRuntime, str, dict[str, Any]], None]] = []
         self._ticker: asyncio.Task[None] | None = None
         self._last_prune = 0
+        #: The session keeper new windows are spawned through (see tachi.core.survival).
+        self.keeper: KeeperLink | None = None
 
     # -- lifecycle of the manager -------------------------------------------
     def start(self) -> None:
-        orphans = self.store.close_orphans(now_ns())
+        orphans = self.store.close_orphans(now_ns(), keep=self.sessions)
         if orphans:
             log.info("marked %d sessions of a previous daemon as closed", orphans)
         pruned = self.prune_history(now_ns())
@@ -81,11 +86,15 @@ class SessionManager:
             every(TICK_SECONDS, self.tick, log, watch=True)
         )
 
-    async def shutdown(self, grace: float = 3.0) -> None:
+    async def shutdown(self, grace: float = 3.0, *, keep: bool = False) -> None:
         """Close every session with reason ``daemon-stopped`` and wait (bounded) for
-        their processes to go."""
+        their processes to go; with ``keep`` (a restart), leave them running for
+        the session keeper and the next daemon."""
         if self._ticker:
             self._ticker.cancel()
+        if keep:
+            self._stopped = True
+            return
         for session in list(self.sessions.values()):
             session.finish(CloseReason.DAEMON_STOPPED)
         deadline = asyncio.get_running_loop().time() + grace
@@ -131,24 +140,13 @@ class SessionManager:
         if req.cwd and not os.path.isdir(req.cwd):
             raise InvalidRequest(f"cannot start in {req.cwd!r}: no such directory")
         cwd = req.cwd or _home_of(principal)
-        events = SessionEvents(
-            create_screen=lambda cols, rows: self.hooks.tachi_create_screen(
-                cols=cols, rows=rows, history=self.config.history_limit
-            ),
-            make_multiplexer=self._multiplexer,
-            changed=self._changed,
-            closed=self._closed,
-            budget=self.screen_budget,
-            history_lines=self.config.history_limit,
-            shell_dir=self.config.state_dir / "shell",
-        )
         session = SessionRuntime(
             info,
             owner_uid=principal.uid,
             env=env,
             cwd=cwd,
             size_policy=self.config.size_policy,
-            events=events,
+            events=self.session_events(),
         )
         # The seed's pending state: listed, stored and announced before the first
         # window's process exists, so plugins and lists see every step.
@@ -168,6 +166,22 @@ class SessionManager:
         self.store.save(session.to_model())
         self.emit(session, "state", {"state": str(info.state)})
         return session
+
+    def session_events(self) -> SessionEvents:
+        """What a new (or adopted) session reports to and gets from the manager."""
+        events = SessionEvents(
+            create_screen=lambda cols, rows: self.hooks.create_screen(
+                cols, rows, self.config.history_limit
+            ),
+            make_multiplexer=self._multiplexer,
+            changed=self._changed,
+            closed=self._closed,
+            budget=self.screen_budget,
+            history_lines=self.config.history_limit,
+            shell_dir=self.config.state_dir / "shell",
+        )
+        events.keeper = self.keeper
+        return events
 
     def _new_id(self) -> str:
         while True:

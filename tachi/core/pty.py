@@ -18,10 +18,14 @@ import struct
 import termios
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ptyprocess import PtyProcess
 
 from tachi.core import fd_limits
+
+if TYPE_CHECKING:
+    from tachi.core.keeper_link import KeeperLink, Kept
 
 READ_SIZE = 64 * 1024
 #: A PTY master hands out at most its line discipline's buffer (4095 bytes) per
@@ -96,16 +100,36 @@ class PtyChild:
         ypixel: int = 0,
         on_output: Callable[[bytes], None],
         on_exit: Callable[[int], None],
+        keeper: KeeperLink | None = None,
+        keep_as: tuple[str, dict[str, Any]] = ("", {}),
+        adopt: Kept | None = None,
     ) -> None:
         """Spawn ``argv``. Raises ``FileNotFoundError`` if the command does not exist,
         ``OSError`` if the PTY or fork fails, and ``Conflict`` if the daemon is
-        too close to its open-file limit."""
+        too close to its open-file limit.
+
+        With a ``keeper``, the keeper spawns it (and is its parent, so it
+        outlives this daemon), filed under ``keep_as`` (key, metadata); with
+        ``adopt``, nothing is spawned: the child is one the keeper kept while no
+        daemon ran (``argv`` is then only what it was started with)."""
         fd_limits.check_headroom()
-        self._proc = PtyProcess.spawn(
-            list(argv), env=env, cwd=cwd, dimensions=(rows, cols), preexec_fn=default_signals
-        )
-        self.pid: int = self._proc.pid
-        self.fd: int = self._proc.fd
+        self._proc: PtyProcess | None = None
+        self._keeper = keeper
+        pidfd: int | None = None
+        if adopt is not None:
+            self.pid, self.fd, pidfd = adopt.pid, adopt.master, adopt.pidfd
+        elif keeper is not None and not keeper.broken:
+            self.pid, self.fd, pidfd = keeper.spawn(
+                list(argv), env=env, cwd=cwd, rows=rows, cols=cols, xpixel=xpixel,
+                ypixel=ypixel, key=keep_as[0], meta=keep_as[1],
+            )  # fmt: skip
+        else:
+            self._keeper = None
+            self._proc = PtyProcess.spawn(
+                list(argv), env=env, cwd=cwd, dimensions=(rows, cols), preexec_fn=default_signals
+            )
+            self.pid = self._proc.pid
+            self.fd = self._proc.fd
         self.exit_code: int | None = None
         self._on_output = on_output
         self._on_exit = on_exit
@@ -125,8 +149,14 @@ class PtyChild:
         os.set_blocking(self.fd, False)
         if xpixel or ypixel:
             self.resize(rows, cols, xpixel, ypixel)
-        self._pidfd = os.pidfd_open(self.pid)
         self._loop.add_reader(self.fd, self._read_ready)
+        if adopt is not None and adopt.status is not None:
+            # It ended while no daemon ran: what it printed last still waits in the PTY.
+            self._pidfd = -1
+            self._exited_status = adopt.status
+            self._loop.call_soon(self._exited)
+            return
+        self._pidfd = os.pidfd_open(self.pid) if pidfd is None else pidfd
         self._loop.add_reader(self._pidfd, self._exit_ready)
 
     # -- input/output -------------------------------------------------------
@@ -266,9 +296,16 @@ class PtyChild:
     def _exit_ready(self) -> None:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
-        _, status = os.waitpid(self.pid, 0)
-        self._exited_status = os.waitstatus_to_exitcode(status)
-        self._proc.terminated = True
+        if self._proc is not None:
+            _, status = os.waitpid(self.pid, 0)
+            self._exited_status = os.waitstatus_to_exitcode(status)
+            self._proc.terminated = True
+        else:  # the keeper is its parent: it collected the status
+            assert self._keeper is not None
+            self._exited_status = self._keeper.reap(self.pid)
+        self._exited()
+
+    def _exited(self) -> None:
         # Output written just before exit may still sit in the PTY: drain it now,
         # without waiting for EIO, which never comes if a background child keeps
         # the slave open.
@@ -304,6 +341,10 @@ class PtyChild:
         # os.close() leaves that object believing it owns the fd number: its
         # finalizer would close the number again later, when it may belong to a
         # new session's PTY, and the kernel would hang that session up (SIGHUP).
+        if self._proc is None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            return
         self._proc.closed = True
         with contextlib.suppress(OSError):
             self._proc.fileobj.close()

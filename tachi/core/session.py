@@ -28,6 +28,7 @@ from tachi.models import (
 
 if TYPE_CHECKING:
     from tachi.core.clients import AttachedClient
+    from tachi.core.keeper_link import KeeperLink, Kept
     from tachi.core.screen import Screen
 
 
@@ -49,6 +50,8 @@ class SessionEvents:
         #: Where shell-integration files go (``None``: no integration).
         self.shell_dir = shell_dir
         self.budget = budget or ScreenBudget(1 << 62)
+        #: Where window processes are spawned so they outlive the daemon (``None``: here).
+        self.keeper: KeeperLink | None = None
         self.history_lines = history_lines
         self.make_multiplexer = make_multiplexer
         self.changed = changed
@@ -84,6 +87,8 @@ class SessionRuntime:
         self._waiters: list[_OutputWaiter] = []
         self._exit_waiters: list[asyncio.Future[int | None]] = []
         self.warned_max_duration = False
+        #: Processes kept while no daemon ran, by window id, for ``spawn_window`` to adopt.
+        self.adopting: dict[int, Kept] = {}
         self.mux = events.make_multiplexer(self)
 
     # -- identity -------------------------------------------------------
@@ -134,6 +139,9 @@ class SessionRuntime:
             history=self.events.history_lines,
             on_output=self._window_output,
             on_exit=self._window_exit,
+            keeper=self.events.keeper,
+            keep_key=f"{self.id}/{window_id}",
+            adopt=self.adopting.pop(window_id, None),
         )
         window.marks = CommandMarks(
             lambda kind, details: self.events.changed(self, kind, {"window": window_id, **details})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 
 from tachi.models import CloseReason, Session, SessionFilter, SessionState
@@ -107,10 +108,12 @@ class SessionStore:
         self._db.executemany("DELETE FROM sessions WHERE id = ?", doomed)
         return len(doomed)
 
-    def close_orphans(self, now: int) -> int:
-        """Mark sessions left open by a daemon that died as closed (``daemon-stopped``)."""
-        rows = self._db.execute("SELECT data FROM sessions WHERE state != 'closed'").fetchall()
-        for (data,) in rows:
+    def close_orphans(self, now: int, keep: Collection[str] = ()) -> int:
+        """Mark sessions left open by a daemon that died as closed (``daemon-stopped``),
+        except those in ``keep`` (adopted from the session keeper)."""
+        rows = self._db.execute("SELECT id, data FROM sessions WHERE state != 'closed'").fetchall()
+        rows = [r for r in rows if r[0] not in keep]
+        for _sid, data in rows:
             s = Session.from_json(json.loads(data))
             s.state = SessionState.CLOSED
             s.closeReason = CloseReason.DAEMON_STOPPED

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tachi.core.command_marks import CommandMarks
 from tachi.core.pty import PtyChild
 from tachi.core.screen import LazyScreen, Screen
 from tachi.gotime import now_ns
 from tachi.models import PTYConfig, Window
+
+if TYPE_CHECKING:
+    from tachi.core.keeper_link import KeeperLink, Kept
 
 #: Raw output kept per window so a reconnecting client can resume exactly.
 BACKLOG_BYTES = 256 * 1024
@@ -37,7 +41,12 @@ class WindowRuntime:
         spawn: Sequence[str] | None = None,
         on_output: Callable[[WindowRuntime, int, bytes], None],
         on_exit: Callable[[WindowRuntime, int], None],
+        keeper: KeeperLink | None = None,
+        keep_key: str = "",
+        adopt: Kept | None = None,
     ) -> None:
+        """``keeper``: spawn through it, under ``keep_key``; ``adopt``: take over
+        a process the keeper kept (see :class:`~tachi.core.pty.PtyChild`)."""
         self.id = window_id
         self.name = name
         self.command = list(command)
@@ -62,6 +71,9 @@ class WindowRuntime:
             ypixel=pty.yPixel,
             on_output=self._output,
             on_exit=lambda code: self._on_exit(self, code),
+            keeper=keeper,
+            keep_as=(keep_key, {"name": name, "command": self.command, "createdAt": now_ns()}),
+            adopt=adopt,
         )
 
     @property

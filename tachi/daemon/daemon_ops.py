@@ -19,9 +19,17 @@ async def status(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 @operation("daemon.stop")
 async def stop(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.daemon.authorize(ctx.principal, "daemon.stop", None)
+    # keepSessions (tachi daemon restart): the sessions stay with the session keeper.
+    keep = bool(args.get("keepSessions")) and ctx.daemon.survival.link is not None
+    ctx.daemon.keep_sessions = keep
     # After the reply is written.
     asyncio.get_running_loop().call_soon(ctx.daemon.request_stop)
-    return {"stopping": True, "sessions": len(ctx.daemon.manager.sessions), "pid": os.getpid()}
+    return {
+        "stopping": True,
+        "sessions": len(ctx.daemon.manager.sessions),
+        "pid": os.getpid(),
+        "keptSessions": keep,
+    }
 
 
 @operation("plugins.list")

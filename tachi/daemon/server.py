@@ -138,6 +138,8 @@ class Daemon:
         self.transports: list[Any] = []
         self.extensions: dict[str, Any] = {}
         self._stop = asyncio.Event()
+        #: Set by ``daemon.stop`` with ``keepSessions`` (``tachi daemon restart``).
+        self.keep_sessions = False
 
     # -- running --------------------------------------------------------------
     async def run(self) -> None:
@@ -156,6 +158,11 @@ class Daemon:
         repaired = self.recordings.repair()
         if repaired:
             log.info("repaired %d recordings left open by a previous daemon", repaired)
+        from tachi.core.survival import Survival
+
+        # Before the manager starts: it closes every stored session not adopted.
+        self.survival = Survival(self)
+        self.survival.start()
         self.manager.start()
         self.sharing.start()
         self.hooks.tachi_register_transports(register=self.transports.append, config=self.config)
@@ -177,7 +184,12 @@ class Daemon:
             for transport in reversed(started):
                 await transport.stop()
             await self.sharing.stop()
-            await self.manager.shutdown()
+            if self.keep_sessions:  # a restart: the keeper holds them for the next daemon
+                self.survival.leave()
+                await self.manager.shutdown(keep=True)
+            else:
+                await self.manager.shutdown()
+                self.survival.close()
             self.recordings.process.stop()
             self.refusals.close()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
@@ -540,6 +552,7 @@ class Daemon:
             "startedAt": format_rfc3339(self.started_at),
             "uptime": now_ns() - self.started_at,
             "sessions": len(self.manager.sessions),
+            "keeper": self.survival.status() if hasattr(self, "survival") else None,
             "transports": [t.name for t in self.transports],
             "listeners": [
                 {"transport": t.name, **t.describe()}

@@ -1,0 +1,233 @@
+"""The daemon's side of the session keeper (see :mod:`tachi.keeper`).
+
+Requests are synchronous on one ``SOCK_SEQPACKET`` connection, made from the
+event loop: a spawn costs the keeper a fork and an exec (as spawning here
+did), a reap one ``waitpid`` of a process already gone. Neither is on the
+output or input path, which stays the daemon's own reads and writes of the
+PTY master.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from tachi.core import fd_limits
+from tachi.keeper import PROTOCOL, keeper_socket, peer_uid, recv, send
+
+log = logging.getLogger("tachi.keeper_link")
+
+#: A keeper that does not answer within this long is treated as gone.
+TIMEOUT = 5.0
+#: Exit code reported for a session process whose status nobody could collect
+#: (the keeper died before it ended): the shell's "unknown" status.
+UNKNOWN_EXIT = 255
+
+
+class KeeperError(OSError):
+    """The keeper could not be reached, or answered something unusable."""
+
+
+@dataclass
+class Kept:
+    """A process the keeper holds, as handed to a starting daemon."""
+
+    key: str
+    pid: int
+    #: The daemon's own copy of the PTY master.
+    master: int
+    #: A pidfd while the process has not been reaped; ``None`` once it has.
+    pidfd: int | None
+    #: ``os.waitstatus_to_exitcode`` of a process that ended while no daemon ran.
+    status: int | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in (self.master, self.pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class KeeperLink:
+    """One daemon's connection to its keeper."""
+
+    def __init__(self, path: str, sock: socket.socket, pid: int) -> None:
+        self.path = path
+        self._sock = sock
+        #: The keeper's pid (for status and tests).
+        self.pid = pid
+        self.broken = False
+
+    @classmethod
+    def open(cls, daemon_socket: os.PathLike[str] | str) -> tuple[KeeperLink, list[Kept]]:
+        """Connect to the keeper of ``daemon_socket``, starting one if none
+        answers; returns the link and every process it already keeps (whose
+        descriptors the caller now owns). Raises ``KeeperError``."""
+        path = keeper_socket(daemon_socket)
+        try:
+            sock = _connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            _start(path)
+            sock = _connect(path)
+        try:
+            return cls._hello(path, sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    @classmethod
+    def _hello(cls, path: str, sock: socket.socket) -> tuple[KeeperLink, list[Kept]]:
+        send(sock, {"op": "hello", "protocol": PROTOCOL})
+        answer = _answer(sock)
+        if answer.get("protocol") != PROTOCOL:
+            raise KeeperError(
+                f"the keeper on {path} speaks protocol {answer.get('protocol')}, not {PROTOCOL}"
+            )
+        kept: list[Kept] = []
+        try:
+            while True:
+                message, fds = recv(sock)
+                if message is None:
+                    raise KeeperError("the keeper hung up while handing over its sessions")
+                if message.get("end"):
+                    break
+                kept.append(
+                    Kept(
+                        key=str(message["key"]),
+                        pid=int(message["pid"]),
+                        master=fds[0],
+                        pidfd=fds[1] if len(fds) > 1 else None,
+                        status=message.get("status"),
+                        meta=message.get("meta") or {},
+                    )
+                )
+        except BaseException:
+            for k in kept:
+                k.close()
+            raise
+        return cls(path, sock, int(answer["pid"])), kept
+
+    # -- requests -------------------------------------------------------------
+    def spawn(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str | None,
+        rows: int,
+        cols: int,
+        xpixel: int,
+        ypixel: int,
+        key: str,
+        meta: dict[str, Any],
+    ) -> tuple[int, int, int]:
+        """Start ``argv`` through the keeper: (pid, master, pidfd), the last two
+        owned by the caller. Raises ``OSError`` as the exec failed (e.g.
+        ``FileNotFoundError``), ``KeeperError`` if the keeper is gone."""
+        answer, fds = self._call(
+            {
+                "op": "spawn",
+                "argv": argv,
+                "env": env,
+                "cwd": cwd,
+                "rows": rows,
+                "cols": cols,
+                "xpixel": xpixel,
+                "ypixel": ypixel,
+                "nofile": fd_limits.inherited(),
+                "key": key,
+                "meta": meta,
+            }
+        )
+        if not answer.get("ok"):
+            raise OSError(int(answer.get("errno") or 0), str(answer.get("error")))
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            raise KeeperError("the keeper answered a spawn without its descriptors")
+        return int(answer["pid"]), fds[0], fds[1]
+
+    def reap(self, pid: int) -> int:
+        """The exit status (``os.waitstatus_to_exitcode`` form) of a kept process
+        whose pidfd fired; ``UNKNOWN_EXIT`` if the keeper cannot say."""
+        try:
+            answer, _ = self._call({"op": "reap", "pid": pid})
+        except OSError as exc:
+            log.warning("exit status of pid %d unknown: %s", pid, exc)
+            return UNKNOWN_EXIT
+        status = answer.get("status")
+        if not isinstance(status, int):
+            log.warning("the keeper does not know how pid %d ended", pid)
+            return UNKNOWN_EXIT
+        return status
+
+    def close_all(self) -> None:
+        """The daemon stops for good: the keeper kills what is left and goes."""
+        with contextlib.suppress(OSError):
+            self._call({"op": "close"})
+        self.detach()
+
+    def detach(self) -> None:
+        """Let go of the keeper, leaving it every session (a crash does the same)."""
+        self.broken = True
+        self._sock.close()
+
+    def _call(self, request: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+        if self.broken:
+            raise KeeperError("the keeper connection is closed")
+        try:
+            send(self._sock, request)
+            message, fds = recv(self._sock)
+        except (OSError, ValueError) as exc:
+            self.broken = True
+            raise KeeperError(f"the keeper did not answer: {exc}") from None
+        if message is None:
+            self.broken = True
+            raise KeeperError("the keeper is gone")
+        return message, fds
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock.settimeout(TIMEOUT)
+    try:
+        sock.connect(path)
+        uid = peer_uid(sock)
+        if uid != os.getuid():
+            raise KeeperError(f"the keeper socket {path} is served by uid {uid}, not by you")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _start(path: str) -> None:
+    """Start a keeper on ``path`` and return once it listens."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    result = subprocess.run(
+        # -P: not the working directory on its import path.
+        [sys.executable, "-P", "-m", "tachi.keeper", path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        timeout=TIMEOUT * 2,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise KeeperError(f"the keeper did not start (exit {result.returncode})")
+
+
+def _answer(sock: socket.socket) -> dict[str, Any]:
+    message, fds = recv(sock)
+    for fd in fds:
+        os.close(fd)
+    if message is None or not message.get("ok"):
+        raise KeeperError(f"the keeper refused: {message}")
+    return message

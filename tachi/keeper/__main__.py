@@ -1,0 +1,368 @@
+"""``python -m tachi.keeper SOCKET``: run the session keeper (see :mod:`tachi.keeper`).
+
+The process prints nothing and returns once the keeper listens (it forks into
+the background and starts a session of its own), so whoever starts it knows
+it is ready when this command exits 0.
+
+The keeper is single-threaded: one ``selectors`` loop over its listening
+socket, its daemon connections and the self-pipe that SIGCHLD writes to.
+Every request is answered before the next is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+from typing import Any
+
+from tachi.keeper import PROTOCOL, peer_pid, peer_uid, recv, send
+
+log = logging.getLogger("tachi.keeper")
+
+PR_SET_CHILD_SUBREAPER = 36
+#: With nothing to keep and no daemon connected, the keeper goes after this long
+#: (a daemon that just started it connects well within it).
+IDLE_EXIT_SECONDS = 5.0
+#: A daemon that does not take a reply within this long is disconnected: the
+#: keeper must never hang on one connection.
+SEND_TIMEOUT = 5.0
+#: What a session process gets back to default before exec (as tachi.core.pty does).
+_DEFAULT_SIGNALS = (
+    signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM,
+    signal.SIGHUP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD,
+)  # fmt: skip
+
+
+class Entry:
+    """One kept process: its PTY master and, once it ended, its exit status."""
+
+    __slots__ = ("key", "master", "meta", "pid", "status")
+
+    def __init__(self, pid: int, master: int, key: str, meta: dict[str, Any]) -> None:
+        self.pid = pid
+        self.master = master
+        self.key = key
+        self.meta = meta
+        #: ``os.waitstatus_to_exitcode`` of the process (negative: a signal); None while it runs.
+        self.status: int | None = None
+
+
+class Keeper:
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.entries: dict[int, Entry] = {}
+        self.conns: set[socket.socket] = set()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(listener, selectors.EVENT_READ, "accept")
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno())
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "child")
+        self._idle_since = time.monotonic()
+
+    # -- the loop ------------------------------------------------------------
+    def run(self, path: str, ident: int) -> None:
+        while True:
+            if not self.conns and not _still_ours(path, ident):
+                # Its socket was removed or replaced: no daemon can ever reach what
+                # it keeps, so keeping it would only leak processes.
+                log.warning("%s is gone: ending the %d processes kept", path, len(self.entries))
+                self._close_all()
+                return
+            if self.conns or self.entries:
+                self._idle_since = time.monotonic()
+            elif time.monotonic() - self._idle_since >= IDLE_EXIT_SECONDS:
+                return
+            for key, _ in self.sel.select(timeout=1.0):
+                if key.data == "accept":
+                    self._accept()
+                elif key.data == "child":
+                    with contextlib.suppress(BlockingIOError):
+                        while self._wake_r.recv(512):
+                            pass
+                    self._reap()
+                else:
+                    self._serve(key.fileobj)  # type: ignore[arg-type]
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        # The socket is 0600 in a private directory; the kernel's word on who
+        # connected is checked all the same: only the keeper's own user gets in.
+        if peer_uid(conn) != os.getuid():
+            log.warning("refused a connection from uid %d", peer_uid(conn))
+            conn.close()
+            return
+        conn.settimeout(SEND_TIMEOUT)
+        self.conns.add(conn)
+        self.sel.register(conn, selectors.EVENT_READ, "conn")
+        log.info("daemon pid %d connected", peer_pid(conn))
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.sel.unregister(conn)
+        self.conns.discard(conn)
+        conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            message, fds = recv(conn)
+        except (OSError, ValueError) as exc:
+            log.warning("dropping a connection: %s", exc)
+            self._drop(conn)
+            return
+        for fd in fds:  # no request carries descriptors
+            os.close(fd)
+        if message is None:
+            self._drop(conn)
+            return
+        op = message.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        try:
+            if handler is None:
+                send(conn, {"ok": False, "error": f"unknown operation {op!r}"})
+            else:
+                handler(conn, message)
+        except OSError as exc:  # the daemon went away or stopped reading
+            log.warning("dropping a connection during %s: %s", op, exc)
+            self._drop(conn)
+
+    # -- operations ----------------------------------------------------------
+    def op_hello(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        """Every kept process, one message each with its master (and a pidfd
+        while it is not reaped), then ``{"end": true}``."""
+        entries = list(self.entries.values())
+        send(conn, {"ok": True, "protocol": PROTOCOL, "pid": os.getpid(), "count": len(entries)})
+        for e in entries:
+            fds = [e.master]
+            pidfd = None
+            if e.status is None:
+                # Not reaped yet (only this loop reaps), so the pid is still this process.
+                pidfd = os.pidfd_open(e.pid)
+                fds.append(pidfd)
+            try:
+                send(conn, {"key": e.key, "pid": e.pid, "status": e.status, "meta": e.meta}, fds)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+        send(conn, {"end": True})
+
+    def op_spawn(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        """Start ``argv`` on a new PTY; reply with its pid, the master and a pidfd."""
+        try:
+            pid, master = _spawn(message)
+        except OSError as exc:
+            send(conn, {"ok": False, "errno": exc.errno or 0, "error": exc.strerror or str(exc)})
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            send(conn, {"ok": False, "errno": errno.EINVAL, "error": f"bad spawn request: {exc}"})
+            return
+        meta = message.get("meta") if isinstance(message.get("meta"), dict) else {}
+        self.entries[pid] = Entry(pid, master, str(message.get("key", "")), meta)
+        pidfd = os.pidfd_open(pid)
+        try:
+            send(conn, {"ok": True, "pid": pid}, [master, pidfd])
+        finally:
+            os.close(pidfd)
+
+    def op_reap(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        """The exit status of a process that ended (the asker saw its pidfd fire);
+        the keeper then forgets it and closes its master."""
+        entry = self.entries.get(message.get("pid"))  # type: ignore[arg-type]
+        if entry is None:
+            send(conn, {"ok": True, "status": None})
+            return
+        if entry.status is None:
+            with contextlib.suppress(ChildProcessError):
+                pid, status = os.waitpid(entry.pid, os.WNOHANG)
+                if pid:
+                    entry.status = os.waitstatus_to_exitcode(status)
+        if entry.status is None:
+            send(conn, {"ok": True, "status": None, "running": True})
+            return
+        self._forget(entry)
+        send(conn, {"ok": True, "status": entry.status})
+
+    def op_close(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        """The daemon stops for good (``tachi daemon stop``): kill what is left
+        of its sessions and let the keeper go."""
+        self._close_all()
+        send(conn, {"ok": True})
+
+    def _close_all(self) -> None:
+        for entry in list(self.entries.values()):
+            if entry.status is None:
+                for kill in (os.killpg, os.kill):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        kill(entry.pid, signal.SIGKILL)
+            self._forget(entry)
+
+    def op_ping(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        send(conn, {"ok": True, "pid": os.getpid(), "kept": len(self.entries)})
+
+    # -- children -------------------------------------------------------------
+    def _reap(self) -> None:
+        """Collect every child that ended (and, as subreaper, every orphaned
+        descendant): a session's status is kept for the daemon."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.entries.get(pid)
+            if entry is not None:
+                entry.status = os.waitstatus_to_exitcode(status)
+                log.info("%s (pid %d) exited: %d", entry.key, pid, entry.status)
+
+    def _forget(self, entry: Entry) -> None:
+        self.entries.pop(entry.pid, None)
+        with contextlib.suppress(OSError):
+            os.close(entry.master)
+
+
+def _still_ours(path: str, ident: int) -> bool:
+    try:
+        return os.stat(path).st_ino == ident
+    except OSError:
+        return False
+
+
+def _spawn(req: dict[str, Any]) -> tuple[int, int]:
+    """Fork and exec ``req["argv"]`` as the leader of a new session on a new PTY.
+    Returns (pid, master). Raises ``OSError`` as the exec (or chdir) failed in the child."""
+    argv = [str(a) for a in req["argv"]]
+    if not argv:
+        raise ValueError("empty argv")
+    env = {str(k): str(v) for k, v in dict(req["env"]).items()}
+    cwd = req.get("cwd")
+    rows, cols = int(req["rows"]), int(req["cols"])
+    xpixel, ypixel = int(req.get("xpixel", 0)), int(req.get("ypixel", 0))
+    nofile = req.get("nofile")
+    master, slave = os.openpty()
+    try:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixel, ypixel))
+        err_r, err_w = os.pipe()  # both close-on-exec: EOF on a successful exec
+        pid = os.fork()
+        if pid == 0:
+            _child(argv, env, cwd, slave, err_w, nofile)
+        os.close(err_w)
+        with os.fdopen(err_r, "rb") as pipe:
+            failure = pipe.read()
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    if failure:
+        os.waitpid(pid, 0)
+        os.close(master)
+        code, _, text = failure.decode(errors="replace").partition(":")
+        raise OSError(int(code or 0), text)
+    return pid, master
+
+
+def _child(
+    argv: list[str], env: dict[str, str], cwd: Any, slave: int, err_w: int, nofile: Any
+) -> None:
+    """In the forked child: never returns."""
+    try:
+        signal.set_wakeup_fd(-1)
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        os.closerange(3, err_w)
+        os.closerange(err_w + 1, 1 << 20)
+        for sig in _DEFAULT_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        if nofile:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile[0]), int(nofile[1])))
+        if cwd:
+            os.chdir(cwd)
+        os.execvpe(argv[0], argv, env)
+    except BaseException as exc:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
+        text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or "?"
+        with contextlib.suppress(OSError):
+            os.write(err_w, f"{code}:{text}".encode()[:1024])
+    finally:
+        os._exit(127)
+
+
+def _listen(path: str) -> socket.socket:
+    """Bind ``path`` (0600), replacing a stale socket; exit 1 if a keeper answers there."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    else:
+        print(f"tachi-keeper: a keeper already listens on {path}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(16)
+    return listener
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tachi.keeper SOCKET", file=sys.stderr)
+        return 2
+    path = argv[0]
+    logging.basicConfig(
+        level=os.environ.get("TACHI_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    listener = _listen(path)
+    if os.fork():
+        os._exit(0)  # the starter sees 0: the socket already accepts connections
+    os.setsid()
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("could not become a subreaper: %s", os.strerror(ctypes.get_errno()))
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ident = os.stat(path).st_ino
+    log.info("keeper pid %d on %s", os.getpid(), path)
+    try:
+        Keeper(listener).run(path, ident)
+    finally:
+        if _still_ours(path, ident):
+            os.unlink(path)
+    log.info("keeper pid %d: nothing left to keep", os.getpid())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

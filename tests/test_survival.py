@@ -1,0 +1,186 @@
+"""Sessions outlive the daemon (issue 28): a SIGKILLed tachid loses no session.
+
+Every scenario kills a real daemon with SIGKILL and lets ``tachi ls`` start
+the next one (as a user would), then checks by PID in /proc, by ``capture``
+and by numbered lines that nothing was lost or repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tachi.testing import DaemonProcess
+
+from helpers import capture, get, until, wait_match
+
+#: Scrollback enough for every numbered line of a scenario.
+CONFIG = "[session]\nhistory_limit = 20000\n"
+
+
+@pytest.fixture
+def daemon(tachi_home):
+    d = DaemonProcess(tachi_home, config=CONFIG)
+    d.start()
+    try:
+        yield d
+    finally:
+        # The daemon that `tachi ls` started is not d.proc: stop it by the CLI.
+        d.run("daemon", "stop", timeout=30)
+        d.stop()
+
+
+def ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def saved_screen(daemon: DaemonProcess, session: str) -> str:
+    """The last screen snapshot the daemon saved for the session's window 0."""
+    db = sqlite3.connect(f"file:{daemon.state_dir / 'tachi.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT screen FROM kept_windows WHERE session_id = ? AND window_id = 0", (session,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return ""
+    finally:
+        db.close()
+    return row[0] if row else ""
+
+
+def restart_by_ls(daemon: DaemonProcess) -> list[dict]:
+    """``tachi ls --json`` with no daemon running: it starts one, which adopts."""
+    result = daemon.run("ls", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def numbers(text: str, prefix: str) -> list[int]:
+    return [int(n) for n in re.findall(rf"^{prefix}(\d+)$", text, re.MULTILINE)]
+
+
+def full_text(daemon: DaemonProcess, session: str) -> str:
+    return capture(daemon, session, "--history")
+
+
+def test_an_idle_shell_survives_sigkill_with_its_pid_screen_and_input(daemon):
+    s = daemon.new("bash", "--norc", "--noprofile", "-i")
+    pid = s["windows"][0]["pid"]
+    daemon.run("send", s["id"], r"echo before-$((20+1))\r", check=True)
+    wait_match(daemon, s["id"], "before-21")
+    until(lambda: "before-21" in saved_screen(daemon, s["id"]))
+    daemon.kill()
+    # The keeper, not init, is now its parent, and the shell did not get SIGHUP.
+    assert Path(f"/proc/{pid}").exists()
+    keeper = ppid(pid)
+    assert keeper != 1 and "tachi.keeper" in Path(f"/proc/{keeper}/cmdline").read_text()
+
+    (listed,) = restart_by_ls(daemon)
+    assert listed["id"] == s["id"] and listed["state"] == "suspended"
+    assert [w["pid"] for w in listed["windows"]] == [pid]
+    assert "before-21" in capture(daemon, s["id"])
+    daemon.run("send", s["id"], r"echo after-$((40+2))\r", check=True)
+    wait_match(daemon, s["id"], "after-42")
+    screen = capture(daemon, s["id"])
+    assert screen.index("before-21") < screen.index("after-42")
+    assert Path(f"/proc/{pid}").exists() and ppid(pid) == keeper
+
+
+def test_output_made_while_no_daemon_runs_waits_in_the_pty_and_none_is_lost(daemon, tmp_path):
+    go = tmp_path / "go"
+    script = (
+        "for i in $(seq 1 200); do echo L$i; done; "
+        f"while [ ! -e {go} ]; do sleep 0.02; done; "
+        # 6,000 lines (~40 KiB): more than a PTY holds, so the program blocks
+        # until a daemon reads again.
+        "for i in $(seq 201 6200); do echo L$i; done; echo DONE; sleep 300"
+    )
+    s = daemon.new("bash", "--norc", "-c", script)
+    pid = s["windows"][0]["pid"]
+    wait_match(daemon, s["id"], "L200")
+    until(lambda: "L200" in saved_screen(daemon, s["id"]))
+    daemon.kill()
+    go.touch()
+    # Blocked in a write to the full PTY (n_tty_write waits in wait_woken),
+    # not finished and not killed.
+    blocked = ("wait_woken", "n_tty_write")
+    until(lambda: Path(f"/proc/{pid}/wchan").read_text() in blocked, timeout=10)
+
+    restart_by_ls(daemon)
+    wait_match(daemon, s["id"], "DONE", timeout=30)
+    seen = numbers(full_text(daemon, s["id"]), "L")
+    assert seen == list(range(1, 6201)), "lines missing or repeated across the crash"
+
+
+def test_output_flowing_during_the_kill_comes_back_in_order_without_repeats(daemon):
+    script = "for i in $(seq 1 3000); do echo F$i; sleep 0.001; done; echo DONE; sleep 300"
+    s = daemon.new("bash", "--norc", "-c", script)
+    wait_match(daemon, s["id"], "F300")
+    until(lambda: "F" in saved_screen(daemon, s["id"]))
+    daemon.kill()
+    restart_by_ls(daemon)
+    wait_match(daemon, s["id"], "DONE", timeout=60)
+    seen = numbers(full_text(daemon, s["id"]), "F")
+    assert seen == sorted(set(seen)), "a line came back twice or out of order"
+    assert seen[-1] == 3000 and seen[0] == 1
+    # What the killed daemon had read after its last snapshot (at most
+    # SNAPSHOT_SECONDS of output) is the only gap, and it is one run.
+    missing = sorted(set(range(1, 3001)) - set(seen))
+    if missing:
+        assert missing == list(range(missing[0], missing[-1] + 1))
+        assert len(missing) < 1500
+
+
+def test_an_exit_while_no_daemon_runs_is_reported_by_the_next_one(daemon, tmp_path):
+    go = tmp_path / "go"
+    s = daemon.new(
+        "sh", "-c", f"echo started; while [ ! -e {go} ]; do sleep 0.02; done; echo bye; exit 7"
+    )
+    pid = s["windows"][0]["pid"]
+    wait_match(daemon, s["id"], "started")
+    daemon.kill()
+    go.touch()
+    # Reaped by the keeper: no zombie is left for init.
+    until(lambda: not Path(f"/proc/{pid}").exists())
+    restart_by_ls(daemon)
+    info = until(lambda: (i := get(daemon, s["id"]))["state"] == "closed" and i)
+    assert info["closeReason"] == "exit" and info["exitCode"] == 7
+
+
+def test_daemon_restart_keeps_every_session_and_says_how_long_it_was_away(daemon):
+    one = daemon.new("sleep", "300")
+    two = daemon.new("bash", "--norc", "-i")
+    pids = [one["windows"][0]["pid"], two["windows"][0]["pid"]]
+    result = daemon.run("daemon", "restart", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "2 sessions kept" in result.stderr
+    assert re.search(r"\d+ ms without service", result.stderr)
+    listed = json.loads(daemon.run("ls", "--json", check=True).stdout)
+    assert sorted(w["pid"] for s in listed for w in s["windows"]) == sorted(pids)
+
+
+def test_stop_still_closes_the_sessions_and_the_keeper_goes(daemon):
+    s = daemon.new("sleep", "300")
+    pid = s["windows"][0]["pid"]
+    keeper = ppid(pid)
+    daemon.stop()
+    until(lambda: not Path(f"/proc/{pid}").exists())
+    until(lambda: not Path(f"/proc/{keeper}").exists(), timeout=15)
+    assert not Path(str(daemon.socket) + ".keeper").exists()
+
+
+def test_without_the_keeper_sessions_end_with_the_daemon(tachi_home):
+    d = DaemonProcess(tachi_home, extra_env={"TACHI_KEEPER": "off"})
+    d.start()
+    try:
+        s = d.new("sleep", "300")
+        pid = s["windows"][0]["pid"]
+        assert ppid(pid) == d.proc.pid
+    finally:
+        d.stop()
+    assert not os.path.exists(str(d.socket) + ".keeper")
