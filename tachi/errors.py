@@ -50,6 +50,14 @@ class TimedOut(TachiError):
     exit_status = 124
 
 
+class WindowBusy(TachiError):
+    """``run``: no shell came to the window's foreground in time (a program or
+    REPL is in front), so the command was not typed."""
+
+    code = "busy"
+    exit_status = 125
+
+
 class ProtocolError(TachiError):
     """A frame was malformed, oversized, truncated or out of order."""
 
@@ -85,6 +93,7 @@ _BY_CODE: dict[str, type[TachiError]] = {
         NotFound,
         PermissionDenied,
         TimedOut,
+        WindowBusy,
         ProtocolError,
         DaemonUnavailable,
         Conflict,

@@ -13,9 +13,21 @@ from tachi.cli.main import Context, cli, env_pairs, json_option, pass_ctx, token
 
 @cli.command("run", context_settings={"ignore_unknown_options": True})
 @click.argument("session", shell_complete=complete_session)
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-w", "--window", type=int, help="Window (default: the active one).")
-@click.option("--timeout", type=float, help="Give up after S seconds (exit 124; it keeps running).")
+@click.option(
+    "--timeout",
+    type=float,
+    help="Give up after S seconds, output flood or not (exit 124; it keeps running).",
+)
+@click.option(
+    "--max-output",
+    type=int,
+    metavar="BYTES",
+    help="Show at most BYTES of output: the first and last halves, the gap marked"
+    " on stderr (default: all of it; with --json, 16 MiB).",
+)
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the command (a script) from stdin.")
 @json_option
 @token_option
 @pass_ctx
@@ -25,6 +37,8 @@ def run_cmd(
     command: tuple[str, ...],
     window: int | None,
     timeout: float | None,
+    max_output: int | None,
+    from_stdin: bool,
     as_json: bool,
 ) -> None:
     """Type COMMAND into SESSION's shell, wait for it, print its output alone and
@@ -34,23 +48,52 @@ def run_cmd(
     Examples:
       tachi run build -- make test          # exit status is make's
       tachi run build --json -- 'ls | wc -l'
-    Boundaries come from shell integration (bash, zsh, fish started by tachi), or
-    a sentinel typed around the command in other shells. 124: timed out (the
-    command is left running).
+      tachi run build --stdin < script.sh   # several lines: one command
+    The output streams as it comes. 124: timed out (the command is left
+    running); 125: no shell in the window's foreground (not typed); 130:
+    interrupted (Ctrl-C is passed on to the command).
     """
-    with ctx.client() as client:
-        result = client.call(
-            "session.run",
-            session=session,
-            window=window,
-            command=" ".join(command),
-            timeout=timeout,
-        )
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
+    from tachi.client.runs import MAX_OUTPUT
+
+    if from_stdin:
+        if command:
+            raise click.UsageError("give COMMAND or --stdin, not both")
+        text = sys.stdin.read()
     else:
-        sys.stdout.write(result["output"])
-        sys.stdout.flush()
+        if not command:
+            raise click.UsageError("missing COMMAND (or --stdin)")
+        text = " ".join(command)
+    if max_output is not None and max_output < 0:
+        raise click.UsageError("--max-output must not be negative")
+    out = sys.stdout.buffer
+
+    def show(data: bytes, omitted: int) -> None:
+        if omitted:
+            out.flush()
+            sys.stderr.write(f"\ntachi: {omitted} bytes of output omitted (--max-output)\n")
+            sys.stderr.flush()
+        else:
+            out.write(data)
+            out.flush()
+
+    with ctx.client() as client:
+        try:
+            result = client._run(
+                session,
+                text,
+                window,
+                timeout,
+                (MAX_OUTPUT if max_output is None else max_output) if as_json else max_output,
+                None if as_json else show,
+            )
+        except KeyboardInterrupt:
+            # As a local Ctrl-C would: the command gets SIGINT, not just us.
+            client.call("session.signal", session=session, signal="INT", window=window)
+            sys.stderr.write("tachi: interrupted (SIGINT sent to the command)\n")
+            sys.exit(130)
+    if as_json:
+        result.pop("streamed", None)
+        click.echo(json.dumps(result, indent=2))
     code = int(result["exitCode"])
     sys.exit(code if 0 <= code <= 255 else 1)
 

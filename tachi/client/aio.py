@@ -20,15 +20,16 @@ import contextlib
 import itertools
 import json
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from tachi import protocol
 from tachi.client.autostart import start_daemon
 from tachi.client.endpoint import Endpoint, resolve
 from tachi.client.results import ExecResult, Grant, RunResult, Share
+from tachi.client.runs import MAX_OUTPUT, OutputCallback
 from tachi.client.shared import PatternWait, audit_records
-from tachi.errors import DaemonUnavailable, NotFound, error_from_json
+from tachi.errors import DaemonUnavailable, NotFound, TimedOut, error_from_json
 from tachi.models import PTYConfig, Recording, Session, SessionFilter, SessionRequest, Window
 
 
@@ -39,15 +40,18 @@ class _AsyncWire:
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self.stream: asyncio.Queue[protocol.Frame | None] = asyncio.Queue()
+        #: ``run`` streams by tag: their events go there, not to ``stream``.
+        self.listeners: dict[Any, Callable[[dict[str, Any]], bool]] = {}
         self._pump = asyncio.get_running_loop().create_task(self._read_forever())
 
     @classmethod
     async def open(cls, endpoint: Endpoint, token: str | None, autostart: bool) -> _AsyncWire:
         if endpoint.remote:
             # The transport plugin connects (and verifies TLS) in a thread; what it
-            # hands back is a local stream socket carrying frames.
+            # hands back is a connected stream socket carrying frames: one end of
+            # a socketpair, or a TCP connection (any family will do).
             sock = await asyncio.to_thread(endpoint.open, autostart=False)
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
+            reader, writer = await asyncio.open_connection(sock=sock)
         else:
             path = endpoint.socket
             try:
@@ -77,6 +81,9 @@ class _AsyncWire:
                                 fut.set_result(message.get("result"))
                             else:
                                 fut.set_exception(error_from_json(message.get("error") or {}))
+                        continue
+                    listener = self.listeners.get(message.get("stream"))
+                    if listener is not None and listener(message):
                         continue
                     if message.get("event") == "error":
                         error = error_from_json(message.get("error") or {})
@@ -190,13 +197,29 @@ class AsyncClient:
         *,
         window: int | None = None,
         timeout: float | None = None,
+        max_output: int | None = MAX_OUTPUT,
+        on_output: OutputCallback | None = None,
     ) -> RunResult:
         """Like ``Client.run``."""
-        return RunResult.from_json(
-            await self.call(
-                "session.run", session=session_id, command=command, window=window, timeout=timeout
+        from tachi.client.runs import REPLY_GRACE, RunStream
+
+        run = RunStream(on_output)
+        self._wire.listeners[run.tag] = run.event
+        try:
+            call = self.call(
+                "session.run", **run.args(session_id, command, window, timeout, max_output)
             )
-        )
+            limit = None if timeout is None else timeout + REPLY_GRACE
+            try:
+                reply = await asyncio.wait_for(call, limit)
+            except TimeoutError:
+                raise TimedOut(
+                    f"{command!r}: no answer from the daemon within {timeout:g}s"
+                    f" (+{REPLY_GRACE:g}s)"
+                ) from None
+        finally:
+            self._wire.listeners.pop(run.tag, None)
+        return RunResult.from_json(run.result(reply))
 
     async def events(
         self, session_id: str | None = None, *, output: bool = False

@@ -71,6 +71,11 @@ class RunResult:
     window: int
     started_at: dt.datetime | None
     duration: dt.timedelta
+    #: Bytes of output left out (``max_output``); their place in ``output`` is
+    #: marked with a ``[tachi: N bytes of output omitted]`` line.
+    omitted: int = 0
+    #: The run's id, as its marks in the window's output carry it.
+    run: str | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunResult:
@@ -81,6 +86,8 @@ class RunResult:
             window=int(d["window"]),
             started_at=timestamp(d.get("startedAt")),
             duration=dt.timedelta(microseconds=int(d.get("duration", 0)) / 1000),
+            omitted=int(d.get("omitted") or 0),
+            run=d.get("run"),
         )
 
 

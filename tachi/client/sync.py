@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 from tachi import protocol
 from tachi.client.endpoint import resolve
+from tachi.client.runs import MAX_OUTPUT, OutputCallback
 from tachi.client.wire import WireConnection, encode_send_args
-from tachi.errors import DaemonUnavailable, NotFound, TachiError, error_from_json
+from tachi.errors import DaemonUnavailable, NotFound, TachiError, TimedOut, error_from_json
 from tachi.models import (
     PTYConfig,
     Recording,
@@ -146,17 +147,63 @@ class Client:
         *,
         window: int | None = None,
         timeout: float | None = None,
+        max_output: int | None = MAX_OUTPUT,
+        on_output: OutputCallback | None = None,
     ) -> RunResult:
-        """Type ``command`` into the session's shell and wait for it: its output
-        alone and exit code (``tachi run``). Raises ``TimedOut`` after ``timeout``
-        seconds (the command keeps running)."""
+        """Type ``command`` (any text: several lines, a heredoc) into the
+        session's shell and wait for it: its output alone and exit code
+        (``tachi run``). The output streams from the daemon: ``max_output``
+        bytes at most (the first and last halves; ``None``: all), with a marked
+        gap (``RunResult.omitted``); ``on_output(data, omitted)`` gets it as it
+        comes instead, and ``output`` is then empty. Raises ``TimedOut`` after
+        ``timeout`` seconds (the command keeps running), ``WindowBusy`` when no
+        shell came to the window's foreground in that time."""
         from tachi.client.results import RunResult
 
         return RunResult.from_json(
-            self.call(
-                "session.run", session=session_id, command=command, window=window, timeout=timeout
-            )
+            self._run(session_id, command, window, timeout, max_output, on_output)
         )
+
+    def _run(
+        self,
+        session_id: str,
+        command: str,
+        window: int | None,
+        timeout: float | None,
+        max_output: int | None,
+        on_output: OutputCallback | None,
+    ) -> dict[str, Any]:
+        """``run``'s reply as the daemon sent it, the streamed output put in."""
+        import time
+
+        from tachi.client.runs import REPLY_GRACE, RunStream
+
+        run = RunStream(on_output)
+        wire = self._wire
+        request_id = wire.send_request(
+            "session.run", run.args(session_id, command, window, timeout, max_output)
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout + REPLY_GRACE
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimedOut(
+                    f"{command!r}: no answer from the daemon within {timeout:g}s"
+                    f" (+{REPLY_GRACE:g}s)"
+                )
+            frame = wire.recv_frame(left)
+            if frame is None:
+                continue
+            if frame.channel == protocol.CONTROL:
+                message = protocol.decode_control(frame.payload)
+                if message.get("id") == request_id and "ok" in message:
+                    wire.keep_buffered()
+                    if not message["ok"]:
+                        raise error_from_json(message.get("error") or {})
+                    return run.result(message.get("result") or {})
+                if run.event(message):
+                    continue
+            wire.pending.append(frame)
 
     def exec(
         self,

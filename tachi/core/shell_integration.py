@@ -16,18 +16,40 @@ import os
 from pathlib import Path
 
 # bash: PS0 is printed after a command line is read, before it runs; the prompt
-# command runs before each prompt, first thing, so $? is still the command's.
-_BASH_PROMPT = '__tachi_rc=$?; printf "\\033]133;D;%s\\007\\033]133;A\\007" "$__tachi_rc"'
+# command runs before each prompt. Its $? is the command's only if nothing ran
+# before it in PROMPT_COMMAND (a tool that prepends itself): then the end mark
+# carries no status rather than a wrong one. ``tachi run`` does not depend on
+# these hooks (its typed line prints marks of its own).
+_BASH_PROMPT = (
+    '__tachi_rc=$?; case "$PROMPT_COMMAND" in __tachi_rc=*) ;; *) __tachi_rc= ;; esac;'
+    ' [ -n "${__tachi_s-}" ] && __tachi_rc=$__tachi_s;'
+    ' printf "\\033]133;D;%s\\007" "$__tachi_rc";'
+    ' [ -n "${__tachi_id-}" ] && [ -z "${__tachi_s-}" ]'
+    ' && printf "\\033]133;D;%s;%s\\007" "$__tachi_rc" "$__tachi_id";'
+    ' unset __tachi_id __tachi_s; printf "\\033]133;A\\007"'
+)
 _BASH_PS0 = "\\033]133;C\\007"
-_BASH_RC = """# tachi shell integration (OSC 133), then the user's own ~/.bashrc.
-[ -f ~/.bashrc ] && . ~/.bashrc
-case "$PS0" in *133\\;C*) ;; *) PS0="${PS0}\\033]133;C\\007" ;; esac
-__tachi_pc='__tachi_rc=$?; printf "\\033]133;D;%s\\007\\033]133;A\\007" "$__tachi_rc"'
+# Set in the rc file, so nothing of tachi's is in the environment that the
+# shell passes on to its children (a nested `bash --norc` would run the hook).
+_BASH_HOOKS = """case "$PS0" in *133\\;C*) ;; *) PS0="${PS0}\\033]133;C\\007" ;; esac
+__tachi_pc='@PROMPT@'
 case "$PROMPT_COMMAND" in
   *__tachi_rc*) ;;
   *) PROMPT_COMMAND="$__tachi_pc${PROMPT_COMMAND:+; $PROMPT_COMMAND}" ;;
 esac
-"""
+unset __tachi_pc
+export -n PS0 PROMPT_COMMAND 2>/dev/null
+""".replace("@PROMPT@", _BASH_PROMPT.replace("'", "'\\''"))
+_BASH_RC = (
+    "# tachi shell integration (OSC 133), then the user's own ~/.bashrc.\n"
+    "[ -f ~/.bashrc ] && . ~/.bashrc\n" + _BASH_HOOKS
+)
+#: For ``bash --rcfile FILE``: that file (``@FILE@``) instead of ~/.bashrc.
+_BASH_RC_OF = (
+    "# tachi shell integration (OSC 133), after the rc file bash was given.\n"
+    "[ -f @FILE@ ] && . @FILE@\n" + _BASH_HOOKS
+)
+_BASH_NORC = "# tachi shell integration (OSC 133) for bash --norc.\n" + _BASH_HOOKS
 _ZSH_FILES = {
     ".zshenv": '[[ -f "${TACHI_USER_ZDOTDIR:-$HOME}/.zshenv" ]]'
     ' && ZDOTDIR="${TACHI_USER_ZDOTDIR:-$HOME}" . "${TACHI_USER_ZDOTDIR:-$HOME}/.zshenv"\n',
@@ -38,18 +60,63 @@ _ZSH_FILES = {
     ".zshrc": """# tachi shell integration (OSC 133), after the user's own .zshrc.
 [[ -f "${TACHI_USER_ZDOTDIR:-$HOME}/.zshrc" ]] && . "${TACHI_USER_ZDOTDIR:-$HOME}/.zshrc"
 ZDOTDIR="${TACHI_USER_ZDOTDIR:-$HOME}"
-__tachi_precmd() { printf '\\033]133;D;%s\\007\\033]133;A\\007' "$?"; }
+__tachi_precmd() {
+  local rc=$?
+  [[ -n ${__tachi_s-} ]] && rc=$__tachi_s
+  printf '\\033]133;D;%s\\007' "$rc"
+  # A run whose line Ctrl-C cut short: its end mark, from here.
+  [[ -n ${__tachi_id-} && -z ${__tachi_s-} ]] && printf '\\033]133;D;%s;%s\\007' "$rc" "$__tachi_id"
+  unset __tachi_id __tachi_s
+  printf '\\033]133;A\\007'
+}
 __tachi_preexec() { printf '\\033]133;C\\007'; }
 precmd_functions=(__tachi_precmd $precmd_functions)
 preexec_functions+=(__tachi_preexec)
+# Kept for .zlogin, but not passed on to the shell's children.
+typeset +x TACHI_USER_ZDOTDIR
 """,
 }
 _FISH = (
     "function __tachi_preexec --on-event fish_preexec; printf '\\e]133;C\\a'; end; "
-    "function __tachi_postexec --on-event fish_postexec; printf '\\e]133;D;%s\\a' $status; end; "
+    "function __tachi_postexec --on-event fish_postexec; set -l rc $status;"
+    " set -q __tachi_s; and set rc $__tachi_s; printf '\\e]133;D;%s\\a' $rc;"
+    " if set -q __tachi_id; and not set -q __tachi_s;"
+    " printf '\\e]133;D;%s;%s\\a' $rc $__tachi_id; end;"
+    " set -e __tachi_id; set -e __tachi_s; end; "
     "function __tachi_prompt --on-event fish_prompt; printf '\\e]133;A\\a'; end"
 )
 SHELLS = ("bash", "zsh", "fish")
+
+
+def _bash_argv(argv: list[str], directory: Path, env: dict[str, str]) -> list[str]:
+    """bash's ``argv`` with an rc file that adds the hooks: after ~/.bashrc,
+    after the ``--rcfile`` it was given, or alone for ``--norc``. ``--posix``
+    reads no rc file: the hooks then come in the environment (``env`` is
+    changed) and take themselves out of it at the first prompt."""
+    import shlex
+
+    rest = list(argv[1:])
+    if "--posix" in rest:
+        env["PS0"] = env.get("PS0", "") + _BASH_PS0
+        env["PROMPT_COMMAND"] = (
+            _BASH_PROMPT
+            + "; export -n PS0 PROMPT_COMMAND"
+            + ("; " + env["PROMPT_COMMAND"] if env.get("PROMPT_COMMAND") else "")
+        )
+        return argv
+    rc = directory / "bashrc"
+    text = _BASH_RC
+    for flag in ("--rcfile", "--init-file"):
+        if flag in rest:
+            i = rest.index(flag)
+            given = rest[i + 1] if i + 1 < len(rest) else ""
+            del rest[i : i + 2]
+            text = _BASH_RC_OF.replace("@FILE@", shlex.quote(given))
+    if "--norc" in rest:
+        rest.remove("--norc")
+        text = _BASH_NORC
+    rc.write_text(text)
+    return [argv[0], "--rcfile", str(rc), *rest]
 
 
 def shell_of(argv: list[str]) -> str | None:
@@ -77,14 +144,7 @@ def integrate(
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     env = dict(env)
     if shell == "bash":
-        env["PS0"] = env.get("PS0", "") + _BASH_PS0
-        env["PROMPT_COMMAND"] = _BASH_PROMPT + (
-            "; " + env["PROMPT_COMMAND"] if env.get("PROMPT_COMMAND") else ""
-        )
-        if not any(a in ("--norc", "--rcfile", "--init-file", "--posix") for a in argv):
-            rc = directory / "bashrc"
-            rc.write_text(_BASH_RC)
-            argv = [argv[0], "--rcfile", str(rc), *argv[1:]]
+        argv = _bash_argv(argv, directory, env)
     elif shell == "zsh":
         zdot = directory / "zsh"
         zdot.mkdir(exist_ok=True, mode=0o700)

@@ -1,45 +1,296 @@
 """``session.run``: type a command into a session's shell, wait for it to finish,
 and return its output and exit status.
 
-With shell integration (bash, zsh, fish started by tachi) the shell's own OSC
-133 marks delimit the command. Otherwise the typed line is wrapped in a unique
-sentinel: ``printf`` prints a start mark and an end mark carrying ``$?``, so
-any POSIX shell works. Output comes from the window's stream, not the screen,
-so it is complete however long it is. Runs on one window wait for each other.
+Every run carries an id of its own. The typed line prints an OSC 133 start
+mark (C) and an end mark (D, with the status) that both name that id, around
+``eval`` of the command, quoted so that it is one line whatever it holds
+(newlines, heredocs, TABs, a syntax error, a comment). So the boundaries never
+depend on prompt hooks the user's configuration may replace, an earlier
+command's end is never taken for this one's, and a shell that could not parse
+the command still prints the end mark with its status (2 in bash).
+
+Before typing, the run waits until a shell is in the window's foreground (the
+PTY's foreground process group is a known shell): a command still running from
+an earlier, timed-out run, or a REPL, is never sent keystrokes meant for the
+shell. If none comes before the timeout, the run fails with ``busy`` (exit 125)
+and names what is in front. A nested shell (``sh``, ``bash --norc``) is fine.
+
+Output comes from the window's stream, not the screen, and is cleaned as it
+arrives (escape sequences removed, ``\\n`` line ends). With ``stream`` the
+caller gets it in ``run.output`` events as it comes (the PTY waits for a
+caller that reads slower than the command writes, so nothing is dropped);
+without, the reply holds it. ``maxOutput`` keeps the first and last halves and
+marks what was left out. The daemon holds at most ``maxOutput`` bytes of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
-from tachi.core.command_marks import command_output
 from tachi.core.shell_integration import shell_of
-from tachi.core.window import strip_escapes
+from tachi.core.window import WindowRuntime, strip_escapes
+from tachi.daemon import limits
 from tachi.daemon.ops import RequestContext, arg_float, arg_int, arg_str, operation
-from tachi.errors import InvalidRequest, TimedOut
+from tachi.errors import InvalidRequest, NotFound, TimedOut, WindowBusy
 from tachi.gotime import format_rfc3339, now_ns
 
-#: The most output one run returns; more is cut from the front (it is in the
-#: session's scrollback and recording anyway).
-MAX_RUN_OUTPUT = 16 * 1024 * 1024
-# zsh's PROMPT_SP: a reverse-video % or # and a line of spaces, printed after
-# every command before its prompt hooks run, so it lands inside the marks.
-_ZSH_PROMPT_SP = re.compile(rb"(?:\x1b\[[0-9;]*m)*[%#](?:\x1b\[[0-9;]*m)* +\r \r$")
+#: ``maxOutput`` for a reply that carries the output: it must fit one frame.
+MAX_REPLY_OUTPUT = 256 * 1024
+#: A reply's JSON stays below this (the frame limit is 1 MiB).
+_REPLY_BUDGET = 900 * 1024
+#: Unsent bytes on the caller's connection above which the window waits for it.
+_STREAM_BUDGET = 1024 * 1024
+#: The longest incomplete line held back before it is cleaned and passed on.
+_HOLD = 64 * 1024
+#: The commands tachi knows how to type a line for: (syntax, names).
+_SYNTAX = {
+    "fish": "fish",
+    **dict.fromkeys(("bash", "zsh", "ksh", "ksh93", "mksh", "lksh", "busybox"), "ansi"),
+    **dict.fromkeys(("sh", "dash", "ash", "yash", "posh", "oksh"), "posix"),
+}
+_LINE_START_CR = re.compile(rb"(?m)^\r+")
 
 
-def typed_line(command: str, shell: str | None, ident: str | None) -> str:
-    """What to type: the command itself with integration, else wrapped in marks
-    that carry ``ident`` and the exit status. A leading space keeps it out of
-    bash's and zsh's history when they ignore such lines."""
-    if ident is None:
-        return command
-    status = "$status" if shell == "fish" else "$?"
-    start = f"printf '\\033]133;C;{ident}\\007'"
-    end = f"printf '\\033]133;D;%s;{ident}\\007' {status}"
-    return f" {start}; {command}; {end}"
+def omitted_marker(count: int) -> str:
+    """The line put where output was left out (``maxOutput``)."""
+    return f"\n[tachi: {count} bytes of output omitted]\n"
+
+
+# -- what to type ------------------------------------------------------------------
+def _quote_ansi(text: str) -> str:
+    """``$'…'`` (bash, zsh, ksh): control characters as escapes, so the typed
+    line is one line with no TAB (which would complete) or newline in it."""
+    out = []
+    for ch in text:
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "$'" + "".join(out) + "'"
+
+
+def _quote_posix(text: str) -> str:
+    """Single quotes for a plain POSIX shell (no ``$'…'``): newlines stay, as
+    continuation lines of one quoted word."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _quote_fish(text: str) -> str:
+    """fish: quoted runs joined with unquoted escapes for control characters."""
+    out, run = [], []
+
+    def close() -> None:
+        if run:
+            out.append("'" + "".join(run).replace("\\", "\\\\").replace("'", "\\'") + "'")
+            run.clear()
+
+    for ch in text:
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            close()
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\x{ord(ch):02x}"))
+        else:
+            run.append(ch)
+    close()
+    return "".join(out) or "''"
+
+
+def typed_line(command: str, syntax: str, ident: str) -> str:
+    """The line typed for ``command`` in a shell of ``syntax`` (``ansi``,
+    ``posix``, ``fish``): start mark, ``eval`` of the quoted command, end mark
+    with its status, both naming ``ident``. ``__tachi_id`` and ``__tachi_s``
+    tell tachi's prompt hook about the run: when Ctrl-C (a child killed by
+    SIGINT) makes the shell drop the rest of the line, the hook prints the end
+    mark instead. A leading space keeps the line out of the history of shells
+    that ignore such lines."""
+    if syntax == "fish":
+        return (
+            f" set -g __tachi_id {ident}; printf '\\e]133;C;%s\\a' {ident};"
+            f" eval {_quote_fish(command)}; set -g __tachi_s $status;"
+            f" printf '\\e]133;D;%s;%s\\a' $__tachi_s {ident}"
+        )
+    quoted = f"-- {_quote_ansi(command)}" if syntax == "ansi" else _quote_posix(command)
+    return (
+        f" __tachi_id={ident}; printf '\\033]133;C;%s\\007' {ident}; eval {quoted};"
+        f" __tachi_s=$?; printf '\\033]133;D;%s;%s\\007' $__tachi_s {ident}"
+    )
+
+
+# -- what the output is ----------------------------------------------------------
+class OutputLimit:
+    """Passes output on (``emit``) up to ``limit`` bytes: the first half as it
+    comes, the last half at the end, and one ``omitted`` call for the gap.
+    Holds at most about ``limit`` bytes."""
+
+    def __init__(
+        self, limit: int | None, emit: Callable[[bytes], None], omitted: Callable[[int], None]
+    ) -> None:
+        self._emit = emit
+        self._omitted = omitted
+        self.limit = limit
+        self._head_left = limit - limit // 2 if limit is not None else 0
+        self._tail_cap = limit // 2 if limit is not None else 0
+        self._tail = bytearray()
+        self.total = 0
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        if not data:
+            return
+        self.total += len(data)
+        if self.limit is None:
+            self._emit(data)
+            return
+        if self._head_left:
+            head = data[: self._head_left]
+            self._head_left -= len(head)
+            self._emit(head)
+            data = data[len(head) :]
+        self._tail += data
+        if len(self._tail) > 2 * self._tail_cap + _HOLD:
+            self._trim()
+
+    def _trim(self) -> None:
+        extra = len(self._tail) - self._tail_cap
+        if extra > 0:
+            del self._tail[:extra]
+            self.dropped += extra
+
+    def finish(self) -> None:
+        self._trim()
+        if self.dropped:
+            self._omitted(self.dropped)
+        if self._tail:
+            self._emit(bytes(self._tail))
+            self._tail.clear()
+
+
+class RunCapture:
+    """Follows one run in a window's raw output: waits for its start mark, cleans
+    what follows line by line into ``sink``, and stops at its end mark
+    (``code``). Feed it every chunk; it never holds more than ``_HOLD`` bytes."""
+
+    def __init__(self, ident: str, sink: Callable[[bytes], None]) -> None:
+        ident_b = ident.encode()
+        self._start = re.compile(rb"\x1b\]133;C;" + ident_b + rb"(?:\x07|\x1b\\)")
+        self._end = re.compile(rb"\x1b\]133;D;(-?\d{0,9});" + ident_b + rb"(?:\x07|\x1b\\)")
+        self._sink = sink
+        self._buf = bytearray()
+        self._started = False
+        self._line_start = True
+        self.code: int | None = None
+        self.finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def feed(self, data: bytes) -> None:
+        if self.code is not None:
+            return
+        self._buf += data
+        if not self._started:
+            m = self._start.search(self._buf)
+            if m is None:
+                # Keep what may be the first part of the mark.
+                esc = self._buf.rfind(b"\x1b", max(0, len(self._buf) - 64))
+                del self._buf[: esc if esc != -1 else len(self._buf)]
+                return
+            del self._buf[: m.end()]
+            self._started = True
+        m = self._end.search(self._buf)
+        if m is not None:
+            # (The match reads the buffer: take what it found before clearing it.)
+            # No status: the prompt hook could not know it (a hook ran before it).
+            self.code = int(m.group(1)) if m.group(1).lstrip(b"-") else -1
+            self._clean(bytes(self._buf[: m.start()]))
+            self._buf.clear()
+            if not self.finished.done():
+                self.finished.set_result(self.code)
+            return
+        cut = self._buf.rfind(b"\n") + 1
+        if len(self._buf) - cut > _HOLD:
+            # A long line: pass it on, but not an escape sequence (or the end
+            # mark) that may still be arriving.
+            esc = self._buf.rfind(b"\x1b", max(cut, len(self._buf) - 256))
+            cut = esc if esc != -1 else len(self._buf)
+        if cut:
+            self._clean(bytes(self._buf[:cut]))
+            del self._buf[:cut]
+
+    def _clean(self, raw: bytes) -> None:
+        """Text for programs: no escape sequences, ``\\n`` line ends, and no
+        carriage return a shell sent to redraw at the start of a line."""
+        if not raw:
+            return
+        text = strip_escapes(raw).replace(b"\r\n", b"\n")
+        if self._line_start:
+            text = text.lstrip(b"\r")
+        text = _LINE_START_CR.sub(b"", text)
+        self._line_start = raw.endswith(b"\n")
+        if text:
+            self._sink(text)
+
+
+# -- who is in front ---------------------------------------------------------------
+def foreground(window: WindowRuntime) -> tuple[str | None, str, int]:
+    """(syntax, program name, pid) of the window's foreground process group:
+    syntax is ``None`` unless it is a shell tachi can type a run for."""
+    pgid = window.child.foreground_pgrp()
+    try:
+        with open(f"/proc/{pgid}/comm", "rb") as f:
+            name = f.read().decode(errors="replace").strip().lstrip("-")
+    except OSError:
+        name = "?"
+    return _SYNTAX.get(name), name, pgid
+
+
+async def _wait_for_shell(window: WindowRuntime, deadline: float | None) -> str:
+    """The syntax of the shell in front, once one is (polled: a process
+    group's change makes no output to wait on). Raises ``WindowBusy``."""
+    loop = asyncio.get_running_loop()
+    pause = 0.005
+    # A shell tachi integrated prints its first prompt mark once it reads
+    # commands: typing before that shows the line twice (echoed, then redrawn).
+    prompt_by = loop.time() + 5.0
+    integrated = shell_of(window.command) is not None
+    while True:
+        if window.exit_code is not None:
+            raise NotFound(f"window {window.id} has exited")
+        syntax, name, pid = foreground(window)
+        now = loop.time()
+        ready = not integrated or window.marks.integrated or now >= prompt_by
+        if syntax is not None and ready:
+            return syntax
+        if deadline is not None and now >= deadline:
+            if syntax is not None:
+                return syntax  # the shell is there; its prompt hook may be gone
+            raise WindowBusy(
+                f"window {window.id} is busy: {name} (pid {pid}) is in the foreground,"
+                " not a shell; the command was not typed"
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _fit_reply(result: dict[str, Any]) -> None:
+    """Cut the middle of ``result["output"]`` until the reply fits one frame
+    (non-ASCII text takes up to 6 bytes a character in JSON)."""
+    output: str = result["output"]
+    while len(json.dumps(result)) > _REPLY_BUDGET:
+        keep = len(output) * 3 // 8
+        cut = output[keep : len(output) - keep]
+        result["omitted"] += len(cut.encode(errors="surrogateescape"))
+        output = output[:keep] + omitted_marker(result["omitted"]) + output[len(output) - keep :]
+        result["output"] = output
 
 
 @operation("session.run")
@@ -50,54 +301,124 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.connection.deny_if_read_only("running commands")
     window = session.mux.get(arg_int(args, "window"))
     command = arg_str(args, "command") or ""
-    if not command.strip() or "\n" in command or "\r" in command:
-        raise InvalidRequest("command must be one non-empty line")
+    if not command.strip():
+        raise InvalidRequest("command must not be empty")
+    if "\0" in command:
+        raise InvalidRequest("command must not contain NUL")
     timeout = arg_float(args, "timeout")
+    stream = args.get("stream")
+    if stream is not None and not isinstance(stream, str | int):
+        raise InvalidRequest("argument 'stream' must be a string or an integer")
+    limit = arg_int(args, "maxOutput")
+    if limit is not None and limit < 0:
+        raise InvalidRequest("argument 'maxOutput' must not be negative")
+    if limit is None and stream is None:
+        limit = MAX_REPLY_OUTPUT
+    elif stream is None:
+        limit = min(limit, MAX_REPLY_OUTPUT * 4) if limit is not None else limit
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    wire = ctx.connection.wire
+    paused = False
+    resumer: asyncio.Task[None] | None = None
+    kept: list[bytes] = []
+
+    def send(message: dict[str, Any]) -> None:
+        nonlocal paused, resumer
+        ctx.connection.send({"event": "run.output", "stream": stream, **message})
+        if not paused and wire.buffered() > _STREAM_BUDGET:
+            # The caller reads slower than the command writes: the window
+            # waits, as a pipe would, rather than the daemon buffering.
+            paused = True
+            window.child.pause_reading()
+            resumer = loop.create_task(resume())
+
+    async def resume() -> None:
+        nonlocal paused
+        await limits.below(wire, _STREAM_BUDGET // 2)
+        paused = False
+        window.child.resume_reading()
+
+    def emit(data: bytes) -> None:
+        if stream is None:
+            kept.append(data)
+        else:
+            send({"data": base64.b64encode(data).decode()})
+
+    def note_omitted(count: int) -> None:
+        if stream is None:
+            kept.append(omitted_marker(count).encode())
+        else:
+            send({"omitted": count})
+
     async with window.run_lock:
-        shell = shell_of(window.command)
-        integrated = window.marks.integrated and shell is not None
-        ident = None if integrated else f"tachi-{secrets.token_hex(6)}"
-        captured = bytearray()
-
-        def tap(data: bytes) -> None:
-            captured.extend(data)
-            if len(captured) > 2 * MAX_RUN_OUTPUT:
-                del captured[: len(captured) - MAX_RUN_OUTPUT]
-
-        finished = window.marks.wait_finished(ident)
-        window.output_taps.append(tap)
+        syntax = await _wait_for_shell(window, deadline)
+        ident = f"tachi-{secrets.token_hex(6)}"
+        out = OutputLimit(limit, emit, note_omitted)
+        capture = RunCapture(ident, out.add)
+        window.output_taps.append(capture.feed)
         started = now_ns()
+        line = typed_line(command, syntax, ident)
         try:
             ctx.daemon.admit_input(ctx.principal, session, len(command))
-            session.write((typed_line(command, shell, ident) + "\r").encode(), window.id)
+            session.write((line + "\r").encode(), window.id)
             ctx.daemon.note_input(ctx.principal, session, command.encode())
+            if stream is not None:
+                ctx.connection.send(
+                    {"event": "run.started", "stream": stream, "window": window.id, "run": ident}
+                )
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            exited = loop.create_task(_window_exit(window))
             try:
-                code = await asyncio.wait_for(asyncio.shield(finished), timeout)
-            except TimeoutError:
-                finished.cancel()
+                done, _ = await asyncio.wait(
+                    [capture.finished, exited], timeout=remaining, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                exited.cancel()
+            if capture.finished.done():
+                code = capture.code
+            elif exited in done and not exited.cancelled():
+                code = window.exit_code  # ``exit`` in the command ended the shell
+            else:
                 raise TimedOut(
                     f"{command!r} did not finish within {timeout:g}s;"
                     f" it is still running in window {window.id} of {session.id}"
-                ) from None
+                )
         finally:
-            window.output_taps.remove(tap)
-    raw = command_output(bytes(captured), ident)
-    if shell == "zsh":
-        raw = _ZSH_PROMPT_SP.sub(b"", raw)
-    # Text for programs: newlines, not CR LF, and no carriage return a shell sent
-    # to redraw at the start of a line.
-    output = re.sub(rb"(?m)^\r+", b"", strip_escapes(raw).replace(b"\r\n", b"\n"))
+            with contextlib.suppress(ValueError):
+                window.output_taps.remove(capture.feed)
+            if resumer is not None:
+                resumer.cancel()
+            if paused:
+                window.child.resume_reading()
+        out.finish()
     ctx.daemon.audit_by(
         ctx.principal,
         "session.run",
         session.id,
         details={"window": window.id, "command": command, "exitCode": code},
     )
-    return {
+    result: dict[str, Any] = {
         "window": window.id,
         "command": command,
-        "output": output.decode(errors="replace"),
-        "exitCode": code,
+        "output": b"".join(kept).decode(errors="replace"),
+        "exitCode": code if code is not None else -1,
         "startedAt": format_rfc3339(started),
         "duration": now_ns() - started,
+        "run": ident,
+        "outputBytes": out.total,
+        "omitted": out.dropped,
     }
+    if stream is not None:
+        result["streamed"] = True
+    else:
+        _fit_reply(result)
+    return result
+
+
+async def _window_exit(window: WindowRuntime) -> None:
+    """Return once the window's process has exited (polled: rare, and cheap)."""
+    while window.exit_code is None:
+        await asyncio.sleep(0.1)
+    # Give the last output a moment to arrive before the run reports.
+    await asyncio.sleep(0.05)

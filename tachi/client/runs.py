@@ -1,0 +1,80 @@
+"""What both clients share for ``session.run``: the streamed output's events
+gathered into the reply (``docs/protocol.md``, ``run.output``)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+#: ``Client.run``'s ``max_output`` default: the first and last 8 MiB are kept.
+MAX_OUTPUT = 16 * 1024 * 1024
+#: How long after ``timeout`` a client still waits for the daemon's reply (the
+#: daemon answers at ``timeout``; this covers a slow link, not a lost reply).
+REPLY_GRACE = 10.0
+
+#: ``on_output(data, omitted)``: a piece of output, or (``b""``, N) where N
+#: bytes were left out.
+OutputCallback = Callable[[bytes, int], None]
+
+
+def omitted_marker(count: int) -> str:
+    """The line that stands where output was left out (as the daemon writes it)."""
+    return f"\n[tachi: {count} bytes of output omitted]\n"
+
+
+class RunStream:
+    """One streamed run: its ``stream`` tag, and its output as events arrive.
+    With ``on_output`` the output is handed on and not kept."""
+
+    def __init__(self, on_output: OutputCallback | None = None) -> None:
+        self.tag = secrets.token_hex(8)
+        self._on_output = on_output
+        self._parts: list[bytes] = []
+        #: The window it runs in, once the daemon said (``run.started``).
+        self.window: int | None = None
+
+    def args(
+        self,
+        session: str,
+        command: str,
+        window: int | None,
+        timeout: float | None,
+        max_output: int | None,
+    ) -> dict[str, Any]:
+        return {
+            "session": session,
+            "command": command,
+            "window": window,
+            "timeout": timeout,
+            "stream": self.tag,
+            "maxOutput": max_output,
+        }
+
+    def event(self, message: dict[str, Any]) -> bool:
+        """Take ``message`` if it is one of this run's events."""
+        if message.get("stream") != self.tag:
+            return False
+        kind = message.get("event")
+        if kind == "run.started":
+            self.window = message.get("window")
+        elif kind == "run.output":
+            data = base64.b64decode(message.get("data") or "")
+            omitted = int(message.get("omitted") or 0)
+            if self._on_output is not None:
+                self._on_output(data, omitted)
+            elif omitted:
+                self._parts.append(omitted_marker(omitted).encode())
+            else:
+                self._parts.append(data)
+        else:
+            return False
+        return True
+
+    def result(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """The reply with the streamed output in it (a daemon that does not
+        stream sends the output in the reply itself)."""
+        if reply.get("streamed"):
+            reply = dict(reply, output=b"".join(self._parts).decode(errors="replace"))
+        return reply

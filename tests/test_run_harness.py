@@ -1,0 +1,287 @@
+"""`tachi run` as an agent harness relies on it: never hang, never lie. A corpus
+of commands as agents send them (multi-line, heredocs, syntax errors, TABs,
+invalid UTF-8, floods), in bash, zsh and fish, against a real daemon and real
+shells; every run is bounded by its timeout. Most go through the Python API
+(fast); the CLI cases check streaming, --stdin and the exit codes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from helpers import capture
+from tachi.errors import TimedOut, WindowBusy
+from tachi.testing import DaemonProcess
+
+SHELLS = [s for s in ("bash", "zsh", "fish") if shutil.which(s)]
+T = 20  # every run's bound, in seconds
+
+# (command, output, exit code) for bash and zsh; None: not checked.
+POSIX_CORPUS = [
+    ("echo hello", "hello\n", 0),
+    ("(exit 3)", "", 3),
+    ("false", "", 1),
+    ("true", "", 0),
+    ("echo a; echo b >&2; exit_code=4; (exit $exit_code)", "a\nb\n", 4),
+    ("printf 'no newline'", "no newline", 0),
+    ("echo 'single quotes' \"double\"", "single quotes double\n", 0),
+    ("echo it\\'s", "it's\n", 0),
+    ("x=5; echo $((x * 2))", "10\n", 0),
+    ("echo one\necho two", "one\ntwo\n", 0),
+    ("echo one\n(exit 6)", "one\n", 6),
+    ("cat <<'EOF'\nline $HOME\n  indented\nEOF", "line $HOME\n  indented\n", 0),
+    ("cat <<EOF | wc -l\na\nb\nc\nEOF", "3\n", None),
+    ("for i in 1 2 3; do\n  echo $i\ndone", "1\n2\n3\n", 0),
+    ("if true; then\n  echo yes\nelse\n  echo no\nfi", "yes\n", 0),
+    ("f() {\n  return 9\n}\nf", "", 9),
+    ("printf 'a\\tb\\n'", "a\tb\n", 0),
+    ("echo 'tab\there'", "tab\there\n", 0),
+    ("# only a comment", "", 0),
+    ("echo 'ünïcödé ✓'", "ünïcödé ✓\n", 0),
+    ("echo \\$HOME '$HOME' \"\\$HOME\"", "$HOME $HOME $HOME\n", 0),
+    ("echo a\\\nb", "ab\n", 0),
+    ("printf '%s\\n' '-n' -e", "-n\n-e\n", 0),
+    ("echo done; false || echo recovered", "done\nrecovered\n", 0),
+    ("sh -c 'kill -INT $$'", None, 130),  # bash prints a newline, as for Ctrl-C
+    ("printf '%s\\n' '\\033]133;D;0;tachi-x\\007'", "\\033]133;D;0;tachi-x\\007\n", 0),
+    ("printf '\\033]133;D;0\\007'; echo after", "after\n", 0),
+    ("seq 1 3", "1\n2\n3\n", 0),
+    ("echo $'x\\ty'", "x\ty\n", 0),
+]
+# Syntax errors: the shell's own message and status, never a hang.
+POSIX_ERRORS = ["fi", "echo ((", "if", "done", "echo 'unterminated"]
+
+FISH_CORPUS = [
+    ("echo hello", "hello\n", 0),
+    ("false", "", 1),
+    ("echo one\necho two", "one\ntwo\n", 0),
+    ("for i in 1 2 3\n  echo $i\nend", "1\n2\n3\n", 0),
+    ("if true\n  echo yes\nend", "yes\n", 0),
+    ("function f\n  return 9\nend\nf", "", 9),
+    ("printf 'a\\tb\\n'", "a\tb\n", 0),
+    ("echo 'tab\there'", "tab\there\n", 0),
+    ("# only a comment", "", 0),
+    ("echo 'ünïcödé ✓'", "ünïcödé ✓\n", 0),
+    ("echo it\\'s", "it's\n", 0),
+    ("sh -c 'exit 5'", "", 5),
+    ("sh -c 'kill -INT $$'", "", 130),
+    ("seq 1 3", "1\n2\n3\n", 0),
+]
+FISH_ERRORS = ["end", "echo (", "echo 'unterminated"]
+
+
+def _shell(daemon: DaemonProcess, name: str, rc: str = "") -> str:
+    """A session running ``name`` with a private HOME (``rc`` appended to its rc)."""
+    home = daemon.home / f"home-{name}"
+    home.mkdir(exist_ok=True)
+    (home / ".bashrc").write_text("PS1='my-prompt$ '\n" + rc)
+    (home / ".zshrc").write_text("PS1='my-prompt$ '\n" + rc)
+    (home / ".config/fish").mkdir(parents=True, exist_ok=True)
+    (home / ".config/fish/config.fish").write_text(
+        "function fish_prompt; echo -n 'my-prompt$ '; end\n" + rc
+    )
+    s = daemon.new(shutil.which(name), env=f"HOME={home}")
+    return s["id"]
+
+
+@pytest.fixture(params=SHELLS)
+def shell(request):
+    return request.param
+
+
+def test_the_corpus_gives_exact_output_and_exit_codes(tachi_daemon, shell):
+    sid = _shell(tachi_daemon, shell)
+    corpus = FISH_CORPUS if shell == "fish" else POSIX_CORPUS
+    wrong = []
+    with tachi_daemon.client() as client:
+        for command, output, code in corpus:
+            r = client.run(sid, command, timeout=T)
+            if (output is not None and r.output != output) or (
+                code is not None and r.exit_code != code
+            ):
+                wrong.append((command, r.output, r.exit_code))
+    assert wrong == []
+
+
+def test_syntax_errors_and_comments_return_with_the_shells_status(tachi_daemon, shell):
+    sid = _shell(tachi_daemon, shell)
+    with tachi_daemon.client() as client:
+        for command in FISH_ERRORS if shell == "fish" else POSIX_ERRORS:
+            r = client.run(sid, command, timeout=T)
+            assert r.exit_code not in (0, -1), (command, r)
+            assert r.output, command  # the shell's own message
+        # The shell is back at its prompt and the next run is right.
+        assert client.run(sid, "echo next", timeout=T).output == "next\n"
+
+
+def test_output_over_a_mebibyte_arrives_whole(tachi_daemon, shell):
+    sid = _shell(tachi_daemon, shell)
+    expected = "".join(f"{i}\n" for i in range(1, 150001))
+    with tachi_daemon.client() as client:
+        r = client.run(sid, "seq 1 150000", timeout=T)
+    assert r.exit_code == 0 and r.omitted == 0
+    assert r.output == expected
+
+
+def test_max_output_keeps_head_and_tail_and_marks_the_gap(tachi_daemon):
+    sid = _shell(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        r = client.run(sid, "seq 1 200000", timeout=T, max_output=1000)
+    assert r.exit_code == 0
+    assert r.output.startswith("1\n2\n3\n") and r.output.endswith("199999\n200000\n")
+    assert r.omitted > 1_000_000
+    assert f"[tachi: {r.omitted} bytes of output omitted]" in r.output
+
+
+def test_timeout_bounds_a_flood_and_the_next_run_is_right(tachi_daemon, shell):
+    sid = _shell(tachi_daemon, shell)
+    with tachi_daemon.client() as client:
+        started = time.monotonic()
+        with pytest.raises(TimedOut):
+            client.run(sid, "seq 1 100000000", timeout=2)
+        assert time.monotonic() - started < 2 + 5
+        # The flood is still in front: the next run waits, and says so.
+        with pytest.raises(WindowBusy):
+            client.run(sid, "echo next", timeout=0.5)
+        client.send_signal(sid, "INT")
+        r = client.run(sid, "echo next", timeout=T)
+    assert (r.output, r.exit_code) == ("next\n", 0)
+
+
+def test_interrupted_and_timed_out_runs_never_lend_their_status(tachi_daemon, shell):
+    """The reported bug: an interrupted run, a timed-out run, then `echo next`
+    reported exit 7 with empty output."""
+    sid = _shell(tachi_daemon, shell)
+    with tachi_daemon.client() as client:
+        with pytest.raises(TimedOut):
+            client.run(sid, "sleep 1; sh -c 'exit 7'", timeout=0.3)
+        with pytest.raises((TimedOut, WindowBusy)):
+            client.run(sid, "sleep 30", timeout=0.3)
+        r = client.run(sid, "echo next", timeout=T)
+        assert (r.output, r.exit_code) == ("next\n", 0)
+        r = client.run(sid, "sh -c 'exit 4'", timeout=T)
+        assert r.exit_code == 4
+
+
+@pytest.mark.parametrize(
+    "rc",
+    [
+        "PROMPT_COMMAND='history -a'",
+        "unset PROMPT_COMMAND",
+        "PS0=''",
+        'PROMPT_COMMAND="history -a; $PROMPT_COMMAND"',
+        "trap 'true' DEBUG",
+        "set -o vi",
+    ],
+)
+def test_bash_runs_survive_the_users_prompt_hooks(tachi_daemon, rc):
+    sid = _shell(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        client.run(sid, "true", timeout=T)
+        client.run(sid, rc, timeout=T)  # as an rc file sourced later would
+        for _ in range(2):
+            r = client.run(sid, "echo x; (exit 3)", timeout=T)
+            assert (r.output, r.exit_code) == ("x\n", 3), rc
+        with pytest.raises(TimedOut):
+            client.run(sid, "sleep 30", timeout=0.3)
+        client.send_signal(sid, "INT")
+        assert client.run(sid, "echo y", timeout=T).output == "y\n"
+
+
+def test_zsh_runs_survive_emptied_hook_arrays(tachi_daemon):
+    sid = _shell(tachi_daemon, "zsh")
+    with tachi_daemon.client() as client:
+        client.run(sid, "precmd_functions=(); preexec_functions=()", timeout=T)
+        r = client.run(sid, "echo x; (exit 3)", timeout=T)
+    assert (r.output, r.exit_code) == ("x\n", 3)
+
+
+def test_nested_shells_without_integration_still_run(tachi_daemon):
+    sid = _shell(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        client.send(sid, "bash --norc\n")
+        # Nothing of tachi's leaked into the child: no hook to fail there.
+        r = client.run(sid, "echo inner; (exit 5)", timeout=T)
+        assert (r.output, r.exit_code) == ("inner\n", 5)
+        assert "command not found" not in capture(tachi_daemon, sid)
+        client.send(sid, "exec sh\n")
+        time.sleep(0.5)  # for sh to replace bash (not a timing assertion)
+        r = client.run(sid, "echo in-sh; (exit 6)", timeout=T)
+        assert (r.output, r.exit_code) == ("in-sh\n", 6)
+
+
+def test_a_repl_in_front_is_reported_not_typed_into(tachi_daemon):
+    sid = _shell(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        client.send(sid, "cat\n")
+        time.sleep(0.5)  # for cat to start (not a timing assertion)
+        with pytest.raises(WindowBusy, match="cat"):
+            client.run(sid, "echo lost", timeout=0.5)
+        client.send(sid, "\x04")
+        assert client.run(sid, "echo ok", timeout=T).output == "ok\n"
+    assert "echo lost" not in capture(tachi_daemon, sid)
+
+
+def test_invalid_utf8_output(tachi_daemon):
+    sid = _shell(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        r = client.run(sid, "printf 'a\\377b\\n'", timeout=T)
+    assert (r.output, r.exit_code) == ("a\ufffdb\n", 0)
+    # The CLI writes the bytes themselves.
+    cli = subprocess.run(
+        tachi_daemon.tachi_argv("run", sid, "--", "printf 'a\\377b\\n'"),
+        env=tachi_daemon.env,
+        capture_output=True,
+        timeout=T,
+    )
+    assert cli.stdout == b"a\xffb\n"
+
+
+def test_the_first_run_after_new_is_typed_once(tachi_daemon, shell):
+    sid = _shell(tachi_daemon, shell)
+    with tachi_daemon.client() as client:
+        assert client.run(sid, "echo first", timeout=T).output == "first\n"
+    assert capture(tachi_daemon, sid).count("133;C") == 1
+
+
+def test_cli_streams_a_flood_and_honours_the_timeout(tachi_daemon):
+    sid = _shell(tachi_daemon, "bash")
+    big = tachi_daemon.run("run", sid, "--timeout", str(T), "--", "seq 1 150000")
+    assert big.returncode == 0, big.stderr
+    assert big.stdout == "".join(f"{i}\n" for i in range(1, 150001))
+    started = time.monotonic()
+    flood = tachi_daemon.run("run", sid, "--timeout", "2", "--", "seq 1 100000000")
+    assert flood.returncode == 124 and "did not finish within 2s" in flood.stderr
+    assert time.monotonic() - started < 2 + 10
+    busy = tachi_daemon.run("run", sid, "--timeout", "0.5", "--", "echo x")
+    assert busy.returncode == 125 and "seq" in busy.stderr
+    tachi_daemon.run("signal", sid, "INT", check=False)
+    cut = tachi_daemon.run("run", sid, "--max-output", "100", "--", "seq 1 100000")
+    assert cut.returncode == 0
+    assert cut.stdout.startswith("1\n2\n") and cut.stdout.endswith("99999\n100000\n")
+    assert "bytes of output omitted" in cut.stderr
+
+
+def test_cli_runs_a_script_from_stdin_or_an_argument(tachi_daemon, shell, tmp_path):
+    sid = _shell(tachi_daemon, shell)
+    if shell == "fish":
+        script = "set n 0\nfor i in 1 2 3\n  set n (math $n + $i)\nend\necho total $n\nfalse"
+    else:
+        script = "n=0\nfor i in 1 2 3; do\n  n=$((n + i))\ndone\ncat <<EOF\ntotal $n\nEOF\nfalse"
+    path = tmp_path / "script.sh"
+    path.write_text(script)
+    with path.open() as f:
+        piped = subprocess.run(
+            tachi_daemon.tachi_argv("run", sid, "--stdin"),
+            env=tachi_daemon.env,
+            stdin=f,
+            capture_output=True,
+            text=True,
+            timeout=T,
+        )
+    assert (piped.stdout, piped.returncode) == ("total 6\n", 1)
+    arg = tachi_daemon.run("run", sid, "--", script)
+    assert (arg.stdout, arg.returncode) == ("total 6\n", 1)
