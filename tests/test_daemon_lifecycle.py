@@ -97,11 +97,13 @@ def test_stopping_right_after_a_close_waits_for_its_processes_and_saves_their_ex
 
 
 def test_after_a_crash_the_next_daemon_marks_sessions_closed(tachi_home):
-    first = DaemonProcess(tachi_home)
+    # Without the session keeper (with it, they survive: tests/test_survival.py).
+    off = {"TACHI_KEEPER": "off"}
+    first = DaemonProcess(tachi_home, extra_env=off)
     first.start()
     s = first.new("sleep", "300")
     first.kill()
-    second = DaemonProcess(tachi_home)
+    second = DaemonProcess(tachi_home, extra_env=off)
     second.start()
     try:
         info = get(second, s["id"])

@@ -229,7 +229,7 @@ class Keeper:
             entry = self.entries.get(pid)
             if entry is not None:
                 entry.status = os.waitstatus_to_exitcode(status)
-                log.info("%s (pid %d) exited: %d", entry.key, pid, entry.status)
+                log.debug("%s (pid %d) exited: %d", entry.key, pid, entry.status)
 
     def _forget(self, entry: Entry) -> None:
         self.entries.pop(entry.pid, None)
