@@ -93,6 +93,53 @@ def repair_cast(path: Path) -> bool:
     return True
 
 
+#: A cut recording's tail is looked for in its last this many bytes.
+_TAIL = 1 << 20
+
+
+def end_on_a_whole_event(path: Path) -> bool:
+    """Make a copy of a recording that was cut mid-event (a full disk, a crash)
+    end on its last whole event, followed by a marker saying it was cut there,
+    so every asciicast tool reads it. Returns whether it was cut.
+
+    Only the tail is read, so this is cheap on recordings of any size."""
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - _TAIL)
+        f.seek(start)
+        tail = f.read()
+        body = tail[:-1] if tail.endswith(b"\n") else tail
+        line_start = body.rfind(b"\n")  # where the last line begins (-1: in the tail's start)
+        if not body or _is_event(body[line_start + 1 :]):
+            if body and not tail.endswith(b"\n"):
+                f.write(b"\n")  # a whole event that only lacks its newline
+            return False
+        if line_start < 0:
+            return False  # no whole line in the tail: not ours to judge
+        when = _event_time(body[:line_start].rsplit(b"\n", 1)[-1])
+        f.truncate(start + line_start + 1)
+        f.seek(start + line_start + 1)
+        marker = [when, "m", "the recording was cut here (its file ended mid-event)"]
+        f.write(json.dumps(marker).encode() + b"\n")
+    return True
+
+
+def _is_event(line: bytes) -> bool:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(value, list | dict)  # an event, or the header of an empty recording
+
+
+def _event_time(line: bytes) -> float:
+    try:
+        value = json.loads(line)
+        return float(value[0]) if isinstance(value, list) else 0.0
+    except (ValueError, TypeError, IndexError):
+        return 0.0
+
+
 def cast_summary(path: Path) -> dict[str, Any]:
     header, events = read_cast(path)
     return {

@@ -217,6 +217,8 @@ def test_play_in_a_terminal_and_ctrl_c_leaves_it_sane(tachi_daemon, tmp_path):
     child.expect(pexpect.EOF)
     assert time.monotonic() - started < 2.5  # stopped, did not wait out the pause
     assert b"play-me-2" not in child.before
+    child.close()
+    assert child.exitstatus == 130 and b"[playback interrupted]" in child.before
     assert b"\x1b[?25h" in child.before  # cursor shown again
     # --idle-limit caps the pause.
     argv = tachi_daemon.tachi_argv("play", rec["id"], "--idle-limit", "0.2")
@@ -313,3 +315,45 @@ def test_a_recording_read_while_the_recorder_process_is_behind_waits_for_it(tach
     finally:
         os.kill(worker, signal.SIGCONT)
     assert "behind-the-worker" in output_of(out)  # the screen when recording started
+
+
+def test_export_of_a_cut_recording_is_a_valid_cast_with_a_marker(tachi_daemon, tmp_path):
+    """A recording cut mid-event (a full disk) exports up to its last whole event,
+    with a marker there, and asciinema plays it; -o - writes it to stdout."""
+    s = tachi_daemon.new("bash", "--norc", "-c", "printf 'whole-line\\n'; read x", record=True)
+    wait_match(tachi_daemon, s["id"], "whole-line")
+    (rec,) = recordings(tachi_daemon)
+    tachi_daemon.run("record", "stop", s["id"], check=True)
+    path = Path(rec["path"])
+    with open(path, "ab") as f:
+        f.write(b'[9.5, "o", "cut mid-ev')  # what a full disk leaves
+    out = tmp_path / "cut.cast"
+    done = tachi_daemon.run("record", "export", rec["id"], "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "cut mid-event" in done.stderr
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and json.loads(lines[-2])[1] == "m"
+    played = subprocess.run([ASCIINEMA, "cat", str(out)], capture_output=True, timeout=30)
+    assert played.returncode == 0, played.stderr
+    assert b"whole-line" in played.stdout and b"cut mid-ev" not in played.stdout
+    to_stdout = subprocess.run(
+        tachi_daemon.tachi_argv("record", "export", rec["id"], "-o", "-"),
+        env=tachi_daemon.env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert to_stdout.returncode == 0 and to_stdout.stdout == out.read_bytes()
+    assert not Path("-").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.cast"]  # no part file left
+
+
+def test_a_failed_export_leaves_no_file(tachi_daemon, tmp_path):
+    """Not a recording the CLI can check (here: not asciicast): exit 2, nothing written."""
+    s = tachi_daemon.new("sleep", "60", record=True)
+    (rec,) = recordings(tachi_daemon)
+    tachi_daemon.run("record", "stop", s["id"], check=True)
+    Path(rec["path"]).write_bytes(b"\x1f\x8b not asciicast\n")
+    out = tmp_path / "x.cast"
+    done = tachi_daemon.run("record", "export", rec["id"], "-o", str(out))
+    assert done.returncode == 2 and "not an asciicast recording" in done.stderr
+    assert list(tmp_path.iterdir()) == []

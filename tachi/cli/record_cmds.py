@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -167,16 +169,44 @@ def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:
 
 @record.command("export")
 @click.argument("recording")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    required=True,
+    help="The file to write, or - for stdout.",
+)
 @pass_ctx
 def export(ctx: Context, recording: str, output: Path) -> None:
-    """Write RECORDING to a file (asciicast v2: `asciinema play FILE` plays it)."""
-    from tachi.playback import load_cast
+    """Write RECORDING to a file or stdout (asciicast v2: `asciinema play FILE`
+    plays it). A recording cut mid-event (a full disk, a crash) is exported up to
+    its last whole event, with a marker there. Nothing is left behind on error."""
+    from tachi.playback import end_on_a_whole_event, load_cast
 
-    size = _fetch(ctx, recording, output)
-    if output.is_file():
-        load_cast(output)
-    click.echo(f"wrote {output} ({size} bytes)", err=True)
+    to_stdout = str(output) == "-"
+    # Written beside the destination and renamed into place once checked, so a
+    # failure never leaves a partial file under the name the user gave.
+    directory = None if to_stdout else output.parent
+    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".part")
+    os.close(fd)
+    part = Path(name)
+    try:
+        size = _fetch(ctx, recording, part)
+        cut = end_on_a_whole_event(part)
+        load_cast(part)
+        if to_stdout:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+        else:
+            os.replace(part, output)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+    if cut:
+        click.echo(f"tachi: warning: {recording} was cut mid-event; exported up to there", err=True)
+    if not to_stdout:
+        click.echo(f"wrote {output} ({size} bytes)", err=True)
 
 
 @record.command("rm")
@@ -207,13 +237,18 @@ def play(ctx: Context, recording: str, speed: float, idle_limit: float | None) -
         # one error line, not a screen reset first.
         header, events = load_cast(path)
         out = sys.stdout.buffer
+        interrupted = False
         try:
             play_events(header, events, out, speed=speed, idle_limit=idle_limit)
         except KeyboardInterrupt:
-            pass
+            interrupted = True
         finally:
             # Whatever the recording left on: normal screen, cursor, attributes.
             with contextlib.suppress(OSError):
                 out.write(b"\x1b[0m\x1b[?25h\x1b[?1049l\r\n")
                 out.flush()
+    if interrupted:
+        # Like any command stopped by Ctrl-C: a script can tell it did not finish.
+        click.echo("[playback interrupted]", err=True)
+        sys.exit(130)
     click.echo("[playback finished]", err=True)
