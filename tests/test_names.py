@@ -70,3 +70,35 @@ def test_tables_escape_control_characters_in_names_from_old_state(capsys):
     assert "old\\x1b]52;c;cHduZWQ=\\x07" in out and "bidi\\u202eevil" in out
     lines = out.splitlines()
     assert len(lines) == 4 and lines[3].split() == ["s3", "plain"]
+
+
+def test_tachi_audit_escapes_what_peers_and_plugins_put_in_records(tachi_home, tmp_path):
+    """A policy plugin's denial reason (or a peer's name) lands in the audit log
+    as given; `tachi audit` prints it escaped, never as an escape sequence."""
+    from helpers import installed_plugin
+    from tachi.testing import DaemonProcess
+
+    plugin = f"""
+import pluggy
+from tachi.errors import PermissionDenied
+
+hookimpl = pluggy.HookimplMarker("tachi")
+
+
+@hookimpl
+def tachi_authorize(principal, action, session):
+    if action == "session.signal":
+        raise PermissionDenied({OSC52!r})
+    return None
+"""
+    env = installed_plugin(tmp_path / "site", "hostile", plugin)
+    daemon = DaemonProcess(tachi_home, extra_env={**env, "TACHI_LOAD_PLUGINS": "hostile"})
+    daemon.start()
+    try:
+        s = daemon.new("sleep", "60")
+        assert daemon.run("signal", s["id"], "TERM").returncode == 4
+        shown = daemon.run("audit", check=True).stdout
+    finally:
+        daemon.stop()
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in shown

@@ -299,12 +299,18 @@ def audit(click_ctx: click.Context, session: str | None, since: str | None, as_j
     if as_json:
         emit_json(records)
         return
+    from tachi.models import visible
+
     for r in records:
         reason = f" ({r['reason']})" if r.get("reason") else ""
         details = json.dumps(r["details"], separators=(",", ":")) if r.get("details") else ""
+        # Principals, reasons and details come from peers (an SSH user name, a
+        # header, a window name): escaped, so the log cannot drive the terminal.
         click.echo(
-            f"{r['time']} {r['result']:8} {r['action']:16} {r.get('session') or '-':9}"
-            f" {r['principal']}@{r['source']}{reason} {details}".rstrip()
+            visible(
+                f"{r['time']} {r['result']:8} {r['action']:16} {r.get('session') or '-':9}"
+                f" {r['principal']}@{r['source']}{reason} {details}".rstrip()
+            )
         )
 
 
