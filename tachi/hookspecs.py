@@ -102,14 +102,24 @@ def tachi_connect(url: str, options: dict[str, Any]) -> Any:
 
 
 @hookspec
-def tachi_authorize(principal: Any, action: str, session: Any) -> bool | None:
+def tachi_authorize(principal: Any, action: str, session: Any, data: bytes | None) -> bool | None:
     """Say whether ``principal`` may perform ``action`` on ``session``.
 
     Return ``True`` to allow, ``False`` to deny, ``None`` to abstain. Results
     are combined by the daemon: any ``False`` denies, otherwise one ``True``
     allows, otherwise the action is denied. ``session`` is ``None`` for
-    actions on the daemon itself (``session.create``, ``session.list``,
+    actions on the daemon itself (``session.create``, ``exec``,
     ``daemon.stop``). Must not block: it runs on the daemon's event loop.
+
+    ``data`` is ``None``, except for an implementation that takes it (pluggy
+    passes only the arguments an implementation names): it is then asked again
+    for every piece of input before it reaches a session, with ``action``
+    ``session.write`` and ``data`` the bytes (``tachi send``, ``run``, and typed
+    keys chunk by chunk as they arrive: best-effort, a pattern typed key by key
+    comes in many calls). There, ``False`` (or raising ``PermissionDenied``)
+    drops that input, audited; ``True`` adds nothing, the write was allowed
+    already. When no implementation takes ``data``, input is never shown to
+    policies and costs nothing more.
     """
 
 
@@ -119,7 +129,9 @@ def tachi_multiplexer() -> Any:
 
     The first non-``None`` answer wins; the built-in
     ``tachi.builtins.windows.WindowMultiplexer`` registers ``trylast`` so a
-    plugin can replace it.
+    plugin can replace it. Asked once, at daemon start: an answer that is not
+    a class with the members the session uses (``tachi.hooks``) is logged,
+    naming the plugin, and the next one is used.
     """
 
 
@@ -161,8 +173,11 @@ def tachi_create_screen(cols: int, rows: int, history: int) -> Any:
 def tachi_audit_event(event: dict[str, Any]) -> None:
     """Called after each audit record is written; ship it elsewhere if you like.
 
-    ``event`` is the record as written (with its hash). Exceptions are logged
-    and swallowed: a failing shipper never blocks the session.
+    ``event`` is a copy of the record as written (with its hash). Runs on a
+    thread of its own, in order, and may block. An exception never reaches the
+    daemon: the first is logged, and the plugin then gets no records for a
+    pause that doubles with each failure (raise only when you give up on a
+    record). At daemon stop, queued records get 5 s.
     """
 
 

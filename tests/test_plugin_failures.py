@@ -176,7 +176,7 @@ def test_a_plugins_denial_is_audited_with_its_reason_and_its_name(tachi_home, tm
         ]
         assert len(denied) == 1
         assert denied[0]["reason"] == "no signals on Fridays"
-        assert denied[0]["details"] == {"plugin": "fridays"}
+        assert denied[0]["details"] == {"plugin": "fridays", "principalKind": "unix"}
         assert denied[0]["session"] == session["id"]
 
 
@@ -198,7 +198,7 @@ def test_a_failing_authorizer_denies_but_the_owner_can_still_stop_the_daemon(tac
         assert len(log_lines(daemon, "plugin broken failed in tachi_authorize", "KeyError")) == 1
         denied = [r for r in audit_records(daemon) if r["action"] == "session.create"]
         assert len(denied) == 3 and all(r["result"] == "denied" for r in denied)
-        assert denied[0]["details"] == {"plugin": "broken"}
+        assert denied[0]["details"] == {"plugin": "broken", "principalKind": "unix"}
         assert "plugin broken failed" in denied[0]["reason"]
         stop = stopped_by_the_cli(daemon)
         assert stop.returncode == 0, stop.stderr
@@ -227,7 +227,8 @@ def test_an_authorizer_over_its_deadline_denies_and_is_named(tachi_home, tmp_pat
         lines = log_lines(daemon, "plugin sluggish failed in tachi_authorize", "deadline")
         assert len(lines) == 1
         denied = [r for r in audit_records(daemon) if r["action"] == "session.signal"]
-        assert denied[0]["result"] == "denied" and denied[0]["details"] == {"plugin": "sluggish"}
+        assert denied[0]["result"] == "denied"
+        assert denied[0]["details"] == {"plugin": "sluggish", "principalKind": "unix"}
 
 
 BLOCKING_SINK = """

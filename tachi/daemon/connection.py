@@ -263,6 +263,8 @@ class Connection:
         keeps this window above the mark, so ``write_now`` declines."""
         if frame.channel != protocol.STDIN or not self._greeted or self._ordered:
             return False
+        if self.daemon.filters_input:  # input policies see each chunk, on the slow path
+            return False
         client, session = self.attached, self.session
         if client is None or session is None or client.read_only:
             return False
@@ -286,7 +288,7 @@ class Connection:
             self._audit_denied_input(session, client)
             return
         try:
-            self.daemon.admit_input(self.principal, session, len(data))
+            self.daemon.admit_input(self.principal, session, len(data), data)
             await session.write_paced(data)
         except TachiError as exc:
             self.send({"event": "error", "error": exc.to_json()})

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from tachi import __version__
 from tachi import config as config_mod
 from tachi.core.access import SessionAccess
-from tachi.core.guarded_hooks import CheckedHook, GuardedHook, OffLoopHook, Verdict
+from tachi.core.guarded_hooks import Verdict
 from tachi.core.manager import SessionManager
 from tachi.core.principal import Principal, user_name
 from tachi.core.store import SessionStore, connect
 from tachi.errors import AuditWriteError, PermissionDenied, TachiError
 from tachi.gotime import now_ns
+from tachi.hooks import Hooks
 from tachi.models import CloseReason
 from tachi.plugins import make_plugin_manager
 
@@ -54,14 +55,6 @@ def _is_local_owner(principal: Principal) -> bool:
     return principal.kind == "unix" and principal.grant_id is None and principal.uid == os.getuid()
 
 
-def _is_vote(answer: Any) -> bool:
-    return answer is None or isinstance(answer, bool)
-
-
-def _is_identity(answer: Any) -> bool:
-    return answer is None or isinstance(answer, Principal)
-
-
 class Daemon:
     """The daemon's state and the decisions (authorisation, admission, audit)
     that every transport and operation goes through."""
@@ -76,25 +69,11 @@ class Daemon:
         self.config = config
         self.pm = pm
         pm.register(TokenAuthenticator(self), "tachi.builtins.token_auth")
-        self.hooks = pm.hook
-        # Audit shippers talk to the network: they run on their own thread.
-        self._audit_event_hook = OffLoopHook(GuardedHook(pm.hook.tachi_audit_event, deadline=None))
-        # Decisions are needed before a request goes on: on the loop, one
-        # implementation at a time, timed (see tachi.core.guarded_hooks).
-        self._authorize_hook = CheckedHook(
-            pm.hook.tachi_authorize,
-            valid=_is_vote,
-            expected="True, False or None",
-            firstresult=False,
-            on_failure=self._audit_plugin_failure,
-        )
-        self._authenticate_hook = CheckedHook(
-            pm.hook.tachi_authenticate,
-            valid=_is_identity,
-            expected="a Principal or None",
-            firstresult=True,
-            on_failure=self._audit_plugin_failure,
-        )
+        # Typed calls (tachi.hooks): decisions one implementation at a time with
+        # deadlines, audit shippers on their own thread, plugins' answers checked.
+        self.hooks = Hooks(pm, on_failure=self._audit_plugin_failure)
+        #: Some ``tachi_authorize`` takes ``data``: input goes through the slow path.
+        self.filters_input = self.hooks.filters_input
         self.started_at = now_ns()
         state = config.state_dir
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -107,7 +86,9 @@ class Daemon:
             on_event=self._ship_audit_event,
             background_checkpoints=True,
         )
-        multiplexer = self.hooks.tachi_multiplexer()
+        # Checked now, not when a session first needs them (refused ones are logged).
+        multiplexer = self.hooks.multiplexer()
+        self.hooks.check_screens()
         self.manager = SessionManager(
             config=config,
             store=SessionStore(self.db),
@@ -117,8 +98,7 @@ class Daemon:
         )
         from tachi.core.recording import RecordingManager
 
-        recorders: dict[str, Any] = {}
-        self.hooks.tachi_recorders(register=lambda r: recorders.setdefault(r.format, r))
+        recorders = self.hooks.recorders()
         self.recordings = RecordingManager(
             self.db,
             directory=config.recordings_dir,
@@ -165,7 +145,7 @@ class Daemon:
         self.survival.start()
         self.manager.start()
         self.sharing.start()
-        self.hooks.tachi_register_transports(register=self.transports.append, config=self.config)
+        self.hooks.register_transports(register=self.transports.append, config=self.config)
         started = []
         try:
             for transport in self.transports:
@@ -194,7 +174,7 @@ class Daemon:
             self.refusals.close()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
             self.audit_log.close()
-            self._audit_event_hook.close(timeout=5.0)
+            self.hooks.close_audit_events(timeout=5.0)
             self.db.close()
 
     def request_stop(self) -> None:
@@ -261,9 +241,7 @@ class Daemon:
         if it may."""
         if principal.grant_session == "*" and not self.grants.is_active("*", principal.grant_id):
             return ("policy", None, None)
-        denial = _denial_of(
-            self._authorize_hook(principal=principal, action=action, session=session)
-        )
+        denial = _denial_of(self.hooks.authorize(principal, action, session))
         if denial is not None and action in OWNER_ALWAYS and _is_local_owner(principal):
             self.audit_by(
                 principal,
@@ -320,7 +298,7 @@ class Daemon:
         refusal cannot be audited while failing closed.
         """
         self.check_address(peer)
-        verdict = self._authenticate_hook(peer=peer)
+        verdict = self.hooks.authenticate(peer)
         principal = verdict.result
         owner = peer.transport == "unix" and peer.uid == os.getuid()
         if verdict.refusal is not None:
@@ -474,13 +452,50 @@ class Daemon:
         if kind is not None:
             self.manager.emit(session, kind, {"window": window})
 
-    def admit_input(self, principal: Principal, session: SessionRuntime, size: int) -> None:
+    def admit_input(
+        self, principal: Principal, session: SessionRuntime, size: int, data: bytes | None = None
+    ) -> None:
         """Audit input before it reaches the program (one record per burst of typing).
 
-        Raises ``AuditWriteError`` when the record cannot be written and the log
-        fails closed: the caller must then not write the input.
+        With ``data`` (the input itself), the input policies (``tachi_authorize``
+        implementations that take ``data``) see it first: ``PermissionDenied``
+        (audited, naming the plugin) if one refuses it. Raises ``AuditWriteError``
+        when the record cannot be written and the log fails closed. Either way the
+        caller must then not write the input.
         """
+        if data is not None and self.filters_input:
+            self._check_input(principal, session, data)
         self.sharing.input_burst(principal, session, size)
+
+    def _check_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
+        """Raise ``PermissionDenied`` (audited) if an input policy refuses ``data``.
+
+        Only a refusal, a failure or ``False`` counts: the write itself was
+        allowed already, so these policies can only narrow it."""
+        verdict = self.hooks.authorize_input(principal, session, data)
+        plugin, reason, message = None, None, None
+        if verdict.refusal is not None:
+            plugin, exc = verdict.refusal
+            reason = message = exc.message
+        elif verdict.failures:
+            plugin, why = verdict.failures[0]
+            reason = f"plugin {plugin} failed: {why}"
+        else:
+            plugin = next((p for p, answer in verdict.answers if answer is False), None)
+            reason = "input policy" if plugin else None
+        if reason is None:
+            return
+        self.audit_by(
+            principal,
+            "session.write",
+            session.id,
+            result="denied",
+            reason=reason,
+            details={"plugin": plugin, "bytes": len(data)},
+        )
+        raise PermissionDenied(
+            message or f"input refused by plugin {plugin} on session {session.id}"
+        )
 
     def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None:
         """Input reached a session (after :meth:`admit_input`): record it if asked to."""
@@ -521,7 +536,8 @@ class Daemon:
         reason: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Audit an action a principal took (or was refused)."""
+        """Audit an action a principal took (or was refused). ``details`` gets
+        ``principalKind``: a network user named ``root`` is not the local root."""
         return self.audit(
             action=action,
             result=result,
@@ -529,7 +545,7 @@ class Daemon:
             source=principal.source,
             session=session,
             reason=reason,
-            details=details,
+            details={**(details or {}), "principalKind": principal.kind},
         )
 
     def audit(self, **record: Any) -> dict[str, Any]:
@@ -538,7 +554,7 @@ class Daemon:
         return self.audit_log.append(**record)
 
     def _ship_audit_event(self, event: dict[str, Any]) -> None:
-        self._audit_event_hook(event=event)
+        self.hooks.audit_event(event)
 
     def status(self) -> dict[str, Any]:
         from tachi.gotime import format_rfc3339

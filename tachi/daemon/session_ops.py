@@ -246,7 +246,7 @@ async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequest("data must be base64") from None
     window_id = arg_int(args, "window")
     # Audited first: input the log cannot account for never reaches the program.
-    ctx.daemon.admit_input(ctx.principal, session, len(data))
+    ctx.daemon.admit_input(ctx.principal, session, len(data), data)
     session.write(data, window_id)
     ctx.daemon.note_input(ctx.principal, session, data)
     return {"bytes": len(data)}
