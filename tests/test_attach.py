@@ -79,6 +79,9 @@ def test_terminal_is_restored_on_every_exit_path(tachi_daemon, tmp_path, how):
         child.send("exit 3\r")
         expected = "rc=3"
     elif how == "daemon-gone":
+        # Keeper first: with it alive, attach reconnects (tests/test_survival_attach.py).
+        with tachi_daemon.client() as client:
+            os.kill(client.status()["keeper"]["pid"], signal.SIGKILL)
         tachi_daemon.kill()
         expected = "rc=1"
     else:

@@ -30,7 +30,7 @@ from tachi.cli.copy_mode import CopyMode
 from tachi.cli.keyseq import NAMES, keys, sequence_at
 from tachi.client.endpoint import Endpoint
 from tachi.client.wire import WireConnection
-from tachi.errors import DaemonUnavailable, TachiError, error_from_json
+from tachi.errors import DaemonUnavailable, NotFound, TachiError, error_from_json
 
 
 @dataclass
@@ -114,6 +114,36 @@ def attach(
             return fresh
 
         bridge.reopen = reopen
+    else:
+        local = endpoint if isinstance(endpoint, Path) else endpoint.socket
+        may_hand_over = bridge.direct
+
+        def reopen_local(position: tuple[int, int] | None, autostart: bool) -> WireConnection:
+            # A daemon that restarted (or was started after a crash) adopted the
+            # session from the keeper: its output offsets start again from its
+            # last snapshot, so resuming by offset could skip output; it redraws.
+            fresh = WireConnection(local, token=token, autostart=autostart)
+            rows, cols, xpix, ypix = terminal_size(in_fd)
+            args: dict[str, Any] = {
+                "session": bridge.session_id,
+                "readOnly": read_only,
+                "size": {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
+            }
+            if position is not None and not bridge.read_only:
+                args["window"] = position[0]  # the window this terminal showed
+            try:
+                fresh.call("session.attach", args)
+            except NotFound:
+                if "window" not in args:
+                    raise
+                del args["window"]  # that window ended meanwhile: the session's active one
+                fresh.call("session.attach", args)
+            if may_hand_over:
+                bridge.direct = _hand_over_terminal(fresh, in_fd)
+            return fresh
+
+        bridge.reopen_local = reopen_local
+        bridge.local_socket = local
     return bridge.run()
 
 
@@ -159,8 +189,13 @@ def _hand_over_terminal(wire: WireConnection, in_fd: int) -> bool:
 OUTPUT_QUIET = 0.25
 #: How long to wait for the daemon to hand the terminal back before drawing anyway.
 HAND_BACK_TIMEOUT = 2.0
-#: How long an attach to a remote daemon keeps trying to reconnect after a drop.
+#: How long an attach keeps trying to reconnect after a drop (a remote daemon's
+#: network, or a local daemon that crashed or restarts while a keeper holds the session).
 RECONNECT_SECONDS = 30.0
+#: A local daemon that has not come back this long after a drop is started by
+#: attach itself (as any command would). Not at once: ``tachi daemon restart``
+#: (or systemd) starts the next one, with its listeners, within about a second.
+AUTOSTART_AFTER = 3.0
 
 
 #: Sent on the way out: every mode a program may have set in the terminal, back
@@ -197,6 +232,10 @@ class _Bridge:
         self._signals: list[int] = []
         #: Set for a remote daemon: reconnects and resumes after a network drop.
         self.reopen: Any = None
+        #: Set for a local daemon: attaches again to the daemon that adopts the
+        #: session after a crash or restart, ``(position, autostart)``.
+        self.reopen_local: Any = None
+        self.local_socket: Path | None = None
         #: The window and output offset the terminal shows, for resuming.
         self.position: tuple[int, int] | None = None
         #: Copy mode, while it is up (session output is then not drawn).
@@ -242,7 +281,8 @@ class _Bridge:
                     break
                 except DaemonUnavailable as exc:
                     if not self._reconnect(exc):
-                        self.state.ended = AttachOutcome(1, f"lost the daemon: {exc}")
+                        if self.state.ended is None:
+                            self.state.ended = AttachOutcome(1, f"lost the daemon: {exc}")
                         break
         finally:
             self._reclaim_terminal()
@@ -260,20 +300,36 @@ class _Bridge:
         return self.state.ended
 
     def _reconnect(self, exc: DaemonUnavailable) -> bool:
-        """After a network drop, reconnect (for up to RECONNECT_SECONDS) and resume
-        from the last output offset: the missing output if the daemon still has
-        it, else the current screen. Returns False if it could not."""
-        if self.reopen is None:
+        """After a drop, reconnect (for up to RECONNECT_SECONDS) and attach again:
+        a remote daemon resumes from the last output offset (the missing output
+        if it still has it, else the current screen); a local daemon that
+        restarted or crashed, while a session keeper held the session, redraws
+        it. Returns False if it could not (``state.ended`` then says why)."""
+        if self.reopen is None and self.reopen_local is None:
             return False
+        if self.reopen is None:
+            from tachi.core.keeper_link import keeper_alive
+
+            if not keeper_alive(self.local_socket):
+                return False  # nothing keeps the session: it ended with the daemon
+        # The daemon held the terminal (direct mode) and is gone: it is ours again.
+        self.owns_input = self.owns_output = True
+        self.direct = False
+        self.state.pending_requests.clear()
         self._flash(f"tachi: connection lost ({exc}); reconnecting…")
-        deadline = time.monotonic() + RECONNECT_SECONDS
-        delay = 0.2
+        began = time.monotonic()
+        deadline = began + RECONNECT_SECONDS
+        delay = 0.1
         while time.monotonic() < deadline and not self._signals:
             try:
-                fresh = self.reopen(self.position)
+                if self.reopen is not None:
+                    fresh = self.reopen(self.position)
+                else:
+                    autostart = time.monotonic() - began >= AUTOSTART_AFTER
+                    fresh = self.reopen_local(self.position, autostart)
             except DaemonUnavailable:
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
                 continue
             except TachiError as refused:  # the session ended, or access went away
                 self.state.ended = AttachOutcome(1, f"could not resume: {refused}")
@@ -282,6 +338,10 @@ class _Bridge:
             self.wire = fresh
             self._flash("tachi: reconnected")
             return True
+        if not self._signals:
+            self.state.ended = AttachOutcome(
+                1, f"lost the daemon: {exc}; no daemon came back within {RECONNECT_SECONDS:g} s"
+            )
         return False
 
     def _on_signal(self, signum: int, frame: Any) -> None:

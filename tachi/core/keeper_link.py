@@ -194,6 +194,42 @@ class KeeperLink:
         return message, fds
 
 
+def keeper_request(
+    daemon_socket: os.PathLike[str] | str, request: dict[str, Any], timeout: float = TIMEOUT
+) -> dict[str, Any]:
+    """One request (``ping``, ``reexec``) to the keeper of ``daemon_socket`` on a
+    connection of its own, for the CLI; its answer (``ok`` false included).
+    Raises ``KeeperError`` if no keeper answers there."""
+    path = keeper_socket(daemon_socket)
+    try:
+        sock = _connect(path)
+    except OSError as exc:
+        raise KeeperError(f"no session keeper on {path}: {exc}") from None
+    try:
+        sock.settimeout(timeout)
+        send(sock, request)
+        message, fds = recv(sock)
+        for fd in fds:
+            os.close(fd)
+    except (OSError, ValueError) as exc:
+        raise KeeperError(f"the keeper on {path} did not answer: {exc}") from None
+    finally:
+        sock.close()
+    if message is None:
+        raise KeeperError(f"the keeper on {path} hung up")
+    return message
+
+
+def keeper_alive(daemon_socket: os.PathLike[str] | str) -> bool:
+    """Whether a keeper accepts connections for ``daemon_socket`` (it holds
+    sessions a restarted daemon adopts). Only the keeper's own user can tell."""
+    try:
+        _connect(keeper_socket(daemon_socket)).close()
+    except OSError:
+        return False
+    return True
+
+
 def _connect(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(TIMEOUT)
