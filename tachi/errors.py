@@ -44,10 +44,14 @@ class PermissionDenied(TachiError):
 
 
 class TimedOut(TachiError):
-    """A wait ran out of time."""
+    """A wait ran out of time. For ``Client.run``: ``run`` is the run's id (it
+    keeps running; collect it with ``run_wait``) and ``output`` what it wrote
+    before the timeout."""
 
     code = "timeout"
     exit_status = 124
+    run: str | None = None
+    output: str = ""
 
 
 class WindowBusy(TachiError):

@@ -23,6 +23,7 @@ API = {
     "revoke": "revoke", "token rotate": "rotate_token", "handoff": "handoff",
     "audit": "audit", "audit verify": "verify_audit", "daemon status": "status",
     "record verify": "verify_recordings",
+    "run start": "run", "run wait": "run_wait", "run output": "run_output", "run ls": "run_list",
 }  # fmt: skip
 #: Commands that manage the local daemon or this terminal, not sessions.
 NOT_API = {

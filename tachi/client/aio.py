@@ -199,27 +199,73 @@ class AsyncClient:
         timeout: float | None = None,
         max_output: int | None = MAX_OUTPUT,
         on_output: OutputCallback | None = None,
+        detach: bool = False,
     ) -> RunResult:
         """Like ``Client.run``."""
-        from tachi.client.runs import REPLY_GRACE, RunStream
+        from tachi.client.runs import RunStream
 
         run = RunStream(on_output)
+        args = run.args(session_id, command, window, timeout, max_output, detach)
+        return RunResult.from_json(
+            await self._streamed("session.run", args, run, timeout, repr(command))
+        )
+
+    async def _streamed(
+        self, op: str, args: dict[str, Any], run: Any, timeout: float | None, what: str
+    ) -> dict[str, Any]:
+        """Call ``op``, its ``run.*`` events gathered by ``run``."""
+        from tachi.client.runs import REPLY_GRACE
+
         self._wire.listeners[run.tag] = run.event
         try:
-            call = self.call(
-                "session.run", **run.args(session_id, command, window, timeout, max_output)
-            )
             limit = None if timeout is None else timeout + REPLY_GRACE
             try:
-                reply = await asyncio.wait_for(call, limit)
+                reply = await asyncio.wait_for(self.call(op, **args), limit)
             except TimeoutError:
-                raise TimedOut(
-                    f"{command!r}: no answer from the daemon within {timeout:g}s"
-                    f" (+{REPLY_GRACE:g}s)"
+                raise run.failed(
+                    TimedOut(
+                        f"{what}: no answer from the daemon within {timeout:g}s (+{REPLY_GRACE:g}s)"
+                    )
                 ) from None
+            except TimedOut as exc:
+                raise run.failed(exc) from None
         finally:
             self._wire.listeners.pop(run.tag, None)
-        return RunResult.from_json(run.result(reply))
+        return dict(run.result(reply))
+
+    async def run_wait(
+        self, run: str, *, timeout: float | None = None, session: str | None = None
+    ) -> RunResult:
+        """Like ``Client.run_wait``."""
+        return RunResult.from_json(
+            await self.call("run.wait", run=run, timeout=timeout, session=session)
+        )
+
+    async def run_output(
+        self,
+        run: str,
+        *,
+        follow: bool = False,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        session: str | None = None,
+    ) -> RunResult:
+        """Like ``Client.run_output``."""
+        from tachi.client.runs import RunStream
+
+        stream = RunStream(on_output)
+        args = {
+            "run": run,
+            "session": session,
+            "follow": follow or None,
+            "timeout": timeout,
+            "stream": stream.tag,
+        }
+        return RunResult.from_json(await self._streamed("run.output", args, stream, timeout, run))
+
+    async def run_list(self, session_id: str) -> list[RunResult]:
+        """Like ``Client.run_list``."""
+        return [RunResult.from_json(r) for r in await self.call("run.list", session=session_id)]
 
     async def events(
         self, session_id: str | None = None, *, output: bool = False

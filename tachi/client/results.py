@@ -76,18 +76,23 @@ class RunResult:
     omitted: int = 0
     #: The run's id, as its marks in the window's output carry it.
     run: str | None = None
+    #: ``finished``; ``exited`` (the shell ended with it); ``running`` (a
+    #: detached run, or one whose output was read before it ended).
+    state: str = "finished"
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunResult:
+        code = d.get("exitCode")
         return cls(
-            exit_code=int(d["exitCode"]),
-            output=d["output"],
+            exit_code=int(code) if code is not None else -1,
+            output=d.get("output") or "",
             command=d["command"],
             window=int(d["window"]),
             started_at=timestamp(d.get("startedAt")),
             duration=dt.timedelta(microseconds=int(d.get("duration", 0)) / 1000),
             omitted=int(d.get("omitted") or 0),
             run=d.get("run"),
+            state=str(d.get("state") or "finished"),
         )
 
 

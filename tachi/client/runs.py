@@ -32,8 +32,9 @@ class RunStream:
         self.tag = secrets.token_hex(8)
         self._on_output = on_output
         self._parts: list[bytes] = []
-        #: The window it runs in, once the daemon said (``run.started``).
+        #: The window it runs in and its id, once the daemon said (``run.started``).
         self.window: int | None = None
+        self.run: str | None = None
 
     def args(
         self,
@@ -42,6 +43,7 @@ class RunStream:
         window: int | None,
         timeout: float | None,
         max_output: int | None,
+        detach: bool = False,
     ) -> dict[str, Any]:
         return {
             "session": session,
@@ -50,6 +52,7 @@ class RunStream:
             "timeout": timeout,
             "stream": self.tag,
             "maxOutput": max_output,
+            "detach": detach or None,
         }
 
     def event(self, message: dict[str, Any]) -> bool:
@@ -59,6 +62,7 @@ class RunStream:
         kind = message.get("event")
         if kind == "run.started":
             self.window = message.get("window")
+            self.run = message.get("run")
         elif kind == "run.output":
             data = base64.b64decode(message.get("data") or "")
             omitted = int(message.get("omitted") or 0)
@@ -78,3 +82,14 @@ class RunStream:
         if reply.get("streamed"):
             reply = dict(reply, output=b"".join(self._parts).decode(errors="replace"))
         return reply
+
+    def failed(self, exc: BaseException) -> BaseException:
+        """``exc``, a ``TimedOut`` given the run's id (``TimedOut.run``) and the
+        output that came before it (``TimedOut.output``), to collect the rest
+        with ``run_wait``/``run_output``."""
+        from tachi.errors import TimedOut
+
+        if isinstance(exc, TimedOut):
+            exc.run = self.run
+            exc.output = b"".join(self._parts).decode(errors="replace")
+        return exc

@@ -149,6 +149,7 @@ class Client:
         timeout: float | None = None,
         max_output: int | None = MAX_OUTPUT,
         on_output: OutputCallback | None = None,
+        detach: bool = False,
     ) -> RunResult:
         """Type ``command`` (any text: several lines, a heredoc) into the
         session's shell and wait for it: its output alone and exit code
@@ -156,12 +157,15 @@ class Client:
         bytes at most (the first and last halves; ``None``: all), with a marked
         gap (``RunResult.omitted``); ``on_output(data, omitted)`` gets it as it
         comes instead, and ``output`` is then empty. Raises ``TimedOut`` after
-        ``timeout`` seconds (the command keeps running), ``WindowBusy`` when no
-        shell came to the window's foreground in that time."""
+        ``timeout`` seconds (the command keeps running: ``TimedOut.run`` is its
+        id for ``run_wait``/``run_output``, ``TimedOut.output`` what came so
+        far), ``WindowBusy`` when no shell came to the window's foreground in
+        that time. With ``detach`` it returns once the command is typed
+        (``state`` ``running``, ``run`` its id)."""
         from tachi.client.results import RunResult
 
         return RunResult.from_json(
-            self._run(session_id, command, window, timeout, max_output, on_output)
+            self._run(session_id, command, window, timeout, max_output, on_output, detach)
         )
 
     def _run(
@@ -172,24 +176,33 @@ class Client:
         timeout: float | None,
         max_output: int | None,
         on_output: OutputCallback | None,
+        detach: bool = False,
     ) -> dict[str, Any]:
         """``run``'s reply as the daemon sent it, the streamed output put in."""
-        import time
-
-        from tachi.client.runs import REPLY_GRACE, RunStream
+        from tachi.client.runs import RunStream
 
         run = RunStream(on_output)
+        args = run.args(session_id, command, window, timeout, max_output, detach)
+        return self._streamed("session.run", args, run, timeout, repr(command))
+
+    def _streamed(
+        self, op: str, args: dict[str, Any], run: Any, timeout: float | None, what: str
+    ) -> dict[str, Any]:
+        """Send ``op`` and gather its ``run.*`` events until the reply."""
+        import time
+
+        from tachi.client.runs import REPLY_GRACE
+
         wire = self._wire
-        request_id = wire.send_request(
-            "session.run", run.args(session_id, command, window, timeout, max_output)
-        )
+        request_id = wire.send_request(op, args)
         deadline = None if timeout is None else time.monotonic() + timeout + REPLY_GRACE
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimedOut(
-                    f"{command!r}: no answer from the daemon within {timeout:g}s"
-                    f" (+{REPLY_GRACE:g}s)"
+                raise run.failed(
+                    TimedOut(
+                        f"{what}: no answer from the daemon within {timeout:g}s (+{REPLY_GRACE:g}s)"
+                    )
                 )
             frame = wire.recv_frame(left)
             if frame is None:
@@ -199,11 +212,53 @@ class Client:
                 if message.get("id") == request_id and "ok" in message:
                     wire.keep_buffered()
                     if not message["ok"]:
-                        raise error_from_json(message.get("error") or {})
+                        raise run.failed(error_from_json(message.get("error") or {}))
                     return run.result(message.get("result") or {})
                 if run.event(message):
                     continue
             wire.pending.append(frame)
+
+    def run_wait(
+        self, run: str, *, timeout: float | None = None, session: str | None = None
+    ) -> RunResult:
+        """Wait for run ``run`` (a detached or timed-out one) to end; its result
+        with the output the daemon kept of it (the first and last 128 KiB, the
+        gap marked). Raises ``TimedOut`` (it keeps running), ``NotFound``."""
+        from tachi.client.results import RunResult
+
+        return RunResult.from_json(self.call("run.wait", run=run, timeout=timeout, session=session))
+
+    def run_output(
+        self,
+        run: str,
+        *,
+        follow: bool = False,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+        session: str | None = None,
+    ) -> RunResult:
+        """Run ``run``'s output so far (what the daemon kept); with ``follow``,
+        and what it writes until it ends or ``timeout`` seconds pass (no error:
+        ``state`` says whether it ended). ``on_output`` as for ``run``."""
+        from tachi.client.results import RunResult
+        from tachi.client.runs import RunStream
+
+        stream = RunStream(on_output)
+        args = {
+            "run": run,
+            "session": session,
+            "follow": follow or None,
+            "timeout": timeout,
+            "stream": stream.tag,
+        }
+        return RunResult.from_json(self._streamed("run.output", args, stream, timeout, run))
+
+    def run_list(self, session_id: str) -> list[RunResult]:
+        """The runs the session keeps (``tachi run ls``), oldest first, without
+        their output."""
+        from tachi.client.results import RunResult
+
+        return [RunResult.from_json(r) for r in self.call("run.list", session=session_id)]
 
     def exec(
         self,

@@ -31,6 +31,7 @@ import contextlib
 import json
 import re
 import secrets
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,14 @@ _REPLY_BUDGET = 900 * 1024
 _STREAM_BUDGET = 1024 * 1024
 #: The longest incomplete line held back before it is cleaned and passed on.
 _HOLD = 64 * 1024
+#: Runs a window keeps for ``run wait``/``run output``/``run ls``; past it the
+#: oldest finished one is dropped.
+RUNS_PER_WINDOW = 16
+#: Output a kept run holds: its first and last halves (the gap is marked).
+RUN_KEEP = 256 * 1024
+#: A shell continuously in front this long, with an earlier run not ended,
+#: is idle at its prompt: that run no longer holds later ones back.
+_SETTLE = 1.0
 #: The commands tachi knows how to type a line for: (syntax, names).
 _SYNTAX = {
     "fish": "fish",
@@ -253,24 +262,46 @@ def foreground(window: WindowRuntime) -> tuple[str | None, str, int]:
     return _SYNTAX.get(name), name, pgid
 
 
-async def _wait_for_shell(window: WindowRuntime, deadline: float | None) -> str:
+async def _wait_for_shell(
+    window: WindowRuntime, deadline: float | None, runs: dict[str, RunRecord]
+) -> str:
     """The syntax of the shell in front, once one is (polled: a process
-    group's change makes no output to wait on). Raises ``WindowBusy``."""
+    group's change makes no output to wait on) and no earlier run in the
+    window is still going. Raises ``WindowBusy``."""
     loop = asyncio.get_running_loop()
     pause = 0.005
     # A shell tachi integrated prints its first prompt mark once it reads
     # commands: typing before that shows the line twice (echoed, then redrawn).
     prompt_by = loop.time() + 5.0
     integrated = shell_of(window.command) is not None
+    front_since: float | None = None
     while True:
         if window.exit_code is not None:
             raise NotFound(f"window {window.id} has exited")
         syntax, name, pid = foreground(window)
         now = loop.time()
+        pending = [
+            r for r in runs.values() if r.window is window and not r.done.done() and not r.overtaken
+        ]
+        if pending and syntax is not None:
+            # An earlier run (detached, or timed out) has not ended: wait for
+            # it, unless the shell sits at its prompt without its end mark.
+            front_since = now if front_since is None else front_since
+            if now - front_since >= _SETTLE and now - pending[-1].typed_at >= _SETTLE:
+                for record in pending:
+                    record.overtaken = True
+                pending = []
+        else:
+            front_since = None
         ready = not integrated or window.marks.integrated or now >= prompt_by
-        if syntax is not None and ready:
+        if syntax is not None and ready and not pending:
             return syntax
         if deadline is not None and now >= deadline:
+            if pending:
+                raise WindowBusy(
+                    f"window {window.id} is busy: run {pending[-1].id}"
+                    f" ({pending[-1].command!r}) is still running; the command was not typed"
+                )
             if syntax is not None:
                 return syntax  # the shell is there; its prompt hook may be gone
             raise WindowBusy(
@@ -293,6 +324,195 @@ def _fit_reply(result: dict[str, Any]) -> None:
         result["output"] = output
 
 
+# -- runs kept for later ------------------------------------------------------------
+class RunRecord:
+    """One run, from the moment it is typed until it ends or is evicted: what
+    ``run wait``, ``run output`` and ``run ls`` read. Keeps the first and last
+    halves of its output (:data:`RUN_KEEP` bytes at most) and hands every
+    piece to its ``listeners`` (a caller waiting for it, followers)."""
+
+    def __init__(self, ident: str, window: WindowRuntime, command: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.id = ident
+        self.window = window
+        self.command = command
+        self.started = now_ns()
+        self.typed_at = loop.time()
+        self.ended: int | None = None
+        #: ``running``, ``finished`` (its end mark came) or ``exited`` (the
+        #: window's process ended first: ``exit`` in the command).
+        self.state = "running"
+        self.code: int | None = None
+        #: A later run found the shell idle at its prompt with no end mark from
+        #: this one (Ctrl-C cut its line and the prompt hook is gone): it no
+        #: longer holds later runs back, and still ends if its mark comes.
+        self.overtaken = False
+        self.listeners: list[Callable[[bytes], None]] = []
+        self.total = 0
+        self.dropped = 0
+        self._head = bytearray()
+        self._tail = bytearray()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.capture = RunCapture(ident, self._add)
+        self._watcher: asyncio.Task[None] | None = None
+
+    def _add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = RUN_KEEP // 2 - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            rest = data[room:]
+        else:
+            rest = data
+        if rest:
+            self._tail += rest
+            if len(self._tail) > RUN_KEEP // 2 + _HOLD:
+                extra = len(self._tail) - RUN_KEEP // 2
+                del self._tail[:extra]
+                self.dropped += extra
+        for listener in list(self.listeners):
+            listener(data)
+
+    def kept(self) -> list[tuple[bytes, int]]:
+        """The output kept so far, as (data, 0) pieces and (b"", N) for a gap
+        of N bytes left out."""
+        parts: list[tuple[bytes, int]] = [(bytes(self._head), 0)]
+        if self.dropped:
+            parts.append((b"", self.dropped))
+        parts.append((bytes(self._tail), 0))
+        return [p for p in parts if p[0] or p[1]]
+
+    def start(self) -> None:
+        self.window.output_taps.append(self.capture.feed)
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        exited = asyncio.get_running_loop().create_task(_window_exit(self.window))
+        try:
+            await asyncio.wait([self.capture.finished, exited], return_when="FIRST_COMPLETED")
+            if self.capture.finished.done():
+                self.state, self.code = "finished", self.capture.code
+            else:
+                # ``exit`` in the command ended the shell.
+                self.state, self.code = "exited", self.window.exit_code
+        finally:
+            exited.cancel()
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop following the window (ended, evicted, or the daemon stops)."""
+        with contextlib.suppress(ValueError):
+            self.window.output_taps.remove(self.capture.feed)
+        if self._watcher is not None and asyncio.current_task() is not self._watcher:
+            self._watcher.cancel()
+        if self.ended is None:
+            self.ended = now_ns()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def to_json(self) -> dict[str, Any]:
+        end = self.ended if self.ended is not None else now_ns()
+        return {
+            "run": self.id,
+            "window": self.window.id,
+            "command": self.command,
+            "state": self.state,
+            "exitCode": self.code,
+            "startedAt": format_rfc3339(self.started),
+            "duration": end - self.started,
+            "outputBytes": self.total,
+        }
+
+
+#: Runs by session, then by id (in the order they were typed).
+_RUNS: weakref.WeakKeyDictionary[Any, dict[str, RunRecord]] = weakref.WeakKeyDictionary()
+
+
+def runs_of(session: Any) -> dict[str, RunRecord]:
+    """The runs a session keeps (oldest first)."""
+    return _RUNS.setdefault(session, {})
+
+
+def _keep(session: Any, record: RunRecord) -> None:
+    """Register ``record``; past :data:`RUNS_PER_WINDOW` in its window, drop the
+    oldest finished run (the oldest one if none finished)."""
+    runs = runs_of(session)
+    runs[record.id] = record
+    mine = [r for r in runs.values() if r.window is record.window]
+    while len(mine) > RUNS_PER_WINDOW:
+        victim = next((r for r in mine if r.done.done()), mine[0])
+        victim.stop()
+        runs.pop(victim.id, None)
+        mine.remove(victim)
+
+
+def find_run(ctx: RequestContext, args: dict[str, Any]) -> RunRecord:
+    """The run ``args["run"]`` (in ``args["session"]`` if given) once the
+    caller may read its session: ``PermissionDenied`` (audited) if not,
+    ``NotFound`` if no live session keeps it."""
+    from tachi.daemon.session_ops import _live
+
+    ident = arg_str(args, "run") or ""
+    where = arg_str(args, "session", required=False)
+    if where is None:
+        where = next((s.id for s, runs in list(_RUNS.items()) if ident in runs), None)
+    if where is not None:
+        with contextlib.suppress(NotFound):
+            record = runs_of(_live(ctx, {"session": where}, "session.read")).get(ident)
+            if record is not None:
+                return record
+    raise NotFound(
+        f"no run {ident!r} (see 'tachi run ls SESSION'; a session keeps the last"
+        f" {RUNS_PER_WINDOW} runs of each window while it lives)"
+    )
+
+
+class _Streamer:
+    """Sends a caller ``run.output`` events for one stream tag; while the
+    caller's connection holds more than ``_STREAM_BUDGET`` unsent bytes the
+    window waits (as a pipe would) rather than the daemon buffering."""
+
+    def __init__(self, ctx: RequestContext, window: WindowRuntime, stream: str | int) -> None:
+        self._ctx = ctx
+        self._window = window
+        self._stream = stream
+        self._paused = False
+        self._resumer: asyncio.Task[None] | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        wire = self._ctx.connection.wire
+        self._ctx.connection.send({"event": "run.output", "stream": self._stream, **message})
+        if not self._paused and wire.buffered() > _STREAM_BUDGET:
+            self._paused = True
+            self._window.child.pause_reading()
+            self._resumer = asyncio.get_running_loop().create_task(self._resume())
+
+    def data(self, data: bytes) -> None:
+        self.send({"data": base64.b64encode(data).decode()})
+
+    def omitted(self, count: int) -> None:
+        self.send({"omitted": count})
+
+    async def _resume(self) -> None:
+        await limits.below(self._ctx.connection.wire, _STREAM_BUDGET // 2)
+        self._paused = False
+        self._window.child.resume_reading()
+
+    def close(self) -> None:
+        if self._resumer is not None:
+            self._resumer.cancel()
+        if self._paused:
+            self._paused = False
+            self._window.child.resume_reading()
+
+
+def _stream_arg(args: dict[str, Any]) -> str | int | None:
+    stream = args.get("stream")
+    if stream is not None and not isinstance(stream, str | int):
+        raise InvalidRequest("argument 'stream' must be a string or an integer")
+    return stream
+
+
 @operation("session.run")
 async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     from tachi.daemon.session_ops import _live
@@ -306,9 +526,8 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     if "\0" in command:
         raise InvalidRequest("command must not contain NUL")
     timeout = arg_float(args, "timeout")
-    stream = args.get("stream")
-    if stream is not None and not isinstance(stream, str | int):
-        raise InvalidRequest("argument 'stream' must be a string or an integer")
+    stream = _stream_arg(args)
+    detach = bool(args.get("detach"))
     limit = arg_int(args, "maxOutput")
     if limit is not None and limit < 0:
         raise InvalidRequest("argument 'maxOutput' must not be negative")
@@ -318,101 +537,144 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         limit = min(limit, MAX_REPLY_OUTPUT * 4) if limit is not None else limit
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    wire = ctx.connection.wire
-    paused = False
-    resumer: asyncio.Task[None] | None = None
     kept: list[bytes] = []
-
-    def send(message: dict[str, Any]) -> None:
-        nonlocal paused, resumer
-        ctx.connection.send({"event": "run.output", "stream": stream, **message})
-        if not paused and wire.buffered() > _STREAM_BUDGET:
-            # The caller reads slower than the command writes: the window
-            # waits, as a pipe would, rather than the daemon buffering.
-            paused = True
-            window.child.pause_reading()
-            resumer = loop.create_task(resume())
-
-    async def resume() -> None:
-        nonlocal paused
-        await limits.below(wire, _STREAM_BUDGET // 2)
-        paused = False
-        window.child.resume_reading()
+    streamer = None if stream is None else _Streamer(ctx, window, stream)
 
     def emit(data: bytes) -> None:
-        if stream is None:
+        if streamer is None:
             kept.append(data)
         else:
-            send({"data": base64.b64encode(data).decode()})
+            streamer.data(data)
 
     def note_omitted(count: int) -> None:
-        if stream is None:
+        if streamer is None:
             kept.append(omitted_marker(count).encode())
         else:
-            send({"omitted": count})
+            streamer.omitted(count)
 
+    out = OutputLimit(limit, emit, note_omitted)
     async with window.run_lock:
-        syntax = await _wait_for_shell(window, deadline)
+        syntax = await _wait_for_shell(window, deadline, runs_of(session))
         ident = f"tachi-{secrets.token_hex(6)}"
-        out = OutputLimit(limit, emit, note_omitted)
-        capture = RunCapture(ident, out.add)
-        window.output_taps.append(capture.feed)
-        started = now_ns()
+        record = RunRecord(ident, window, command)
+        if not detach:
+            record.listeners.append(out.add)
         line = typed_line(command, syntax, ident)
+        ctx.daemon.admit_input(ctx.principal, session, len(command))
+        record.start()
+        _keep(session, record)
+        session.write((line + "\r").encode(), window.id)
+        ctx.daemon.note_input(ctx.principal, session, command.encode())
+    if stream is not None:
+        ctx.connection.send(
+            {"event": "run.started", "stream": stream, "window": window.id, "run": ident}
+        )
+    audit = {"window": window.id, "command": command, "run": ident}
+    if detach:
+        ctx.daemon.audit_by(ctx.principal, "session.run", session.id, details=audit)
+        return record.to_json()
+    try:
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
         try:
-            ctx.daemon.admit_input(ctx.principal, session, len(command))
-            session.write((line + "\r").encode(), window.id)
-            ctx.daemon.note_input(ctx.principal, session, command.encode())
-            if stream is not None:
-                ctx.connection.send(
-                    {"event": "run.started", "stream": stream, "window": window.id, "run": ident}
-                )
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            exited = loop.create_task(_window_exit(window))
-            try:
-                done, _ = await asyncio.wait(
-                    [capture.finished, exited], timeout=remaining, return_when="FIRST_COMPLETED"
-                )
-            finally:
-                exited.cancel()
-            if capture.finished.done():
-                code = capture.code
-            elif exited in done and not exited.cancelled():
-                code = window.exit_code  # ``exit`` in the command ended the shell
-            else:
-                raise TimedOut(
-                    f"{command!r} did not finish within {timeout:g}s;"
-                    f" it is still running in window {window.id} of {session.id}"
-                )
-        finally:
-            with contextlib.suppress(ValueError):
-                window.output_taps.remove(capture.feed)
-            if resumer is not None:
-                resumer.cancel()
-            if paused:
-                window.child.resume_reading()
-        out.finish()
+            await asyncio.wait_for(asyncio.shield(record.done), remaining)
+        except TimeoutError:
+            raise TimedOut(
+                f"{command!r} did not finish within {timeout:g}s; it is still running in"
+                f" window {window.id} of {session.id} as run {ident}"
+                f" (collect it: tachi run wait {ident})"
+            ) from None
+    finally:
+        with contextlib.suppress(ValueError):
+            record.listeners.remove(out.add)
+        if streamer is not None:
+            streamer.close()
+    out.finish()
     ctx.daemon.audit_by(
-        ctx.principal,
-        "session.run",
-        session.id,
-        details={"window": window.id, "command": command, "exitCode": code},
+        ctx.principal, "session.run", session.id, details={**audit, "exitCode": record.code}
     )
-    result: dict[str, Any] = {
-        "window": window.id,
-        "command": command,
-        "output": b"".join(kept).decode(errors="replace"),
-        "exitCode": code if code is not None else -1,
-        "startedAt": format_rfc3339(started),
-        "duration": now_ns() - started,
-        "run": ident,
-        "outputBytes": out.total,
-        "omitted": out.dropped,
-    }
+    result = _result(record, b"".join(kept), out.dropped)
     if stream is not None:
         result["streamed"] = True
     else:
         _fit_reply(result)
+    return result
+
+
+def _result(record: RunRecord, output: bytes, omitted: int) -> dict[str, Any]:
+    """A run's reply: its summary, its output and what was left out of it."""
+    result = record.to_json()
+    result.update(
+        output=output.decode(errors="replace"),
+        exitCode=record.code if record.code is not None else -1,
+        omitted=omitted,
+    )
+    return result
+
+
+def _kept_output(record: RunRecord) -> tuple[bytes, int]:
+    parts = [data or omitted_marker(count).encode() for data, count in record.kept()]
+    return b"".join(parts), record.dropped
+
+
+@operation("run.list")
+async def run_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs the session keeps (oldest first), without their output."""
+    from tachi.daemon.session_ops import _live
+
+    session = _live(ctx, args, "session.read")
+    return [r.to_json() for r in runs_of(session).values()]
+
+
+@operation("run.wait")
+async def run_wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Wait (up to ``timeout``) for a run to end; its result as ``session.run``
+    gives it, with the output it kept (the first and last halves of
+    :data:`RUN_KEEP`)."""
+    record = find_run(ctx, args)
+    timeout = arg_float(args, "timeout")
+    try:
+        await asyncio.wait_for(asyncio.shield(record.done), timeout)
+    except TimeoutError:
+        raise TimedOut(
+            f"run {record.id} ({record.command!r}) did not finish within {timeout:g}s;"
+            " it is still running"
+        ) from None
+    result = _result(record, *_kept_output(record))
+    _fit_reply(result)
+    return result
+
+
+@operation("run.output")
+async def run_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """A run's output so far (the part it kept); with ``follow`` and ``stream``,
+    sent as ``run.output`` events, then what it writes until it ends or
+    ``timeout`` passes. The reply is the run's summary (``state`` says whether
+    it ended)."""
+    record = find_run(ctx, args)
+    stream = _stream_arg(args)
+    timeout = arg_float(args, "timeout")
+    if stream is None:
+        if args.get("follow"):
+            raise InvalidRequest("'follow' needs 'stream' (the output comes as run.output events)")
+        result = _result(record, *_kept_output(record))
+        _fit_reply(result)
+        return result
+    streamer = _Streamer(ctx, record.window, stream)
+    try:
+        # Kept output and the listener are taken in one step: nothing is lost
+        # or sent twice between them.
+        for data, count in record.kept():
+            streamer.data(data) if data else streamer.omitted(count)
+        if args.get("follow") and not record.done.done():
+            record.listeners.append(streamer.data)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(record.done), timeout)
+    finally:
+        with contextlib.suppress(ValueError):
+            record.listeners.remove(streamer.data)
+        streamer.close()
+    result = record.to_json()
+    result.update(streamed=True, omitted=record.dropped)
     return result
 
 
