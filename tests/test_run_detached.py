@@ -92,7 +92,9 @@ def test_the_cli_detaches_waits_follows_and_lists(tachi_daemon):
     assert (waited.stdout, waited.returncode) == ("hi\n", 4)
     listed = json.loads(tachi_daemon.run("run", "ls", sid, "--json").stdout)
     assert [(x["run"], x["exitCode"], x["state"]) for x in listed] == [(ident, 4, "finished")]
-    timed = tachi_daemon.run("run", sid, "--timeout", "0.3", "--", "sleep 1; echo late", check=False)
+    timed = tachi_daemon.run(
+        "run", sid, "--timeout", "0.3", "--", "sleep 1; echo late", check=False
+    )
     assert timed.returncode == 124 and "tachi run wait" in timed.stderr
     late = timed.stderr.split("tachi run wait ")[1].split()[0].rstrip(")")
     collected = tachi_daemon.run("run", "wait", late, "--timeout", str(T), check=False)
