@@ -134,7 +134,10 @@ def test_input_is_not_recorded_unless_configured(tachi_daemon, tachi_home, tmp_p
 
 
 def test_sigkill_leaves_a_playable_file_and_the_index_is_repaired(tachi_home, tmp_path):
-    daemon = DaemonProcess(tachi_home)
+    # Without the session keeper the session ends with the daemon, so the recording
+    # is closed (with it, it goes on: tests/test_survival.py).
+    off = {"TACHI_KEEPER": "off"}
+    daemon = DaemonProcess(tachi_home, extra_env=off)
     daemon.start()
     s = daemon.new(
         "bash",
@@ -150,7 +153,7 @@ def test_sigkill_leaves_a_playable_file_and_the_index_is_repaired(tachi_home, tm
     assert "line-200" in output_of(cast)
     played = subprocess.run([ASCIINEMA, "cat", str(cast)], capture_output=True, timeout=30)
     assert played.returncode == 0 and b"line-200" in played.stdout
-    again = DaemonProcess(tachi_home)
+    again = DaemonProcess(tachi_home, extra_env=off)
     again.start()
     try:
         (repaired,) = recordings(again)

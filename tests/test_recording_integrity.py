@@ -94,13 +94,14 @@ def test_a_deleted_recording_is_missing_unless_removed_with_record_rm(tachi_daem
 
 
 def test_a_recording_repaired_after_a_crash_is_audited_with_its_digest(tachi_home):
-    daemon = DaemonProcess(tachi_home)
+    # Without the session keeper (with it, the recording goes on: tests/test_survival.py).
+    daemon = DaemonProcess(tachi_home, extra_env={"TACHI_KEEPER": "off"})
     daemon.start()
     s = daemon.new("bash", "--norc", "-c", "echo before-crash; sleep 300", record=True)
     wait_match(daemon, s["id"], "before-crash")
     (rec,) = json.loads(daemon.run("record", "ls", "--json", check=True).stdout)
     daemon.kill()
-    again = DaemonProcess(tachi_home)
+    again = DaemonProcess(tachi_home, extra_env={"TACHI_KEEPER": "off"})
     again.start()
     try:
         stop = _stop_record(again, rec["id"])

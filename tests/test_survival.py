@@ -11,13 +11,14 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tachi.testing import DaemonProcess
-
 from helpers import capture, get, until, wait_match
+from tachi.testing import DaemonProcess
 
 #: Scrollback enough for every numbered line of a scenario.
 CONFIG = "[session]\nhistory_limit = 20000\n"
@@ -184,3 +185,33 @@ def test_without_the_keeper_sessions_end_with_the_daemon(tachi_home):
     finally:
         d.stop()
     assert not os.path.exists(str(d.socket) + ".keeper")
+
+
+def test_a_recording_goes_on_in_the_same_file_across_a_crash_and_verifies(daemon):
+    s = daemon.new("bash", "--norc", "--noprofile", "-i", record=True)
+    (rec,) = json.loads(daemon.run("record", "ls", "--json", check=True).stdout)
+    daemon.run("send", s["id"], r"echo before-$((20+1))\r", check=True)
+    wait_match(daemon, s["id"], "before-21")
+    until(lambda: "before-21" in Path(rec["path"]).read_text())
+    daemon.kill()
+    restart_by_ls(daemon)
+    daemon.run("send", s["id"], r"echo after-$((40+2))\r", check=True)
+    wait_match(daemon, s["id"], "after-42")
+    stopped = json.loads(daemon.run("record", "stop", s["id"], "--json", check=True).stdout)
+    assert stopped["id"] == rec["id"] and stopped["path"] == rec["path"]
+    assert not stopped.get("error")
+    lines = Path(rec["path"]).read_text().splitlines()
+    assert json.loads(lines[0])["version"] == 2
+    events = [json.loads(line) for line in lines[1:]]
+    times = [e[0] for e in events]
+    assert times == sorted(times)
+    (away,) = [i for i, e in enumerate(events) if e[1] == "m" and "away" in e[2]]
+    before = "".join(e[2] for e in events[:away] if e[1] == "o")
+    after = "".join(e[2] for e in events[away:] if e[1] == "o")
+    assert "before-21" in before and "after-42" in after and "before-21" not in after
+    asciinema = str(Path(sys.executable).parent / "asciinema")
+    played = subprocess.run([asciinema, "cat", rec["path"]], capture_output=True, timeout=30)
+    assert played.returncode == 0, played.stderr
+    assert b"after-42" in played.stdout
+    verified = daemon.run("record", "verify", rec["id"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -58,6 +58,20 @@ class AsciicastSink:
             header["title"] = title
         self._line(header)
 
+    @classmethod
+    def appending(cls, path: Path, *, last_t: float, record_input: bool) -> AsciicastSink:
+        """A sink that goes on writing the existing recording at ``path`` (its
+        header and events stay; ``last_t`` is the time of its last event, so
+        times never go back). Raises ``OSError`` if it cannot be opened."""
+        sink = cls.__new__(cls)
+        sink._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        sink._record_input = record_input
+        sink._out_partial = b""
+        sink._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sink._last_t = last_t
+        sink.size = os.fstat(sink._fd).st_size
+        return sink
+
     @property
     def duration(self) -> float:
         return self._last_t
@@ -220,6 +234,13 @@ class AsciicastRecorder:
     def repair(self, path: Path) -> float:
         """See :func:`repair_asciicast`."""
         return repair_asciicast(path)
+
+    def resume(self, path: Path, *, record_input: bool = False) -> AsciicastSink:
+        """Go on writing a recording a stopped daemon left open (its session was
+        adopted by the next daemon): repaired first, then appended to."""
+        return AsciicastSink.appending(
+            path, last_t=repair_asciicast(path), record_input=record_input
+        )
 
 
 #: How far back from its end a repair looks for the last complete event.

@@ -112,7 +112,10 @@ def serve(stream: IO[bytes], out: IO[str]) -> None:
                 opened[handle] = (spec, path)
                 if spec not in recorders:
                     recorders[spec] = load_recorder(spec)
-                sinks[handle] = recorders[spec].open(path, **args)
+                if args.pop("resume", False):  # a recording an adopted session goes on with
+                    sinks[handle] = recorders[spec].resume(path, **args)
+                else:
+                    sinks[handle] = recorders[spec].open(path, **args)
             elif kind == OUTPUT:
                 sinks[handle].output(payload, t)
             elif kind == INPUT:

@@ -148,6 +148,9 @@ class RecordingManager:
         self.record_input = record_input
         self._audit = audit
         self.live: dict[str, _Live] = {}
+        #: Recordings left open by a stopped daemon whose session a keeper may
+        #: hand back: decided by continue_adopted once adoption has run.
+        self._deferred: list[tuple[str, str, str, str]] = []
         #: Where recorders that name a ``worker_factory`` write (started on first use).
         self.process = RecorderProcess()
 
@@ -157,45 +160,134 @@ class RecordingManager:
         repair them (its ``repair(path)``; a format with none, or no recorder
         installed for it, is left byte for byte as it is), measure what is there,
         mark them finished with an error, and audit ``record.stop`` with the
-        file's digest. Returns how many. Never raises for a damaged file."""
+        file's digest. Those of sessions a session keeper may hand back wait
+        for :meth:`continue_adopted` instead. Returns how many were left open.
+        Never raises for a damaged file."""
         rows = self._db.execute(
             "SELECT id, session_id, path, format FROM recordings WHERE active = 1"
         ).fetchall()
-        for rec_id, session_id, path, fmt in rows:
-            recorder = self.recorders.get(fmt)
-            duration = 0.0
-            note = "not repaired: no recorder for its format"
-            repair = getattr(recorder, "repair", None)
-            if repair is not None:
-                try:
-                    duration = float(repair(Path(path)) or 0.0)
-                    note = "repaired by its recorder"
-                except Exception as exc:
-                    note = f"repair failed: {failure_text(exc, recorder_name(recorder))}"
-                    log.error("recording %s (%s): %s", rec_id, path, note)
-            elif recorder is not None:
-                note = "not repaired: its recorder has no repair()"
-            digest = _digest(Path(path))
-            size = digest[1] if digest else 0
-            reason = f"daemon stopped unexpectedly; {note}"
-            self._db.execute(
-                "UPDATE recordings SET active = 0, size = ?, duration_ns = ?,"
-                " error = COALESCE(error, ?) WHERE id = ?",
-                (size, int(duration * 1e9), reason, rec_id),
-            )
-            try:
-                self._audit(
-                    action="record.stop",
-                    result="error",
-                    principal="tachid",
-                    source="daemon",
-                    session=None if session_id.startswith("exec-") else session_id,
-                    reason=reason,
-                    details=_stop_details(rec_id, digest),
-                )
-            except TachiError as exc:
-                log.error("recording %s repaired but not audited: %s", rec_id, exc)
+        for row in rows:
+            if self._may_be_adopted(row[1]):
+                # Its session may come back from the session keeper: then the
+                # recording goes on (see continue_adopted), else it is closed there.
+                self._deferred.append(row)
+            else:
+                self._close_left_open(*row)
         return len(rows)
+
+    def _may_be_adopted(self, session_id: str) -> bool:
+        """Whether a session keeper may hold ``session_id`` (the daemon saved how
+        to adopt it: tachi.core.survival's ``kept_sessions``)."""
+        try:
+            row = self._db.execute(
+                "SELECT 1 FROM kept_sessions WHERE id = ?", (session_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # never ran with a keeper
+            return False
+        return row is not None
+
+    def continue_adopted(self, sessions: dict[str, SessionRuntime]) -> int:
+        """After adoption: recordings left open whose session was adopted go on in
+        the same file, after a marker ("m") where the daemon was away; the others
+        are repaired and closed as :meth:`repair` does. Returns how many go on."""
+        deferred, self._deferred = self._deferred, []
+        resumed = 0
+        for rec_id, session_id, path, fmt in deferred:
+            session = sessions.get(session_id)
+            recorder = self.recorders.get(fmt)
+            if session is None or recorder is None or not hasattr(recorder, "resume"):
+                self._close_left_open(rec_id, session_id, path, fmt)
+                continue
+            try:
+                self._resume(rec_id, session, Path(path), recorder)
+                resumed += 1
+            except Exception as exc:
+                log.error("recording %s could not go on: %s", rec_id, exc)
+                self._close_left_open(rec_id, session_id, path, fmt)
+        return resumed
+
+    def _resume(self, rec_id: str, session: SessionRuntime, path: Path, recorder: Any) -> None:
+        """Open the recording ``rec_id`` of an adopted session again and go on."""
+        start_ns, size = self._db.execute(
+            "SELECT start_ns, size FROM recordings WHERE id = ?", (rec_id,)
+        ).fetchone()
+        factory = getattr(recorder, "worker_factory", None)
+        if factory:
+            sink: Any = self.process.open(
+                factory, path, resume=True, record_input=self.record_input
+            )
+        else:
+            sink = recorder.resume(path, record_input=self.record_input)
+        # Times go on from the recording's start, the daemon's absence included.
+        elapsed = max(0.0, (now_ns() - start_ns) / 1e9)
+        recording = Recording(
+            id=rec_id,
+            sessionId=session.id,
+            startTime=start_ns,
+            duration=int(elapsed * 1e9),
+            size=size,
+            format=recorder.format,
+            path=str(path),
+            active=True,
+        )
+        live = _Live(recording, sink, time.monotonic() - elapsed, session, self.record_input)
+        self.live[session.id] = live
+        if isinstance(sink, ProcessSink):
+            sink.on_error = lambda exc: self._failed(live, f"write failed: {exc.strerror or exc}")
+        self._listen(live)
+        self._write(
+            live,
+            lambda: sink.marker(
+                "tachi: the daemon was away here (restarted); the recording goes on", live.t()
+            ),
+        )
+        with contextlib.suppress(TachiError):
+            self._audit(
+                action="record.resume",
+                result="allowed",
+                principal="tachid",
+                source="daemon",
+                session=session.id,
+                details={"recording": rec_id, "path": str(path)},
+            )
+        log.info("recording %s of %s goes on after adoption", rec_id, session.id)
+
+    def _close_left_open(self, rec_id: str, session_id: str, path: str, fmt: str) -> None:
+        """Repair, measure, mark finished with an error and audit one recording
+        a stopped daemon left open (see :meth:`repair`)."""
+        recorder = self.recorders.get(fmt)
+        duration = 0.0
+        note = "not repaired: no recorder for its format"
+        repair = getattr(recorder, "repair", None)
+        if repair is not None:
+            try:
+                duration = float(repair(Path(path)) or 0.0)
+                note = "repaired by its recorder"
+            except Exception as exc:
+                note = f"repair failed: {failure_text(exc, recorder_name(recorder))}"
+                log.error("recording %s (%s): %s", rec_id, path, note)
+        elif recorder is not None:
+            note = "not repaired: its recorder has no repair()"
+        digest = _digest(Path(path))
+        size = digest[1] if digest else 0
+        reason = f"daemon stopped unexpectedly; {note}"
+        self._db.execute(
+            "UPDATE recordings SET active = 0, size = ?, duration_ns = ?,"
+            " error = COALESCE(error, ?) WHERE id = ?",
+            (size, int(duration * 1e9), reason, rec_id),
+        )
+        try:
+            self._audit(
+                action="record.stop",
+                result="error",
+                principal="tachid",
+                source="daemon",
+                session=None if session_id.startswith("exec-") else session_id,
+                reason=reason,
+                details=_stop_details(rec_id, digest),
+            )
+        except TachiError as exc:
+            log.error("recording %s repaired but not audited: %s", rec_id, exc)
 
     def start(self, session: SessionRuntime, principal: str) -> Recording:
         """Start recording ``session`` from its current screen.
@@ -286,6 +378,17 @@ class RecordingManager:
                 self.stop(session.id, principal, error="the audit log could not be written")
             raise
 
+        self._listen(live)
+        # What the user saw when recording started, so playback doesn't begin blank.
+        window = session.mux.get(None)
+        self._write(live, lambda: live.sink.output(window.screen.ansi().encode(), 0.0))
+        if live.failure is not None:
+            raise InvalidRequest(f"recording {rec_id} failed: {live.failure}")
+        return recording
+
+    def _listen(self, live: _Live) -> None:
+        """Record the session's output from now on."""
+
         def on_output(window: WindowRuntime, data: bytes) -> None:
             # Output arriving within COALESCE_SECONDS becomes one event: a flood
             # costs a few writes instead of one JSON line per PTY read, and a
@@ -298,13 +401,7 @@ class RecordingManager:
             live.pending.append(data)
 
         live.listener = on_output
-        session.output_listeners.append(on_output)
-        # What the user saw when recording started, so playback doesn't begin blank.
-        window = session.mux.get(None)
-        self._write(live, lambda: live.sink.output(window.screen.ansi().encode(), 0.0))
-        if live.failure is not None:
-            raise InvalidRequest(f"recording {rec_id} failed: {live.failure}")
-        return recording
+        live.session.output_listeners.append(on_output)
 
     def stop(
         self, session_id: str, principal: str = "tachid", error: str | None = None

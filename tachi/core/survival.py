@@ -88,6 +88,16 @@ class Survival:
     def start(self) -> None:
         """Connect to (or start) the keeper and adopt what it kept. Call before
         ``SessionManager.start``, which closes every stored session not adopted."""
+        try:
+            self._start()
+        finally:
+            # Recordings left open go on with their adopted sessions; the rest
+            # are closed (whatever happened above).
+            recordings = getattr(self.daemon, "recordings", None)
+            if recordings is not None:
+                recordings.continue_adopted(self.manager.sessions)
+
+    def _start(self) -> None:
         if not enabled():
             return
         self.db.executescript(_SCHEMA)
