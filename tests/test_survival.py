@@ -215,3 +215,27 @@ def test_a_recording_goes_on_in_the_same_file_across_a_crash_and_verifies(daemon
     assert b"after-42" in played.stdout
     verified = daemon.run("record", "verify", rec["id"])
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_second_daemon_on_the_same_socket_takes_no_session(daemon, tmp_path):
+    """Another state directory (the same one is refused earlier, by the audit
+    log's lock): the keeper must not hand it the sessions, which it does not
+    know and would end."""
+    s = daemon.new("bash", "--norc", "--noprofile", "-i")
+    pid = s["windows"][0]["pid"]
+    second = subprocess.run(
+        [sys.executable, "-P", "-m", "tachi.daemon.server", "--socket", str(daemon.socket)],
+        env={**daemon.env, "TACHI_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert second.returncode == 1 and "already listening" in second.stderr
+    # The first daemon still has the session, the keeper still keeps it.
+    assert Path(f"/proc/{pid}").exists()
+    daemon.run("send", s["id"], r"echo still-$((1+1))\r", check=True)
+    wait_match(daemon, s["id"], "still-2")
+    daemon.kill()
+    (listed,) = restart_by_ls(daemon)
+    assert [w["pid"] for w in listed["windows"]] == [pid]

@@ -15,6 +15,8 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import resource
@@ -59,11 +61,32 @@ class Entry:
         self.status: int | None = None
 
 
+def code_digest() -> str:
+    """SHA-256 of the keeper's source files as they are on disk now: the keeper
+    compares the digest it started with to this one to tell that its code was
+    replaced (``tachi daemon upgrade``)."""
+    digest = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("__init__.py", "__main__.py"):
+        with contextlib.suppress(OSError), open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+#: The code this process runs (read once, at start, before anyone could replace it).
+CODE = code_digest()
+
+
 class Keeper:
     def __init__(self, listener: socket.socket) -> None:
         self.listener = listener
         self.entries: dict[int, Entry] = {}
         self.conns: set[socket.socket] = set()
+        #: The connection of the daemon that adopted the sessions (said hello): one at
+        #: a time, or two daemons would read and write the same PTYs.
+        self.daemon: socket.socket | None = None
+        self.path = ""
+        self.ident = 0
         self.sel = selectors.DefaultSelector()
         self.sel.register(listener, selectors.EVENT_READ, "accept")
         self._wake_r, self._wake_w = socket.socketpair()
@@ -76,6 +99,7 @@ class Keeper:
 
     # -- the loop ------------------------------------------------------------
     def run(self, path: str, ident: int) -> None:
+        self.path, self.ident = path, ident
         while True:
             if not self.conns and not _still_ours(path, ident):
                 # Its socket was removed or replaced: no daemon can ever reach what
@@ -117,7 +141,18 @@ class Keeper:
     def _drop(self, conn: socket.socket) -> None:
         self.sel.unregister(conn)
         self.conns.discard(conn)
+        if conn is self.daemon:
+            self.daemon = None
         conn.close()
+
+    def _gone(self, conn: socket.socket) -> bool:
+        """Whether the peer of ``conn`` hung up (its end-of-file is waiting unread)."""
+        try:
+            return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -146,6 +181,15 @@ class Keeper:
     def op_hello(self, conn: socket.socket, message: dict[str, Any]) -> None:
         """Every kept process, one message each with its master (and a pidfd
         while it is not reaped), then ``{"end": true}``."""
+        holder = self.daemon
+        if holder is not None and holder is not conn and holder in self.conns:
+            if not self._gone(holder):
+                # A second daemon (two started at once, or one started by hand
+                # beside a running one) gets nothing: the PTYs stay with the first.
+                send(conn, {"ok": False, "error": f"daemon pid {peer_pid(holder)} holds them"})
+                return
+            self._drop(holder)
+        self.daemon = conn
         entries = list(self.entries.values())
         send(conn, {"ok": True, "protocol": PROTOCOL, "pid": os.getpid(), "count": len(entries)})
         for e in entries:
@@ -213,7 +257,103 @@ class Keeper:
             self._forget(entry)
 
     def op_ping(self, conn: socket.socket, message: dict[str, Any]) -> None:
-        send(conn, {"ok": True, "pid": os.getpid(), "kept": len(self.entries)})
+        """Who the keeper is: pid, how many it keeps, the code it runs (``code``)
+        and the code now on disk (``disk``): they differ after an upgrade."""
+        send(
+            conn,
+            {
+                "ok": True,
+                "pid": os.getpid(),
+                "kept": len(self.entries),
+                "code": CODE,
+                "disk": code_digest(),
+                "protocol": PROTOCOL,
+            },
+        )
+
+    def op_reexec(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        """Replace the keeper's code with what is on disk now, keeping every PTY,
+        every child (the pid does not change: still their parent) and every
+        connection: exec with the descriptors inherited. The new code is checked
+        first (``--check`` in a child: it imports and compiles); if that fails
+        nothing changes. The reply comes from the new code."""
+        check = subprocess_check()
+        if check:
+            send(conn, {"ok": False, "error": f"the new keeper code does not start: {check}"})
+            return
+        self._reap()
+        state = {
+            "path": self.path,
+            "ident": self.ident,
+            "listener": self.listener.fileno(),
+            "conns": [c.fileno() for c in self.conns],
+            "daemon": self.daemon.fileno() if self.daemon is not None else None,
+            "reply": conn.fileno(),
+            "old": CODE,
+            "entries": [
+                {"pid": e.pid, "master": e.master, "key": e.key, "meta": e.meta, "status": e.status}
+                for e in self.entries.values()
+            ],
+        }
+        blob = os.memfd_create("tachi-keeper-state", 0)  # close-on-exec off: the new code reads it
+        os.write(blob, json.dumps(state).encode())
+        keep = [
+            blob,
+            self.listener.fileno(),
+            *state["conns"],
+            *(e.master for e in self.entries.values()),
+        ]
+        for fd in keep:
+            os.set_inheritable(fd, True)
+        signal.set_wakeup_fd(-1)
+        log.info(
+            "keeper pid %d: re-executing with %d sessions kept", os.getpid(), len(self.entries)
+        )
+        try:
+            os.execv(
+                sys.executable, [sys.executable, "-P", "-m", "tachi.keeper", "--resume", str(blob)]
+            )
+        except OSError as exc:  # still the old code, with everything: carry on
+            signal.set_wakeup_fd(self._wake_w.fileno())
+            os.close(blob)
+            send(conn, {"ok": False, "error": f"exec failed: {exc}"})
+
+    @classmethod
+    def resumed(cls, blob: int) -> tuple[Keeper, str, int]:
+        """The keeper a re-exec left in ``blob`` (see :meth:`op_reexec`), with
+        (path, ident); answers the connection that asked for it."""
+        os.lseek(blob, 0, os.SEEK_SET)
+        data = b""
+        while chunk := os.read(blob, 1 << 20):
+            data += chunk
+        os.close(blob)
+        state = json.loads(data)
+        listener = socket.socket(fileno=int(state["listener"]))
+        keeper = cls(listener)
+        for fd in state["conns"]:
+            conn = socket.socket(fileno=int(fd))
+            conn.settimeout(SEND_TIMEOUT)
+            keeper.conns.add(conn)
+            keeper.sel.register(conn, selectors.EVENT_READ, "conn")
+            if fd == state.get("daemon"):
+                keeper.daemon = conn
+        for e in state["entries"]:
+            os.set_inheritable(int(e["master"]), False)
+            entry = Entry(int(e["pid"]), int(e["master"]), str(e["key"]), dict(e["meta"]))
+            entry.status = e["status"]
+            keeper.entries[entry.pid] = entry
+        keeper._reap()  # exits that came during the exec
+        for conn in keeper.conns:
+            os.set_inheritable(conn.fileno(), False)
+            if conn.fileno() == state.get("reply"):
+                with contextlib.suppress(OSError):
+                    send(
+                        conn,
+                        {"ok": True, "pid": os.getpid(), "kept": len(keeper.entries),
+                         "code": CODE, "was": state.get("old")},
+                    )  # fmt: skip
+        os.set_inheritable(listener.fileno(), False)
+        return keeper, str(state["path"]), int(state["ident"])
 
     # -- children -------------------------------------------------------------
     def _reap(self) -> None:
@@ -235,6 +375,27 @@ class Keeper:
         self.entries.pop(entry.pid, None)
         with contextlib.suppress(OSError):
             os.close(entry.master)
+
+
+def subprocess_check() -> str:
+    """Run ``python -m tachi.keeper --check`` with the code on disk now; ''
+    if it starts, else what it said."""
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            [sys.executable, "-P", "-m", "tachi.keeper", "--check"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if result.returncode != 0:
+        lines = result.stderr.decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit {result.returncode}"
+    return ""
 
 
 def _still_ours(path: str, ident: int) -> bool:
@@ -332,15 +493,28 @@ def _listen(path: str) -> socket.socket:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m tachi.keeper SOCKET", file=sys.stderr)
-        return 2
-    path = argv[0]
+    if argv == ["--check"]:
+        return 0  # this code imports and compiles: a re-exec into it can go ahead
     logging.basicConfig(
         level=os.environ.get("TACHI_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if len(argv) == 2 and argv[0] == "--resume":
+        # Re-executed by op_reexec: same pid, same children, same descriptors.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        keeper, path, ident = Keeper.resumed(int(argv[1]))
+        log.info(
+            "keeper pid %d resumed on new code with %d sessions", os.getpid(), len(keeper.entries)
+        )
+        return _serve(keeper, path, ident)
+    if len(argv) != 1:
+        print("usage: python -m tachi.keeper SOCKET", file=sys.stderr)
+        return 2
+    path = argv[0]
     listener = _listen(path)
     if os.fork():
         os._exit(0)  # the starter sees 0: the socket already accepts connections
@@ -355,8 +529,12 @@ def main(argv: list[str]) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     ident = os.stat(path).st_ino
     log.info("keeper pid %d on %s", os.getpid(), path)
+    return _serve(Keeper(listener), path, ident)
+
+
+def _serve(keeper: Keeper, path: str, ident: int) -> int:
     try:
-        Keeper(listener).run(path, ident)
+        keeper.run(path, ident)
     finally:
         if _still_ours(path, ident):
             os.unlink(path)
