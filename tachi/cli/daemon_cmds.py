@@ -1,4 +1,4 @@
-"""``tachi daemon start|stop|status`` and ``tachi plugins``."""
+"""``tachi daemon start|stop|restart|upgrade|status`` and ``tachi plugins``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -104,27 +105,171 @@ def restart(ctx: Context, timeout: float) -> None:
         click.echo(f"tachid was not running; started (pid {pid}) on {ctx.socket_path}", err=True)
         return
     with client:
-        status = client.status()
-        if not (status.get("keeper") or {}).get("connected"):
-            raise click.ClickException(
-                "this daemon has no session keeper (TACHI_KEEPER=off, or it failed to start):"
-                " a restart would close every session; use 'tachi daemon stop' and start"
-            )
-        extra = _listen_args(status.get("listeners", []))
-        exited = _exit_watch(status["pid"], ctx.socket_path)
-        began = time.monotonic()
-        result = client.call("daemon.stop", keepSessions=True)
-    if not exited(timeout):
-        raise DaemonUnavailable(f"tachid (pid {result['pid']}) did not exit within {timeout:g}s")
-    pid = start_daemon(ctx.socket_path, extra_args=extra)
-    gap = time.monotonic() - began
-    with ctx.client(autostart=False) as client:
-        kept = client.status()["sessions"]
+        status = _status_with_keeper(client)
+    old_pid, pid, gap, kept = _restart(ctx, status, timeout)
     click.echo(
-        f"tachid restarted (pid {result['pid']} -> {pid}): {plural(kept, 'session')} kept,"
+        f"tachid restarted (pid {old_pid} -> {pid}): {plural(kept, 'session')} kept,"
         f" {gap * 1000:.0f} ms without service",
         err=True,
     )
+
+
+@daemon.command("upgrade")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for it to exit.")
+@pass_ctx
+def upgrade(ctx: Context, timeout: float) -> None:
+    """Move the running daemon and session keeper to the code installed now,
+    keeping every session (run it after 'pip install -U tachi-sessions').
+
+    \b
+    1. The new code is tried first: a daemon of it starts on a scratch socket,
+       answers and runs a session. If not, nothing changes (exit 1).
+    2. The session keeper, if its code changed, re-executes itself on the new
+       code, keeping its pid, every PTY and every session process.
+    3. The daemon restarts on the new code and adopts every session.
+    """
+    from tachi.core.keeper_link import KeeperError, keeper_request
+
+    with ctx.client(autostart=False) as client:
+        status = _status_with_keeper(client)
+    old_version = status.get("version")
+    try:
+        new_version = _trial(timeout)
+    except click.ClickException as exc:
+        raise click.ClickException(
+            f"the installed code does not start, so nothing was changed"
+            f" (tachid {old_version}, pid {status['pid']}, keeps running): {exc.message}"
+        ) from None
+    try:
+        keeper = keeper_request(ctx.socket_path, {"op": "ping"})
+        note = f"keeper pid {keeper.get('pid')} unchanged"
+        if keeper.get("code") != keeper.get("disk"):
+            answer = keeper_request(ctx.socket_path, {"op": "reexec"}, timeout=60)
+            if not answer.get("ok"):
+                raise click.ClickException(
+                    f"the session keeper kept its old code ({answer.get('error')});"
+                    f" nothing was changed (tachid {old_version} keeps running)"
+                )
+            note = f"keeper pid {answer.get('pid')} re-executed on the new code"
+    except KeeperError as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    old_pid, pid, gap, kept = _restart(ctx, status, timeout)
+    with ctx.client(autostart=False) as client:
+        version = client.status().get("version")
+    click.echo(
+        f"tachid upgraded {old_version} -> {version} (pid {old_pid} -> {pid}, {note}):"
+        f" {plural(kept, 'session')} kept, {gap * 1000:.0f} ms without service",
+        err=True,
+    )
+    if version != new_version:
+        click.echo(f"warning: the trial ran {new_version}, the daemon now runs {version}", err=True)
+
+
+def _status_with_keeper(client: Any) -> dict[str, Any]:
+    """The daemon's status; a ``ClickException`` if it has no session keeper
+    (a restart would then close every session)."""
+    status: dict[str, Any] = client.status()
+    if not (status.get("keeper") or {}).get("connected"):
+        raise click.ClickException(
+            "this daemon has no session keeper (TACHI_KEEPER=off, or it failed to start):"
+            " a restart would close every session; use 'tachi daemon stop' and start"
+        )
+    return status
+
+
+def _restart(ctx: Context, status: dict[str, Any], timeout: float) -> tuple[int, int, float, int]:
+    """Stop the daemon leaving its sessions to the keeper and start the next one
+    with the same listeners: (old pid, new pid, seconds without service, sessions kept)."""
+    from tachi.client.autostart import start_daemon
+
+    extra = _listen_args(status.get("listeners", []))
+    exited = _exit_watch(status["pid"], ctx.socket_path)
+    began = time.monotonic()
+    with ctx.client(autostart=False) as client:
+        result = client.call("daemon.stop", keepSessions=True)
+    if not exited(timeout):
+        raise DaemonUnavailable(f"tachid (pid {result['pid']}) did not exit within {timeout:g}s")
+    try:
+        pid = start_daemon(ctx.socket_path, extra_args=extra)
+    except DaemonUnavailable as exc:
+        raise DaemonUnavailable(
+            f"{exc}; every session waits in the session keeper: fix what the log says,"
+            " then any tachi command starts a daemon that adopts them"
+        ) from None
+    gap = time.monotonic() - began
+    with ctx.client(autostart=False) as client:
+        kept = int(client.status()["sessions"])
+    return int(result["pid"]), pid, gap, kept
+
+
+#: How long the trial daemon of 'tachi daemon upgrade' may take to start and serve.
+TRIAL_SECONDS = 30.0
+
+
+def _trial(timeout: float) -> str:
+    """Start a daemon of the code installed now on a scratch socket and state
+    directory, check that it serves (status, a session that runs and ends)
+    with the CLI of that code too, and stop it. Returns its version; raises
+    ``ClickException`` with what went wrong."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="tachi-upgrade-", dir="/tmp")
+    sock = os.path.join(scratch, "s.sock")
+    env = {**os.environ, "TACHI_HOME": scratch, "TACHI_SOCKET": sock}
+    env.pop("TACHI_TOKEN", None)
+    log_path = os.path.join(scratch, "daemon.log")
+
+    def tachi(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-P", "-m", "tachi", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TRIAL_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+
+    def last_line(text: str) -> str:
+        lines = text.strip().splitlines()
+        return lines[-1] if lines else "no output"
+
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "tachi.daemon.server", "--socket", sock],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + TRIAL_SECONDS
+            while not os.path.exists(sock):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    with open(log_path, errors="replace") as f:
+                        raise click.ClickException(f"trial daemon: {last_line(f.read())}")
+                time.sleep(0.05)
+            status = tachi("daemon", "status", "--json")
+            if status.returncode != 0:
+                raise click.ClickException(f"trial daemon status: {last_line(status.stderr)}")
+            version = str(json.loads(status.stdout).get("version"))
+            made = tachi("new", "-d", "--json", "--", "sh", "-c", "exit 0")
+            if made.returncode != 0:
+                raise click.ClickException(f"trial session: {last_line(made.stderr)}")
+            return version
+        finally:
+            tachi("daemon", "stop", "--timeout", str(timeout))
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _listen_args(listeners: list[dict[str, object]]) -> tuple[str, ...]:
