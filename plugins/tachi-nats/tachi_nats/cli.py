@@ -1,0 +1,485 @@
+"""``tachi fleet …``: read the fleet's registry and audit stream straight from NATS.
+
+These need no daemon and no session: only the ``[fleet]`` settings (URL and
+credentials) of config.toml.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tachi_nats import nats_io
+from tachi_nats import settings as settings_mod
+
+
+def _settings() -> settings_mod.FleetSettings:
+    from tachi.errors import TachiError
+
+    try:
+        s = settings_mod.load()
+    except TachiError as e:
+        raise click.ClickException(str(e)) from None
+    if s is None:
+        raise click.ClickException(
+            "no [fleet] table in config.toml: see docs/fleet.md ('tachi fleet up' prints one)"
+        )
+    return s
+
+
+async def _open(s: settings_mod.FleetSettings) -> Any:
+    try:
+        return await nats_io.connect(
+            s, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+        )
+    except Exception as e:
+        raise click.ClickException(
+            f"cannot reach NATS at {', '.join(s.servers)}: {e or type(e).__name__}"
+        ) from None
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+async def _entries(kv: Any) -> dict[str, bytes]:
+    """Every key of ``kv`` with its value: one watcher's initial snapshot, so a
+    fleet of 10,000 sessions costs one round of messages, not 10,000 requests."""
+    watcher = await kv.watchall(ignore_deletes=True)
+    out: dict[str, bytes] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=5)
+            if entry is None:
+                return out
+            out[entry.key] = entry.value
+    finally:
+        await watcher.stop()
+
+
+async def snapshot(js: Any, s: settings_mod.FleetSettings) -> tuple[dict[str, Any], list[dict]]:
+    """(hosts by name with ``status`` up/gone, sessions with ``host`` and, for a gone
+    host, ``state`` = ``unreachable``)."""
+    from nats.js.errors import BucketNotFoundError
+
+    try:
+        hosts_kv = await js.key_value(s.hosts_bucket)
+        sessions_kv = await js.key_value(s.sessions_bucket)
+    except BucketNotFoundError:
+        return {}, []
+    host_entries = await _entries(hosts_kv)
+    session_entries = await _entries(sessions_kv)
+    hosts: dict[str, dict[str, Any]] = {}
+    for key, value in host_entries.items():
+        kind, _, name = key.partition(".")
+        entry = hosts.setdefault(name, {"host": name, "status": "gone"})
+        doc = json.loads(value)
+        if kind == "info":
+            entry.update({k: v for k, v in doc.items() if k != "host"})
+        elif kind == "alive":
+            entry["status"] = "up"
+            entry["heartbeat"] = doc
+    sessions = []
+    for key, value in session_entries.items():
+        doc = json.loads(value)
+        host = doc.get("host") or key.split(".", 1)[0]
+        entry = hosts.setdefault(host, {"host": host, "status": "gone"})
+        if entry["status"] != "up":
+            doc["state"] = "unreachable"
+        sessions.append(doc)
+    for entry in hosts.values():
+        entry["sessions"] = sum(1 for d in sessions if d.get("host") == entry["host"])
+    sessions.sort(key=lambda d: (d.get("host", ""), d.get("createdAt", ""), d.get("id", "")))
+    return hosts, sessions
+
+
+def register(cli: Any) -> None:
+    """Add the ``fleet`` group to the ``tachi`` command."""
+
+    @cli.group("fleet")
+    def fleet() -> None:
+        """The fleet of tachi daemons on NATS: hosts, sessions, audit (docs/fleet.md)."""
+
+    @fleet.command("hosts")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def hosts_cmd(as_json: bool) -> None:
+        """List the fleet's hosts: up (heartbeat seen) or gone."""
+        s = _settings()
+
+        async def main() -> dict[str, Any]:
+            nc = await _open(s)
+            try:
+                hosts, _ = await snapshot(nc.jetstream(timeout=5), s)
+                return hosts
+            finally:
+                await nc.close()
+
+        hosts = _run(main())
+        if as_json:
+            click.echo(json.dumps(sorted(hosts.values(), key=lambda h: h["host"]), indent=2))
+            return
+        from tachi.cli.output import table
+
+        if not hosts:
+            click.echo("no hosts in the fleet yet", err=True)
+            return
+        rows = []
+        for h in sorted(hosts.values(), key=lambda h: h["host"]):
+            beat = h.get("heartbeat") or {}
+            rows.append(
+                [
+                    h["host"],
+                    h["status"],
+                    h["sessions"],
+                    beat.get("auditShipped", "-"),
+                    h.get("version") or "-",
+                    h.get("startedAt") or "-",
+                ]
+            )
+        table(["HOST", "STATUS", "SESSIONS", "AUDITED", "VERSION", "STARTED"], rows)
+
+    @fleet.command("ls")
+    @click.option("--host", help="Only sessions on this host.")
+    @click.option(
+        "--state",
+        type=click.Choice(["pending", "active", "suspended", "unreachable"]),
+        help="Only sessions in this state (unreachable: their host is gone).",
+    )
+    @click.option("--agent", help="Only sessions of this agent.")
+    @click.option("--user", help="Only sessions of this user.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--watch", is_flag=True, help="Keep the list on screen, updated live.")
+    def ls_cmd(
+        host: str | None,
+        state: str | None,
+        agent: str | None,
+        user: str | None,
+        as_json: bool,
+        watch: bool,
+    ) -> None:
+        """List the live sessions of every host (the `tachi ls` columns plus HOST)."""
+        s = _settings()
+
+        def wanted(d: dict[str, Any]) -> bool:
+            return (
+                (host is None or d.get("host") == host)
+                and (state is None or d.get("state") == state)
+                and (agent is None or d.get("agentId") == agent)
+                and (user is None or d.get("userId") == user)
+            )
+
+        async def main() -> None:
+            nc = await _open(s)
+            js = nc.jetstream(timeout=5)
+            try:
+                if not watch:
+                    _, sessions = await snapshot(js, s)
+                    _print_sessions([d for d in sessions if wanted(d)], as_json)
+                    return
+                await _watch(js, s, wanted, as_json)
+            finally:
+                await nc.close()
+
+        _run(main())
+
+    @fleet.group("audit", invoke_without_command=True)
+    @click.option("--host", help="Only this host's records.")
+    @click.option("--session", help="Only records about this session id.")
+    @click.option("--since", help="Only records at or after this RFC 3339 time or this long ago.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.pass_context
+    def audit(
+        click_ctx: click.Context,
+        host: str | None,
+        session: str | None,
+        since: str | None,
+        as_json: bool,
+    ) -> None:
+        """Read every host's audit records from the fleet's stream."""
+        if click_ctx.invoked_subcommand is not None:
+            return
+        s = _settings()
+        since_ns = _since(since)
+
+        async def main() -> list[dict[str, Any]]:
+            nc = await _open(s)
+            try:
+                return await _audit_records(nc.jetstream(timeout=5), s, host)
+            finally:
+                await nc.close()
+
+        from tachi.gotime import parse_rfc3339
+
+        records = [
+            r
+            for r in _run(main())
+            if (session is None or r.get("session") == session)
+            and (since_ns is None or parse_rfc3339(str(r["time"])) >= since_ns)
+        ]
+        if as_json:
+            click.echo(json.dumps(records, indent=2))
+            return
+        from tachi.models import visible
+
+        for r in records:
+            reason = f" ({r['reason']})" if r.get("reason") else ""
+            details = json.dumps(r["details"], separators=(",", ":")) if r.get("details") else ""
+            click.echo(
+                visible(
+                    f"{r['time']} {r['host']} {r['result']:8} {r['action']:16}"
+                    f" {r.get('session') or '-':9} {r['principal']}@{r['source']}{reason}"
+                    f" {details}".rstrip()
+                )
+            )
+
+    @audit.command("verify")
+    @click.option("--host", help="Only this host.")
+    def audit_verify(host: str | None) -> None:
+        """Check every host's hash chain and signed checkpoints from the stream alone
+        (the keys from the registry); exit 1 naming the first problem."""
+        s = _settings()
+
+        async def main() -> list[tuple[str, bool, str]]:
+            nc = await _open(s)
+            try:
+                return await _verify(nc.jetstream(timeout=5), s, host)
+            finally:
+                await nc.close()
+
+        results = _run(main())
+        if not results:
+            click.echo("no audit records in the fleet's stream yet")
+            return
+        failed = False
+        for name, ok, line in results:
+            if ok:
+                click.echo(f"{name}: ok, {line}")
+            else:
+                failed = True
+                click.echo(f"tachi: {name}: audit verification failed: {line}", err=True)
+        if failed:
+            sys.exit(1)
+
+    @fleet.command("up")
+    @click.option(
+        "--listen", default="127.0.0.1:4222", show_default=True, help="Address to listen on."
+    )
+    def up_cmd(listen: str) -> None:
+        """Start a local nats-server with JetStream under the state directory and
+        print the [fleet] lines for config.toml."""
+        from tachi_nats import server
+
+        directory = _server_dir()
+        host, _, port_text = listen.rpartition(":")
+        if not host or not port_text.isdigit():
+            raise click.UsageError(f"--listen {listen!r}: give HOST:PORT")
+        pid = server.running_pid(directory)
+        if pid is not None:
+            click.echo(f"nats-server already runs (pid {pid}) in {directory}", err=True)
+            token = (directory / "token").read_text().strip()
+            conf = (directory / "nats-server.conf").read_text()
+            listen = conf.split('listen: "', 1)[1].split('"', 1)[0]
+        else:
+            try:
+                pid, token = server.start(directory, host, int(port_text))
+            except (RuntimeError, OSError) as e:
+                raise click.ClickException(str(e)) from None
+            click.echo(f"nats-server started (pid {pid}), JetStream in {directory}", err=True)
+        click.echo("# add to config.toml of every host (and restart its daemon):")
+        click.echo("[fleet]")
+        click.echo(f'url = "nats://{listen}"')
+        click.echo(f'token = "{token}"')
+
+    @fleet.command("down")
+    def down_cmd() -> None:
+        """Stop the nats-server that 'tachi fleet up' started."""
+        from tachi_nats import server
+
+        pid = server.stop(_server_dir())
+        if pid is None:
+            click.echo("no fleet nats-server runs here", err=True)
+        else:
+            click.echo(f"nats-server stopped (pid {pid})", err=True)
+
+
+def _server_dir() -> Path:
+    from tachi.paths import state_dir
+
+    return state_dir() / "fleet" / "nats-server"
+
+
+def _since(since: str | None) -> int | None:
+    if not since:
+        return None
+    from tachi.gotime import now_ns, parse_duration, parse_rfc3339
+
+    try:
+        return parse_rfc3339(since)
+    except ValueError:
+        try:
+            return now_ns() - parse_duration(since)
+        except ValueError:
+            raise click.BadParameter(
+                f"{since!r} is neither an RFC 3339 time nor a duration", param_hint="--since"
+            ) from None
+
+
+def _print_sessions(sessions: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(sessions, indent=2))
+        return
+    from tachi.cli.output import ago, table
+
+    if not sessions:
+        click.echo("no live sessions in the fleet", err=True)
+        return
+    rows = []
+    for d in sessions:
+        pty = d.get("pty")
+        rows.append(
+            [
+                d.get("host"),
+                d.get("id"),
+                d.get("name") or "-",
+                d.get("state"),
+                d.get("userId"),
+                d.get("agentId"),
+                f"{pty['cols']}x{pty['rows']}" if pty else "",
+                len(d.get("windows") or ()) or "-",
+                ago(d.get("createdAt")),
+                " ".join(d.get("command") or ())[:40],
+            ]
+        )
+    table(
+        ["HOST", "ID", "NAME", "STATE", "USER", "AGENT", "SIZE", "WIN", "CREATED", "COMMAND"], rows
+    )
+
+
+async def _watch(js: Any, s: settings_mod.FleetSettings, wanted: Any, as_json: bool) -> None:
+    """Redraw on every registry change, and at least every 2 s (a heartbeat that
+    expires says nothing)."""
+    sessions_kv = await js.key_value(s.sessions_bucket)
+    hosts_kv = await js.key_value(s.hosts_bucket)
+    watchers = [await sessions_kv.watchall(), await hosts_kv.watchall()]
+    changed = asyncio.Event()
+
+    async def pump(w: Any) -> None:
+        while True:
+            try:
+                await w.updates(timeout=3600)
+            except Exception:
+                continue
+            changed.set()
+
+    pumps = [asyncio.create_task(pump(w)) for w in watchers]
+    last = None
+    try:
+        while True:
+            _, sessions = await snapshot(js, s)
+            view = [d for d in sessions if wanted(d)]
+            if view != last:
+                if sys.stdout.isatty():
+                    click.echo("\x1b[H\x1b[2J", nl=False)
+                _print_sessions(view, as_json)
+                last = view
+            changed.clear()
+            try:
+                await asyncio.wait_for(changed.wait(), 2.0)
+                await asyncio.sleep(0.1)  # a burst of changes: one redraw
+            except TimeoutError:
+                pass
+    finally:
+        for p in pumps:
+            p.cancel()
+        for w in watchers:
+            await w.stop()
+
+
+async def _audit_records(
+    js: Any, s: settings_mod.FleetSettings, host: str | None
+) -> list[dict[str, Any]]:
+    """Every record in the stream (of ``host``), each with ``host``, by time."""
+    from nats.js.errors import NotFoundError
+
+    try:
+        subjects = await nats_io.stream_subjects(js, s.audit_stream, s.audit_subject(host or "*"))
+    except NotFoundError:
+        return []
+    records = []
+    for subject in sorted(subjects):
+        name = subject.rsplit(".", 1)[1]
+        for msg in await nats_io.read_subject(js, s.audit_stream, subject):
+            record = json.loads(msg.data)
+            record["host"] = name
+            records.append(record)
+    records.sort(key=lambda r: (r["time"], r["host"], r["seq"]))
+    return records
+
+
+async def _verify(
+    js: Any, s: settings_mod.FleetSettings, host: str | None
+) -> list[tuple[str, bool, str]]:
+    """(host, ok, what) for each host with records in the stream: its chain walked
+    as `tachi audit verify` walks the file, its checkpoints checked against the
+    public key the host published in the registry."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from nats.js.errors import NotFoundError
+
+    from tachi import audit
+
+    try:
+        subjects = await nats_io.stream_subjects(js, s.audit_stream, s.audit_subject(host or "*"))
+    except NotFoundError:
+        return []
+    hosts, _ = await snapshot(js, s)
+    out = []
+    for subject in sorted(subjects):
+        name = subject.rsplit(".", 1)[1]
+        lines = [
+            bytes(m.data) + b"\n" for m in await nats_io.read_subject(js, s.audit_stream, subject)
+        ]
+        cps = [
+            bytes(m.data)
+            for m in await nats_io.read_subject(js, s.audit_stream, s.checkpoint_subject(name))
+        ]
+        key_b64 = (hosts.get(name) or {}).get("auditPublicKey") or ""
+        signed: dict[int, tuple[str, int]] = {}
+        problem = ""
+        if cps and not key_b64:
+            problem = "no checkpoint public key for this host in the registry"
+        elif cps:
+            anchor = Ed25519PublicKey.from_public_bytes(base64.b64decode(key_b64))
+            for number, raw in enumerate(cps, 1):
+                bad = audit._checkpoint_problem(raw, anchor, key_b64, "the registry's key")
+                if bad is not None:
+                    problem = f"checkpoint {number}: {bad}"
+                    break
+                obj = json.loads(raw)
+                signed[obj["seq"]] = (obj["hash"], number)
+        count, _first_bad, chain_problem = audit._walk_chain(lines, signed)
+        if chain_problem:
+            out.append((name, False, chain_problem))
+        elif problem:
+            out.append((name, False, problem))
+        elif signed and max(signed) > count:
+            out.append(
+                (
+                    name,
+                    False,
+                    f"record {count + 1}: missing, but a checkpoint signs record"
+                    f" {max(signed)} (records lost?)",
+                )
+            )
+        else:
+            out.append((name, True, f"{count} records, {len(signed)} checkpoints"))
+    return out

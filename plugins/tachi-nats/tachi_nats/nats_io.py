@@ -1,0 +1,92 @@
+"""Connecting to NATS with the ``[fleet]`` settings, and the buckets and stream the
+fleet uses (created on first use, by whoever comes first with the rights to)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tachi_nats.settings import FleetSettings
+
+
+async def connect(settings: FleetSettings, **policy: Any) -> Any:
+    """A connected ``nats.aio.client.Client``; ``policy`` adds reconnect options.
+
+    Raises what ``nats.connect`` raises (no server reachable, authorization)."""
+    from nats.aio.client import Client
+
+    opts = settings.connect_options()
+    public = opts.pop("_public_nkey", None)
+    nc = Client()
+    if public:
+        # nats-py sets the public nkey only on its own path, which needs the `nkeys`
+        # package; we sign with `cryptography` and hand it the key ourselves.
+        nc._public_nkey = public
+    await nc.connect(**opts, **policy)
+    return nc
+
+
+async def ensure_fleet(js: Any, settings: FleetSettings) -> tuple[Any, Any]:
+    """The sessions and hosts KV buckets (created if missing) and the audit stream
+    (likewise). Returns ``(sessions_kv, hosts_kv)``."""
+    from nats.js import api
+    from nats.js.errors import BucketNotFoundError, NotFoundError
+
+    async def bucket(name: str) -> Any:
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            # history 1: the registry is the present, the audit stream is the past.
+            return await js.create_key_value(bucket=name, history=1)
+
+    sessions = await bucket(settings.sessions_bucket)
+    hosts = await bucket(settings.hosts_bucket)
+    try:
+        await js.stream_info(settings.audit_stream)
+    except NotFoundError:
+        await js.add_stream(
+            api.StreamConfig(
+                name=settings.audit_stream,
+                subjects=[f"{settings.prefix}.audit.*", f"{settings.prefix}.checkpoint.*"],
+                storage=api.StorageType.FILE,
+                retention=api.RetentionPolicy.LIMITS,
+                # Re-sends after a reconnect come within seconds; older ones are
+                # caught by the shipper comparing with the stream's last record.
+                duplicate_window=120,
+                allow_direct=True,
+            )
+        )
+    return sessions, hosts
+
+
+async def read_subject(js: Any, stream: str, subject: str, timeout: float = 5.0) -> list[Any]:
+    """Every message of ``subject`` in ``stream``, in order (an ordered consumer)."""
+    from nats.js import api
+
+    info = await js.stream_info(stream, subjects_filter=subject)
+    total = (info.state.subjects or {}).get(subject, 0)
+    if not total:
+        return []
+    sub = await js.subscribe(
+        subject, stream=stream, ordered_consumer=True, deliver_policy=api.DeliverPolicy.ALL
+    )
+    out: list[Any] = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=timeout)
+            out.append(msg)
+            if msg.metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def stream_subjects(js: Any, stream: str, pattern: str) -> dict[str, int]:
+    """Subjects of ``stream`` matching ``pattern`` and their message counts."""
+    info = await js.stream_info(stream, subjects_filter=pattern)
+    return dict(info.state.subjects or {})
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
