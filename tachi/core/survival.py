@@ -24,6 +24,7 @@ import select
 import signal
 import struct
 import termios
+import time
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.access import SessionAccess
@@ -83,6 +84,7 @@ class Survival:
         #: session -> (owner uid, owner user) as last saved.
         self._owners: dict[str, tuple[int | None, str]] = {}
         self.adopted = 0
+        self.adopt_ms = 0.0
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -138,7 +140,12 @@ class Survival:
     def status(self) -> dict[str, Any] | None:
         if self.link is None:
             return None
-        return {"pid": self.link.pid, "connected": not self.link.broken, "adopted": self.adopted}
+        return {
+            "pid": self.link.pid,
+            "connected": not self.link.broken,
+            "adopted": self.adopted,
+            "adoptMs": round(self.adopt_ms, 1),
+        }
 
     # -- saving -----------------------------------------------------------------
     def _session_event(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
@@ -223,6 +230,7 @@ class Survival:
 
     # -- adopting ---------------------------------------------------------------
     def _adopt(self, kept: list[Kept]) -> None:
+        began = time.monotonic()
         by_session: dict[str, list[tuple[int, Kept]]] = {}
         for k in kept:
             sid, _, wid = k.key.partition("/")
@@ -239,8 +247,15 @@ class Survival:
                 for _, k in windows:
                     if k.master >= 0:
                         self._discard(k, f"its session could not be adopted: {exc}")
+        #: How long adoption took (ms), for status and benchmarks.
+        self.adopt_ms = (time.monotonic() - began) * 1000
         if kept:
-            log.info("adopted %d sessions (%d windows) from the keeper", self.adopted, len(kept))
+            log.info(
+                "adopted %d sessions (%d windows) from the keeper in %.0f ms",
+                self.adopted,
+                len(kept),
+                self.adopt_ms,
+            )
 
     def _adopt_session(self, sid: str, windows: list[tuple[int, Kept]]) -> None:
         info = self.manager.store.get(sid)
