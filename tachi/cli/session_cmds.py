@@ -529,7 +529,19 @@ def capture(
 
 @cli.command("wait")
 @click.argument("session", shell_complete=complete_session)
-@click.option("--match", "pattern", help="Regex to wait for on the screen or in new output.")
+@click.option(
+    "--match",
+    "patterns",
+    multiple=True,
+    metavar="REGEX",
+    help="Regex to wait for (repeat it: the first to match wins; its index is in --json).",
+)
+@click.option(
+    "--new", "only_new", is_flag=True, help="Only output after this call (not the screen)."
+)
+@click.option(
+    "--since", type=click.IntRange(0), metavar="POS", help="Only output after position POS."
+)
 @click.option(
     "--exit", "wait_exit", is_flag=True, help="Wait for the session to end; exit with its code."
 )
@@ -537,29 +549,53 @@ def capture(
     "--timeout", type=click.FloatRange(0), help="Give up after this many seconds (exit 124)."
 )
 @click.option("-w", "--window", type=int, help="Window for --match (default: the active one).")
+@json_option
 @token_option
 @pass_ctx
 def wait(
     ctx: Context,
     session: str,
-    pattern: str | None,
+    patterns: tuple[str, ...],
+    only_new: bool,
+    since: int | None,
     wait_exit: bool,
     timeout: float | None,
     window: int | None,
+    as_json: bool,
 ) -> None:
-    """Block until PATTERN appears or the session exits.
+    """Block until a pattern appears or the session exits.
 
-    --match succeeds as soon as the regex (Python syntax, multi-line) matches
+    --match succeeds as soon as the regex (RE2 syntax, multi-line) matches
     the window's current screen, or the output it produces after the call with
-    escape sequences removed; it prints the matched text.
+    escape sequences removed; it prints the matched text. With --new only
+    output after the call counts (text already on the screen never matches);
+    with --since POS only output after that position (the "position" of an
+    earlier --json result). Several --match: the earliest match wins; --json
+    prints {outcome, index, pattern, matched, before, position}. Exit 124 on
+    timeout, 3 if the window's program ended first.
     """
-    if not pattern and not wait_exit:
+    import json
+
+    if not patterns and not wait_exit:
         raise click.UsageError("give --match REGEX or --exit")
+    if (only_new or since is not None) and not patterns:
+        raise click.UsageError("--new and --since go with --match")
+    if only_new and since is not None:
+        raise click.UsageError("give --new or --since, not both")
     with ctx.client() as client:
-        if pattern:
-            click.echo(
-                client.wait(session, match=pattern, timeout=timeout, window=window)["matched"]
-            )
+        if patterns:
+            if only_new or since is not None or len(patterns) > 1:
+                result = client.wait(
+                    session,
+                    match=list(patterns),
+                    timeout=timeout,
+                    window=window,
+                    new=only_new,
+                    since=since,
+                )
+            else:
+                result = client.wait(session, match=patterns[0], timeout=timeout, window=window)
+            click.echo(json.dumps(result) if as_json else result["matched"])
         if wait_exit:
             result = client.wait(session, exit=True, timeout=timeout)
             code = result.get("exitCode")

@@ -26,7 +26,7 @@ from typing import Any
 from tachi import protocol
 from tachi.client.autostart import start_daemon
 from tachi.client.endpoint import Endpoint, resolve
-from tachi.client.results import ExecResult, Grant, RunResult, Share
+from tachi.client.results import ExecResult, ExpectResult, Grant, RunResult, Share
 from tachi.client.runs import MAX_OUTPUT, OutputCallback
 from tachi.client.shared import PatternWait, audit_records
 from tachi.errors import DaemonUnavailable, NotFound, TimedOut, error_from_json
@@ -361,18 +361,56 @@ class AsyncClient:
         self,
         session_id: str,
         *,
-        match: str | None = None,
+        match: str | list[str] | None = None,
         exit: bool = False,
         timeout: float | None = None,
         window: int | None = None,
+        new: bool = False,
+        since: int | None = None,
     ) -> dict[str, Any]:
+        """Block until ``match`` (a regex, or a list of them) appears or the
+        session exits (``exit``). By default a pattern is looked for on the
+        screen and in new output; with ``new`` only in output after the call,
+        with ``since`` only in output after that position (from an earlier
+        result's ``position``). Raises ``TimedOut`` after ``timeout`` seconds."""
+        several = isinstance(match, list)
         return await self.call(
             "session.wait",
             session=session_id,
-            match=match,
+            match=None if several else match,
+            matches=match if several else None,
             exit=exit,
             timeout=timeout,
             window=window,
+            new=new or None,
+            since=since,
+        )
+
+    async def expect(
+        self,
+        session_id: str,
+        patterns: list[str],
+        *,
+        timeout: float | None = None,
+        window: int | None = None,
+        since: int | None = None,
+    ) -> ExpectResult:
+        """Wait until one of ``patterns`` (regexes, RE2 syntax) appears in the
+        window's output after the call (or after position ``since``), as
+        pexpect's ``expect``: the earliest match wins. ``outcome`` is
+        ``match`` (``index``, ``match``, ``before``), ``eof`` (the window's
+        program ended) or ``timeout``; no exception for those two."""
+        return ExpectResult.from_json(
+            await self.call(
+                "session.wait",
+                session=session_id,
+                matches=list(patterns),
+                timeout=timeout,
+                window=window,
+                since=since,
+                new=since is None or None,
+                expect=True,
+            )
         )
 
     async def new_window(
@@ -513,6 +551,7 @@ class AsyncSessionConn:
         self.read_only = bool(attach_result.get("readOnly"))
         self.exit_code: int | None = None
         self.done = False
+        self._expect: Any = None
 
     async def read(self) -> bytes:
         """Next output (snapshots included); ``b""`` once detached or closed."""
@@ -552,6 +591,31 @@ class AsyncSessionConn:
         except TimeoutError:
             raise wait.timed_out() from None
         return bytes(wait.seen)
+
+    async def expect(self, patterns: list[str] | str, timeout: float = 10.0) -> ExpectResult:
+        """``SessionConn.expect``: the first of ``patterns`` to match new output
+        (RE2; escape sequences removed), or the ``eof``/``timeout`` outcome."""
+        from tachi.client.runs import ExpectBuffer, compile_patterns
+
+        regexes = compile_patterns(patterns)
+        if self._expect is None:
+            self._expect = ExpectBuffer()
+        buffer = self._expect
+
+        async def until_found() -> tuple[int, str, str] | None:
+            while True:
+                hit = buffer.search(regexes)
+                if hit is not None or self.done:
+                    return hit
+                buffer.add(await self.read())
+
+        try:
+            hit = await asyncio.wait_for(until_found(), timeout)
+        except TimeoutError:
+            return ExpectResult("timeout", None, None, buffer.take())
+        if hit is None:
+            return ExpectResult("eof", None, None, buffer.take())
+        return ExpectResult("match", hit[0], hit[1], hit[2])
 
     async def write(self, data: bytes) -> int:
         for start in range(0, len(data), protocol.MAX_PAYLOAD):

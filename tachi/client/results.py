@@ -97,6 +97,30 @@ class RunResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectResult:
+    """What ``expect`` returns: which pattern matched (``index``, ``None`` for
+    ``eof``/``timeout``), the matched text, the text before it, and the
+    output position to go on from (``since=``)."""
+
+    outcome: str
+    index: int | None
+    match: str | None
+    before: str
+    position: int | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ExpectResult:
+        index = d.get("index")
+        return cls(
+            outcome=str(d["outcome"]),
+            index=int(index) if index is not None else None,
+            match=d.get("matched"),
+            before=str(d.get("before") or ""),
+            position=d.get("position"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ExecResult:
     """What ``Client.exec`` returns."""
 

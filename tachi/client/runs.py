@@ -93,3 +93,62 @@ class RunStream:
             exc.run = self.run
             exc.output = b"".join(self._parts).decode(errors="replace")
         return exc
+
+
+class ExpectBuffer:
+    """pexpect's ``expect`` over an attachment's output, for ``SessionConn``:
+    text with escape sequences removed, searched by RE2 (linear time, however
+    the patterns are written); the earliest match wins, the first pattern on a
+    tie. What follows a match stays for the next ``expect``. Holds at most the
+    last 1 MiB of text."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        import codecs
+
+        self.text = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def add(self, data: bytes) -> None:
+        from tachi.core.window import strip_escapes
+
+        # ``\n`` line ends, and no ``\r`` a shell redraws with at a line's
+        # start: ``^`` then matches where a line starts on the screen.
+        text = strip_escapes(data).replace(b"\r\n", b"\n").replace(b"\n\r", b"\n")
+        self.text += self._decoder.decode(text)
+        if len(self.text) > self.LIMIT:
+            self.text = self.text[-self.LIMIT // 2 :]
+
+    def search(self, regexes: list[Any]) -> tuple[int, str, str] | None:
+        """(index, match, before) of the earliest match, consumed; or ``None``."""
+        best: tuple[int, Any] | None = None
+        for index, regex in enumerate(regexes):
+            m = regex.search(self.text)
+            if m is not None and (best is None or m.start() < best[1].start()):
+                best = (index, m)
+        if best is None:
+            return None
+        index, m = best
+        before = self.text[: m.start()]
+        self.text = self.text[m.end() :]
+        return index, m.group(0), before
+
+    def take(self) -> str:
+        """All the text (for ``eof``/``timeout``), consumed."""
+        text, self.text = self.text, ""
+        return text
+
+
+def compile_patterns(patterns: list[str] | str) -> list[Any]:
+    """The caller's patterns for RE2; raises ``InvalidRequest`` naming what RE2
+    cannot run in linear time."""
+    from tachi.core.patterns import compile_pattern
+
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns:
+        from tachi.errors import InvalidRequest
+
+        raise InvalidRequest("give at least one pattern")
+    return [compile_pattern(p) for p in patterns]

@@ -43,7 +43,7 @@ from tachi.models import (
 if TYPE_CHECKING:
     import signal as signals
 
-    from tachi.client.results import ExecResult, Grant, RunResult, Share
+    from tachi.client.results import ExecResult, ExpectResult, Grant, RunResult, Share
 
 
 class Client:
@@ -371,21 +371,58 @@ class Client:
         self,
         session_id: str,
         *,
-        match: str | None = None,
+        match: str | list[str] | None = None,
         exit: bool = False,
         timeout: float | None = None,
         window: int | None = None,
+        new: bool = False,
+        since: int | None = None,
     ) -> dict[str, Any]:
-        """Block until ``match`` appears (screen or new output) or the session exits.
-
-        Raises ``TimedOut`` after ``timeout`` seconds."""
+        """Block until ``match`` (a regex, or a list of them) appears or the
+        session exits (``exit``). By default a pattern is looked for on the
+        screen and in new output; with ``new`` only in output after the call,
+        with ``since`` only in output after that position (from an earlier
+        result's ``position``). Raises ``TimedOut`` after ``timeout`` seconds."""
+        several = isinstance(match, list)
         return self.call(
             "session.wait",
             session=session_id,
-            match=match,
+            match=None if several else match,
+            matches=match if several else None,
             exit=exit,
             timeout=timeout,
             window=window,
+            new=new or None,
+            since=since,
+        )
+
+    def expect(
+        self,
+        session_id: str,
+        patterns: list[str],
+        *,
+        timeout: float | None = None,
+        window: int | None = None,
+        since: int | None = None,
+    ) -> ExpectResult:
+        """Wait until one of ``patterns`` (regexes, RE2 syntax) appears in the
+        window's output after the call (or after position ``since``), as
+        pexpect's ``expect``: the earliest match wins. ``outcome`` is
+        ``match`` (``index``, ``match``, ``before``), ``eof`` (the window's
+        program ended) or ``timeout``; no exception for those two."""
+        from tachi.client.results import ExpectResult
+
+        return ExpectResult.from_json(
+            self.call(
+                "session.wait",
+                session=session_id,
+                matches=list(patterns),
+                timeout=timeout,
+                window=window,
+                since=since,
+                new=since is None or None,
+                expect=True,
+            )
         )
 
     # -- SessionMultiplexer ------------------------------------------------------------
@@ -527,6 +564,7 @@ class SessionConn:
         self.detached: dict[str, Any] | None = None
         self.window: int | None = None
         self.seq: int = 0
+        self._expect: Any = None
 
     def fileno(self) -> int:
         return self._wire.fileno()
@@ -568,6 +606,32 @@ class SessionConn:
                 raise wait.timed_out()
             wait.add(self.read(timeout=left))
         return bytes(wait.seen)
+
+    def expect(self, patterns: list[str] | str, timeout: float = 10.0) -> ExpectResult:
+        """Read until one of ``patterns`` (regexes, RE2 syntax, multi-line)
+        matches the output, escape sequences removed; as pexpect's ``expect``:
+        the earliest match wins, and what follows it is kept for the next
+        ``expect``. ``outcome`` is ``match`` (``index``, ``match``, ``before``),
+        ``eof`` (the attachment ended) or ``timeout`` (after ``timeout``
+        seconds in all), with the text read in ``before``; never raises for
+        those."""
+        from tachi.client.results import ExpectResult
+        from tachi.client.runs import ExpectBuffer, compile_patterns
+
+        regexes = compile_patterns(patterns)
+        if self._expect is None:
+            self._expect = ExpectBuffer()
+        buffer = self._expect
+        deadline = time.monotonic() + timeout
+        while True:
+            hit = buffer.search(regexes)
+            if hit is not None:
+                return ExpectResult("match", hit[0], hit[1], hit[2], self.seq)
+            left = deadline - time.monotonic()
+            if self.done or left <= 0:
+                outcome = "eof" if self.done else "timeout"
+                return ExpectResult(outcome, None, None, buffer.take(), self.seq)
+            buffer.add(self.read(timeout=left))
 
     def handle_frame(self, frame: protocol.Frame) -> bytes:
         """Apply one frame; returns bytes to show (possibly empty)."""

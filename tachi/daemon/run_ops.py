@@ -684,3 +684,84 @@ async def _window_exit(window: WindowRuntime) -> None:
         await asyncio.sleep(0.1)
     # Give the last output a moment to arrive before the run reports.
     await asyncio.sleep(0.05)
+
+
+# -- waiting for new output ----------------------------------------------------------
+#: Text a wait for new output holds (the most recent part of it).
+_WAIT_TEXT = 1 << 20
+
+
+async def wait_output(
+    window: WindowRuntime, patterns: list[str], since: int | None, timeout: float | None
+) -> dict[str, Any]:
+    """Wait until one of ``patterns`` matches the window's output after
+    position ``since`` (``None``: from now), escape sequences removed; never the
+    screen, so text already shown is not taken for new. Patterns run on RE2
+    (linear time). The earliest match in the text wins, the first pattern on a
+    tie (as pexpect). Returns ``{outcome: "match", index, pattern, matched,
+    before, position}``, or ``{outcome: "eof" | "timeout", before, position}``;
+    ``position`` is the window's output position once the match was read (pass
+    it as ``since`` to go on from there)."""
+    from tachi.core.patterns import compile_pattern
+
+    if not patterns:
+        raise InvalidRequest("give at least one pattern")
+    regexes: list[Any] = [compile_pattern(p) for p in patterns]
+    loop = asyncio.get_running_loop()
+    found: asyncio.Future[tuple[int, Any]] = loop.create_future()
+    seen = {"text": "", "position": window.seq}
+
+    def feed(data: bytes) -> None:
+        if found.done():
+            return
+        seen["position"] = window.seq
+        # ``\n`` line ends, and no ``\r`` a shell redraws with at a line's
+        # start: ``^`` then matches where a line starts on the screen.
+        clean = strip_escapes(data).replace(b"\r\n", b"\n").replace(b"\n\r", b"\n")
+        text = seen["text"] + clean.decode("utf-8", "replace")
+        if len(text) > _WAIT_TEXT:
+            text = text[-_WAIT_TEXT // 2 :]
+        seen["text"] = text
+        best: tuple[int, Any] | None = None
+        for index, regex in enumerate(regexes):
+            m = regex.search(text)
+            if m is not None and (best is None or m.start() < best[1].start()):
+                best = (index, m)
+        if best is not None:
+            found.set_result(best)
+
+    if since is not None:
+        if since < 0 or since > window.seq:
+            raise InvalidRequest(f"position {since} is not in window {window.id} (0-{window.seq})")
+        backlog = window.backlog_since(since)
+        if backlog is None:
+            raise InvalidRequest(
+                f"position {since} is no longer kept (window {window.id} keeps its last"
+                f" 256 KiB of output; it is at {window.seq})"
+            )
+        feed(backlog)
+        seen["position"] = window.seq
+    if not found.done():
+        window.output_taps.append(feed)
+    exited = loop.create_task(_window_exit(window))
+    try:
+        await asyncio.wait([found, exited], timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        exited.cancel()
+        with contextlib.suppress(ValueError):
+            window.output_taps.remove(feed)
+    if found.done():
+        index, m = found.result()
+        return {
+            "outcome": "match",
+            "index": index,
+            "pattern": patterns[index],
+            "matched": m.group(0),
+            "before": seen["text"][: m.start()],
+            "position": seen["position"],
+        }
+    return {
+        "outcome": "eof" if window.exit_code is not None else "timeout",
+        "before": seen["text"],
+        "position": seen["position"],
+    }

@@ -280,6 +280,10 @@ async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.daemon.authorize(ctx.principal, "session.read", found)
     timeout = arg_float(args, "timeout")
     pattern = arg_str(args, "match", required=False)
+    if args.get("matches") is not None or args.get("new") or args.get("since") is not None:
+        if isinstance(found, Session) and args.get("expect"):
+            return {"outcome": "eof", "before": "", "position": None}  # closed already
+        return await _wait_new(ctx, args, pattern, timeout)
     try:
         if pattern is not None:
             session = ctx.daemon.manager.live(ref)
@@ -294,6 +298,34 @@ async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         what = f"pattern {pattern!r}" if pattern is not None else "the session to exit"
         raise TimedOut(f"timed out after {timeout:g}s waiting for {what}") from None
     raise InvalidRequest("wait needs 'match' or 'exit'")
+
+
+async def _wait_new(
+    ctx: RequestContext, args: dict[str, Any], pattern: str | None, timeout: float | None
+) -> dict[str, Any]:
+    """``session.wait`` on output after a position (``since``) or after the
+    call (``new``), for one pattern (``match``) or several (``matches``).
+    With ``expect``, EOF and timeout are outcomes in the reply; without, they
+    raise ``NotFound`` and ``TimedOut``."""
+    from tachi.daemon.run_ops import wait_output
+    from tachi.errors import NotFound
+
+    session = _live(ctx, args, "session.read")
+    patterns = args.get("matches")
+    if patterns is None:
+        patterns = [pattern] if pattern is not None else []
+    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise InvalidRequest("argument 'matches' must be a list of strings")
+    if len(patterns) > 64:
+        raise InvalidRequest("at most 64 patterns")
+    since = arg_int(args, "since")
+    window = session.mux.get(arg_int(args, "window"))
+    result = await wait_output(window, patterns, since, timeout)
+    if args.get("expect") or result["outcome"] == "match":
+        return result
+    if result["outcome"] == "eof":
+        raise NotFound(f"window {window.id} exited before a pattern appeared")
+    raise TimedOut(f"timed out after {timeout:g}s waiting for {patterns!r} in new output")
 
 
 # -- windows ------------------------------------------------------------------------
