@@ -272,7 +272,8 @@ def _plugin_commands() -> None:
         return
     from tachi.plugins import make_plugin_manager
 
-    make_plugin_manager().hook.tachi_register_commands(cli=cli)
+    # Only the plugins that add commands: not the screens, transports or identities.
+    make_plugin_manager(hooks={"tachi_register_commands"}).hook.tachi_register_commands(cli=cli)
 
 
 def main() -> None:

@@ -27,6 +27,9 @@ OPTION_ENV = {
     "server_id": "TACHI_SERVER_ID",
     "compression": "TACHI_WS_COMPRESSION",
 }
+#: The options that make a client load the identity plugins (``tachi_client_tls``,
+#: ``tachi_verify_server``); without one of them those plugins are not imported.
+IDENTITY_OPTIONS = ("svid_cert", "svid_key", "trust_bundle", "server_id")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,13 @@ class Endpoint:
             return connect_socket(self.socket, autostart=autostart)
         from tachi.plugins import make_plugin_manager
 
-        pm = make_plugin_manager()
+        # Only the transports, and the identity plugins when an identity option
+        # is given: `--host wss://… ls` must not import a screen emulator or
+        # an identity library it does not use (hundreds of ms).
+        hooks = {"tachi_connect"}
+        if any(self.options.get(k) for k in IDENTITY_OPTIONS):
+            hooks |= {"tachi_client_tls", "tachi_verify_server"}
+        pm = make_plugin_manager(hooks=hooks)
         options = {**self.options, "hooks": pm.hook}
         try:
             sock = pm.hook.tachi_connect(url=self.url, options=options)
