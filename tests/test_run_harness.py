@@ -285,3 +285,38 @@ def test_cli_runs_a_script_from_stdin_or_an_argument(tachi_daemon, shell, tmp_pa
     assert (piped.stdout, piped.returncode) == ("total 6\n", 1)
     arg = tachi_daemon.run("run", sid, "--", script)
     assert (arg.stdout, arg.returncode) == ("total 6\n", 1)
+
+
+def test_events_pair_each_finish_with_a_start_and_windows_exit_before_closed(tachi_daemon):
+    """No command-finished without a command-started (the first prompt's mark
+    used to report one right after creation); on `tachi close`, the session's
+    window-exited comes before its closed."""
+    import json
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tachi", "events", "--json"],
+        env=tachi_daemon.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.8)  # for the subscription (not a timing assertion)
+        sid = _shell(tachi_daemon, "bash")
+        with tachi_daemon.client() as client:
+            client.run(sid, "(exit 2)", timeout=T)
+            client.run(sid, "true", timeout=T)
+        tachi_daemon.run("close", sid, check=True)
+        events = []
+        deadline = time.monotonic() + T
+        while time.monotonic() < deadline:
+            events.append(json.loads(proc.stdout.readline()))
+            if events[-1]["type"] == "closed":
+                break
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    types = [e["type"] for e in events if e["session"] == sid]
+    commands = [t for t in types if t.startswith("command-")]
+    assert commands == ["command-started", "command-finished"] * 2, types
+    assert types.index("window-exited") < types.index("closed"), types

@@ -42,6 +42,9 @@ class CommandMarks:
         self._partial = b""
         #: A shell hook has printed marks here: commands' ends are known.
         self.integrated = False
+        #: A command-started was reported and its command-finished not yet:
+        #: the D mark of the shell's first prompt finishes nothing.
+        self._open = False
         self._waiters: list[_Waiter] = []
 
     def feed(self, data: bytes) -> None:
@@ -69,7 +72,10 @@ class CommandMarks:
             for waiter in self._waiters:
                 if waiter.ident == ident:
                     waiter.armed = True
-            if ident is None or not self.integrated:
+            # A run's own mark starts a command too when the shell's hook did
+            # not (PS0 emptied), once.
+            if ident is None or not self.integrated or not self._open:
+                self._open = True
                 self._on_event("command-started", {})
         elif kind == "D":
             code = exit_code(params[0] if params else "")
@@ -79,7 +85,8 @@ class CommandMarks:
                 if waiter.ident == ident and waiter.armed and not waiter.future.done():
                     waiter.future.set_result(code)
             self._waiters = [w for w in self._waiters if not w.future.done()]
-            if ident is None or not self.integrated:
+            if (ident is None or not self.integrated) and self._open:
+                self._open = False
                 self._on_event("command-finished", {"exitCode": code})
 
     def wait_finished(self, ident: str | None) -> asyncio.Future[int]:

@@ -36,6 +36,8 @@ from tachi.models import CloseReason, Session, SessionFilter, SessionRequest, Se
 log = logging.getLogger("tachi.manager")
 
 TICK_SECONDS = 0.25
+#: How long a closed session's ``closed`` event waits for its windows' exits.
+CLOSED_EVENT_WAIT = 2.0
 PRUNE_INTERVAL_NS = 3600 * 1_000_000_000
 AuditFn = Callable[..., Any]
 
@@ -65,6 +67,9 @@ class SessionManager:
         #: Closed sessions whose processes are still exiting (hung up, not yet gone):
         #: shutdown waits for them too, so their exit is saved before the store closes.
         self._exiting: set[SessionRuntime] = set()
+        #: ``closed`` events held back until the session's windows have exited
+        #: (``tachi close`` hangs them up): listeners see window-exited first.
+        self._closing: dict[SessionRuntime, dict[str, Any]] = {}
         self._stopped = False
         self.screen_budget = ScreenBudget(default_limit(config.screen_memory))
         self._session_event_hook = GuardedHook(hooks.tachi_session_event)
@@ -273,6 +278,8 @@ class SessionManager:
         if event == "window-exited" and not _running(session):
             self._exiting.discard(session)
         self.emit(session, event, details)
+        if event == "window-exited" and not _running(session):
+            self._emit_closed(session)
 
     def _closed(self, session: SessionRuntime) -> None:
         self.sessions.pop(session.id, None)
@@ -289,7 +296,19 @@ class SessionManager:
             reason=str(info.closeReason),
             details={"exitCode": info.exitCode},
         )
-        self.emit(session, "closed", {"reason": str(info.closeReason), "exitCode": info.exitCode})
+        details = {"reason": str(info.closeReason), "exitCode": info.exitCode}
+        if _running(session):
+            # Its windows were hung up: their window-exited events come first.
+            # A process that ignores SIGHUP does not hold ``closed`` back long.
+            self._closing[session] = details
+            asyncio.get_running_loop().call_later(CLOSED_EVENT_WAIT, self._emit_closed, session)
+            return
+        self.emit(session, "closed", details)
+
+    def _emit_closed(self, session: SessionRuntime) -> None:
+        details = self._closing.pop(session, None)
+        if details is not None:
+            self.emit(session, "closed", details)
 
     def emit(self, session: SessionRuntime, event: str, details: dict[str, Any]) -> None:
         """Tell listeners (event streams, recorders) and ``tachi_session_event`` plugins."""
