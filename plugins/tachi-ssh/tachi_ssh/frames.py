@@ -13,6 +13,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from tachi import protocol
+from tachi.daemon.limits import ConnectionLimits
 from tachi.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from tachi_ssh.login import SSHLogin
 
 SUBSYSTEM = "tachi"
-#: Decoded frames waiting for the daemon past this pause reading from the client.
-_QUEUE_HIGH_WATER = 64
 
 
 class FrameBridge:
@@ -37,6 +36,10 @@ class FrameBridge:
         self._writable.set()
         self._paused = False
         self._closed = False
+        # Decoded frames waiting for the daemon past this pause reading from the
+        # client: the daemon's one setting for every transport ([limits] requests).
+        limits = ConnectionLimits.of(login.daemon.config)
+        self._high, self._low = limits.read_ahead, limits.resume_at
 
     # -- from the client -------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -47,7 +50,7 @@ class FrameBridge:
             return
         for frame in frames:
             self._queue.put_nowait(frame)
-        if self._queue.qsize() > _QUEUE_HIGH_WATER and not self._paused:
+        if self._queue.qsize() >= self._high and not self._paused:
             self._paused = True
             self.chan.pause_reading()
 
@@ -57,7 +60,7 @@ class FrameBridge:
 
     async def next_frame(self) -> protocol.Frame | None:
         item = await self._queue.get()
-        if self._paused and self._queue.qsize() < _QUEUE_HIGH_WATER // 2:
+        if self._paused and self._queue.qsize() <= self._low:
             self._paused = False
             if not self._closed:
                 self.chan.resume_reading()

@@ -20,6 +20,7 @@ from websockets.http11 import Request, Response
 
 from tachi import protocol
 from tachi.core.peer import Peer
+from tachi.daemon.limits import ConnectionLimits
 from tachi.errors import PermissionDenied, ProtocolError
 from tachi_websocket import tls
 from tachi_websocket.links import is_loopback, reachable_host
@@ -70,6 +71,8 @@ class MessageWire:
             self._wake.set()
 
     def buffered(self) -> int:
+        if self._closed:
+            return 0  # nothing more is sent: nothing waits (limits.below must not)
         transport = self._ws.transport
         return self._queued + (transport.get_write_buffer_size() if transport else 0)
 
@@ -102,6 +105,7 @@ class MessageWire:
                     await self._ws.close()
                     return
         except ConnectionClosed:
+            self._closed = True
             self._queue.clear()
             self._queued = 0
             self._empty.set()
@@ -173,7 +177,9 @@ class WebSocketTransport:
             max_size=s.max_frame + protocol.HEADER.size,
             # A busy host can take seconds to finish a TLS and HTTP handshake.
             open_timeout=30,
-            max_queue=64,
+            # Messages read ahead of the connection's requests: the daemon's one
+            # setting for every transport ([limits] requests).
+            max_queue=ConnectionLimits.of(daemon.config).read_ahead,
         )
         if s.port == 0:
             self.settings = _with_port(s, self._server.sockets[0].getsockname()[1])
