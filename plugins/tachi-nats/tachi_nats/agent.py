@@ -137,11 +137,13 @@ class FleetAgent:
         self._wake_audit = asyncio.Event()
         self._stopping = asyncio.Event()
         self._ready.set()
-        delay = 0.5
-        reported = False
         while not self._stopping.is_set():
-            try:
-                nc = await nats_io.connect(
+            # With unlimited reconnects nats-py retries the first connect by itself
+            # too (every reconnect_time_wait, reporting each failure to error_cb):
+            # race it against stopping, so a daemon whose NATS never comes up still
+            # stops at once.
+            connecting = asyncio.ensure_future(
+                nats_io.connect(
                     self.settings,
                     connect_timeout=2,
                     allow_reconnect=True,
@@ -151,20 +153,24 @@ class FleetAgent:
                     disconnected_cb=self._disconnected,
                     reconnected_cb=self._reconnected,
                 )
-            except Exception as e:
-                if not reported:
-                    log.warning(
-                        "fleet: cannot reach NATS at %s (%s); retrying in the background",
-                        ", ".join(self.settings.servers),
-                        e or type(e).__name__,
-                    )
-                    reported = True
+            )
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait([connecting, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not connecting.done():
+                connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await connecting
+                return
+            stopping.cancel()
+            try:
+                nc = connecting.result()
+            except Exception as e:  # a bad key, refused authorization: retry slowly
+                await self._nats_error(e)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, 5.0)
+                    await asyncio.wait_for(self._stopping.wait(), 5)
                 continue
-            reported, delay = False, 0.5
-            log.info("fleet: connected to %s as host %s", nc.connected_url, self.host)
+            self._reported = False
+            log.info("fleet: connected to %s as host %s", nc.connected_url.netloc, self.host)
             try:
                 await self._serve(nc)
             finally:
@@ -172,11 +178,21 @@ class FleetAgent:
                     await asyncio.wait_for(nc.close(), 2)
 
     async def _nats_error(self, e: Exception) -> None:
-        log.debug("fleet: NATS error: %s", e)
+        # Once per outage, not once per attempt: NATS may be down for hours.
+        if not self.connected and not self._reported:
+            self._reported = True
+            log.warning(
+                "fleet: cannot reach NATS at %s (%s); retrying in the background",
+                ", ".join(self.settings.servers),
+                e or type(e).__name__,
+            )
+        else:
+            log.debug("fleet: NATS error: %s", e)
 
     async def _disconnected(self) -> None:
         if self.connected:
-            log.warning("fleet: disconnected from NATS; sessions and audit queue locally")
+            log.warning("fleet: disconnected from NATS; the registry and audit catch up later")
+            self._reported = True  # the reconnect attempts' errors say nothing new
         self.connected = False
 
     async def _reconnected(self) -> None:
@@ -350,6 +366,7 @@ class FleetAgent:
 
     _resync = True
     _resync_audit = False
+    _reported = False
 
 
 class _Halt(Exception):

@@ -34,8 +34,16 @@ def _settings() -> settings_mod.FleetSettings:
 
 async def _open(s: settings_mod.FleetSettings) -> Any:
     try:
-        return await nats_io.connect(
-            s, connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0
+        # max_reconnect_attempts=0 would mean "forever" to nats-py's first connect.
+        return await asyncio.wait_for(
+            nats_io.connect(
+                s,
+                connect_timeout=3,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
+            ),
+            8,
         )
     except Exception as e:
         raise click.ClickException(
