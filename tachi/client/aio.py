@@ -386,6 +386,29 @@ class AsyncClient:
             since=since,
         )
 
+    async def read_output(
+        self,
+        session_id: str,
+        *,
+        since: int | None = None,
+        window: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict[str, Any]:
+        """The window's output after position ``since`` as text (escape
+        sequences removed): ``{output, start, position, skipped}``; pass
+        ``position`` as the next ``since``. Without ``since``, the newest
+        ``max_bytes`` (default and at most 512 KiB) of what the window keeps
+        (its last 256 KiB at least)."""
+        return dict(
+            await self.call(
+                "window.output",
+                session=session_id,
+                since=since,
+                window=window,
+                maxBytes=max_bytes,
+            )
+        )
+
     async def expect(
         self,
         session_id: str,

@@ -396,6 +396,29 @@ class Client:
             since=since,
         )
 
+    def read_output(
+        self,
+        session_id: str,
+        *,
+        since: int | None = None,
+        window: int | None = None,
+        max_bytes: int | None = None,
+    ) -> dict[str, Any]:
+        """The window's output after position ``since`` as text (escape
+        sequences removed): ``{output, start, position, skipped}``; pass
+        ``position`` as the next ``since``. Without ``since``, the newest
+        ``max_bytes`` (default and at most 512 KiB) of what the window keeps
+        (its last 256 KiB at least)."""
+        return dict(
+            self.call(
+                "window.output",
+                session=session_id,
+                since=since,
+                window=window,
+                maxBytes=max_bytes,
+            )
+        )
+
     def expect(
         self,
         session_id: str,

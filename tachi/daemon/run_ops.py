@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tachi.core.shell_integration import shell_of
-from tachi.core.window import WindowRuntime, strip_escapes
+from tachi.core.window import BACKLOG_BYTES, WindowRuntime, strip_escapes
 from tachi.daemon import limits
 from tachi.daemon.ops import RequestContext, arg_float, arg_int, arg_str, operation
 from tachi.errors import InvalidRequest, NotFound, TimedOut, WindowBusy
@@ -764,4 +764,41 @@ async def wait_output(
         "outcome": "eof" if window.exit_code is not None else "timeout",
         "before": seen["text"],
         "position": seen["position"],
+    }
+
+
+# -- reading output since a position -------------------------------------------------
+#: The most ``window.output`` returns in one reply.
+MAX_READ = 512 * 1024
+
+
+@operation("window.output")
+async def window_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """A window's output after position ``since`` (default: the last
+    ``maxBytes`` it kept), as text for programs: escape sequences removed,
+    ``\\n`` line ends. ``position`` is where it ends (the next ``since``);
+    ``start`` is the first position returned (later than ``since`` when that
+    part is no longer kept: the window keeps its last 256 KiB, and at most
+    ``maxBytes`` are returned, the newest)."""
+    from tachi.daemon.session_ops import _live
+
+    session = _live(ctx, args, "session.read")
+    window = session.mux.get(arg_int(args, "window"))
+    since = arg_int(args, "since")
+    limit = arg_int(args, "maxBytes")
+    limit = MAX_READ if limit is None else max(0, min(limit, MAX_READ))
+    end = window.seq
+    if since is not None and (since < 0 or since > end):
+        raise InvalidRequest(f"position {since} is not in window {window.id} (0-{end})")
+    oldest = end - min(end, BACKLOG_BYTES)  # always kept
+    start = max(since if since is not None else 0, oldest, end - limit)
+    data = window.backlog_since(start) or b""
+    text = strip_escapes(data).replace(b"\r\n", b"\n")
+    text = _LINE_START_CR.sub(b"", text)
+    return {
+        "window": window.id,
+        "output": text.decode("utf-8", "replace"),
+        "start": start,
+        "position": end,
+        "skipped": start - since if since is not None else 0,
     }
