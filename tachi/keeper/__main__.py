@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -148,6 +149,10 @@ class Keeper:
     def _gone(self, conn: socket.socket) -> bool:
         """Whether the peer of ``conn`` hung up (its end-of-file is waiting unread)."""
         try:
+            # Not recv alone: on a socket with a timeout Python waits out the
+            # timeout on EAGAIN, and reports a live peer that sent nothing as gone.
+            if not select.select([conn], [], [], 0)[0]:
+                return False
             return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
