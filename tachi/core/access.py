@@ -41,25 +41,41 @@ class SessionAccess:
         self.grants = grants
 
     def role_of(self, principal: Principal) -> str | None:
+        return self.role_and_end(principal)[0]
+
+    def role_and_end(self, principal: Principal) -> tuple[str | None, int | None]:
+        """The principal's role now (``None``: none) and when the grant that gives
+        it ends (ns since the epoch; ``None``: never, or no grant behind it).
+
+        Past that end the role must be asked for again: a weaker grant may still
+        hold (a user with a collaborator and an observer grant), or nothing.
+        """
         if principal.grant_id is not None:
             if principal.grant_session == "*":
                 # A daemon token acts as the daemon's user: owner of what it owns.
                 if principal.uid != self.owner_uid or self.grants is None:
-                    return None
-                return "owner" if self.grants.is_active("*", principal.grant_id) else None
+                    return None, None
+                return self._grant_role("*", principal.grant_id, "owner")
             if principal.grant_session != self.session_id or self.grants is None:
-                return None
+                return None, None
             # Checked live, so a revoked or expired token loses its rights at once
             # even on a connection opened before.
-            try:
-                grant = self.grants.get(self.session_id, principal.grant_id)
-            except NotFound:
-                return None
-            return grant.role if grant.active(now_ns()) else None
+            return self._grant_role(self.session_id, principal.grant_id, None)
         if principal.uid is not None and principal.uid == self.owner_uid:
-            return "owner"
+            return "owner", None
         if self.grants is not None:
             grant = self.grants.for_user(self.session_id, principal.user, kind=principal.kind)
             if grant is not None:
-                return grant.role
-        return None
+                return grant.role, grant.ends_at()
+        return None, None
+
+    def _grant_role(
+        self, session_id: str, grant_id: str, role: str | None
+    ) -> tuple[str | None, int | None]:
+        try:
+            grant = self.grants.get(session_id, grant_id)
+        except NotFound:
+            return None, None
+        if not grant.active(now_ns()):
+            return None, None
+        return role or grant.role, grant.ends_at()

@@ -97,10 +97,33 @@ class AttachedClient:
     _held_bytes: int = 0
     #: Resolved when the hand-back under way is done.
     _handed_back: asyncio.Future[None] | None = None
+    #: When the grant behind ``role`` ends (ns since the epoch), if it does: from
+    #: then on the role must be asked for again before a keystroke goes through.
+    role_until: int | None = None
+    #: Asks the daemon for the client's live role (it demotes or ends the client);
+    #: called by :meth:`may_write` once ``role_until`` has passed.
+    on_role_lapsed: Callable[[AttachedClient], None] | None = None
+    #: Set by :meth:`end`: the client is no longer attached.
+    ended: bool = False
 
     @property
     def writable(self) -> bool:
         return not self.read_only
+
+    def may_write(self) -> bool:
+        """Whether this client's keystrokes may reach the program now.
+
+        False for a read-only client or one that has ended. Once the grant behind
+        its role has ended (expiry happens between the daemon's ticks), the live
+        role is asked for first, which demotes or ends the client at once: costs a
+        clock read per keystroke, and a grant lookup only after that moment."""
+        if self.read_only or self.ended:
+            return False
+        if self.role_until is not None and now_ns() >= self.role_until:
+            if self.on_role_lapsed is None:
+                return False
+            self.on_role_lapsed(self)
+        return not (self.read_only or self.ended)
 
     def send_output(self, window: int, seq: int, data: bytes) -> None:
         """Forward one chunk of the active window's output, or drop it if lagging."""
@@ -222,6 +245,7 @@ class AttachedClient:
     def end(self, reason: str, message: str) -> None:
         """Tell the client why it is being detached, then let its connection go on
         (``on_end`` lets the connection forget the attachment)."""
+        self.ended = True
         self.release_terminal()
         self.send_event({"event": "detached", "reason": reason, "message": message})
         if self._resync_task:

@@ -10,11 +10,17 @@ from tachi.errors import InvalidRequest, NotFound
 from tachi.gotime import format_rfc3339, now_ns, parse_duration
 
 
+def _resolve(ctx: RequestContext, args: dict[str, Any], action: str) -> Any:
+    # Imported here: session_ops imports this module.
+    from tachi.daemon.session_ops import resolve
+
+    return resolve(ctx, arg_str(args, "session") or "", action)
+
+
 @operation("session.clients")
 async def clients(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The clients attached to a live session, oldest first."""
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "session.get", session)
+    session = _resolve(ctx, args, "session.get")
     return [
         {
             "id": c.id,
@@ -47,8 +53,7 @@ def _direct(client: Any) -> dict[str, Any]:
 @operation("session.rename")
 async def rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """Give a live session a new unique name (``""`` removes the name)."""
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "session.rename", session)
+    session = _resolve(ctx, args, "session.rename")
     name = arg_str(args, "name")
     if name is None:
         raise InvalidRequest("missing 'name'")
@@ -80,11 +85,15 @@ async def prune(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def detach_clients(ctx: RequestContext, session: Any, clients: list[Any]) -> None:
-    """Detach ``clients`` from ``session``, telling each who did it."""
+    """Detach ``clients`` from ``session``, telling each who did it.
+
+    Each is audited as the doing of the principal that asked (``session.detach``
+    naming the client and its principal in ``details``), before it goes: with
+    the log failing closed, nobody is detached without a record."""
     for client in clients:
+        ctx.daemon.sharing.detached_by(ctx.principal, session, client, "detached")
         client.end("detached", f"detached from session {session.id} by {ctx.principal.user}")
         session.detach(client)
-        ctx.daemon.client_detached(client.principal, session, "detached")
 
 
 def client_by_id(session: Any, client_id: int) -> Any:

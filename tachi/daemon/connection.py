@@ -266,7 +266,7 @@ class Connection:
         if self.daemon.filters_input:  # input policies see each chunk, on the slow path
             return False
         client, session = self.attached, self.session
-        if client is None or session is None or client.read_only:
+        if client is None or session is None or not client.may_write():
             return False
         try:
             # Audited before it is typed; a burst already audited costs a dict lookup.
@@ -283,7 +283,13 @@ class Connection:
         if client is None or session is None:
             self.send({"event": "error", "error": {"code": "invalid", "message": "not attached"}})
             return
-        if client.read_only:
+        # The live role: a grant that ended since the last tick demotes (or
+        # ends) the client here, before its keys go anywhere.
+        if not client.may_write():
+            if client.ended:
+                error = {"code": "invalid", "message": "not attached"}
+                self.send({"event": "error", "error": error})
+                return
             client.denied_inputs += 1
             self._audit_denied_input(session, client)
             return

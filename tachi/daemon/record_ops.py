@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import base64
+import weakref
 from typing import Any
 
 from tachi.daemon.ops import RequestContext, arg_int, arg_str, operation
+from tachi.daemon.session_ops import resolve
 from tachi.errors import InvalidRequest
 
 READ_CHUNK = 512 * 1024
+#: The recordings each connection has read (and had audited): forgotten with it.
+_accessed: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
 @operation("record.start")
 async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "record.start", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "record.start")
     rec = ctx.daemon.recordings.start(session, ctx.principal.user).to_json()
     ctx.daemon.manager.emit(session, "recording-started", {"recording": rec["id"]})
     return rec
@@ -22,8 +25,7 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 
 @operation("record.stop")
 async def stop(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "record.stop", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "record.stop")
     rec = ctx.daemon.recordings.stop(session.id, ctx.principal.user).to_json()
     ctx.daemon.manager.emit(session, "recording-stopped", {"recording": rec["id"]})
     return rec
@@ -42,7 +44,7 @@ def _visible(ctx: RequestContext, session_id: str) -> bool:
 async def list_recordings(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     session_id = arg_str(args, "session", required=False)
     if session_id:
-        session_id = ctx.daemon.manager.find(session_id).id
+        session_id = resolve(ctx, session_id, "session.get", live=False).id
     recs = ctx.daemon.recordings.list(session_id)
     return [r.to_json() for r in recs if _visible(ctx, r.sessionId)]
 
@@ -76,10 +78,18 @@ async def read(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
             data = f.read(READ_CHUNK)
     except OSError as exc:
         raise InvalidRequest(f"cannot read recording {rec.id}: {exc.strerror or exc}") from None
-    if offset == 0:
+    # Once per recording per connection, from wherever the reader starts: a
+    # reader that skips offset 0 is audited too, one that reads it in chunks
+    # adds one record, not one per chunk.
+    audited = _accessed.setdefault(ctx.connection, set())
+    if rec.id not in audited:
         ctx.daemon.audit_by(
-            ctx.principal, "record.access", rec.sessionId, details={"recording": rec.id}
+            ctx.principal,
+            "record.access",
+            rec.sessionId,
+            details={"recording": rec.id, "offset": offset},
         )
+        audited.add(rec.id)
     return {
         "data": base64.b64encode(data).decode(),
         "offset": offset,

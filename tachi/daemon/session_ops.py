@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import signal as signals
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from tachi.core.clients import AttachedClient
 from tachi.daemon.client_ops import client_by_id, detach_clients
@@ -17,7 +18,7 @@ from tachi.daemon.ops import (
     arg_str,
     operation,
 )
-from tachi.errors import InvalidRequest, PermissionDenied, TimedOut
+from tachi.errors import InvalidRequest, NotFound, PermissionDenied, TimedOut
 from tachi.models import (
     FieldMask,
     PTYConfig,
@@ -29,6 +30,7 @@ from tachi.models import (
 )
 
 if TYPE_CHECKING:
+    from tachi.core.principal import Principal
     from tachi.core.session import SessionRuntime
 
 
@@ -72,17 +74,56 @@ def _field_mask(paths: Any) -> FieldMask | None:
 
 @operation("session.get")
 async def get(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    found = ctx.daemon.manager.find(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "session.get", found)
+    found = resolve(ctx, arg_str(args, "session") or "", "session.get", live=False)
     model = found if isinstance(found, Session) else found.to_model()
     return model.to_json()
 
 
+def _is_daemon_user(principal: Principal) -> bool:
+    return principal.uid == os.getuid() and (
+        principal.grant_id is None or principal.grant_session == "*"
+    )
+
+
+@overload
+def resolve(
+    ctx: RequestContext, ref: str, action: str, *, live: Literal[True] = ...
+) -> SessionRuntime: ...
+@overload
+def resolve(
+    ctx: RequestContext, ref: str, action: str, *, live: bool
+) -> SessionRuntime | Session: ...
+def resolve(
+    ctx: RequestContext, ref: str, action: str, *, live: bool = True
+) -> SessionRuntime | Session:
+    """The session ``ref`` (an id or a name) names, if ``action`` is allowed on it;
+    with ``live``, it must be running.
+
+    A principal that may not even see the session (``session.get``) gets exactly
+    the answer a missing session gets, ``NotFound`` with the same text, so a
+    token or a shared user cannot learn which other sessions exist or their ids;
+    the denial is audited all the same. The daemon's own user, and anyone who
+    may see the session, get the precise answer: ``PermissionDenied`` naming the
+    action, or ``NotFound`` saying that it is closed.
+    """
+    daemon, principal = ctx.daemon, ctx.principal
+    found = daemon.manager.find(ref)
+    if not daemon.allowed(principal, action, found):
+        hidden = action == "session.get" or not daemon.allowed(principal, "session.get", found)
+        if hidden and not _is_daemon_user(principal):
+            daemon.audit_by(principal, action, found.id, result="denied", reason="policy")
+            raise NotFound(f"no session {ref!r} (see 'tachi ls')")
+        daemon.authorize(principal, action, found)  # raises, audited
+    if live and isinstance(found, Session):
+        reason = f" ({found.closeReason})" if found.closeReason else ""
+        raise NotFound(f"session {found.id} is closed{reason}")
+    return found
+
+
 def _live(ctx: RequestContext, args: dict[str, Any], action: str) -> SessionRuntime:
-    """The running session named by ``args["session"]``, if ``action`` is allowed on it."""
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, action, session)
-    return session
+    """The running session named by ``args["session"]``, if ``action`` is allowed on it
+    (see :func:`resolve`)."""
+    return resolve(ctx, arg_str(args, "session") or "", action)
 
 
 def _pty_from(args: dict[str, Any], term: str) -> PTYConfig | None:
@@ -107,7 +148,8 @@ def _pty_from(args: dict[str, Any], term: str) -> PTYConfig | None:
 async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "session.attach")
     read_only = bool(args.get("readOnly"))
-    role = ctx.daemon.role_of(ctx.principal, session) or "owner"
+    role, role_until = session.access.role_and_end(ctx.principal)
+    role = role or "owner"  # a plugin's policy let it in
     if not read_only and not ctx.daemon.allowed(ctx.principal, "session.write", session):
         read_only = True
     size = _pty_from(args, session.info.pty.term if session.info.pty else "")
@@ -127,6 +169,8 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         size=size,
         limit=ctx.daemon.config.client_buffer,
         snapshot=session.snapshot_active,
+        role_until=role_until,
+        on_role_lapsed=functools.partial(ctx.daemon.sharing.lapsed, session),
     )
     if args.get("detachOthers") and session.clients:
         ctx.daemon.authorize(ctx.principal, "session.detach", session)
@@ -152,7 +196,9 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 @operation("client.resize", ordered=True)
 async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session, client = ctx.connection.require_attached()
-    if client.read_only:
+    if not client.may_write():
+        if client.ended:
+            raise InvalidRequest("this connection is not attached to a session")
         client.denied_inputs += 1
         ctx.daemon.audit_by(
             ctx.principal,
@@ -164,6 +210,8 @@ async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
         return {"applied": False, "reason": "read-only clients never resize the session"}
     pty = _pty_from({"size": args}, "")
     assert pty is not None
+    # Audited before it applies (a drag is coalesced: see SharingService.client_resize).
+    ctx.daemon.sharing.client_resize(ctx.principal, session, client, pty)
     session.client_resized(client, pty)
     return {"applied": True}
 
@@ -256,6 +304,11 @@ async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session = _live(ctx, args, "session.read")
     window = session.mux.get(arg_int(args, "window"))
+    wanted = arg_int(args, "history")
+    # A read of what the session shows: audited before it is answered.
+    ctx.daemon.sharing.note_read(
+        ctx.principal, session, "session.capture", {"window": window.id, "history": wanted}
+    )
     cursor = window.screen.cursor()
     result = {
         "window": window.id,
@@ -265,7 +318,6 @@ async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         "cursor": {"row": cursor.row, "col": cursor.col, "visible": cursor.visible},
         "seq": window.seq,
     }
-    wanted = arg_int(args, "history")
     if wanted is not None:
         # The last N lines of scrollback (-1: all of it), oldest first.
         lines = window.screen.history()
@@ -276,8 +328,7 @@ async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 @operation("session.wait")
 async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ref = arg_str(args, "session") or ""
-    found = ctx.daemon.manager.find(ref)
-    ctx.daemon.authorize(ctx.principal, "session.read", found)
+    found = resolve(ctx, ref, "session.read", live=False)
     timeout = arg_float(args, "timeout")
     pattern = arg_str(args, "match", required=False)
     if args.get("matches") is not None or args.get("new") or args.get("since") is not None:

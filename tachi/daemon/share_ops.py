@@ -9,6 +9,7 @@ from typing import Any
 from tachi.core.access import ROLES
 from tachi.core.principal import user_name
 from tachi.daemon.ops import RequestContext, arg_str, operation
+from tachi.daemon.session_ops import resolve
 from tachi.errors import InvalidRequest, NotFound
 from tachi.gotime import parse_duration
 
@@ -36,8 +37,7 @@ def _local_user(name: str) -> pwd.struct_passwd:
 
 @operation("share.create")
 async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "share.create", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "share.create")
     role = arg_str(args, "role") or ""
     if role not in ROLES[1:]:
         raise InvalidRequest("role must be 'observer' or 'collaborator'")
@@ -93,27 +93,28 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 
 @operation("share.list")
 async def share_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    session = ctx.daemon.manager.find(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "share.list", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "share.list", live=False)
     grants = ctx.daemon.grants.list(session.id, include_inactive=bool(args.get("all")))
     return [g.to_json() for g in grants]
 
 
 @operation("share.revoke")
 async def revoke(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = ctx.daemon.manager.find(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "share.revoke", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "share.revoke", live=False)
     grant = ctx.daemon.grants.revoke(session.id, arg_str(args, "grant") or "")
     ctx.daemon.audit_by(ctx.principal, "share.revoke", session.id, details={"grant": grant.id})
     ctx.daemon.recordings.marker(session.id, f"revoke: {grant.id}")
-    dropped = ctx.daemon.end_clients_without_access(session.id, f"access revoked ({grant.id})")
-    return {**grant.to_json(), "disconnected": dropped}
+    # Everything live follows at once: clients left with no role are ended,
+    # clients left with a weaker one (another grant) demoted, streams re-checked.
+    changed = ctx.daemon.sharing.reauthorize(
+        session.id, f"access revoked ({grant.id})", by=ctx.principal
+    )
+    return {**grant.to_json(), **changed}
 
 
 @operation("token.rotate")
 async def rotate(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "token.rotate", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "token.rotate")
     grace = args.get("grace")
     try:
         grace_ns = parse_duration(grace) if grace is not None else ctx.daemon.config.token_grace
@@ -127,8 +128,7 @@ async def rotate(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, An
 
 @operation("session.handoff")
 async def handoff(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = ctx.daemon.manager.live(arg_str(args, "session") or "")
-    ctx.daemon.authorize(ctx.principal, "session.handoff", session)
+    session = resolve(ctx, arg_str(args, "session") or "", "session.handoff")
     target = _local_user(arg_str(args, "to") or "")
     keep = arg_str(args, "keep", required=False) or "observer"
     if keep not in ("observer", "collaborator", "none"):
