@@ -200,6 +200,24 @@ def test_a_handoff_with_nothing_kept_ends_the_old_owners_token_stream(tachi_daem
         stream.close()
 
 
+def test_revoking_a_daemon_token_ends_its_streams_and_clients(tachi_daemon):
+    s = tachi_daemon.new(*SHELL)
+    made = json.loads(tachi_daemon.run("token", "create", "--json", check=True).stdout)
+    stream = events_output(tachi_daemon, s["id"], made["token"])
+    try:
+        assert streaming(stream, tachi_daemon, s["id"])
+        with tachi_daemon.client(token=made["token"]) as client:
+            conn = client.attach(s["id"])
+            tachi_daemon.run("token", "revoke", made["id"], check=True)
+            until(lambda: conn.read(timeout=0.2) == b"" and conn.done, timeout=10)
+        assert f"access revoked ({made['id']})" in conn.detached["message"]
+        code, err = stream.ended()
+        assert code is not None and code != 0, "the stream outlived its daemon token"
+        assert "access revoked" in err
+    finally:
+        stream.close()
+
+
 def test_revoking_a_token_ends_its_stream_over_websocket(tachi_home):
     sys.path.insert(0, str(Path(__file__).parents[1] / "plugins/tachi-websocket/tests"))
     from ws_support import start_remote

@@ -69,4 +69,8 @@ async def revoke(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     require_local_owner(ctx, "token.revoke")
     grant = ctx.daemon.grants.revoke(DAEMON_GRANT, arg_str(args, "grant") or "")
     ctx.daemon.audit_by(ctx.principal, "token.revoke", details={"grant": grant.id})
-    return grant.to_json()
+    # What is attached or streaming under it, on any session, ends at once.
+    changed = ctx.daemon.sharing.reauthorize(
+        DAEMON_GRANT, f"access revoked ({grant.id})", by=ctx.principal
+    )
+    return {**grant.to_json(), **changed}
