@@ -71,6 +71,10 @@ def test_every_size_change_of_an_attached_client_is_recorded(tachi_daemon):
 
         resized = until(last_size_recorded, timeout=10)
         conn.close()
+    # The size it attached with is on record too: it sized the session then.
+    (attached,) = records(tachi_daemon, s["id"], "session.attach")
+    assert attached["details"]["client"] == me["id"]
+    assert attached["details"]["size"] == {"rows": 30, "cols": 100}
     assert resized[0]["principal"] == ME
     assert (resized[0]["details"]["rows"], resized[0]["details"]["cols"]) == (40, 120)
     # Every change is accounted for, in far fewer records than changes.

@@ -429,7 +429,15 @@ class Daemon:
             principal,
             "session.attach",
             session.id,
-            details={"role": client.role, "readOnly": client.read_only},
+            details={
+                "role": client.role,
+                "readOnly": client.read_only,
+                "client": client.id,
+                # A writable client's size may resize the session on attach.
+                "size": {"rows": client.size.rows, "cols": client.size.cols}
+                if client.size
+                else None,
+            },
         )
         self.manager.emit(
             session,
