@@ -396,3 +396,35 @@ def test_the_daemons_user_still_gets_precise_answers(tachi_daemon):
     assert closed.returncode == 3 and f"session {s['id']} is closed" in closed.stderr
     missing = tachi_daemon.run("capture", "no-such-session")
     assert missing.returncode == 3 and "no session 'no-such-session'" in missing.stderr
+
+
+# -- the keystroke path asks for the live role once the grant behind it ended -------
+def test_a_key_typed_after_the_grant_ended_asks_for_the_live_role_first():
+    """Between an expiry and the daemon's next tick, the keystroke path itself
+    notices that the grant behind the client's role has ended, and asks."""
+    from tachi.core.clients import AttachedClient
+    from tachi.core.principal import Principal
+    from tachi.gotime import now_ns
+
+    asked: list[AttachedClient] = []
+
+    def demote(client: AttachedClient) -> None:
+        asked.append(client)
+        client.role, client.read_only, client.role_until = "observer", True, None
+
+    client = AttachedClient(
+        wire=None,  # type: ignore[arg-type]  (nothing is sent in this check)
+        principal=Principal(user="alice", uid=None, source="test"),
+        role="collaborator",
+        read_only=False,
+        size=None,
+        limit=0,
+        snapshot=lambda: (0, 0, "", (0, 0)),
+        role_until=now_ns() + 60 * 10**9,
+        on_role_lapsed=demote,
+    )
+    assert client.may_write() and not asked  # before the end: no lookup at all
+    client.role_until = now_ns() - 1
+    assert not client.may_write()
+    assert asked == [client] and client.role == "observer"
+    assert not client.may_write() and len(asked) == 1  # read-only now: asked once
