@@ -288,14 +288,18 @@ class HookIndex:
         hooks = entry.get("hooks")
         if not isinstance(hooks, list) or entry.get("stamp") is None:
             return None
-        if entry["stamp"] != _package_stamp(entry["value"].partition(":")[0]):
-            return None
+        if entry.get("_checked") is not True:
+            if entry["stamp"] != _package_stamp(entry["value"].partition(":")[0]):
+                return None
+            entry["_checked"] = True  # in this process; not saved
         return frozenset(hooks)
 
     def learn(self, entry: dict[str, Any], pm: pluggy.PluginManager, plugin: Any) -> None:
         """Remember the hooks ``plugin`` (registered for ``entry``) implements."""
-        callers = pm.get_hookcallers(plugin) or []
-        entry["hooks"] = sorted(c.name for c in callers)
+        hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+        if entry.get("hooks") == hooks and self.known_hooks(entry) is not None:
+            return  # known, and its files unchanged: nothing to write
+        entry["hooks"] = hooks
         entry["stamp"] = _package_stamp(entry["value"].partition(":")[0])
         self.dirty = True
 
@@ -322,8 +326,13 @@ class HookIndex:
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            data = dict(self.data)
+            data["entry_points"] = [
+                {k: v for k, v in e.items() if not k.startswith("_")}
+                for e in self.data.get("entry_points", [])
+            ]
             with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.data, f)
+                json.dump(data, f)
             os.replace(tmp, self.path)
         except OSError:
             with contextlib.suppress(OSError):

@@ -51,8 +51,9 @@ _CREDS = struct.Struct("3i")
 # -- the server --------------------------------------------------------------------
 def preload() -> None:
     """Import what the built-in commands may need, so that no child pays for it.
-    Plugins are not preloaded: most commands never load them, and they would
-    double the server's memory (a plugin command loads them in its child)."""
+    Plugins are not preloaded (most commands never load them, and they would
+    double the server's memory; a plugin command loads them in its child),
+    except the client side of the transports, for remote commands."""
     import tachi.cli
     import tachi.client
 
@@ -60,6 +61,18 @@ def preload() -> None:
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             if module.name != "tachi.cli.warm_server":
                 importlib.import_module(module.name)
+    # The transports' client side (`tachi --host wss://…`), which a plugin
+    # names in WARM_PRELOAD: each remote command would import it again (the
+    # websockets client: ~30 ms). A broken plugin must not keep the warm CLI
+    # from starting: its commands then import it themselves.
+    from tachi.plugins import make_plugin_manager
+
+    try:
+        for plugin in make_plugin_manager(hooks={"tachi_connect"}).get_plugins():
+            for name in getattr(plugin, "WARM_PRELOAD", ()):
+                importlib.import_module(name)
+    except Exception:
+        traceback.print_exc()
 
 
 def watched_files() -> list[str]:

@@ -15,6 +15,9 @@ from tachi.core.peer import Peer
 from tachi.core.principal import Principal, user_name
 from tachi.hookspecs import hookimpl
 
+#: What the warm CLI imports ahead of remote commands (``tachi.cli.warm_server``).
+WARM_PRELOAD = ("tachi_ssh.client",)
+
 __version__ = "0.1.0"
 
 #: SSH principals that act as the daemon's own user (set when the transport starts).

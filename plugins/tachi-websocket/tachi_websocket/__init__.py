@@ -11,6 +11,9 @@ from typing import Any
 
 from tachi.hookspecs import hookimpl
 
+#: What the warm CLI imports ahead of remote commands (``tachi.cli.warm_server``).
+WARM_PRELOAD = ("tachi_websocket.client",)
+
 __version__ = "0.1.0"
 
 
