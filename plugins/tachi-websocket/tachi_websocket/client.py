@@ -4,21 +4,34 @@ The core's clients speak frames over a stream socket. This module connects
 with the ``websockets`` client, verifies the daemon's certificate (CA file,
 pinned fingerprint, or an identity plugin's ``tachi_client_tls`` /
 ``tachi_verify_server``), and bridges the WebSocket to one end of a
-``socketpair`` with two threads: one frame per binary message.
+``socketpair``: one frame per binary message.
+
+The bridge is one thread running the sans-I/O ``websockets`` protocol on a
+non-blocking socket: a keystroke is one wake-up of that thread each way. (It
+was ``websockets.sync`` with two bridge threads: the library's reader thread
+handed each message to a bridge thread, which wrote it to the socketpair, so
+every message the daemon sent woke two threads; and a command paid for
+starting three.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import select
 import socket
 import ssl
 import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from tachi import protocol
 from tachi.errors import DaemonUnavailable, PermissionDenied, ProtocolError
@@ -64,6 +77,22 @@ def verify_server(url: str, options: dict[str, Any], der: bytes) -> None:
         hooks.tachi_verify_server(url=url, options=options, certificate=der)
 
 
+#: Seconds without a message from the daemon before the bridge pings it, and
+#: before it gives the connection up as dead (as ``ping_interval`` /
+#: ``ping_timeout`` did).
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 40.0
+#: How much is read from either side at once.
+CHUNK = 256 * 1024
+
+
+def _handshake_error(url: str, exc: BaseException | None) -> Exception:
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        return PermissionDenied(f"the daemon at {url} refused the connection (HTTP {status})")
+    return DaemonUnavailable(f"cannot reach {url}: {exc or 'the WebSocket handshake failed'}")
+
+
 def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
     """A local socket carrying frames to and from the daemon at ``url``.
 
@@ -73,75 +102,185 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
     parts = urlsplit(url)
     target = url if parts.path not in ("", "/") else url.rstrip("/") + WS_PATH
     tls = parts.scheme == "wss"
+    timeout = float(options.get("timeout", 30))
+    deadline = time.monotonic() + timeout
     try:
-        ws = connect(
-            target,
-            ssl=client_context(url, options) if tls else None,
-            open_timeout=float(options.get("timeout", 30)),
-            proxy=None,
-            # Deflate costs more CPU than it saves on a LAN; opt in with
-            # TACHI_WS_COMPRESSION=1 on slow links (browsers always offer it).
-            compression="deflate" if options.get("compression") else None,
-            max_size=protocol.MAX_PAYLOAD * 4 + protocol.HEADER.size,
-            ping_interval=20,
-            ping_timeout=40,
-            # Held open by the bridge threads rather than a with-block.
-            legacy=True,
-        )
-    except ssl.SSLCertVerificationError as exc:
-        raise PermissionDenied(
-            f"cannot verify the daemon at {url}: {exc.verify_message};"
-            " pin it with --fingerprint SHA256:… or give --ca-file"
-        ) from None
-    except InvalidStatus as exc:
-        status = exc.response.status_code
-        raise PermissionDenied(
-            f"the daemon at {url} refused the connection (HTTP {status})"
-        ) from None
-    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        uri = parse_uri(target)
+    except ValueError as exc:
         raise DaemonUnavailable(f"cannot reach {url}: {exc}") from None
-    if tls:
-        sslsock = ws.socket
-        assert isinstance(sslsock, ssl.SSLSocket)
-        der = sslsock.getpeercert(binary_form=True) or b""
-        try:
-            verify_server(url, options, der)
-        except BaseException:
-            ws.close()
-            raise
+    try:
+        raw = socket.create_connection((uri.host, uri.port), timeout=timeout)
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot reach {url}: {exc.strerror or exc}") from None
+    sock: socket.socket = raw
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:
+            ctx = client_context(url, options)
+            try:
+                sock = ctx.wrap_socket(raw, server_hostname=uri.host)
+            except ssl.SSLCertVerificationError as exc:
+                raise PermissionDenied(
+                    f"cannot verify the daemon at {url}: {exc.verify_message};"
+                    " pin it with --fingerprint SHA256:… or give --ca-file"
+                ) from None
+            except (OSError, ssl.SSLError) as exc:
+                raise DaemonUnavailable(f"cannot reach {url}: {exc}") from None
+            assert isinstance(sock, ssl.SSLSocket)
+            verify_server(url, options, sock.getpeercert(binary_form=True) or b"")
+        ws = _handshake(sock, uri, options, url, deadline)
+    except BaseException:
+        sock.close()
+        raise
     ours, theirs = socket.socketpair()
-    threading.Thread(target=_to_local, args=(ws, theirs), daemon=True).start()
-    threading.Thread(target=_to_remote, args=(ws, theirs), daemon=True).start()
+    bridge = _Bridge(sock, ws, theirs)
+    threading.Thread(target=bridge.run, name="tachi-ws-bridge", daemon=True).start()
     return ours
 
 
-def _to_local(ws: ClientConnection, local: socket.socket) -> None:
-    """Daemon → client: each message is a frame, written as bytes."""
+def _handshake(
+    sock: socket.socket, uri: Any, options: dict[str, Any], url: str, deadline: float
+) -> ClientProtocol:
+    """The HTTP upgrade on ``sock`` (blocking, until ``deadline``); the protocol
+    object, open, with whatever arrived after the answer already received."""
+    extensions = None
+    if options.get("compression"):
+        # Deflate costs more CPU than it saves on a LAN; opt in with
+        # TACHI_WS_COMPRESSION=1 on slow links (browsers always offer it).
+        from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+
+        extensions = enable_client_permessage_deflate(None)
+    ws = ClientProtocol(
+        uri,
+        extensions=extensions,
+        max_size=protocol.MAX_PAYLOAD * 4 + protocol.HEADER.size,
+    )
+    ws.send_request(ws.connect())
     try:
-        for message in ws:
-            if isinstance(message, bytes):
-                local.sendall(message)
-    except (ConnectionClosed, OSError):
-        pass
-    finally:
-        reason = ws.close_reason if ws.close_code == 1008 else ""
-        with contextlib.suppress(OSError):
-            if reason:
-                error = {"code": "permission_denied", "message": reason}
-                local.sendall(protocol.encode_control({"event": "error", "error": error}))
-            local.shutdown(socket.SHUT_WR)
+        sock.sendall(b"".join(ws.data_to_send()))
+        while ws.state is State.CONNECTING:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out during the WebSocket handshake")
+            sock.settimeout(left)
+            data = sock.recv(CHUNK)
+            if not data:
+                ws.receive_eof()
+                break
+            ws.receive_data(data)
+    except (OSError, TimeoutError) as exc:
+        raise DaemonUnavailable(f"cannot reach {url}: {exc}") from None
+    if ws.state is not State.OPEN:
+        raise _handshake_error(url, ws.handshake_exc)
+    return ws
 
 
-def _to_remote(ws: ClientConnection, local: socket.socket) -> None:
-    """Client → daemon: the byte stream cut into frames, one message each."""
-    decoder = protocol.FrameDecoder(max_payload=protocol.MAX_PAYLOAD)
-    try:
-        while data := local.recv(256 * 1024):
-            for frame in decoder.feed(data):
-                ws.send(protocol.encode(frame.channel, frame.payload))
-    except (ConnectionClosed, OSError, ProtocolError):
-        pass
-    finally:
-        ws.close()
+class _Bridge:
+    """Frames between the daemon's WebSocket and the local socketpair, in one thread."""
+
+    def __init__(self, sock: socket.socket, ws: ClientProtocol, local: socket.socket) -> None:
+        self.sock = sock
+        self.ws = ws
+        self.local = local
+        self.decoder = protocol.FrameDecoder(max_payload=protocol.MAX_PAYLOAD)
+        self.fragments: list[bytes] = []
+        self.close_reason = ""
+
+    def run(self) -> None:
+        sock, local = self.sock, self.local
+        sock.setblocking(False)
+        try:
+            # What came with the handshake's answer (the hello's reply, say).
+            if not self._deliver():
+                return
+            last_heard = time.monotonic()
+            pinged = False
+            while True:
+                # TLS may hold decrypted bytes the kernel no longer shows.
+                pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+                ready = (
+                    [sock] if pending else select.select([sock, local], [], [], PING_INTERVAL)[0]
+                )
+                now = time.monotonic()
+                if not ready:
+                    if now - last_heard > PING_TIMEOUT:
+                        return  # the daemon is gone without a word
+                    if not pinged:
+                        self.ws.send_ping(b"")
+                        pinged = True
+                        self._flush()
+                    continue
+                if sock in ready:
+                    try:
+                        data = sock.recv(CHUNK)
+                    except (ssl.SSLWantReadError, BlockingIOError):
+                        data = None
+                    if data is not None:
+                        last_heard, pinged = now, False
+                        if data:
+                            self.ws.receive_data(data)
+                        else:
+                            self.ws.receive_eof()
+                        if not self._deliver():
+                            return
+                if local in ready:
+                    data = local.recv(CHUNK)
+                    if not data:
+                        self.ws.send_close()
+                        self._flush()
+                        return
+                    for frame in self.decoder.feed(data):
+                        self.ws.send_binary(protocol.encode(frame.channel, frame.payload))
+                    self._flush()
+        except (OSError, ProtocolError):
+            pass
+        finally:
+            self._finish()
+
+    def _deliver(self) -> bool:
+        """Pass the daemon's messages on; answer its pings. False once it closed."""
+        for event in self.ws.events_received():
+            if isinstance(event, Frame) and event.opcode in (Opcode.BINARY, Opcode.CONT):
+                self.fragments.append(event.data)
+                if event.fin:
+                    message = b"".join(self.fragments)
+                    self.fragments.clear()
+                    self.local.sendall(message)
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.fragments.clear()  # not a frame of ours: skipped, as before
+            elif isinstance(event, Response):  # pragma: no cover - only during the handshake
+                pass
+        self._flush()
+        if self.ws.close_rcvd is not None and self.ws.close_rcvd.code == 1008:
+            self.close_reason = self.ws.close_rcvd.reason
+        return self.ws.state is State.OPEN
+
+    def _flush(self) -> None:
+        """Write what the protocol has to send, waiting while the socket is full."""
+        for data in self.ws.data_to_send():
+            if not data:  # the protocol's "half-close now"
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
+                continue
+            view = memoryview(data)
+            while view:
+                try:
+                    sent = self.sock.send(view)
+                except (ssl.SSLWantWriteError, BlockingIOError):
+                    select.select([], [self.sock], [], PING_TIMEOUT)
+                    continue
+                except ssl.SSLWantReadError:
+                    select.select([self.sock], [], [], PING_TIMEOUT)
+                    continue
+                view = view[sent:]
+
+    def _finish(self) -> None:
         with contextlib.suppress(OSError):
-            local.close()
+            if self.close_reason:
+                error = {"code": "permission_denied", "message": self.close_reason}
+                self.local.setblocking(True)
+                self.local.sendall(protocol.encode_control({"event": "error", "error": error}))
+            self.local.shutdown(socket.SHUT_WR)
+        for s in (self.local, self.sock):
+            with contextlib.suppress(OSError):
+                s.close()
