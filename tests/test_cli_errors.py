@@ -4,6 +4,7 @@ whatever the input: bad paths, full disks, closed sessions, garbage files."""
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 from click.testing import CliRunner
@@ -64,6 +65,8 @@ def test_bad_input_is_one_line(tachi_daemon, recorded, tmp_path, args, status):
     _one_error_line(result.stderr)
     assert "\x1b" not in result.stdout  # `play` of garbage draws nothing first
     assert not (tmp_path / "never.cast").exists()
+    # An export to a device writes into it, never replaces it (as root it could).
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
 
 
 def test_commands_on_a_closed_session_are_one_line(tachi_daemon):

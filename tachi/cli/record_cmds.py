@@ -184,9 +184,11 @@ def export(ctx: Context, recording: str, output: Path) -> None:
     from tachi.playback import end_on_a_whole_event, load_cast
 
     to_stdout = str(output) == "-"
-    # Written beside the destination and renamed into place once checked, so a
-    # failure never leaves a partial file under the name the user gave.
-    directory = None if to_stdout else output.parent
+    # A regular file is written beside itself and renamed into place once
+    # checked, so a failure never leaves a partial file under the name the user
+    # gave; stdout, a device or a pipe (never replaced!) gets the checked copy.
+    in_place = not to_stdout and (not output.exists() or output.is_file())
+    directory = output.parent if in_place else None
     fd, name = tempfile.mkstemp(dir=directory, prefix=f".{output.name}.", suffix=".part")
     os.close(fd)
     part = Path(name)
@@ -194,12 +196,13 @@ def export(ctx: Context, recording: str, output: Path) -> None:
         size = _fetch(ctx, recording, part)
         cut = end_on_a_whole_event(part)
         load_cast(part)
-        if to_stdout:
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
-            sys.stdout.buffer.flush()
-        else:
+        if in_place:
             os.replace(part, output)
+        else:
+            with open(part, "rb") as src, contextlib.ExitStack() as stack:
+                dst = sys.stdout.buffer if to_stdout else stack.enter_context(open(output, "wb"))
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
     finally:
         with contextlib.suppress(FileNotFoundError):
             part.unlink()
