@@ -197,6 +197,10 @@ def export(ctx: Context, recording: str, output: Path) -> None:
         cut = end_on_a_whole_event(part)
         load_cast(part)
         if in_place:
+            # mkstemp made it 0600: give it the mode open() would have (the umask's).
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(part, 0o666 & ~umask)
             os.replace(part, output)
         else:
             with open(part, "rb") as src, contextlib.ExitStack() as stack:
