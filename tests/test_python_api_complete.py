@@ -27,8 +27,8 @@ API = {
 }  # fmt: skip
 #: Commands that manage the local daemon or this terminal, not sessions.
 NOT_API = {
-    "daemon start", "daemon stop", "plugins", "play", "token create", "token ls",
-    "token revoke", "share create",
+    "daemon start", "daemon stop", "daemon restart", "daemon upgrade", "plugins", "play",
+    "token create", "token ls", "token revoke", "share create",
 }  # fmt: skip
 
 
