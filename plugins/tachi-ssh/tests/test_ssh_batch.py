@@ -77,9 +77,10 @@ def test_a_principal_without_grants_sees_nothing_and_is_refused(ssh_daemon):
     session = s.daemon.new("sleep", "300")
     listed = s.ssh("ls", "--json", key="bob")
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    # A session bob may not see looks like one that does not exist (F19).
     refused = s.ssh("capture", session["id"], key="bob")
-    assert refused.returncode == 4
-    assert refused.stderr.strip() == f"tachi: {BOB} may not session.read on session {session['id']}"
+    assert refused.returncode == 3
+    assert refused.stderr.strip() == f"tachi: no session {session['id']!r} (see 'tachi ls')"
     created = s.ssh("new", "-d", "--", "true", key="bob")
     assert created.returncode == 4
     denied = [r for r in s.audit() if r["principal"] == BOB and r["result"] == "denied"]
