@@ -56,6 +56,7 @@ class FleetService:
             audit_dir=daemon.audit_log.directory,
             public_key=_public_key(daemon.audit_log),
             version=str(getattr(daemon, "version", "")),
+            recordings_dir=daemon.config.recordings_dir,
         )
         agent.start()
         _agent = agent

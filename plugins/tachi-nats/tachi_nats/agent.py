@@ -49,6 +49,7 @@ class FleetAgent:
         audit_dir: Path,
         public_key: str,
         version: str,
+        recordings_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.host = settings.host
@@ -76,6 +77,18 @@ class FleetAgent:
         self._checkpoints = _Outbox(
             self, "checkpoints", self.checkpoints_path, settings.checkpoint_subject(self.host)
         )
+        from tachi_nats.recordings import Uploader
+
+        self.uploads = Uploader(
+            settings,
+            state_dir=state_dir,
+            audit_path=self.audit_path,
+            recordings_dir=recordings_dir,
+            shipped=lambda: self.shipped_seq,
+        )
+        #: Wake-ups handed to the loop and not run yet, by event: a burst of hook
+        #: calls costs one call_soon_threadsafe (one write to the loop's self-pipe).
+        self._wake_pending: set[str] = set()
 
     # -- called from the daemon (any thread) -------------------------------------
     def start(self) -> None:
@@ -95,7 +108,7 @@ class FleetAgent:
                     return
                 self._known[session_id] = document
             self._pending[session_id] = document
-        self._wake(self._wake_registry)
+        self._wake("_wake_registry")
 
     def known(self) -> dict[str, bytes]:
         with self._lock:
@@ -103,22 +116,33 @@ class FleetAgent:
 
     def audit_written(self) -> None:
         """New audit records are on disk. Never blocks."""
-        self._wake(self._wake_audit)
+        self._wake("_wake_audit")
 
     def stop(self, timeout: float = 3.0) -> None:
         """Say goodbye (the heartbeat key goes at once), ship what can be shipped
         within ``timeout``, and end the thread."""
         if self._thread is None:
             return
-        self._wake(self._stopping)
+        self._wake("_stopping")
         self._thread.join(timeout)
 
-    def _wake(self, event: asyncio.Event | None) -> None:
-        loop = self._loop
-        if loop is None or event is None:
+    def _wake(self, name: str) -> None:
+        """Set the event ``name`` on the agent's loop, unless a wake-up of it is
+        already on its way. Safe because the loop clears an event before it
+        looks at the work: whatever was handed over before the pending wake-up
+        runs is seen."""
+        loop, event = self._loop, getattr(self, name)
+        if loop is None or event is None or name in self._wake_pending:
             return
-        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
-            loop.call_soon_threadsafe(event.set)
+        self._wake_pending.add(name)
+        try:
+            loop.call_soon_threadsafe(self._fire, name, event)
+        except RuntimeError:  # the loop has closed: nothing to wake
+            self._wake_pending.discard(name)
+
+    def _fire(self, name: str, event: asyncio.Event) -> None:
+        self._wake_pending.discard(name)
+        event.set()
 
     # -- the agent's own thread ----------------------------------------------------
     def _run(self) -> None:
@@ -131,6 +155,12 @@ class FleetAgent:
         finally:
             self._loop = None
             loop.close()
+            # Recordings finished since the last scan go into the upload queue on
+            # disk now, so the next start uploads them even without its own scan.
+            try:
+                self.uploads.scan()
+            except OSError as e:
+                log.warning("fleet: cannot save the recording upload queue: %s", e)
 
     async def _main(self) -> None:
         self._wake_registry = asyncio.Event()
@@ -212,7 +242,11 @@ class FleetAgent:
                 sessions, hosts = await nats_io.ensure_fleet(js, self.settings)
                 break
             except Exception as e:
-                log.warning("fleet: cannot set up the buckets and stream: %s", e)
+                log.warning(
+                    "fleet: cannot set up the buckets and stream (%s); if this host's"
+                    " NATS user may not create them, run 'tachi fleet init' as an admin",
+                    e or type(e).__name__,
+                )
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 2)
         else:
@@ -223,6 +257,7 @@ class FleetAgent:
             asyncio.create_task(self._registry(js, sessions, hosts)),
             asyncio.create_task(self._heartbeat(js)),
             asyncio.create_task(self._audit(js)),
+            asyncio.create_task(self.uploads.run(js)),
         ]
         try:
             await self._stopping.wait()
@@ -349,6 +384,7 @@ class FleetAgent:
                 # stream does not have yet.
                 await self._records.ship(js)
                 await self._checkpoints.ship(js)
+                self.uploads.kick.set()  # a record.stop may have reached the stream
             except asyncio.CancelledError:
                 raise
             except _Halt as e:

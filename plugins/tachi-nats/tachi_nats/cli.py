@@ -7,7 +7,10 @@ credentials) of config.toml.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -301,10 +304,16 @@ def register(cli: Any) -> None:
             except (RuntimeError, OSError) as e:
                 raise click.ClickException(str(e)) from None
             click.echo(f"nats-server started (pid {pid}), JetStream in {directory}", err=True)
+            admin = settings_mod.parse({"url": f"nats://{listen}", "token": token, "host": "admin"})
+            assert admin is not None
+            made = _run(_provision(admin))
+            click.echo(f"created {', '.join(made)}", err=True)
         click.echo("# add to config.toml of every host (and restart its daemon):")
         click.echo("[fleet]")
         click.echo(f'url = "nats://{listen}"')
         click.echo(f'token = "{token}"')
+
+    _register_admin(fleet)
 
     @fleet.command("down")
     def down_cmd() -> None:
@@ -316,6 +325,221 @@ def register(cli: Any) -> None:
             click.echo("no fleet nats-server runs here", err=True)
         else:
             click.echo(f"nats-server stopped (pid {pid})", err=True)
+
+
+async def _provision(s: settings_mod.FleetSettings) -> list[str]:
+    from tachi_nats.provision import provision
+
+    nc = await _open(s)
+    try:
+        return await provision(nc.jetstream(timeout=10), s)
+    except Exception as e:
+        raise click.ClickException(
+            f"cannot create the fleet's buckets, stream and object store: {e or type(e).__name__}"
+            " (does this NATS user have admin rights?)"
+        ) from None
+    finally:
+        await nc.close()
+
+
+def _register_admin(fleet: Any) -> None:
+    """``fleet init|forget|permissions`` and ``fleet record ls|export|play``."""
+
+    @fleet.command("init")
+    def init_cmd() -> None:
+        """Create the fleet's buckets, audit stream and recordings object store (with
+        [fleet] replicas), once, as an admin: hosts with their own permissions only
+        cannot create them."""
+        s = _settings()
+        made = _run(_provision(s))
+        click.echo(f"created {', '.join(made)}" if made else "everything was there already")
+
+    @fleet.command("forget")
+    @click.argument("host")
+    def forget_cmd(host: str) -> None:
+        """Remove gone HOST from the registry (its info, heartbeat and sessions); its
+        audit records and recordings stay. Refused while HOST is up."""
+        s = _settings()
+
+        async def main() -> int:
+            from nats.js.errors import NoKeysError
+
+            nc = await _open(s)
+            try:
+                js = nc.jetstream(timeout=5)
+                hosts, _ = await snapshot(js, s)
+                if host not in hosts:
+                    raise click.ClickException(f"no host {host!r} in the fleet")
+                if hosts[host]["status"] == "up":
+                    raise click.ClickException(
+                        f"{host} is up (its heartbeat is there): stop its daemon first"
+                    )
+                sessions_kv = await js.key_value(s.sessions_bucket)
+                hosts_kv = await js.key_value(s.hosts_bucket)
+                try:
+                    keys = await sessions_kv.keys(filters=[f"{host}.>"])
+                except NoKeysError:
+                    keys = []
+                for key in keys:
+                    await sessions_kv.purge(key)
+                for key in (f"info.{host}", f"alive.{host}"):
+                    await hosts_kv.purge(key)
+                return len(keys)
+            except click.ClickException:
+                raise
+            except Exception as e:
+                raise click.ClickException(
+                    f"cannot forget {host}: {e or type(e).__name__} (admin rights needed)"
+                ) from None
+            finally:
+                await nc.close()
+
+        n = _run(main())
+        click.echo(f"forgot {host} and {n} session(s); its audit records and recordings stay")
+
+    @fleet.command("permissions")
+    @click.option("--host", "hosts", multiple=True, help="A host user's permissions (repeatable).")
+    @click.option("--reader", is_flag=True, help="A read-only user's permissions.")
+    def permissions_cmd(hosts: tuple[str, ...], reader: bool) -> None:
+        """Print the NATS permissions of host users and/or a reader, as JSON (the
+        documented layout: docs/fleet.md, Security)."""
+        from tachi_nats import provision
+
+        prefix = "tachi"
+        with contextlib.suppress(click.ClickException):
+            prefix = _settings().prefix
+        out: dict[str, Any] = {}
+        for h in hosts:
+            if not settings_mod.NAME.match(h):
+                raise click.BadParameter(f"{h!r} is not a host name", param_hint="--host")
+            out[h] = provision.host_permissions(prefix, h)
+        if reader:
+            out["reader"] = provision.reader_permissions(prefix)
+        if not out:
+            raise click.UsageError("give --host HOST (repeatable) and/or --reader")
+        click.echo(json.dumps(out, indent=2))
+
+    @fleet.group("record")
+    def record() -> None:
+        """Recordings in the fleet's object store (also of hosts that are gone)."""
+
+    @record.command("ls")
+    @click.option("--host", help="Only this host's recordings.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    def record_ls(host: str | None, as_json: bool) -> None:
+        """List the recordings in the object store: HOST/ID, session, size, times."""
+        from tachi_nats.recordings import list_recordings
+
+        s = _settings()
+
+        async def main() -> list[dict[str, Any]]:
+            nc = await _open(s)
+            try:
+                return await list_recordings(nc.jetstream(timeout=5), s)
+            finally:
+                await nc.close()
+
+        recs = [r for r in _run(main()) if host is None or r["host"] == host]
+        if as_json:
+            click.echo(json.dumps(recs, indent=2))
+            return
+        if not recs:
+            click.echo("no recordings in the fleet", err=True)
+            return
+        from tachi.cli.output import table
+
+        table(
+            ["RECORDING", "SESSION", "SIZE", "STOPPED", "UPLOADED"],
+            [
+                [r["name"], r["session"] or "-", r["size"], r["stopped"] or "-", r["uploaded"]]
+                for r in recs
+            ],
+        )
+
+    @record.command("export")
+    @click.argument("name", metavar="HOST/ID")
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+        required=True,
+        help="The file to write, or - for stdout.",
+    )
+    def record_export(name: str, output: Path) -> None:
+        """Write recording HOST/ID from the object store to a file or stdout, checked
+        against the SHA-256 of the host's record.stop audit record."""
+        s = _settings()
+        to_stdout = str(output) == "-"
+        part = _fetch_recording(s, name, None if to_stdout else output.parent)
+        try:
+            if to_stdout:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, sys.stdout.buffer, 1 << 20)
+                sys.stdout.buffer.flush()
+            else:
+                size = part.stat().st_size
+                os.replace(part, output)
+                click.echo(f"wrote {output} ({size} bytes)", err=True)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    @record.command("play")
+    @click.argument("name", metavar="HOST/ID")
+    @click.option("--speed", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+    @click.option(
+        "--idle-limit", type=click.FloatRange(min=0), help="Cap pauses at this many seconds."
+    )
+    def record_play(name: str, speed: float, idle_limit: float | None) -> None:
+        """Play recording HOST/ID from the object store in this terminal; Ctrl-C stops."""
+        from tachi.playback import load_cast, play_events
+
+        s = _settings()
+        part = _fetch_recording(s, name, None)
+        try:
+            header, events = load_cast(part)
+        finally:
+            part.unlink()
+        out = sys.stdout.buffer
+        try:
+            play_events(header, events, out, speed=speed, idle_limit=idle_limit)
+        except KeyboardInterrupt:
+            click.echo("[playback interrupted]", err=True)
+            sys.exit(130)
+        finally:
+            with contextlib.suppress(OSError):
+                out.write(b"\x1b[0m\x1b[?25h\x1b[?1049l\r\n")
+                out.flush()
+        click.echo("[playback finished]", err=True)
+
+
+def _fetch_recording(s: settings_mod.FleetSettings, name: str, directory: Path | None) -> Path:
+    """Recording ``name`` from the object store in a new file in ``directory`` (a
+    temporary one if ``None``), checked; the file is removed again on any error."""
+    import tempfile
+
+    from tachi_nats.recordings import NotInFleet, fetch
+
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tachi-fleet-", suffix=".cast.part")
+    part = Path(tmp)
+
+    async def main() -> None:
+        nc = await _open(s)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                await fetch(nc.jetstream(timeout=10), s, name, f)
+        finally:
+            await nc.close()
+
+    try:
+        _run(main())
+    except NotInFleet as e:
+        part.unlink()
+        raise click.ClickException(str(e)) from None
+    except BaseException:
+        part.unlink()
+        raise
+    return part
 
 
 def _server_dir() -> Path:

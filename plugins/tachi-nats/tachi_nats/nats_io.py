@@ -27,36 +27,14 @@ async def connect(settings: FleetSettings, **policy: Any) -> Any:
 
 
 async def ensure_fleet(js: Any, settings: FleetSettings) -> tuple[Any, Any]:
-    """The sessions and hosts KV buckets (created if missing) and the audit stream
-    (likewise). Returns ``(sessions_kv, hosts_kv)``."""
-    from nats.js import api
-    from nats.js.errors import BucketNotFoundError, NotFoundError
+    """The sessions and hosts KV buckets, after creating whatever of the fleet's
+    buckets, stream and object store is missing (which needs admin rights: a host
+    with only its own permissions needs ``tachi fleet init`` run once). Returns
+    ``(sessions_kv, hosts_kv)``."""
+    from tachi_nats.provision import provision
 
-    async def bucket(name: str) -> Any:
-        try:
-            return await js.key_value(name)
-        except BucketNotFoundError:
-            # history 1: the registry is the present, the audit stream is the past.
-            return await js.create_key_value(bucket=name, history=1)
-
-    sessions = await bucket(settings.sessions_bucket)
-    hosts = await bucket(settings.hosts_bucket)
-    try:
-        await js.stream_info(settings.audit_stream)
-    except NotFoundError:
-        await js.add_stream(
-            api.StreamConfig(
-                name=settings.audit_stream,
-                subjects=[f"{settings.prefix}.audit.*", f"{settings.prefix}.checkpoint.*"],
-                storage=api.StorageType.FILE,
-                retention=api.RetentionPolicy.LIMITS,
-                # Re-sends after a reconnect come within seconds; older ones are
-                # caught by the shipper comparing with the stream's last record.
-                duplicate_window=120,
-                allow_direct=True,
-            )
-        )
-    return sessions, hosts
+    await provision(js, settings)
+    return await js.key_value(settings.sessions_bucket), await js.key_value(settings.hosts_bucket)
 
 
 async def read_subject(js: Any, stream: str, subject: str, timeout: float = 5.0) -> list[Any]:

@@ -6,7 +6,10 @@ Names derived from ``prefix`` (default ``tachi``), shared by every host:
 - KV bucket ``PREFIX-hosts``: ``info.HOST`` (the host's audit public key, version)
   and ``alive.HOST`` (the heartbeat, removed by the server after ``HEARTBEAT_TTL``);
 - stream ``PREFIX-audit``: subjects ``PREFIX.audit.HOST`` (the audit records, byte
-  for byte as in the host's log) and ``PREFIX.checkpoint.HOST`` (its signed checkpoints).
+  for byte as in the host's log) and ``PREFIX.checkpoint.HOST`` (its signed checkpoints);
+- object store ``PREFIX-recordings``: object ``HOST/RECORDING_ID`` = a finished
+  recording, its chunks on ``$O.PREFIX-recordings.C.HOST.<nuid>`` (one subject
+  tree per host, so a host's permissions can name its own).
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ class FleetSettings:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Keep a recording's local file once it is in the object store.
+    keep_local_recordings: bool = True
+    #: Replicas of the buckets, stream and object store when they are created
+    #: (3 on a 3-node JetStream cluster).
+    replicas: int = 1
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     # -- names ---------------------------------------------------------------
@@ -65,6 +73,10 @@ class FleetSettings:
     @property
     def audit_stream(self) -> str:
         return f"{self.prefix}-audit"
+
+    @property
+    def recordings_bucket(self) -> str:
+        return f"{self.prefix}-recordings"
 
     def audit_subject(self, host: str) -> str:
         return f"{self.prefix}.audit.{host}"
@@ -140,6 +152,12 @@ def parse(raw: dict[str, Any] | None) -> FleetSettings | None:
 
     if raw.get("creds") and raw.get("nkey_seed"):
         raise InvalidRequest("[fleet]: give creds or nkey_seed, not both")
+    keep = raw.get("keep_local_recordings", True)
+    if not isinstance(keep, bool):
+        raise InvalidRequest("[fleet] keep_local_recordings: give true or false")
+    replicas = raw.get("replicas", 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 5:
+        raise InvalidRequest("[fleet] replicas: give 1 to 5 (3 on a 3-node cluster)")
     return FleetSettings(
         servers=list(servers),
         host=host,
@@ -152,6 +170,8 @@ def parse(raw: dict[str, Any] | None) -> FleetSettings | None:
         tls_ca=path("tls_ca"),
         tls_cert=path("tls_cert"),
         tls_key=path("tls_key"),
+        keep_local_recordings=keep,
+        replicas=replicas,
         raw=dict(raw),
     )
 
