@@ -70,7 +70,7 @@ FISH_CORPUS = [
     ("sh -c 'kill -INT $$'", "", 130),
     ("seq 1 3", "1\n2\n3\n", 0),
 ]
-FISH_ERRORS = ["end", "echo (", "echo 'unterminated"]
+FISH_ERRORS = ["end", "echo (", "echo 'unterminated", "if", "switch", "begin"]
 
 
 def _shell(daemon: DaemonProcess, name: str, rc: str = "") -> str:
@@ -243,8 +243,9 @@ def test_invalid_utf8_output(tachi_daemon):
 def test_the_first_run_after_new_is_typed_once(tachi_daemon, shell):
     sid = _shell(tachi_daemon, shell)
     with tachi_daemon.client() as client:
-        assert client.run(sid, "echo first", timeout=T).output == "first\n"
-    assert capture(tachi_daemon, sid).count("133;C") == 1
+        r = client.run(sid, "echo first", timeout=T)
+        assert r.output == "first\n"
+    assert capture(tachi_daemon, sid).count(r.run) == 1
 
 
 def test_cli_streams_a_flood_and_honours_the_timeout(tachi_daemon):
@@ -320,3 +321,36 @@ def test_events_pair_each_finish_with_a_start_and_windows_exit_before_closed(tac
     commands = [t for t in types if t.startswith("command-")]
     assert commands == ["command-started", "command-finished"] * 2, types
     assert types.index("window-exited") < types.index("closed"), types
+
+
+def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_daemon, shell):
+    """With tachi's integration loaded, a run types `` __tachi_b ID; eval …;
+    __tachi_e``, not the printf marks; nested shells (no integration) still get
+    the whole line and run right. The lines stay out of the shell's history."""
+    sid = _shell(tachi_daemon, shell)
+    with tachi_daemon.client() as client:
+        r = client.run(
+            sid, "echo short; (exit 3)" if shell != "fish" else "echo short; false", timeout=T
+        )
+        assert (r.output, r.exit_code) == ("short\n", 3 if shell != "fish" else 1)
+        screen = capture(tachi_daemon, sid)
+        assert f"__tachi_b {r.run}; eval" in screen and "133;C" not in screen
+        history = {"bash": "history", "zsh": "fc -ln 1", "fish": "history"}[shell]
+        # A line of the user's own (the run after it waits for the shell to take it).
+        client.send(sid, "echo mine\n")
+        listed = client.run(sid, history, timeout=T).output.splitlines()
+        # (zsh lists the line running `fc` itself until the next one.)
+        assert [x for x in listed if "__tachi" in x and history not in x] == [], listed
+        assert any("echo mine" in x for x in listed), listed
+        # A nested shell has no functions: the long form, and right answers.
+        client.send(sid, "bash --norc\n")
+        nested = client.run(sid, "echo inner; (exit 4)", timeout=T)
+        assert (nested.output, nested.exit_code) == ("inner\n", 4)
+        assert "command not found" not in capture(tachi_daemon, sid)
+        client.send(sid, "exit\n")
+        # The shell replaced by one without integration: the long form too.
+        if shell == "bash":
+            client.send(sid, "exec bash --norc\n")
+            time.sleep(0.5)  # for the exec (not a timing assertion)
+            after = client.run(sid, "echo replaced; (exit 5)", timeout=T)
+            assert (after.output, after.exit_code) == ("replaced\n", 5)

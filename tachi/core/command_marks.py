@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,8 @@ class CommandMarks:
         #: A command-started was reported and its command-finished not yet:
         #: the D mark of the shell's first prompt finishes nothing.
         self._open = False
+        #: When (``time.monotonic``) the shell's hook last drew a prompt (mark A).
+        self.prompt_at = 0.0
         self._waiters: list[_Waiter] = []
 
     def feed(self, data: bytes) -> None:
@@ -68,7 +71,9 @@ class CommandMarks:
         ident = next((p for p in params if p.startswith("tachi-")), None)
         if ident is None:
             self.integrated = True
-        if kind == "C":
+        if kind == "A" and ident is None:
+            self.prompt_at = time.monotonic()
+        elif kind == "C":
             for waiter in self._waiters:
                 if waiter.ident == ident:
                     waiter.armed = True

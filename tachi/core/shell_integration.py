@@ -29,9 +29,20 @@ _BASH_PROMPT = (
     ' unset __tachi_id __tachi_s; printf "\\033]133;A\\007"'
 )
 _BASH_PS0 = "\\033]133;C\\007"
+# ``tachi run`` types `` __tachi_b ID; eval -- $'CMD'; __tachi_e`` where these
+# exist (see tachi.daemon.run_ops.typed_line): start mark, then end mark with
+# the status ``eval`` left. Two functions around ``eval``, not one with
+# ``eval`` inside: in a function, ``declare``/``typeset`` would make the
+# command's variables local and ``return`` would skip the end mark.
+_RUN_FUNCTIONS = (
+    "__tachi_b() { __tachi_id=$1; printf '\\033]133;C;%s\\007' \"$1\"; }\n"
+    "__tachi_e() { __tachi_s=$?;"
+    ' printf \'\\033]133;D;%s;%s\\007\' "$__tachi_s" "$__tachi_id"; }\n'
+)
 # Set in the rc file, so nothing of tachi's is in the environment that the
 # shell passes on to its children (a nested `bash --norc` would run the hook).
-_BASH_HOOKS = """case "$PS0" in *133\\;C*) ;; *) PS0="${PS0}\\033]133;C\\007" ;; esac
+_BASH_HOOKS = (
+    """case "$PS0" in *133\\;C*) ;; *) PS0="${PS0}\\033]133;C\\007" ;; esac
 __tachi_pc='@PROMPT@'
 case "$PROMPT_COMMAND" in
   *__tachi_rc*) ;;
@@ -39,7 +50,11 @@ case "$PROMPT_COMMAND" in
 esac
 unset __tachi_pc
 export -n PS0 PROMPT_COMMAND 2>/dev/null
+# tachi's typed lines stay out of the history (only those: HISTCONTROL is yours).
+HISTIGNORE="${HISTIGNORE:+$HISTIGNORE:} __tachi_b *: __tachi_id=*"
 """.replace("@PROMPT@", _BASH_PROMPT.replace("'", "'\\''"))
+    + _RUN_FUNCTIONS
+)
 _BASH_RC = (
     "# tachi shell integration (OSC 133), then the user's own ~/.bashrc.\n"
     "[ -f ~/.bashrc ] && . ~/.bashrc\n" + _BASH_HOOKS
@@ -49,7 +64,6 @@ _BASH_RC_OF = (
     "# tachi shell integration (OSC 133), after the rc file bash was given.\n"
     "[ -f @FILE@ ] && . @FILE@\n" + _BASH_HOOKS
 )
-_BASH_NORC = "# tachi shell integration (OSC 133) for bash --norc.\n" + _BASH_HOOKS
 _ZSH_FILES = {
     ".zshenv": '[[ -f "${TACHI_USER_ZDOTDIR:-$HOME}/.zshenv" ]]'
     ' && ZDOTDIR="${TACHI_USER_ZDOTDIR:-$HOME}" . "${TACHI_USER_ZDOTDIR:-$HOME}/.zshenv"\n',
@@ -72,9 +86,12 @@ __tachi_precmd() {
 __tachi_preexec() { printf '\\033]133;C\\007'; }
 precmd_functions=(__tachi_precmd $precmd_functions)
 preexec_functions+=(__tachi_preexec)
-# Kept for .zlogin, but not passed on to the shell's children.
+# tachi's typed lines stay out of the saved history (only those).
+__tachi_nohist() { [[ $1 != ' __tachi_'* ]]; }
+zshaddhistory_functions+=(__tachi_nohist)
+@RUN@# Kept for .zlogin, but not passed on to the shell's children.
 typeset +x TACHI_USER_ZDOTDIR
-""",
+""".replace("@RUN@", _RUN_FUNCTIONS),
 }
 _FISH = (
     "function __tachi_preexec --on-event fish_preexec; printf '\\e]133;C\\a'; end; "
@@ -83,20 +100,36 @@ _FISH = (
     " if set -q __tachi_id; and not set -q __tachi_s;"
     " printf '\\e]133;D;%s;%s\\a' $rc $__tachi_id; end;"
     " set -e __tachi_id; set -e __tachi_s; end; "
-    "function __tachi_prompt --on-event fish_prompt; printf '\\e]133;A\\a'; end"
+    "function __tachi_prompt --on-event fish_prompt; printf '\\e]133;A\\a'; end; "
+    # For tachi run's short line (fish keeps lines starting with a space out
+    # of its history already).
+    "function __tachi_b; set -g __tachi_id $argv[1]; printf '\\e]133;C;%s\\a' $argv[1]; end; "
+    "function __tachi_e; set -g __tachi_s $status;"
+    " printf '\\e]133;D;%s;%s\\a' $__tachi_s $__tachi_id; end; "
+    # A bare `if`, `for`, `switch` … is fish's help on them, in a pager that
+    # waits for keys: during a tachi run (``__tachi_id`` set), without one.
+    "functions -q __fish_print_help; and functions -c __fish_print_help __tachi_help;"
+    " and function __fish_print_help; if set -q __tachi_id; PAGER=cat __tachi_help $argv;"
+    " else; __tachi_help $argv; end; end"
 )
 SHELLS = ("bash", "zsh", "fish")
+#: The first line of the rc file tachi gives bash (how a run knows the shell
+#: in front is the one it integrated, with the functions above).
+RC_MARK = "# tachi shell integration"
 
 
 def _bash_argv(argv: list[str], directory: Path, env: dict[str, str]) -> list[str]:
     """bash's ``argv`` with an rc file that adds the hooks: after ~/.bashrc,
-    after the ``--rcfile`` it was given, or alone for ``--norc``. ``--posix``
-    reads no rc file: the hooks then come in the environment (``env`` is
+    or after the ``--rcfile`` it was given. ``--norc`` and ``--posix``
+    read no rc file: the hooks then come in the environment (``env`` is
     changed) and take themselves out of it at the first prompt."""
     import shlex
 
     rest = list(argv[1:])
-    if "--posix" in rest:
+    # --norc cannot become --rcfile: bash then also reads /etc/bash.bashrc
+    # (Debian's, which sets PS1), as --norc would not. Like --posix, it gets
+    # the hooks in its environment, out of it again at the first prompt.
+    if "--posix" in rest or "--norc" in rest:
         env["PS0"] = env.get("PS0", "") + _BASH_PS0
         env["PROMPT_COMMAND"] = (
             _BASH_PROMPT
@@ -112,9 +145,6 @@ def _bash_argv(argv: list[str], directory: Path, env: dict[str, str]) -> list[st
             given = rest[i + 1] if i + 1 < len(rest) else ""
             del rest[i : i + 2]
             text = _BASH_RC_OF.replace("@FILE@", shlex.quote(given))
-    if "--norc" in rest:
-        rest.remove("--norc")
-        text = _BASH_NORC
     rc.write_text(text)
     return [argv[0], "--rcfile", str(rc), *rest]
 

@@ -29,8 +29,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import re
 import secrets
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -116,14 +118,19 @@ def _quote_fish(text: str) -> str:
     return "".join(out) or "''"
 
 
-def typed_line(command: str, syntax: str, ident: str) -> str:
+def typed_line(command: str, syntax: str, ident: str, short: bool = False) -> str:
     """The line typed for ``command`` in a shell of ``syntax`` (``ansi``,
     ``posix``, ``fish``): start mark, ``eval`` of the quoted command, end mark
     with its status, both naming ``ident``. ``__tachi_id`` and ``__tachi_s``
     tell tachi's prompt hook about the run: when Ctrl-C (a child killed by
     SIGINT) makes the shell drop the rest of the line, the hook prints the end
     mark instead. A leading space keeps the line out of the history of shells
-    that ignore such lines."""
+    that ignore such lines. ``short``: the shell has tachi's integration
+    loaded, whose ``__tachi_b``/``__tachi_e`` print the marks (a shorter line
+    on the screen, and one its history leaves out)."""
+    if short:
+        quoted = _quote_fish(command) if syntax == "fish" else f"-- {_quote_ansi(command)}"
+        return f" __tachi_b {ident}; eval {quoted}; __tachi_e"
     if syntax == "fish":
         return (
             f" set -g __tachi_id {ident}; printf '\\e]133;C;%s\\a' {ident};"
@@ -250,6 +257,50 @@ class RunCapture:
 
 
 # -- who is in front ---------------------------------------------------------------
+def keys_unread(window: WindowRuntime, runs: dict[str, RunRecord]) -> bool:
+    """Whether input reached the window after the shell last showed it was
+    reading: neither a prompt (mark A) nor the end of the run whose line was
+    the last input came after it."""
+    typed_at = getattr(window.child, "_typed_at", 0.0)
+    if window.marks.prompt_at > typed_at:
+        return False
+    last = next((r for r in reversed(list(runs.values())) if r.window is window), None)
+    return not (last is not None and last.line_at == typed_at and last.done.done())
+
+
+def integrated_in_front(window: WindowRuntime, pgid: int, runs: dict[str, RunRecord]) -> bool:
+    """Whether the shell in front is the window's own, started with tachi's
+    integration and not replaced since (``exec bash``): only that one has the
+    functions of the short typed line. A nested shell is another process
+    group; a replaced one has lost the argument or variable tachi gave it."""
+    from tachi.core.shell_integration import RC_MARK
+
+    pid = window.child.pid
+    if pgid != pid or shell_of(window.command) is None:
+        return False
+    # Input typed since its last prompt may start another shell that reads
+    # what is typed now (`send 'bash --norc\n'`, then a run).
+    if keys_unread(window, runs):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        name = os.path.basename(argv[0]).lstrip(b"-")
+        if name == b"bash":
+            i = argv.index(b"--rcfile")
+            with open(argv[i + 1], encoding="utf-8", errors="replace") as f:
+                return f.readline().startswith(RC_MARK)
+        if name == b"zsh":
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                return b"\0TACHI_USER_ZDOTDIR=" in b"\0" + f.read()
+        if name == b"fish":
+            i = argv.index(b"--init-command")
+            return b"__tachi_b" in argv[i + 1]
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
 def foreground(window: WindowRuntime) -> tuple[str | None, str, int]:
     """(syntax, program name, pid) of the window's foreground process group:
     syntax is ``None`` unless it is a shell tachi can type a run for."""
@@ -294,6 +345,13 @@ async def _wait_for_shell(
         else:
             front_since = None
         ready = not integrated or window.marks.integrated or now >= prompt_by
+        if ready and syntax is not None and integrated and pid == window.child.pid:
+            # Keys typed since its last prompt may be a command that starts
+            # another program (`bash --norc`): give the shell a moment to read
+            # them, so the line is typed for whoever reads it.
+            typed_at = getattr(window.child, "_typed_at", 0.0)
+            if keys_unread(window, runs) and time.monotonic() - typed_at < _SETTLE:
+                ready = False
         if syntax is not None and ready and not pending:
             return syntax
         if deadline is not None and now >= deadline:
@@ -353,6 +411,8 @@ class RunRecord:
         self._head = bytearray()
         self._tail = bytearray()
         self.done: asyncio.Future[None] = loop.create_future()
+        #: When its line was given to the PTY (``PtyChild._typed_at``).
+        self.line_at = -1.0
         self.capture = RunCapture(ident, self._add)
         self._watcher: asyncio.Task[None] | None = None
 
@@ -559,11 +619,13 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         record = RunRecord(ident, window, command)
         if not detach:
             record.listeners.append(out.add)
-        line = typed_line(command, syntax, ident)
+        short = integrated_in_front(window, window.child.foreground_pgrp(), runs_of(session))
+        line = typed_line(command, syntax, ident, short)
         ctx.daemon.admit_input(ctx.principal, session, len(command))
         record.start()
         _keep(session, record)
         session.write((line + "\r").encode(), window.id)
+        record.line_at = getattr(window.child, "_typed_at", 0.0)
         ctx.daemon.note_input(ctx.principal, session, command.encode())
     if stream is not None:
         ctx.connection.send(
