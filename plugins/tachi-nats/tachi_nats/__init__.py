@@ -133,6 +133,10 @@ def tachi_register_transports(register: Any, config: Any) -> None:
     settings.connect_options()  # a bad key file stops the daemon at start, clearly
     _service = FleetService(settings)
     register(_service)
+    from tachi_nats.transport import NatsTransport, options_of
+
+    if options_of(settings)[0]:  # [fleet] serve = false: reachable through NATS no more
+        register(NatsTransport(settings))
 
 
 @tachi.hookimpl
@@ -150,6 +154,17 @@ def tachi_audit_event(event: dict[str, Any]) -> None:
     agent = _agent
     if agent is not None:
         agent.audit_written()
+
+
+@tachi.hookimpl
+def tachi_connect(url: str, options: dict[str, Any]) -> Any:
+    """Open ``nats://SERVER/HOST`` URLs (in the client process): a virtual
+    connection to that fleet host's daemon through NATS."""
+    if url.split("://", 1)[0].lower() != "nats":
+        return None
+    from tachi_nats.relay_client import open_connection
+
+    return open_connection(url, options)
 
 
 @tachi.hookimpl

@@ -279,6 +279,28 @@ def register(cli: Any) -> None:
         if failed:
             sys.exit(1)
 
+    @fleet.command("attach")
+    @click.argument("target", metavar="HOST/SESSION")
+    @click.option("-r", "--read-only", is_flag=True, help="Watch only: never type or resize.")
+    @click.option("-w", "--window", type=int, help="Select this window on attach.")
+    @click.pass_context
+    def attach_cmd(
+        click_ctx: click.Context, target: str, read_only: bool, window: int | None
+    ) -> None:
+        """Attach to SESSION on fleet host HOST through NATS: the short form of
+        'tachi --host nats://SERVER/HOST attach SESSION' (SERVER from [fleet] url;
+        the daemon still wants a token: TACHI_TOKEN)."""
+        from tachi_nats.relay_client import fleet_url
+
+        host, _, session = target.partition("/")
+        if not host or not session:
+            raise click.UsageError(f"{target!r}: give HOST/SESSION")
+        ctx = click_ctx.find_root().obj
+        ctx.host = fleet_url(_settings(), host)
+        from tachi.cli.session_cmds import _attach
+
+        _attach(ctx, session, read_only=read_only, window=window)
+
     @fleet.command("up")
     @click.option(
         "--listen", default="127.0.0.1:4222", show_default=True, help="Address to listen on."

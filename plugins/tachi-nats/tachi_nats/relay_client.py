@@ -1,0 +1,350 @@
+"""The client side of the NATS transport: ``tachi --host nats://SERVER/HOST …``.
+
+``open_connection`` asks the host's daemon for a virtual connection (a request
+on ``PREFIX.connect.HOST``) and bridges it to one end of a ``socketpair``: the
+core's clients then speak frames over a stream socket as with any transport.
+The bridge is one thread with its own asyncio loop (nats-py is asyncio only).
+
+The URL: ``nats://[USER:PASSWORD@ | TOKEN@]SERVER[:PORT]/HOST[?prefix=P]``.
+Without credentials in the URL, those of the ``[fleet]`` table of this user's
+config.toml are used (``creds``, ``nkey_seed``, ``token``, TLS), as for
+``tachi fleet …``. NATS credentials only reach the relay: the daemon still
+wants a token in the hello (``TACHI_TOKEN``), as over WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from tachi import protocol
+from tachi.errors import DaemonUnavailable, InvalidRequest, TachiError, error_from_json
+from tachi_nats.settings import NAME, FleetSettings
+from tachi_nats.transport import (
+    ACK,
+    CLOSE,
+    DATA,
+    MAX_MESSAGE,
+    PING,
+    VERSION,
+    Broken,
+    Channel,
+    subjects,
+)
+
+SCHEMES = ("nats",)
+#: How much is read from the CLI's side at once.
+CHUNK = 64 * 1024
+#: How long closing the socket waits for the goodbye to reach NATS.
+GOODBYE_SECONDS = 0.5
+
+
+def target(url: str) -> tuple[FleetSettings, str]:
+    """(settings to connect with, host) for a ``nats://`` URL. Raises
+    ``InvalidRequest`` for a URL without a host name."""
+    parts = urlsplit(url)
+    host = unquote(parts.path.strip("/"))
+    if not NAME.match(host or ""):
+        raise InvalidRequest(
+            f"{url}: name the fleet host after the server: nats://SERVER:4222/HOST"
+        )
+    query = parse_qs(parts.query)
+    base: FleetSettings | None = None
+    with contextlib.suppress(TachiError, OSError, ValueError):
+        from tachi_nats import settings as settings_mod
+
+        base = settings_mod.load()
+    server = f"nats://{parts.hostname}:{parts.port or 4222}"
+    if parts.hostname and ":" in parts.hostname:
+        server = f"nats://[{parts.hostname}]:{parts.port or 4222}"
+    prefix = (query.get("prefix") or [base.prefix if base else "tachi"])[0]
+    if not NAME.match(prefix):
+        raise InvalidRequest(f"{url}: prefix {prefix!r} is not a subject token")
+    if parts.username is not None or base is None:
+        user, password = parts.username, parts.password
+        settings = FleetSettings(
+            servers=[server],
+            host="client",
+            prefix=prefix,
+            user=unquote(user) if user is not None and password is not None else None,
+            password=unquote(password) if password is not None else None,
+            token=unquote(user) if user is not None and password is None else None,
+            tls_ca=base.tls_ca if base else None,
+            tls_cert=base.tls_cert if base else None,
+            tls_key=base.tls_key if base else None,
+        )
+    else:
+        settings = replace(base, servers=[server], prefix=prefix, host="client")
+    return settings, host
+
+
+def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
+    """A local socket carrying frames to and from the daemon of the fleet host
+    that ``url`` names. Raises ``DaemonUnavailable`` (NATS or the host's daemon
+    unreachable), ``PermissionDenied`` (refused) or ``InvalidRequest`` (bad URL)."""
+    settings, host = target(url)
+    timeout = min(float(options.get("timeout", 30)), 10.0)
+    ours, theirs = socket.socketpair()
+    bridge = _Bridge(settings, host, url, theirs, timeout)
+    threading.Thread(target=bridge.run, name="tachi-nats-bridge", daemon=True).start()
+    if not bridge.ready.wait(timeout + 2) or bridge.error is not None:
+        ours.close()
+        bridge.abandon()
+        raise bridge.error or DaemonUnavailable(f"cannot reach {url}: timed out")
+    sock = _BridgedSocket(ours, bridge)
+    return sock
+
+
+class _BridgedSocket(socket.socket):
+    """The CLI's end: closing it waits (briefly) for the goodbye to reach the
+    daemon, so a command that exits right after does not leave its virtual
+    connection to the heartbeat timeout."""
+
+    def __init__(self, sock: socket.socket, bridge: _Bridge) -> None:
+        super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        self._bridge = bridge
+
+    def close(self) -> None:
+        open_before = self.fileno() >= 0
+        super().close()
+        if open_before:
+            self._bridge.done.wait(GOODBYE_SECONDS)
+
+
+class _Bridge:
+    """One virtual connection, between NATS and the local socketpair."""
+
+    def __init__(
+        self, settings: FleetSettings, host: str, url: str, local: socket.socket, timeout: float
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.url = url
+        self.local = local
+        self.timeout = timeout
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: TachiError | None = None
+        self.reason: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ended: asyncio.Event | None = None
+        self._pending = bytearray()
+
+    def run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except Exception as exc:  # never a traceback from a bridge thread
+            if not self.ready.is_set():
+                self.error = DaemonUnavailable(f"cannot reach {self.url}: {exc}")
+        finally:
+            self.ready.set()
+            with contextlib.suppress(OSError):
+                self.local.close()
+            loop.close()
+            self.done.set()
+
+    def abandon(self) -> None:
+        loop, ended = self._loop, self._ended
+        if loop is not None and ended is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(ended.set)
+
+    async def _main(self) -> None:
+        from tachi_nats import nats_io
+
+        self._ended = asyncio.Event()
+        servers = ", ".join(self.settings.servers)
+        try:
+            nc = await asyncio.wait_for(
+                nats_io.connect(
+                    self.settings,
+                    connect_timeout=min(3, self.timeout),
+                    allow_reconnect=True,
+                    # Through a NATS restart: the connection reconnects by itself
+                    # (and the virtual connection goes on unless a message was lost).
+                    max_reconnect_attempts=120,
+                    reconnect_time_wait=0.25,
+                    error_cb=_ignore,
+                ),
+                self.timeout,
+            )
+        except Exception as exc:
+            self.error = DaemonUnavailable(
+                f"cannot reach NATS at {servers}: {exc or type(exc).__name__}"
+            )
+            return
+        try:
+            await self._serve(nc)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 2)
+
+    async def _open(self, nc: Any) -> dict[str, Any] | None:
+        from nats.errors import NoRespondersError
+        from nats.errors import TimeoutError as NatsTimeout
+
+        connect, _, _ = subjects(self.settings.prefix, self.host)
+        try:
+            msg = await nc.request(
+                connect, json.dumps({"version": VERSION}).encode(), timeout=self.timeout
+            )
+        except (NoRespondersError, NatsTimeout):
+            self.error = DaemonUnavailable(
+                f"no tachi daemon answers for host {self.host!r} through NATS at"
+                f" {', '.join(self.settings.servers)} (is it running, with [fleet] host ="
+                f' "{self.host}"?)'
+            )
+            return None
+        try:
+            reply = json.loads(msg.data)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            self.error = DaemonUnavailable(f"{self.url}: not a tachi daemon's answer")
+            return None
+        if "error" in reply:
+            self.error = error_from_json(reply["error"])
+            return None
+        if reply.get("version") != VERSION or not isinstance(reply.get("id"), str):
+            self.error = DaemonUnavailable(
+                f"{self.url}: the daemon speaks another version of the NATS transport"
+            )
+            return None
+        return reply
+
+    async def _serve(self, nc: Any) -> None:
+        reply = await self._open(nc)
+        if reply is None:
+            return
+        conn_id = reply["id"]
+        _, up, down = subjects(self.settings.prefix, self.host, conn_id)
+        heartbeat = float(reply.get("heartbeat") or 5.0)
+
+        async def publish(data: bytes) -> None:
+            await nc.publish(up, data)
+
+        channel = Channel(publish, int(reply.get("window") or 0) or 256 * 1024)
+        loop = asyncio.get_running_loop()
+        self.local.setblocking(False)
+        assert self._ended is not None
+        ended = self._ended
+
+        async def on_down(msg: Any) -> None:
+            if ended.is_set():
+                return
+            try:
+                kind, body = channel.receive(msg.data)
+            except Broken as exc:
+                self.reason = str(exc)
+                ended.set()
+                return
+            if kind == DATA:
+                self._pending += body
+                cut = _whole_frames(self._pending)
+                if cut:
+                    chunk = bytes(self._pending[:cut])
+                    del self._pending[:cut]
+                    try:
+                        await loop.sock_sendall(self.local, chunk)
+                    except OSError:
+                        ended.set()
+                        return
+                # What waits here is at most one frame's tail: acknowledged too, or a
+                # frame larger than the window could never complete.
+                channel.consumed = channel.received
+                if channel.should_ack():
+                    await channel.send(ACK)
+            elif kind == CLOSE:
+                self.reason = body.decode(errors="replace") or None
+                self._closed_by_daemon = True
+                ended.set()
+
+        self._closed_by_daemon = False
+        sub = await nc.subscribe(down, cb=on_down, pending_bytes_limit=64 << 20)
+        await nc.flush(self.timeout)
+        self.ready.set()
+
+        async def upstream() -> None:
+            while True:
+                try:
+                    data = await loop.sock_recv(self.local, CHUNK)
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+                view = memoryview(data)
+                while view:
+                    room = channel.window - channel.in_flight
+                    if room <= 0:
+                        channel.progress.clear()
+                        await channel.progress.wait()
+                        continue
+                    n = min(room, MAX_MESSAGE, len(view))
+                    await channel.send(DATA, bytes(view[:n]))
+                    view = view[n:]
+
+        async def ticker() -> None:
+            step = min(1.0, heartbeat / 2)
+            while True:
+                await asyncio.sleep(step)
+                now = time.monotonic()
+                if now - channel.last_heard > 3 * heartbeat:
+                    self.reason = f"no word from the daemon for {3 * heartbeat:g} s"
+                    return
+                if now - channel.last_sent > heartbeat:
+                    await channel.send(PING)
+
+        tasks = [loop.create_task(upstream()), loop.create_task(ticker())]
+        waiter = loop.create_task(ended.wait())
+        try:
+            await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*tasks, waiter):
+                task.cancel()
+            await asyncio.gather(*tasks, waiter, return_exceptions=True)
+            # The CLI sees the end after whole frames only (the half frame a lost
+            # message left is dropped): an error or EOF, never a corrupt frame.
+            with contextlib.suppress(OSError):
+                self.local.shutdown(socket.SHUT_WR)
+            if not self._closed_by_daemon:
+                with contextlib.suppress(Exception):
+                    await channel.send(CLOSE, (self.reason or "").encode()[:200])
+                    await asyncio.wait_for(nc.flush(1), GOODBYE_SECONDS)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+async def _ignore(exc: Exception) -> None:
+    return None
+
+
+def _whole_frames(buffer: bytearray) -> int:
+    """How many leading bytes of ``buffer`` are whole frames."""
+    offset = 0
+    size = protocol.HEADER.size
+    while len(buffer) - offset >= size:
+        _, length = protocol.HEADER.unpack_from(buffer, offset)
+        end = offset + size + length
+        if end > len(buffer):
+            break
+        offset = end
+    return offset
+
+
+def fleet_url(settings: FleetSettings, host: str) -> str:
+    """``nats://SERVER/HOST`` for ``host`` through the first server of ``[fleet]``
+    (its credentials are picked up again from ``[fleet]`` when the URL is opened)."""
+    server = settings.servers[0].split("://", 1)[1].rstrip("/")
+    url = f"nats://{server}/{host}"
+    if settings.prefix != "tachi":
+        url += f"?prefix={settings.prefix}"
+    return url

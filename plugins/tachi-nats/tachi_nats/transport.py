@@ -1,0 +1,526 @@
+"""The NATS transport: tachi's protocol frames over NATS subjects, so that a
+host that only dials out to NATS can be reached by ``tachi --host nats://…``.
+
+Routing (``PREFIX`` = ``[fleet] prefix``, ``HOST`` = ``[fleet] host``)::
+
+    client ── request PREFIX.connect.HOST ──────────▶ daemon   (reply: id, window, heartbeat)
+    client ── PREFIX.conn.HOST.ID.up   (frames in) ─▶ daemon
+    client ◀─ PREFIX.conn.HOST.ID.down (frames out) ─ daemon
+
+``ID`` is 144 random bits chosen by the daemon: a NATS user that may publish
+on ``PREFIX.conn.HOST.*.up`` but not read the connect replies cannot guess a
+live connection. The host is in every subject so that NATS subject
+permissions can limit a user to some hosts.
+
+Every NATS message of a virtual connection is an envelope: ``kind`` (DATA,
+ACK, PING, CLOSE), ``offset`` (the DATA bytes its sender sent before it: the
+sequence number, counted in bytes as TCP does) and ``ack`` (the DATA bytes of
+the other direction this side has taken). NATS core does not redeliver: a
+DATA message lost (a server restart, a slow consumer) shows as a gap in the
+offsets, and the virtual connection is then ended cleanly (the CLI sees the
+end after whole frames) rather than go on with a hole in the stream; ``tachi
+attach`` reconnects and resumes by output offset as over WebSocket. A lost
+PING or ACK costs nothing (acknowledgements are cumulative and ride on every
+message), so a NATS restart while nothing is in flight goes unnoticed.
+
+Credits: a side sends at most ``window`` DATA bytes ahead of the other's
+``ack``. The client acknowledges output once it has handed it to the CLI, so a
+slow client holds its own output back in its ``Wire``, where the core's
+``client_buffer`` resynchronises it as on any transport; the PTY and the other
+clients never wait for it. The daemon acknowledges input only while the
+connection reads (``FrameInbox`` not paused), so a client that pipelines
+requests and never reads is stopped after ``window`` bytes, and a client that
+sends past its credit is disconnected.
+
+Heartbeats: each side sends a PING when it has sent nothing for ``heartbeat``
+seconds, and ends the connection when it has heard nothing for three times
+that.
+
+Identity is never taken from NATS: the daemon authenticates the peer at the
+protocol's hello (a share or daemon token) exactly as on WebSocket. The
+``Peer``'s address is the relay's (the NATS server's IP as this daemon reaches
+it): the daemon-wide ``allow_ip``/``deny_ip`` rules, a grant's ``allowIps`` and
+the refusal throttle (issue 26 F5) see every NATS client as that one address,
+since the client's own address is not known to the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from tachi.core.peer import Peer
+from tachi.daemon.inbox import FrameInbox
+from tachi.daemon.limits import ConnectionLimits
+from tachi.errors import InvalidRequest, PermissionDenied
+
+if TYPE_CHECKING:
+    from tachi.daemon.server import Daemon
+    from tachi_nats.settings import FleetSettings
+
+log = logging.getLogger("tachi.nats")
+
+#: kind, offset, ack: the header of every message of a virtual connection.
+ENVELOPE = struct.Struct(">BQQ")
+DATA, ACK, PING, CLOSE = 1, 2, 3, 4
+#: Wire version of the virtual connection (the connect request and reply say it).
+VERSION = 1
+#: DATA bytes a side may send ahead of the other's acknowledgement, by default.
+WINDOW = 256 * 1024
+#: The most DATA bytes in one NATS message (well under NATS' default 1 MiB).
+MAX_MESSAGE = 64 * 1024
+#: Seconds of silence before a PING; three times that without a word ends it.
+HEARTBEAT = 5.0
+#: Virtual connections one daemon serves at once through NATS.
+MAX_CONNECTIONS = 1024
+
+
+class Broken(Exception):
+    """The virtual connection cannot go on (a gap, a credit overrun, a bad envelope)."""
+
+
+def subjects(prefix: str, host: str, conn_id: str = "*") -> tuple[str, str, str]:
+    """(connect subject, up subject, down subject) for ``host`` and ``conn_id``."""
+    base = f"{prefix}.conn.{host}.{conn_id}"
+    return f"{prefix}.connect.{host}", f"{base}.up", f"{base}.down"
+
+
+def options_of(settings: FleetSettings) -> tuple[bool, int, float]:
+    """(serve, window, heartbeat) from ``[fleet]``: ``serve = false`` turns the
+    transport off; ``window`` in bytes; ``heartbeat`` in seconds. Raises
+    ``InvalidRequest`` naming the key."""
+    raw = settings.raw
+    serve = raw.get("serve", True)
+    if not isinstance(serve, bool):
+        raise InvalidRequest("[fleet] serve: true or false")
+    window = raw.get("window", WINDOW)
+    if not isinstance(window, int) or not 16 * 1024 <= window <= 16 << 20:
+        raise InvalidRequest("[fleet] window: bytes between 16384 and 16777216")
+    heartbeat = raw.get("heartbeat", HEARTBEAT)
+    if not isinstance(heartbeat, int | float) or not 0.2 <= heartbeat <= 300:
+        raise InvalidRequest("[fleet] heartbeat: seconds between 0.2 and 300")
+    return serve, window, float(heartbeat)
+
+
+class Channel:
+    """Offsets, credits and heartbeat clocks of one virtual connection, the same
+    on both sides. ``publish`` sends one NATS message; it is awaited right after
+    the offset is taken (nats-py queues it before its first suspension), so
+    messages leave in order whichever task sends them."""
+
+    def __init__(self, publish: Callable[[bytes], Awaitable[None]], window: int) -> None:
+        self._publish = publish
+        self.window = window
+        #: Messages sent and received (for the record: order is checked by offset).
+        self.out_seq = 0
+        self.in_seq = 0
+        #: DATA bytes sent, and of those the other side acknowledged.
+        self.sent = 0
+        self.peer_acked = 0
+        #: DATA bytes received, of those handed on (what may be acknowledged),
+        #: and the acknowledgement last sent.
+        self.received = 0
+        self.consumed = 0
+        self.acked = 0
+        self.last_heard = time.monotonic()
+        self.last_sent = time.monotonic()
+        #: Set whenever the other side acknowledges something (credits free up).
+        self.progress = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.peer_acked
+
+    def receive(self, message: bytes) -> tuple[int, bytes]:
+        """(kind, body) of ``message``. Raises ``Broken`` for a gap, a bad
+        acknowledgement or DATA past the credit given."""
+        if len(message) < ENVELOPE.size:
+            raise Broken("a message shorter than its envelope")
+        kind, offset, ack = ENVELOPE.unpack_from(message)
+        if offset != self.received:
+            raise Broken(
+                f"{offset - self.received} bytes were lost on the way (NATS does not"
+                " redeliver): this connection cannot go on"
+            )
+        self.in_seq += 1
+        if not self.peer_acked <= ack <= self.sent:
+            raise Broken(f"acknowledged {ack} bytes of {self.sent} sent")
+        if ack != self.peer_acked:
+            self.peer_acked = ack
+            self.progress.set()
+        self.last_heard = time.monotonic()
+        body = message[ENVELOPE.size :]
+        if kind == DATA:
+            self.received += len(body)
+            if self.received - self.acked > self.window:
+                raise Broken(
+                    f"sent {self.received - self.acked} bytes past a {self.window}-byte credit"
+                )
+        elif kind not in (ACK, PING, CLOSE):
+            raise Broken(f"unknown message kind {kind}")
+        return kind, body
+
+    def should_ack(self) -> bool:
+        """Whether enough was taken since the last acknowledgement to send one
+        now (a quarter of the window: the sender never stalls on it)."""
+        return self.consumed - self.acked >= self.window // 4
+
+    async def send(self, kind: int, body: bytes = b"") -> None:
+        self.out_seq += 1
+        self.acked = self.consumed
+        offset = self.sent
+        if kind == DATA:
+            self.sent += len(body)
+        self.last_sent = time.monotonic()
+        await self._publish(ENVELOPE.pack(kind, offset, self.consumed) + body)
+
+
+class NatsWire:
+    """``tachi.core.clients.Wire`` of one virtual connection (daemon side): what
+    the daemon writes is queued and sent by one task within the client's credit.
+    ``buffered()`` counts what the client has not acknowledged, so the core's
+    limits see a slow client exactly as they see a full socket."""
+
+    def __init__(self, conn: VirtualConnection) -> None:
+        self._conn = conn
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task = asyncio.get_running_loop().create_task(self._pump())
+
+    def write(self, data: bytes) -> None:
+        if self._closed or self._conn.ended:
+            return
+        self._queue.append(bytes(data))
+        self._queued += len(data)
+        self._wake.set()
+
+    def buffered(self) -> int:
+        if self._conn.ended:
+            return 0  # nothing more is sent: nothing waits
+        return self._queued + self._conn.channel.in_flight
+
+    async def drained(self) -> None:
+        channel = self._conn.channel
+        channel.progress.clear()
+        if self._conn.ended or self.buffered() == 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.progress.wait(), 1.0)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def _take(self, limit: int) -> bytes:
+        """Up to ``limit`` queued bytes, in order."""
+        parts: list[bytes] = []
+        size = 0
+        while self._queue and size < limit:
+            head = self._queue[0]
+            room = limit - size
+            if len(head) <= room:
+                parts.append(self._queue.popleft())
+                size += len(head)
+            else:
+                parts.append(head[:room])
+                self._queue[0] = head[room:]
+                size = limit
+        self._queued -= size
+        return b"".join(parts)
+
+    async def _pump(self) -> None:
+        conn, channel = self._conn, self._conn.channel
+        try:
+            while not conn.ended:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue and not conn.ended:
+                    room = channel.window - channel.in_flight
+                    if room <= 0:
+                        channel.progress.clear()
+                        await channel.progress.wait()
+                        continue
+                    await channel.send(DATA, self._take(min(room, MAX_MESSAGE)))
+                if self._closed and not self._queue:
+                    await conn.end(None)
+                    return
+        except Exception as exc:  # NATS closed under us, a full reconnect buffer
+            await conn.end(f"cannot send through NATS: {exc or type(exc).__name__}")
+
+
+class VirtualConnection:
+    """One client's connection through NATS, served by ``daemon.serve_connection``."""
+
+    def __init__(self, transport: NatsTransport, conn_id: str) -> None:
+        self.transport = transport
+        self.id = conn_id
+        _, self.up, self.down = subjects(transport.prefix, transport.host, conn_id)
+        self.channel = Channel(self._publish, transport.window)
+        self.ended = False
+        self.reason: str | None = None
+        self._paused = False
+        limits = ConnectionLimits.of(transport.daemon.config)
+        self.inbox = FrameInbox(self._pause, self._resume, limits=limits)
+        self.wire = NatsWire(self)
+        self.task: asyncio.Task[None] | None = None
+
+    async def _publish(self, data: bytes) -> None:
+        await self.transport.nc.publish(self.down, data)
+
+    # -- flow control of the client's input ------------------------------------------
+    def _pause(self) -> None:
+        self._paused = True
+
+    def _resume(self) -> None:
+        self._paused = False
+        self.channel.consumed = self.channel.received
+        if self.channel.should_ack() and not self.ended:
+            self.transport.spawn(self._ack())
+
+    async def _ack(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self.ended:
+                await self.channel.send(ACK)
+
+    def receive(self, message: bytes) -> None:
+        """A message from the client (on the daemon's loop, in order)."""
+        if self.ended:
+            return
+        try:
+            kind, body = self.channel.receive(message)
+        except Broken as exc:
+            self.transport.spawn(self.end(str(exc)))
+            return
+        if kind == DATA:
+            if not self._paused:
+                self.channel.consumed = self.channel.received
+            self.inbox.feed(body)
+            if self.channel.should_ack() and not self._paused:
+                self.transport.spawn(self._ack())
+        elif kind == CLOSE:
+            self.ended = True
+            self.inbox.feed_eof()
+            self.transport.forget(self)
+
+    async def end(self, reason: str | None) -> None:
+        """End the connection: tell the client (best effort) and the daemon's
+        side (its inbox ends); ``reason`` is logged when it is not a clean close."""
+        if self.ended:
+            return
+        self.ended = True
+        self.reason = reason
+        if reason:
+            log.info("nats connection %s… ended: %s", self.id[:6], reason)
+        self.inbox.feed_eof()
+        self.transport.forget(self)
+        with contextlib.suppress(Exception):
+            await self.channel.send(CLOSE, (reason or "").encode()[:200])
+
+
+class NatsTransport:
+    """``[fleet]``: serve tachi connections through NATS (``serve = false`` turns
+    it off). Its own NATS connection, on the daemon's loop: frames have to end up
+    there anyway, and a hop through the fleet agent's thread would cost every
+    keystroke two thread switches."""
+
+    name = "nats"
+
+    def __init__(self, settings: FleetSettings) -> None:
+        self.settings = settings
+        _, self.window, self.heartbeat = options_of(settings)
+        self.prefix = settings.prefix
+        self.host = settings.host
+        self.nc: Any = None
+        self.daemon: Daemon | None = None  # type: ignore[assignment]
+        self.relay: str | None = None
+        self.connections: dict[str, VirtualConnection] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.settings.servers[0].split('://', 1)[1].rstrip('/')}/{self.host}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "connections": len(self.connections),
+            "connected": bool(self.nc is not None and self.nc.is_connected),
+        }
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, conn: VirtualConnection) -> None:
+        self.connections.pop(conn.id, None)
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self, daemon: Daemon) -> None:
+        """Connect in the background (a NATS that is down never delays the daemon)."""
+        self.daemon = daemon
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        from tachi_nats import nats_io
+
+        while True:
+            try:
+                self.nc = await nats_io.connect(
+                    self.settings,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=self._error,
+                    reconnected_cb=self._reconnected,
+                    # Published while NATS is away: bounded, then the sender sees an
+                    # error and ends that connection (every client is bounded by its
+                    # window; this is the sum).
+                    pending_size=8 << 20,
+                )
+                break
+            except Exception as exc:
+                log.debug("nats transport: cannot connect yet: %s", exc)
+                await asyncio.sleep(1.0)
+        self.relay = _relay_address(self.nc)
+        connect_subject, up, _ = subjects(self.prefix, self.host)
+        await self.nc.subscribe(connect_subject, cb=self._on_connect)
+        # One subscription for every connection's input: no SUB/UNSUB per client.
+        await self.nc.subscribe(
+            up, cb=self._on_up, pending_msgs_limit=1 << 20, pending_bytes_limit=256 << 20
+        )
+        await self.nc.flush(5)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        log.info("nats transport serving %s on %s", self.host, ", ".join(self.settings.servers))
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("nats transport: %s", exc)
+
+    async def _reconnected(self) -> None:
+        self.relay = _relay_address(self.nc) or self.relay
+
+    async def stop(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for conn in list(self.connections.values()):
+            await conn.end("the daemon is stopping")
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.flush(1), 1.5)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), 2)
+
+    # -- NATS callbacks ----------------------------------------------------------------
+    async def _on_connect(self, msg: Any) -> None:
+        """A client asks for a virtual connection: answer with its id, or why not."""
+        assert self.daemon is not None
+        if not msg.reply:
+            return
+        try:
+            request = json.loads(msg.data or b"{}")
+            if not isinstance(request, dict) or request.get("version") != VERSION:
+                raise InvalidRequest(f"this daemon speaks version {VERSION} of the NATS transport")
+            if len(self.connections) >= MAX_CONNECTIONS:
+                raise PermissionDenied(f"too many connections through NATS ({MAX_CONNECTIONS})")
+            if self.relay is None:
+                raise PermissionDenied("the daemon cannot tell the NATS server's address")
+            peer = self.peer()
+            self.daemon.check_address(peer)  # the relay's address, if allow_ip says so
+        except (ValueError, InvalidRequest, PermissionDenied) as exc:
+            error = (
+                exc.to_json()
+                if hasattr(exc, "to_json")
+                else {"code": "invalid", "message": str(exc)}
+            )
+            await self.nc.publish(msg.reply, json.dumps({"error": error}).encode())
+            return
+        conn = VirtualConnection(self, secrets.token_urlsafe(18))
+        self.connections[conn.id] = conn
+        conn.task = asyncio.get_running_loop().create_task(
+            self.daemon.serve_connection(conn.wire, conn.inbox, peer=peer)
+        )
+        conn.task.add_done_callback(lambda _t, c=conn: self._served(c))
+        reply = {
+            "version": VERSION,
+            "id": conn.id,
+            "window": self.window,
+            "heartbeat": self.heartbeat,
+        }
+        await self.nc.publish(msg.reply, json.dumps(reply).encode())
+
+    def _served(self, conn: VirtualConnection) -> None:
+        """The daemon is done with ``conn``: flush and close it (its wire's pump
+        sends what is queued, then CLOSE)."""
+        conn.wire.close()
+        if conn.task is not None and not conn.task.cancelled() and conn.task.exception():
+            log.error("nats connection failed", exc_info=conn.task.exception())
+
+    async def _on_up(self, msg: Any) -> None:
+        conn_id = msg.subject.rsplit(".", 2)[-2]
+        conn = self.connections.get(conn_id)
+        if conn is not None:
+            conn.receive(msg.data)
+
+    def peer(self) -> Peer:
+        """The peer every NATS client is, to the daemon: transport ``nats`` at the
+        relay's address (never a subject or a NATS user name: not an identity)."""
+        return Peer(transport=self.name, address=self.relay, extra={"relay": self.url})
+
+    async def _tick(self) -> None:
+        """Heartbeats: a PING after ``heartbeat`` s of silence; a client not heard
+        for three heartbeats is dropped (and audited, as on WebSocket)."""
+        assert self.daemon is not None
+        step = min(1.0, self.heartbeat / 2)
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                channel = conn.channel
+                if now - channel.last_heard > 3 * self.heartbeat:
+                    self.daemon.audit_refusal(
+                        self.peer(), "connection.heartbeat", "missed three heartbeats (NATS)"
+                    )
+                    self.spawn(conn.end("missed three heartbeats"))
+                elif now - channel.last_sent > self.heartbeat:
+                    self.spawn(_ping(conn))
+
+
+async def _ping(conn: VirtualConnection) -> None:
+    with contextlib.suppress(Exception):
+        if not conn.ended:
+            await conn.channel.send(PING)
+
+
+def _relay_address(nc: Any) -> str | None:
+    """The NATS server's IP address as this process reaches it."""
+    try:
+        writer = nc._transport._io_writer
+        peer = writer.get_extra_info("peername")
+        if peer:
+            host = str(peer[0])
+            return host[7:] if host.startswith("::ffff:") else host
+    except AttributeError:
+        pass
+    try:
+        url = nc.connected_url
+        return socket.getaddrinfo(url.hostname, url.port or 4222)[0][4][0]
+    except (OSError, AttributeError, IndexError, TypeError):
+        return None
