@@ -312,16 +312,10 @@ class FleetAgent:
     async def _resync_sessions(self, sessions: Any) -> None:
         """After (re)connecting: publish every live session and remove this host's
         entries that are not live any more (closed while NATS or the daemon was away)."""
-        from nats.js.errors import NoKeysError
-
         with self._lock:
             known = dict(self._known)
             self._pending.update(known)
-        try:
-            keys = await sessions.keys(filters=[f"{self.host}.>"])
-        except NoKeysError:
-            keys = []
-        for key in keys:
+        for key in await nats_io.host_keys(sessions, self.host):
             if key.split(".", 1)[1] not in known:
                 await sessions.delete(key)
 

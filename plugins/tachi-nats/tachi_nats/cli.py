@@ -384,8 +384,6 @@ def _register_admin(fleet: Any) -> None:
         s = _settings()
 
         async def main() -> int:
-            from nats.js.errors import NoKeysError
-
             nc = await _open(s)
             try:
                 js = nc.jetstream(timeout=5)
@@ -398,10 +396,7 @@ def _register_admin(fleet: Any) -> None:
                     )
                 sessions_kv = await js.key_value(s.sessions_bucket)
                 hosts_kv = await js.key_value(s.hosts_bucket)
-                try:
-                    keys = await sessions_kv.keys(filters=[f"{host}.>"])
-                except NoKeysError:
-                    keys = []
+                keys = await nats_io.host_keys(sessions_kv, host)
                 for key in keys:
                     await sessions_kv.purge(key)
                 for key in (f"info.{host}", f"alive.{host}"):

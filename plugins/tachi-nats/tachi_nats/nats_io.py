@@ -37,6 +37,22 @@ async def ensure_fleet(js: Any, settings: FleetSettings) -> tuple[Any, Any]:
     return await js.key_value(settings.sessions_bucket), await js.key_value(settings.hosts_bucket)
 
 
+async def host_keys(kv: Any, host: str, timeout: float = 5.0) -> list[str]:
+    """The keys of ``kv`` under ``HOST.`` (a sessions bucket), filtered by the
+    server. (nats-py's ``kv.keys(filters=...)`` reads every key of the bucket and
+    matches the filters as substrings, so ``"h.>"`` matched nothing.)"""
+    watcher = await kv.watch(f"{host}.>", ignore_deletes=True, meta_only=True)
+    keys: list[str] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout)
+            if entry is None:
+                return keys
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()
+
+
 async def read_subject(js: Any, stream: str, subject: str, timeout: float = 5.0) -> list[Any]:
     """Every message of ``subject`` in ``stream``, in order (an ordered consumer)."""
     from nats.js import api
