@@ -159,3 +159,244 @@ def test_a_host_cannot_write_another_hosts_entries_and_a_reader_cannot_write(sec
     finally:
         alpha.stop()
         beta.stop()
+
+
+def test_a_wrong_password_is_refused(secured):
+    _server, config = secured
+    (good := config("lead")).run("fleet", "hosts", check=True)
+    text = (good.home / "config.toml").read_text().replace("lead-secret", "guess")
+    (good.home / "config.toml").write_text(text)
+    refused = good.run("fleet", "hosts")
+    assert refused.returncode == 1 and "cannot reach NATS" in refused.stderr
+    assert "authorization" in refused.stderr.lower()
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all made
+    here with `cryptography`; plus a client certificate from another CA."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    out: dict[str, Path] = {}
+
+    def write(name: str, cert: x509.Certificate, key: Any = None) -> None:
+        out[name] = directory / f"{name}.pem"
+        out[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            out[f"{name}-key"] = directory / f"{name}.key"
+            out[f"{name}-key"].write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+
+    def ca(cn: str) -> tuple[x509.Certificate, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )  # fmt: skip
+        return cert, key
+
+    def leaf(cn: str, issuer: tuple[x509.Certificate, Any], server: bool) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(issuer[0].subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(issuer[1], hashes.SHA256()), key
+
+    authority = ca("tachi fleet test CA")
+    write("ca", authority[0])
+    write("server", *leaf("nats", authority, server=True))
+    write("client", *leaf("build-7", authority, server=False))
+    write("stranger", *leaf("build-7", ca("another CA"), server=False))
+    return out
+
+
+def test_tls_with_a_client_certificate_from_the_fleets_ca(tmp_path, fleet_daemons):
+    certs = _certificates(tmp_path)
+    directory = Path(tempfile.mkdtemp(prefix="nats-", dir="/tmp"))
+    server = NatsServer(
+        directory,
+        extra=(
+            f'tls {{ cert_file: "{certs["server"]}", key_file: "{certs["server-key"]}",'
+            f' ca_file: "{certs["ca"]}", verify: true, timeout: 3 }}\n'
+        ),
+    )
+    server.start()
+    url = f"tls://127.0.0.1:{server.port}"
+    try:
+        member = fleet_daemons(
+            url,
+            "build-7",
+            f'tls_ca = "{certs["ca"]}"\ntls_cert = "{certs["client"]}"\n'
+            f'tls_key = "{certs["client-key"]}"\n',
+        )
+        member.new("sleep", "300")
+        wait_until(lambda: len(fleet(member, "ls", "--json")) == 1, 10, "the host over TLS")
+        home = member.home
+        for name, extra in (
+            ("no client certificate", f'tls_ca = "{certs["ca"]}"\n'),
+            (
+                "a certificate from another CA",
+                f'tls_ca = "{certs["ca"]}"\ntls_cert = "{certs["stranger"]}"\n'
+                f'tls_key = "{certs["stranger-key"]}"\n',
+            ),
+            ("no TLS", ""),
+        ):
+            text = f'[fleet]\nurl = "{url if extra else server.url}"\nhost = "x"\n{extra}'
+            other = DaemonProcess(home / name.replace(" ", "-"), {"TACHI_LOAD_PLUGINS": "nats"})
+            other.home.mkdir()
+            (other.home / "config.toml").write_text(text)
+            refused = other.run("fleet", "hosts")
+            assert refused.returncode == 1 and "cannot reach NATS" in refused.stderr, name
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _operator_setup(directory: Path) -> tuple[str, dict[str, Path]]:
+    """nats-server operator-mode config lines (an operator, one account with
+    JetStream) and ``.creds`` files of a member user and of a user signed by a
+    stranger's account key, as `nsc` would make them (JWTs signed here)."""
+    import base64
+    import os
+    import time as time_mod
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from tachi_nats.settings import _crc16
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    def nkey(prefix: int) -> tuple[Ed25519PrivateKey, str, bytes]:
+        """(key, public nkey, encoded seed) of a new nkey of type ``prefix``."""
+        raw = os.urandom(32)
+        key = Ed25519PrivateKey.from_private_bytes(raw)
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        data = bytes([prefix]) + pub
+        public = base64.b32encode(data + _crc16(data).to_bytes(2, "little")).decode().rstrip("=")
+        seed = bytes([(18 << 3) | (prefix >> 5), (prefix << 3) & 0xFF]) + raw
+        encoded = base64.b32encode(seed + _crc16(seed).to_bytes(2, "little")).rstrip(b"=")
+        return key, public, encoded
+
+    def jwt(issuer: tuple[Any, str, bytes], subject: str, nats: dict[str, Any]) -> str:
+        head = b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+        claims = {
+            "jti": b64(os.urandom(24)),
+            "iat": int(time_mod.time()),
+            "iss": issuer[1],
+            "name": subject[:8],
+            "sub": subject,
+            "nats": {**nats, "version": 2},
+        }
+        body = b64(json.dumps(claims).encode())
+        signature = issuer[0].sign(f"{head}.{body}".encode())
+        return f"{head}.{body}.{b64(signature)}"
+
+    operator, account, stranger, system = nkey(14 << 3), nkey(0), nkey(0), nkey(0)
+    unlimited = {"subs": -1, "data": -1, "payload": -1}
+    account_jwt = jwt(
+        operator,
+        account[1],
+        {
+            "type": "account",
+            "limits": {
+                **unlimited,
+                "imports": -1,
+                "exports": -1,
+                "wildcards": True,
+                "conn": -1,
+                "leaf": -1,
+                "mem_storage": -1,
+                "disk_storage": -1,
+                "streams": -1,
+                "consumer": -1,
+            },
+        },
+    )
+    config = (
+        f'operator: "{jwt(operator, operator[1], {"type": "operator"})}"\n'
+        "resolver: MEMORY\n"
+        f'system_account: "{system[1]}"\n'  # JetStream needs one
+        f'resolver_preload: {{ {account[1]}: "{account_jwt}",'
+        f' {system[1]}: "{jwt(operator, system[1], {"type": "account"})}" }}\n'
+    )
+    creds = {}
+    for name, signer in (("member", account), ("stranger", stranger)):
+        user = nkey(20 << 3)
+        token = jwt(signer, user[1], {"type": "user", "pub": {}, "sub": {}, **unlimited})
+        creds[name] = directory / f"{name}.creds"
+        creds[name].write_text(
+            f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+            "************************* IMPORTANT *************************\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{user[2].decode()}\n"
+            "------END USER NKEY SEED------\n\n"
+            "*************************************************************\n"
+        )
+    return config, creds
+
+
+def test_a_creds_file_from_the_fleets_account_gets_in(tmp_path, fleet_daemons):
+    config, creds = _operator_setup(tmp_path)
+    directory = Path(tempfile.mkdtemp(prefix="nats-", dir="/tmp"))
+    server = NatsServer(directory, extra=config)
+    server.start()
+    try:
+        member = fleet_daemons(server.url, "jwt-host", f'creds = "{creds["member"]}"\n')
+        member.new("sleep", "300")
+        wait_until(lambda: len(fleet(member, "ls", "--json")) == 1, 15, "the host with creds")
+        stranger = DaemonProcess(tmp_path / "s", {"TACHI_LOAD_PLUGINS": "nats"})
+        stranger.home.mkdir()
+        (stranger.home / "config.toml").write_text(
+            f'[fleet]\nurl = "{server.url}"\nhost = "s"\ncreds = "{creds["stranger"]}"\n'
+        )
+        refused = stranger.run("fleet", "hosts")
+        assert refused.returncode == 1 and "cannot reach NATS" in refused.stderr
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
