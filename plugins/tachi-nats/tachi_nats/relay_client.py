@@ -10,6 +10,10 @@ Without credentials in the URL, those of the ``[fleet]`` table of this user's
 config.toml are used (``creds``, ``nkey_seed``, ``token``, TLS), as for
 ``tachi fleet …``. NATS credentials only reach the relay: the daemon still
 wants a token in the hello (``TACHI_TOKEN``), as over WebSocket.
+
+Frames are encrypted end to end (``tachi_nats.transport``: X25519 handshake,
+ChaCha20-Poly1305); ``--fingerprint SHA256:…`` (``TACHI_FINGERPRINT``) pins
+the daemon's transport key, which ``tachi daemon status`` shows.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from tachi_nats.transport import (
     VERSION,
     Broken,
     Channel,
+    client_handshake,
+    client_keys,
     subjects,
 )
 
@@ -92,7 +98,7 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
     settings, host = target(url)
     timeout = min(float(options.get("timeout", 30)), 10.0)
     ours, theirs = socket.socketpair()
-    bridge = _Bridge(settings, host, url, theirs, timeout)
+    bridge = _Bridge(settings, host, url, theirs, timeout, options.get("fingerprint"))
     threading.Thread(target=bridge.run, name="tachi-nats-bridge", daemon=True).start()
     if not bridge.ready.wait(timeout + 2) or bridge.error is not None:
         ours.close()
@@ -122,9 +128,18 @@ class _Bridge:
     """One virtual connection, between NATS and the local socketpair."""
 
     def __init__(
-        self, settings: FleetSettings, host: str, url: str, local: socket.socket, timeout: float
+        self,
+        settings: FleetSettings,
+        host: str,
+        url: str,
+        local: socket.socket,
+        timeout: float,
+        pinned: str | None = None,
     ) -> None:
         self.settings = settings
+        self.pinned = pinned
+        self.keys: Any = None
+        self.fingerprint: str | None = None
         self.host = host
         self.url = url
         self.local = local
@@ -193,10 +208,9 @@ class _Bridge:
         from nats.errors import TimeoutError as NatsTimeout
 
         connect, _, _ = subjects(self.settings.prefix, self.host)
+        ephemeral, request = client_handshake()
         try:
-            msg = await nc.request(
-                connect, json.dumps({"version": VERSION}).encode(), timeout=self.timeout
-            )
+            msg = await nc.request(connect, json.dumps(request).encode(), timeout=self.timeout)
         except (NoRespondersError, NatsTimeout):
             self.error = DaemonUnavailable(
                 f"no tachi daemon answers for host {self.host!r} through NATS at"
@@ -219,6 +233,11 @@ class _Bridge:
                 f"{self.url}: the daemon speaks another version of the NATS transport"
             )
             return None
+        try:
+            self.keys, self.fingerprint = client_keys(ephemeral, reply, self.pinned)
+        except TachiError as exc:
+            self.error = exc
+            return None
         return reply
 
     async def _serve(self, nc: Any) -> None:
@@ -232,7 +251,7 @@ class _Bridge:
         async def publish(data: bytes) -> None:
             await nc.publish(up, data)
 
-        channel = Channel(publish, int(reply.get("window") or 0) or 256 * 1024)
+        channel = Channel(publish, int(reply.get("window") or 0) or 256 * 1024, self.keys)
         loop = asyncio.get_running_loop()
         self.local.setblocking(False)
         assert self._ended is not None

@@ -69,8 +69,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tachi.nats")
 
-#: kind, offset, ack: the header of every message of a virtual connection.
-ENVELOPE = struct.Struct(">BQQ")
+#: kind, seq, offset, ack: the header of every message of a virtual connection
+#: (authenticated with the body; ``seq`` only grows, so a replay is refused).
+ENVELOPE = struct.Struct(">BIQQ")
+#: What the key derivation binds (with both public keys and the connection id).
+KDF_LABEL = b"tachi-nats-e2e-v1"
 DATA, ACK, PING, CLOSE = 1, 2, 3, 4
 #: Wire version of the virtual connection (the connect request and reply say it).
 VERSION = 1
@@ -117,9 +120,15 @@ class Channel:
     the offset is taken (nats-py queues it before its first suspension), so
     messages leave in order whichever task sends them."""
 
-    def __init__(self, publish: Callable[[bytes], Awaitable[None]], window: int) -> None:
+    def __init__(
+        self,
+        publish: Callable[[bytes], Awaitable[None]],
+        window: int,
+        keys: SessionKeys | None = None,
+    ) -> None:
         self._publish = publish
         self.window = window
+        self.keys = keys
         #: Messages sent and received (for the record: order is checked by offset).
         self.out_seq = 0
         self.in_seq = 0
@@ -145,20 +154,24 @@ class Channel:
         acknowledgement or DATA past the credit given."""
         if len(message) < ENVELOPE.size:
             raise Broken("a message shorter than its envelope")
-        kind, offset, ack = ENVELOPE.unpack_from(message)
+        kind, seq, offset, ack = ENVELOPE.unpack_from(message)
+        if seq <= self.in_seq:
+            raise Broken(f"message {seq} came again or out of order (after {self.in_seq})")
+        body = message[ENVELOPE.size :]
+        if self.keys is not None:
+            body = self.keys.open(seq, body, message[: ENVELOPE.size])
         if offset != self.received:
             raise Broken(
                 f"{offset - self.received} bytes were lost on the way (NATS does not"
                 " redeliver): this connection cannot go on"
             )
-        self.in_seq += 1
+        self.in_seq = seq
         if not self.peer_acked <= ack <= self.sent:
             raise Broken(f"acknowledged {ack} bytes of {self.sent} sent")
         if ack != self.peer_acked:
             self.peer_acked = ack
             self.progress.set()
         self.last_heard = time.monotonic()
-        body = message[ENVELOPE.size :]
         if kind == DATA:
             self.received += len(body)
             if self.received - self.acked > self.window:
@@ -181,7 +194,164 @@ class Channel:
         if kind == DATA:
             self.sent += len(body)
         self.last_sent = time.monotonic()
-        await self._publish(ENVELOPE.pack(kind, offset, self.consumed) + body)
+        header = ENVELOPE.pack(kind, self.out_seq, offset, self.consumed)
+        if self.keys is not None:
+            body = self.keys.seal(self.out_seq, body, header)
+        await self._publish(header + body)
+
+
+class SessionKeys:
+    """ChaCha20-Poly1305 keys of one virtual connection, one per direction, from
+    the handshake (:func:`daemon_handshake`, :func:`client_keys`). Every body is
+    sealed with its header as associated data, the message's ``seq`` as nonce."""
+
+    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        self._send = ChaCha20Poly1305(send_key)
+        self._receive = ChaCha20Poly1305(receive_key)
+
+    def seal(self, seq: int, body: bytes, header: bytes) -> bytes:
+        return self._send.encrypt(seq.to_bytes(12, "big"), body, header)
+
+    def open(self, seq: int, body: bytes, header: bytes) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._receive.decrypt(seq.to_bytes(12, "big"), body, header)
+        except InvalidTag:
+            raise Broken("a message failed authentication (altered on the way?)") from None
+
+
+def _x25519_public(raw: bytes) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    return X25519PublicKey.from_public_bytes(raw)
+
+
+def _raw_public(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_fingerprint(public: bytes) -> str:
+    """``SHA256:…`` of a daemon's transport public key, as ``--fingerprint`` takes it."""
+    import base64
+    import hashlib
+
+    return "SHA256:" + base64.b64encode(hashlib.sha256(public).digest()).decode().rstrip("=")
+
+
+def _derive(dh1: bytes, dh2: bytes, transcript: bytes) -> tuple[bytes, bytes, bytes]:
+    """(client-to-daemon key, daemon-to-client key, key confirmation)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    okm = HKDF(algorithm=hashes.SHA256(), length=96, salt=None, info=transcript).derive(dh1 + dh2)
+    return okm[:32], okm[32:64], okm[64:]
+
+
+def daemon_handshake(
+    static: Any, client_public: bytes, conn_id: str
+) -> tuple[SessionKeys, dict[str, str]]:
+    """The daemon's half: keys from its long-term X25519 key ``static``, a fresh
+    ephemeral one and the client's ephemeral ``client_public``; and what the
+    reply carries. Only the holder of ``static`` can compute the confirmation,
+    which is how the daemon proves its key. ``ValueError`` for a bad key."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    if len(client_public) != 32:
+        raise ValueError("the client's key is not an X25519 public key")
+    peer = _x25519_public(client_public)
+    ephemeral = X25519PrivateKey.generate()
+    static_pub, eph_pub = _raw_public(static), _raw_public(ephemeral)
+    transcript = KDF_LABEL + client_public + static_pub + eph_pub + conn_id.encode()
+    up, down, confirm = _derive(static.exchange(peer), ephemeral.exchange(peer), transcript)
+    b64 = base64.b64encode
+    reply = {
+        "key": b64(static_pub).decode(),
+        "eph": b64(eph_pub).decode(),
+        "confirm": b64(confirm).decode(),
+    }
+    return SessionKeys(down, up), reply
+
+
+def client_handshake() -> tuple[Any, dict[str, Any]]:
+    """A fresh ephemeral key and the connect request that carries it."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    ephemeral = X25519PrivateKey.generate()
+    request = {"version": VERSION, "key": base64.b64encode(_raw_public(ephemeral)).decode()}
+    return ephemeral, request
+
+
+def client_keys(
+    ephemeral: Any, reply: dict[str, Any], pinned: str | None
+) -> tuple[SessionKeys, str]:
+    """The client's half: (keys, the daemon's key fingerprint). Raises
+    ``PermissionDenied`` when the daemon did not prove the key it named, or
+    named another key than ``pinned``."""
+    import base64
+    import hmac
+
+    try:
+        static_pub = base64.b64decode(reply["key"], validate=True)
+        eph_pub = base64.b64decode(reply["eph"], validate=True)
+        confirm = base64.b64decode(reply["confirm"], validate=True)
+        client_pub = _raw_public(ephemeral)
+        transcript = KDF_LABEL + client_pub + static_pub + eph_pub + str(reply["id"]).encode()
+        up, down, expected = _derive(
+            ephemeral.exchange(_x25519_public(static_pub)),
+            ephemeral.exchange(_x25519_public(eph_pub)),
+            transcript,
+        )
+    except (KeyError, ValueError, TypeError):
+        raise PermissionDenied("the daemon's answer carries no usable key") from None
+    fingerprint = key_fingerprint(static_pub)
+    if not hmac.compare_digest(confirm, expected):
+        raise PermissionDenied(
+            f"the answer did not prove the key {fingerprint} it names (a relay in the middle?)"
+        )
+    if pinned:
+        import hashlib
+
+        want = pinned.removeprefix("SHA256:")
+        have = base64.b64encode(hashlib.sha256(static_pub).digest()).decode().rstrip("=")
+        if not hmac.compare_digest(want.rstrip("="), have):
+            raise PermissionDenied(
+                f"the daemon presented transport key {fingerprint}, not the pinned {pinned}"
+            )
+    return SessionKeys(up, down), fingerprint
+
+
+def load_key(path: Any) -> Any:
+    """The daemon's long-term X25519 key at ``path`` (made, 0600, on first use)."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    try:
+        return X25519PrivateKey.from_private_bytes(path.read_bytes())
+    except FileNotFoundError:
+        pass
+    key = X25519PrivateKey.generate()
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.private_bytes(
+        serialization.Encoding.Raw,
+        serialization.PrivateFormat.Raw,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    return key
 
 
 class NatsWire:
@@ -262,11 +432,11 @@ class NatsWire:
 class VirtualConnection:
     """One client's connection through NATS, served by ``daemon.serve_connection``."""
 
-    def __init__(self, transport: NatsTransport, conn_id: str) -> None:
+    def __init__(self, transport: NatsTransport, conn_id: str, keys: SessionKeys) -> None:
         self.transport = transport
         self.id = conn_id
         _, self.up, self.down = subjects(transport.prefix, transport.host, conn_id)
-        self.channel = Channel(self._publish, transport.window)
+        self.channel = Channel(self._publish, transport.window, keys)
         self.ended = False
         self.reason: str | None = None
         self._paused = False
@@ -344,6 +514,8 @@ class NatsTransport:
         self.nc: Any = None
         self.daemon: Daemon | None = None  # type: ignore[assignment]
         self.relay: str | None = None
+        self.key: Any = None
+        self.fingerprint: str | None = None
         self.connections: dict[str, VirtualConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -358,6 +530,7 @@ class NatsTransport:
             "url": self.url,
             "connections": len(self.connections),
             "connected": bool(self.nc is not None and self.nc.is_connected),
+            "fingerprint": self.fingerprint,
         }
 
     def spawn(self, coro: Awaitable[Any]) -> None:
@@ -372,6 +545,8 @@ class NatsTransport:
     async def start(self, daemon: Daemon) -> None:
         """Connect in the background (a NATS that is down never delays the daemon)."""
         self.daemon = daemon
+        self.key = load_key(daemon.config.state_dir / "fleet" / "transport.key")
+        self.fingerprint = key_fingerprint(_raw_public(self.key))
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -452,7 +627,17 @@ class NatsTransport:
             )
             await self.nc.publish(msg.reply, json.dumps({"error": error}).encode())
             return
-        conn = VirtualConnection(self, secrets.token_urlsafe(18))
+        conn_id = secrets.token_urlsafe(18)
+        try:
+            import base64
+
+            client_key = base64.b64decode(str(request.get("key")), validate=True)
+            keys, proof = daemon_handshake(self.key, client_key, conn_id)
+        except ValueError:
+            error = {"code": "invalid", "message": "the connect request carries no usable key"}
+            await self.nc.publish(msg.reply, json.dumps({"error": error}).encode())
+            return
+        conn = VirtualConnection(self, conn_id, keys)
         self.connections[conn.id] = conn
         conn.task = asyncio.get_running_loop().create_task(
             self.daemon.serve_connection(conn.wire, conn.inbox, peer=peer)
@@ -463,6 +648,7 @@ class NatsTransport:
             "id": conn.id,
             "window": self.window,
             "heartbeat": self.heartbeat,
+            **proof,
         }
         await self.nc.publish(msg.reply, json.dumps(reply).encode())
 

@@ -231,18 +231,20 @@ async def _raw_connect(relay: Relay) -> tuple[Any, Any, Any, str]:
     """A bare NATS client that opens a virtual connection by hand: (nats
     connection, channel, queue of (kind, body) from the daemon, up subject)."""
     import nats
-    from tachi_nats.transport import Broken, Channel, subjects
+    from tachi_nats.transport import Broken, Channel, client_handshake, client_keys, subjects
 
     nc = await nats.connect(relay.nats.url)
     connect, _, _ = subjects("tachi", relay.host)
-    reply = json.loads((await nc.request(connect, b'{"version": 1}', timeout=5)).data)
+    ephemeral, request = client_handshake()
+    reply = json.loads((await nc.request(connect, json.dumps(request).encode(), timeout=5)).data)
+    keys, _ = client_keys(ephemeral, reply, None)
     _, up, down = subjects("tachi", relay.host, reply["id"])
     received: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
 
     async def publish(data: bytes) -> None:
         await nc.publish(up, data)
 
-    channel = Channel(publish, reply["window"])
+    channel = Channel(publish, reply["window"], keys)
 
     async def on_down(msg: Any) -> None:
         try:
@@ -314,9 +316,11 @@ def test_a_client_that_sends_past_its_credit_is_cut_off(relay: Relay):
             request = protocol.encode_control(
                 {"id": 2, "op": "daemon.status", "args": {"pad": "x" * 60_000}}
             )
-            offset = channel.sent
+            offset, seq = channel.sent, channel.out_seq
             for _ in range(channel.window * 3 // 2 // len(request) + 1):
-                await nc.publish(up, ENVELOPE.pack(DATA, offset, channel.consumed) + request)
+                seq += 1
+                header = ENVELOPE.pack(DATA, seq, offset, channel.consumed)
+                await nc.publish(up, header + channel.keys.seal(seq, request, header))
                 offset += len(request)
             while True:
                 message = await _control(received)
@@ -343,9 +347,9 @@ def test_a_lost_message_ends_the_connection_cleanly(relay: Relay):
             assert (await _control(received))["ok"]
             # A request whose first 100 bytes "were lost": it claims a later offset.
             request = protocol.encode_control({"id": 2, "op": "daemon.status", "args": {}})
-            await nc.publish(
-                up, ENVELOPE.pack(DATA, channel.sent + 100, channel.consumed) + request
-            )
+            seq = channel.out_seq + 1
+            header = ENVELOPE.pack(DATA, seq, channel.sent + 100, channel.consumed)
+            await nc.publish(up, header + channel.keys.seal(seq, request, header))
             while True:
                 kind, body = await asyncio.wait_for(received.get(), 10)
                 if kind == CLOSE:
@@ -381,6 +385,60 @@ def test_a_silent_client_is_dropped_within_three_heartbeats_and_audited(relay: R
     assert silent_for < 3 * 1 + 2  # heartbeat = 1 s in this fleet's config
     records = [r for r in _audit(relay.daemon) if r["action"] == "connection.heartbeat"]
     assert records and records[-1]["details"]["transport"] == "nats"
+
+
+def test_the_relay_sees_ciphertext_only_and_a_pin_is_checked(relay: Relay):
+    """Whoever reads every subject (the NATS server, an account with ``>``) sees
+    no keystroke and no output; a client that pins the daemon's transport key
+    refuses any other."""
+    import threading
+
+    import nats
+
+    seen: list[bytes] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    def eavesdrop() -> None:
+        async def main() -> None:
+            nc = await nats.connect(relay.nats.url)
+
+            async def keep(msg: Any) -> None:
+                seen.append(bytes(msg.data))
+
+            await nc.subscribe("tachi.conn.>", cb=keep)
+            await nc.flush()
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await nc.close()
+
+        asyncio.run(main())
+
+    spy = threading.Thread(target=eavesdrop, daemon=True)
+    spy.start()
+    assert ready.wait(10)
+    try:
+        session = relay.daemon.new("bash", "--norc")
+        assert relay.run("send", session["id"], "echo confidential-$((6*7))\\n").returncode == 0
+        waited = relay.run("wait", session["id"], "--match", "confidential-42", "--timeout", "20")
+        assert waited.returncode == 0, waited.stderr
+        assert "confidential-42" in relay.run("capture", session["id"]).stdout
+    finally:
+        stop.set()
+        spy.join(10)
+    assert len(seen) > 4
+    everything = b"".join(seen)
+    assert b"confidential" not in everything and relay.token.encode() not in everything
+    fingerprint = next(
+        x["fingerprint"]
+        for x in json.loads(relay.daemon.run("daemon", "status", "--json").stdout)["listeners"]
+        if x["transport"] == "nats"
+    )
+    pinned = relay.run("--fingerprint", fingerprint, "ls")
+    assert pinned.returncode == 0, pinned.stderr
+    wrong = relay.run("--fingerprint", "SHA256:" + "A" * 43, "ls")
+    assert wrong.returncode == 4
+    assert "not the pinned" in wrong.stderr
 
 
 # -- outages and bounds -----------------------------------------------------------------
