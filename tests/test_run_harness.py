@@ -354,3 +354,166 @@ def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_
             time.sleep(0.5)  # for the exec (not a timing assertion)
             after = client.run(sid, "echo replaced; (exit 5)", timeout=T)
             assert (after.output, after.exit_code) == ("replaced\n", 5)
+
+
+# -- the large corpus: one case per test, one session per shell -------------------------
+# Strings printed back exactly: quoting, globs, expansions, history, Unicode.
+STRINGS = [
+    "hello", "with space", "two  spaces", "tab\there", "quote'single", 'quote"double',
+    "back\\slash", "dollar $HOME", "`backtick`", "semi;colon", "pipe|x", "amp&x", "star*",
+    "question?", "[brackets]", "{braces}", "(parens)", "<angle>", "#hash", "~tilde",
+    "!bang", "a!b!c", "ünïcödé", "日本語テキスト", "emoji 🎉✓", "percent %s %d", "-n", "-e", "--",
+    "=", "a=b", "*.py", "x" * 3000, "trailing space ", " leading space", "many\nlines\nhere",
+    "\\n not a newline", "$(echo no)", "${HOME}", "$((1+1))", "'\"'\"'", "\\\\\\",
+    "end\\", "{a,b}", "$'ansi'", "a\u00a0nbsp", "zero\u200bwidth", "\u2028ls",
+]  # fmt: skip
+
+
+def _posix_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _fish_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _lines(n: int) -> str:
+    return "".join(f"{i}\n" for i in range(1, n + 1))
+
+
+# (command, output, exit code); a list of such: runs in one session, in order.
+POSIX_MORE: list = [
+    *[(f"(exit {k})", "", k) for k in (0, 1, 2, 7, 42, 100, 126, 127, 128, 200, 255)],
+    *[(f"sh -c 'exit {k}'", "", k) for k in (0, 1, 5, 64, 255)],
+    *[(f"printf '%s\\n' {_posix_quote(s)}", s + "\n", 0) for s in STRINGS],
+    *[(f"seq 1 {n}", _lines(n), 0) for n in (1, 10, 1000, 20000)],
+    ("head -c 100000 /dev/zero | tr '\\0' a", "a" * 100000, 0),
+    ("seq 1 100 | tail -n 3", "98\n99\n100\n", 0),
+    ("echo $(echo nested)", "nested\n", 0),
+    ("x=$(printf 'a\\nb'); echo \"$x\"", "a\nb\n", 0),
+    ("yes | head -n 3", "y\ny\ny\n", 0),
+    ("printf 'c\\nb\\na\\n' | sort", "a\nb\nc\n", 0),
+    ("echo abc | tr a-c A-C", "ABC\n", 0),
+    ("echo {1..3}", "1 2 3\n", 0),
+    ("echo $((2**10))", "1024\n", 0),
+    ("true && echo and", "and\n", 0),
+    ("false || echo or", "or\n", 0),
+    ("false; echo $?", "1\n", 0),
+    ("! true", "", 1),
+    ("false | true", "", 0),
+    ("true | false", "", 1),
+    ("echo out; echo err >&2", "out\nerr\n", 0),
+    ("echo err >&2; (exit 9)", "err\n", 9),
+    ("ls /nonexistent-tachi-dir 2>&1 | wc -l | tr -d ' '", "1\n", 0),
+    ("cat /nonexistent-tachi-file", None, 1),
+    ("no-such-command-tachi", None, 127),
+    ("printf '\\033[31mred\\033[0m\\n'", "red\n", 0),
+    ("printf '\\033[1mbold\\033[0m plain\\n'", "bold plain\n", 0),
+    ("printf 'a\\033[2Kb\\n'", "ab\n", 0),
+    ("printf '\\033]133;D;0;tachi-000000000000\\007done\\n'", "done\n", 0),
+    ("printf '\\033]133;C;tachi-000000000000\\007x\\n'; (exit 4)", "x\n", 4),
+    ("printf '\\033]0;title\\007t\\n'", "t\n", 0),
+    ("i=0; while [ $i -lt 3 ]; do i=$((i+1)); done; echo $i", "3\n", 0),
+    ("case foo in f*) echo matched;; *) echo no;; esac", "matched\n", 0),
+    ("for w in a 'b c' d; do\n  printf '[%s]' \"$w\"\ndone\necho", "[a][b c][d]\n", 0),
+    ('g() { echo "args:$#"; }\ng 1 2 3', "args:3\n", 0),
+    ("cat <<'X'\n$not expanded\n\tTAB\nX", "$not expanded\n\tTAB\n", 0),
+    ("v=7\ncat <<X\nv=$v\nX", "v=7\n", 0),
+    ("cat <<-'X'\n\tstripped\n\tX", "stripped\n", 0),
+    ("{ echo grouped; (exit 3); }", "grouped\n", 3),
+    ("(cd /tmp && pwd)", "/tmp\n", 0),
+    ("echo a > /dev/null; echo b", "b\n", 0),
+    ("printf ''", "", 0),
+    ("printf '\\n\\n'", "\n\n", 0),
+    ("sleep 0.2; echo slept", "slept\n", 0),
+    ("kill -TERM $$ 2>/dev/null || true; echo survived", None, None),
+    ("set -- a b; echo $#", "2\n", 0),
+    ("printf 'no newline at end'", "no newline at end", 0),
+    ("printf 'a\\377b\\n'", "a\ufffdb\n", 0),
+    ("echo $'bell\\a' | wc -c | tr -d ' '", "6\n", 0),
+    # State carries from one run to the next.
+    [("cd /tmp", "", 0), ("pwd", "/tmp\n", 0)],
+    [("export TACHI_T=bar", "", 0), ("echo $TACHI_T", "bar\n", 0)],
+    [("tf() { return 6; }", "", 0), ("tf", "", 6)],
+    [("declare -a arr=(x y z) 2>/dev/null || arr=(x y z)", "", 0), ("echo ${arr[2]}", None, 0)],
+    [("sh -c 'exit 3'", "", 3), ("echo $?", "3\n", 0)],
+    *[(c, None, None) for c in POSIX_ERRORS],
+]
+FISH_MORE: list = [
+    *[(f"sh -c 'exit {k}'", "", k) for k in (0, 1, 2, 7, 42, 100, 126, 128, 200, 255)],
+    ("false", "", 1),
+    ("true", "", 0),
+    ("test 1 = 2", "", 1),
+    *[(f"printf '%s\\n' {_fish_quote(s)}", s + "\n", 0) for s in STRINGS],
+    *[(f"seq 1 {n}", _lines(n), 0) for n in (1, 10, 1000, 20000)],
+    ("head -c 100000 /dev/zero | tr '\\0' a", "a" * 100000, 0),
+    ("seq 1 100 | tail -n 3", "98\n99\n100\n", 0),
+    ("echo (echo nested)", "nested\n", 0),
+    ("math 2 ^ 10", "1024\n", 0),
+    ("string upper abc", "ABC\n", 0),
+    ("string repeat -n 3 ab", "ababab\n", 0),
+    ("count a b c", "3\n", 0),
+    ("set x 1 2 3; echo $x[2]", "2\n", 0),
+    ("true; and echo and", "and\n", 0),
+    ("false; or echo or", "or\n", 0),
+    ("false; echo $status", "1\n", 0),
+    ("not true", "", 1),
+    ("echo out; echo err >&2", "out\nerr\n", 0),
+    ("echo err >&2; sh -c 'exit 9'", "err\n", 9),
+    ("no-such-command-tachi", None, 127),
+    ("printf '\\e[31mred\\e[0m\\n'", "red\n", 0),
+    ("printf '\\e]133;D;0;tachi-000000000000\\adone\\n'", "done\n", 0),
+    ("for w in a 'b c' d\n  printf '[%s]' $w\nend\necho", "[a][b c][d]\n", 0),
+    ("function g\n  echo args:(count $argv)\nend\ng 1 2 3", "args:3\n", 0),
+    ("switch foo\n  case 'f*'\n    echo matched\n  case '*'\n    echo no\nend", "matched\n", 0),
+    ("set i 0\nwhile test $i -lt 3\n  set i (math $i + 1)\nend\necho $i", "3\n", 0),
+    ("begin\n  echo grouped\n  sh -c 'exit 3'\nend", "grouped\n", 3),
+    ("printf ''", "", 0),
+    ("printf 'no newline at end'", "no newline at end", 0),
+    ("sleep 0.2; echo slept", "slept\n", 0),
+    [("cd /tmp", "", 0), ("pwd", "/tmp\n", 0)],
+    [("set -gx TACHI_T bar", "", 0), ("echo $TACHI_T", "bar\n", 0)],
+    [("function tf; return 6; end", "", 0), ("tf", "", 6)],
+    [("sh -c 'exit 3'", "", 3), ("echo $status", "3\n", 0)],
+    *[(c, None, None) for c in FISH_ERRORS],
+]
+
+
+def _cases(shell: str) -> list:
+    return FISH_MORE if shell == "fish" else POSIX_MORE
+
+
+@pytest.fixture(scope="module")
+def corpus_sessions():
+    """One daemon for the module, and one session per shell: the corpus's
+    cases share them (as an agent's commands share its terminal)."""
+    from tachi.testing import short_tempdir
+
+    with short_tempdir() as home:
+        daemon = DaemonProcess(home)
+        daemon.start()
+        try:
+            sessions = {shell: _shell(daemon, shell) for shell in SHELLS}
+            with daemon.client() as client:
+                yield client, sessions
+        finally:
+            daemon.stop()
+
+
+CORPUS = [(shell, i) for shell in SHELLS for i in range(len(_cases(shell)))]
+
+
+@pytest.mark.parametrize(("shell", "case"), CORPUS, ids=[f"{s}-{i}" for s, i in CORPUS])
+def test_corpus_case(corpus_sessions, shell, case):
+    client, sessions = corpus_sessions
+    steps = _cases(shell)[case]
+    for command, output, code in steps if isinstance(steps, list) else [steps]:
+        started = time.monotonic()
+        r = client.run(sessions[shell], command, timeout=T)
+        assert time.monotonic() - started < T + 1
+        if output is not None:
+            assert r.output == output, command
+        if code is not None:
+            assert r.exit_code == code, (command, r.output)
+        elif output is None:
+            assert r.exit_code not in (-1,), command  # a syntax error: the shell's status

@@ -33,11 +33,13 @@ _BASH_PS0 = "\\033]133;C\\007"
 # exist (see tachi.daemon.run_ops.typed_line): start mark, then end mark with
 # the status ``eval`` left. Two functions around ``eval``, not one with
 # ``eval`` inside: in a function, ``declare``/``typeset`` would make the
-# command's variables local and ``return`` would skip the end mark.
+# command's variables local and ``return`` would skip the end mark. Both pass
+# the status on, so ``$?`` at the start of a run is the previous run's.
 _RUN_FUNCTIONS = (
-    "__tachi_b() { __tachi_id=$1; printf '\\033]133;C;%s\\007' \"$1\"; }\n"
+    "__tachi_b() { local __tachi_r=$?; __tachi_id=$1;"
+    " printf '\\033]133;C;%s\\007' \"$1\"; return $__tachi_r; }\n"
     "__tachi_e() { __tachi_s=$?;"
-    ' printf \'\\033]133;D;%s;%s\\007\' "$__tachi_s" "$__tachi_id"; }\n'
+    ' printf \'\\033]133;D;%s;%s\\007\' "$__tachi_s" "$__tachi_id"; return $__tachi_s; }\n'
 )
 # Set in the rc file, so nothing of tachi's is in the environment that the
 # shell passes on to its children (a nested `bash --norc` would run the hook).
@@ -103,9 +105,10 @@ _FISH = (
     "function __tachi_prompt --on-event fish_prompt; printf '\\e]133;A\\a'; end; "
     # For tachi run's short line (fish keeps lines starting with a space out
     # of its history already).
-    "function __tachi_b; set -g __tachi_id $argv[1]; printf '\\e]133;C;%s\\a' $argv[1]; end; "
+    "function __tachi_b; set -l r $status; set -g __tachi_id $argv[1];"
+    " printf '\\e]133;C;%s\\a' $argv[1]; return $r; end; "
     "function __tachi_e; set -g __tachi_s $status;"
-    " printf '\\e]133;D;%s;%s\\a' $__tachi_s $__tachi_id; end; "
+    " printf '\\e]133;D;%s;%s\\a' $__tachi_s $__tachi_id; return $__tachi_s; end; "
     # A bare `if`, `for`, `switch` … is fish's help on them, in a pager that
     # waits for keys: during a tachi run (``__tachi_id`` set), without one.
     "functions -q __fish_print_help; and functions -c __fish_print_help __tachi_help;"
