@@ -303,6 +303,21 @@ def test_a_forged_hello_naming_another_principal_is_refused(relay: Relay):
     assert refused[-1]["details"]["transport"] == "nats"
 
 
+def test_refused_tokens_through_nats_are_throttled_as_one_source(relay: Relay):
+    """Issue 26 F5 through the relay: every NATS client is the relay's address,
+    so a flood of bad tokens is one full audit record (then one count), not one
+    record each, as it would be for a local peer (no address)."""
+    attempts = 8
+    for _ in range(attempts):
+        refused = relay.run("ls", token="tachi_" + "x" * 43)
+        assert refused.returncode == 4
+    records = [
+        r for r in _audit(relay.daemon) if r["action"] == "auth.token" and r["result"] == "denied"
+    ]
+    assert 1 <= len(records) < attempts
+    assert records[0]["details"]["address"] == "127.0.0.1"
+
+
 def test_a_client_that_sends_past_its_credit_is_cut_off(relay: Relay):
     from tachi_nats.transport import DATA, ENVELOPE
 
