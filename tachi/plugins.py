@@ -12,9 +12,10 @@ by importing it, so the answer is kept in a *hook index* (a JSON file in the
 user's cache directory, one per install), checked on every use against what it
 was made from: the mtimes of the site directories and of those the plugins'
 distributions live in, and ``sys.path`` itself (installing or removing a
-distribution changes one; then the entry points are read again) and,
-per plugin, the size and mtime of each of its package's ``.py`` files (an edit
-or upgrade re-imports it once to learn its hooks again). A hit costs no
+distribution changes one; then the entry points are read again) and, per
+plugin, the size and mtime of the module its entry point names (an upgrade or
+an edit of it re-imports the plugin once to learn its hooks again; pluggy finds
+hooks on that module, so a hook is defined or imported there). A hit costs no
 ``importlib.metadata`` (~60 ms on its own) and no plugin import; anything
 missing, stale or unreadable falls back to importing, so the index can make a
 command faster but never change what it loads.
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import json
 import os
@@ -49,7 +49,10 @@ DEFAULT_PLUGINS = (
 
 
 def make_plugin_manager(
-    *, load_entrypoints: bool = True, hooks: Collection[str] | None = None
+    *,
+    load_entrypoints: bool = True,
+    hooks: Collection[str] | None = None,
+    scheme: str | None = None,
 ) -> pluggy.PluginManager:
     """A fresh manager with the hookspecs, the built-ins and (optionally) installed plugins.
 
@@ -57,6 +60,9 @@ def make_plugin_manager(
     of those hooks are imported and registered, in the order a full load would
     register them, so calling those hooks gives what it would with everything
     loaded. ``TACHI_LOAD_PLUGINS`` and ``TACHI_DISABLE_PLUGINS`` apply as ever.
+    With ``scheme`` too, a plugin wanted only for ``tachi_connect`` is left out
+    when it declares the URL schemes it opens (``URL_SCHEMES`` on the plugin)
+    and ``scheme`` is not one of them.
     """
     pm = pluggy.PluginManager("tachi")
     pm.add_hookspecs(hookspecs)
@@ -78,7 +84,7 @@ def make_plugin_manager(
         if index is None:
             _load_entrypoints(pm)
         else:
-            _load_entrypoints_lazily(pm, index, wanted)
+            _load_entrypoints_lazily(pm, index, wanted, scheme)
     if index is not None:
         index.save()
     pm.check_pending()
@@ -110,7 +116,7 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
 
 
 def _load_entrypoints_lazily(
-    pm: pluggy.PluginManager, index: HookIndex, wanted: frozenset[str]
+    pm: pluggy.PluginManager, index: HookIndex, wanted: frozenset[str], scheme: str | None
 ) -> None:
     """Import the selected entry points that implement a ``wanted`` hook (or
     whose hooks the index does not know yet: it learns them now)."""
@@ -121,6 +127,15 @@ def _load_entrypoints_lazily(
         known = index.known_hooks(entry)
         if known is not None and not known & wanted:
             continue
+        schemes = entry.get("schemes")
+        if (
+            known is not None
+            and known & wanted == {"tachi_connect"}
+            and scheme is not None
+            and isinstance(schemes, list)
+            and scheme.lower() not in schemes
+        ):
+            continue  # a transport for other URLs
         plugin = _load_value(entry["value"])
         pm.register(plugin, name=name)
         index.learn(entry, pm, plugin)
@@ -135,36 +150,6 @@ def _load_value(value: str) -> Any:
     return obj
 
 
-def _package_stamp(module: str) -> list[list[Any]] | None:
-    """(path, size, mtime) of each ``.py`` file of the package that ``module``
-    belongs to, found without importing it; ``None`` if it cannot be found."""
-    top = module.split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    paths: list[str] = []
-    if spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            for directory, dirs, files in os.walk(root):
-                dirs[:] = [d for d in dirs if d not in ("__pycache__", "tests")]
-                paths += [os.path.join(directory, f) for f in files if f.endswith(".py")]
-                if len(paths) > 2000:  # not a plugin's package: do not walk it all
-                    return None
-    elif spec.origin:
-        paths.append(spec.origin)
-    out = []
-    for path in sorted(paths):
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        out.append([path, st.st_size, st.st_mtime_ns])
-    return out
-
-
 def _file_stamp(module: Any) -> list[list[Any]] | None:
     path = getattr(module, "__file__", None)
     if not path:
@@ -176,15 +161,18 @@ def _file_stamp(module: Any) -> list[list[Any]] | None:
     return [[path, st.st_size, st.st_mtime_ns]]
 
 
-def _builtin_stamp(name: str) -> list[list[Any]] | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.origin:
+def _restamp(stamp: Any) -> list[list[Any]] | None:
+    """``stamp`` taken again from the same files (``None`` if one is gone)."""
+    if not isinstance(stamp, list) or not stamp:
         return None
-    try:
-        st = os.stat(spec.origin)
-    except OSError:
-        return None
-    return [[spec.origin, st.st_size, st.st_mtime_ns]]
+    out = []
+    for item in stamp:
+        try:
+            st = os.stat(item[0])
+        except (OSError, TypeError, IndexError):
+            return None
+        out.append([item[0], st.st_size, st.st_mtime_ns])
+    return out
 
 
 class HookIndex:
@@ -192,7 +180,7 @@ class HookIndex:
     the module's docstring); every answer is checked against the files it
     was learnt from."""
 
-    VERSION = 2
+    VERSION = 3
 
     def __init__(self, path: str | None, data: dict[str, Any]) -> None:
         self.path = path
@@ -289,7 +277,7 @@ class HookIndex:
         if not isinstance(hooks, list) or entry.get("stamp") is None:
             return None
         if entry.get("_checked") is not True:
-            if entry["stamp"] != _package_stamp(entry["value"].partition(":")[0]):
+            if entry["stamp"] != _restamp(entry["stamp"]):
                 return None
             entry["_checked"] = True  # in this process; not saved
         return frozenset(hooks)
@@ -297,15 +285,26 @@ class HookIndex:
     def learn(self, entry: dict[str, Any], pm: pluggy.PluginManager, plugin: Any) -> None:
         """Remember the hooks ``plugin`` (registered for ``entry``) implements."""
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
-        if entry.get("hooks") == hooks and self.known_hooks(entry) is not None:
+        declared = getattr(plugin, "URL_SCHEMES", None)
+        schemes = (
+            sorted(x.lower() for x in declared)
+            if isinstance(declared, (tuple, list)) and all(isinstance(x, str) for x in declared)
+            else None
+        )
+        if (
+            entry.get("hooks") == hooks
+            and entry.get("schemes") == schemes
+            and self.known_hooks(entry) is not None
+        ):
             return  # known, and its files unchanged: nothing to write
         entry["hooks"] = hooks
-        entry["stamp"] = _package_stamp(entry["value"].partition(":")[0])
+        entry["schemes"] = schemes
+        entry["stamp"] = _file_stamp(sys.modules.get(entry["value"].partition(":")[0].strip()))
         self.dirty = True
 
     def builtin_may_implement(self, name: str, wanted: frozenset[str]) -> bool:
         known = self.data.setdefault("builtins", {}).get(name)
-        if not isinstance(known, dict) or known.get("stamp") != _builtin_stamp(name):
+        if not isinstance(known, dict) or known.get("stamp") != _restamp(known.get("stamp")):
             return True
         return bool(set(known.get("hooks", ())) & wanted)
 

@@ -66,7 +66,7 @@ class Endpoint:
         hooks = {"tachi_connect"}
         if any(self.options.get(k) for k in IDENTITY_OPTIONS):
             hooks |= {"tachi_client_tls", "tachi_verify_server"}
-        pm = make_plugin_manager(hooks=hooks)
+        pm = make_plugin_manager(hooks=hooks, scheme=self.url.split("://", 1)[0])
         options = {**self.options, "hooks": pm.hook}
         try:
             sock = pm.hook.tachi_connect(url=self.url, options=options)

@@ -15,6 +15,8 @@ from tachi.core.peer import Peer
 from tachi.core.principal import Principal, user_name
 from tachi.hookspecs import hookimpl
 
+#: The URLs ``tachi_connect`` opens: a client for others does not import this plugin.
+URL_SCHEMES = ("ssh",)
 #: What the warm CLI imports ahead of remote commands (``tachi.cli.warm_server``).
 WARM_PRELOAD = ("tachi_ssh.client",)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from tachi.hookspecs import hookimpl
 
+#: The URLs ``tachi_connect`` opens: a client for others does not import this plugin.
+URL_SCHEMES = ("ws", "wss")
 #: What the warm CLI imports ahead of remote commands (``tachi.cli.warm_server``).
 WARM_PRELOAD = ("tachi_websocket.client",)
 

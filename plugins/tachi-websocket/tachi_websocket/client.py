@@ -17,7 +17,12 @@ starting three.)
 from __future__ import annotations
 
 import contextlib
+
+# A host name is encoded with the idna codec to be resolved: imported here, the
+# warm CLI has it loaded (3-5 ms a command otherwise, with stringprep and unicodedata).
+import encodings.idna  # noqa: F401
 import hmac
+import os
 import select
 import socket
 import ssl
@@ -94,11 +99,30 @@ def _handshake_error(url: str, exc: BaseException | None) -> Exception:
 
 
 def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
-    """A local socket carrying frames to and from the daemon at ``url``.
+    """A local socket carrying frames to and from the daemon at ``url``: from
+    the connection keeper when it is enabled (``tachi_websocket.keeper``),
+    else connected here and bridged by a thread.
 
     Raises ``DaemonUnavailable`` (can't reach) or ``PermissionDenied`` (TLS,
     fingerprint or the daemon refused us), each with one line.
     """
+    if os.environ.get("TACHI_WS_KEEPER", "0") not in ("", "0", "off", "no"):
+        from tachi_websocket import keeper
+
+        if keeper.enabled(options):
+            kept = keeper.connect(url, options)
+            if kept is not None:
+                return kept
+    sock, ws = connect_websocket(url, options)
+    ours, theirs = socket.socketpair()
+    bridge = _Bridge(sock, ws, theirs)
+    threading.Thread(target=bridge.run, name="tachi-ws-bridge", daemon=True).start()
+    return ours
+
+
+def connect_websocket(url: str, options: dict[str, Any]) -> tuple[socket.socket, ClientProtocol]:
+    """A connected, verified, upgraded WebSocket: its socket (blocking) and its
+    protocol state. Raises as ``open_connection`` does."""
     parts = urlsplit(url)
     target = url if parts.path not in ("", "/") else url.rstrip("/") + WS_PATH
     tls = parts.scheme == "wss"
@@ -132,10 +156,8 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
     except BaseException:
         sock.close()
         raise
-    ours, theirs = socket.socketpair()
-    bridge = _Bridge(sock, ws, theirs)
-    threading.Thread(target=bridge.run, name="tachi-ws-bridge", daemon=True).start()
-    return ours
+    sock.settimeout(None)
+    return sock, ws
 
 
 def _handshake(

@@ -24,7 +24,7 @@ try:
     main()
 except SystemExit as exc:
     status = exc.code
-heavy = ["pyghostty", "tachi_ghostty", "spiffe", "tachi_spiffe", "tachi_mcp"]
+heavy = ["pyghostty", "tachi_ghostty", "spiffe", "tachi_spiffe", "tachi_mcp", "tachi_ssh"]
 with os.fdopen(int(os.environ["PROBE_FD"]), "w") as out:
     json.dump({"status": status, "imported": [m for m in heavy if m in sys.modules]}, out)
 """

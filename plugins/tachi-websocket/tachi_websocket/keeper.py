@@ -1,0 +1,338 @@
+"""The connection keeper: WebSocket connections opened ahead, for short remote commands.
+
+``TACHI_WS_KEEPER=1`` (opt-in): ``tachi --host wss://…`` and
+``Client(url=…)`` ask a per-user keeper process for their connection instead
+of paying for TCP, TLS and the WebSocket upgrade themselves. The keeper
+holds, per (URL, certificate options), one *spare* connection: connected,
+TLS verified with those options, upgraded, and nothing more. It has said no
+hello and holds no token, so it is nobody's yet. A command takes the spare
+(the keeper then relays frames between it and the command's Unix socket, one
+thread per connection, until either end closes), says hello on it with its own
+token, and the daemon authenticates it as ever; the keeper opens the next
+spare for the next command. A connection is never handed out twice, so no
+command ever acts on another's authentication, and a revoked token is refused
+at the command's own hello.
+
+The socket is ``$XDG_RUNTIME_DIR/tachi/ws-keeper.sock`` (else
+``/tmp/tachi-$UID/ws-keeper.sock``), 0600 in a directory only the user may
+enter; the keeper serves only peers of its own uid (``SO_PEERCRED``) and the
+client uses only a keeper of its own uid. A spare unused for
+``IDLE_SECONDS`` is closed; a keeper with nothing left exits.
+
+The exchange, one request per connection: the client sends one JSON line
+``{"url": …, "options": {"fingerprint"|"ca_file"|"compression": …}}``; the
+keeper answers ``OK`` and then relays frames, or ``ERR <code> <message>``
+(``unavailable`` or ``denied``) and closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+from tachi.errors import DaemonUnavailable, PermissionDenied
+
+#: The client options a spare depends on (the TLS checks and the extension offered).
+KEY_OPTIONS = ("fingerprint", "ca_file", "compression")
+#: Seconds a spare may wait for a command before it is closed.
+IDLE_SECONDS = 60.0
+#: How long a client waits for the keeper's answer before going direct.
+ANSWER_SECONDS = 10.0
+_CREDS = struct.Struct("3i")
+
+
+def socket_path() -> str:
+    """Where the keeper listens (see the module's docstring)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = os.path.join(runtime, "tachi") if runtime else f"/tmp/tachi-{os.getuid()}"
+    return os.path.join(base, "ws-keeper.sock")
+
+
+def _private_dir(path: str) -> bool:
+    """Make the socket's directory (0700) if needed; whether it is ours alone."""
+    directory = os.path.dirname(path)
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(directory, mode=0o700)
+    st = os.stat(directory)
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDS.size)
+    return _CREDS.unpack(creds)[1]
+
+
+def enabled(options: dict[str, Any]) -> bool:
+    """Whether a client with ``options`` goes through the keeper: opted in, and
+    no identity options (those need the identity plugins' own TLS context)."""
+    if os.environ.get("TACHI_WS_KEEPER", "0") in ("", "0", "off", "no"):
+        return False
+    from tachi.client.endpoint import IDENTITY_OPTIONS
+
+    return not any(options.get(k) for k in IDENTITY_OPTIONS)
+
+
+def _key_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: options[k] for k in KEY_OPTIONS if options.get(k)}
+
+
+# -- the client side -------------------------------------------------------------------
+def connect(url: str, options: dict[str, Any]) -> socket.socket | None:
+    """A connection through the keeper (started if it is not running), or
+    ``None`` when the keeper cannot be used (the caller connects directly).
+    Raises ``DaemonUnavailable`` / ``PermissionDenied`` as a direct connection would."""
+    path = socket_path()
+    try:
+        if not _private_dir(path):
+            return None
+        sock = _dial(path)
+        if sock is None:
+            _start(path)
+            deadline = time.monotonic() + 5
+            while sock is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+                sock = _dial(path)
+            if sock is None:
+                return None
+        request = {"url": url, "options": _key_options(options)}
+        sock.settimeout(ANSWER_SECONDS + float(options.get("timeout", 30)))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        answer = b""
+        while not answer.endswith(b"\n"):
+            byte = sock.recv(1)
+            if not byte:
+                sock.close()
+                return None
+            answer += byte
+    except OSError:
+        return None
+    line = answer.decode(errors="replace").rstrip("\n")
+    if line == "OK":
+        sock.settimeout(None)
+        return sock
+    sock.close()
+    _, code, message = [*line.split(" ", 2), "", ""][:3]
+    if code == "denied":
+        raise PermissionDenied(message)
+    if code == "unavailable":
+        raise DaemonUnavailable(message)
+    return None
+
+
+def _dial(path: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        if _peer_uid(sock) != os.getuid():  # not our keeper: never hand it a session
+            sock.close()
+            return None
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _start(path: str) -> None:
+    """Start a keeper on ``path``, detached (it outlives this command)."""
+    import subprocess
+
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-m", "tachi_websocket.keeper", path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+# -- the keeper ------------------------------------------------------------------------
+class Keeper:
+    """Spare connections by key, and the relays of the ones handed out."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.spares: dict[str, tuple[Any, float]] = {}  # key -> (_Spare, last use)
+        self.relays = 0
+        self.lock = threading.Lock()
+
+    def serve(self) -> int:
+        old = os.umask(0o177)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.path)
+        except OSError:
+            return 0  # another keeper got there first
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        bound = os.stat(self.path).st_ino
+        try:
+            while True:
+                watched = [listener, *(spare.sock for spare, _ in self.spares.values())]
+                ready = select.select(watched, [], [], 1.0)[0]
+                for sock in ready:
+                    if sock is listener:
+                        self._accept(listener)
+                    else:
+                        self._service(sock)
+                self._expire()
+                with self.lock:
+                    idle = not self.spares and not self.relays
+                if idle:
+                    return 0
+        finally:
+            listener.close()
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == bound:
+                    os.unlink(self.path)
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            if _peer_uid(conn) != os.getuid():
+                conn.close()
+                return
+            conn.settimeout(5)
+            line = b""
+            while not line.endswith(b"\n") and len(line) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    raise OSError("no request")
+                line += chunk
+            request = json.loads(line)
+            url = str(request["url"])
+            options = {
+                k: v for k, v in dict(request.get("options") or {}).items() if k in KEY_OPTIONS
+            }
+        except (OSError, ValueError, KeyError, TypeError):
+            conn.close()
+            return
+        key = json.dumps([url, sorted(options.items())])
+        with self.lock:
+            spare = self.spares.pop(key, (None, 0.0))[0]
+        try:
+            if spare is None:
+                spare = _Spare.open(url, options)
+            conn.settimeout(None)
+            conn.sendall(b"OK\n")
+        except PermissionDenied as exc:
+            _refuse(conn, "denied", str(exc))
+            return
+        except DaemonUnavailable as exc:
+            _refuse(conn, "unavailable", str(exc))
+            return
+        except OSError:
+            if spare is not None:
+                spare.close()
+            conn.close()
+            return
+        with self.lock:
+            self.relays += 1
+        threading.Thread(target=self._relay, args=(spare, conn), daemon=True).start()
+        # The next command's connection, opened now rather than when it asks.
+        try:
+            fresh = _Spare.open(url, options)
+        except (PermissionDenied, DaemonUnavailable):
+            return
+        with self.lock:
+            self.spares[key] = (fresh, time.monotonic())
+
+    def _relay(self, spare: Any, conn: socket.socket) -> None:
+        from tachi_websocket.client import _Bridge
+
+        try:
+            _Bridge(spare.sock, spare.ws, conn).run()
+        finally:
+            with self.lock:
+                self.relays -= 1
+
+    def _service(self, sock: socket.socket) -> None:
+        """A spare has data: answer its pings; drop it if the daemon closed it."""
+        with self.lock:
+            found = [(k, s) for k, (s, _) in self.spares.items() if s.sock is sock]
+        for key, spare in found:
+            if not spare.alive():
+                with self.lock:
+                    self.spares.pop(key, None)
+                spare.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            old = [k for k, (_, used) in self.spares.items() if now - used > IDLE_SECONDS]
+            gone = [self.spares.pop(k)[0] for k in old]
+        for spare in gone:
+            spare.close()
+
+
+class _Spare:
+    """An open, verified, upgraded WebSocket connection that has said nothing yet."""
+
+    def __init__(self, sock: socket.socket, ws: Any) -> None:
+        self.sock = sock
+        self.ws = ws
+
+    @classmethod
+    def open(cls, url: str, options: dict[str, Any]) -> _Spare:
+        from tachi_websocket.client import connect_websocket
+
+        sock, ws = connect_websocket(url, dict(options))
+        return cls(sock, ws)
+
+    def alive(self) -> bool:
+        """Read what the daemon sent (pings, answered here); False once it is closed."""
+        import ssl
+
+        from websockets.protocol import State
+
+        self.sock.setblocking(False)
+        try:
+            data = self.sock.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except OSError:
+            return False
+        finally:
+            self.sock.setblocking(True)
+        if not data:
+            return False
+        self.ws.receive_data(data)
+        for _ in self.ws.events_received():
+            pass  # a spare expects nothing but pings: the protocol answers those
+        with contextlib.suppress(OSError):
+            for out in self.ws.data_to_send():
+                self.sock.sendall(out)
+        return self.ws.state is State.OPEN
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+def _refuse(conn: socket.socket, code: str, message: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(f"ERR {code} {' '.join(message.split())}\n".encode())
+    conn.close()
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m tachi_websocket.keeper SOCKET")
+    sys.exit(Keeper(sys.argv[1]).serve())
+
+
+if __name__ == "__main__":
+    main()
