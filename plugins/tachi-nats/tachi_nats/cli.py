@@ -62,18 +62,55 @@ def _run(coro: Any) -> Any:
 
 
 async def _entries(kv: Any) -> dict[str, bytes]:
-    """Every key of ``kv`` with its value: one watcher's initial snapshot, so a
-    fleet of 10,000 sessions costs one round of messages, not 10,000 requests."""
-    watcher = await kv.watchall(ignore_deletes=True)
+    """Every key of ``kv`` with its value: the last message of every subject,
+    pushed by one ephemeral consumer into a plain subscription, so a fleet of
+    10,000 sessions costs one round of messages, not 10,000 requests. (nats-py's
+    KV watcher does the same with a queue and an Entry per message: 0.6 s for
+    10,000 sessions here, against 0.1 s.)"""
+    from nats.js import api
+
+    js, stream, pre = kv._js, kv._stream, kv._pre
+    nc = js._nc
+    inbox = nc.new_inbox()
     out: dict[str, bytes] = {}
+    done = asyncio.get_running_loop().create_future()
+
+    async def on_msg(msg: Any) -> None:
+        if not msg.reply:  # an idle heartbeat or flow control status
+            return
+        headers = msg.headers
+        key = msg.subject[len(pre) :]
+        if headers and headers.get("KV-Operation") in ("DEL", "PURGE"):
+            out.pop(key, None)
+        else:
+            out[key] = msg.data
+        pending = msg._get_metadata_fields(msg.reply)[8]  # either ack-subject form
+        if pending == "0" and not done.done():
+            done.set_result(None)
+
+    sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
     try:
-        while True:
-            entry = await watcher.updates(timeout=5)
-            if entry is None:
-                return out
-            out[entry.key] = entry.value
+        info = await js._jsm.add_consumer(
+            stream,
+            api.ConsumerConfig(
+                deliver_subject=inbox,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                ack_policy=api.AckPolicy.NONE,
+                filter_subject=f"{pre}>",
+                mem_storage=True,
+                num_replicas=1,
+                inactive_threshold=10.0,
+            ),
+        )
+        try:
+            if info.num_pending:  # else an empty bucket: nothing will come
+                await asyncio.wait_for(done, 10)
+        finally:
+            with contextlib.suppress(Exception):
+                await js._jsm.delete_consumer(stream, info.name)
     finally:
-        await watcher.stop()
+        await sub.unsubscribe()
+    return out
 
 
 async def snapshot(js: Any, s: settings_mod.FleetSettings) -> tuple[dict[str, Any], list[dict]]:
