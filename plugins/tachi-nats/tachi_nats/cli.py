@@ -143,8 +143,11 @@ async def snapshot(js: Any, s: settings_mod.FleetSettings) -> tuple[dict[str, An
         if entry["status"] != "up":
             doc["state"] = "unreachable"
         sessions.append(doc)
+    from collections import Counter
+
+    per_host = Counter(d.get("host") for d in sessions)  # not hosts x sessions
     for entry in hosts.values():
-        entry["sessions"] = sum(1 for d in sessions if d.get("host") == entry["host"])
+        entry["sessions"] = per_host[entry["host"]]
     sessions.sort(key=lambda d: (d.get("host", ""), d.get("createdAt", ""), d.get("id", "")))
     return hosts, sessions
 
