@@ -18,6 +18,15 @@ from typing import Any
 import tachi
 
 log = logging.getLogger("tachi.fleet")
+#: What the warm CLI imports ahead of remote commands (``tachi --host nats://…``).
+WARM_PRELOAD = (
+    "tachi_nats.relay_client",
+    "nats.aio.client",
+    "nats.errors",
+    "cryptography.hazmat.primitives.asymmetric.x25519",
+    "cryptography.hazmat.primitives.ciphers.aead",
+    "cryptography.hazmat.primitives.kdf.hkdf",
+)
 
 #: The running daemon's agent, while the fleet service runs (else ``None``: idle).
 _agent: Any = None
@@ -170,5 +179,7 @@ def tachi_connect(url: str, options: dict[str, Any]) -> Any:
 @tachi.hookimpl
 def tachi_register_commands(cli: Any) -> None:
     from tachi_nats.cli import register
+    from tachi_nats.gateway import register as register_gateway
 
     register(cli)
+    register_gateway(cli)

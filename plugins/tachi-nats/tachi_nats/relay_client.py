@@ -121,7 +121,7 @@ class _BridgedSocket(socket.socket):
         open_before = self.fileno() >= 0
         super().close()
         if open_before:
-            self._bridge.done.wait(GOODBYE_SECONDS)
+            self._bridge.goodbye.wait(GOODBYE_SECONDS)
 
 
 class _Bridge:
@@ -146,6 +146,8 @@ class _Bridge:
         self.timeout = timeout
         self.ready = threading.Event()
         self.done = threading.Event()
+        #: Set once the daemon was told the connection ends (or knows it).
+        self.goodbye = threading.Event()
         self.error: TachiError | None = None
         self.reason: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,6 +164,7 @@ class _Bridge:
                 self.error = DaemonUnavailable(f"cannot reach {self.url}: {exc}")
         finally:
             self.ready.set()
+            self.goodbye.set()
             with contextlib.suppress(OSError):
                 self.local.close()
             loop.close()
@@ -338,6 +341,7 @@ class _Bridge:
                 with contextlib.suppress(Exception):
                     await channel.send(CLOSE, (self.reason or "").encode()[:200])
                     await asyncio.wait_for(nc.flush(1), GOODBYE_SECONDS)
+            self.goodbye.set()  # the CLI's close() may return now
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 

@@ -58,12 +58,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from tachi.core.peer import Peer
-from tachi.daemon.inbox import FrameInbox
-from tachi.daemon.limits import ConnectionLimits
 from tachi.errors import InvalidRequest, PermissionDenied
 
 if TYPE_CHECKING:
+    from tachi.core.peer import Peer
     from tachi.daemon.server import Daemon
     from tachi_nats.settings import FleetSettings
 
@@ -440,6 +438,10 @@ class VirtualConnection:
         self.ended = False
         self.reason: str | None = None
         self._paused = False
+        # Here, not at the top: the client side imports this module too.
+        from tachi.daemon.inbox import FrameInbox
+        from tachi.daemon.limits import ConnectionLimits
+
         limits = ConnectionLimits.of(transport.daemon.config)
         self.inbox = FrameInbox(self._pause, self._resume, limits=limits)
         self.wire = NatsWire(self)
@@ -668,6 +670,8 @@ class NatsTransport:
     def peer(self) -> Peer:
         """The peer every NATS client is, to the daemon: transport ``nats`` at the
         relay's address (never a subject or a NATS user name: not an identity)."""
+        from tachi.core.peer import Peer
+
         return Peer(transport=self.name, address=self.relay, extra={"relay": self.url})
 
     async def _tick(self) -> None:
