@@ -517,3 +517,55 @@ def test_corpus_case(corpus_sessions, shell, case):
             assert r.exit_code == code, (command, r.output)
         elif output is None:
             assert r.exit_code not in (-1,), command  # a syntax error: the shell's status
+
+
+# What prompt frameworks put in rc files (none is installed here: their hooks,
+# as their init scripts write them).
+FRAMEWORK_RC = {
+    "bash": [
+        # starship init bash
+        'starship_precmd() { STATUS=$?; PS1="[$STATUS] > "; }\n'
+        "starship_preexec() { :; }\n"
+        'PROMPT_COMMAND="starship_precmd;$PROMPT_COMMAND"\n'
+        "trap 'starship_preexec \"$_\"' DEBUG\n",
+        # bash-preexec style: PROMPT_COMMAND replaced by its own dispatcher
+        '__bp_precmd() { local s=$?; for f in "${precmd_functions[@]}"; do "$f"; done;'
+        " return $s; }\n"
+        "precmd_functions=(); PROMPT_COMMAND='__bp_precmd'\n"
+        "trap '[ -n \"$COMP_LINE\" ] || true' DEBUG\n",
+        # direnv hook bash
+        "_direnv_hook() { local previous_exit_status=$?; return $previous_exit_status; }\n"
+        'if [[ ";${PROMPT_COMMAND[*]:-};" != *";_direnv_hook;"* ]]; then\n'
+        '  PROMPT_COMMAND="_direnv_hook${PROMPT_COMMAND:+;$PROMPT_COMMAND}"\nfi\n',
+    ],
+    "zsh": [
+        # oh-my-zsh / powerlevel10k style hooks
+        "autoload -Uz add-zsh-hook\n"
+        'my_precmd() { PROMPT="%n@%m %~ %# "; }\nmy_preexec() { :; }\n'
+        "add-zsh-hook precmd my_precmd\nadd-zsh-hook preexec my_preexec\n"
+        "setopt prompt_subst prompt_sp\nRPROMPT='%?'\n",
+        # a framework that resets the hook arrays when it loads
+        "precmd_functions=(); preexec_functions=()\nPROMPT='> '\n",
+    ],
+    "fish": [
+        "function fish_prompt; printf '%s> ' (prompt_pwd); end\n"
+        "function fish_right_prompt; echo $status; end\nset -g fish_greeting\n",
+    ],
+}
+FRAMEWORKS = [(s, i) for s in SHELLS for i in range(len(FRAMEWORK_RC.get(s, [])))]
+
+
+@pytest.mark.parametrize(("shell", "rc"), FRAMEWORKS, ids=[f"{s}-{i}" for s, i in FRAMEWORKS])
+def test_runs_survive_prompt_framework_hooks(tachi_daemon, shell, rc):
+    sid = _shell(tachi_daemon, shell, FRAMEWORK_RC[shell][rc])
+    fail = "sh -c 'exit 3'"
+    with tachi_daemon.client() as client:
+        for _ in range(2):
+            r = client.run(sid, f"echo x; {fail}", timeout=T)
+            assert (r.output, r.exit_code) == ("x\n", 3)
+            assert client.run(sid, "echo y", timeout=T).output == "y\n"
+        with pytest.raises(TimedOut):
+            client.run(sid, "sleep 30", timeout=0.3)
+        client.send_signal(sid, "INT")
+        r = client.run(sid, "echo after", timeout=T)
+        assert (r.output, r.exit_code) == ("after\n", 0)
