@@ -4,7 +4,7 @@ daemons; each part is a function, run by name:
 
 - ``registry``: ``tachi fleet ls`` latency with 100 hosts x 100 sessions (97
   simulated hosts publish the same KV schema without PTYs, next to 3 real
-  daemons with 100 sessions each... of ``sleep``), as a whole command and the
+  daemons with 100 ``sleep`` sessions each), as a whole command and the
   snapshot alone; target <= 300 ms;
 - ``audit``: records per second one host's shipper publishes (a backlog made
   while NATS was down, drained), and the lag under load (records written as
