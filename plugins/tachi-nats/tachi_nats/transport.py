@@ -482,6 +482,8 @@ class VirtualConnection:
                 self.transport.spawn(self._ack())
         elif kind == CLOSE:
             self.ended = True
+            self.channel.progress.set()
+            self.wire.close()
             self.inbox.feed_eof()
             self.transport.forget(self)
 
@@ -492,6 +494,9 @@ class VirtualConnection:
             return
         self.ended = True
         self.reason = reason
+        # Whatever waits for credit or for output to send gives up now.
+        self.channel.progress.set()
+        self.wire.close()
         if reason:
             log.info("nats connection %s… ended: %s", self.id[:6], reason)
         self.inbox.feed_eof()

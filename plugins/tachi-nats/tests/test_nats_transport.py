@@ -199,6 +199,22 @@ def test_fleet_attach_is_the_short_form(relay: Relay):
     assert child.exitstatus == 0
 
 
+def test_the_python_clients_reach_a_fleet_host_through_nats(relay: Relay, monkeypatch):
+    import tachi
+    from tachi.client.aio import AsyncClient
+
+    monkeypatch.setenv("TACHI_LOAD_PLUGINS", "nats")
+    made = relay.daemon.new("sleep", "60", name="py")
+    with tachi.Client(url=relay.url, token=relay.token) as client:
+        assert client.get("py").id == made["id"]
+
+    async def main() -> list[str]:
+        async with await AsyncClient.connect(url=relay.url, token=relay.token) as client:
+            return [s.name for s in await client.list()]
+
+    assert "py" in asyncio.run(main())
+
+
 # -- identity -------------------------------------------------------------------------
 
 
