@@ -83,6 +83,9 @@ MAX_MESSAGE = 64 * 1024
 HEARTBEAT = 5.0
 #: Virtual connections one daemon serves at once through NATS.
 MAX_CONNECTIONS = 1024
+#: Seconds a new connection has to send its hello (at most; five heartbeats if
+#: that is less): a connection that only PINGs must not hold a slot.
+HELLO_SECONDS = 10.0
 
 
 class Broken(Exception):
@@ -446,6 +449,7 @@ class VirtualConnection:
         self.inbox = FrameInbox(self._pause, self._resume, limits=limits)
         self.wire = NatsWire(self)
         self.task: asyncio.Task[None] | None = None
+        self.created = time.monotonic()
 
     async def _publish(self, data: bytes) -> None:
         await self.transport.nc.publish(self.down, data)
@@ -684,12 +688,18 @@ class NatsTransport:
         for three heartbeats is dropped (and audited, as on WebSocket)."""
         assert self.daemon is not None
         step = min(1.0, self.heartbeat / 2)
+        hello_within = min(HELLO_SECONDS, 5 * self.heartbeat)
         while True:
             await asyncio.sleep(step)
             now = time.monotonic()
             for conn in list(self.connections.values()):
                 channel = conn.channel
-                if now - channel.last_heard > 3 * self.heartbeat:
+                if channel.received == 0 and now - conn.created > hello_within:
+                    self.daemon.audit_refusal(
+                        self.peer(), "connect", f"no hello within {hello_within:g} s (NATS)"
+                    )
+                    self.spawn(conn.end(f"no hello within {hello_within:g} s"))
+                elif now - channel.last_heard > 3 * self.heartbeat:
                     self.daemon.audit_refusal(
                         self.peer(), "connection.heartbeat", "missed three heartbeats (NATS)"
                     )

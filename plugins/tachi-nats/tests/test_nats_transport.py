@@ -4,6 +4,7 @@ dial out to it, the real CLI with ``--host nats://SERVER/HOST``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -470,6 +471,31 @@ def test_the_relay_sees_ciphertext_only_and_a_pin_is_checked(relay: Relay):
     wrong = relay.run("--fingerprint", "SHA256:" + "A" * 43, "ls")
     assert wrong.returncode == 4
     assert "not the pinned" in wrong.stderr
+
+
+def test_a_connection_that_only_pings_is_ended_without_a_hello(relay: Relay):
+    """A slot is not held by PINGs alone: no hello within five heartbeats
+    (here 5 s) ends the connection, audited."""
+    from tachi_nats.transport import CLOSE, PING
+
+    async def main() -> tuple[bytes, float]:
+        nc, channel, received, _up = await _raw_connect(relay)
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 15:
+                await channel.send(PING)
+                with contextlib.suppress(TimeoutError):
+                    kind, body = await asyncio.wait_for(received.get(), 0.3)
+                    if kind == CLOSE:
+                        return body, time.monotonic() - started
+            return b"", time.monotonic() - started
+        finally:
+            await nc.close()
+
+    reason, after = asyncio.run(main())
+    assert b"no hello within 5 s" in reason and after < 8
+    refused = [r for r in _audit(relay.daemon) if r["action"] == "connect"]
+    assert refused and "no hello" in refused[-1]["reason"]
 
 
 # -- outages and bounds -----------------------------------------------------------------
