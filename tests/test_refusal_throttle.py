@@ -188,3 +188,15 @@ def test_each_failed_secret_makes_the_next_attempt_from_that_address_wait_longer
     clock.now += refusals.FORGET_SECONDS + 1
     assert asyncio.run(throttle.before_secret("10.0.0.9"))
     assert "10.0.0.9" not in throttle._guessing
+
+
+@pytest.mark.parametrize("token", ["tachi_" + "x" * 43, "not-a-tachi-token"])
+def test_a_refused_token_is_audited_once_as_auth_token(tachi_daemon, token):
+    """One refusal, one record: the token handler audits it, the daemon does not
+    audit it again as a bare 'auth' refusal (a network peer's refusal would
+    otherwise cost two records)."""
+    denied = tachi_daemon.run("ls", env={"TACHI_TOKEN": token})
+    assert denied.returncode == 4, denied.stderr
+    records = json.loads(tachi_daemon.run("audit", "--json", check=True).stdout)
+    refused = [r for r in records if r["result"] == "denied"]
+    assert [r["action"] for r in refused] == ["auth.token"], refused

@@ -43,9 +43,11 @@ class TokenAuthenticator:
             # Another scheme's token (a plugin's own): the plugin that understood
             # it answered, or nobody did, and then the token must not be ignored.
             if identity is None or _from_kernel(identity, peer):
-                raise PermissionDenied(
+                reason = (
                     "token not accepted: not a tachi token (tachi_...), and no plugin accepted it"
                 )
+                self._daemon.audit_refusal(peer, "auth.token", reason)
+                raise PermissionDenied(reason)
             return identity
         return self._daemon.principal_for_token(peer.token, identity, peer)
 

@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from tachi.models import SessionRequest
 
 log = logging.getLogger("tachi.daemon")
+#: The plugin name of the built-in share-token authenticator.
+TOKEN_HANDLER = "tachi.builtins.token_auth"
 
 #: What the daemon's own user on the Unix socket may always do, whatever a
 #: plugin answers or however it fails: it could send SIGTERM anyway, and must
@@ -68,7 +70,7 @@ class Daemon:
 
         self.config = config
         self.pm = pm
-        pm.register(TokenAuthenticator(self), "tachi.builtins.token_auth")
+        pm.register(TokenAuthenticator(self), TOKEN_HANDLER)
         # Typed calls (tachi.hooks): decisions one implementation at a time with
         # deadlines, audit shippers on their own thread, plugins' answers checked.
         self.hooks = Hooks(pm, on_failure=self._audit_plugin_failure)
@@ -308,7 +310,8 @@ class Daemon:
                 or plugin.startswith("tachi.builtins.")
                 or isinstance(exc, AuditWriteError)
             ):
-                if isinstance(exc, PermissionDenied):
+                # The built-in token handler audits its own refusals (auth.token).
+                if isinstance(exc, PermissionDenied) and plugin != TOKEN_HANDLER:
                     self.audit_refusal(peer, "auth", exc.message)
                 raise exc
             # The daemon's own user (the kernel says so) is never locked out by a
