@@ -13,7 +13,9 @@ wants a token in the hello (``TACHI_TOKEN``), as over WebSocket.
 
 Frames are encrypted end to end (``tachi_nats.transport``: X25519 handshake,
 ChaCha20-Poly1305); ``--fingerprint SHA256:…`` (``TACHI_FINGERPRINT``) pins
-the daemon's transport key, which ``tachi daemon status`` shows.
+the daemon's transport key, which ``tachi daemon status`` shows. Without a
+pin, the key a host presented first is remembered (``STATE/fleet/known_hosts``)
+and a different one later is refused, as SSH does.
 """
 
 from __future__ import annotations
@@ -238,6 +240,10 @@ class _Bridge:
             return None
         try:
             self.keys, self.fingerprint = client_keys(ephemeral, reply, self.pinned)
+            if not self.pinned:
+                remember_key(
+                    self.settings.servers[0], self.settings.prefix, self.host, self.fingerprint
+                )
         except TachiError as exc:
             self.error = exc
             return None
@@ -371,3 +377,45 @@ def fleet_url(settings: FleetSettings, host: str) -> str:
     if settings.prefix != "tachi":
         url += f"?prefix={settings.prefix}"
     return url
+
+
+def known_hosts_path() -> Any:
+    """Where the transport keys of the daemons reached so far are kept (trust on
+    first use, as SSH's known_hosts): ``STATE/fleet/known_hosts``."""
+    from tachi.paths import state_dir
+
+    return state_dir() / "fleet" / "known_hosts"
+
+
+def remember_key(server: str, prefix: str, host: str, fingerprint: str) -> None:
+    """Trust on first use: record ``host``'s transport key the first time it is
+    reached through ``server``; refuse (``PermissionDenied``) a different one
+    later. ``--fingerprint`` pins a key instead (and skips this)."""
+    import os
+
+    from tachi.errors import PermissionDenied
+
+    path = known_hosts_path()
+    name = f"{server.split('://', 1)[-1].rstrip('/')} {prefix} {host}"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.rsplit(" ", 1)
+        if len(parts) == 2 and parts[0] == name:
+            if parts[1] == fingerprint:
+                return
+            raise PermissionDenied(
+                f"the daemon of {host} (through {name.split()[0]}) presented transport key"
+                f" {fingerprint}, but {parts[1]} was seen before: a relay in the middle, or"
+                f" that host's state was reset (then remove its line from {path}, or pin the"
+                " new key with --fingerprint)"
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as f:
+            f.write(f"{name} {fingerprint}\n")
+    except OSError:
+        pass  # a read-only home: the key is just not remembered

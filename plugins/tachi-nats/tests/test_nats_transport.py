@@ -205,6 +205,7 @@ def test_the_python_clients_reach_a_fleet_host_through_nats(relay: Relay, monkey
     from tachi.client.aio import AsyncClient
 
     monkeypatch.setenv("TACHI_LOAD_PLUGINS", "nats")
+    monkeypatch.setenv("TACHI_HOME", str(relay.daemon.home))
     made = relay.daemon.new("sleep", "60", name="py")
     with tachi.Client(url=relay.url, token=relay.token) as client:
         assert client.get("py").id == made["id"]
@@ -471,6 +472,15 @@ def test_the_relay_sees_ciphertext_only_and_a_pin_is_checked(relay: Relay):
     wrong = relay.run("--fingerprint", "SHA256:" + "A" * 43, "ls")
     assert wrong.returncode == 4
     assert "not the pinned" in wrong.stderr
+    # Unpinned: trust on first use. The key the host showed is remembered, and
+    # another one later (a relay answering in its place) is refused.
+    known = relay.daemon.home / "state" / "fleet" / "known_hosts"
+    assert fingerprint in known.read_text()
+    known.write_text(known.read_text().replace(fingerprint, "SHA256:" + "B" * 43))
+    changed = relay.run("ls")
+    assert changed.returncode == 4
+    assert "was seen before" in changed.stderr and "SHA256:BBBB" in changed.stderr
+    assert relay.run("--fingerprint", fingerprint, "ls").returncode == 0  # a pin decides
 
 
 def test_a_connection_that_only_pings_is_ended_without_a_hello(relay: Relay):
@@ -542,7 +552,7 @@ def _rss_kib(pid: int) -> int:
 
 
 @pytest.mark.timeout(180)
-def test_10000_pipelined_requests_never_read_keep_the_daemon_bounded(relay: Relay):
+def test_10000_pipelined_requests_never_read_keep_the_daemon_bounded(relay: Relay, monkeypatch):
     """A client through NATS that pipelines captures and never reads its replies
     is held by its credit: the daemon stops acknowledging, the client's bridge
     stops sending, and its own socket fills up."""
@@ -556,6 +566,7 @@ def test_10000_pipelined_requests_never_read_keep_the_daemon_bounded(relay: Rela
     s = daemon.new("sh", "-c", "for i in $(seq 2000); do printf '%078d\\n' $i; done; exec cat")
     assert daemon.run("wait", s["id"], "--match", r"^0+2000$", "--timeout", "30").returncode == 0
     before = _rss_kib(daemon.proc.pid)
+    monkeypatch.setenv("TACHI_HOME", str(daemon.home))
     sock = open_connection(relay.url, {})
     sent = 0
     try:
