@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import pluggy
 
     from tachi.config import Config
+    from tachi.core.actions import ActionRegistry
     from tachi.core.peer import Peer
     from tachi.core.screen import Screen
 
@@ -305,6 +306,33 @@ class Hooks:
                     continue
                 found.setdefault(recorder.format, recorder)
         return found
+
+    def actions(self) -> ActionRegistry:
+        """``tachi_register_actions``: the built-in actions, then each plugin's
+        (``register(Action(...))``). A plugin that raises, or registers something
+        that is not an ``Action``, a malformed name or one taken already, is
+        logged, naming it, and that registration is not used."""
+        from tachi.core.actions import ActionRegistry
+
+        registry = ActionRegistry()
+        for impl in _in_call_order(self.raw.tachi_register_actions):
+            registered: list[Any] = []
+            try:
+                impl.function(*[{"register": registered.append}[n] for n in impl.argnames])
+            except Exception as exc:
+                log.error(
+                    "plugin %s is not used for tachi_register_actions: it raised %s: %s",
+                    impl.plugin_name,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            for action in registered:
+                try:
+                    registry.register(action)
+                except ValueError as exc:
+                    log.error("plugin %s registered an action not used: %s", impl.plugin_name, exc)
+        return registry
 
     def register_transports(self, register: Callable[[Any], None], config: Config) -> None:
         """``tachi_register_transports``: each plugin calls ``register(transport)``."""

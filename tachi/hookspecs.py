@@ -123,6 +123,19 @@ def tachi_authorize(principal: Any, action: str, session: Any, data: bytes | Non
     """
 
 
+@hookspec
+def tachi_register_actions(register: Callable[[Any], None]) -> None:
+    """Register the actions your plugin's policies decide with
+    ``register(tachi.core.actions.Action(name, description))``.
+
+    The built-in actions (``session.write``, ``exec``, …) are registered
+    already; a name that is taken or malformed is logged, naming the plugin,
+    and not used. Every control operation declares the actions it needs from
+    this registry, and the daemon asks ``tachi_authorize`` about them before
+    the operation runs. Asked once, at daemon start.
+    """
+
+
 @hookspec(firstresult=True)
 def tachi_multiplexer() -> Any:
     """Return the multiplexer class that owns a session's windows.

@@ -96,7 +96,9 @@ class SessionManager:
         their processes to go; with ``keep`` (a restart), leave them running for
         the session keeper and the next daemon."""
         if self._ticker:
+            # Awaited: a tick half done must not touch the store after it closes.
             self._ticker.cancel()
+            await asyncio.wait({self._ticker})
         if keep:
             self._stopped = True
             return

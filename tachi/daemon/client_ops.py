@@ -10,17 +10,10 @@ from tachi.errors import InvalidRequest, NotFound
 from tachi.gotime import format_rfc3339, now_ns, parse_duration
 
 
-def _resolve(ctx: RequestContext, args: dict[str, Any], action: str) -> Any:
-    # Imported here: session_ops imports this module.
-    from tachi.daemon.session_ops import resolve
-
-    return resolve(ctx, arg_str(args, "session") or "", action)
-
-
-@operation("session.clients")
+@operation("session.clients", action="session.get", session="session")
 async def clients(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The clients attached to a live session, oldest first."""
-    session = _resolve(ctx, args, "session.get")
+    session = ctx.session
     return [
         {
             "id": c.id,
@@ -50,26 +43,23 @@ def _direct(client: Any) -> dict[str, Any]:
     }
 
 
-@operation("session.rename")
+@operation("session.rename", action="session.rename", session="session")
 async def rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """Give a live session a new unique name (``""`` removes the name)."""
-    session = _resolve(ctx, args, "session.rename")
+    session = ctx.session
     name = arg_str(args, "name")
     if name is None:
         raise InvalidRequest("missing 'name'")
     old = session.info.name
-    ctx.daemon.manager.rename(session, name or None)
-    ctx.daemon.audit_by(
-        ctx.principal, "session.rename", session.id, details={"from": old, "to": name or None}
-    )
+    ctx.sessions.rename(session, name or None)
+    ctx.audit_by("session.rename", session.id, details={"from": old, "to": name or None})
     return session.to_model().to_json()
 
 
-@operation("session.prune")
+@operation("session.prune", action="session.prune")
 async def prune(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """Forget closed sessions that closed at least ``olderThan`` ago (a Go duration
     string or nanoseconds; default 0: every closed session)."""
-    ctx.daemon.authorize(ctx.principal, "session.prune", None)
     raw = args.get("olderThan", 0)
     try:
         age = parse_duration(raw) if isinstance(raw, str) else arg_int(args, "olderThan") or 0
@@ -77,10 +67,8 @@ async def prune(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(str(exc)) from None
     if age < 0:
         raise InvalidRequest("olderThan must not be negative")
-    removed = ctx.daemon.manager.store.prune(now_ns() - age)
-    ctx.daemon.audit_by(
-        ctx.principal, "session.prune", None, details={"removed": removed, "olderThan": age}
-    )
+    removed = ctx.sessions.store.prune(now_ns() - age)
+    ctx.audit_by("session.prune", None, details={"removed": removed, "olderThan": age})
     return {"removed": removed}
 
 
@@ -91,7 +79,7 @@ def detach_clients(ctx: RequestContext, session: Any, clients: list[Any]) -> Non
     naming the client and its principal in ``details``), before it goes: with
     the log failing closed, nobody is detached without a record."""
     for client in clients:
-        ctx.daemon.sharing.detached_by(ctx.principal, session, client, "detached")
+        ctx.sharing.detached_by(ctx.principal, session, client, "detached")
         client.end("detached", f"detached from session {session.id} by {ctx.principal.user}")
         session.detach(client)
 

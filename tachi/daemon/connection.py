@@ -16,26 +16,56 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
+from tachi.core.tasks import TaskSet
 from tachi.daemon import limits
 from tachi.daemon.direct_terminal import DirectTerminal
 from tachi.daemon.inbox import FrameInbox
-from tachi.daemon.ops import OPERATIONS, ORDERED, RequestContext
 from tachi.errors import InvalidRequest, PermissionDenied, ProtocolError, TachiError
 
 if TYPE_CHECKING:
+    from tachi.config import Config
     from tachi.core.clients import AttachedClient, Wire
     from tachi.core.session import SessionRuntime
-    from tachi.daemon.server import Daemon
+    from tachi.daemon.dispatch import Dispatcher
+    from tachi.daemon.services import Services
 
 log = logging.getLogger("tachi.connection")
 #: How long the daemon reads for a terminal's descriptor after answering the offer.
 DESCRIPTOR_TIMEOUT = 5.0
+#: How long work a connection's requests started (an exec's supervisor, once
+#: its command is killed) may take to finish after the connection ends.
+BACKGROUND_GRACE = 2.0
 NextFrame = Callable[[], Awaitable[protocol.Frame | None]]
+
+
+class Host(Protocol):
+    """What a connection uses of the daemon (``tachi.daemon.server.Daemon``)."""
+
+    version: str
+    config: Config
+    filters_input: bool
+    dispatcher: Dispatcher
+    services: Services
+
+    def authenticate(self, peer: Peer) -> Principal: ...
+    def principal_for_token(
+        self, token: str, identity: Principal | None, peer: Peer
+    ) -> Principal: ...
+    def admit_input(
+        self, principal: Principal, session: SessionRuntime, size: int, data: bytes | None = None
+    ) -> None: ...
+    def note_input(self, principal: Principal, session: SessionRuntime, data: bytes) -> None: ...
+    def audit_by(
+        self, principal: Principal, action: str, session: str | None = None, **kw: Any
+    ) -> Any: ...
+    def client_detached(
+        self, principal: Principal, session: SessionRuntime, reason: str
+    ) -> None: ...
 
 
 class Connection:
@@ -43,7 +73,7 @@ class Connection:
 
     def __init__(
         self,
-        daemon: Daemon,
+        daemon: Host,
         wire: Wire,
         *,
         peer: Peer | None = None,
@@ -74,6 +104,11 @@ class Connection:
         #: Reading the terminal waits for queued keystrokes to be worked off.
         self._terminal_paused = False
         self.limits = limits.ConnectionLimits.of(daemon.config)
+        #: The requests running: cancelled when the connection ends.
+        self._requests = TaskSet("requests")
+        #: Work the requests leave running (an exec's supervisor): when the
+        #: connection ends it gets :data:`BACKGROUND_GRACE` to finish, then is cancelled.
+        self.tasks = TaskSet("connection")
         #: One per request running: a full set stops the reader (back-pressure).
         self._slots = asyncio.Semaphore(self.limits.requests)
 
@@ -88,7 +123,6 @@ class Connection:
             next_frame.bind(self)
             self._inbox = next_frame
             next_frame = next_frame.next
-        tasks: set[asyncio.Task[None]] = set()
         try:
             while (frame := await next_frame()) is not None:
                 if frame.channel == protocol.STDIN and self._greeted:
@@ -100,22 +134,22 @@ class Connection:
                     self._resume_terminal_input()
                 elif frame.channel == protocol.CONTROL and self._greeted:
                     await self._admit()
-                    self._handle(frame, tasks)
+                    self._handle(frame)
                     # Let the request run its first step now: one that answers at
                     # once (capture) has its reply counted before the next is admitted.
                     await asyncio.sleep(0)
                 else:
-                    self._handle(frame, tasks)
+                    self._handle(frame)
         except ProtocolError as exc:
             self.send({"event": "error", "error": exc.to_json()})
             log.info("closing connection of %s: %s", self.source, exc)
         finally:
             # Requests in flight are abandoned with the connection, but awaited.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._requests.close()
             for closer in self.closers:
                 closer()
+            # What they started (an exec killed by its closer) ends on record.
+            await self.tasks.close(grace=BACKGROUND_GRACE)
             self.detach("connection closed")
             if self.terminal is not None:
                 self.terminal.close()
@@ -166,17 +200,15 @@ class Connection:
         finally:
             self._ordered.discard(hold)
 
-    def _handle(self, frame: protocol.Frame, tasks: set[asyncio.Task[None]]) -> None:
+    def _handle(self, frame: protocol.Frame) -> None:
         if frame.channel == protocol.CONTROL:
             message = protocol.decode_control(frame.payload)
             if not self._greeted:
                 self._hello(message)
                 return
-            task = asyncio.get_running_loop().create_task(self._request(message))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            task = self._requests.spawn(self._request(message))
             task.add_done_callback(self._release_slot)
-            if message.get("op") in ORDERED:
+            if message.get("op") in self.daemon.dispatcher.ordered:
                 # Keystrokes sent after a window switch or a resize must reach the
                 # new window, after the resize: they wait until this is done.
                 self._ordered.add(task)
@@ -233,12 +265,10 @@ class Connection:
         op_name = message.get("op")
         args = message.get("args") or {}
         try:
-            if not isinstance(op_name, str) or op_name not in OPERATIONS:
-                raise InvalidRequest(f"unknown operation {op_name!r}")
-            if not isinstance(args, dict):
-                raise InvalidRequest("args must be an object")
-            ctx = RequestContext(self.daemon, self, self.principal)
-            result = await OPERATIONS[op_name](ctx, args)
+            daemon = self.daemon
+            result = await daemon.dispatcher.dispatch(
+                daemon.services, self, self.principal, op_name, args
+            )
             reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
         except TachiError as exc:
             reply = {"id": request_id, "ok": False, "error": exc.to_json()}

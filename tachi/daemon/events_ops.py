@@ -21,27 +21,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from tachi.daemon.ops import RequestContext, arg_str, operation
-from tachi.daemon.session_ops import resolve
+from tachi.daemon.ops import RequestContext, operation
 from tachi.daemon.sharing import Watch
 from tachi.gotime import format_rfc3339, now_ns
 
 
-@operation("events.subscribe")
-async def subscribe(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    daemon, conn = ctx.daemon, ctx.connection
-    output = bool(args.get("output"))
+def _action(args: dict[str, Any]) -> str:
     # Output is what the session shows: reading it takes session.read.
-    action = "session.read" if output else "session.get"
-    only = None
-    ref = arg_str(args, "session", required=False)
-    if ref:
-        only = resolve(ctx, ref, action, live=False).id
-    if output and only is not None and only in daemon.manager.sessions:
+    return "session.read" if args.get("output") else "session.get"
+
+
+@operation(
+    "events.subscribe",
+    action=_action,
+    session="session",
+    live=False,
+    optional_session=True,
+    filters="session.get",
+)
+async def subscribe(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Events of the named session (asked ``session.read`` with ``output``,
+    else ``session.get``), or of every session the principal may see."""
+    conn, manager = ctx.connection, ctx.sessions
+    output = bool(args.get("output"))
+    action = _action(args)
+    only = ctx.target.id if ctx.target is not None else None
+    if output and only is not None and only in manager.sessions:
         # A read of the session's contents for as long as it lasts: audited
         # before the first byte goes out.
-        daemon.audit_by(ctx.principal, "events.subscribe", only, details={"output": True})
-    limit = daemon.config.client_buffer
+        ctx.audit_by("events.subscribe", only, details={"output": True})
+    limit = ctx.config.client_buffer
     taps: list[tuple[Any, Any]] = []
     state = {"open": True}
 
@@ -58,7 +67,7 @@ async def subscribe(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]
         if only is not None and session.id != only:
             return
         # The connection's principal now: an in-band token rotation moves it.
-        if only is None and not daemon.allowed(conn.principal, "session.get", session):
+        if only is None and not ctx.shows(session, conn.principal):
             return
         send(
             {
@@ -73,8 +82,8 @@ async def subscribe(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]
     def unsubscribe() -> None:
         state["open"] = False
         stop_watching()
-        if listener in daemon.manager.session_listeners:
-            daemon.manager.session_listeners.remove(listener)
+        if listener in manager.session_listeners:
+            manager.session_listeners.remove(listener)
         for window, tap in taps:
             if tap in window.output_taps:
                 window.output_taps.remove(tap)
@@ -86,12 +95,12 @@ async def subscribe(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]
             unsubscribe()
             conn.send({"event": "events.dropped", "reason": "access", "message": message})
 
-    stop_watching = daemon.sharing.watch(
+    stop_watching = ctx.sharing.watch(
         Watch(principal=lambda: conn.principal, session_id=only, action=action, end=access_ended)
     )
-    daemon.manager.session_listeners.append(listener)
-    if output and only is not None and only in daemon.manager.sessions:
-        session = daemon.manager.sessions[only]
+    manager.session_listeners.append(listener)
+    if output and only is not None and only in manager.sessions:
+        session = manager.sessions[only]
         for window in session.mux.windows():
 
             def tap(data: bytes, window: Any = window) -> None:

@@ -28,7 +28,6 @@ from typing import Any
 
 from tachi.core.pty import INPUT_HIGH_WATER, PtyChild, default_signals
 from tachi.daemon.ops import RequestContext, arg_dict, arg_float, arg_str, operation
-from tachi.daemon.token_ops import require_local_owner
 from tachi.errors import Conflict, InvalidRequest, NotFound
 from tachi.gotime import now_ns
 
@@ -81,10 +80,10 @@ class ExecJob:
             self.recording.output(data)
         payload = base64.b64encode(data).decode()
         self.send({"event": "exec.output", "stream": "stdout", "data": payload})
-        wire = self.ctx.connection.wire
-        if self.child is not None and wire.buffered() > _CHUNK:
+        wire, tasks = self.ctx.connection.wire, self.ctx.connection.tasks
+        if self.child is not None and wire.buffered() > _CHUNK and not tasks.closing:
             self.child.pause_reading()
-            asyncio.get_running_loop().create_task(self._resume_when_drained(self.child))
+            self.ctx.connection.tasks.spawn(self._resume_when_drained(self.child))
 
     async def _resume_when_drained(self, child: PtyChild) -> None:
         await self.ctx.connection.wire.drained()
@@ -108,10 +107,8 @@ def _job(ctx: RequestContext) -> ExecJob:
     return job
 
 
-@operation("exec.start")
+@operation("exec.start", action="exec", owner="local-or-daemon-token")
 async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.daemon.authorize(ctx.principal, "exec", None)
-    require_local_owner(ctx, "exec.start", daemon_token=True)
     if getattr(ctx.connection, "exec_job", None) is not None:
         raise Conflict("this connection already runs a command")
     argv = args.get("command")
@@ -154,7 +151,7 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from None
     if args.get("record"):
         size = arg_dict(args, "size")
-        job.recording = ctx.daemon.recordings.record_stream(
+        job.recording = ctx.recordings.record_stream(
             " ".join(argv)[:80],
             ctx.principal.user,
             width=int(size.get("cols") or 80),
@@ -162,11 +159,11 @@ async def start(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         )
     ctx.connection.exec_job = job
     ctx.connection.closers.append(job.kill)
-    ctx.daemon.audit_by(
-        ctx.principal, "exec.start", details={"command": argv, "cwd": cwd, "pty": use_pty}
-    )
+    ctx.audit_by("exec.start", details={"command": argv, "cwd": cwd, "pty": use_pty})
     timeout = arg_float(args, "timeout")
-    asyncio.get_running_loop().create_task(_supervise(job, timeout))
+    # Owned by the connection: when it ends, the killed command's exit is
+    # still audited before the daemon closes its audit log.
+    ctx.connection.tasks.spawn(_supervise(job, timeout))
     return {"pid": job.pid}
 
 
@@ -199,8 +196,7 @@ async def _supervise(job: ExecJob, timeout: float | None) -> None:
         job.recording.close()
         event["recording"] = job.recording.id
     job.send(event)
-    job.ctx.daemon.audit_by(
-        job.ctx.principal,
+    job.ctx.audit_by(
         "exec.exit",
         result="info",
         details={"exitCode": event["exitCode"], "duration": now_ns() - job.started},
@@ -208,7 +204,7 @@ async def _supervise(job: ExecJob, timeout: float | None) -> None:
     job.ctx.connection.exec_job = None
 
 
-@operation("exec.stdin")
+@operation("exec.stdin", exec_job=True, action="exec", owner="local-or-daemon-token")
 async def stdin(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     job = _job(ctx)
     try:
@@ -236,7 +232,7 @@ async def stdin(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"bytes": len(data)}
 
 
-@operation("exec.signal")
+@operation("exec.signal", exec_job=True, action="exec", owner="local-or-daemon-token")
 async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     from tachi.daemon.session_ops import parse_signal
 

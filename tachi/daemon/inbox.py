@@ -14,14 +14,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tachi import protocol
 from tachi.daemon.limits import ConnectionLimits
 from tachi.errors import ProtocolError
 
-if TYPE_CHECKING:
-    from tachi.daemon.connection import Connection
+
+class StdinSink(Protocol):
+    """Takes keystroke frames straight from the transport's callback
+    (``tachi.daemon.connection.Connection``)."""
+
+    def stdin_now(self, frame: protocol.Frame) -> bool: ...
+
 
 #: Frames queued for the connection's loop before the transport stops reading,
 #: and the level at which it reads again, by default (``[limits] requests``).
@@ -52,9 +57,9 @@ class FrameInbox:
         self._eof = False
         self._error: ProtocolError | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._connection: Connection | None = None
+        self._connection: StdinSink | None = None
 
-    def bind(self, connection: Connection) -> None:
+    def bind(self, connection: StdinSink) -> None:
         """Let ``connection`` take keystrokes straight from :meth:`feed`."""
         self._connection = connection
 

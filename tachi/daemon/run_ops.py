@@ -506,22 +506,31 @@ def _keep(session: Any, record: RunRecord) -> None:
         mine.remove(victim)
 
 
-def find_run(ctx: RequestContext, args: dict[str, Any]) -> RunRecord:
-    """The run ``args["run"]`` (in ``args["session"]`` if given) once the
-    caller may read its session: ``PermissionDenied`` (audited) if not,
-    ``NotFound`` if no live session keeps it."""
-    from tachi.daemon.session_ops import _live
-
+def run_session(ctx: RequestContext, args: dict[str, Any]) -> str:
+    """The session that keeps the run ``args["run"]`` (``args["session"]`` if
+    given), for the dispatcher to resolve and authorise (``session.read``).
+    Raises ``NotFound`` if no live session keeps it."""
     ident = arg_str(args, "run") or ""
     where = arg_str(args, "session", required=False)
     if where is None:
         where = next((s.id for s, runs in list(_RUNS.items()) if ident in runs), None)
-    if where is not None:
-        with contextlib.suppress(NotFound):
-            record = runs_of(_live(ctx, {"session": where}, "session.read")).get(ident)
-            if record is not None:
-                return record
-    raise NotFound(
+    if where is None:
+        raise _no_run(ident)
+    return where
+
+
+def find_run(ctx: RequestContext, args: dict[str, Any]) -> RunRecord:
+    """The run ``args["run"]`` in the session the dispatcher authorised
+    (:func:`run_session`): ``NotFound`` if that session does not keep it."""
+    ident = arg_str(args, "run") or ""
+    record = runs_of(ctx.session).get(ident)
+    if record is None:
+        raise _no_run(ident)
+    return record
+
+
+def _no_run(ident: str) -> NotFound:
+    return NotFound(
         f"no run {ident!r} (see 'tachi run ls SESSION'; a session keeps the last"
         f" {RUNS_PER_WINDOW} runs of each window while it lives)"
     )
@@ -573,11 +582,9 @@ def _stream_arg(args: dict[str, Any]) -> str | int | None:
     return stream
 
 
-@operation("session.run")
+@operation("session.run", action="session.write", session="session")
 async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    from tachi.daemon.session_ops import _live
-
-    session = _live(ctx, args, "session.write")
+    session = ctx.session
     ctx.connection.deny_if_read_only("running commands")
     window = session.mux.get(arg_int(args, "window"))
     command = arg_str(args, "command") or ""
@@ -621,19 +628,19 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
             record.listeners.append(out.add)
         short = integrated_in_front(window, window.child.foreground_pgrp(), runs_of(session))
         line = typed_line(command, syntax, ident, short)
-        ctx.daemon.admit_input(ctx.principal, session, len(command))
+        ctx.effects.admit_input(ctx.principal, session, len(command))
         record.start()
         _keep(session, record)
         session.write((line + "\r").encode(), window.id)
         record.line_at = getattr(window.child, "_typed_at", 0.0)
-        ctx.daemon.note_input(ctx.principal, session, command.encode())
+        ctx.effects.note_input(ctx.principal, session, command.encode())
     if stream is not None:
         ctx.connection.send(
             {"event": "run.started", "stream": stream, "window": window.id, "run": ident}
         )
     audit = {"window": window.id, "command": command, "run": ident}
     if detach:
-        ctx.daemon.audit_by(ctx.principal, "session.run", session.id, details=audit)
+        ctx.audit_by("session.run", session.id, details=audit)
         return record.to_json()
     try:
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -651,9 +658,7 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         if streamer is not None:
             streamer.close()
     out.finish()
-    ctx.daemon.audit_by(
-        ctx.principal, "session.run", session.id, details={**audit, "exitCode": record.code}
-    )
+    ctx.audit_by("session.run", session.id, details={**audit, "exitCode": record.code})
     result = _result(record, b"".join(kept), out.dropped)
     if stream is not None:
         result["streamed"] = True
@@ -678,16 +683,14 @@ def _kept_output(record: RunRecord) -> tuple[bytes, int]:
     return b"".join(parts), record.dropped
 
 
-@operation("run.list")
+@operation("run.list", action="session.read", session="session")
 async def run_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs the session keeps (oldest first), without their output."""
-    from tachi.daemon.session_ops import _live
-
-    session = _live(ctx, args, "session.read")
+    session = ctx.session
     return [r.to_json() for r in runs_of(session).values()]
 
 
-@operation("run.wait")
+@operation("run.wait", action="session.read", target=run_session)
 async def run_wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """Wait (up to ``timeout``) for a run to end; its result as ``session.run``
     gives it, with the output it kept (the first and last halves of
@@ -706,7 +709,7 @@ async def run_wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@operation("run.output")
+@operation("run.output", action="session.read", target=run_session)
 async def run_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """A run's output so far (the part it kept); with ``follow`` and ``stream``,
     sent as ``run.output`` events, then what it writes until it ends or
@@ -834,7 +837,7 @@ async def wait_output(
 MAX_READ = 512 * 1024
 
 
-@operation("window.output")
+@operation("window.output", action="session.read", session="session")
 async def window_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """A window's output after position ``since`` (default: the last
     ``maxBytes`` it kept), as text for programs: escape sequences removed,
@@ -842,9 +845,7 @@ async def window_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     ``start`` is the first position returned (later than ``since`` when that
     part is no longer kept: the window keeps its last 256 KiB, and at most
     ``maxBytes`` are returned, the newest)."""
-    from tachi.daemon.session_ops import _live
-
-    session = _live(ctx, args, "session.read")
+    session = ctx.session
     window = session.mux.get(arg_int(args, "window"))
     since = arg_int(args, "since")
     limit = arg_int(args, "maxBytes")

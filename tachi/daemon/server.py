@@ -24,6 +24,7 @@ from tachi.core.guarded_hooks import Verdict
 from tachi.core.manager import SessionManager
 from tachi.core.principal import Principal, user_name
 from tachi.core.store import SessionStore, connect
+from tachi.core.tasks import TaskSet
 from tachi.errors import AuditWriteError, PermissionDenied, TachiError
 from tachi.gotime import now_ns
 from tachi.hooks import Hooks
@@ -119,24 +120,34 @@ class Daemon:
         self.refusals = RefusalThrottle(self.audit)
         self.transports: list[Any] = []
         self.extensions: dict[str, Any] = {}
+        from tachi.daemon.dispatch import Dispatcher
+        from tachi.daemon.operations import table
+        from tachi.daemon.services import Services
+
+        #: Every action policies decide (the built-ins and the plugins').
+        self.actions = self.hooks.actions()
+        self.dispatcher = Dispatcher(table(), self.actions)
+        # What operations get instead of the daemon: each part as narrow as it needs.
+        self.services = Services(
+            config=config,
+            sessions=self.manager,
+            grants=self.grants,
+            audit=self,
+            sharing=self.sharing,
+            recordings=self.recordings,
+            effects=self,
+            lifecycle=self,
+            policy=self,
+        )
         self._stop = asyncio.Event()
+        #: Every connection being served, whatever its transport: awaited at stop,
+        #: so nothing they started outlives the audit log and the database.
+        self.connections = TaskSet("connections")
         #: Set by ``daemon.stop`` with ``keepSessions`` (``tachi daemon restart``).
         self.keep_sessions = False
 
     # -- running --------------------------------------------------------------
     async def run(self) -> None:
-        # Importing the operation modules registers their operations.
-        import tachi.daemon.client_ops
-        import tachi.daemon.daemon_ops
-        import tachi.daemon.events_ops
-        import tachi.daemon.exec_ops
-        import tachi.daemon.record_ops
-        import tachi.daemon.run_ops
-        import tachi.daemon.session_ops
-        import tachi.daemon.share_ops
-        import tachi.daemon.terminal_ops
-        import tachi.daemon.token_ops  # noqa: F401
-
         repaired = self.recordings.repair()
         if repaired:
             log.info("repaired %d recordings left open by a previous daemon", repaired)
@@ -172,6 +183,9 @@ class Daemon:
             else:
                 await self.manager.shutdown()
                 self.survival.close()
+            # After the sessions told their clients why they closed; each
+            # connection's own work (an exec's end) is audited as it goes.
+            await self.connections.close()
             self.recordings.process.stop()
             self.refusals.close()
             self.audit(action="daemon.stop", result="info", principal="tachid", source="daemon")
@@ -203,6 +217,9 @@ class Daemon:
 
         if peer is None and principal is None:
             raise ValueError("serve_connection needs a peer or a principal")
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.adopt(task)
         await Connection(self, wire, peer=peer, principal=principal).run(next_frame)
 
     # -- sessions -----------------------------------------------------------

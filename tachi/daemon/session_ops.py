@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
 import signal as signals
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any
 
 from tachi.core.clients import AttachedClient
 from tachi.daemon.client_ops import client_by_id, detach_clients
 from tachi.daemon.ops import (
+    Need,
     RequestContext,
     arg_dict,
     arg_float,
@@ -30,22 +30,20 @@ from tachi.models import (
 )
 
 if TYPE_CHECKING:
-    from tachi.core.principal import Principal
-    from tachi.core.session import SessionRuntime
+    pass
 
 
-@operation("session.create")
+@operation("session.create", action="session.create")
 async def create(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    ctx.daemon.authorize(ctx.principal, "session.create", None)
     try:
         req = SessionRequest.from_json(arg_dict(args, "request"))
     except (ValueError, TypeError, KeyError) as exc:
         raise InvalidRequest(f"invalid session request: {exc}") from None
-    session = ctx.daemon.create_session(ctx.principal, req)
+    session = ctx.effects.create_session(ctx.principal, req)
     return session.to_model().to_json()
 
 
-@operation("session.list")
+@operation("session.list", filters="session.get")
 async def list_sessions(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         flt = SessionFilter.from_json(arg_dict(args, "filter"))
@@ -53,9 +51,9 @@ async def list_sessions(ctx: RequestContext, args: dict[str, Any]) -> list[dict[
         raise InvalidRequest(f"invalid filter: {exc}") from None
     mask = _field_mask(args.get("fields"))
     visible = []
-    for info in ctx.daemon.manager.list(flt):
-        target = ctx.daemon.manager.sessions.get(info.id, info)
-        if ctx.daemon.allowed(ctx.principal, "session.get", target):
+    for info in ctx.sessions.list(flt):
+        target = ctx.sessions.sessions.get(info.id, info)
+        if ctx.shows(target):
             visible.append(info.to_json(mask))
     return visible
 
@@ -72,58 +70,11 @@ def _field_mask(paths: Any) -> FieldMask | None:
         raise InvalidRequest(f"invalid fields: {exc}") from None
 
 
-@operation("session.get")
+@operation("session.get", action="session.get", session="session", live=False)
 async def get(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    found = resolve(ctx, arg_str(args, "session") or "", "session.get", live=False)
+    found = ctx.target
     model = found if isinstance(found, Session) else found.to_model()
     return model.to_json()
-
-
-def _is_daemon_user(principal: Principal) -> bool:
-    return principal.uid == os.getuid() and (
-        principal.grant_id is None or principal.grant_session == "*"
-    )
-
-
-@overload
-def resolve(
-    ctx: RequestContext, ref: str, action: str, *, live: Literal[True] = ...
-) -> SessionRuntime: ...
-@overload
-def resolve(
-    ctx: RequestContext, ref: str, action: str, *, live: bool
-) -> SessionRuntime | Session: ...
-def resolve(
-    ctx: RequestContext, ref: str, action: str, *, live: bool = True
-) -> SessionRuntime | Session:
-    """The session ``ref`` (an id or a name) names, if ``action`` is allowed on it;
-    with ``live``, it must be running.
-
-    A principal that may not even see the session (``session.get``) gets exactly
-    the answer a missing session gets, ``NotFound`` with the same text, so a
-    token or a shared user cannot learn which other sessions exist or their ids;
-    the denial is audited all the same. The daemon's own user, and anyone who
-    may see the session, get the precise answer: ``PermissionDenied`` naming the
-    action, or ``NotFound`` saying that it is closed.
-    """
-    daemon, principal = ctx.daemon, ctx.principal
-    found = daemon.manager.find(ref)
-    if not daemon.allowed(principal, action, found):
-        hidden = action == "session.get" or not daemon.allowed(principal, "session.get", found)
-        if hidden and not _is_daemon_user(principal):
-            daemon.audit_by(principal, action, found.id, result="denied", reason="policy")
-            raise NotFound(f"no session {ref!r} (see 'tachi ls')")
-        daemon.authorize(principal, action, found)  # raises, audited
-    if live and isinstance(found, Session):
-        reason = f" ({found.closeReason})" if found.closeReason else ""
-        raise NotFound(f"session {found.id} is closed{reason}")
-    return found
-
-
-def _live(ctx: RequestContext, args: dict[str, Any], action: str) -> SessionRuntime:
-    """The running session named by ``args["session"]``, if ``action`` is allowed on it
-    (see :func:`resolve`)."""
-    return resolve(ctx, arg_str(args, "session") or "", action)
 
 
 def _pty_from(args: dict[str, Any], term: str) -> PTYConfig | None:
@@ -144,20 +95,39 @@ def _pty_from(args: dict[str, Any], term: str) -> PTYConfig | None:
     return pty
 
 
-@operation("session.attach")
+def _attach_needs(ctx: RequestContext, args: dict[str, Any]) -> list[Need]:
+    """A writable client that names a window switches it (``window.select``);
+    ``detachOthers`` detaches the clients there are (``session.detach``)."""
+    session = ctx.session
+    needs = []
+    if arg_int(args, "window") is not None and not _attach_read_only(ctx, args):
+        needs.append(Need("window.select", session))
+    if args.get("detachOthers") and session.clients:
+        needs.append(Need("session.detach", session))
+    return needs
+
+
+def _attach_read_only(ctx: RequestContext, args: dict[str, Any]) -> bool:
+    # Without session.write the client is attached read-only, not refused.
+    return bool(args.get("readOnly")) or not ctx.granted["session.write"]
+
+
+@operation(
+    "session.attach",
+    action="session.attach",
+    session="session",
+    may=("session.write",),
+    also=_attach_needs,
+)
 async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "session.attach")
-    read_only = bool(args.get("readOnly"))
+    session = ctx.session
+    read_only = _attach_read_only(ctx, args)
     role, role_until = session.access.role_and_end(ctx.principal)
     role = role or "owner"  # a plugin's policy let it in
-    if not read_only and not ctx.daemon.allowed(ctx.principal, "session.write", session):
-        read_only = True
     size = _pty_from(args, session.info.pty.term if session.info.pty else "")
     resume = arg_dict(args, "resume")
     window_id = arg_int(args, "window")
-    if window_id is not None and not read_only:
-        ctx.daemon.authorize(ctx.principal, "window.select", session)
-    elif window_id is not None:
+    if window_id is not None and read_only:
         window_id = None if window_id == session.mux.get(None).id else window_id
         if window_id is not None:
             raise PermissionDenied("a read-only client cannot switch the session's window")
@@ -167,16 +137,15 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         role=role,
         read_only=read_only,
         size=size,
-        limit=ctx.daemon.config.client_buffer,
+        limit=ctx.config.client_buffer,
         snapshot=session.snapshot_active,
         role_until=role_until,
-        on_role_lapsed=functools.partial(ctx.daemon.sharing.lapsed, session),
+        on_role_lapsed=functools.partial(ctx.sharing.lapsed, session),
     )
     if args.get("detachOthers") and session.clients:
-        ctx.daemon.authorize(ctx.principal, "session.detach", session)
         detach_clients(ctx, session, list(session.clients.values()))
     # Audited before it takes effect: if the audit log cannot be written, fail closed.
-    ctx.daemon.client_attached(ctx.principal, session, client)
+    ctx.effects.client_attached(ctx.principal, session, client)
     client.connection = ctx.connection
     ctx.connection.attach(session, client)
     resume_seq = (
@@ -193,15 +162,16 @@ async def attach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@operation("client.resize", ordered=True)
+@operation("client.resize", attached=True, may=("session.resize",), ordered=True)
 async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """The attached client's terminal size; a read-only client's (or one that
+    may not ``session.resize``) is noted, never applied."""
     session, client = ctx.connection.require_attached()
-    if not client.may_write():
+    if not client.may_write() or not ctx.may("session.resize"):
         if client.ended:
             raise InvalidRequest("this connection is not attached to a session")
         client.denied_inputs += 1
-        ctx.daemon.audit_by(
-            ctx.principal,
+        ctx.audit_by(
             "session.resize",
             session.id,
             result="denied",
@@ -211,28 +181,28 @@ async def client_resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     pty = _pty_from({"size": args}, "")
     assert pty is not None
     # Audited before it applies (a drag is coalesced: see SharingService.client_resize).
-    ctx.daemon.sharing.client_resize(ctx.principal, session, client, pty)
+    ctx.sharing.client_resize(ctx.principal, session, client, pty)
     session.client_resized(client, pty)
     return {"applied": True}
 
 
-@operation("client.redraw")
+@operation("client.redraw", attached=True, action="session.read")
 async def client_redraw(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     session, client = ctx.connection.require_attached()
     client.send_screen(*session.snapshot_active())
     return {}
 
 
-@operation("client.detach", ordered=True)
+@operation("client.detach", attached=True, needs="its own attachment", ordered=True)
 async def client_detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ctx.connection.require_attached()
     ctx.connection.detach("detached")
     return {}
 
 
-@operation("session.detach")
+@operation("session.detach", action="session.detach", session="session")
 async def detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "session.detach")
+    session = ctx.session
     client_id = arg_int(args, "client")
     clients = (
         [client_by_id(session, client_id)]
@@ -243,35 +213,34 @@ async def detach(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"detached": len(clients)}
 
 
-@operation("session.close")
+@operation("session.close", action="session.close", session="session")
 async def close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     from tachi.models import CloseReason
 
-    session = _live(ctx, args, "session.close")
-    ctx.daemon.audit_by(ctx.principal, "session.close", session.id, reason="closed")
+    session = ctx.session
+    ctx.audit_by("session.close", session.id, reason="closed")
     session.finish(CloseReason.CLOSED)
     return session.to_model().to_json()
 
 
-@operation("session.resize", ordered=True)
+@operation("session.resize", action="session.resize", session="session", ordered=True)
 async def resize(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "session.resize")
+    session = ctx.session
     ctx.connection.deny_if_read_only("resizing")
     pty = _pty_from(args, session.info.pty.term if session.info.pty else "")
     if pty is None:
         raise InvalidRequest("missing argument 'size'")
-    ctx.daemon.audit_by(ctx.principal, "session.resize", session.id, details=pty.to_json())
+    ctx.audit_by("session.resize", session.id, details=pty.to_json())
     session.resize(pty)
     return session.to_model().to_json()
 
 
-@operation("session.signal")
+@operation("session.signal", action="session.signal", session="session")
 async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "session.signal")
+    session = ctx.session
     sig = parse_signal(args.get("signal"))
     window = session.mux.get(arg_int(args, "window"))
-    ctx.daemon.audit_by(
-        ctx.principal,
+    ctx.audit_by(
         "session.signal",
         session.id,
         details={"signal": signals.Signals(sig).name, "window": window.id},
@@ -280,9 +249,9 @@ async def send_signal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, An
     return {"signal": signals.Signals(sig).name, "window": window.id}
 
 
-@operation("session.send")
+@operation("session.send", action="session.write", session="session")
 async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "session.write")
+    session = ctx.session
     text = arg_str(args, "text", required=False)
     data = text.encode("utf-8", "surrogateescape") if text is not None else b""
     if "data" in args:
@@ -294,19 +263,19 @@ async def send(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequest("data must be base64") from None
     window_id = arg_int(args, "window")
     # Audited first: input the log cannot account for never reaches the program.
-    ctx.daemon.admit_input(ctx.principal, session, len(data), data)
+    ctx.effects.admit_input(ctx.principal, session, len(data), data)
     session.write(data, window_id)
-    ctx.daemon.note_input(ctx.principal, session, data)
+    ctx.effects.note_input(ctx.principal, session, data)
     return {"bytes": len(data)}
 
 
-@operation("session.capture")
+@operation("session.capture", action="session.read", session="session")
 async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "session.read")
+    session = ctx.session
     window = session.mux.get(arg_int(args, "window"))
     wanted = arg_int(args, "history")
     # A read of what the session shows: audited before it is answered.
-    ctx.daemon.sharing.note_read(
+    ctx.sharing.note_read(
         ctx.principal, session, "session.capture", {"window": window.id, "history": wanted}
     )
     cursor = window.screen.cursor()
@@ -325,10 +294,10 @@ async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@operation("session.wait")
+@operation("session.wait", action="session.read", session="session", live=False)
 async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ref = arg_str(args, "session") or ""
-    found = resolve(ctx, ref, "session.read", live=False)
+    found = ctx.target
     timeout = arg_float(args, "timeout")
     pattern = arg_str(args, "match", required=False)
     if args.get("matches") is not None or args.get("new") or args.get("since") is not None:
@@ -337,7 +306,7 @@ async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         return await _wait_new(ctx, args, pattern, timeout)
     try:
         if pattern is not None:
-            session = ctx.daemon.manager.live(ref)
+            session = ctx.sessions.live(ref)
             matched = await session.wait_match(pattern, arg_int(args, "window"), timeout)
             return {"matched": matched}
         if args.get("exit"):
@@ -359,9 +328,11 @@ async def _wait_new(
     With ``expect``, EOF and timeout are outcomes in the reply; without, they
     raise ``NotFound`` and ``TimedOut``."""
     from tachi.daemon.run_ops import wait_output
-    from tachi.errors import NotFound
 
-    session = _live(ctx, args, "session.read")
+    session = ctx.target
+    if isinstance(session, Session):
+        reason = f" ({session.closeReason})" if session.closeReason else ""
+        raise NotFound(f"session {session.id} is closed{reason}")
     patterns = args.get("matches")
     if patterns is None:
         patterns = [pattern] if pattern is not None else []
@@ -380,9 +351,9 @@ async def _wait_new(
 
 
 # -- windows ------------------------------------------------------------------------
-@operation("window.new", ordered=True)
+@operation("window.new", action="window.new", session="session", ordered=True)
 async def window_new(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "window.new")
+    session = ctx.session
     ctx.connection.deny_if_read_only("opening windows")
     command = args.get("command") or []
     if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
@@ -399,33 +370,33 @@ async def window_new(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any
         raise InvalidRequest(
             f"cannot start {(command or session.info.command)[0]!r}: {exc.strerror or exc}"
         ) from None
-    ctx.daemon.window_event(ctx.principal, session, "window.new", window.id)
+    ctx.effects.window_event(ctx.principal, session, "window.new", window.id)
     return window.to_model(window is session.mux.active).to_json()
 
 
-@operation("window.list")
+@operation("window.list", action="session.read", session="session")
 async def window_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    session = _live(ctx, args, "session.read")
+    session = ctx.session
     active = session.mux.active
     return [w.to_model(w is active).to_json() for w in session.mux.windows()]
 
 
-@operation("window.select", ordered=True)
+@operation("window.select", action="window.select", session="session", ordered=True)
 async def window_select(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "window.select")
+    session = ctx.session
     ctx.connection.deny_if_read_only("switching windows")
     step = arg_int(args, "step")
     if step is not None:
         window = session.mux.cycle(1 if step > 0 else -1)
     else:
         window = session.mux.select(arg_int(args, "window", required=True) or 0)
-    ctx.daemon.window_event(ctx.principal, session, "window.select", window.id)
+    ctx.effects.window_event(ctx.principal, session, "window.select", window.id)
     return window.to_model(True).to_json()
 
 
-@operation("window.rename")
+@operation("window.rename", action="window.rename", session="session")
 async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "window.rename")
+    session = ctx.session
     ctx.connection.deny_if_read_only("renaming windows")
     name = arg_str(args, "name") or ""
     try:
@@ -436,17 +407,17 @@ async def window_rename(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
     if window_id == -1:
         window_id = session.mux.get(None).id
     window = session.mux.rename(window_id or 0, name)
-    ctx.daemon.window_event(ctx.principal, session, "window.rename", window.id)
+    ctx.effects.window_event(ctx.principal, session, "window.rename", window.id)
     return window.to_model(window is session.mux.active).to_json()
 
 
-@operation("window.close", ordered=True)
+@operation("window.close", action="window.close", session="session", ordered=True)
 async def window_close(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = _live(ctx, args, "window.close")
+    session = ctx.session
     ctx.connection.deny_if_read_only("closing windows")
     window_id = arg_int(args, "window", required=True) or 0
     session.mux.close(window_id)
-    ctx.daemon.window_event(ctx.principal, session, "window.close", window_id)
+    ctx.effects.window_event(ctx.principal, session, "window.close", window_id)
     return {"window": window_id}
 
 

@@ -9,7 +9,6 @@ from typing import Any
 from tachi.core.access import ROLES
 from tachi.core.principal import user_name
 from tachi.daemon.ops import RequestContext, arg_str, operation
-from tachi.daemon.session_ops import resolve
 from tachi.errors import InvalidRequest, NotFound
 from tachi.gotime import parse_duration
 
@@ -35,9 +34,9 @@ def _local_user(name: str) -> pwd.struct_passwd:
         raise NotFound(f"no local user {name!r}") from None
 
 
-@operation("share.create")
+@operation("share.create", action="share.create", session="session")
 async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = resolve(ctx, arg_str(args, "session") or "", "share.create")
+    session = ctx.target
     role = arg_str(args, "role") or ""
     if role not in ROLES[1:]:
         raise InvalidRequest("role must be 'observer' or 'collaborator'")
@@ -48,8 +47,8 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ttl_ns, allow_ips = grant_limits(args)
     uid = _local_user(user).pw_uid if user else None
     # Before the grant exists, so a failure leaves nothing half-made.
-    shared_socket = await ctx.daemon.grant_socket_access(uid) if uid is not None else None
-    grant, token = ctx.daemon.grants.create(
+    shared_socket = await ctx.effects.grant_socket_access(uid) if uid is not None else None
+    grant, token = ctx.grants.create(
         session.id,
         role,
         created_by=ctx.principal.user,
@@ -58,8 +57,7 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         ttl_ns=ttl_ns or None,
         allow_ips=allow_ips,
     )
-    ctx.daemon.audit_by(
-        ctx.principal,
+    ctx.audit_by(
         "share.create",
         session.id,
         details={
@@ -70,7 +68,7 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
             "allowIps": allow_ips,
         },
     )
-    ctx.daemon.recordings.marker(session.id, f"share: {role} {user or 'token'} ({grant.id})")
+    ctx.recordings.marker(session.id, f"share: {role} {user or 'token'} ({grant.id})")
     result = grant.to_json()
     result["token"] = token
     result["runsAs"] = user_name(os.getuid())
@@ -84,57 +82,55 @@ async def share(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     # Transports that can show a session elsewhere (a browser page) say where.
     result["links"] = [
         link
-        for transport in ctx.daemon.transports
+        for transport in ctx.lifecycle.transports
         if hasattr(transport, "share_link")
         and (link := transport.share_link(session.id, None if user else token))
     ]
     return result
 
 
-@operation("share.list")
+@operation("share.list", action="share.list", session="session", live=False)
 async def share_list(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    session = resolve(ctx, arg_str(args, "session") or "", "share.list", live=False)
-    grants = ctx.daemon.grants.list(session.id, include_inactive=bool(args.get("all")))
+    session = ctx.target
+    grants = ctx.grants.list(session.id, include_inactive=bool(args.get("all")))
     return [g.to_json() for g in grants]
 
 
-@operation("share.revoke")
+@operation("share.revoke", action="share.revoke", session="session", live=False)
 async def revoke(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = resolve(ctx, arg_str(args, "session") or "", "share.revoke", live=False)
-    grant = ctx.daemon.grants.revoke(session.id, arg_str(args, "grant") or "")
-    ctx.daemon.audit_by(ctx.principal, "share.revoke", session.id, details={"grant": grant.id})
-    ctx.daemon.recordings.marker(session.id, f"revoke: {grant.id}")
+    session = ctx.target
+    grant = ctx.grants.revoke(session.id, arg_str(args, "grant") or "")
+    ctx.audit_by("share.revoke", session.id, details={"grant": grant.id})
+    ctx.recordings.marker(session.id, f"revoke: {grant.id}")
     # Everything live follows at once: clients left with no role are ended,
     # clients left with a weaker one (another grant) demoted, streams re-checked.
-    changed = ctx.daemon.sharing.reauthorize(
-        session.id, f"access revoked ({grant.id})", by=ctx.principal
-    )
+    changed = ctx.sharing.reauthorize(session.id, f"access revoked ({grant.id})", by=ctx.principal)
     return {**grant.to_json(), **changed}
 
 
-@operation("token.rotate")
+@operation("token.rotate", action="token.rotate", session="session")
 async def rotate(ctx: RequestContext, args: dict[str, Any]) -> list[dict[str, Any]]:
-    session = resolve(ctx, arg_str(args, "session") or "", "token.rotate")
+    session = ctx.target
     grace = args.get("grace")
     try:
-        grace_ns = parse_duration(grace) if grace is not None else ctx.daemon.config.token_grace
+        grace_ns = parse_duration(grace) if grace is not None else ctx.config.token_grace
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
-    rotated = ctx.daemon.rotate_tokens(
+    rotated = ctx.effects.rotate_tokens(
         session, arg_str(args, "grant", required=False), grace_ns, ctx.principal
     )
     return rotated
 
 
-@operation("session.handoff")
+@operation("session.handoff", action="session.handoff", session="session")
 async def handoff(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
-    session = resolve(ctx, arg_str(args, "session") or "", "session.handoff")
+    session = ctx.target
     target = _local_user(arg_str(args, "to") or "")
     keep = arg_str(args, "keep", required=False) or "observer"
     if keep not in ("observer", "collaborator", "none"):
         raise InvalidRequest("keep must be observer, collaborator or none")
-    shared_socket = await ctx.daemon.grant_socket_access(target.pw_uid)
-    ctx.daemon.handoff(session, target.pw_name, target.pw_uid, keep, ctx.principal)
+    shared_socket = await ctx.effects.grant_socket_access(target.pw_uid)
+    ctx.effects.handoff(session, target.pw_name, target.pw_uid, keep, ctx.principal)
     result = session.to_model().to_json()
     result["socket"] = str(shared_socket) if shared_socket else None
     result["runsAs"] = user_name(os.getuid())

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tachi.core.periodic import every
 from tachi.errors import TachiError
@@ -22,10 +23,13 @@ from tachi.gotime import now_ns
 from tachi.grants import DAEMON_GRANT
 
 if TYPE_CHECKING:
+    from tachi.config import Config
     from tachi.core.clients import AttachedClient
+    from tachi.core.manager import SessionManager
     from tachi.core.principal import Principal
+    from tachi.core.recording import RecordingManager
     from tachi.core.session import SessionRuntime
-    from tachi.daemon.server import Daemon
+    from tachi.grants import GrantStore
 
 log = logging.getLogger("tachi.sharing")
 TICK_SECONDS = 0.5
@@ -44,6 +48,8 @@ class _Resizes:
     size: Any = None
     count: int = 0
     timer: asyncio.TimerHandle | None = None
+    #: What the timer will call: run at once when sharing stops.
+    flush: Callable[[], None] | None = None
 
 
 def _size_details(size: Any) -> dict[str, int]:
@@ -68,8 +74,24 @@ class Watch:
     end: Callable[[str], None]
 
 
+class SharingHost(Protocol):
+    """What sharing uses of the daemon (``tachi.daemon.server.Daemon``)."""
+
+    config: Config
+    grants: GrantStore
+    manager: SessionManager
+    recordings: RecordingManager
+    system_principal: Principal
+
+    def allowed(self, principal: Principal, action: str, session: Any) -> bool: ...
+    def audit(self, **record: Any) -> dict[str, Any]: ...
+    def audit_by(
+        self, principal: Principal, action: str, session: str | None = None, **kw: Any
+    ) -> dict[str, Any]: ...
+
+
 class SharingService:
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: SharingHost) -> None:
         self.daemon = daemon
         self._last_tick = now_ns()
         self._bursts: dict[tuple[str, str, str | None], float] = {}
@@ -84,10 +106,15 @@ class SharingService:
         self._task = asyncio.get_running_loop().create_task(every(TICK_SECONDS, self.tick, log))
 
     async def stop(self) -> None:
+        """Stop the ticker (awaited) and write the coalesced resize records still
+        pending: no timer of ours fires after the daemon closes its audit log."""
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task})
+        for state in list(self._resizes.values()):
+            if state.timer is not None and state.flush is not None:
+                state.timer.cancel()
+                state.flush()
 
     # -- who may stay ----------------------------------------------------------------
     def watch(self, stream: Watch) -> Callable[[], None]:
@@ -404,16 +431,16 @@ class SharingService:
         state.size, state.count = size, state.count + 1
         if state.timer is None:
             delay = max(0.0, state.last + RESIZE_AUDIT_SECONDS - now)
-            state.timer = asyncio.get_running_loop().call_later(
-                delay, self._flush_resizes, principal, session, client.id
-            )
+            state.flush = functools.partial(self._flush_resizes, principal, session, client.id)
+            state.timer = asyncio.get_running_loop().call_later(delay, state.flush)
 
     def _flush_resizes(self, principal: Principal, session: SessionRuntime, client_id: int) -> None:
         state = self._resizes.get(client_id)
         if state is None or state.size is None:
             return
         details = {"client": client_id, **_size_details(state.size), "coalesced": state.count}
-        state.timer, state.size, state.count, state.last = None, None, 0, time.monotonic()
+        state.timer, state.flush = None, None
+        state.size, state.count, state.last = None, 0, time.monotonic()
         # The sizes applied already; a log failing closed can only lose this summary.
         with contextlib.suppress(TachiError):
             self.daemon.audit_by(principal, "session.resize", session.id, details=details)

@@ -21,7 +21,11 @@ from tachi.daemon.ops import RequestContext, operation
 from tachi.errors import InvalidRequest, TachiError
 
 
-@operation("client.terminal", ordered=True)
+@operation(
+    "client.terminal",
+    needs="its own terminal (on the Unix socket), and its own attachment to hand it to",
+    ordered=True,
+)
 async def client_terminal(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     connection = ctx.connection
     descriptor = args.get("descriptor")
@@ -94,8 +98,7 @@ def _audited(ctx: RequestContext, use: Callable[..., T], *args: Any) -> T:
         return use(*args)
     except TachiError as exc:
         session = ctx.connection.session
-        ctx.daemon.audit_by(
-            ctx.principal,
+        ctx.audit_by(
             "client.terminal",
             session.id if session is not None else None,
             result="denied",
