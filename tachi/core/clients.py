@@ -33,10 +33,14 @@ _ids = itertools.count(1)
 
 
 class Wire(Protocol):
-    """The transport side of a connection, as the core needs it."""
+    """The transport side of a connection, as the core needs it: frame-level.
+
+    Each ``write`` is exactly one whole encoded frame (``protocol.encode*``), so
+    a message-based transport (a WebSocket message per frame) sends it as it is,
+    without parsing frame headers again; a stream transport just writes it."""
 
     def write(self, data: bytes) -> None:
-        """Queue bytes for the peer; never blocks."""
+        """Queue one encoded frame for the peer; never blocks."""
 
     def buffered(self) -> int:
         """Bytes queued and not yet sent."""
@@ -48,7 +52,8 @@ class Wire(Protocol):
 
 
 class TerminalWire(Wire, Protocol):
-    """A client's own terminal, written by the daemon (see the module's docstring)."""
+    """A client's own terminal, written by the daemon (see the module's docstring):
+    unlike a connection's wire, ``write`` takes the terminal's bytes, not frames."""
 
     def when_drained(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once what was written has reached the terminal."""

@@ -36,16 +36,15 @@ POLICY_VIOLATION = 1008
 
 class MessageWire:
     """``tachi.core.clients.Wire`` over a WebSocket: each frame the daemon writes
-    becomes one binary message, queued and sent by one task so that a slow peer
-    never blocks the daemon. ``buffered()`` is what the peer has not taken yet,
-    which the core uses to resynchronise a lagging client instead of buffering
-    without bound."""
+    (one per ``write``: the wire is frame-level) becomes one binary message as it
+    is, queued and sent by one task so that a slow peer never blocks the daemon.
+    ``buffered()`` is what the peer has not taken yet, which the core uses to
+    resynchronise a lagging client instead of buffering without bound."""
 
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
         self._queue: deque[bytes] = deque()
         self._queued = 0
-        self._partial = b""
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -55,20 +54,10 @@ class MessageWire:
     def write(self, data: bytes) -> None:
         if self._closed:
             return
-        data = self._partial + data if self._partial else data
-        offset = 0
-        while len(data) - offset >= protocol.HEADER.size:
-            _, length = protocol.HEADER.unpack_from(data, offset)
-            end = offset + protocol.HEADER.size + length
-            if end > len(data):
-                break
-            self._queue.append(data[offset:end])
-            offset = end
-        self._partial = data[offset:]
-        self._queued += offset
-        if offset:
-            self._empty.clear()
-            self._wake.set()
+        self._queue.append(data)
+        self._queued += len(data)
+        self._empty.clear()
+        self._wake.set()
 
     def buffered(self) -> int:
         if self._closed:
