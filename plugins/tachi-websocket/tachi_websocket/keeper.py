@@ -28,6 +28,7 @@ keeper answers ``OK`` and then relays frames, or ``ERR <code> <message>``
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -96,7 +97,7 @@ def connect(url: str, options: dict[str, Any]) -> socket.socket | None:
         sock = _dial(path)
         if sock is None:
             _start(path)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 2
             while sock is None and time.monotonic() < deadline:
                 time.sleep(0.01)
                 sock = _dial(path)
@@ -169,9 +170,22 @@ class Keeper:
         old = os.umask(0o177)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(self.path)
+            try:
+                listener.bind(self.path)
+            except OSError as exc:
+                live = _dial(self.path) if exc.errno == errno.EADDRINUSE else None
+                if live is not None or exc.errno != errno.EADDRINUSE:
+                    if live is not None:
+                        live.close()
+                    return 0  # another keeper got there first
+                # A keeper that died (SIGKILL, a reboot of /tmp's owner): its
+                # socket is ours to replace, in a directory only we may enter.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                listener.bind(self.path)
         except OSError:
-            return 0  # another keeper got there first
+            listener.close()
+            return 0
         finally:
             os.umask(old)
         listener.listen(64)

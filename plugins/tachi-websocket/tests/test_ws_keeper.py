@@ -3,11 +3,13 @@ opened ahead, and each still acts with its own token, checked by the daemon."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 from ws_support import Remote
@@ -64,9 +66,25 @@ def test_kept_connections_serve_each_token_as_itself_and_a_rotated_token_at_once
         _stop_keeper(runtime)
 
 
-def _stop_keeper(runtime: Path) -> None:
-    """End the keeper this test started (found by its socket path on its command line)."""
+def test_a_keeper_that_died_is_replaced(remote: Remote, tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    try:
+        assert _run(remote, runtime, "ls", token=remote.token).returncode == 0
+        assert _stop_keeper(runtime, signal.SIGKILL) == 1  # its socket stays behind
+        assert (runtime / "tachi" / "ws-keeper.sock").exists()
+        again = _run(remote, runtime, "ls", token=remote.token)
+        assert again.returncode == 0, again.stderr
+        assert _stop_keeper(runtime) == 1  # a new keeper took the socket over
+    finally:
+        _stop_keeper(runtime)
+
+
+def _stop_keeper(runtime: Path, signum: int = signal.SIGTERM) -> int:
+    """Signal the keeper this test started (found by its socket path on its
+    command line); how many there were."""
     path = str(runtime / "tachi" / "ws-keeper.sock")
+    found = 0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -75,4 +93,12 @@ def _stop_keeper(runtime: Path) -> None:
         except OSError:
             continue
         if b"tachi_websocket.keeper" in argv and path.encode() in argv:
-            os.kill(int(proc.name), signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signum)
+                found += 1
+                deadline = time.monotonic() + 10
+                while (proc / "cmdline").exists() and time.monotonic() < deadline:
+                    if not (proc / "cmdline").read_bytes():  # a zombie: it is gone
+                        break
+                    time.sleep(0.02)
+    return found
