@@ -17,13 +17,29 @@ import pytest
 from helpers import installed_plugin
 from tachi.testing import DaemonProcess
 
+# A transport and a command plugin, so every remote command and every CLI
+# start imports it (commands load only the plugins of the hooks they call).
 NOISY = """
 import warnings
+
+import pluggy
 
 class LibraryDeprecationWarning(UserWarning):
     pass
 
 warnings.warn("noisy: this API is deprecated", LibraryDeprecationWarning)
+
+hookimpl = pluggy.HookimplMarker("tachi")
+
+
+@hookimpl
+def tachi_connect(url, options):
+    return None
+
+
+@hookimpl
+def tachi_register_commands(cli):
+    pass
 """
 
 
