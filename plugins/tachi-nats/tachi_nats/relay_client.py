@@ -189,9 +189,9 @@ class _Bridge:
                     self.settings,
                     connect_timeout=min(3, self.timeout),
                     allow_reconnect=True,
-                    # Through a NATS restart: the connection reconnects by itself
-                    # (and the virtual connection goes on unless a message was lost).
-                    max_reconnect_attempts=120,
+                    # nats-py retries a first connect as often as a reconnect: two
+                    # tries, so an unreachable NATS is said at once, not after 10 s.
+                    max_reconnect_attempts=1,
                     reconnect_time_wait=0.25,
                     error_cb=_ignore,
                 ),
@@ -199,9 +199,12 @@ class _Bridge:
             )
         except Exception as exc:
             self.error = DaemonUnavailable(
-                f"cannot reach NATS at {servers}: {exc or type(exc).__name__}"
+                f"cannot reach NATS at {servers}: {str(exc) or type(exc).__name__}"
             )
             return
+        # Through a NATS restart (read at each reconnect): the connection comes
+        # back by itself, and the virtual connection goes on unless bytes were lost.
+        nc.options["max_reconnect_attempts"] = 120
         try:
             await self._serve(nc)
         finally:

@@ -217,6 +217,20 @@ def test_the_python_clients_reach_a_fleet_host_through_nats(relay: Relay, monkey
     assert "py" in asyncio.run(main())
 
 
+def test_an_unreachable_nats_or_host_fails_at_once_and_says_which(relay: Relay):
+    started = time.monotonic()
+    down = relay.daemon.run(
+        "--host", "nats://127.0.0.1:1/build-1", "ls", env={"TACHI_TOKEN": relay.token}
+    )
+    assert down.returncode == 1 and time.monotonic() - started < 5
+    assert "cannot reach NATS at nats://127.0.0.1:1" in down.stderr
+    nobody = relay.daemon.run(
+        "--host", f"{relay.nats.url}/build-9", "ls", env={"TACHI_TOKEN": relay.token}
+    )
+    assert nobody.returncode == 1
+    assert "no tachi daemon answers for host 'build-9'" in nobody.stderr
+
+
 # -- identity -------------------------------------------------------------------------
 
 
