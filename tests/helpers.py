@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,85 @@ def memory_kib(pid: int) -> dict[str, int]:
         return {key: int(value.split()[0]) for key, value in fields if value.endswith("kB\n")}
 
 
+def run_tachi(
+    *args: str, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """``tachi ARGS`` as a real process with exactly ``env`` (no daemon implied:
+    for what a user meets before one runs, or starts one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tachi", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@contextlib.contextmanager
+def surviving_daemon(home: Path, **options: Any) -> Iterator[DaemonProcess]:
+    """A started daemon that the test may kill and have replaced (``tachi ls``
+    starts the next one, which adopts the sessions). Stopped afterwards by the
+    CLI, which reaches whichever daemon serves the socket by then, and then the
+    first one (and a keeper it left) too."""
+    daemon = DaemonProcess(home, **options)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.run("daemon", "stop", timeout=30)
+        daemon.stop()
+
+
+def shell_session(daemon: DaemonProcess, name: str = "bash", rc: str = "") -> str:
+    """A session running the shell ``name`` (bash, zsh or fish) with a private
+    HOME, so the machine's rc files cannot slow or change it: its prompt is
+    ``my-prompt$ ``, then ``rc``. Returns the session's id at once (the prompt
+    may not be drawn yet)."""
+    path = shutil.which(name)
+    assert path, f"{name} is not installed (.ci/run installs it)"
+    home = daemon.home / f"home-{name}"
+    home.mkdir(exist_ok=True)
+    (home / ".bashrc").write_text("PS1='my-prompt$ '\n" + rc)
+    (home / ".zshrc").write_text("PS1='my-prompt$ '\n" + rc)
+    (home / ".config/fish").mkdir(parents=True, exist_ok=True)
+    (home / ".config/fish/config.fish").write_text(
+        "function fish_prompt; echo -n 'my-prompt$ '; end\n" + rc
+    )
+    return daemon.new(path, env=f"HOME={home}")["id"]
+
+
+@contextlib.contextmanager
+def events_json(daemon: DaemonProcess) -> Iterator[subprocess.Popen[str]]:
+    """``tachi events --json`` as a real process, subscribed by the time the
+    block runs; ended after it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tachi", "events", "--json"],
+        env=daemon.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.8)  # for the subscription (not a timing assertion)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def events_until_closed(proc: subprocess.Popen[str], timeout: float) -> list[dict[str, Any]]:
+    """The events ``proc`` (see :func:`events_json`) prints, up to the first
+    ``closed`` one, or what came within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events.append(json.loads(proc.stdout.readline()))
+        if events[-1]["type"] == "closed":
+            break
+    return events
+
+
 def get(daemon: DaemonProcess, ref: str) -> dict[str, Any]:
     result = daemon.run("get", ref, "--json", check=True)
     return json.loads(result.stdout)
@@ -49,6 +132,21 @@ def wait_match(daemon: DaemonProcess, ref: str, pattern: str, timeout: float = 1
         f"wait for {pattern!r} failed: {result.stderr}\nscreen:\n{capture(daemon, ref)}"
     )
     return result.stdout
+
+
+def shows(daemon: DaemonProcess, sid: str, text: str) -> None:
+    """Wait until the session's screen shows ``text`` (polling ``capture``)."""
+    until(lambda: text in capture(daemon, sid), timeout=20, interval=0.1)
+
+
+def share(daemon: DaemonProcess, sid: str, *args: str) -> dict[str, Any]:
+    """``tachi share SID --json ARGS``: the grant made, with its token."""
+    return json.loads(daemon.run("share", sid, "--json", *args, check=True).stdout)
+
+
+def audit_records(daemon: DaemonProcess, *args: str) -> list[dict[str, Any]]:
+    """``tachi audit --json ARGS``: the audit records it lists."""
+    return json.loads(daemon.run("audit", "--json", *args, check=True).stdout)
 
 
 def spawn_attach(

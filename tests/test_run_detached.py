@@ -6,28 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 
 import pytest
 
+from helpers import shell_session
 from tachi.client.aio import AsyncClient
 from tachi.daemon.run_ops import RUNS_PER_WINDOW
 from tachi.errors import NotFound, TimedOut
-from tachi.testing import DaemonProcess
 
 T = 20
 
 
-def _bash(daemon: DaemonProcess) -> str:
-    home = daemon.home / "home-bash"
-    home.mkdir(exist_ok=True)
-    (home / ".bashrc").write_text("PS1='my-prompt$ '\n")
-    return daemon.new(shutil.which("bash"), env=f"HOME={home}")["id"]
-
-
 def test_a_detached_run_returns_at_once_and_is_collected_later(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         started = time.monotonic()
         r = client.run(sid, "sleep 1; echo slept; (exit 7)", detach=True)
@@ -43,7 +35,7 @@ def test_a_detached_run_returns_at_once_and_is_collected_later(tachi_daemon):
 
 
 def test_a_timed_out_run_is_still_collected_with_its_output_and_exit_code(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         with pytest.raises(TimedOut) as caught:
             client.run(sid, "echo before; sleep 1.5; echo after; (exit 3)", timeout=0.5)
@@ -57,7 +49,7 @@ def test_a_timed_out_run_is_still_collected_with_its_output_and_exit_code(tachi_
 
 
 def test_a_run_started_while_a_detached_one_runs_waits_for_it(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         first = client.run(sid, "read line; echo got $line", detach=True)
         # `read` keeps the shell in front: a run typed now would be its input.
@@ -69,7 +61,7 @@ def test_a_run_started_while_a_detached_one_runs_waits_for_it(tachi_daemon):
 
 
 def test_output_follow_streams_until_the_run_ends(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         r = client.run(sid, "for i in 1 2 3; do echo $i; sleep 0.3; done; false", detach=True)
         pieces: list[bytes] = []
@@ -81,7 +73,7 @@ def test_output_follow_streams_until_the_run_ends(tachi_daemon):
 
 
 def test_the_cli_detaches_waits_follows_and_lists(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     run = tachi_daemon.run("run", sid, "--detach", "--", "sleep 0.5; echo hi; (exit 4)")
     assert run.returncode == 0, run.stderr
     ident = run.stdout.strip()
@@ -104,7 +96,7 @@ def test_the_cli_detaches_waits_follows_and_lists(tachi_daemon):
 
 
 def test_a_window_keeps_a_bounded_number_of_runs_oldest_finished_first(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         ids = [client.run(sid, f"echo {i}", timeout=T).run for i in range(RUNS_PER_WINDOW + 3)]
         kept = [r.run for r in client.run_list(sid)]
@@ -114,7 +106,7 @@ def test_a_window_keeps_a_bounded_number_of_runs_oldest_finished_first(tachi_dae
 
 
 def test_the_async_client_has_the_same_detached_runs(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
 
     async def scenario() -> tuple[str, int, list[str]]:
         client = await AsyncClient.connect(str(tachi_daemon.socket))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,27 +14,17 @@ import time
 import pexpect
 import pytest
 
-from helpers import capture, until, wait_match
+from helpers import capture, events_json, events_until_closed, shell_session, until, wait_match
 from tachi.testing import DaemonProcess
 
 SHELLS = ["bash", "zsh", "fish"]
 
 
 def _shell(daemon: DaemonProcess, name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is not installed (.ci/run installs it)"
-    # A private HOME, so the machine's rc files cannot slow or change the shell.
-    home = daemon.home / f"home-{name}"
-    home.mkdir(exist_ok=True)
-    (home / ".bashrc").write_text("PS1='my-prompt$ '\n")
-    (home / ".zshrc").write_text("PS1='my-prompt$ '\n")
-    (home / ".config/fish").mkdir(parents=True, exist_ok=True)
-    (home / ".config/fish/config.fish").write_text(
-        "function fish_prompt; echo -n 'my-prompt$ '; end\n"
-    )
-    s = daemon.new(path, env=f"HOME={home}")
-    wait_match(daemon, s["id"], "my-prompt")
-    return s["id"]
+    """A session running ``name`` with its prompt drawn."""
+    sid = shell_session(daemon, name)
+    wait_match(daemon, sid, "my-prompt")
+    return sid
 
 
 @pytest.mark.parametrize("shell", SHELLS)
@@ -136,28 +125,12 @@ def test_an_observer_may_not_exec_and_is_audited(tachi_daemon):
 
 
 def test_events_arrive_in_order(tachi_daemon):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tachi", "events", "--json"],
-        env=tachi_daemon.env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(0.8)
+    with events_json(tachi_daemon) as proc:
         sid = _shell(tachi_daemon, "bash")
         for i in range(20):
             tachi_daemon.run("run", sid, "--", f"(exit {i % 3})", check=False)
         tachi_daemon.run("close", sid, check=True)
-        events = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            events.append(json.loads(line))
-            if events[-1]["type"] == "closed":
-                break
-    finally:
-        proc.terminate()
-        proc.wait(5)
+        events = events_until_closed(proc, 20)
     types = [e["type"] for e in events]
     assert types[0] == "created" and types[-1] == "closed"
     finished = [e["exitCode"] for e in events if e["type"] == "command-finished"]

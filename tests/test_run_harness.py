@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import capture
+from helpers import capture, events_json, events_until_closed, shell_session
 from tachi.errors import TimedOut, WindowBusy
 from tachi.testing import DaemonProcess
 
@@ -73,27 +73,13 @@ FISH_CORPUS = [
 FISH_ERRORS = ["end", "echo (", "echo 'unterminated", "if", "switch", "begin"]
 
 
-def _shell(daemon: DaemonProcess, name: str, rc: str = "") -> str:
-    """A session running ``name`` with a private HOME (``rc`` appended to its rc)."""
-    home = daemon.home / f"home-{name}"
-    home.mkdir(exist_ok=True)
-    (home / ".bashrc").write_text("PS1='my-prompt$ '\n" + rc)
-    (home / ".zshrc").write_text("PS1='my-prompt$ '\n" + rc)
-    (home / ".config/fish").mkdir(parents=True, exist_ok=True)
-    (home / ".config/fish/config.fish").write_text(
-        "function fish_prompt; echo -n 'my-prompt$ '; end\n" + rc
-    )
-    s = daemon.new(shutil.which(name), env=f"HOME={home}")
-    return s["id"]
-
-
 @pytest.fixture(params=SHELLS)
 def shell(request):
     return request.param
 
 
 def test_the_corpus_gives_exact_output_and_exit_codes(tachi_daemon, shell):
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     corpus = FISH_CORPUS if shell == "fish" else POSIX_CORPUS
     wrong = []
     with tachi_daemon.client() as client:
@@ -107,7 +93,7 @@ def test_the_corpus_gives_exact_output_and_exit_codes(tachi_daemon, shell):
 
 
 def test_syntax_errors_and_comments_return_with_the_shells_status(tachi_daemon, shell):
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     with tachi_daemon.client() as client:
         for command in FISH_ERRORS if shell == "fish" else POSIX_ERRORS:
             r = client.run(sid, command, timeout=T)
@@ -118,7 +104,7 @@ def test_syntax_errors_and_comments_return_with_the_shells_status(tachi_daemon, 
 
 
 def test_output_over_a_mebibyte_arrives_whole(tachi_daemon, shell):
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     expected = "".join(f"{i}\n" for i in range(1, 150001))
     with tachi_daemon.client() as client:
         r = client.run(sid, "seq 1 150000", timeout=T)
@@ -127,7 +113,7 @@ def test_output_over_a_mebibyte_arrives_whole(tachi_daemon, shell):
 
 
 def test_max_output_keeps_head_and_tail_and_marks_the_gap(tachi_daemon):
-    sid = _shell(tachi_daemon, "bash")
+    sid = shell_session(tachi_daemon, "bash")
     with tachi_daemon.client() as client:
         r = client.run(sid, "seq 1 200000", timeout=T, max_output=1000)
     assert r.exit_code == 0
@@ -137,7 +123,7 @@ def test_max_output_keeps_head_and_tail_and_marks_the_gap(tachi_daemon):
 
 
 def test_timeout_bounds_a_flood_and_the_next_run_is_right(tachi_daemon, shell):
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     with tachi_daemon.client() as client:
         started = time.monotonic()
         with pytest.raises(TimedOut):
@@ -154,7 +140,7 @@ def test_timeout_bounds_a_flood_and_the_next_run_is_right(tachi_daemon, shell):
 def test_interrupted_and_timed_out_runs_never_lend_their_status(tachi_daemon, shell):
     """The reported bug: an interrupted run, a timed-out run, then `echo next`
     reported exit 7 with empty output."""
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     with tachi_daemon.client() as client:
         with pytest.raises(TimedOut):
             client.run(sid, "sleep 1; sh -c 'exit 7'", timeout=0.3)
@@ -178,7 +164,7 @@ def test_interrupted_and_timed_out_runs_never_lend_their_status(tachi_daemon, sh
     ],
 )
 def test_bash_runs_survive_the_users_prompt_hooks(tachi_daemon, rc):
-    sid = _shell(tachi_daemon, "bash")
+    sid = shell_session(tachi_daemon, "bash")
     with tachi_daemon.client() as client:
         client.run(sid, "true", timeout=T)
         client.run(sid, rc, timeout=T)  # as an rc file sourced later would
@@ -192,7 +178,7 @@ def test_bash_runs_survive_the_users_prompt_hooks(tachi_daemon, rc):
 
 
 def test_zsh_runs_survive_emptied_hook_arrays(tachi_daemon):
-    sid = _shell(tachi_daemon, "zsh")
+    sid = shell_session(tachi_daemon, "zsh")
     with tachi_daemon.client() as client:
         client.run(sid, "precmd_functions=(); preexec_functions=()", timeout=T)
         r = client.run(sid, "echo x; (exit 3)", timeout=T)
@@ -200,7 +186,7 @@ def test_zsh_runs_survive_emptied_hook_arrays(tachi_daemon):
 
 
 def test_nested_shells_without_integration_still_run(tachi_daemon):
-    sid = _shell(tachi_daemon, "bash")
+    sid = shell_session(tachi_daemon, "bash")
     with tachi_daemon.client() as client:
         client.send(sid, "bash --norc\n")
         # Nothing of tachi's leaked into the child: no hook to fail there.
@@ -214,7 +200,7 @@ def test_nested_shells_without_integration_still_run(tachi_daemon):
 
 
 def test_a_repl_in_front_is_reported_not_typed_into(tachi_daemon):
-    sid = _shell(tachi_daemon, "bash")
+    sid = shell_session(tachi_daemon, "bash")
     with tachi_daemon.client() as client:
         client.send(sid, "cat\n")
         time.sleep(0.5)  # for cat to start (not a timing assertion)
@@ -226,7 +212,7 @@ def test_a_repl_in_front_is_reported_not_typed_into(tachi_daemon):
 
 
 def test_invalid_utf8_output(tachi_daemon):
-    sid = _shell(tachi_daemon, "bash")
+    sid = shell_session(tachi_daemon, "bash")
     with tachi_daemon.client() as client:
         r = client.run(sid, "printf 'a\\377b\\n'", timeout=T)
     assert (r.output, r.exit_code) == ("a\ufffdb\n", 0)
@@ -241,7 +227,7 @@ def test_invalid_utf8_output(tachi_daemon):
 
 
 def test_the_first_run_after_new_is_typed_once(tachi_daemon, shell):
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     with tachi_daemon.client() as client:
         r = client.run(sid, "echo first", timeout=T)
         assert r.output == "first\n"
@@ -249,7 +235,7 @@ def test_the_first_run_after_new_is_typed_once(tachi_daemon, shell):
 
 
 def test_cli_streams_a_flood_and_honours_the_timeout(tachi_daemon):
-    sid = _shell(tachi_daemon, "bash")
+    sid = shell_session(tachi_daemon, "bash")
     big = tachi_daemon.run("run", sid, "--timeout", str(T), "--", "seq 1 150000")
     assert big.returncode == 0, big.stderr
     assert big.stdout == "".join(f"{i}\n" for i in range(1, 150001))
@@ -267,7 +253,7 @@ def test_cli_streams_a_flood_and_honours_the_timeout(tachi_daemon):
 
 
 def test_cli_runs_a_script_from_stdin_or_an_argument(tachi_daemon, shell, tmp_path):
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     if shell == "fish":
         script = "set n 0\nfor i in 1 2 3\n  set n (math $n + $i)\nend\necho total $n\nfalse"
     else:
@@ -292,31 +278,13 @@ def test_events_pair_each_finish_with_a_start_and_windows_exit_before_closed(tac
     """No command-finished without a command-started (the first prompt's mark
     used to report one right after creation); on `tachi close`, the session's
     window-exited comes before its closed."""
-    import json
-    import sys
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tachi", "events", "--json"],
-        env=tachi_daemon.env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(0.8)  # for the subscription (not a timing assertion)
-        sid = _shell(tachi_daemon, "bash")
+    with events_json(tachi_daemon) as proc:
+        sid = shell_session(tachi_daemon, "bash")
         with tachi_daemon.client() as client:
             client.run(sid, "(exit 2)", timeout=T)
             client.run(sid, "true", timeout=T)
         tachi_daemon.run("close", sid, check=True)
-        events = []
-        deadline = time.monotonic() + T
-        while time.monotonic() < deadline:
-            events.append(json.loads(proc.stdout.readline()))
-            if events[-1]["type"] == "closed":
-                break
-    finally:
-        proc.terminate()
-        proc.wait(5)
+        events = events_until_closed(proc, T)
     types = [e["type"] for e in events if e["session"] == sid]
     commands = [t for t in types if t.startswith("command-")]
     assert commands == ["command-started", "command-finished"] * 2, types
@@ -327,7 +295,7 @@ def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_
     """With tachi's integration loaded, a run types `` __tachi_b ID; eval …;
     __tachi_e``, not the printf marks; nested shells (no integration) still get
     the whole line and run right. The lines stay out of the shell's history."""
-    sid = _shell(tachi_daemon, shell)
+    sid = shell_session(tachi_daemon, shell)
     with tachi_daemon.client() as client:
         r = client.run(
             sid, "echo short; (exit 3)" if shell != "fish" else "echo short; false", timeout=T
@@ -546,7 +514,7 @@ def corpus_sessions():
         daemon = DaemonProcess(home)
         daemon.start()
         try:
-            sessions = {shell: _shell(daemon, shell) for shell in SHELLS}
+            sessions = {shell: shell_session(daemon, shell) for shell in SHELLS}
             with daemon.client() as client:
                 yield client, sessions
         finally:
@@ -610,7 +578,7 @@ FRAMEWORKS = [(s, i) for s in SHELLS for i in range(len(FRAMEWORK_RC.get(s, []))
 
 @pytest.mark.parametrize(("shell", "rc"), FRAMEWORKS, ids=[f"{s}-{i}" for s, i in FRAMEWORKS])
 def test_runs_survive_prompt_framework_hooks(tachi_daemon, shell, rc):
-    sid = _shell(tachi_daemon, shell, FRAMEWORK_RC[shell][rc])
+    sid = shell_session(tachi_daemon, shell, FRAMEWORK_RC[shell][rc])
     fail = "sh -c 'exit 3'"
     with tachi_daemon.client() as client:
         for _ in range(2):

@@ -5,26 +5,18 @@ patterns say which one matched, the text before it, or EOF/timeout."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
+from helpers import shell_session
 from tachi.errors import InvalidRequest, TimedOut
-from tachi.testing import DaemonProcess
 
 T = 20
 
 
-def _bash(daemon: DaemonProcess) -> str:
-    home = daemon.home / "home-bash"
-    home.mkdir(exist_ok=True)
-    (home / ".bashrc").write_text("PS1='my-prompt$ '\n")
-    return daemon.new(shutil.which("bash"), env=f"HOME={home}")["id"]
-
-
 def test_new_output_only_text_already_on_the_screen_does_not_match(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         client.run(sid, "echo READY", timeout=T)
         # The stale match: READY is on the screen already.
@@ -37,7 +29,7 @@ def test_new_output_only_text_already_on_the_screen_does_not_match(tachi_daemon)
 
 
 def test_since_a_position_sees_output_made_before_the_call(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         first = client.expect(sid, ["my-prompt"], timeout=0.2)  # only to learn the position
         mark = first.position
@@ -52,7 +44,7 @@ def test_since_a_position_sees_output_made_before_the_call(tachi_daemon):
 
 
 def test_expect_on_several_patterns_returns_which_matched_and_the_text_before(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         client.send(sid, "sleep 0.3; echo pre; echo 'warn''ing: disk'; echo 'err''or: full'\n")
         got = client.expect(sid, ["error: (\\w+)", "warning: (\\w+)"], timeout=T)
@@ -65,7 +57,7 @@ def test_expect_on_several_patterns_returns_which_matched_and_the_text_before(ta
 
 
 def test_patterns_run_in_linear_time_and_bad_ones_are_refused(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client:
         with pytest.raises(InvalidRequest, match="lookahead"):
             client.expect(sid, ["ok", "(?=x)"], timeout=1)
@@ -77,7 +69,7 @@ def test_patterns_run_in_linear_time_and_bad_ones_are_refused(tachi_daemon):
 
 
 def test_session_conn_expect_keeps_what_follows_a_match(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     with tachi_daemon.client() as client, client.attach(sid) as conn:
         conn.write(b"echo alpha; echo beta; echo gamma\n")
         first = conn.expect(["^beta", "^alpha"], timeout=T)
@@ -90,7 +82,7 @@ def test_session_conn_expect_keeps_what_follows_a_match(tachi_daemon):
 
 
 def test_cli_wait_new_since_and_several_matches(tachi_daemon):
-    sid = _bash(tachi_daemon)
+    sid = shell_session(tachi_daemon)
     tachi_daemon.run("run", sid, "--", "echo SEEN", check=True)
     stale = tachi_daemon.run("wait", sid, "--match", "SEEN", "--new", "--timeout", "0.5")
     assert stale.returncode == 124
