@@ -89,7 +89,9 @@ def target(url: str) -> tuple[FleetSettings, str]:
             tls_key=base.tls_key if base else None,
         )
     else:
-        settings = replace(base, servers=[server], prefix=prefix, host="client")
+        # The same server in [fleet] url may carry its credentials (USER:PASS@).
+        same = [u for u in base.servers if urlsplit(u).netloc.rpartition("@")[2] == parts.netloc]
+        settings = replace(base, servers=same[:1] or [server], prefix=prefix, host="client")
     return settings, host
 
 
@@ -375,8 +377,8 @@ def _whole_frames(buffer: bytearray) -> int:
 def fleet_url(settings: FleetSettings, host: str) -> str:
     """``nats://SERVER/HOST`` for ``host`` through the first server of ``[fleet]``
     (its credentials are picked up again from ``[fleet]`` when the URL is opened)."""
-    server = settings.servers[0].split("://", 1)[1].rstrip("/")
-    url = f"nats://{server}/{host}"
+    server = settings.servers[0].split("://", 1)[1].split("/", 1)[0]
+    url = f"nats://{server.rpartition('@')[2]}/{host}"
     if settings.prefix != "tachi":
         url += f"?prefix={settings.prefix}"
     return url

@@ -534,7 +534,10 @@ class NatsTransport:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.settings.servers[0].split('://', 1)[1].rstrip('/')}/{self.host}"
+        """``nats://SERVER/HOST`` for clients, without any credentials the
+        configured URL may carry (this is shown in ``tachi daemon status``)."""
+        server = self.settings.servers[0].split("://", 1)[1].split("/", 1)[0]
+        return f"nats://{server.rpartition('@')[2]}/{self.host}"
 
     def describe(self) -> dict[str, Any]:
         return {
