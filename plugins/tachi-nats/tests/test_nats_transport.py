@@ -624,3 +624,17 @@ def test_10000_pipelined_requests_never_read_keep_the_daemon_bounded(relay: Rela
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()
     assert relay.run("ls").returncode == 0
+
+
+def test_credentials_in_fleet_url_stay_out_of_status_and_reach_the_client(tmp_path, monkeypatch):
+    from tachi_nats.relay_client import target
+    from tachi_nats.settings import parse
+    from tachi_nats.transport import NatsTransport
+
+    fleet_url = "nats://alice:s3cret@nats-1:4222"
+    assert NatsTransport(parse({"url": fleet_url, "host": "b7"})).url == "nats://nats-1:4222/b7"
+    (tmp_path / "config.toml").write_text(f'[fleet]\nurl = "{fleet_url}"\nhost = "x"\n')
+    monkeypatch.setenv("TACHI_HOME", str(tmp_path))
+    assert target("nats://nats-1:4222/b8")[0].servers == [fleet_url]
+    assert target("nats://other:4222/b8")[0].servers == ["nats://other:4222"]
+    assert target("nats://bob:pw@nats-1:4222/b8")[0].user == "bob"
