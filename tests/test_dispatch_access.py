@@ -10,7 +10,7 @@ import json
 import pytest
 
 from tachi.audit import read_records
-from tachi.errors import InvalidRequest, PermissionDenied
+from tachi.errors import InvalidRequest, NotFound, PermissionDenied
 
 SHELL = ("sh",)
 
@@ -82,3 +82,25 @@ def test_a_revoked_daemon_token_stops_feeding_its_exec(tachi_daemon):
         tachi_daemon.run("token", "revoke", made["id"], check=True)
         with pytest.raises(PermissionDenied):
             client.call("exec.stdin", data=base64.b64encode(b"more\n").decode())
+
+
+def test_a_request_without_its_session_argument_is_invalid(tachi_daemon):
+    with tachi_daemon.client() as client:
+        for op in ("session.capture", "share.list", "record.start", "window.list"):
+            with pytest.raises(InvalidRequest, match="missing argument 'session'"):
+                client.call(op)
+        # Optional where the operation says so: every session's events.
+        assert client.call("events.subscribe")["session"] is None
+
+
+def test_a_run_in_a_session_the_caller_may_not_see_is_no_run(tachi_daemon):
+    """A run's id found in a session the caller may not see answers as a
+    missing run would: the session's id is not given away."""
+    hidden = tachi_daemon.new("bash", "--norc")
+    mine = tachi_daemon.new(*SHELL)
+    with tachi_daemon.client() as owner:
+        run = owner.call("session.run", session=hidden["id"], command="sleep 30", detach=True)
+    grant = share(tachi_daemon, mine["id"], "--role", "collaborator")
+    with tachi_daemon.client(token=grant["token"]) as stranger, pytest.raises(NotFound) as refused:
+        stranger.call("run.wait", run=run["run"], timeout=1)
+    assert "no run" in str(refused.value) and hidden["id"] not in str(refused.value)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tachi.daemon.ops import AnyOf, Need, Operation, RequestContext, arg_str
+from tachi.daemon.ops import AnyOf, Need, Operation, RequestContext, SessionRef, arg_str
 from tachi.errors import InvalidRequest, NotFound, PermissionDenied
 from tachi.grants import DAEMON_GRANT
 from tachi.models import Session
@@ -89,15 +89,21 @@ def authorise(ctx: RequestContext, args: dict[str, Any]) -> None:
             raise NotFound("no command is running on this connection (start one with exec.start)")
     action = op.action(args) if callable(op.action) else op.action
     if op.session is not None:
-        ref = arg_str(args, op.session, required=False)
+        # A missing one is ``invalid`` (unless optional), as before any lookup.
+        ref = arg_str(args, op.session, required=not op.optional_session)
         if ref or not op.optional_session:
             assert action is not None, f"{op.name}: a session target needs an action"
             ctx.target = resolve(ctx, ref or "", action, live=op.live)
     elif op.target is not None:
         found = op.target(ctx, args)
-        if isinstance(found, str):  # a session's id or name: resolved as ``session=`` is
+        if isinstance(found, SessionRef):  # resolved as ``session=`` is
             assert action is not None, f"{op.name}: a session target needs an action"
-            ctx.target = resolve(ctx, found, action, live=op.live)
+            try:
+                ctx.target = resolve(ctx, found.ref, action, live=op.live)
+            except NotFound:
+                if found.missing is None:
+                    raise
+                raise found.missing from None
         else:
             ctx.target = found
             if action is not None:

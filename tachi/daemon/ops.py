@@ -95,6 +95,17 @@ class AnyOf:
     needs: tuple[Need, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRef:
+    """A ``target`` function's answer naming a session by id or name, for the
+    dispatcher to resolve with the declared action; ``missing`` is raised
+    instead of the lookup's ``NotFound`` (a run's id must not reveal the id of
+    a session the caller may not see)."""
+
+    ref: str
+    missing: Exception | None = None
+
+
 Handler = Callable[["RequestContext", dict[str, Any]], Awaitable[Any]]
 Owner = Literal["local", "local-or-daemon-token"]
 

@@ -40,7 +40,7 @@ from typing import Any
 from tachi.core.shell_integration import shell_of
 from tachi.core.window import BACKLOG_BYTES, WindowRuntime, strip_escapes
 from tachi.daemon import limits
-from tachi.daemon.ops import RequestContext, arg_float, arg_int, arg_str, operation
+from tachi.daemon.ops import RequestContext, SessionRef, arg_float, arg_int, arg_str, operation
 from tachi.errors import InvalidRequest, NotFound, TimedOut, WindowBusy
 from tachi.gotime import format_rfc3339, now_ns
 
@@ -506,9 +506,10 @@ def _keep(session: Any, record: RunRecord) -> None:
         mine.remove(victim)
 
 
-def run_session(ctx: RequestContext, args: dict[str, Any]) -> str:
+def run_session(ctx: RequestContext, args: dict[str, Any]) -> SessionRef:
     """The session that keeps the run ``args["run"]`` (``args["session"]`` if
-    given), for the dispatcher to resolve and authorise (``session.read``).
+    given), for the dispatcher to resolve and authorise (``session.read``): one
+    the caller may not see, or that is gone, is "no run", as a missing run is.
     Raises ``NotFound`` if no live session keeps it."""
     ident = arg_str(args, "run") or ""
     where = arg_str(args, "session", required=False)
@@ -516,7 +517,7 @@ def run_session(ctx: RequestContext, args: dict[str, Any]) -> str:
         where = next((s.id for s, runs in list(_RUNS.items()) if ident in runs), None)
     if where is None:
         raise _no_run(ident)
-    return where
+    return SessionRef(where, missing=_no_run(ident))
 
 
 def find_run(ctx: RequestContext, args: dict[str, Any]) -> RunRecord:
