@@ -31,8 +31,9 @@ def tachi_register_transports(register: Callable[[Any], None], config: Any) -> N
     new peer it builds a ``tachi.core.peer.Peer`` from what it saw, may refuse
     it early with ``daemon.check_address(peer)``, and then calls
     ``await daemon.serve_connection(wire, next_frame, peer=peer)`` (see
-    ``tachi.daemon.connection``): ``wire`` sends frames back, ``next_frame``
-    returns the next decoded frame or ``None`` at the end. The peer is
+    ``tachi.daemon.connection``): ``wire`` sends frames back (one encoded
+    frame per ``write``), ``next_frame`` returns the next decoded frame or
+    ``None`` at the end. The peer is
     authenticated at the protocol's hello (which may carry a token). A transport
     that authenticates during its own handshake (SSH) calls
     ``daemon.authenticate(peer)`` itself and passes ``principal=`` instead.
