@@ -21,23 +21,10 @@ from typing import Any
 
 import pytest
 
-from helpers import SHELL, capture, until
+from helpers import SHELL, audit_records, capture, share, shows, until
 from tachi.errors import DaemonUnavailable, TachiError
 from tachi.testing import DaemonProcess
 from users import as_user, ensure_users
-
-
-def share(daemon: DaemonProcess, sid: str, *args: str) -> dict[str, Any]:
-    return json.loads(daemon.run("share", sid, "--json", *args, check=True).stdout)
-
-
-def audit_records(daemon: DaemonProcess, *args: str) -> list[dict[str, Any]]:
-    return json.loads(daemon.run("audit", "--json", *args, check=True).stdout)
-
-
-def shows(daemon: DaemonProcess, sid: str, text: str) -> None:
-    """Wait until the session's screen shows ``text`` (polling ``capture``)."""
-    until(lambda: text in capture(daemon, sid), timeout=20, interval=0.1)
 
 
 class EventsProcess:

@@ -3,27 +3,13 @@ reads of a session's screen, output and recordings (issue 26: F13, F18)."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 from typing import Any
 
-from helpers import SHELL, capture, get, until
+from helpers import SHELL, audit_records, get, share, shows, until
 from tachi.models import PTYConfig
 from tachi.testing import DaemonProcess
-
-
-def share(daemon: DaemonProcess, sid: str, *args: str) -> dict[str, Any]:
-    return json.loads(daemon.run("share", sid, "--json", *args, check=True).stdout)
-
-
-def audit_records(daemon: DaemonProcess, *args: str) -> list[dict[str, Any]]:
-    return json.loads(daemon.run("audit", "--json", *args, check=True).stdout)
-
-
-def shows(daemon: DaemonProcess, sid: str, text: str) -> None:
-    """Wait until the session's screen shows ``text`` (polling ``capture``)."""
-    until(lambda: text in capture(daemon, sid), timeout=20, interval=0.1)
 
 
 def records(daemon: DaemonProcess, sid: str, action: str) -> list[dict[str, Any]]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
-from helpers import get, until
+from helpers import get, run_tachi, until
 from tachi.testing import DaemonProcess
 
 
@@ -21,14 +19,7 @@ def _cli(home, *args, env=None):
         "TACHI_LOAD_PLUGINS": "",
         **(env or {}),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "tachi", *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_tachi(*args, env=full_env)
 
 
 def test_first_command_starts_the_daemon_with_private_socket(tachi_home):

@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
+from helpers import run_tachi
 from tachi.testing import short_tempdir
-
-
-def _tachi(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tachi", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_tachi_alone_prints_the_help_on_several_lines(tachi_home):
     env = {**os.environ, "TACHI_HOME": str(tachi_home), "TACHI_SOCKET": str(tachi_home / "s")}
     for argv in ((), ("window",), ("record",)):
-        result = _tachi(*argv, env=env)
+        result = run_tachi(*argv, env=env)
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
         assert result.stdout.startswith("Usage: tachi"), result.stdout
@@ -39,10 +27,10 @@ def test_tachi_home_alone_isolates_the_daemon():
         envs = [{**env, "TACHI_HOME": str(home)} for home in (one, two)]
         try:
             for job in envs:
-                result = _tachi("new", "-d", "--json", "--", "sleep", "60", env=job)
+                result = run_tachi("new", "-d", "--json", "--", "sleep", "60", env=job)
                 assert result.returncode == 0, result.stderr
             statuses = [
-                json.loads(_tachi("daemon", "status", "--json", env=job).stdout) for job in envs
+                json.loads(run_tachi("daemon", "status", "--json", env=job).stdout) for job in envs
             ]
             assert statuses[0]["pid"] != statuses[1]["pid"]
             for home, status in zip((one, two), statuses, strict=True):
@@ -51,7 +39,7 @@ def test_tachi_home_alone_isolates_the_daemon():
                 assert status["sessions"] == 1
         finally:
             for job in envs:
-                _tachi("daemon", "stop", env=job)
+                run_tachi("daemon", "stop", env=job)
 
 
 def test_token_ls_shows_each_tokens_state(tachi_daemon):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import capture, get, until, wait_match
+from helpers import capture, get, surviving_daemon, until, wait_match
 from tachi.testing import DaemonProcess
 
 #: Scrollback enough for every numbered line of a scenario.
@@ -26,14 +26,9 @@ CONFIG = "[session]\nhistory_limit = 20000\n"
 
 @pytest.fixture
 def daemon(tachi_home):
-    d = DaemonProcess(tachi_home, config=CONFIG)
-    d.start()
-    try:
+    # The daemon that `tachi ls` started is not d.proc: stopped by the CLI.
+    with surviving_daemon(tachi_home, config=CONFIG) as d:
         yield d
-    finally:
-        # The daemon that `tachi ls` started is not d.proc: stop it by the CLI.
-        d.run("daemon", "stop", timeout=30)
-        d.stop()
 
 
 def ppid(pid: int) -> int:

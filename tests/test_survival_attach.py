@@ -11,21 +11,15 @@ import signal
 import pexpect
 import pytest
 
-from helpers import SHELL, get, spawn_attach, until
-from tachi.testing import DaemonProcess
+from helpers import SHELL, get, spawn_attach, surviving_daemon, until
 
 PREFIX = "\x1c"  # Ctrl-\\
 
 
 @pytest.fixture
 def daemon(tachi_home):
-    d = DaemonProcess(tachi_home)
-    d.start()
-    try:
+    with surviving_daemon(tachi_home) as d:
         yield d
-    finally:
-        d.run("daemon", "stop", timeout=30)
-        d.stop()
 
 
 def test_attach_shows_reconnecting_and_comes_back_after_the_daemon_is_killed(daemon):

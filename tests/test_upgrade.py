@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import capture, until, wait_match
+from helpers import capture, surviving_daemon, until, wait_match
 from tachi.keeper import keeper_socket
 from tachi.testing import DaemonProcess
 
@@ -30,13 +30,8 @@ def installed(tmp_path):
 
 @pytest.fixture
 def daemon(tachi_home, installed):
-    d = DaemonProcess(tachi_home, extra_env={"PYTHONPATH": str(installed)})
-    d.start()
-    try:
+    with surviving_daemon(tachi_home, extra_env={"PYTHONPATH": str(installed)}) as d:
         yield d
-    finally:
-        d.run("daemon", "stop", timeout=30)
-        d.stop()
 
 
 def keeper_ping(daemon: DaemonProcess) -> dict:
