@@ -6,9 +6,11 @@ A caller's regular expression runs in linear time (F6).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,27 @@ def ls_answers_quickly(daemon: DaemonProcess) -> float:
     return time.monotonic() - started
 
 
+@contextlib.contextmanager
+def greedy_peer(daemon: DaemonProcess) -> Iterator[socket.socket]:
+    """A raw peer (see :func:`raw_peer`) for the block to pipeline on. When the
+    block ends, its replies still unread, the daemon answers ``ls`` within 5 s and
+    has grown by less than ``GROWTH_BOUND_KIB``; once the peer is gone, it still
+    answers ``ls`` within 5 s."""
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    before = memory_kib(pid)["VmRSS"]
+    peer = raw_peer(daemon.socket)
+    try:
+        yield peer
+        assert ls_answers_quickly(daemon) < 5
+        grown = memory_kib(pid)["VmRSS"] - before
+        assert grown < GROWTH_BOUND_KIB, f"the daemon grew by {grown // 1024} MiB"
+    finally:
+        peer.close()
+    # Everyone else was served all along, and still is.
+    assert ls_answers_quickly(daemon) < 5
+
+
 def requests(op: str, args: dict[str, object], count: int) -> list[bytes]:
     return [protocol.encode_control({"id": n, "op": op, "args": args}) for n in range(1, count + 1)]
 
@@ -74,21 +97,10 @@ def test_a_peer_that_pipelines_captures_and_never_reads_costs_a_bounded_amount(
     tachi_daemon: DaemonProcess,
 ) -> None:
     sid = history_session(tachi_daemon)
-    assert tachi_daemon.proc is not None
-    pid = tachi_daemon.proc.pid
-    before = memory_kib(pid)["VmRSS"]
-    peer = raw_peer(tachi_daemon.socket)
-    try:
+    with greedy_peer(tachi_daemon) as peer:  # checks memory and ls as it ends
         taken = pipeline(peer, requests("session.capture", {"session": sid, "history": -1}, 10_000))
         # The daemon stopped reading: the rest wait on the peer's side.
         assert taken < 10_000
-        assert ls_answers_quickly(tachi_daemon) < 5
-        grown = memory_kib(pid)["VmRSS"] - before
-        assert grown < GROWTH_BOUND_KIB, f"the daemon grew by {grown // 1024} MiB"
-    finally:
-        peer.close()
-    # Everyone else was served all along, and still is.
-    assert ls_answers_quickly(tachi_daemon) < 5
 
 
 @pytest.mark.timeout(180)
@@ -96,11 +108,7 @@ def test_a_peer_that_pipelines_waits_runs_a_bounded_number_of_them(
     tachi_daemon: DaemonProcess,
 ) -> None:
     s = tachi_daemon.new("cat")
-    assert tachi_daemon.proc is not None
-    pid = tachi_daemon.proc.pid
-    before = memory_kib(pid)["VmRSS"]
-    peer = raw_peer(tachi_daemon.socket)
-    try:
+    with greedy_peer(tachi_daemon) as peer:  # checks memory and ls as it ends
         waits = requests("session.wait", {"session": s["id"], "match": "never-seen"}, 10_000)
         taken = pipeline(peer, waits)
         assert taken < 10_000
@@ -108,12 +116,6 @@ def test_a_peer_that_pipelines_waits_runs_a_bounded_number_of_them(
         # chunks): 64 of them, not 10,000, see these 40 KB (input and its echo).
         tachi_daemon.run("send", s["id"], ("x" * 999 + "\n") * 19 + "sent-all\n", check=True)
         wait_match(tachi_daemon, s["id"], "^sent-all")
-        assert ls_answers_quickly(tachi_daemon) < 5
-        grown = memory_kib(pid)["VmRSS"] - before
-        assert grown < GROWTH_BOUND_KIB, f"the daemon grew by {grown // 1024} MiB"
-    finally:
-        peer.close()
-    assert ls_answers_quickly(tachi_daemon) < 5
 
 
 @pytest.mark.timeout(120)
