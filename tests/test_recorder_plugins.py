@@ -14,10 +14,26 @@ import pytest
 from helpers import capture, installed_plugin, until, wait_match
 from tachi.testing import DaemonProcess
 
+# What every sink below does besides output (docs/plugins.md names the five
+# methods), and how each plugin registers its recorder.
+SINK_REST = """
+    def input(self, data, t): pass
+    def resize(self, cols, rows, t): pass
+    def marker(self, label, t): pass
+    def close(self):
+        self.file.close()
+"""
+REGISTER = """
+@hookimpl
+def tachi_recorders(register):
+    register(Recorder())
+"""
+
 # A recorder whose sink raises: at once (``FAIL_AT = 0``, the screen written at
 # start) or on the first output after it. With ``IN_WORKER`` it runs in the
 # daemon's recorder process, as the built-in asciicast recorder does.
-BROKEN = """
+BROKEN = (
+    """
 from pathlib import Path
 from tachi.hookspecs import hookimpl
 
@@ -33,26 +49,22 @@ class Sink:
             raise RuntimeError("brokencast cannot encode this")
         self.file.write(data)
         self.file.flush()
-    def input(self, data, t): pass
-    def resize(self, cols, rows, t): pass
-    def marker(self, label, t): pass
-    def close(self):
-        self.file.close()
-
+"""
+    + SINK_REST
+    + """
 class Recorder:
     format = "brokencast"
     extension = ".broken"
     {worker}
     def open(self, path, **options):
         return Sink(path)
-
-@hookimpl
-def tachi_recorders(register):
-    register(Recorder())
 """
+    + REGISTER
+)
 
 # A gzip recorder written from docs/plugins.md, with or without a repair().
-GZCAST = """
+GZCAST = (
+    """
 import gzip, zlib
 from tachi.hookspecs import hookimpl
 
@@ -62,23 +74,18 @@ class Sink:
     def output(self, data, t):
         self.file.write(data)
         self.file.flush(zlib.Z_SYNC_FLUSH)
-    def input(self, data, t): pass
-    def resize(self, cols, rows, t): pass
-    def marker(self, label, t): pass
-    def close(self):
-        self.file.close()
-
+"""
+    + SINK_REST
+    + """
 class Recorder:
     format = "gzcast"
     extension = ".cast.gz"
     def open(self, path, **options):
         return Sink(path)
     {repair}
-
-@hookimpl
-def tachi_recorders(register):
-    register(Recorder())
 """
+    + REGISTER
+)
 
 REPAIR = """def repair(self, path):
         (path.parent / "repaired-by-plugin").write_text(path.name)
