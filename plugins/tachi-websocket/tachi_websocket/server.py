@@ -21,6 +21,7 @@ from websockets.http11 import Request, Response
 from tachi import protocol
 from tachi.core.peer import Peer
 from tachi.daemon.limits import ConnectionLimits
+from tachi.daemon.refusals import THROTTLED
 from tachi.errors import PermissionDenied, ProtocolError
 from tachi_websocket import tls
 from tachi_websocket.links import is_loopback, reachable_host
@@ -281,6 +282,13 @@ class WebSocketTransport:
             daemon.check_address(peer)
         except PermissionDenied as exc:
             await _refuse(ws, exc)
+            return
+        # After wrong tokens from this address, a new connection waits for its
+        # turn to present one, or is refused unchecked: guessing tokens here is
+        # as slow as guessing SSH passwords (tachi.daemon.refusals).
+        if not await daemon.refusals.before_secret(peer.address):
+            daemon.audit_refusal(peer, "auth.token", THROTTLED)
+            await _refuse(ws, PermissionDenied(THROTTLED))
             return
         self._connections.add(ws)
         wire = MessageWire(ws)

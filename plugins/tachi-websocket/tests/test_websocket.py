@@ -338,3 +338,32 @@ def test_the_listener_sends_no_tls_session_tickets(remote: Remote):
         assert answer.startswith(b"HTTP/1.1 404")
         assert tls.version() == "TLSv1.3"
         assert tls.session is not None and not tls.session.has_ticket
+
+
+def test_token_guessing_over_websocket_is_slowed_like_over_ssh(remote: Remote):
+    """After wrong tokens from an address, its connections wait for their turn;
+    a burst of guesses is mostly refused unchecked (F5)."""
+    import concurrent.futures
+
+    from tachi.daemon.refusals import THROTTLED
+
+    def guess(i: int) -> str:
+        try:
+            with remote.raw() as ws:
+                reply = hello(ws, token=f"tachi_{i:043d}")
+                return str(reply.get("error", {}).get("message", reply))
+        except Exception as exc:  # refused before the hello: the close reason says why
+            return str(exc)
+
+    assert "unknown token" in guess(0)
+    # Each failure doubles the wait between attempts (up to 2 s): a first burst
+    # is checked, slowly; of a second one, what would wait over 5 s is refused.
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        first = list(pool.map(guess, range(1, 21)))
+        second = list(pool.map(guess, range(21, 41)))
+    assert all("unknown token" in a for a in first), first
+    throttled = [a for a in second if THROTTLED[:40] in a]
+    assert len(throttled) >= 10, second
+    records = _audit(remote.daemon)
+    # Audited: in full, or counted in the interval's aggregate record.
+    assert THROTTLED in json.dumps([r for r in records if r["action"] == "auth.token"])
