@@ -1,14 +1,21 @@
-"""Test certificates made with cryptography: a CA per trust domain and SVIDs."""
+"""Test certificates made with cryptography: a CA per trust domain and SVIDs;
+and the daemon that takes them (TLS WebSocket listener, SPIFFE plugin)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from tachi.testing import DaemonProcess
+
+#: The daemon's own SPIFFE ID, which the clients check (``--server-id``).
+SERVER_ID = "spiffe://example.org/tachid"
 
 
 def _name(cn: str) -> x509.Name:
@@ -110,3 +117,39 @@ class CA:
             )
         )
         return cert_path, key_path
+
+
+def spiffe_daemon(home: Path, identity: str, roles: dict[str, str]) -> tuple[DaemonProcess, str]:
+    """A started daemon with the TLS WebSocket listener and the SPIFFE plugin, and
+    its ``wss://`` URL. ``identity`` is the body of ``[identity.spiffe]`` (trust
+    domains, bundles, where its SVID comes from); ``roles`` maps SPIFFE IDs (or
+    patterns) to roles. Raises ``RuntimeError`` if the daemon does not start."""
+    tables = "".join(
+        f'\n[[identity.spiffe.roles]]\nid = "{spiffe_id}"\nrole = "{role}"\n'
+        for spiffe_id, role in roles.items()
+    )
+    config = (
+        f'[transports.websocket]\nlisten = "127.0.0.1:0"\n\n[identity.spiffe]\n{identity}\n{tables}'
+    )
+    daemon = DaemonProcess(
+        home, extra_env={"TACHI_LOAD_PLUGINS": "websocket,spiffe"}, config=config
+    )
+    daemon.start()
+    try:
+        status = json.loads(daemon.run("daemon", "status", "--json", check=True).stdout)
+        url = next(x["url"] for x in status["listeners"] if x["transport"] == "websocket")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon, url
+
+
+def svid_flags(
+    url: str, cert: Path, key: Path, bundle: Path, server_id: str = SERVER_ID
+) -> list[str]:
+    """The remote CLI's flags to reach ``url`` with an X.509-SVID, checking the
+    daemon's own against ``bundle`` and ``server_id``."""
+    return [
+        "--host", url, "--svid-cert", str(cert), "--svid-key", str(key),
+        "--trust-bundle", str(bundle), "--server-id", server_id,
+    ]  # fmt: skip

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pki import CA
+from pki import CA, SERVER_ID, spiffe_daemon, svid_flags
 
 from tachi.testing import DaemonProcess
-
-SERVER_ID = "spiffe://example.org/tachid"
 
 
 @dataclass
@@ -33,10 +31,7 @@ class Mesh:
         return self.flags(cert, key)
 
     def flags(self, cert: Path, key: Path, server_id: str = SERVER_ID) -> list[str]:
-        return [
-            "--host", self.url, "--svid-cert", str(cert), "--svid-key", str(key),
-            "--trust-bundle", str(self.bundle), "--server-id", server_id,
-        ]  # fmt: skip
+        return svid_flags(self.url, cert, key, self.bundle, server_id)
 
     def run(self, flags: list[str], *args: str) -> object:
         return self.daemon.run(*flags, *args, env={"TACHI_TOKEN": ""})
@@ -59,30 +54,16 @@ def mesh(tachi_home: Path) -> Iterator[Mesh]:
     ca, other = CA("example.org"), CA("other.org")
     bundle = ca.bundle(pki / "bundle.pem")
     cert, key = ca.svid(pki, "tachid", [SERVER_ID])
-    config = f"""
-[transports.websocket]
-listen = "127.0.0.1:0"
-
-[identity.spiffe]
-trust_domains = ["example.org"]
+    identity = f"""trust_domains = ["example.org"]
 trust_bundle = "{bundle}"
 svid_cert = "{cert}"
 svid_key = "{key}"
-
-[[identity.spiffe.roles]]
-id = "spiffe://example.org/ops/*"
-role = "observer"
-
-[[identity.spiffe.roles]]
-id = "spiffe://example.org/agent/builder"
-role = "owner"
 """
-    daemon = DaemonProcess(
-        tachi_home, extra_env={"TACHI_LOAD_PLUGINS": "websocket,spiffe"}, config=config
-    )
-    daemon.start()
-    status = json.loads(daemon.run("daemon", "status", "--json", check=True).stdout)
-    url = next(x["url"] for x in status["listeners"] if x["transport"] == "websocket")
+    roles = {
+        "spiffe://example.org/ops/*": "observer",
+        "spiffe://example.org/agent/builder": "owner",
+    }
+    daemon, url = spiffe_daemon(tachi_home, identity, roles)
     assert url.startswith("wss://")
     try:
         yield Mesh(daemon, url, ca, other, pki, bundle)

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pki import CA
+from pki import CA, SERVER_ID, spiffe_daemon, svid_flags
 
 from tachi.testing import DaemonProcess
 
-SERVER_ID = "spiffe://example.org/tachid"
 BUILDER = "spiffe://example.org/ci/builder"
 
 
@@ -31,10 +30,7 @@ class Federation:
 
     def run(self, ca: CA, name: str, uri: str, *args: str, **svid_options) -> object:
         cert, key = ca.svid(self.dir, name, [uri], **svid_options)
-        flags = [
-            "--host", self.url, "--svid-cert", str(cert), "--svid-key", str(key),
-            "--trust-bundle", str(self.bundle), "--server-id", SERVER_ID,
-        ]  # fmt: skip
+        flags = svid_flags(self.url, cert, key, self.bundle)
         return self.daemon.run(*flags, *args, env={"TACHI_TOKEN": ""})
 
     def audit(self) -> list[dict]:
@@ -43,49 +39,41 @@ class Federation:
 
 def _start(home: Path, bundles: str, example: CA, partner: CA, pki: Path) -> Federation:
     cert, key = example.svid(pki, "tachid", [SERVER_ID])
-    config = f"""
-[transports.websocket]
-listen = "127.0.0.1:0"
-
-[identity.spiffe]
-trust_domains = ["example.org", "partner.org"]
+    identity = f"""trust_domains = ["example.org", "partner.org"]
 {bundles}
 svid_cert = "{cert}"
 svid_key = "{key}"
-
-[[identity.spiffe.roles]]
-id = "{BUILDER}"
-role = "owner"
-
-[[identity.spiffe.roles]]
-id = "spiffe://partner.org/*"
-role = "observer"
 """
-    daemon = DaemonProcess(
-        home, extra_env={"TACHI_LOAD_PLUGINS": "websocket,spiffe"}, config=config
-    )
-    daemon.start()
-    status = json.loads(daemon.run("daemon", "status", "--json", check=True).stdout)
-    url = next(x["url"] for x in status["listeners"] if x["transport"] == "websocket")
+    roles = {BUILDER: "owner", "spiffe://partner.org/*": "observer"}
+    daemon, url = spiffe_daemon(home, identity, roles)
     # The clients verify the daemon (an example.org SVID) with this file.
     return Federation(daemon, url, example, partner, pki, example.bundle(pki / "client.pem"))
 
 
+def _one_file(home: Path, example: CA, other: CA) -> Federation:
+    """The daemon trusting both CAs from one bundle file (told apart by their
+    spiffe://DOMAIN URI SAN)."""
+    pki = home / "pki"
+    pki.mkdir()
+    bundles = f'trust_bundle = "{example.bundle(pki / "both.pem", other)}"'
+    return _start(home, bundles, example, other, pki)
+
+
 @pytest.fixture(params=["one-file", "per-domain"])
 def federation(request, tachi_home: Path) -> Iterator[Federation]:
-    """Both domains trusted: in one bundle file (CAs told apart by their
-    spiffe://DOMAIN URI SAN) or one file per domain (``trust_bundles``)."""
-    pki = tachi_home / "pki"
-    pki.mkdir()
+    """Both domains trusted: in one bundle file (:func:`_one_file`) or one
+    file per domain (``trust_bundles``)."""
     example, partner = CA("example.org"), CA("partner.org")
     if request.param == "one-file":
-        bundles = f'trust_bundle = "{example.bundle(pki / "both.pem", partner)}"'
+        fed = _one_file(tachi_home, example, partner)
     else:
+        pki = tachi_home / "pki"
+        pki.mkdir()
         bundles = (
             f'trust_bundles = {{ "example.org" = "{example.bundle(pki / "e.pem")}",'
             f' "partner.org" = "{partner.bundle(pki / "p.pem")}" }}'
         )
-    fed = _start(tachi_home, bundles, example, partner, pki)
+        fed = _start(tachi_home, bundles, example, partner, pki)
     try:
         yield fed
     finally:
@@ -116,11 +104,8 @@ def test_an_svid_through_an_intermediate_of_its_own_domain_is_accepted(tachi_hom
     """The per-domain check follows the chain the handshake verified: an
     intermediate CA of example.org (SPIRE with an upstream authority) works,
     one of partner.org does not."""
-    pki = tachi_home / "pki"
-    pki.mkdir()
     example, partner = CA("example.org"), CA("partner.org")
-    bundles = f'trust_bundle = "{example.bundle(pki / "both.pem", partner)}"'
-    fed = _start(tachi_home, bundles, example, partner, pki)
+    fed = _one_file(tachi_home, example, partner)
     try:
         ours = CA("example.org", parent=example)
         made = fed.run(ours, "via-intermediate", BUILDER, "ls")
@@ -136,12 +121,9 @@ def test_an_svid_through_an_intermediate_of_its_own_domain_is_accepted(tachi_hom
 def test_a_shared_bundle_with_a_ca_of_no_known_domain_is_a_config_error(tachi_home: Path):
     """With several domains in one file, a CA that names no domain cannot be
     placed: the daemon says so at start instead of trusting it for all."""
-    pki = tachi_home / "pki"
-    pki.mkdir()
     example, nameless = CA("example.org"), CA("partner.org", uri_san=False)
-    bundles = f'trust_bundle = "{example.bundle(pki / "both.pem", nameless)}"'
     with pytest.raises(RuntimeError) as failed:
-        _start(tachi_home, bundles, example, nameless, pki)
+        _one_file(tachi_home, example, nameless)
     assert "names no trust domain" in str(failed.value)
     assert "trust_bundles" in str(failed.value)
 
@@ -159,11 +141,8 @@ def test_a_shared_bundle_with_a_ca_of_no_known_domain_is_a_config_error(tachi_ho
 )
 def test_a_leaf_that_may_sign_certificates_is_refused(tachi_home, name, options, reason):
     """F12: the X.509-SVID leaf rules, as the spiffe library applies them."""
-    pki = tachi_home / "pki"
-    pki.mkdir()
     example, partner = CA("example.org"), CA("partner.org")
-    bundles = f'trust_bundle = "{example.bundle(pki / "both.pem", partner)}"'
-    fed = _start(tachi_home, bundles, example, partner, pki)
+    fed = _one_file(tachi_home, example, partner)
     try:
         result = fed.run(example, name, BUILDER, "ls", **options)
         assert result.returncode == 4, result.stdout

@@ -3,7 +3,6 @@ own gRPC service, from the spiffe library's protobufs) on a Unix socket."""
 
 from __future__ import annotations
 
-import json
 import queue
 import socket
 import ssl
@@ -14,12 +13,8 @@ from pathlib import Path
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from pki import CA
+from pki import CA, SERVER_ID, spiffe_daemon, svid_flags
 from spiffe._proto import workload_pb2, workload_pb2_grpc
-
-from tachi.testing import DaemonProcess
-
-SERVER_ID = "spiffe://example.org/tachid"
 
 
 def _response(ca: CA, cert: Path, key: Path) -> workload_pb2.X509SVIDResponse:
@@ -73,31 +68,12 @@ def test_the_daemon_takes_its_svid_from_the_workload_api(tachi_home: Path):
     workload_pb2_grpc.add_SpiffeWorkloadAPIServicer_to_server(agent, server)
     server.add_insecure_port(f"unix://{sock}")
     server.start()
-    config = f"""
-[transports.websocket]
-listen = "127.0.0.1:0"
-
-[identity.spiffe]
-trust_domains = ["example.org"]
-workload_api = "unix://{sock}"
-
-[[identity.spiffe.roles]]
-id = "spiffe://example.org/agent/*"
-role = "owner"
-"""
-    daemon = DaemonProcess(
-        tachi_home, extra_env={"TACHI_LOAD_PLUGINS": "websocket,spiffe"}, config=config
-    )
-    daemon.start()
+    identity = f'trust_domains = ["example.org"]\nworkload_api = "unix://{sock}"\n'
+    daemon, url = spiffe_daemon(tachi_home, identity, {"spiffe://example.org/agent/*": "owner"})
     try:
-        status = json.loads(daemon.run("daemon", "status", "--json", check=True).stdout)
-        url = next(x["url"] for x in status["listeners"] if x["transport"] == "websocket")
         bundle = ca.bundle(pki / "bundle.pem")
         cert, key = ca.svid(pki, "me", ["spiffe://example.org/agent/me"])
-        flags = [
-            "--host", url, "--svid-cert", str(cert), "--svid-key", str(key),
-            "--trust-bundle", str(bundle), "--server-id", SERVER_ID,
-        ]  # fmt: skip
+        flags = svid_flags(url, cert, key, bundle)
         listed = daemon.run(*flags, "ls", "--json")
         assert listed.returncode == 0, listed.stderr
         # The agent rotates the SVID: the listener serves the new one, no restart.
