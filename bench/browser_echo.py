@@ -1,7 +1,7 @@
 """Keystroke-to-paint in the browser terminal, measured in Chromium (bench/remote.py).
 
 Debian's chromium, headless, driven by Playwright with the flags the tests use
-(plugins/tachi-websocket/tests/test_browser.py). The page is the share link of
+(``tachi.testing.CHROMIUM_ARGS``). The page is the share link of
 a ``bash --norc`` session at its prompt. For each printable key, a listener in
 the page notes ``performance.now()`` at ``keydown``; a MutationObserver on the
 terminal's rows and on the prediction overlay notices the character appear in
@@ -22,24 +22,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import re
-import shutil
 import socket
 import statistics
 import threading
 import time
 from typing import Any
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tachi.testing import CHROMIUM_ARGS, chromium_path
 
 #: Installed in the page before its scripts: the keydown-to-paint probe.
 PROBE = """
@@ -197,7 +186,7 @@ def run(env: Any, rounds: int, keys: int, rtt_ms: float) -> dict[str, Any]:
     }
     raw: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
             for rnd in range(rounds):
                 for system, (port, mode) in systems.items():

@@ -188,6 +188,25 @@ class DaemonProcess:
         return json.loads(result.stdout)
 
 
+#: How tests and benchmarks launch Chromium (headless, in a container running as
+#: root, nothing fetched in the background that could skew a measurement).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """The Chromium to drive with Playwright: ``chromium`` on PATH, else Debian's."""
+    return shutil.which("chromium") or "/usr/bin/chromium"
+
+
 @contextlib.contextmanager
 def short_tempdir() -> Iterator[Path]:
     """A private directory with a short path (Unix socket paths max out near 107 bytes)."""

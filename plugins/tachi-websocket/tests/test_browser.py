@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -12,25 +11,16 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 from ws_support import Proxy, Remote, start_remote
 
+from tachi.testing import CHROMIUM_ARGS, chromium_path
+
 # Chromium is heavy on 2 cores: these run one after another with other heavy tests.
 pytestmark = pytest.mark.xdist_group("heavy")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
