@@ -45,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
 import websocket as ws_bench
 
+from tachi.testing import command_lines
+
 BIN = str(Path(harness.PY).parent / "tachi")
 
 
@@ -79,11 +81,10 @@ class RemoteEnv(ws_bench.WebSocketEnv):
 
     def close(self) -> None:
         keeper = str(self.runtime / "tachi" / "ws-keeper.sock").encode()
-        for proc in Path("/proc").iterdir():
-            with contextlib.suppress(OSError, ValueError):
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-                if b"tachi_websocket.keeper" in argv and keeper in argv:
-                    os.kill(int(proc.name), signal.SIGTERM)
+        for pid, argv in command_lines():
+            if b"tachi_websocket.keeper" in argv and keeper in argv:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         super().close()
 
     def argv(self, system: str, *args: str) -> list[str]:

@@ -159,18 +159,14 @@ def kill(proc: PtyProcess) -> None:
 def dtach_masters(where: Path) -> dict[Path, int]:
     """The dtach masters (``dtach -n SOCKET ...``) whose socket is in ``where``, by
     socket: they detach from us at start, so /proc is the only way back to them."""
+    from tachi.testing import command_lines
+
     found = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for pid, argv in command_lines():
         if len(argv) > 2 and argv[0].endswith(b"dtach") and argv[1] == b"-n":
             socket = Path(os.fsdecode(argv[2]))
             if socket.parent == where:
-                found[socket] = int(proc.name)
+                found[socket] = pid
     return found
 
 

@@ -202,6 +202,20 @@ CHROMIUM_ARGS = [
 ]
 
 
+def command_lines() -> Iterator[tuple[int, list[bytes]]]:
+    """Each running process's PID and command line (its arguments, split at NUL)
+    from /proc, skipping those that end meanwhile: to find processes that
+    detached from the test (a dtach master, a connection keeper)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        yield int(proc.name), argv
+
+
 def chromium_path() -> str:
     """The Chromium to drive with Playwright: ``chromium`` on PATH, else Debian's."""
     return shutil.which("chromium") or "/usr/bin/chromium"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from ws_support import Remote
 
+from tachi.testing import command_lines
+
 
 def _run(remote: Remote, runtime: Path, *args: str, token: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -85,16 +87,11 @@ def _stop_keeper(runtime: Path, signum: int = signal.SIGTERM) -> int:
     command line); how many there were."""
     path = str(runtime / "tachi" / "ws-keeper.sock")
     found = 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    for pid, argv in command_lines():
         if b"tachi_websocket.keeper" in argv and path.encode() in argv:
+            proc = Path(f"/proc/{pid}")
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signum)
+                os.kill(pid, signum)
                 found += 1
                 deadline = time.monotonic() + 10
                 while (proc / "cmdline").exists() and time.monotonic() < deadline:
