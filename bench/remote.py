@@ -138,27 +138,13 @@ def _attached(env: RemoteEnv, system: str, name: str, command: str) -> Any:
 def bench_echo(env: RemoteEnv, system: str, rnd: int, keys: int) -> dict[str, float]:
     name = f"rec{rnd}{system}"
     proc = _attached(env, system, name, f'{harness.PY} -c "{harness.ECHO_PROGRAM}"')
-    try:
-        harness.drain_until(proc, b"ready", 15)
-        ws_bench.ssh_bench._settle(proc)
-        return harness.echo_round_trips(proc, keys)
-    finally:
-        harness.kill(proc)
-        env.tachi("close", name, check=False)
+    return harness.attached_echo(env, name, proc, keys)
 
 
 def bench_throughput(env: RemoteEnv, system: str, rnd: int) -> dict[str, float]:
     name = f"rtp{rnd}{system}"
-    size = env.data.stat().st_size
-    proc = _attached(env, system, name, f"read x; cat {env.data}; echo __E''ND__; sleep 3600")
-    try:
-        ws_bench.ssh_bench._settle(proc)
-        env.tachi("send", name, "\\n")
-        seconds, delivered = harness.drain_until(proc, b"__END__")
-        return {"mib_s": size / seconds / 2**20, "delivered_mib": delivered / 2**20}
-    finally:
-        harness.kill(proc)
-        env.tachi("close", name, check=False)
+    proc = _attached(env, system, name, harness.THROUGHPUT_COMMAND.format(data=env.data))
+    return harness.attached_throughput(env, name, proc)
 
 
 COMMANDS = {
@@ -284,9 +270,7 @@ def main() -> int:
     finally:
         env.close()
     report(results)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"raw samples: {args.json}")
+    harness.save_results(args.json, results)
     return 0
 
 

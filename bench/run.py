@@ -150,6 +150,54 @@ def drain_until(proc: PtyProcess, marker: bytes, timeout: float = 120) -> tuple[
     raise TimeoutError(f"marker {marker!r} not seen")
 
 
+def settle(proc: PtyProcess, wait: float = 0.5) -> None:
+    """Let the client draw what it draws on attach, and read it away, so that a
+    measurement starts on a quiet terminal."""
+    time.sleep(wait)
+    while select.select([proc.fd], [], [], 0.2)[0]:
+        os.read(proc.fd, 1 << 16)
+
+
+#: What a throughput session runs (``.format(data=PATH)``): on a line of input,
+#: ``PATH`` and then the end mark, which the quoting keeps out of the typed line.
+THROUGHPUT_COMMAND = "read x; cat {data}; echo __E''ND__; sleep 3600"
+
+
+def attached_throughput(env: Any, name: str, proc: PtyProcess) -> dict[str, float]:
+    """How fast ``env.data`` reaches ``proc``, a client attached to session
+    ``name`` that runs THROUGHPUT_COMMAND on it (MiB/s and MiB delivered). Ends
+    the client and closes the session."""
+    size = env.data.stat().st_size
+    try:
+        settle(proc)
+        env.tachi("send", name, "\\n")
+        seconds, delivered = drain_until(proc, b"__END__")
+        return {"mib_s": size / seconds / 2**20, "delivered_mib": delivered / 2**20}
+    finally:
+        kill(proc)
+        env.tachi("close", name, check=False)
+
+
+def attached_echo(env: Any, name: str, proc: PtyProcess, keys: int) -> dict[str, float]:
+    """Echo round trips (see :func:`echo_round_trips`) through ``proc``, a client
+    attached to session ``name`` that runs ECHO_PROGRAM. Ends the client and
+    closes the session."""
+    try:
+        drain_until(proc, b"ready", 15)
+        settle(proc)
+        return echo_round_trips(proc, keys)
+    finally:
+        kill(proc)
+        env.tachi("close", name, check=False)
+
+
+def save_results(path: str | Path, results: dict[str, Any]) -> None:
+    """Write the raw samples to ``path`` (as JSON) and say where they are."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2))
+    print(f"raw samples: {path}")
+
+
 def kill(proc: PtyProcess) -> None:
     with contextlib.suppress(Exception):
         proc.kill(9)
@@ -363,15 +411,12 @@ def bench_throughput(
     data = data or env.data
     name = f"tp{'r' if record else 'p'}{rnd}{system.replace('+', '')}"
     size = data.stat().st_size
-    command = f"read x; cat {data}; echo __E''ND__; sleep 3600"
+    command = THROUGHPUT_COMMAND.format(data=data)
     proc, type_line = session_and_client(
         env, "tachi" if system.startswith("tachi") else system, name, command, record
     )
     try:
-        time.sleep(0.5)
-        # Drain whatever the attach drew, then start the flood.
-        while select.select([proc.fd], [], [], 0.2)[0]:
-            os.read(proc.fd, 1 << 16)
+        settle(proc)  # then start the flood
         pids = flood_pids(env, system, name, proc)
         before = {role: cpu_ns(pid) for role, pid in pids.items()}
         type_line("\n")
@@ -435,9 +480,7 @@ def transport_main(
         [("throughput", ["mib_s", "delivered_mib"]), ("echo", ["p50_ms", "p99_ms"]),
          ("command", ["ms"])],
     )  # fmt: skip
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"raw samples: {args.json}")
+    save_results(args.json, results)
     return 0
 
 
@@ -510,9 +553,7 @@ def bench_echo(env: Env, system: str, rnd: int, keys: int, prefix: str = "ec") -
     proc, _ = session_and_client(env, system, name, f'{PY} -c "{ECHO_PROGRAM}"')
     try:
         drain_until(proc, b"ready", 15)
-        time.sleep(0.3)
-        while select.select([proc.fd], [], [], 0.2)[0]:
-            os.read(proc.fd, 1 << 16)
+        settle(proc, 0.3)
         pids = echo_pids(env, system, name, proc)
         before = {role: cpu_ns(pid) for role, pid in pids.items()}
         result = echo_round_trips(proc, keys)
@@ -1020,9 +1061,8 @@ def main() -> int:
     finally:
         env.close()
     report(results)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\nraw samples: {args.json}")
+    print()
+    save_results(args.json, results)
     if args.markdown:
         write_markdown(Path(args.markdown), markdown(results))
         print(f"markdown: {args.markdown}")

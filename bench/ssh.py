@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shlex
 import shutil
 import signal
@@ -162,10 +161,7 @@ def _client(env: SSHEnv, system: str, name: str, command: str) -> Any:
     return harness.spawn(env.ssh(env.port, "attach", name), env.env)
 
 
-def _settle(proc: Any) -> None:
-    time.sleep(0.5)
-    while select.select([proc.fd], [], [], 0.2)[0]:
-        os.read(proc.fd, 1 << 16)
+_settle = harness.settle  # bench/fleet_transport.py and others call it by this name
 
 
 def bench_throughput(env: SSHEnv, system: str, rnd: int) -> dict[str, float]:

@@ -27,7 +27,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
-import ssh as ssh_bench
 
 
 class WebSocketEnv(harness.Env):
@@ -68,28 +67,14 @@ def _client(env: WebSocketEnv, system: str, name: str, command: str) -> Any:
 
 def bench_throughput(env: WebSocketEnv, system: str, rnd: int) -> dict[str, float]:
     name = f"wstp{rnd}{system}"
-    size = env.data.stat().st_size
-    proc = _client(env, system, name, f"read x; cat {env.data}; echo __E''ND__; sleep 3600")
-    try:
-        ssh_bench._settle(proc)
-        env.tachi("send", name, "\\n")
-        seconds, delivered = harness.drain_until(proc, b"__END__")
-        return {"mib_s": size / seconds / 2**20, "delivered_mib": delivered / 2**20}
-    finally:
-        harness.kill(proc)
-        env.tachi("close", name, check=False)
+    proc = _client(env, system, name, harness.THROUGHPUT_COMMAND.format(data=env.data))
+    return harness.attached_throughput(env, name, proc)
 
 
 def bench_echo(env: WebSocketEnv, system: str, rnd: int, keys: int) -> dict[str, float]:
     name = f"wsec{rnd}{system}"
     proc = _client(env, system, name, f'{harness.PY} -c "{harness.ECHO_PROGRAM}"')
-    try:
-        harness.drain_until(proc, b"ready", 15)
-        ssh_bench._settle(proc)
-        return harness.echo_round_trips(proc, keys)
-    finally:
-        harness.kill(proc)
-        env.tachi("close", name, check=False)
+    return harness.attached_echo(env, name, proc, keys)
 
 
 def bench_command(env: WebSocketEnv, system: str, runs: int) -> dict[str, float]:
