@@ -148,11 +148,12 @@ class Connection:
             await self._requests.close()
             for closer in self.closers:
                 closer()
-            # What they started (an exec killed by its closer) ends on record.
-            await self.tasks.close(grace=BACKGROUND_GRACE)
             self.detach("connection closed")
             if self.terminal is not None:
                 self.terminal.close()
+            # What the requests started (an exec its closer killed) ends on
+            # record, and may still tell the peer: the wire closes after it.
+            await self.tasks.close(grace=BACKGROUND_GRACE)
             self.wire.close()
 
     @property

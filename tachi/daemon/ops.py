@@ -14,7 +14,8 @@ What an operation may declare it needs (the dispatcher checks, in this order):
 - ``attached``: the connection is attached; the target is its session.
 - ``exec_job``: the connection runs a command (``exec.start``).
 - ``session``: the argument naming the target session (``live``: running), or
-  ``target``: a function finding the target (a recording's session, a run's).
+  ``target``: a function finding the target (a recording), or naming a session
+  with a :class:`SessionRef` for the dispatcher to resolve (a run's).
 - ``action``: asked on the target; a string, or a function of the request's
   arguments when a flag decides (``events.subscribe`` with ``output``).
 - ``also``: a function of the context and arguments giving more actions (or
