@@ -119,3 +119,12 @@ def test_plugins_extend_the_action_registry_but_cannot_redefine_it(caplog):
     assert registry.get("session.write").description == "send input to a session"
     assert "'session.write' is registered already" in caplog.text
     assert "not a tachi.core.actions.Action" in caplog.text
+
+
+def test_a_session_target_without_an_action_is_refused():
+    @operation("x.peek", session="session", needs="nothing, it thinks")
+    async def peek(ctx, args):
+        return None
+
+    with pytest.raises(RuntimeError, match="asks no action on it"):
+        Dispatcher({"x.peek": peek.__tachi_operation__}, ActionRegistry())

@@ -67,6 +67,8 @@ def table_problems(table: Mapping[str, Operation], actions: ActionRegistry) -> l
             problems.append(f"{name!r} is filed under another name ({op.name!r})")
         if not op.declares_access:
             problems.append(f"{name} declares no action, owner or need")
+        if op.session is not None and op.action is None:
+            problems.append(f"{name} names its session by {op.session!r} but asks no action on it")
         problems += [
             f"{name} needs action {a!r}, which is not registered"
             for a in sorted(op.declared_actions())
