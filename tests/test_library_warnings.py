@@ -117,6 +117,9 @@ def test_tachi_mcp_prints_nothing_on_stderr(noisy: DaemonProcess):
 def test_warnings_show_when_the_user_asks(noisy: DaemonProcess):
     """PYTHONWARNINGS (or -W) brings them back: and proves the noisy plugin warns."""
     flags, env = _remote(noisy)
-    result = noisy.run(*flags, "ls", env={**env, "PYTHONWARNINGS": "default"})
+    # In this process (TACHI_WARM=0): a warm CLI imported its plugins at its own
+    # start, with the daemon's environment, so their import-time warnings went
+    # (or not) to daemon.log, as documented.
+    result = noisy.run(*flags, "ls", env={**env, "PYTHONWARNINGS": "default", "TACHI_WARM": "0"})
     assert result.returncode == 0
     assert "noisy: this API is deprecated" in result.stderr
