@@ -34,7 +34,12 @@ def record_something(daemon: DaemonProcess, text: str) -> dict:
         client.send(sid, f"{text}\n")
     rec = json.loads(daemon.run("record", "ls", "--json", check=True).stdout)[-1]
     path = Path(rec["path"])
-    wait_until(lambda: text.encode() in path.read_bytes(), 10, "the output in the recording")
+    # The recorder process creates the file a moment after record start.
+    wait_until(
+        lambda: path.exists() and text.encode() in path.read_bytes(),
+        10,
+        "the output in the recording",
+    )
     stopped = json.loads(daemon.run("record", "stop", sid, "--json", check=True).stdout)
     return {**stopped, "bytes": path.read_bytes(), "session": sid}
 
