@@ -167,6 +167,13 @@ def tachi_recorders(register: Callable[[Any], None]) -> None:
     readable and return its duration in seconds; it must leave bytes it does
     not understand as they are (raise instead). A format whose recorder has no
     ``repair`` is never touched after a crash.
+
+    Optional ``export(path, out)``: the reader. Write the recording at
+    ``path`` to the binary file ``out`` as asciicast v2; ``tachi record
+    export`` and ``tachi play`` of a recording in this format go through it
+    (in the CLI's process, with the recorder installed there) and check that
+    the result parses. Without it, both refuse with one error line and leave
+    no file.
     """
 
 

@@ -206,6 +206,59 @@ def play_events(
         out.flush()
 
 
+def installed_recorders() -> dict[str, Any]:
+    """Every recorder installed here (``tachi_recorders``), by format."""
+    from tachi.hooks import Hooks
+    from tachi.plugins import make_plugin_manager
+
+    return Hooks(make_plugin_manager(hooks=("tachi_recorders",))).recorders()
+
+
+def reader_for(fmt: str, recorders: dict[str, Any] | None = None) -> Any:
+    """The installed recorder that can turn recordings in format ``fmt`` into
+    asciicast v2 (its ``export(path, out)``).
+
+    Raises ``InvalidRequest`` (one line) when no recorder of that format is
+    installed here, or it has no ``export``: tachi cannot read its files."""
+    recorder = (installed_recorders() if recorders is None else recorders).get(fmt)
+    if recorder is None:
+        raise InvalidRequest(
+            f"recordings in format {fmt!r} cannot be read here: no recorder of that"
+            " format is installed (install the plugin that recorded it)"
+        )
+    if not callable(getattr(recorder, "export", None)):
+        raise InvalidRequest(
+            f"recordings in format {fmt!r} cannot be played or exported: its recorder"
+            f" ({type(recorder).__module__}) has no export(path, out)"
+        )
+    return recorder
+
+
+def to_asciicast(recorder: Any, src: Path, dest: Path) -> None:
+    """Write ``src`` (a recording in ``recorder``'s format) to ``dest`` as asciicast
+    v2 through the recorder's ``export(path, out)``, and check that it parses.
+
+    Raises ``InvalidRequest`` naming the recorder if the export fails or writes
+    something that is not asciicast; ``dest`` may then hold part of it (the
+    caller writes to a temporary file)."""
+    name = f"{recorder.format!r} ({type(recorder).__module__})"
+    try:
+        with open(dest, "wb") as out:
+            recorder.export(Path(src), out)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot export {src}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        raise InvalidRequest(
+            f"the recorder {name} failed to export {src}: {type(exc).__name__}: {exc}"
+        ) from None
+    try:
+        read_cast(dest)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"the recorder {name} exported {src} as something that is not asciicast ({exc})"
+        ) from None
+
+
 def export(path: Path, dest: Path) -> int:
     """Copy a recording after checking it parses; returns the size written."""
     read_cast(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,30 +63,40 @@ class Recorder:
     + REGISTER
 )
 
-# A gzip recorder written from docs/plugins.md, with or without a repair().
+# A gzip recorder written from docs/plugins.md (asciicast v2 lines, gzipped),
+# with or without a repair() and an export() (its reader).
 GZCAST = (
     """
-import gzip, zlib
+import gzip, json, shutil, zlib
 from tachi.hookspecs import hookimpl
 
 class Sink:
-    def __init__(self, path):
+    def __init__(self, path, width, height):
         self.file = gzip.open(path, "wb")
-    def output(self, data, t):
-        self.file.write(data)
+        self.write({{"version": 2, "width": width, "height": height}})
+    def write(self, value):
+        self.file.write(json.dumps(value).encode() + b"\\n")
         self.file.flush(zlib.Z_SYNC_FLUSH)
+    def output(self, data, t):
+        self.write([t, "o", data.decode("utf-8", "replace")])
 """
     + SINK_REST
     + """
 class Recorder:
     format = "gzcast"
     extension = ".cast.gz"
-    def open(self, path, **options):
-        return Sink(path)
+    def open(self, path, *, width, height, **options):
+        return Sink(path, width, height)
     {repair}
+    {reader}
 """
     + REGISTER
 )
+
+EXPORT = """def export(self, path, out):
+        with gzip.open(path, "rb") as f:
+            shutil.copyfileobj(f, out)
+"""
 
 REPAIR = """def repair(self, path):
         (path.parent / "repaired-by-plugin").write_text(path.name)
@@ -178,7 +189,7 @@ def test_a_recorder_failing_mid_session_marks_the_recording_failed(tachi_home, t
 def test_repair_after_a_crash_never_destroys_a_plugins_recording(tachi_home, tmp_path, restart):
     """kill -9 with a gzip recording open; the next daemon must not empty it
     (it once cut it to 0 bytes as if it were asciicast text)."""
-    daemon = _daemon(tachi_home, tmp_path, "gzcast", GZCAST.format(repair=""), "gzcast")
+    daemon = _daemon(tachi_home, tmp_path, "gzcast", GZCAST.format(repair="", reader=""), "gzcast")
     s = daemon.new("bash", "--norc", "-c", "echo compressed-output; sleep 300", record=True)
     wait_match(daemon, s["id"], "compressed-output")
     (rec,) = _recordings(daemon)
@@ -192,7 +203,9 @@ def test_repair_after_a_crash_never_destroys_a_plugins_recording(tachi_home, tmp
         env = {"TACHI_LOAD_PLUGINS": ""}
     elif restart == "plugin-repairs":
         env = {
-            **installed_plugin(tmp_path / "site", "gzcast", GZCAST.format(repair=REPAIR)),
+            **installed_plugin(
+                tmp_path / "site", "gzcast", GZCAST.format(repair=REPAIR, reader="")
+            ),
             **env,
         }
     again = DaemonProcess(tachi_home, extra_env={**daemon.env, **env})
@@ -234,3 +247,69 @@ def test_the_builtin_repair_leaves_a_file_that_is_not_asciicast_alone(tmp_path):
     path.write_bytes(b'{"version": 2, "width": 80, "height": 24}\n[0.5, "o", "hi"]\n[0.7, "o", "cu')
     assert repair_asciicast(path) == 0.5
     assert path.read_bytes().endswith(b'[0.5, "o", "hi"]\n')
+
+
+def _recorded_gzcast(tachi_home, tmp_path, reader: str) -> tuple[DaemonProcess, str]:
+    """A daemon with the gzip recorder installed (with ``reader`` as its export, or
+    none) and one finished recording of a session that printed a known line."""
+    daemon = _daemon(
+        tachi_home, tmp_path, "gzcast", GZCAST.format(repair="", reader=reader), "gzcast"
+    )
+    s = daemon.new("bash", "--norc", "-c", "echo gz-played-$((6*7)); sleep 300", record=True)
+    wait_match(daemon, s["id"], "gz-played-42")
+    daemon.run("record", "stop", s["id"], check=True)
+    (rec,) = _recordings(daemon)
+    assert rec["format"] == "gzcast" and Path(rec["path"]).name.endswith(".cast.gz")
+    return daemon, rec["id"]
+
+
+def test_a_plugins_recording_is_exported_and_played_through_its_recorders_reader(
+    tachi_home, tmp_path
+):
+    import shutil
+    import subprocess
+
+    daemon, rec_id = _recorded_gzcast(tachi_home, tmp_path, EXPORT)
+    try:
+        out = tmp_path / "exported.cast"
+        result = daemon.run("record", "export", rec_id, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        header = json.loads(out.read_text().split("\n", 1)[0])
+        assert header["version"] == 2
+        # asciinema itself reads what was exported.
+        asciinema = shutil.which("asciinema") or str(Path(sys.executable).parent / "asciinema")
+        cat = subprocess.run(
+            [asciinema, "cat", str(out)], capture_output=True, text=True, timeout=30
+        )
+        assert cat.returncode == 0, cat.stderr
+        assert "gz-played-42" in cat.stdout
+
+        played = daemon.run("play", rec_id, "--speed", "100")
+        assert played.returncode == 0, played.stderr
+        assert "gz-played-42" in played.stdout
+
+        # The file itself, played by name, goes through the same reader.
+        (rec,) = _recordings(daemon)
+        by_file = daemon.run("play", rec["path"], "--speed", "100")
+        assert by_file.returncode == 0, by_file.stderr
+        assert "gz-played-42" in by_file.stdout
+    finally:
+        daemon.stop()
+
+
+def test_a_recording_whose_recorder_has_no_reader_is_refused_leaving_no_file(tachi_home, tmp_path):
+    daemon, rec_id = _recorded_gzcast(tachi_home, tmp_path, "")
+    try:
+        outdir = tmp_path / "out"
+        outdir.mkdir()
+        result = daemon.run("record", "export", rec_id, "-o", str(outdir / "x.cast"))
+        assert result.returncode == 2
+        assert "'gzcast'" in result.stderr and "no export(path, out)" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert list(outdir.iterdir()) == [], "export left a file behind"
+
+        played = daemon.run("play", rec_id)
+        assert played.returncode == 2 and "no export(path, out)" in played.stderr
+        assert played.stdout == ""
+    finally:
+        daemon.stop()

@@ -167,6 +167,48 @@ def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:
     return size
 
 
+def _fetch_asciicast(ctx: Context, rec_id: str, dest: Path) -> int:
+    """Write a recording to ``dest`` as asciicast v2; returns the size written.
+
+    A recording in a plugin's format is fetched as it is, beside ``dest``, and
+    turned into asciicast by the recorder of that format installed here (its
+    ``export``); with none, ``InvalidRequest`` is raised before anything is
+    fetched. ``dest`` may be left partly written on error: callers pass a
+    temporary file."""
+    from tachi.playback import reader_for, to_asciicast
+
+    with ctx.client() as client:
+        fmt = client.call("record.get", recording=rec_id).get("format") or "asciicast"
+    if fmt == "asciicast":
+        return _fetch(ctx, rec_id, dest)
+    recorder = reader_for(fmt)
+    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".raw")
+    os.close(fd)
+    raw = Path(name)
+    try:
+        _fetch(ctx, rec_id, raw)
+        to_asciicast(recorder, raw, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            raw.unlink()
+    return dest.stat().st_size
+
+
+def _local_reader(path: Path) -> object | None:
+    """The installed recorder whose extension ``path`` has, if it is not asciicast
+    (a plugin's file played by name); ``None`` for anything else."""
+    if path.name.endswith(".cast"):
+        return None
+    from tachi.playback import installed_recorders, reader_for
+
+    recorders = installed_recorders()
+    for fmt, recorder in recorders.items():
+        ext = getattr(recorder, "extension", "")
+        if fmt != "asciicast" and ext and path.name.endswith(ext):
+            return reader_for(fmt, recorders)
+    return None
+
+
 @record.command("export")
 @click.argument("recording")
 @click.option(
@@ -179,7 +221,8 @@ def _fetch(ctx: Context, rec_id: str, dest: Path) -> int:
 @pass_ctx
 def export(ctx: Context, recording: str, output: Path) -> None:
     """Write RECORDING to a file or stdout (asciicast v2: `asciinema play FILE`
-    plays it). A recording cut mid-event (a full disk, a crash) is exported up to
+    plays it; a plugin's format goes through its recorder's export). A recording
+    cut mid-event (a full disk, a crash) is exported up to
     its last whole event, with a marker there. Nothing is left behind on error."""
     from tachi.playback import end_on_a_whole_event, load_cast
 
@@ -193,7 +236,7 @@ def export(ctx: Context, recording: str, output: Path) -> None:
     os.close(fd)
     part = Path(name)
     try:
-        size = _fetch(ctx, recording, part)
+        size = _fetch_asciicast(ctx, recording, part)
         cut = end_on_a_whole_event(part)
         load_cast(part)
         if in_place:
@@ -231,15 +274,21 @@ def rm(ctx: Context, recording: str) -> None:
 @click.option("--idle-limit", type=click.FloatRange(min=0), help="Cap pauses at this many seconds.")
 @pass_ctx
 def play(ctx: Context, recording: str, speed: float, idle_limit: float | None) -> None:
-    """Play RECORDING (an id, or a .cast file) in this terminal; Ctrl-C stops."""
-    from tachi.playback import load_cast, play_events
+    """Play RECORDING (an id, a .cast file, or a file in an installed recorder's
+    format) in this terminal; Ctrl-C stops."""
+    from tachi.playback import load_cast, play_events, to_asciicast
 
     with contextlib.ExitStack() as stack:
         path = Path(recording)
         if not path.is_file():
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tachi-play-"))
             path = Path(tmp) / "rec.cast"
-            _fetch(ctx, recording, path)
+            _fetch_asciicast(ctx, recording, path)
+        elif (reader := _local_reader(path)) is not None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tachi-play-"))
+            converted = Path(tmp) / "rec.cast"
+            to_asciicast(reader, path, converted)
+            path = converted
         # Parsed before anything is written: a file that is not a recording gets
         # one error line, not a screen reset first.
         header, events = load_cast(path)
