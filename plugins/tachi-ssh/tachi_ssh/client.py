@@ -63,4 +63,78 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
         theirs.close()
     # ssh ends when we close our end (EOF on its stdin); reap it then.
     threading.Thread(target=proc.wait, name="tachi-ssh-client", daemon=True).start()
-    return ours
+    return _SshSocket(url, proc, ours)
+
+
+#: How long a socket whose ssh has gone waits for ssh's exit status.
+EXIT_WAIT = 2.0
+
+
+class _SshSocket(socket.socket):
+    """Our end of the socketpair, which knows its ssh process.
+
+    When the stream ends (EOF, a reset, a broken pipe) before anything came
+    from the daemon, ssh never reached it (connection refused, unknown host,
+    key refused): that is reported as ``DaemonUnavailable`` naming the URL and
+    ssh's exit status, ssh's own message being on the terminal already, rather
+    than as a connection lost. Once frames have arrived, an end is left to the
+    client as for any transport."""
+
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        super().__init__(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        self._url = url
+        self._proc = proc
+        self._heard = False
+
+    def _never_reached(self) -> None:
+        """Raise ``DaemonUnavailable`` if ssh exited without reaching the daemon."""
+        if self._heard:
+            return
+        try:
+            status = self._proc.wait(EXIT_WAIT)
+        except subprocess.TimeoutExpired:
+            return
+        if status == 0:
+            return
+        why = (
+            f"ssh was killed by signal {-status}"
+            if status < 0
+            else f"ssh exited with status {status} (its message is above)"
+        )
+        raise DaemonUnavailable(f"cannot reach {self._url}: {why}")
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        try:
+            data = super().recv(bufsize, flags)
+        except (ConnectionError, BrokenPipeError):
+            self._never_reached()
+            raise
+        if not data:
+            self._never_reached()
+        self._heard = True
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        try:
+            n = super().recv_into(buffer, nbytes, flags)
+        except (ConnectionError, BrokenPipeError):
+            self._never_reached()
+            raise
+        if not n:
+            self._never_reached()
+        self._heard = True
+        return n
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except (ConnectionError, BrokenPipeError):
+            self._never_reached()
+            raise
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        try:
+            super().sendall(data, flags)
+        except (ConnectionError, BrokenPipeError):
+            self._never_reached()
+            raise
