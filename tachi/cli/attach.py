@@ -4,6 +4,11 @@ The terminal is restored on every exit path (detach, session end, daemon gone,
 SIGTERM, SIGHUP, an exception). After the prefix key (default ``C-\\``):
 ``d`` detach, ``c`` new window, ``n``/``p`` next/previous, ``0``-``9`` select,
 ``w`` list windows, ``,`` rename the window, the prefix again sends it through.
+
+This module is the loop and the reconnect; what the keys mean is
+:mod:`tachi.cli.attach_keys`, what attach draws itself is
+:mod:`tachi.cli.attach_paint`, and handing the terminal to the daemon and back
+is :mod:`tachi.cli.attach_handover`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import json
 import os
 import select
 import signal
-import socket
 import struct
 import sys
 import termios
@@ -26,8 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from tachi import protocol
+from tachi.cli.attach_handover import TerminalHandOver, hand_over_terminal, may_hand_over
+from tachi.cli.attach_keys import (
+    Command,
+    KeyParser,
+    NamedKey,
+    PromptClosed,
+    PromptEdited,
+    Send,
+)
+from tachi.cli.attach_paint import (
+    farewell,
+    flash_line,
+    leaves_unused,
+    prompt_line,
+    region,
+    unused_area,
+    window_list,
+)
 from tachi.cli.copy_mode import CopyMode
-from tachi.cli.keyseq import NAMES, keys, sequence_at
+from tachi.cli.keyseq import keys
 from tachi.client.endpoint import Endpoint
 from tachi.client.wire import WireConnection
 from tachi.errors import DaemonUnavailable, NotFound, TachiError, error_from_json
@@ -43,8 +65,6 @@ class AttachOutcome:
 
 @dataclass
 class _State:
-    prefix_pending: bool = False
-    prompt: bytearray | None = None
     ended: AttachOutcome | None = None
     redraw_at: float | None = None
     #: When to repaint the unused area (programs erase to the terminal's edge).
@@ -93,7 +113,7 @@ def attach(
     bridge.session_id = str(result["id"])
     # Messages name the session as the user knows it (as tmux does): its name if it has one.
     bridge.session_label = str(result.get("name") or result["id"])
-    bridge.direct = _may_hand_over(endpoint, in_fd, out_fd) and _hand_over_terminal(wire, in_fd)
+    bridge.direct = may_hand_over(endpoint, in_fd, out_fd) and hand_over_terminal(wire, in_fd)
     if isinstance(endpoint, Endpoint) and endpoint.remote:
 
         def reopen(position: tuple[int, int] | None) -> WireConnection:
@@ -116,7 +136,7 @@ def attach(
         bridge.reopen = reopen
     else:
         local = endpoint if isinstance(endpoint, Path) else endpoint.socket
-        may_hand_over = bridge.direct
+        offered = bridge.direct
 
         def reopen_local(position: tuple[int, int] | None, autostart: bool) -> WireConnection:
             # A daemon that restarted (or was started after a crash) adopted the
@@ -138,8 +158,8 @@ def attach(
                     raise
                 del args["window"]  # that window ended meanwhile: the session's active one
                 fresh.call("session.attach", args)
-            if may_hand_over:
-                bridge.direct = _hand_over_terminal(fresh, in_fd)
+            if offered:
+                bridge.direct = hand_over_terminal(fresh, in_fd)
             return fresh
 
         bridge.reopen_local = reopen_local
@@ -147,48 +167,6 @@ def attach(
     return bridge.run()
 
 
-def _may_hand_over(endpoint: Path | Endpoint, in_fd: int, out_fd: int) -> bool:
-    """Whether to offer the daemon this terminal (``client.terminal``): a daemon
-    on this host's Unix socket, stdin and stdout the same terminal, and not
-    turned off with ``TACHI_DIRECT=0``."""
-    if os.environ.get("TACHI_DIRECT", "1") == "0":
-        return False
-    if isinstance(endpoint, Endpoint) and endpoint.remote:
-        return False
-    try:
-        return os.isatty(out_fd) and os.fstat(in_fd).st_rdev == os.fstat(out_fd).st_rdev
-    except OSError:
-        return False
-
-
-def _hand_over_terminal(wire: WireConnection, in_fd: int) -> bool:
-    """Send the daemon this terminal (``client.terminal``'s descriptor step):
-    opened anew by this process, so it is a terminal this user may open, in a
-    non-blocking file description of its own (the shell's stays as it is).
-    Returns whether the daemon took it; if not, attach draws everything itself."""
-    if getattr(wire.sock, "family", None) != socket.AF_UNIX:
-        return False
-    flags = os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-    try:
-        fd = os.open(f"/proc/self/fd/{in_fd}", flags)
-    except OSError:
-        return False
-    try:
-        ready = wire.call("client.terminal", {"descriptor": "offer"}) or {}
-        if ready.get("descriptor") != "ready":
-            return False
-        wire.call("client.terminal", {"descriptor": "sent"}, descriptor=fd)
-    except TachiError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
-#: After a flood, the output goes back to the daemon once it has paused this long.
-OUTPUT_QUIET = 0.25
-#: How long to wait for the daemon to hand the terminal back before drawing anyway.
-HAND_BACK_TIMEOUT = 2.0
 #: How long an attach keeps trying to reconnect after a drop (a remote daemon's
 #: network, or a local daemon that crashed or restarts while a keeper holds the session).
 RECONNECT_SECONDS = 30.0
@@ -198,24 +176,21 @@ RECONNECT_SECONDS = 30.0
 AUTOSTART_AFTER = 3.0
 
 
-#: Sent on the way out: every mode a program may have set in the terminal, back
-#: to its default (alternate screen, scroll region, cursor and keypad keys,
-#: mouse reporting, focus events, bracketed paste, the kitty keyboard stack,
-#: cursor visibility and shape, origin mode, autowrap, insert mode, charset, SGR).
-RESTORE_TERMINAL = (
-    b"\x1b[?1049l\x1b[r\x1b[?1l\x1b>"
-    b"\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1005l\x1b[?1006l\x1b[?1015l"
-    b"\x1b[?1004l\x1b[?2004l\x1b[<99u"
-    b"\x1b[?25h\x1b[0 q\x1b[?6l\x1b[?7h\x1b[4l\x1b(B\x1b[0m"
-)
-#: What fills the part of a larger terminal that the session does not use.
-UNUSED = "·"
 #: Output may erase the unused area (erase-line reaches the terminal's edge): it
 #: is repainted this long after output, at most that often.
 UNUSED_REPAINT_DELAY = 0.05
 
 
-class _Bridge:
+class _Bridge(TerminalHandOver):
+    """One attach: the loop between the terminal and the daemon's connection.
+
+    Reads keys (parsed by :class:`~tachi.cli.attach_keys.KeyParser`) and
+    frames, draws what the daemon sends and what attach shows itself (see
+    :mod:`tachi.cli.attach_paint`), hands the terminal to the daemon and back
+    (:class:`~tachi.cli.attach_handover.TerminalHandOver`) and reconnects
+    after a drop. :meth:`run` always gives the terminal back as it found it.
+    """
+
     def __init__(
         self, wire: WireConnection, in_fd: int, out_fd: int, prefix: bytes, *, read_only: bool
     ) -> None:
@@ -227,6 +202,8 @@ class _Bridge:
         self.session_id = ""
         self.session_label = ""
         self.state = _State()
+        #: The prefix key, its commands and the rename prompt (state between reads).
+        self.key_parser = KeyParser(prefix)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._signals: list[int] = []
@@ -292,7 +269,7 @@ class _Bridge:
             # Give the terminal back as it was, whatever the program set, with the
             # cursor on a fresh line below what it shows.
             rows = terminal_size(self.in_fd)[0]
-            self._write(RESTORE_TERMINAL + f"\x1b[{rows};1H\r\n".encode())
+            self._write(farewell(rows))
             self.wire.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -380,102 +357,6 @@ class _Bridge:
                 self._from_daemon()
             if in_fd in ready and state.ended is None and self.owns_input:
                 self._from_terminal()
-
-    # -- the terminal handed to the daemon --------------------------------------------
-    def _hand_over(self) -> None:
-        """Give the daemon whichever direction nothing here needs now: the keys
-        while no prefix command, prompt or copy mode is under way; the output
-        while this process draws nothing of its own either."""
-        state = self.state
-        if self.copy is not None or state.prompt is not None or state.prefix_pending:
-            return
-        if state.pending_requests or self.session_size is None:
-            return  # a reply to wait for, or the first screen not drawn yet
-        if self.owns_input and not self.read_only and len(self.prefix) <= 1:
-            self.owns_input = False
-            prefix = self.prefix.decode("latin-1")
-            self._request_quietly("client.terminal", input=True, prefix=prefix)
-        if (
-            self.owns_output
-            and not self._hold_off
-            and state.redraw_at is None
-            and state.unused_at is None
-            and self.session_size == self.term_size[:2]
-        ):
-            # Not during a flood: this process writes that faster (see
-            # AttachedClient.send_output); wait until the output pauses.
-            quiet_at = self._output_at + OUTPUT_QUIET
-            if time.monotonic() < quiet_at:
-                state.hand_over_at = quiet_at
-                return
-            state.hand_over_at = None
-            self.owns_output = False
-            self.handover += 1
-            self._request_quietly("client.terminal", output=True, handover=self.handover)
-
-    def _request_quietly(self, op: str, **args: Any) -> None:
-        request_id = self.wire.send_request(op, args)
-        self.state.pending_requests[request_id] = op
-
-    def _take_output(self, *, keys: bool = False) -> None:
-        """Get the output (with ``keys``, the keyboard too) back from the daemon
-        before drawing anything here: ask, then wait (bounded) for the ``terminal``
-        event, which comes once the daemon's last write has reached the terminal.
-        Output the daemon framed before it took the terminal is dropped: its
-        screen showed it."""
-        later: list[protocol.Frame] = []
-        deadline = time.monotonic() + HAND_BACK_TIMEOUT
-        args: dict[str, Any] = {"output": False, "handover": self.handover}
-        if keys:
-            args["input"] = False
-            self.owns_input = True
-        try:
-            self.wire.send_request("client.terminal", args)
-            while (left := deadline - time.monotonic()) > 0:
-                frame = self.wire.next_frame(left)
-                if frame is None:
-                    break
-                if frame.channel != protocol.CONTROL:
-                    continue
-                message = json.loads(frame.payload)
-                if self._terminal_event(message):
-                    if message.get("output") is False and message.get("handover") == self.handover:
-                        break
-                elif message.get("event") == "screen":
-                    self._screen_state(message)  # drawn by the daemon
-                else:
-                    later.append(frame)
-        except DaemonUnavailable:
-            pass  # nobody else writes to the terminal now
-        finally:
-            self.owns_output = True
-            self.wire.pending.extendleft(reversed(later))
-            # What the daemon held while it handed back follows the event,
-            # often in the same read.
-            self.wire.keep_buffered()
-
-    def _terminal_event(self, message: dict[str, Any]) -> bool:
-        """Apply a ``terminal`` event (a direction handed back); False if it is not one."""
-        if message.get("event") != "terminal":
-            return False
-        if message.get("output") is False and message.get("handover") == self.handover:
-            if not self.owns_output and message.get("reason") == "size":
-                self._hold_off = True  # until a screen at this terminal's size
-            self.owns_output = True
-            self._output_at = time.monotonic()
-        if message.get("input") is False:
-            self.owns_input = True
-            keys = str(message.get("keys") or "").encode("latin-1")
-            if keys:
-                self._keys(keys)
-        return True
-
-    def _reclaim_terminal(self) -> None:
-        """On the way out: the daemon stops reading and writing the terminal
-        before it is given back to the shell."""
-        if self.direct and not (self.owns_input and self.owns_output):
-            with contextlib.suppress(OSError):
-                self._take_output(keys=True)
 
     def _timers(self) -> None:
         now = time.monotonic()
@@ -587,25 +468,7 @@ class _Bridge:
             if what == "session.capture":
                 self._enter_copy_mode(message["result"])
             elif what == "window.list":
-                names = " ".join(
-                    f"{w['id']}:{w['name']}{'*' if w['active'] else ''}" for w in message["result"]
-                )
-                self._flash(names)
-
-    def _shown(self, window: int, seq: int) -> bool:
-        """Whether output at ``seq`` is already in the last screen: output the
-        daemon framed before it took the terminal may still be on its way when
-        the terminal comes back, after the screen the daemon drew."""
-        if not self.direct or self.screen_at is None:
-            return False
-        return window != self.screen_at[0] or seq < self.screen_at[1]
-
-    def _screen_state(self, message: dict[str, Any]) -> None:
-        if "window" in message and "seq" in message:
-            self.position = (int(message["window"]), int(message["seq"]))
-            self.screen_at = self.position
-        if "rows" in message and "cols" in message:
-            self.session_size = (int(message["rows"]), int(message["cols"]))
+                self._flash(window_list(message["result"]))
 
     def _outcome_for(self, detached: dict[str, Any]) -> AttachOutcome:
         closed = self.state.closed
@@ -624,37 +487,18 @@ class _Bridge:
     # -- what lies outside a smaller session ------------------------------------
     def _region(self) -> bytes:
         """Scrolling confined to the session's rows, when the terminal has more."""
-        if self.session_size is None:
-            return b""
-        rows = self.term_size[0]
-        srows = self.session_size[0]
-        return f"\x1b[1;{srows}r".encode() if srows < rows else b"\x1b[r"
+        return region(self.session_size, self.term_size)
 
     @property
     def _smaller(self) -> bool:
         """Whether the session leaves part of this terminal unused."""
-        if self.session_size is None:
-            return False
-        rows, cols, _, _ = self.term_size
-        return self.session_size[0] < rows or self.session_size[1] < cols
+        return leaves_unused(self.session_size, self.term_size)
 
     def _draw_unused(self) -> None:
-        """Fill the part of a larger terminal the session does not use with dots,
-        as tmux does, so nothing stale shows there."""
-        if self.session_size is None:
-            return
-        rows, cols, _, _ = self.term_size
-        srows, scols = self.session_size
-        if srows >= rows and scols >= cols:
-            return
-        out = ["\x1b7\x1b[0;2m"]
-        if scols < cols:
-            for r in range(1, min(srows, rows) + 1):
-                out.append(f"\x1b[{r};{scols + 1}H" + UNUSED * (cols - scols))
-        for r in range(srows + 1, rows + 1):
-            out.append(f"\x1b[{r};1H" + UNUSED * cols)
-        out.append("\x1b[0m\x1b8")
-        self._write("".join(out).encode())
+        """Fill the part of a larger terminal the session does not use with dots."""
+        dots = unused_area(self.session_size, self.term_size)
+        if dots is not None:
+            self._write(dots)
 
     # -- copy mode ---------------------------------------------------------------
     def _enter_copy_mode(self, capture: dict[str, Any]) -> None:
@@ -695,9 +539,7 @@ class _Bridge:
 
     def _flash(self, text: str) -> None:
         """Show one line on the bottom row, then redraw the screen shortly after."""
-        rows, cols, _, _ = self.term_size
-        line = text.replace("\n", " ")[: max(cols - 1, 1)]
-        self._write(f"\x1b7\x1b[{rows};1H\x1b[0;7m{line}\x1b[K\x1b[0m\x1b8".encode())
+        self._write(flash_line(text, self.term_size))
         self.state.redraw_at = time.monotonic() + 2.0
 
     # -- terminal → daemon ---------------------------------------------------------
@@ -720,37 +562,22 @@ class _Bridge:
                     self._leave_copy_mode()
                     break
             return
-        out = bytearray()
-        i = 0
-        while i < len(data):
-            byte = data[i : i + 1]
-            i += 1
-            if self.state.prompt is not None:
-                self._prompt_key(byte)
-            elif self.state.prefix_pending:
-                self.state.prefix_pending = False
-                if byte == self.prefix:
-                    out += byte
-                    continue
-                self._flush_input(out)
-                out.clear()
-                if byte == b"\x1b":
-                    # A key after the prefix is one key, never bytes for the program.
-                    seq = sequence_at(data, i - 1) or b"\x1b"
-                    i += len(seq) - 1
-                    self._command_key(NAMES.get(seq, "unknown"))
-                else:
-                    self._command(byte)
-                if self.state.ended is not None:
-                    return
-            elif byte == self.prefix:
-                self.state.prefix_pending = True
-            elif self.prefix not in data[i - 1 :] and self.state.prompt is None:
-                out += data[i - 1 :]
-                break
+        for action in self.key_parser.feed(data):
+            if isinstance(action, Send):
+                self._flush_input(action.data)
+            elif isinstance(action, PromptEdited):
+                self._show_prompt(action.text)
+            elif isinstance(action, PromptClosed):
+                if action.name:
+                    self._request("window.rename", window=-1, name=action.name)
+                self.state.redraw_at = time.monotonic()
             else:
-                out += byte
-        self._flush_input(out)
+                if isinstance(action, Command):
+                    self._command(action.key)
+                elif isinstance(action, NamedKey):
+                    self._command_key(action.name)
+                if self.state.ended is not None:
+                    return  # the rest of the read is not parsed
 
     def _flush_input(self, data: bytes | bytearray) -> None:
         # A read-only client's keys go too: the daemon drops them and audits
@@ -775,8 +602,7 @@ class _Bridge:
         elif key == b"w":
             self._request("window.list")
         elif key == b",":
-            self.state.prompt = bytearray()
-            self._show_prompt()
+            self._show_prompt(self.key_parser.open_prompt().text)
         elif key == b"[":
             self._start_copy_mode([])
         else:
@@ -794,29 +620,9 @@ class _Bridge:
         self._request("session.capture", history=-1)
 
     # -- rename prompt --------------------------------------------------------------
-    def _show_prompt(self) -> None:
-        rows, _, _, _ = self.term_size
-        text = "rename window: " + (self.state.prompt or b"").decode(errors="replace")
-        self._write(f"\x1b7\x1b[{rows};1H\x1b[0;7m{text}\x1b[K\x1b[0m\x1b8".encode())
-
-    def _prompt_key(self, key: bytes) -> None:
-        assert self.state.prompt is not None
-        if key in (b"\r", b"\n"):
-            name = self.state.prompt.decode(errors="replace").strip()
-            self.state.prompt = None
-            if name:
-                self._request("window.rename", window=-1, name=name)
-            self.state.redraw_at = time.monotonic()
-            return
-        if key in (b"\x1b", b"\x03", b"\x07"):
-            self.state.prompt = None
-            self.state.redraw_at = time.monotonic()
-            return
-        if key in (b"\x7f", b"\x08"):
-            del self.state.prompt[-1:]
-        elif key >= b" ":
-            self.state.prompt += key
-        self._show_prompt()
+    def _show_prompt(self, text: str) -> None:
+        """The rename prompt, with ``text`` typed so far, on the bottom row."""
+        self._write(prompt_line(text, self.term_size))
 
 
 __all__ = ["AttachOutcome", "attach", "error_from_json"]
