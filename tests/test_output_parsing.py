@@ -83,8 +83,11 @@ def test_a_session_printing_a_hostile_mark_keeps_every_consumer_fed(tachi_daemon
         wire.call("events.subscribe", {"session": sid})
         # The digits are made by the shell: a 5,000-character line would not fit
         # the terminal's line buffer (4,095 bytes) to be typed.
+        # A command's start, then its end with the hostile code (an end with no
+        # start is not reported as a command: events pair them).
         hostile = (
-            "printf '\\033]133;D;'; printf '9%.0s' $(seq 5000); printf '\\007'; echo after-mark"
+            "printf '\\033]133;C\\007'; printf '\\033]133;D;'; printf '9%.0s' $(seq 5000);"
+            " printf '\\007'; echo after-mark"
         )
         result = tachi_daemon.run("run", sid, "--timeout", "20", "--", hostile)
         assert result.returncode == 0, result.stderr

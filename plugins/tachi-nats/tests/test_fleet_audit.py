@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import fleet, wait_until
+from nats_support import fleet, wait_until
 
 from tachi.audit import read_records
 from tachi.models import PTYConfig
@@ -107,7 +107,7 @@ def test_without_fleet_settings_the_plugin_is_idle(tachi_home):
 
 
 def test_a_daemon_whose_nats_is_unreachable_starts_and_serves(tachi_home):
-    from conftest import fleet_config, free_port
+    from nats_support import fleet_config, free_port
 
     from tachi.testing import DaemonProcess
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import fleet, wait_until
+from nats_support import fleet, wait_until
 
 from tachi.gotime import format_rfc3339, now_ns
 from tachi.models import PTYConfig
@@ -67,7 +67,7 @@ def test_a_burst_of_hook_calls_wakes_the_agent_loop_once(tmp_path):
     burst of session events before the loop runs should cost one, not one each."""
     import threading
 
-    from conftest import free_port
+    from nats_support import free_port
     from tachi_nats.agent import FleetAgent
     from tachi_nats.settings import parse
 

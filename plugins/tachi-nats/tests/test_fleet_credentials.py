@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from conftest import NatsServer
+from nats_support import NatsServer
 from tachi_nats.settings import new_user_seed, public_nkey
 
 from tachi.testing import DaemonProcess

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from conftest import fleet, wait_until
+from nats_support import fleet, wait_until
 
 from tachi.audit import read_records
 from tachi.models import PTYConfig

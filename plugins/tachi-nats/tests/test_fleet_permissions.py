@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NatsServer, fleet, wait_until
+from nats_support import NatsServer, fleet, wait_until
 from tachi_nats.provision import accounts_config
 
 from tachi.testing import DaemonProcess

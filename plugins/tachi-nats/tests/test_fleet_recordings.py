@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import fleet, fleet_config, wait_until
+from nats_support import fleet, fleet_config, wait_until
 
 from tachi.testing import DaemonProcess
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import fleet, wait_until
+from nats_support import fleet, wait_until
 
 
 def test_fleet_ls_shows_the_sessions_of_every_host(nats_server, fleet_daemons):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from conftest import fleet, free_port, wait_until
+from nats_support import fleet, free_port, wait_until
 
 from tachi.testing import DaemonProcess
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NatsServer, wait_until
+from nats_support import NatsServer, wait_until
 
 from tachi.testing import DaemonProcess
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pexpect
 import pytest
-from conftest import NatsServer, wait_until
+from nats_support import NatsServer, wait_until
 
 from tachi import protocol
 from tachi.testing import DaemonProcess

@@ -31,6 +31,7 @@ def test_nothing_listening_says_ssh_could_not_reach_it(tmp_path):
     port = _closed_port()
     env = {k: v for k, v in os.environ.items() if k not in ("TACHI_SOCKET", "TACHI_HOST")}
     env["TACHI_HOME"] = str(tmp_path)  # no local daemon to fall back on
+    env["TACHI_LOAD_PLUGINS"] = "ssh"  # the suite loads none unless a test asks
     env["TACHI_SSH_COMMAND"] = f"{SSH} -o BatchMode=yes -o ConnectTimeout=5"
     result = subprocess.run(
         [sys.executable, "-m", "tachi", "--host", f"ssh://127.0.0.1:{port}", "ls"],
