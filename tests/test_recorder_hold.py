@@ -166,6 +166,9 @@ def test_small_output_is_never_held(tmp_path):
 
 
 @pytest.mark.timeout(120)
+# A 48 MiB flood is held only if it arrives fast enough (12.5 MiB/s): beside the
+# other heavy tests, not beside four workers' worth of other load.
+@pytest.mark.xdist_group("heavy")
 def test_the_daemon_gives_back_the_memory_a_held_burst_took(tachi_daemon, tmp_path):
     # 48 MiB of output in a recorded session, held whole: the daemon's RSS rises
     # by about that, and glibc keeps the freed pages unless they are given back.
@@ -176,11 +179,17 @@ def test_the_daemon_gives_back_the_memory_a_held_burst_took(tachi_daemon, tmp_pa
     s = tachi_daemon.new("bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600")
     until(lambda: "FLOOD-DONE" in tachi_daemon.run("capture", s["id"]).stdout, timeout=60)
     before = memory_kib(pid)["VmRSS"]
-    r = tachi_daemon.new(
-        "bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600", record=True
-    )
-    until(lambda: "FLOOD-DONE" in tachi_daemon.run("capture", r["id"]).stdout, timeout=60)
-    rec = json.loads(tachi_daemon.run("record", "ls", "--json", check=True).stdout)[0]
-    until(lambda: Path(rec["path"]).stat().st_size > 48 * 2**20, timeout=60)
-    status = until(lambda: (st := memory_kib(pid)) and st["VmRSS"] < before + 24 * 1024 and st)
+    # On a busy machine a flood can come too slowly to be held (nothing to give
+    # back then): up to three recorded floods, until one was held.
+    for _ in range(3):
+        r = tachi_daemon.new(
+            "bash", "--norc", "-c", f"cat {data}; echo FLOOD-DONE; sleep 600", record=True
+        )
+        until(lambda r=r: "FLOOD-DONE" in tachi_daemon.run("capture", r["id"]).stdout, 60)
+        recs = json.loads(tachi_daemon.run("record", "ls", "--json", check=True).stdout)
+        rec = next(x for x in recs if x["sessionId"] == r["id"])
+        until(lambda rec=rec: Path(rec["path"]).stat().st_size > 48 * 2**20, timeout=60)
+        status = until(lambda: (st := memory_kib(pid)) and st["VmRSS"] < before + 24 * 1024 and st)
+        if status["VmHWM"] > before + 24 * 1024:  # a high-water mark: held once is enough
+            break
     assert status["VmHWM"] > before + 24 * 1024, "the burst was not held: nothing to give back"
