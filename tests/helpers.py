@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,3 +179,35 @@ def installed_plugin(site: Path, name: str, source: str) -> dict[str, str]:
     (info / "entry_points.txt").write_text(f"[tachi]\n{name} = {module}\n")
     path = os.environ.get("PYTHONPATH")
     return {"PYTHONPATH": f"{site}{os.pathsep}{path}" if path else str(site)}
+
+
+@contextlib.contextmanager
+def tcp_relay(unix_socket: Path) -> Iterator[int]:
+    """A TCP port on 127.0.0.1 whose connections go to the daemon's Unix socket
+    (what a real deployment of tcpfwd puts in front of the daemon)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def pump(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            unix = socket.socket(socket.AF_UNIX)
+            unix.connect(str(unix_socket))
+            for a, b in ((conn, unix), (unix, conn)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()

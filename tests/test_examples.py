@@ -6,19 +6,16 @@ nothing at stop, a token scheme of its own, and a TCP transport."""
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
-import socket
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import wait_match
+from helpers import tcp_relay, wait_match
 from tachi.audit import read_records
 from tachi.testing import DaemonProcess
 
@@ -59,38 +56,6 @@ def daemon(tachi_home: Path, tmp_path: Path) -> Iterator[DaemonProcess]:
     d.start()
     yield d
     d.stop()
-
-
-@contextlib.contextmanager
-def tcp_relay(unix_socket: Path) -> Iterator[int]:
-    """A TCP port on 127.0.0.1 whose connections go to the daemon's Unix socket
-    (what a real deployment of tcpfwd puts in front of the daemon)."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            unix = socket.socket(socket.AF_UNIX)
-            unix.connect(str(unix_socket))
-            for a, b in ((conn, unix), (unix, conn)):
-                threading.Thread(target=pump, args=(a, b), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
 
 
 def test_the_five_example_plugins_installed_together(daemon, tmp_path):

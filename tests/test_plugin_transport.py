@@ -3,14 +3,12 @@ may hand back any connected stream socket, a TCP one included."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from helpers import installed_plugin
+from helpers import tcp_relay as relay_to_unix
 from tachi.client.aio import AsyncClient
 from tachi.client.sync import Client
 
@@ -36,30 +34,8 @@ def tachi_connect(url, options):
 @pytest.fixture
 def tcp_relay(tachi_daemon) -> Iterator[int]:
     """A TCP port on 127.0.0.1 whose connections go to the daemon's Unix socket."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def pump(a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        for s in (a, b):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            unix = socket.socket(socket.AF_UNIX)
-            unix.connect(str(tachi_daemon.socket))
-            for a, b in ((conn, unix), (unix, conn)):
-                threading.Thread(target=pump, args=(a, b), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield server.getsockname()[1]
-    server.close()
+    with relay_to_unix(tachi_daemon.socket) as port:
+        yield port
 
 
 @pytest.fixture
