@@ -242,6 +242,9 @@ def tachi_audit_event(event):
         return
     marks = os.environ["BLOCKING_SINK_DIR"]
     open(os.path.join(marks, "blocked"), "w").close()
+    # Slow whatever happens next: a release that came within the 100 ms after
+    # which a slow hook is logged would leave nothing to log (the test failed so).
+    time.sleep(0.5)
     deadline = time.monotonic() + 20
     while not os.path.exists(os.path.join(marks, "release")) and time.monotonic() < deadline:
         time.sleep(0.02)
