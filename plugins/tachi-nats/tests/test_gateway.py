@@ -4,7 +4,6 @@ driven by Playwright), real daemons on two hosts, a real nats-server."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,30 +12,19 @@ from typing import Any
 import pytest
 from nats_support import NatsServer, wait_until
 
-from tachi.testing import DaemonProcess
+from tachi.testing import CHROMIUM_ARGS, DaemonProcess, chromium_path
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, sync_playwright
 
 # Chromium is heavy on 2 cores: these run one after another with other heavy tests.
 pytestmark = pytest.mark.xdist_group("heavy")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
