@@ -93,3 +93,18 @@ def fields(info: dict[str, Any], width: int, skip: Sequence[str] = ()) -> None:
     for key, value in info.items():
         if key not in skip:
             click.echo(f"{key:{width}} {human(value, key)}")
+
+
+def audit_line(record: dict[str, Any], *, host: str | None = None) -> str:
+    """One audit record as ``tachi audit`` prints it (``host`` first, for the
+    fleet's). Principals, reasons and details come from peers (an SSH user
+    name, a plugin's reason, a window name): escaped, so they cannot drive the
+    terminal."""
+    reason = f" ({record['reason']})" if record.get("reason") else ""
+    details = json.dumps(record["details"], separators=(",", ":")) if record.get("details") else ""
+    where = f" {host}" if host is not None else ""
+    return visible(
+        f"{record['time']}{where} {record['result']:8} {record['action']:16}"
+        f" {record.get('session') or '-':9} {record['principal']}@{record['source']}{reason}"
+        f" {details}".rstrip()
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -299,19 +298,10 @@ def audit(click_ctx: click.Context, session: str | None, since: str | None, as_j
     if as_json:
         emit_json(records)
         return
-    from tachi.models import visible
+    from tachi.cli.output import audit_line
 
     for r in records:
-        reason = f" ({r['reason']})" if r.get("reason") else ""
-        details = json.dumps(r["details"], separators=(",", ":")) if r.get("details") else ""
-        # Principals, reasons and details come from peers (an SSH user name, a
-        # header, a window name): escaped, so the log cannot drive the terminal.
-        click.echo(
-            visible(
-                f"{r['time']} {r['result']:8} {r['action']:16} {r.get('session') or '-':9}"
-                f" {r['principal']}@{r['source']}{reason} {details}".rstrip()
-            )
-        )
+        click.echo(audit_line(r))
 
 
 @audit.command("verify")

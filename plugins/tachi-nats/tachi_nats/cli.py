@@ -278,18 +278,10 @@ def register(cli: Any) -> None:
         if as_json:
             click.echo(json.dumps(records, indent=2))
             return
-        from tachi.models import visible
+        from tachi.cli.output import audit_line
 
         for r in records:
-            reason = f" ({r['reason']})" if r.get("reason") else ""
-            details = json.dumps(r["details"], separators=(",", ":")) if r.get("details") else ""
-            click.echo(
-                visible(
-                    f"{r['time']} {r['host']} {r['result']:8} {r['action']:16}"
-                    f" {r.get('session') or '-':9} {r['principal']}@{r['source']}{reason}"
-                    f" {details}".rstrip()
-                )
-            )
+            click.echo(audit_line(r, host=r["host"]))
 
     @audit.command("verify")
     @click.option("--host", help="Only this host.")
