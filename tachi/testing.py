@@ -221,6 +221,20 @@ def chromium_path() -> str:
     return shutil.which("chromium") or "/usr/bin/chromium"
 
 
+@pytest.fixture(scope="module")
+def chromium_browser() -> Iterator[Any]:
+    """Chromium launched by Playwright (``CHROMIUM_ARGS``), one per test module;
+    Playwright is imported only by tests that ask for it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 @contextlib.contextmanager
 def short_tempdir() -> Iterator[Path]:
     """A private directory with a short path (Unix socket paths max out near 107 bytes)."""

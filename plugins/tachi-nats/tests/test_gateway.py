@@ -12,23 +12,18 @@ from typing import Any
 import pytest
 from nats_support import NatsServer, wait_until
 
-from tachi.testing import CHROMIUM_ARGS, DaemonProcess, chromium_path
+from tachi.testing import DaemonProcess
 
 pytest.importorskip("playwright")
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 # Chromium is heavy on 2 cores: these run one after another with other heavy tests.
 pytestmark = pytest.mark.xdist_group("heavy")
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+def browser(chromium_browser: Browser) -> Browser:
+    return chromium_browser
 
 
 def _serving(daemon: DaemonProcess) -> bool:

@@ -5,26 +5,18 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from ws_support import Proxy, Remote, start_remote
-
-from tachi.testing import CHROMIUM_ARGS, chromium_path
 
 # Chromium is heavy on 2 cores: these run one after another with other heavy tests.
 pytestmark = pytest.mark.xdist_group("heavy")
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+def browser(chromium_browser: Browser) -> Browser:
+    return chromium_browser
 
 
 def _page(browser: Browser) -> Page:
