@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import secrets
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tachi.core.shell_integration import shell_of
 from tachi.core.window import BACKLOG_BYTES, WindowRuntime, strip_escapes
@@ -43,6 +44,9 @@ from tachi.daemon import limits
 from tachi.daemon.ops import RequestContext, SessionRef, arg_float, arg_int, arg_str, operation
 from tachi.errors import InvalidRequest, NotFound, TimedOut, WindowBusy
 from tachi.gotime import format_rfc3339, now_ns
+
+if TYPE_CHECKING:
+    from tachi.daemon.sharing import BoundStream
 
 #: ``maxOutput`` for a reply that carries the output: it must fit one frame.
 MAX_REPLY_OUTPUT = 256 * 1024
@@ -585,6 +589,16 @@ def _stream_arg(args: dict[str, Any]) -> str | int | None:
 
 @operation("session.run", action="session.write", session="session")
 async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Type a command and wait for it (see the module). A caller whose access
+    ends meanwhile (revoked, expired, rotated out) gets ``PermissionDenied``
+    with the reason and no output read after that; the command runs on."""
+    with ctx.sharing.bind(
+        lambda: ctx.connection.principal, ctx.session.id, "session.write", {"stream": "session.run"}
+    ) as bound:
+        return await _run(ctx, args, bound)
+
+
+async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) -> dict[str, Any]:
     session = ctx.session
     ctx.connection.deny_if_read_only("running commands")
     window = session.mux.get(arg_int(args, "window"))
@@ -627,6 +641,8 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
         record = RunRecord(ident, window, command)
         if not detach:
             record.listeners.append(out.add)
+            bound.stop = functools.partial(_unlisten, record, out.add)
+        bound.what["run"] = ident
         short = integrated_in_front(window, window.child.foreground_pgrp(), runs_of(session))
         line = typed_line(command, syntax, ident, short)
         ctx.effects.admit_input(ctx.principal, session, len(command))
@@ -654,8 +670,7 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
                 f" (collect it: tachi run wait {ident})"
             ) from None
     finally:
-        with contextlib.suppress(ValueError):
-            record.listeners.remove(out.add)
+        _unlisten(record, out.add)
         if streamer is not None:
             streamer.close()
     out.finish()
@@ -666,6 +681,22 @@ async def run(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     else:
         _fit_reply(result)
     return result
+
+
+def _unlisten(record: RunRecord, listener: Callable[[bytes], None]) -> None:
+    """Stop handing ``record``'s output to ``listener`` (if it still is)."""
+    with contextlib.suppress(ValueError):
+        record.listeners.remove(listener)
+
+
+def _bind(ctx: RequestContext, record: RunRecord, op: str) -> BoundStream:
+    """``op``'s stream of ``record``, bound to the caller's ``session.read``."""
+    return ctx.sharing.bind(
+        lambda: ctx.connection.principal,
+        ctx.session.id,
+        "session.read",
+        {"stream": op, "run": record.id},
+    )
 
 
 def _result(record: RunRecord, output: bytes, omitted: int) -> dict[str, Any]:
@@ -699,7 +730,10 @@ async def run_wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     record = find_run(ctx, args)
     timeout = arg_float(args, "timeout")
     try:
-        await asyncio.wait_for(asyncio.shield(record.done), timeout)
+        # Its output is read at the end: a caller whose access ended by then
+        # gets the reason instead.
+        with _bind(ctx, record, "run.wait"):
+            await asyncio.wait_for(asyncio.shield(record.done), timeout)
     except TimeoutError:
         raise TimedOut(
             f"run {record.id} ({record.command!r}) did not finish within {timeout:g}s;"
@@ -733,11 +767,12 @@ async def run_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any
             streamer.data(data) if data else streamer.omitted(count)
         if args.get("follow") and not record.done.done():
             record.listeners.append(streamer.data)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(record.done), timeout)
+            with _bind(ctx, record, "run.output") as bound:
+                bound.stop = functools.partial(_unlisten, record, streamer.data)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(record.done), timeout)
     finally:
-        with contextlib.suppress(ValueError):
-            record.listeners.remove(streamer.data)
+        _unlisten(record, streamer.data)
         streamer.close()
     result = record.to_json()
     result.update(streamed=True, omitted=record.dropped)

@@ -296,6 +296,20 @@ async def capture(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
 
 @operation("session.wait", action="session.read", session="session", live=False)
 async def wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
+    """Wait for output (``match``, ``matches``) or for the session to exit. A
+    waiter whose access to the session ends meanwhile (revoked, expired,
+    rotated out, handed away) gets ``PermissionDenied`` with the reason, never
+    a match on what it may no longer read."""
+    found = ctx.target
+    if isinstance(found, Session):
+        return await _wait(ctx, args)
+    with ctx.sharing.bind(
+        lambda: ctx.connection.principal, found.id, "session.read", {"stream": "session.wait"}
+    ):
+        return await _wait(ctx, args)
+
+
+async def _wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     ref = arg_str(args, "session") or ""
     found = ctx.target
     timeout = arg_float(args, "timeout")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tachi.core.periodic import every
-from tachi.errors import TachiError
+from tachi.errors import PermissionDenied, TachiError
 from tachi.gotime import now_ns
 from tachi.grants import DAEMON_GRANT
 
@@ -74,6 +74,86 @@ class Watch:
     end: Callable[[str], None]
 
 
+class BoundStream:
+    """A request that streams a session to its caller until it replies (a
+    ``session.wait``, a streaming ``session.run``, ``run.output --follow``),
+    bound to its caller's access as an event subscription is: a :class:`Watch`
+    for as long as the ``with`` block runs. When the principal loses
+    ``action`` on the session (revoked, expired, rotated out, handed away),
+    ``stop`` runs at once (it detaches the stream's listener, so nothing read
+    after that reaches the caller), the denial is audited and the request's
+    task is cancelled; leaving the block then raises ``PermissionDenied``
+    with the reason (``access revoked (g_…)``). Whatever the request started
+    in the session (a run) keeps running there.
+
+    Made by :meth:`SharingService.bind`; enter it in the request's own task."""
+
+    def __init__(
+        self,
+        service: SharingService,
+        principal: Callable[[], Principal],
+        session_id: str,
+        action: str,
+        what: dict[str, Any],
+        stop: Callable[[], None] | None,
+    ) -> None:
+        self._service = service
+        self._watch = Watch(principal, session_id, action, self._end)
+        #: Details of the audit record of its end (add to it as the request learns more).
+        self.what = what
+        #: Detaches the stream's listener (may be set once the request made it).
+        self.stop = stop
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._unwatch: Callable[[], None] = lambda: None
+        #: Why access ended (``None`` while it lasts).
+        self.ended: str | None = None
+
+    def __enter__(self) -> BoundStream:
+        self._task = asyncio.current_task()
+        self._cancelling = self._task.cancelling() if self._task is not None else 0
+        self._unwatch = self._service.watch(self._watch)
+        return self
+
+    def _end(self, message: str) -> None:
+        if self.ended is not None:
+            return
+        self.ended = message
+        if self.stop is not None:
+            self.stop()
+        watch = self._watch
+        # The change itself is audited (share.revoke, share.expire); this records
+        # what it cut off. A log failing closed must not keep the stream going.
+        with contextlib.suppress(TachiError):
+            self._service.daemon.audit_by(
+                watch.principal(),
+                watch.action,
+                watch.session_id,
+                result="denied",
+                reason=message,
+                details=self.what,
+            )
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel(message)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self._unwatch()
+        if self.ended is None:
+            return False
+        task = self._task
+        # Take back our cancellation (one that raced a result away counts too);
+        # another one still pending goes on as a cancellation.
+        if (
+            task is not None
+            and task.cancelling() > self._cancelling
+            and task.uncancel() > self._cancelling
+            and exc_type is asyncio.CancelledError
+        ):
+            return False
+        raise PermissionDenied(self.ended) from None
+
+
 class SharingHost(Protocol):
     """What sharing uses of the daemon (``tachi.daemon.server.Daemon``)."""
 
@@ -122,6 +202,19 @@ class SharingService:
         returns the function that stops watching it."""
         self._watches[stream] = None
         return lambda: self._watches.pop(stream, None)
+
+    def bind(
+        self,
+        principal: Callable[[], Principal],
+        session_id: str,
+        action: str,
+        what: dict[str, Any],
+        stop: Callable[[], None] | None = None,
+    ) -> BoundStream:
+        """A request's stream of ``session_id``, bound to ``principal``'s right to
+        ``action`` on it (see :class:`BoundStream`); ``what`` goes into the
+        audit record of its end (``{"stream": "session.wait"}``)."""
+        return BoundStream(self, principal, session_id, action, what, stop)
 
     def reauthorize(
         self, session_id: str | None, message: str, *, by: Principal | None = None
