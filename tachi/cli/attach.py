@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tachi import protocol
+from tachi.cli.attach_crop import CropView, crop_hint, crops, view_size
 from tachi.cli.attach_handover import TerminalHandOver, hand_over_terminal, may_hand_over
 from tachi.cli.attach_keys import (
     Command,
@@ -71,6 +72,8 @@ class _State:
     unused_at: float | None = None
     #: When to offer the daemon the output again (once it has been quiet).
     hand_over_at: float | None = None
+    #: When to draw the crop of a larger session again (see ``CROP_INTERVAL``).
+    crop_at: float | None = None
     pending_requests: dict[int, str] = field(default_factory=dict)
     closed: dict[str, Any] | None = None
 
@@ -179,6 +182,9 @@ AUTOSTART_AFTER = 3.0
 #: Output may erase the unused area (erase-line reaches the terminal's edge): it
 #: is repainted this long after output, at most that often.
 UNUSED_REPAINT_DELAY = 0.05
+#: The crop of a larger session is drawn at most this often during a flood
+#: (each drawing compares every cell of the crop).
+CROP_INTERVAL = 1 / 60
 
 
 class _Bridge(TerminalHandOver):
@@ -239,6 +245,12 @@ class _Bridge(TerminalHandOver):
         self._hold_off = False
         #: When session output was last written here.
         self._output_at = 0.0
+        #: The session's screen and the crop of it shown, while the session is
+        #: larger than this terminal (see tachi.cli.attach_crop).
+        self.crop: CropView | None = None
+        self._crop_drawn_at = 0.0
+        #: The (session size, terminal size) the crop hint was last flashed for.
+        self._crop_hinted: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> AttachOutcome:
@@ -340,8 +352,9 @@ class _Bridge(TerminalHandOver):
                 self._hand_over()
             watched = with_terminal if self.owns_input else without
             timeout = None
-            if state.redraw_at or state.unused_at or state.hand_over_at:
-                due = min(t for t in (state.redraw_at, state.unused_at, state.hand_over_at) if t)
+            timers = (state.redraw_at, state.unused_at, state.hand_over_at, state.crop_at)
+            if any(timers):
+                due = min(t for t in timers if t)
                 timeout = max(0.0, due - time.monotonic())
             try:
                 ready = select.select(watched, [], [], timeout)[0]
@@ -367,21 +380,27 @@ class _Bridge(TerminalHandOver):
             self.state.unused_at = None
             if self.copy is None:
                 self._draw_unused()
+        if self.state.crop_at is not None and now >= self.state.crop_at:
+            self.state.crop_at = None
+            self._draw_crop()
 
     def _handle_signals(self) -> None:
         while self._signals:
             sig = self._signals.pop(0)
             if sig == signal.SIGWINCH:
                 self.term_size = terminal_size(self.in_fd)
-                if self.read_only and not self.owns_output:
-                    # The session keeps its size: what lies outside it is drawn here.
-                    self._take_output()
+                if self.read_only:
+                    # The session keeps its size: what lies outside it, or the
+                    # crop of it that fits, is drawn here.
+                    if not self.owns_output:
+                        self._take_output()
                     self.wire.send_request("client.redraw", {})
-                if not self.read_only:
+                else:
+                    # What to draw is known once the session has applied its
+                    # size policy (the reply, see _resize_applied).
                     rows, cols, xpix, ypix = self.term_size
-                    self.wire.send_request(
-                        "client.resize",
-                        {"rows": rows, "cols": cols, "xPixel": xpix, "yPixel": ypix},
+                    self._request_quietly(
+                        "client.resize", rows=rows, cols=cols, xPixel=xpix, yPixel=ypix
                     )
             else:
                 name = signal.Signals(sig).name
@@ -410,7 +429,11 @@ class _Bridge(TerminalHandOver):
                 window, seq, data = protocol.decode_output(frame.payload)
                 self.position = (window, seq + len(data))
                 if self.copy is None and self.owns_output and not self._shown(window, seq):
-                    out.append(data)
+                    if self.crop is not None:
+                        self.crop.feed(data)
+                        self._crop_changed()
+                    else:
+                        out.append(data)
                 continue
             self._output(out)
             self._apply(frame)
@@ -436,6 +459,18 @@ class _Bridge(TerminalHandOver):
                 return  # by the daemon, on the terminal it was handed
             self._hold_off = False
             if self.copy is None and self.owns_output:
+                if crops(self.session_size, self.term_size):
+                    assert self.session_size is not None
+                    was = self.crop
+                    self.crop = CropView(self.session_size, str(message["data"]))
+                    if was is not None and was.session_size == self.session_size:
+                        self.crop.offset = was.offset  # a redraw does not move the view
+                    self._write(b"\x1b[r\x1b[0m\x1b[H\x1b[2J")
+                    self._draw_crop()
+                    self._draw_unused()
+                    self._hint_crop()
+                    return
+                self.crop = None
                 self._write(self._region() + str(message["data"]).encode())
                 self._draw_unused()
         elif event == "terminal":
@@ -462,6 +497,8 @@ class _Bridge(TerminalHandOver):
                 self.owns_input = self.owns_output = True
                 self.wire.send_request("client.redraw", {})
         elif event == "error" or ("id" in message and not message.get("ok")):
+            # A refused request is answered too: it no longer holds the hand-over back.
+            self.state.pending_requests.pop(message.get("id"), None)
             self._flash("tachi: " + str(error_from_json(message.get("error") or {})))
         elif "id" in message and message.get("ok"):
             what = self.state.pending_requests.pop(message["id"], None)
@@ -469,6 +506,8 @@ class _Bridge(TerminalHandOver):
                 self._enter_copy_mode(message["result"])
             elif what == "window.list":
                 self._flash(window_list(message["result"]))
+            elif what == "client.resize":
+                self._resize_applied()
 
     def _outcome_for(self, detached: dict[str, Any]) -> AttachOutcome:
         closed = self.state.closed
@@ -485,20 +524,62 @@ class _Bridge(TerminalHandOver):
         )
 
     # -- what lies outside a smaller session ------------------------------------
+    @property
+    def _shown_size(self) -> tuple[int, int] | None:
+        """The (rows, cols) of the session this terminal shows: all of it, or
+        the crop of a session larger in either direction."""
+        if self.session_size is None:
+            return None
+        return view_size(self.session_size, self.term_size)
+
     def _region(self) -> bytes:
         """Scrolling confined to the session's rows, when the terminal has more."""
-        return region(self.session_size, self.term_size)
+        return region(self._shown_size, self.term_size)
 
     @property
     def _smaller(self) -> bool:
         """Whether the session leaves part of this terminal unused."""
-        return leaves_unused(self.session_size, self.term_size)
+        return leaves_unused(self._shown_size, self.term_size)
 
     def _draw_unused(self) -> None:
         """Fill the part of a larger terminal the session does not use with dots."""
-        dots = unused_area(self.session_size, self.term_size)
+        dots = unused_area(self._shown_size, self.term_size)
         if dots is not None:
             self._write(dots)
+
+    # -- a larger session, cropped -------------------------------------------------
+    def _resize_applied(self) -> None:
+        """The session applied this terminal's new size, or kept its own (the
+        size policy counts other clients too): a session still larger than the
+        terminal, or a crop to give up, is drawn here from a fresh screen. A
+        session that took this size was redrawn already."""
+        if self.crop is None and not crops(self.session_size, self.term_size):
+            return
+        if not self.owns_output:
+            self._take_output()
+        self.wire.send_request("client.redraw", {})
+
+    def _crop_changed(self) -> None:
+        """Output changed the session's screen: draw the crop now, or, during a
+        flood, once ``CROP_INTERVAL`` has passed since the last drawing."""
+        self._output_at = time.monotonic()
+        if self.state.crop_at is None:
+            self.state.crop_at = max(self._output_at, self._crop_drawn_at + CROP_INTERVAL)
+
+    def _draw_crop(self) -> None:
+        """Bring the crop on the terminal up to date (it follows the cursor)."""
+        if self.crop is None or self.copy is not None or not self.owns_output:
+            return
+        self._crop_drawn_at = time.monotonic()
+        self._write(self.crop.render(self.term_size))
+
+    def _hint_crop(self) -> None:
+        """Flash, once per pair of sizes, that only part of the session shows."""
+        assert self.session_size is not None
+        sizes = (self.session_size, (self.term_size[0], self.term_size[1]))
+        if sizes != self._crop_hinted:
+            self._crop_hinted = sizes
+            self._flash(crop_hint(self.session_size, self.term_size))
 
     # -- copy mode ---------------------------------------------------------------
     def _enter_copy_mode(self, capture: dict[str, Any]) -> None:
