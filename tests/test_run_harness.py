@@ -6,6 +6,7 @@ shells; every run is bounded by its timeout. Most go through the Python API
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -593,3 +594,77 @@ def test_runs_survive_prompt_framework_hooks(tachi_daemon, shell, rc):
         client.send_signal(sid, "INT")
         r = client.run(sid, "echo after", timeout=T)
         assert (r.output, r.exit_code) == ("after\n", 0)
+
+
+# The real thing where the distribution ships it (.ci/run installs these
+# packages): each framework's own init, as its documentation tells users to
+# put it in their rc file, loaded after tachi's integration.
+INSTALLED_FRAMEWORKS = {
+    "direnv-bash": ("bash", "direnv", "_direnv_hook", 'eval "$(direnv hook bash)"\n'),
+    "direnv-zsh": ("zsh", "direnv", "_direnv_hook", 'eval "$(direnv hook zsh)"\n'),
+    "direnv-fish": ("fish", "direnv", "__direnv_export_eval", "direnv hook fish | source\n"),
+    "liquidprompt-bash": (
+        "bash",
+        "/usr/share/liquidprompt/liquidprompt",
+        "lp_activate",
+        "[[ $- = *i* ]] && source /usr/share/liquidprompt/liquidprompt\n",
+    ),
+    "liquidprompt-zsh": (
+        "zsh",
+        "/usr/share/liquidprompt/liquidprompt",
+        "lp_activate",
+        "source /usr/share/liquidprompt/liquidprompt\n",
+    ),
+    "powerlevel9k-zsh": (
+        "zsh",
+        "/usr/share/powerlevel9k/powerlevel9k.zsh-theme",
+        "powerlevel9k_prepare_prompts",
+        "source /usr/share/powerlevel9k/powerlevel9k.zsh-theme\n",
+    ),
+    "zsh-autosuggestions": (
+        "zsh",
+        "/usr/share/zsh-autosuggestions/zsh-autosuggestions.zsh",
+        "_zsh_autosuggest_start",
+        "source /usr/share/zsh-autosuggestions/zsh-autosuggestions.zsh\n",
+    ),
+    "powerline-bash": (
+        "bash",
+        "/usr/share/powerline/bindings/bash/powerline.sh",
+        "_powerline_columns_fallback",
+        "POWERLINE_BASH_CONTINUATION=1\nPOWERLINE_BASH_SELECT=1\n"
+        ". /usr/share/powerline/bindings/bash/powerline.sh\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("framework", sorted(INSTALLED_FRAMEWORKS))
+def test_runs_survive_installed_prompt_frameworks(tachi_daemon, framework):
+    shell, needs, probe, rc = INSTALLED_FRAMEWORKS[framework]
+    assert shutil.which(needs) or os.path.exists(needs), f"{needs}: .ci/run installs it"
+    sid = shell_session(tachi_daemon, shell, rc)
+    with tachi_daemon.client() as client:
+        loaded = client.run(sid, f"type {probe} >/dev/null 2>&1", timeout=T)
+        assert loaded.exit_code == 0, f"{framework} did not load ({probe} undefined)"
+        for _ in range(2):
+            r = client.run(sid, "echo x; sh -c 'exit 3'", timeout=T)
+            assert (r.output, r.exit_code) == ("x\n", 3), framework
+            r = client.run(sid, "printf 'a\\tb\\n'; false", timeout=T)
+            assert (r.output, r.exit_code) == ("a\tb\n", 1), framework
+        loop = (
+            "for i in 1 2 3\necho $i\nend"
+            if shell == "fish"
+            else "for i in 1 2 3\ndo echo $i\ndone"
+        )
+        r = client.run(sid, loop, timeout=T)
+        assert (r.output, r.exit_code) == ("1\n2\n3\n", 0), framework
+        # powerline draws each prompt with a Python process (~0.3 s here): a
+        # run typed meanwhile waits as type-ahead, and a Ctrl-C sent before
+        # it starts interrupts the prompt, not the command. So the Ctrl-C
+        # goes once the command is seen running (its output, not the echoed
+        # line, says "sleeping").
+        with pytest.raises(TimedOut):
+            client.run(sid, "printf 'sle%s\\n' eping; sleep 30", timeout=0.3)
+        client.wait(sid, match="sleeping", timeout=T)
+        client.send_signal(sid, "INT")
+        r = client.run(sid, "echo after", timeout=T)
+        assert (r.output, r.exit_code) == ("after\n", 0), framework
