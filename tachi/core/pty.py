@@ -116,10 +116,13 @@ class PtyChild:
         self._proc: PtyProcess | None = None
         self._keeper = keeper
         pidfd: int | None = None
+        #: The output journal's memfd the keeper gave (the window maps it), if any.
+        self.journal_fd: int | None = None
         if adopt is not None:
             self.pid, self.fd, pidfd = adopt.pid, adopt.master, adopt.pidfd
+            self.journal_fd, adopt.journal = adopt.journal, None
         elif keeper is not None and not keeper.broken:
-            self.pid, self.fd, pidfd = keeper.spawn(
+            self.pid, self.fd, pidfd, self.journal_fd = keeper.spawn(
                 list(argv), env=env, cwd=cwd, rows=rows, cols=cols, xpixel=xpixel,
                 ypixel=ypixel, key=keep_as[0], meta=keep_as[1],
             )  # fmt: skip

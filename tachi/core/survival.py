@@ -109,6 +109,10 @@ class Survival:
             log.warning("no session keeper (%s): sessions end with this daemon", exc)
             return
         self.manager.keeper = self.link
+        self.link.journal_full = self._journal_full
+        from tachi.daemon.run_ops import RUN_KEPT
+
+        RUN_KEPT.append(self._run_kept)
         self.manager.session_listeners.append(self._session_event)
         self._adopt(kept)
         self._forget_stale()
@@ -133,6 +137,10 @@ class Survival:
         self.link.close_all()
 
     def _stop_task(self) -> None:
+        from tachi.daemon.run_ops import RUN_KEPT
+
+        with contextlib.suppress(ValueError):
+            RUN_KEPT.remove(self._run_kept)
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -201,25 +209,58 @@ class Survival:
         budget = SNAPSHOT_BUDGET
         written = 0
         for session, window, state in due:
-            screen = restore_text(window)
-            data = {
-                "name": window.name,
-                "command": window.command,
-                "createdAt": window.created_at,
-                "seq": window.seq,
-                "active": state[2],
-            }
-            self.db.execute(
-                "INSERT OR REPLACE INTO kept_windows(session_id, window_id, data, screen)"
-                " VALUES (?, ?, ?, ?)",
-                (session.id, window.id, json.dumps(data), screen),
-            )
-            self._saved[(session.id, window.id)] = state
+            budget -= self._save_window(session, window, state)
             written += 1
-            budget -= len(screen)
             if budget <= 0 and not everything:
                 break
         return written
+
+    def _save_window(
+        self, session: SessionRuntime, window: WindowRuntime, state: tuple[int, str, bool]
+    ) -> int:
+        """Save one window's screen as of its output offset now, then start its
+        journal again from there (only once the row is committed: a crash in
+        between finds the old journal, which still covers the new snapshot);
+        returns the characters saved."""
+        screen = restore_text(window)
+        data = {
+            "name": window.name,
+            "command": window.command,
+            "createdAt": window.created_at,
+            "seq": window.seq,
+            "active": state[2],
+            "runs": _saved_runs(session, window),
+        }
+        self.db.execute(
+            "INSERT OR REPLACE INTO kept_windows(session_id, window_id, data, screen)"
+            " VALUES (?, ?, ?, ?)",
+            (session.id, window.id, json.dumps(data), screen),
+        )
+        self._saved[(session.id, window.id)] = state
+        journal = getattr(window, "journal", None)
+        if journal is not None:
+            journal.reset(window.seq)
+        return len(screen)
+
+    def _run_kept(self, session: SessionRuntime, window: WindowRuntime) -> None:
+        """A ``tachi run`` is about to be typed: save its window with the run
+        (a run is worth a snapshot), so the next daemon knows it."""
+        if self.link is not None and session.id in self.manager.sessions:
+            state = (window.seq, window.name, window is session.mux.active)
+            self._save_window(session, window, state)
+
+    def _journal_full(self, key: str) -> None:
+        """A window's journal would overflow (a flood between two ticks): save
+        that window now, so the journal never overwrites unsaved output."""
+        sid, _, wid = key.partition("/")
+        session = self.manager.sessions.get(sid)
+        if session is None or not wid.isdigit():
+            return
+        for window in session.mux.windows():
+            if window.id == int(wid):
+                state = (window.seq, window.name, window is session.mux.active)
+                self._save_window(session, window, state)
+                return
 
     def _forget_stale(self) -> None:
         """Rows of sessions that are no longer live (closed while nobody looked)."""
@@ -299,6 +340,9 @@ class Survival:
             if screen:
                 window.screen.feed(screen.encode())
                 window.seq = int(data.get("seq") or 0)
+            if data.get("runs"):
+                _restore_runs(session, window, data["runs"])
+            _replay_journal(window)
             if data.get("active"):
                 active = window
             if k.status is None and (
@@ -337,6 +381,51 @@ class Survival:
         if self.link is not None:
             self.link.reap(k.pid)
         k.close()
+
+
+def _saved_runs(session: SessionRuntime, window: WindowRuntime) -> list[dict[str, Any]]:
+    """``tachi run``s of the window, saved with its screen (at the same offset)."""
+    from tachi.daemon.run_ops import saved_runs
+
+    return saved_runs(session, window)
+
+
+def _restore_runs(session: SessionRuntime, window: WindowRuntime, runs: list[Any]) -> None:
+    """Runs saved with an adopted window's screen, kept again before its journal
+    is replayed: a run that ended after the snapshot ends in the replay."""
+    from tachi.daemon.run_ops import restore_runs
+
+    try:
+        restore_runs(session, window, runs)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("runs of %s/%d not restored: %s", session.id, window.id, exc)
+
+
+def _replay_journal(window: WindowRuntime) -> None:
+    """Feed an adopted window what its journal holds past its snapshot: the
+    output the dead daemon had read but not saved yet. It goes through the
+    window's output path (screen, command marks, backlog), not into the
+    journal again, before anything else is read from the PTY."""
+    journal = getattr(window, "journal", None)
+    if journal is None:
+        return
+    tail = journal.since(window.seq)
+    if tail is None:
+        log.warning(
+            "the journal of %s starts at %d, after its snapshot (%d): output between is lost",
+            journal.key,
+            journal.base,
+            window.seq,
+        )
+        window.seq = journal.base
+        tail = journal.since(window.seq) or b""
+    if not tail:
+        return
+    window.journal = None
+    try:
+        window._output(tail)
+    finally:
+        window.journal = journal
 
 
 def restore_text(window: WindowRuntime) -> str:

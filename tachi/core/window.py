@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tachi.core.command_marks import CommandMarks
+from tachi.core.keeper_link import Journal
 from tachi.core.pty import PtyChild
 from tachi.core.screen import LazyScreen, Screen
 from tachi.gotime import now_ns
@@ -75,6 +76,14 @@ class WindowRuntime:
             keep_as=(keep_key, {"name": name, "command": self.command, "createdAt": now_ns()}),
             adopt=adopt,
         )
+        #: Output since the last screen snapshot, kept for the next daemon (survival).
+        self.journal: Journal | None = None
+        if self.child.journal_fd is not None:
+            fd, self.child.journal_fd = self.child.journal_fd, None
+            try:
+                self.journal = Journal(fd, keep_key)
+            except (OSError, ValueError):
+                self.journal = None
 
     @property
     def exit_code(self) -> int | None:
@@ -82,6 +91,8 @@ class WindowRuntime:
 
     def _output(self, data: bytes) -> None:
         seq = self.seq
+        if self.journal is not None:
+            self.journal.write(seq, data)
         self.seq += len(data)
         self._backlog += data
         if len(self._backlog) > 2 * BACKLOG_BYTES:

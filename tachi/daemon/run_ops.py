@@ -648,6 +648,8 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
         ctx.effects.admit_input(ctx.principal, session, len(command))
         record.start()
         _keep(session, record)
+        for hook in RUN_KEPT:  # before its line is typed (see saved_runs)
+            hook(session, window)
         session.write((line + "\r").encode(), window.id)
         record.line_at = getattr(window.child, "_typed_at", 0.0)
         ctx.effects.note_input(ctx.principal, session, command.encode())
@@ -901,3 +903,68 @@ async def window_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
         "position": end,
         "skipped": start - since if since is not None else 0,
     }
+
+
+# -- runs across a daemon restart (tachi.core.survival) ------------------------------
+#: Told ``(session, window)`` as a run is kept, before its line is typed: the
+#: survival snapshot saves the window then, so a daemon killed at any moment
+#: after leaves the next one the run (its marks follow in the output journal).
+RUN_KEPT: list[Callable[[Any, WindowRuntime], None]] = []
+
+
+def saved_runs(session: Any, window: WindowRuntime) -> list[dict[str, Any]]:
+    """The runs ``session`` keeps for ``window``, as JSON for the window's
+    survival snapshot: taken with its screen, at the same output offset, so the
+    output journal replayed after it carries each run on from where it was."""
+    saved = []
+    for record in runs_of(session).values():
+        if record.window is not window:
+            continue
+        capture = record.capture
+        saved.append(
+            {
+                "id": record.id,
+                "command": record.command,
+                "started": record.started,
+                "ended": record.ended,
+                "state": record.state,
+                "code": record.code,
+                "overtaken": record.overtaken,
+                "total": record.total,
+                "dropped": record.dropped,
+                "head": base64.b64encode(record._head).decode(),
+                "tail": base64.b64encode(record._tail).decode(),
+                "markSeen": capture._started,
+                "held": base64.b64encode(capture._buf).decode(),
+                "lineStart": capture._line_start,
+            }
+        )
+    return saved
+
+
+def restore_runs(session: Any, window: WindowRuntime, saved: list[dict[str, Any]]) -> None:
+    """Keep again the runs :func:`saved_runs` saved for ``window`` (adopted by a
+    new daemon): ended ones as they were, running ones following the window's
+    output again (before any of it is read), so their end mark ends them and
+    ``run wait`` reports their status and output."""
+    loop = asyncio.get_running_loop()
+    for item in saved:
+        record = RunRecord(str(item["id"]), window, str(item["command"]))
+        record.started = int(item["started"])
+        record.typed_at = loop.time() - max(0, now_ns() - record.started) / 1e9
+        record.overtaken = bool(item.get("overtaken"))
+        record.total, record.dropped = int(item["total"]), int(item["dropped"])
+        record._head = bytearray(base64.b64decode(item["head"]))
+        record._tail = bytearray(base64.b64decode(item["tail"]))
+        capture = record.capture
+        capture._started = bool(item.get("markSeen"))
+        capture._buf = bytearray(base64.b64decode(item.get("held") or ""))
+        capture._line_start = bool(item.get("lineStart", True))
+        if item["state"] == "running":
+            record.start()
+        else:
+            record.state, record.code = str(item["state"]), item.get("code")
+            record.ended = item.get("ended")
+            capture.code = record.code if record.code is not None else -1
+            record._wake()
+        runs_of(session)[record.id] = record

@@ -38,6 +38,8 @@ PR_SET_CHILD_SUBREAPER = 36
 #: With nothing to keep and no daemon connected, the keeper goes after this long
 #: (a daemon that just started it connects well within it).
 IDLE_EXIT_SECONDS = 5.0
+#: The largest output journal a daemon may ask for, per window.
+MAX_JOURNAL = 64 << 20
 #: A daemon that does not take a reply within this long is disconnected: the
 #: keeper must never hang on one connection.
 SEND_TIMEOUT = 5.0
@@ -51,7 +53,7 @@ _DEFAULT_SIGNALS = (
 class Entry:
     """One kept process: its PTY master and, once it ended, its exit status."""
 
-    __slots__ = ("key", "master", "meta", "pid", "status")
+    __slots__ = ("journal", "key", "master", "meta", "pid", "status")
 
     def __init__(self, pid: int, master: int, key: str, meta: dict[str, Any]) -> None:
         self.pid = pid
@@ -60,6 +62,9 @@ class Entry:
         self.meta = meta
         #: ``os.waitstatus_to_exitcode`` of the process (negative: a signal); None while it runs.
         self.status: int | None = None
+        #: A memfd the daemon journals the window's output in (it maps it; a
+        #: daemon killed mid-write leaves what it wrote there for the next one).
+        self.journal: int | None = None
 
 
 def code_digest() -> str:
@@ -197,6 +202,8 @@ class Keeper:
         self.daemon = conn
         entries = list(self.entries.values())
         send(conn, {"ok": True, "protocol": PROTOCOL, "pid": os.getpid(), "count": len(entries)})
+        # Only a daemon that asks gets journals: an older one would take one for a pidfd.
+        journals = bool(message.get("journals"))
         for e in entries:
             fds = [e.master]
             pidfd = None
@@ -204,8 +211,12 @@ class Keeper:
                 # Not reaped yet (only this loop reaps), so the pid is still this process.
                 pidfd = os.pidfd_open(e.pid)
                 fds.append(pidfd)
+            about: dict[str, Any] = {"key": e.key, "pid": e.pid, "status": e.status, "meta": e.meta}
+            if journals and e.journal is not None:
+                fds.append(e.journal)  # always last
+                about["journal"] = True
             try:
-                send(conn, {"key": e.key, "pid": e.pid, "status": e.status, "meta": e.meta}, fds)
+                send(conn, about, fds)
             finally:
                 if pidfd is not None:
                     os.close(pidfd)
@@ -222,10 +233,13 @@ class Keeper:
             send(conn, {"ok": False, "errno": errno.EINVAL, "error": f"bad spawn request: {exc}"})
             return
         meta = message.get("meta") if isinstance(message.get("meta"), dict) else {}
-        self.entries[pid] = Entry(pid, master, str(message.get("key", "")), meta)
+        entry = Entry(pid, master, str(message.get("key", "")), meta)
+        self.entries[pid] = entry
+        entry.journal = _journal(entry.key, message.get("journal"))
         pidfd = os.pidfd_open(pid)
+        fds = [master, pidfd] if entry.journal is None else [master, pidfd, entry.journal]
         try:
-            send(conn, {"ok": True, "pid": pid}, [master, pidfd])
+            send(conn, {"ok": True, "pid": pid, "journal": entry.journal is not None}, fds)
         finally:
             os.close(pidfd)
 
@@ -296,7 +310,14 @@ class Keeper:
             "reply": conn.fileno(),
             "old": CODE,
             "entries": [
-                {"pid": e.pid, "master": e.master, "key": e.key, "meta": e.meta, "status": e.status}
+                {
+                    "pid": e.pid,
+                    "master": e.master,
+                    "key": e.key,
+                    "meta": e.meta,
+                    "status": e.status,
+                    "journal": e.journal,
+                }
                 for e in self.entries.values()
             ],
         }
@@ -307,6 +328,7 @@ class Keeper:
             self.listener.fileno(),
             *state["conns"],
             *(e.master for e in self.entries.values()),
+            *(e.journal for e in self.entries.values() if e.journal is not None),
         ]
         for fd in keep:
             os.set_inheritable(fd, True)
@@ -346,6 +368,9 @@ class Keeper:
             os.set_inheritable(int(e["master"]), False)
             entry = Entry(int(e["pid"]), int(e["master"]), str(e["key"]), dict(e["meta"]))
             entry.status = e["status"]
+            if isinstance(e.get("journal"), int):  # absent when the old code had none
+                os.set_inheritable(e["journal"], False)
+                entry.journal = e["journal"]
             keeper.entries[entry.pid] = entry
         keeper._reap()  # exits that came during the exec
         for conn in keeper.conns:
@@ -378,8 +403,30 @@ class Keeper:
 
     def _forget(self, entry: Entry) -> None:
         self.entries.pop(entry.pid, None)
-        with contextlib.suppress(OSError):
-            os.close(entry.master)
+        for fd in (entry.master, entry.journal):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _journal(key: str, size: object) -> int | None:
+    """A memfd of ``size`` bytes for a window's output journal, if the daemon
+    asked for one (and within reason); ``None`` if not, or if none could be had:
+    the window then works as before, only its last output may miss a restore."""
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_JOURNAL:
+        return None
+    try:
+        fd = os.memfd_create(f"tachi-journal {key}"[:200], os.MFD_CLOEXEC)
+    except OSError as exc:
+        log.warning("no output journal for %s: %s", key, exc)
+        return None
+    try:
+        os.ftruncate(fd, size)  # sparse: only pages written take memory
+    except OSError as exc:
+        os.close(fd)
+        log.warning("no output journal for %s: %s", key, exc)
+        return None
+    return fd
 
 
 def subprocess_check() -> str:
