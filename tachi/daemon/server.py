@@ -53,6 +53,14 @@ TOKEN_HANDLER = "tachi.builtins.token_auth"
 OWNER_ALWAYS = frozenset({"daemon.status", "daemon.stop"})
 
 
+def _plugin_token(peer: Peer) -> bool:
+    """Whether ``peer`` presented a token that is not of tachi's grant form (a
+    plugin's scheme: see ``tachi.builtins.token_auth``)."""
+    from tachi.builtins.token_auth import is_grant_token
+
+    return peer.token is not None and not is_grant_token(peer.token)
+
+
 def _is_local_owner(principal: Principal) -> bool:
     """The daemon's own user, proven by the kernel on the Unix socket, with no token."""
     return principal.kind == "unix" and principal.grant_id is None and principal.uid == os.getuid()
@@ -326,7 +334,12 @@ class Daemon:
                 not owner
                 or plugin.startswith("tachi.builtins.")
                 or isinstance(exc, AuditWriteError)
+                or _plugin_token(peer)
             ):
+                # A token of a plugin's own scheme is that plugin's to judge: its
+                # refusal stands, with its reason, for the daemon's own user too
+                # (who gets in without the token). Past here the token would be
+                # looked up as a grant's and refused as "unknown token".
                 # The built-in token handler audits its own refusals (auth.token).
                 if isinstance(exc, PermissionDenied) and plugin != TOKEN_HANDLER:
                     self.audit_refusal(peer, "auth", exc.message)
