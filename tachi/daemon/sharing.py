@@ -59,7 +59,8 @@ def _size_details(size: Any) -> dict[str, int]:
 @dataclass(eq=False)
 class Watch:
     """Something that streams a session to a principal outside an attachment (an
-    event subscription and its output taps), re-checked when access changes.
+    event subscription and its output taps, a request's stream: :class:`BoundStream`),
+    re-checked when access changes.
 
     ``principal`` returns who it streams to now (a connection's principal moves
     to the new grant when its token is rotated in-band); ``session_id`` is the
@@ -225,7 +226,8 @@ class SharingService:
         a daemon grant: every session). Each attached client is given the role its
         principal holds now: ended (told why) when it holds none, demoted (told,
         and read-only if it is now an observer) when it holds a weaker one. Each
-        watched stream (event subscriptions, their output taps) whose principal
+        watched stream (event subscriptions, their output taps, requests that
+        stream: :class:`BoundStream`) whose principal
         may no longer do what it does is ended. ``by`` is who made the change
         (``None``: the daemon, for expiry); forced detaches are audited as its
         doing, naming the client's principal. Returns the counts
