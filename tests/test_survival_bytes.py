@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import sys
 import time
+import zlib
 
 import pytest
 
@@ -180,3 +181,32 @@ def test_a_run_in_progress_across_a_sigkill_reports_its_exit_code_and_output(dae
         assert (earlier.output, earlier.exit_code) == ("first\n", 3)
         # The shell takes the next run as before.
         assert client.run(sid, "echo next", timeout=30).output == "next\n"
+
+
+FLOOD_LINES = 2_000_000  # about 40 MiB: several journals' worth between two snapshots
+FLOOD_LINE = re.compile(r"^F(\d+) ([0-9a-f]{8})$", re.MULTILINE)
+
+
+def flood_line(n: int) -> bytes:
+    return b"F%d %08x\n" % (n, zlib.crc32(b"%d" % n))
+
+
+def test_a_flood_larger_than_the_journal_comes_back_without_a_gap(daemon, tmp_path):
+    flood = tmp_path / "flood"
+    flood.write_bytes(b"".join(flood_line(n) for n in range(1, FLOOD_LINES + 1)))
+    s = daemon.new("sh", "-c", f"cat {flood}; echo FLOODEND; sleep 600")
+    wait_match(daemon, s["id"], "FLOODEND", timeout=120)
+    daemon.kill()
+    result = daemon.run("ls", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = capture(daemon, s["id"], "--history")
+    seen = []
+    for number, digest in FLOOD_LINE.findall(text):
+        assert flood_line(int(number)) == f"F{number} {digest}\n".encode(), "garbled"
+        seen.append(int(number))
+    # The scrollback a snapshot keeps is bounded (2,000 lines), but from its
+    # first line to the last, nothing is missing.
+    assert seen and seen[-1] == FLOOD_LINES
+    assert seen == list(range(seen[0], FLOOD_LINES + 1)), "a gap in the restored scrollback"
+    # A journal filled up between snapshots, and its window was saved first.
+    assert "full and not saved" not in daemon.log.read_text()

@@ -216,6 +216,11 @@ class KeeperLink:
             raise
         return cls(path, sock, int(answer["pid"])), kept
 
+    def full_journal(self, key: str) -> None:
+        """The journal of window ``key`` is full: have it saved (see ``journal_full``)."""
+        if self.journal_full is not None:
+            self.journal_full(key)
+
     # -- requests -------------------------------------------------------------
     def spawn(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -84,6 +85,10 @@ class WindowRuntime:
                 self.journal = Journal(fd, keep_key)
             except (OSError, ValueError):
                 self.journal = None
+            else:
+                if keeper is not None:
+                    # Full: the window is saved (survival), the journal restarted.
+                    self.journal.on_full = functools.partial(keeper.full_journal, keep_key)
 
     @property
     def exit_code(self) -> int | None:
