@@ -28,6 +28,7 @@ API = {
 #: Commands that manage the local daemon or this terminal, not sessions.
 NOT_API = {
     "daemon start", "daemon stop", "daemon restart", "daemon upgrade", "plugins", "play",
+    "daemon listen", "daemon unlisten", "daemon listeners", "daemon reload",
     "token create", "token ls", "token revoke", "share create",
 }  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""``tachi daemon start|stop|restart|upgrade|status`` and ``tachi plugins``."""
+"""``tachi daemon start|stop|restart|upgrade|status|listen|unlisten|listeners|reload``
+and ``tachi plugins``."""
 
 from __future__ import annotations
 
@@ -46,24 +47,119 @@ def start(ctx: Context, foreground: bool, listen: str | None) -> None:
     except DaemonUnavailable:
         status = None
     if status is not None:
-        if listen:
-            # A running daemon keeps its listeners: say so rather than ignore --listen.
-            raise click.ClickException(
-                f"tachid is already running (pid {status['pid']}) without --listen {listen};"
-                " stop it first with 'tachi daemon stop' (its sessions close)"
-            )
         click.echo(f"tachid already running (pid {status['pid']}) on {ctx.socket_path}", err=True)
+        if listen:
+            # Added to the running daemon, as 'tachi daemon listen' does: no session is touched.
+            with ctx.client(autostart=False) as client:
+                _echo_listening(client.call("daemon.listen", address=listen))
         return
     pid = start_daemon(ctx.socket_path, extra_args=extra)
     click.echo(f"tachid started (pid {pid}) on {ctx.socket_path}", err=True)
     if listen:
         with ctx.client(autostart=False) as client:
             for listener in client.status().get("listeners", []):
-                if listener.get("transport") == "unix":
+                if listener.get("transport") in ("unix", "warm-cli"):
                     continue
-                fp = listener.get("fingerprint")
-                note = f" (certificate {fp})" if fp else ""
-                click.echo(f"listening on {listener['url']}{note}", err=True)
+                _echo_listening(listener)
+
+
+def _echo_listening(listener: dict[str, Any]) -> None:
+    """``listening on URL (certificate FP)``, as ``daemon start --listen`` prints it."""
+    fp = listener.get("fingerprint") or listener.get("hostKey")
+    note = f" (certificate {fp})" if listener.get("fingerprint") else ""
+    if not note and fp:
+        note = f" (host key {fp})"
+    click.echo(f"listening on {listener.get('url') or listener.get('address')}{note}", err=True)
+
+
+@daemon.command("listen")
+@click.argument("address", metavar="HOST:PORT")
+@click.option(
+    "--transport",
+    default="websocket",
+    show_default=True,
+    help="The transport plugin that listens (websocket, ssh…); its [transports.NAME]"
+    " settings in config.toml apply.",
+)
+@json_option
+@pass_ctx
+def listen_cmd(ctx: Context, address: str, transport: str, as_json: bool) -> None:
+    """Start a listener on the running daemon; no session is touched.
+
+    It stays until 'tachi daemon unlisten' or a clean 'tachi daemon stop',
+    through reloads, restarts and crashes. Only the daemon's user may.
+    """
+    with ctx.client(autostart=False) as client:
+        listener = client.call("daemon.listen", address=address, transport=transport)
+    if as_json:
+        emit_json(listener)
+        return
+    _echo_listening(listener)
+
+
+@daemon.command("unlisten")
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--transport", default=None, help="Only a listener of this transport.")
+@pass_ctx
+def unlisten_cmd(ctx: Context, address: str, transport: str | None) -> None:
+    """Stop a listener (by the address it was given or is bound to); its
+    connections end, the sessions go on. A config.toml listener comes back at
+    the next 'tachi daemon reload' or start: remove it from the file to keep it off."""
+    args: dict[str, Any] = {"address": address}
+    if transport:
+        args["transport"] = transport
+    with ctx.client(autostart=False) as client:
+        stopped = client.call("daemon.unlisten", **args)
+    click.echo(f"stopped listening on {stopped.get('url') or stopped['address']}", err=True)
+
+
+@daemon.command("listeners")
+@json_option
+@pass_ctx
+def listeners_cmd(ctx: Context, as_json: bool) -> None:
+    """What the daemon listens on: each transport, its URL, where it came from
+    (config, added) and its connections."""
+    with ctx.client(autostart=False) as client:
+        found = client.call("daemon.listeners")
+    if as_json:
+        emit_json(found)
+        return
+    table(
+        ["TRANSPORT", "URL", "SOURCE", "CONNECTIONS"],
+        [
+            [
+                x["transport"],
+                str(x.get("url") or x.get("address") or x.get("socket") or "-"),
+                x.get("source") or "-",
+                str(x.get("connections", "-")),
+            ]
+            for x in found
+        ],
+    )
+
+
+@daemon.command("reload")
+@json_option
+@pass_ctx
+def reload_cmd(ctx: Context, as_json: bool) -> None:
+    """Re-read config.toml and start, restart or stop listeners to match its
+    [transports.NAME] listen settings; no session is touched. Listeners added
+    with 'daemon listen' or --listen stay. A config that does not load, or a
+    listener that cannot start, changes nothing (exit 1). Other settings take
+    effect at the next restart."""
+    with ctx.client(autostart=False) as client:
+        result = client.call("daemon.reload")
+    if as_json:
+        emit_json(result)
+        return
+    for listener in result["started"]:
+        _echo_listening(listener)
+    for listener in result["restarted"]:
+        click.echo(f"restarted {listener['transport']} on {listener.get('url')}", err=True)
+    for listener in result["stopped"]:
+        click.echo(f"stopped listening on {listener.get('url') or listener['address']}", err=True)
+    if not any(result[k] for k in ("started", "restarted", "stopped")):
+        click.echo("listeners unchanged", err=True)
 
 
 @daemon.command("stop")
@@ -182,7 +278,10 @@ def _restart(ctx: Context, status: dict[str, Any], timeout: float) -> tuple[int,
     with the same listeners: (old pid, new pid, seconds without service, sessions kept)."""
     from tachi.client.autostart import start_daemon
 
-    extra = _listen_args(status.get("listeners", []))
+    # A daemon that keeps its added listeners itself (they have a source) is
+    # given none: the next one starts them from its state, and the config's
+    # from the config. An older daemon's listener is passed on as --listen.
+    extra = _listen_args([x for x in status.get("listeners", []) if "source" not in x])
     exited = _exit_watch(status["pid"], ctx.socket_path)
     began = time.monotonic()
     with ctx.client(autostart=False) as client:

@@ -126,7 +126,12 @@ class Daemon:
         from tachi.daemon.refusals import RefusalThrottle
 
         self.refusals = RefusalThrottle(self.audit)
+        #: The transports running now (the listeners among them: ``self.listeners``).
         self.transports: list[Any] = []
+        #: ``tachid --listen``: (transport, address) listeners added at start.
+        self.listen_args: list[tuple[str, str]] = []
+        #: ``tachid --config``: the file ``daemon reload`` reads (``None``: the default).
+        self.config_path: Path | None = None
         self.extensions: dict[str, Any] = {}
         from tachi.daemon.dispatch import Dispatcher
         from tachi.daemon.operations import table
@@ -166,13 +171,11 @@ class Daemon:
         self.survival.start()
         self.manager.start()
         self.sharing.start()
-        self.hooks.register_transports(register=self.transports.append, config=self.config)
-        started = []
+        from tachi.daemon.listeners import Listeners
+
+        self.listeners = Listeners(self, self.listen_args)
         try:
-            for transport in self.transports:
-                await transport.start(self)
-                started.append(transport)
-                log.info("transport %s started", transport.name)
+            await self.listeners.start()
             self.audit(
                 action="daemon.start",
                 result="info",
@@ -182,8 +185,7 @@ class Daemon:
             )
             await self._stop.wait()
         finally:
-            for transport in reversed(started):
-                await transport.stop()
+            await self.listeners.stop(keep=self.keep_sessions)
             await self.sharing.stop()
             if self.keep_sessions:  # a restart: the keeper holds them for the next daemon
                 self.survival.leave()
@@ -611,20 +613,25 @@ class Daemon:
             "sessions": len(self.manager.sessions),
             "keeper": self.survival.status() if hasattr(self, "survival") else None,
             "transports": [t.name for t in self.transports],
-            "listeners": [
-                {"transport": t.name, **t.describe()}
-                for t in self.transports
-                if hasattr(t, "describe")
-            ],
+            "listeners": self.listeners.describe() if hasattr(self, "listeners") else [],
         }
 
 
-async def serve(config: config_mod.Config) -> None:
-    """Run a daemon until it is stopped (used by ``tachid`` and ``tachi daemon start``)."""
+async def serve(
+    config: config_mod.Config,
+    *,
+    listen: list[tuple[str, str]] | None = None,
+    config_path: Path | None = None,
+) -> None:
+    """Run a daemon until it is stopped (used by ``tachid`` and ``tachi daemon start``):
+    with the ``listen`` listeners (transport, address) besides the config's, and
+    ``config_path`` as the file ``daemon reload`` reads."""
     from tachi.core import fd_limits
 
     fd_limits.raise_limit()
     daemon = Daemon(config, make_plugin_manager())
+    daemon.listen_args = list(listen or ())
+    daemon.config_path = config_path
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
@@ -676,7 +683,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        help="also listen for network clients there ([transports.websocket] listen)",
+        action="append",
+        default=[],
+        help="also listen for network clients there (WebSocket; besides the config's"
+        " listeners; repeatable)",
     )
     parser.add_argument("--log-level", default=os.environ.get("TACHI_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
@@ -695,10 +705,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.socket:
         config.socket = Path(args.socket)
-    if args.listen:
-        config.listen_on(args.listen)
+    from tachi.daemon.listeners import DEFAULT_TRANSPORT
+
+    listen = [(DEFAULT_TRANSPORT, address) for address in args.listen]
     try:
-        run_loop(serve(config))
+        run_loop(
+            serve(config, listen=listen, config_path=Path(args.config) if args.config else None)
+        )
     except (RuntimeError, TachiError) as exc:
         # One line: the CLI that started us shows the log's last line to its user.
         print(f"tachid: {exc}", file=sys.stderr)

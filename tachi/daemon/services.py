@@ -97,6 +97,10 @@ class Lifecycle(Protocol):
     survival: Any
     transports: list[Any]
     pm: Any
+    #: The network listeners (``tachi.daemon.listeners.Listeners``).
+    listeners: Any
+    #: The config file ``daemon.reload`` reads (``None``: the default one).
+    config_path: Path | None
 
     def status(self) -> dict[str, Any]: ...
 
