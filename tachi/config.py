@@ -141,6 +141,14 @@ def _from_raw(raw: dict[str, Any]) -> Config:
         raise ValueError(f"size_policy must be one of {', '.join(SIZE_POLICIES)}, not {policy!r}")
     cfg.size_policy = policy
     cfg.prefix_key = str(raw.get("prefix_key", cfg.prefix_key))
+    from tachi.cli.keys import parse_key  # where the key notation is defined
+
+    try:
+        parse_key(cfg.prefix_key)
+    except ValueError as exc:
+        # Refused here, not at the first attach: a prefix that could never be
+        # recognised would otherwise leave attach without its commands.
+        raise ValueError(f"prefix_key: {exc}") from None
     cfg.status_line = bool(raw.get("status_line", cfg.status_line))
     cfg.client_buffer = int(raw.get("client_buffer", cfg.client_buffer))
     if cfg.client_buffer < 64 * 1024:

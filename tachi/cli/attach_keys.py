@@ -86,37 +86,55 @@ class KeyParser:
         few :class:`Send` actions as possible; one ends before each command.
         """
         out = bytearray()
+        prefix = self.prefix
         i = 0
         while i < len(data):
-            byte = data[i : i + 1]
-            i += 1
             if self.prompt is not None:
-                yield self._prompt_key(byte)
+                if data[i] == 0x1B and (seq := sequence_at(data, i)) is not None:
+                    # A whole key (an arrow, Home...): never its bytes as text.
+                    i += len(seq)
+                    yield self._prompt_named(NAMES.get(seq, "unknown"))
+                else:
+                    i += 1
+                    yield self._prompt_key(data[i - 1 : i])
             elif self.prefix_pending:
                 self.prefix_pending = False
-                if byte == self.prefix:
-                    out += byte
+                if prefix and data.startswith(prefix, i):
+                    out += prefix
+                    i += len(prefix)
                     continue
                 if out:
                     yield Send(bytes(out))
                     out.clear()
-                if byte == b"\x1b":
+                if data[i] == 0x1B:
                     # A key after the prefix is one key, never bytes for the program.
-                    seq = sequence_at(data, i - 1) or b"\x1b"
-                    i += len(seq) - 1
+                    seq = sequence_at(data, i) or b"\x1b"
+                    i += len(seq)
                     yield NamedKey(NAMES.get(seq, "unknown"))
                 else:
-                    yield Command(byte)
-            elif byte == self.prefix:
+                    i += 1
+                    yield Command(data[i - 1 : i])
+            elif prefix and data.startswith(prefix, i):
+                # The whole prefix sequence (one byte, a UTF-8 character or an
+                # escape sequence, as parse_key gives it), as the terminal sent it.
                 self.prefix_pending = True
-            elif self.prefix not in data[i - 1 :] and self.prompt is None:
-                # No prefix in the rest: it all goes through (the common case, one slice).
-                out += data[i - 1 :]
-                break
+                i += len(prefix)
             else:
-                out += byte
+                # Up to the next prefix (or the end: the common case, one slice).
+                end = data.find(prefix, i) if prefix else -1
+                if end < 0:
+                    out += data[i:]
+                    break
+                out += data[i:end]
+                i = end
         if out:
             yield Send(bytes(out))
+
+    def _prompt_named(self, name: str) -> PromptEdited:
+        """A named key typed into the open prompt (an arrow, Home, PageUp...):
+        the prompt has no cursor to move, so it changes nothing."""
+        assert self.prompt is not None
+        return PromptEdited(self.prompt.decode(errors="replace"))
 
     def _prompt_key(self, key: bytes) -> PromptEdited | PromptClosed:
         """One key typed into the open prompt (an unbound control key changes

@@ -6,9 +6,13 @@ import re
 
 
 def parse_key(spec: str) -> bytes:
-    """``C-\\`` → ``b"\\x1c"``, ``C-b`` → ``b"\\x02"``, ``^A`` → ``b"\\x01"``, ``x`` → ``b"x"``.
+    """``C-\\`` → ``b"\\x1c"``, ``C-b`` → ``b"\\x02"``, ``^A`` → ``b"\\x01"``, ``x`` → ``b"x"``,
+    ``é`` → its UTF-8 bytes, ``M-a`` (Alt-a) → ``b"\\x1ba"``: the bytes the
+    terminal sends for the key, which the prefix matches as a whole.
 
-    Raises ``ValueError`` for anything that is not one key.
+    Raises ``ValueError`` for anything that is not one key, and for keys that
+    cannot be told apart from the start of other keys: Escape (``C-[``) and
+    ``M-[``/``M-O`` begin the sequences that arrows and function keys send.
     """
     s = spec.strip()
     m = re.fullmatch(r"(?:C-|\^)(.)", s)
@@ -17,12 +21,26 @@ def parse_key(spec: str) -> bytes:
         code = ord(ch.upper()) if ch.isalpha() else ord(ch)
         if code == ord("?"):
             return b"\x7f"
+        if code == ord("["):
+            raise ValueError(
+                f"{spec!r} is Escape, which also begins what arrows and function keys send;"
+                " choose another prefix"
+            )
         if 0x40 <= code <= 0x5F:
             return bytes([code - 0x40])
         raise ValueError(f"no control key for {spec!r}")
-    if len(s) == 1:
+    m = re.fullmatch(r"M-(.)", s)
+    if m:
+        ch = m.group(1)
+        if ch in "[O" or not ch.isprintable():
+            raise ValueError(
+                f"{spec!r} sends ESC {ch}, which also begins what arrows and function keys"
+                " send; choose another prefix"
+            )
+        return b"\x1b" + ch.encode()
+    if len(s) == 1 and s.isprintable():
         return s.encode()
-    raise ValueError(f"not a key: {spec!r} (examples: C-\\, C-b, ^A)")
+    raise ValueError(f"not a key: {spec!r} (examples: C-\\, C-b, ^A, M-a, §)")
 
 
 _SIMPLE_ESCAPES = {
