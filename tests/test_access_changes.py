@@ -117,6 +117,13 @@ def test_revoking_a_token_ends_its_output_stream_at_once(tachi_daemon):
         assert code is not None, "tachi events kept running after its token was revoked"
         assert code != 0 and f"access revoked ({grant['id']})" in err
         assert "after-revoke-42" not in output_after_end(stream, tachi_daemon, s["id"], "after")
+        # What the revocation cut off is audited, as for every stream (BoundStream).
+        assert any(
+            r["result"] == "denied"
+            and r.get("reason") == f"access revoked ({grant['id']})"
+            and (r.get("details") or {}).get("stream") == "events"
+            for r in audit_records(tachi_daemon, "--session", s["id"])
+        )
     finally:
         stream.close()
 

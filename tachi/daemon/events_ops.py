@@ -19,10 +19,12 @@ see the session (or, with ``output``, read it), it ends with an
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from tachi.daemon.ops import RequestContext, operation
 from tachi.daemon.sharing import Watch
+from tachi.errors import TachiError
 from tachi.gotime import format_rfc3339, now_ns
 
 
@@ -94,6 +96,18 @@ async def subscribe(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]
         if state["open"]:
             unsubscribe()
             conn.send({"event": "events.dropped", "reason": "access", "message": message})
+            # As for every stream access ends (sharing.BoundStream): the change is
+            # audited already, this records what it cut off; a log failing closed
+            # must not keep the subscription going.
+            with contextlib.suppress(TachiError):
+                ctx.audit.audit_by(
+                    conn.principal,
+                    action,
+                    only,
+                    result="denied",
+                    reason=message,
+                    details={"stream": "events"},
+                )
 
     stop_watching = ctx.sharing.watch(
         Watch(principal=lambda: conn.principal, session_id=only, action=action, end=access_ended)
