@@ -175,7 +175,14 @@ class Daemon:
 
         self.listeners = Listeners(self, self.listen_args)
         try:
-            await self.listeners.start()
+            try:
+                await self.listeners.start()
+            except BaseException:
+                # A listener that cannot start (its port taken) stops this
+                # daemon, not the sessions it adopted: the keeper holds them
+                # for the next one, started once the cause is fixed.
+                self.keep_sessions = self.survival.link is not None and bool(self.manager.sessions)
+                raise
             self.audit(
                 action="daemon.start",
                 result="info",

@@ -284,3 +284,33 @@ def test_restart_keeps_added_and_config_listeners_once_each(daemon: DaemonProces
         [(f"wss://127.0.0.1:{added}", "added"), (f"ws://127.0.0.1:{configured}", "config")]
     )
     assert session_pid(daemon, s["id"]) == pid
+
+
+def test_a_listener_that_cannot_start_after_a_crash_loses_no_session(tachi_home: Path) -> None:
+    port = free_port()
+    d = DaemonProcess(
+        tachi_home,
+        extra_env=PLUGINS,
+        config=f'[transports.websocket]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    d.start()
+    try:
+        s = d.new("cat")
+        pid = session_pid(d, s["id"])
+        d.kill()
+        squatter = socket.socket()
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with squatter:  # someone took the port while no daemon ran
+            refused = d.run("ls", timeout=60)
+            assert refused.returncode == 1 and "cannot listen" in refused.stderr
+            assert Path(f"/proc/{pid}").exists()
+        listed = d.run("ls", "--json", timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert [x["id"] for x in json.loads(listed.stdout)] == [s["id"]]
+        assert session_pid(d, s["id"]) == pid
+        echo(d, s["id"], "kept-by-the-keeper")
+        assert answers(f"ws://127.0.0.1:{port}", token(d))
+    finally:
+        d.run("daemon", "stop", timeout=30)
+        d.stop()
