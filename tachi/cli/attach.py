@@ -479,7 +479,7 @@ class _Bridge(TerminalHandOver):
             # A screen event follows, drawn at the new size.
             self.session_size = (int(message["rows"]), int(message["cols"]))
         elif event == "notice":
-            self._flash(str(message.get("message", "")))
+            self._notice(message)
         elif event == "closed":
             self.state.closed = message
         elif event == "detached":
@@ -508,6 +508,25 @@ class _Bridge(TerminalHandOver):
                 self._flash(window_list(message["result"]))
             elif what == "client.resize":
                 self._resize_applied()
+
+    def _notice(self, message: dict[str, Any]) -> None:
+        """Show a notice. One that carries ``role``/``readOnly`` (a demotion)
+        also changes what this client is: once the daemon says it is read-only
+        it no longer resizes the session (each try would be a denial in the
+        audit log) nor offers the daemon its keys; the text names the role the
+        daemon gave, should its message not."""
+        text = str(message.get("message") or "")
+        read_only = message.get("readOnly")
+        if read_only is True and not self.read_only:
+            # Never the other way here: a client attached with --read-only
+            # stays so whatever its role becomes.
+            self.read_only = True
+        role = message.get("role")
+        if isinstance(role, str) and role and role not in text:
+            said = f"you are now {role}" + (" (read-only)" if read_only is True else "")
+            text = f"{text}; {said}" if text else f"tachi: {said}"
+        if text:
+            self._flash(text)
 
     def _outcome_for(self, detached: dict[str, Any]) -> AttachOutcome:
         closed = self.state.closed
