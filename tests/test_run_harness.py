@@ -293,8 +293,8 @@ def test_events_pair_each_finish_with_a_start_and_windows_exit_before_closed(tac
 
 
 def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_daemon, shell):
-    """With tachi's integration loaded, a run types `` __tachi_b ID; eval …;
-    __tachi_e``, not the printf marks; nested shells (no integration) still get
+    """With tachi's integration loaded, a run types `` __tachi_b ID;eval …;__tachi_e``,
+    not the printf marks; nested shells (no integration) still get
     the whole line and run right. The lines stay out of the shell's history."""
     sid = shell_session(tachi_daemon, shell)
     with tachi_daemon.client() as client:
@@ -303,7 +303,7 @@ def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_
         )
         assert (r.output, r.exit_code) == ("short\n", 3 if shell != "fish" else 1)
         screen = capture(tachi_daemon, sid)
-        assert f"__tachi_b {r.run}; eval" in screen and "133;C" not in screen
+        assert f"__tachi_b {r.run};eval" in screen and "133;C" not in screen
         history = {"bash": "history", "zsh": "fc -ln 1", "fish": "history"}[shell]
         # A line of the user's own (the run after it waits for the shell to take it).
         client.send(sid, "echo mine\n")

@@ -29,7 +29,7 @@ _BASH_PROMPT = (
     ' unset __tachi_id __tachi_s; printf "\\033]133;A\\007"'
 )
 _BASH_PS0 = "\\033]133;C\\007"
-# ``tachi run`` types `` __tachi_b ID; eval -- $'CMD'; __tachi_e`` where these
+# ``tachi run`` types `` __tachi_b ID;eval $'CMD';__tachi_e`` where these
 # exist (see tachi.daemon.run_ops.typed_line): start mark, then end mark with
 # the status ``eval`` left. Two functions around ``eval``, not one with
 # ``eval`` inside: in a function, ``declare``/``typeset`` would make the

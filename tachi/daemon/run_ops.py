@@ -133,8 +133,13 @@ def typed_line(command: str, syntax: str, ident: str, short: bool = False) -> st
     loaded, whose ``__tachi_b``/``__tachi_e`` print the marks (a shorter line
     on the screen, and one its history leaves out)."""
     if short:
-        quoted = _quote_fish(command) if syntax == "fish" else f"-- {_quote_ansi(command)}"
-        return f" __tachi_b {ident}; eval {quoted}; __tachi_e"
+        # As short as it can be: the shell reads a typed line a byte at a time.
+        if syntax == "fish":
+            quoted = _quote_fish(command)
+        else:
+            # ``--`` only where the command would be read as eval's option.
+            quoted = ("-- " if command.startswith("-") else "") + _quote_ansi(command)
+        return f" __tachi_b {ident};eval {quoted};__tachi_e"
     if syntax == "fish":
         return (
             f" set -g __tachi_id {ident}; printf '\\e]133;C;%s\\a' {ident};"
@@ -197,16 +202,38 @@ class OutputLimit:
             self._tail.clear()
 
 
+#: A run's start and end marks (``typed_line``), whichever run they name.
+_RUN_START = re.compile(rb"\x1b\]133;C;([^\x07\x1b;]*)(?:\x07|\x1b\\)")
+_RUN_END = re.compile(rb"\x1b\]133;D;(-?\d{0,9});([^\x07\x1b;]*)(?:\x07|\x1b\\)")
+
+
+def _mark_of(pattern: re.Pattern[bytes], buf: bytearray, ident: bytes) -> re.Match[bytes] | None:
+    """The first mark of ``pattern`` in ``buf`` that names run ``ident`` (its
+    last group)."""
+    for m in pattern.finditer(buf):
+        if m.group(pattern.groups) == ident:  # the id is the last group
+            return m
+    return None
+
+
 class RunCapture:
     """Follows one run in a window's raw output: waits for its start mark, cleans
     what follows line by line into ``sink``, and stops at its end mark
     (``code``). Feed it every chunk; it never holds more than ``_HOLD`` bytes."""
 
-    def __init__(self, ident: str, sink: Callable[[bytes], None]) -> None:
-        ident_b = ident.encode()
-        self._start = re.compile(rb"\x1b\]133;C;" + ident_b + rb"(?:\x07|\x1b\\)")
-        self._end = re.compile(rb"\x1b\]133;D;(-?\d{0,9});" + ident_b + rb"(?:\x07|\x1b\\)")
+    def __init__(
+        self,
+        ident: str,
+        sink: Callable[[bytes], None],
+        on_end: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_end(code)`` is called at the end mark, from inside ``feed``."""
+        # One pattern for every run, the id compared after the match: a
+        # pattern compiled per run cost more than the rest of the run's work
+        # in the daemon (each id is new, so ``re``'s cache never hit).
+        self._ident = ident.encode()
         self._sink = sink
+        self._on_end = on_end
         self._buf = bytearray()
         self._started = False
         self._line_start = True
@@ -218,7 +245,7 @@ class RunCapture:
             return
         self._buf += data
         if not self._started:
-            m = self._start.search(self._buf)
+            m = _mark_of(_RUN_START, self._buf, self._ident)
             if m is None:
                 # Keep what may be the first part of the mark.
                 esc = self._buf.rfind(b"\x1b", max(0, len(self._buf) - 64))
@@ -226,7 +253,7 @@ class RunCapture:
                 return
             del self._buf[: m.end()]
             self._started = True
-        m = self._end.search(self._buf)
+        m = _mark_of(_RUN_END, self._buf, self._ident)
         if m is not None:
             # (The match reads the buffer: take what it found before clearing it.)
             # No status: the prompt hook could not know it (a hook ran before it).
@@ -235,6 +262,8 @@ class RunCapture:
             self._buf.clear()
             if not self.finished.done():
                 self.finished.set_result(self.code)
+            if self._on_end is not None:
+                self._on_end(self.code)
             return
         cut = self._buf.rfind(b"\n") + 1
         if len(self._buf) - cut > _HOLD:
@@ -287,16 +316,13 @@ def integrated_in_front(window: WindowRuntime, pgid: int, runs: dict[str, RunRec
     if keys_unread(window, runs):
         return False
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
+        argv = _read(f"/proc/{pid}/cmdline").split(b"\0")
         name = os.path.basename(argv[0]).lstrip(b"-")
         if name == b"bash":
             i = argv.index(b"--rcfile")
-            with open(argv[i + 1], encoding="utf-8", errors="replace") as f:
-                return f.readline().startswith(RC_MARK)
+            return _read(argv[i + 1], len(RC_MARK)) == RC_MARK.encode()
         if name == b"zsh":
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                return b"\0TACHI_USER_ZDOTDIR=" in b"\0" + f.read()
+            return b"\0TACHI_USER_ZDOTDIR=" in b"\0" + _read(f"/proc/{pid}/environ")
         if name == b"fish":
             i = argv.index(b"--init-command")
             return b"__tachi_b" in argv[i + 1]
@@ -305,13 +331,30 @@ def integrated_in_front(window: WindowRuntime, pgid: int, runs: dict[str, RunRec
     return False
 
 
+def _read(path: str | bytes, limit: int = 1 << 20) -> bytes:
+    """Up to ``limit`` bytes of a file, with plain system calls: ``open()``
+    costs nine of them a file (a run reads three), these three or four."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(limit - size, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def foreground(window: WindowRuntime) -> tuple[str | None, str, int]:
     """(syntax, program name, pid) of the window's foreground process group:
     syntax is ``None`` unless it is a shell tachi can type a run for."""
     pgid = window.child.foreground_pgrp()
     try:
-        with open(f"/proc/{pgid}/comm", "rb") as f:
-            name = f.read().decode(errors="replace").strip().lstrip("-")
+        name = _read(f"/proc/{pgid}/comm").decode(errors="replace").strip().lstrip("-")
     except OSError:
         name = "?"
     return _SYNTAX.get(name), name, pgid
@@ -417,8 +460,9 @@ class RunRecord:
         self.done: asyncio.Future[None] = loop.create_future()
         #: When its line was given to the PTY (``PtyChild._typed_at``).
         self.line_at = -1.0
-        self.capture = RunCapture(ident, self._add)
+        self.capture = RunCapture(ident, self._add, self._ended)
         self._watcher: asyncio.Task[None] | None = None
+        self._waiters: list[asyncio.Future[bool]] = []
 
     def _add(self, data: bytes) -> None:
         self.total += len(data)
@@ -463,6 +507,43 @@ class RunRecord:
             exited.cancel()
             self.stop()
 
+    def _ended(self, code: int) -> None:
+        """Its end mark came: it is done now, not a few loop turns later
+        through the watcher. (Called from the window's output taps, so it
+        leaves them on the next turn: removing a tap now would skip another.)"""
+        self.state, self.code = "finished", code
+        self.ended = now_ns()
+        self._wake()
+        asyncio.get_running_loop().call_soon(self.stop)
+
+    def _wake(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(True)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Whether it ended within ``timeout`` seconds (``None``: no limit).
+        The caller resumes on the loop turn after the end (no chain of
+        ``shield``/``wait_for`` futures); cancelling it leaves the run alone."""
+        if self.done.done():
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(False))
+        try:
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
     def stop(self) -> None:
         """Stop following the window (ended, evicted, or the daemon stops)."""
         with contextlib.suppress(ValueError):
@@ -471,8 +552,7 @@ class RunRecord:
             self._watcher.cancel()
         if self.ended is None:
             self.ended = now_ns()
-        if not self.done.done():
-            self.done.set_result(None)
+        self._wake()
 
     def to_json(self) -> dict[str, Any]:
         end = self.ended if self.ended is not None else now_ns()
@@ -552,9 +632,18 @@ class _Streamer:
         self._stream = stream
         self._paused = False
         self._resumer: asyncio.Task[None] | None = None
+        #: An event that goes before the first ``run.output`` (``run.started``).
+        self.first: dict[str, Any] | None = None
+
+    def announce(self) -> None:
+        """Send :attr:`first` now, if it was not sent yet."""
+        if self.first is not None:
+            first, self.first = self.first, None
+            self._ctx.connection.send(first)
 
     def send(self, message: dict[str, Any]) -> None:
         wire = self._ctx.connection.wire
+        self.announce()
         self._ctx.connection.send({"event": "run.output", "stream": self._stream, **message})
         if not self._paused and wire.buffered() > _STREAM_BUDGET:
             self._paused = True
@@ -653,24 +742,28 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
         session.write((line + "\r").encode(), window.id)
         record.line_at = getattr(window.child, "_typed_at", 0.0)
         ctx.effects.note_input(ctx.principal, session, command.encode())
-    if stream is not None:
-        ctx.connection.send(
-            {"event": "run.started", "stream": stream, "window": window.id, "run": ident}
-        )
+    if streamer is not None:
+        # Sent with the first output, or just before the reply: a client woken
+        # for it while the command runs takes a core from the shell and the
+        # daemon (two cores here: a short run's time went up by a tenth).
+        started = {"event": "run.started", "stream": stream, "window": window.id, "run": ident}
+        streamer.first = started
     audit = {"window": window.id, "command": command, "run": ident}
     if detach:
+        if streamer is not None:
+            streamer.announce()
         ctx.audit_by("session.run", session.id, details=audit)
         return record.to_json()
     try:
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
-        try:
-            await asyncio.wait_for(asyncio.shield(record.done), remaining)
-        except TimeoutError:
+        if not await record.wait(remaining):
+            if streamer is not None:
+                streamer.announce()  # its id, to collect it later (TimedOut.run)
             raise TimedOut(
                 f"{command!r} did not finish within {timeout:g}s; it is still running in"
                 f" window {window.id} of {session.id} as run {ident}"
                 f" (collect it: tachi run wait {ident})"
-            ) from None
+            )
     finally:
         _unlisten(record, out.add)
         if streamer is not None:
@@ -678,7 +771,8 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
     out.finish()
     ctx.audit_by("session.run", session.id, details={**audit, "exitCode": record.code})
     result = _result(record, b"".join(kept), out.dropped)
-    if stream is not None:
+    if streamer is not None:
+        streamer.announce()
         result["streamed"] = True
     else:
         _fit_reply(result)
