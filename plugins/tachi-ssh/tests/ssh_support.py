@@ -158,9 +158,11 @@ def authorized_line(key: Path, principal: str, options: str = "") -> str:
     return f'tachi-principal="{principal}"{extra} {key.with_suffix(".pub").read_text().strip()}'
 
 
-def start_ssh_daemon(home: Path, extra_config: str = "", extra_ssh: str = "") -> SSHDaemon:
+def start_ssh_daemon(
+    home: Path, extra_config: str = "", extra_ssh: str = "", listen: str = "127.0.0.1:0"
+) -> SSHDaemon:
     """Keys ``owner`` (the daemon's user), ``bob`` (principal ``tachi-bob``) and
-    ``stranger`` (not authorized)."""
+    ``stranger`` (not authorized); the SSH listener on ``listen``."""
     keydir = home / "keys"
     keydir.mkdir()
     keys = {name: make_key(keydir, name) for name in ("owner", "bob", "stranger")}
@@ -168,7 +170,7 @@ def start_ssh_daemon(home: Path, extra_config: str = "", extra_ssh: str = "") ->
         authorized_line(keys["owner"], OWNER) + "\n" + authorized_line(keys["bob"], BOB) + "\n"
     )
     config = (
-        f'{extra_config}\n[transports.ssh]\nlisten = "127.0.0.1:0"\n'
+        f'{extra_config}\n[transports.ssh]\nlisten = "{listen}"\n'
         f'authorized_keys = "{home / "authorized_keys"}"\n{extra_ssh}\n'
     )
     daemon = DaemonProcess(home, extra_env={"TACHI_LOAD_PLUGINS": "ssh"}, config=config)
