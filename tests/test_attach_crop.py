@@ -60,15 +60,18 @@ class Terminal:
         self.child.expect(pexpect.EOF)
 
 
-def _crop_of(screen: dict[str, Any], term: Terminal) -> tuple[int, int] | None:
-    """The (row, col) at which ``term`` shows exactly a crop of ``screen``, with
-    the cursor where the session has it; ``None`` if it shows anything else."""
+def _crop_of(
+    screen: dict[str, Any], term: Terminal, size: tuple[int, int] = (ROWS, COLS)
+) -> tuple[int, int] | None:
+    """The (row, col) at which ``term`` shows exactly a crop of ``screen`` (of
+    ``size``), with the cursor where the session has it; ``None`` if it shows
+    anything else."""
     lines = screen["text"].split("\n")
-    lines += [""] * (ROWS - len(lines))
+    lines += [""] * (size[0] - len(lines))
     shown = term.rows()
     vrows, vcols = len(shown), term.vt.size[0]
-    for oy in range(ROWS - vrows + 1):
-        for ox in range(COLS - vcols + 1):
+    for oy in range(size[0] - vrows + 1):
+        for ox in range(size[1] - vcols + 1):
             if all(shown[r] == lines[oy + r][ox : ox + vcols].rstrip() for r in range(vrows)):
                 cursor = screen["cursor"]
                 if term.cursor() == (cursor["row"] - oy, cursor["col"] - ox):
@@ -76,14 +79,16 @@ def _crop_of(screen: dict[str, Any], term: Terminal) -> tuple[int, int] | None:
     return None
 
 
-def _shows_crop(daemon: DaemonProcess, sid: str, term: Terminal) -> tuple[int, int] | None:
+def _shows_crop(
+    daemon: DaemonProcess, sid: str, term: Terminal, size: tuple[int, int] = (ROWS, COLS)
+) -> tuple[int, int] | None:
     """Wait (bounded) until ``term`` shows a crop of the session's screen."""
     found: list[tuple[int, int] | None] = [None]
 
     def check() -> bool:
         term.pump()
         with daemon.client() as client:
-            found[0] = _crop_of(client.call("session.capture", session=sid), term)
+            found[0] = _crop_of(client.call("session.capture", session=sid), term, size)
         return found[0] is not None
 
     until(check, timeout=15, interval=0.05)
@@ -137,6 +142,38 @@ def test_a_smaller_read_only_client_sees_a_crop_that_follows_the_cursor(
     until(lambda: (term.pump(), "typed-while-far" in "".join(term.rows()))[1], timeout=10)
     assert _shows_crop(tachi_daemon, sid, term) is not None, term.rows()
     term.detach()
+
+
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["direct-terminal", "through-attach"])
+def test_a_client_that_shrinks_below_a_size_another_client_sets_sees_a_crop(tachi_home, direct):
+    """size_policy "largest": the session keeps the bigger client's size when
+    this one shrinks, so this one shows a crop of it (its terminal had been
+    handed to the daemon while the sizes matched)."""
+    daemon = DaemonProcess(tachi_home, config='size_policy = "largest"\n')
+    daemon.start()
+    try:
+        s = daemon.new(*SHELL, rows=40, cols=160, env="PS1=$ ")
+        sid = s["id"]
+        big = Terminal(daemon, sid, rows=40, cols=160)
+        small = Terminal(daemon, sid, rows=40, cols=160, TACHI_DIRECT=direct)
+        daemon.run("send", sid, "echo both-$((2*3))\n", check=True)
+        small.child.expect("both-6")
+        time.sleep(0.5)  # the output is handed to the daemon once it is quiet
+        small.child.setwinsize(*SMALL)
+        small.vt = avt.Vt(cols=SMALL[1], rows=SMALL[0])
+        small.child.expect(r"\[cropped 50x15 of 160x40\]")
+        until(lambda: (small.pump(), "[cropped" not in "".join(small.rows()))[1], timeout=10)
+        assert daemon.client().call("session.get", session=sid)["pty"]["rows"] == 40
+        assert _shows_crop(daemon, sid, small, (40, 160)) is not None, small.rows()
+        daemon.run("send", sid, r"printf '\\033[30;150HF%sR' $((1+1)); read x" + "\n", check=True)
+        until(lambda: "F2R" in daemon.run("capture", sid).stdout, timeout=15)
+        # The cursor, after F2R, is on row 29, column 152 (from 0): the crop's
+        # bottom-right corner.
+        assert _shows_crop(daemon, sid, small, (40, 160)) == (29 - SMALL[0] + 1, 152 - SMALL[1] + 1)
+        for term in (small, big):
+            term.detach()
+    finally:
+        daemon.stop()
 
 
 def test_a_bigger_terminal_still_shows_the_session_as_written(tachi_daemon):
