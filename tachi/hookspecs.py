@@ -39,6 +39,11 @@ def tachi_register_transports(register: Callable[[Any], None], config: Any) -> N
     ``daemon.authenticate(peer)`` itself and passes ``principal=`` instead.
     ``config`` is the loaded ``tachi.config.Config``; a transport not enabled
     there should not register.
+
+    Called at daemon start, and again while the daemon runs (``tachi daemon
+    listen``, ``tachi daemon reload``) with a config holding only the
+    ``[transports.NAME]`` table of the listener to build: register should only
+    read settings and build objects.
     """
 
 
