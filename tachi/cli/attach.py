@@ -7,8 +7,9 @@ SIGTERM, SIGHUP, an exception). After the prefix key (default ``C-\\``):
 
 This module is the loop and the reconnect; what the keys mean is
 :mod:`tachi.cli.attach_keys`, what attach draws itself is
-:mod:`tachi.cli.attach_paint`, and handing the terminal to the daemon and back
-is :mod:`tachi.cli.attach_handover`.
+:mod:`tachi.cli.attach_paint`, the crop of a session larger than the terminal
+is :mod:`tachi.cli.attach_crop`, and handing the terminal to the daemon and
+back is :mod:`tachi.cli.attach_handover`.
 """
 
 from __future__ import annotations
