@@ -124,8 +124,16 @@ def test_handoff_demotes_the_old_owner_live(tachi_daemon, users):
     with tachi_daemon.client() as client:
         conn = client.attach(sid)
         tachi_daemon.run("handoff", sid, "--to", "tachi-alice", "--keep", "observer", check=True)
-        # Still connected, now read-only.
-        assert read_until(conn, lambda e: "you are now observer" in str(e.get("message")))
+        # Still connected, now read-only; the notice says so in the fields the
+        # client obeys (tachi attach stops sending keys and resizes).
+        assert read_until(
+            conn,
+            lambda e: (
+                "you are now observer (read-only)" in str(e.get("message"))
+                and e.get("role") == "observer"
+                and e.get("readOnly") is True
+            ),
+        )
         conn.write(b"echo OLD-OWNER-TYPED\r")
         assert not conn.done
 

@@ -281,25 +281,7 @@ class SharingService:
         if _RANK.get(role, 0) >= _RANK.get(client.role, 0):
             return "kept"
         was = client.role
-        client.role = role
-        if role == "observer" and not client.read_only:
-            client.read_only = True
-            # The daemon stops reading the client's terminal: its keys go back
-            # to the client, which now types into nothing.
-            connection = client.connection
-            if connection is not None and getattr(connection, "attached", None) is client:
-                connection.stop_terminal_input()
-                connection.send({"event": "terminal", "input": False, "keys": ""})
-        suffix = " (read-only)" if client.read_only else ""
-        client.send_event(
-            {
-                "event": "notice",
-                "level": "info",
-                "message": f"tachi: {message}; you are now {role}{suffix}",
-                "role": role,
-                "readOnly": client.read_only,
-            }
-        )
+        self._demote(client, role, message)
         with contextlib.suppress(TachiError):
             self.daemon.audit_by(
                 by or self.daemon.system_principal,
@@ -418,6 +400,30 @@ class SharingService:
             owner.principal = principal
 
     # -- handoff --------------------------------------------------------------------
+    @staticmethod
+    def _demote(client: AttachedClient, role: str, message: str) -> None:
+        """Give a live client the weaker ``role`` and tell it (the notice carries
+        ``role`` and ``readOnly``, which the client obeys)."""
+        client.role = role
+        if role == "observer" and not client.read_only:
+            client.read_only = True
+            # The daemon stops reading the client's terminal: its keys go back
+            # to the client, which now types into nothing.
+            connection = client.connection
+            if connection is not None and getattr(connection, "attached", None) is client:
+                connection.stop_terminal_input()
+                connection.send({"event": "terminal", "input": False, "keys": ""})
+        suffix = " (read-only)" if client.read_only else ""
+        client.send_event(
+            {
+                "event": "notice",
+                "level": "info",
+                "message": f"tachi: {message}; you are now {role}{suffix}",
+                "role": role,
+                "readOnly": client.read_only,
+            }
+        )
+
     def handoff(
         self, session: SessionRuntime, user: str, uid: int, keep: str, by: Principal
     ) -> None:
@@ -435,24 +441,17 @@ class SharingService:
                     client.end("handoff", f"session {session.id} was handed to {user}")
                     session.detach(client)
                     continue
-                client.role = keep
-                if keep == "observer":
-                    client.read_only = True
-                client.send_event(
-                    {
-                        "event": "notice",
-                        "level": "info",
-                        "message": f"tachi: session handed to {user}; you are now {keep}",
-                    }
-                )
+                self._demote(client, keep, f"session handed to {user}")
             elif p.grant_id is None and p.uid == uid:
+                # Never made writable: a client attached with --read-only stays so.
                 client.role = "owner"
-                client.read_only = False
                 client.send_event(
                     {
                         "event": "notice",
                         "level": "info",
                         "message": f"tachi: you now own session {session.id}",
+                        "role": "owner",
+                        "readOnly": client.read_only,
                     }
                 )
         session.apply_size_policy()
