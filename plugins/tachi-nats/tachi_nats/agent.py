@@ -58,6 +58,9 @@ class FleetAgent:
         self.outbox_path = state_dir / "fleet" / "outbox.json"
         self.public_key = public_key
         self.version = version
+        #: The NATS transport's long-term key (``tachi_nats.transport``), whose
+        #: fingerprint the registry publishes so a client (the gateway) can pin it.
+        self.transport_key_path = state_dir / "fleet" / "transport.key"
         self._lock = threading.Lock()
         #: The latest JSON of every live session, for a full re-publish after a reconnect.
         self._known: dict[str, bytes] = {}
@@ -70,6 +73,10 @@ class FleetAgent:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self.connected = False
+        #: The JetStream context while connected (the fleet mirror reads through it).
+        self.js: Any = None
+        #: Called on the agent's loop after a reconnect (what was pushed meanwhile is lost).
+        self.on_reconnect: list[Any] = []
         self.shipped_seq = 0
         self.audit_halted: str | None = None
         self._started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -233,6 +240,8 @@ class FleetAgent:
         assert self._wake_registry is not None and self._wake_audit is not None
         self._wake_registry.set()
         self._wake_audit.set()
+        for callback in list(self.on_reconnect):
+            callback()
 
     async def _serve(self, nc: Any) -> None:
         """Keep the registry and the audit stream current over ``nc`` until stopping."""
@@ -253,6 +262,7 @@ class FleetAgent:
             return
         self.connected = True
         self._resync = True
+        self.js = js
         tasks = [
             asyncio.create_task(self._registry(js, sessions, hosts)),
             asyncio.create_task(self._heartbeat(js)),
@@ -262,6 +272,7 @@ class FleetAgent:
         try:
             await self._stopping.wait()
         finally:
+            self.js = None
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -306,8 +317,44 @@ class FleetAgent:
             "pid": os.getpid(),
             "startedAt": self._started,
         }
+        fingerprint = await self._transport_fingerprint()
+        if fingerprint:
+            info["transportKey"] = fingerprint
         await hosts.put(f"info.{self.host}", nats_io.dumps(info))
         await self._beat(js)
+
+    async def _transport_fingerprint(self) -> str | None:
+        """``SHA256:…`` of the transport key this daemon answers connects with, or
+        ``None`` when it serves no NATS transport (``serve = false``). The
+        transport makes the key at its start, on the daemon's loop; this thread
+        only reads it (making it here too could race the transport's O_EXCL
+        create), waiting up to 5 s for it to appear."""
+        from tachi_nats.transport import key_fingerprint, options_of
+
+        if not options_of(self.settings)[0]:
+            return None
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        for _ in range(50):
+            try:
+                raw = self.transport_key_path.read_bytes()
+            except FileNotFoundError:
+                await asyncio.sleep(0.1)
+                continue
+            except OSError as e:
+                log.warning("fleet: cannot read the transport key: %s", e)
+                return None
+            try:
+                public = X25519PrivateKey.from_private_bytes(raw).public_key()
+            except ValueError:
+                await asyncio.sleep(0.1)  # being written at this very moment
+                continue
+            return key_fingerprint(
+                public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            )
+        log.warning("fleet: no transport key at %s to publish", self.transport_key_path)
+        return None
 
     async def _resync_sessions(self, sessions: Any) -> None:
         """After (re)connecting: publish every live session and remove this host's

@@ -16,6 +16,18 @@ Who sees what:
   daemon checks the hello (its token, its roles, its audit);
 - frames are encrypted between the gateway and the daemon (NATS sees
   ciphertext); the gateway, like any client, sees the terminal in the clear.
+  The daemon's transport key is pinned to the fingerprint its host publishes
+  in the registry (``transportKey`` of ``info.HOST``, writable by that host's
+  NATS user only): a daemon, or anything in the middle, answering with
+  another key is refused;
+- with the key, the page also lists the recordings of the object store (of
+  hosts that are gone too) and plays one, checked against the SHA-256 of its
+  host's ``record.stop`` audit record as ``tachi fleet record export`` checks
+  it; and it reads the audit stream (``tachi fleet audit``), filtered by host,
+  session and user, newest first, PAGE records at a time.
+
+Everything peers put in the registry, the audit stream or a recording is data:
+the page writes it with ``textContent`` only, never as HTML.
 """
 
 from __future__ import annotations
@@ -36,6 +48,15 @@ log = logging.getLogger("tachi.gateway")
 #: How often the list is pushed even without a registry change (a heartbeat
 #: that expires changes nothing the watchers see).
 REFRESH_SECONDS = 2.0
+#: Audit records per page of the console (the newest first; "older" pages on).
+PAGE = 500
+#: The largest recording the page plays (it is sent to the browser whole).
+PLAY_LIMIT = 64 << 20
+#: How long a read of the whole audit stream is reused (the recordings list
+#: and the audit view both read it; a page asks for both at once).
+AUDIT_CACHE_SECONDS = 2.0
+#: The longest filter value the audit view takes.
+FILTER_LIMIT = 256
 
 
 def _static(name: str) -> bytes | None:
@@ -63,6 +84,9 @@ class Gateway:
         self._version = 0
         self._server: Any = None
         self.ssl: ssl.SSLContext | None = None
+        self.js: Any = None
+        self._audit_cache: tuple[float, list[dict[str, Any]]] | None = None
+        self._audit_lock = asyncio.Lock()
 
     # -- running -------------------------------------------------------------------
     async def run(self, ready: Any = None) -> None:
@@ -77,7 +101,8 @@ class Gateway:
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
         )
-        js = nc.jetstream(timeout=5)
+        js = nc.jetstream(timeout=10)
+        self.js = js
         watcher = asyncio.create_task(self._watch(js))
         try:
             async with serve(
@@ -181,7 +206,10 @@ class Gateway:
 
     async def _fleet(self, ws: Any) -> None:
         """The live list: the first message must be ``{"key": …}``; then one JSON
-        document ``{"hosts": […], "sessions": […]}`` per change."""
+        document ``{"hosts": […], "sessions": […]}`` per change. Meanwhile the
+        page may ask (``{"id": N, "op": …}``, answered by ``{"reply": N, "ok":
+        …}``): ``recordings``, ``play`` (``name`` = ``HOST/ID``) and ``audit``
+        (``host``, ``session``, ``user``, ``before``)."""
         try:
             hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
             given = str(hello.get("key", "")) if isinstance(hello, dict) else ""
@@ -191,14 +219,188 @@ class Gateway:
             await ws.send(json.dumps({"error": "wrong gateway key"}))
             await ws.close(1008, "wrong gateway key")
             return
-        sent = -1
-        while True:
-            changed = self._changed
-            if sent != self._version:
-                sent = self._version
-                hosts = sorted(self.hosts.values(), key=lambda h: h["host"])
-                await ws.send(json.dumps({"hosts": hosts, "sessions": self.sessions}))
-            await changed.wait()
+        from websockets.exceptions import ConnectionClosed
+
+        async def push() -> None:
+            sent = -1
+            while True:
+                changed = self._changed
+                if sent != self._version:
+                    sent = self._version
+                    hosts = sorted(self.hosts.values(), key=lambda h: h["host"])
+                    await ws.send(json.dumps({"hosts": hosts, "sessions": self.sessions}))
+                await changed.wait()
+
+        pusher = asyncio.create_task(push())
+        try:
+            async for message in ws:
+                reply = await self._answer(message)
+                if reply is not None:
+                    await ws.send(json.dumps(reply))
+        except ConnectionClosed:
+            pass
+        finally:
+            pusher.cancel()
+            with contextlib.suppress(BaseException):
+                await pusher
+
+    async def _answer(self, message: Any) -> dict[str, Any] | None:
+        """The reply to one request of the page; a bad request gets an error
+        reply, never an exception (the list goes on)."""
+        try:
+            request = json.loads(message)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(request, dict):
+            return None
+        rid = request.get("id")
+        op = request.get("op")
+        try:
+            if op == "recordings":
+                result: Any = await self.recordings()
+            elif op == "play":
+                result = await self.play(str(request.get("name", "")))
+            elif op == "audit":
+                result = await self.audit(
+                    host=_filter(request.get("host")),
+                    session=_filter(request.get("session")),
+                    user=_filter(request.get("user")),
+                    before=request.get("before"),
+                )
+            else:
+                raise ValueError(f"unknown request {str(op)[:40]!r}")
+        except (ValueError, LookupError) as exc:
+            return {"reply": rid, "ok": False, "error": str(exc)}
+        except Exception as exc:
+            log.debug("gateway: %s failed: %r", op, exc)
+            return {"reply": rid, "ok": False, "error": f"{op} failed: {exc or type(exc).__name__}"}
+        return {"reply": rid, "ok": True, "result": result}
+
+    # -- recordings and audit (the page's requests) ---------------------------------
+    async def audit_records(self) -> list[dict[str, Any]]:
+        """Every host's audit records from the stream, oldest first (as
+        ``tachi fleet audit --json``), read at most every AUDIT_CACHE_SECONDS."""
+        from tachi_nats import cli as fleet_cli
+
+        async with self._audit_lock:
+            now = asyncio.get_running_loop().time()
+            if self._audit_cache is None or now - self._audit_cache[0] > AUDIT_CACHE_SECONDS:
+                records = await fleet_cli._audit_records(self.js, self.settings, None)
+                self._audit_cache = (asyncio.get_running_loop().time(), records)
+            return self._audit_cache[1]
+
+    async def recordings(self) -> list[dict[str, Any]]:
+        """The object store's recordings (``tachi fleet record ls --json``), each
+        with ``started`` and ``duration`` (seconds) from its host's audited
+        ``record.start``/``record.stop`` where the stream has them; newest first."""
+        from tachi.gotime import parse_rfc3339
+        from tachi_nats.recordings import list_recordings
+
+        recs = await list_recordings(self.js, self.settings)
+        times: dict[tuple[str, str], dict[str, str]] = {}
+        for r in await self.audit_records():
+            details = r.get("details")
+            if not isinstance(details, dict) or r.get("action") not in (
+                "record.start",
+                "record.stop",
+            ):
+                continue
+            key = (str(r.get("host")), str(details.get("recording")))
+            times.setdefault(key, {}).setdefault(str(r["action"]), str(r.get("time")))
+        for rec in recs:
+            seen = times.get((rec["host"], rec["id"]), {})
+            rec["started"] = seen.get("record.start")
+            rec["duration"] = None
+            with contextlib.suppress(ValueError, TypeError):
+                stopped = rec["stopped"] or seen.get("record.stop")
+                start_ns, stop_ns = parse_rfc3339(rec["started"]), parse_rfc3339(stopped)
+                rec["duration"] = max(0, stop_ns - start_ns) / 1e9
+        recs.sort(key=lambda r: str(r.get("started") or r.get("stopped") or ""), reverse=True)
+        return recs
+
+    async def play(self, name: str) -> dict[str, Any]:
+        """Recording ``name`` (``HOST/ID``) as text for the page's player, once it
+        hashes to the SHA-256 of its host's ``record.stop`` audit record.
+        ``LookupError`` (the page shows the message) when it is missing, too big
+        or fails that check: a replaced object is never played."""
+        import io
+
+        from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+
+        from tachi_nats.recordings import NotInFleet, fetch
+
+        if len(name) > FILTER_LIMIT or name.count("/") != 1:
+            raise LookupError(f"{name[:80]!r}: give HOST/RECORDING_ID")
+        try:
+            obs = await self.js.object_store(self.settings.recordings_bucket)
+            info = await obs.get_info(name)
+        except (BucketNotFoundError, ObjectNotFoundError):
+            raise LookupError(f"no recording {name} in the fleet's object store") from None
+        if (info.size or 0) > PLAY_LIMIT:
+            raise LookupError(
+                f"{name} is {info.size} bytes, more than the console plays"
+                f" ({PLAY_LIMIT >> 20} MiB): use 'tachi fleet record export'"
+            )
+        out = io.BytesIO()
+        try:
+            size = await fetch(self.js, self.settings, name, out)
+        except NotInFleet as exc:
+            log.warning("gateway: refused to play %s: %s", name, exc)
+            raise LookupError(f"not played: {exc}") from None
+        return {"name": name, "size": size, "cast": out.getvalue().decode("utf-8", "replace")}
+
+    async def audit(
+        self,
+        *,
+        host: str | None = None,
+        session: str | None = None,
+        user: str | None = None,
+        before: Any = None,
+    ) -> dict[str, Any]:
+        """The newest PAGE records matching every filter given (``session``: an
+        id, or a name a ``session.create`` record gave; ``user``: the
+        principal), older than the ``before`` cursor (``[time, host, seq]`` of
+        the last record of the previous page) if given. ``matched`` counts all
+        that match; ``more`` says older pages exist."""
+        cursor: tuple[str, str, int] | None = None
+        if before is not None:
+            if not (
+                isinstance(before, list)
+                and len(before) == 3
+                and isinstance(before[0], str)
+                and isinstance(before[1], str)
+                and isinstance(before[2], int)
+            ):
+                raise ValueError("before: [time, host, seq] of the last record shown")
+            cursor = (before[0], before[1], before[2])
+        records = await self.audit_records()
+        ids: set[str] = set()
+        if session is not None:
+            ids.add(session)
+            for r in records:
+                details = r.get("details")
+                if (
+                    r.get("action") == "session.create"
+                    and isinstance(details, dict)
+                    and details.get("name") == session
+                    and r.get("session")
+                ):
+                    ids.add(str(r["session"]))
+        matching = [
+            r
+            for r in records
+            if (host is None or r.get("host") == host)
+            and (session is None or r.get("session") in ids)
+            and (user is None or _principal_matches(r.get("principal"), user))
+        ]
+        older = [r for r in matching if cursor is None or _key(r) < cursor]
+        page = older[::-1][:PAGE]
+        return {
+            "records": page,
+            "matched": len(matching),
+            "more": len(older) > len(page),
+            "limit": PAGE,
+        }
 
     def host_of(self, session_id: str) -> str | None:
         """The host whose registry entry has ``session_id`` (by id or name), if
@@ -209,6 +411,38 @@ class Gateway:
             if session_id in (d.get("id"), d.get("name")) and d.get("host")
         }
         return hosts.pop() if len(hosts) == 1 else None
+
+    def pinned_key(self, host: str) -> str:
+        """The transport key fingerprint ``host`` publishes in the registry, which
+        its daemon must present. Raises ``PermissionDenied`` when it publishes
+        none (a tachi from before keys were published): the gateway does not
+        fall back to trusting whatever key answers."""
+        from tachi.errors import PermissionDenied
+
+        fingerprint = (self.hosts.get(host) or {}).get("transportKey")
+        if not isinstance(fingerprint, str) or not fingerprint.startswith("SHA256:"):
+            raise PermissionDenied(
+                f"{host} publishes no transport key in the registry (a tachi older than"
+                " the gateway?), so the gateway cannot check whom it reaches"
+            )
+        return fingerprint
+
+    def open_host(self, host: str) -> socket.socket:
+        """A virtual connection to ``host``'s daemon through NATS with its
+        transport key pinned (``pinned_key``); blocking. Raises ``PermissionDenied``
+        when the daemon presents another key, ``DaemonUnavailable`` when it
+        cannot be reached."""
+        from tachi.errors import PermissionDenied
+        from tachi_nats.relay_client import fleet_url, open_connection
+
+        fingerprint = self.pinned_key(host)
+        try:
+            return open_connection(fleet_url(self.settings, host), {"fingerprint": fingerprint})
+        except PermissionDenied as exc:
+            log.warning("gateway: %s refused: %s", host, exc)
+            raise PermissionDenied(
+                f"{host}: {exc.message} (the registry publishes {fingerprint} for it)"
+            ) from None
 
     async def _terminal(self, ws: Any) -> None:
         """Frames to the host of the session the first request names. The
@@ -248,13 +482,14 @@ class Gateway:
             message = "no host of the fleet has this session (or more than one)"
             await fail({"code": "not_found", "message": message}, message)
             return
-        from tachi_nats.relay_client import fleet_url, open_connection
+        from tachi.errors import TachiError
 
         loop = asyncio.get_running_loop()
         try:
-            sock = await loop.run_in_executor(
-                None, open_connection, fleet_url(self.settings, host), {}
-            )
+            sock = await loop.run_in_executor(None, self.open_host, host)
+        except TachiError as exc:
+            await fail(exc.to_json(), exc.message)
+            return
         except Exception as exc:
             await fail({"code": "unavailable", "message": f"cannot reach {host}: {exc}"}, "")
             return
@@ -297,6 +532,29 @@ class Gateway:
             log.debug("gateway: terminal connection to %s ended: %s", host, exc)
         finally:
             sock.close()
+
+
+def _filter(value: Any) -> str | None:
+    """A filter of the audit view: ``None`` (none) or a non-empty string."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > FILTER_LIMIT:
+        raise ValueError(f"a filter is a string of at most {FILTER_LIMIT} characters")
+    return value
+
+
+def _key(record: dict[str, Any]) -> tuple[str, str, int]:
+    """A record's place in the stream's order (as ``tachi fleet audit`` sorts)."""
+    seq = record.get("seq")
+    return (str(record.get("time")), str(record.get("host")), seq if isinstance(seq, int) else 0)
+
+
+def _principal_matches(principal: Any, user: str) -> bool:
+    """``user`` names the principal whole, or its name before a ``@`` or after
+    a ``KIND:`` prefix (``alice`` finds ``alice`` and ``user:alice``)."""
+    if not isinstance(principal, str):
+        return False
+    return user in (principal, principal.split("@", 1)[0], principal.split(":", 1)[-1])
 
 
 def _control_of(message: Any) -> dict[str, Any] | None:
