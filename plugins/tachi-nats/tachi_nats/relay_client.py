@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tachi import protocol
+from tachi.client.endpoint import IDENTITY_OPTIONS
 from tachi.errors import DaemonUnavailable, InvalidRequest, TachiError, error_from_json
 from tachi_nats.settings import NAME, FleetSettings
 from tachi_nats.transport import (
@@ -39,11 +40,13 @@ from tachi_nats.transport import (
     DATA,
     MAX_MESSAGE,
     PING,
+    PROOF,
     VERSION,
     Broken,
     Channel,
     client_handshake,
     client_keys,
+    open_reply_proof,
     subjects,
 )
 
@@ -101,8 +104,9 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
     unreachable), ``PermissionDenied`` (refused) or ``InvalidRequest`` (bad URL)."""
     settings, host = target(url)
     timeout = min(float(options.get("timeout", 30)), 10.0)
+    identity = _identity_options(options)
     ours, theirs = socket.socketpair()
-    bridge = _Bridge(settings, host, url, theirs, timeout, options.get("fingerprint"))
+    bridge = _Bridge(settings, host, url, theirs, timeout, options.get("fingerprint"), identity)
     threading.Thread(target=bridge.run, name="tachi-nats-bridge", daemon=True).start()
     if not bridge.ready.wait(timeout + 2) or bridge.error is not None:
         ours.close()
@@ -110,6 +114,20 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
         raise bridge.error or DaemonUnavailable(f"cannot reach {url}: timed out")
     sock = _BridgedSocket(ours, bridge)
     return sock
+
+
+def _identity_options(options: dict[str, Any]) -> dict[str, str]:
+    """The SPIFFE options (``--svid-cert``/``--svid-key``: prove our SVID;
+    ``--server-id`` with ``--trust-bundle``: check the daemon's), checked for
+    what goes together. Raises ``InvalidRequest``."""
+    out = {k: str(options[k]) for k in IDENTITY_OPTIONS if options.get(k)}
+    if ("svid_cert" in out) != ("svid_key" in out):
+        raise InvalidRequest("--svid-cert and --svid-key go together")
+    if "server_id" in out and "trust_bundle" not in out:
+        raise InvalidRequest(
+            "--server-id needs --trust-bundle (the CAs that the daemon's SVID must chain to)"
+        )
+    return out
 
 
 class _BridgedSocket(socket.socket):
@@ -139,9 +157,12 @@ class _Bridge:
         local: socket.socket,
         timeout: float,
         pinned: str | None = None,
+        identity: dict[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.pinned = pinned
+        #: ``svid_cert``/``svid_key``/``trust_bundle``/``server_id``, when given.
+        self.identity = identity or {}
         self.keys: Any = None
         self.fingerprint: str | None = None
         self.host = host
@@ -218,7 +239,8 @@ class _Bridge:
         from nats.errors import TimeoutError as NatsTimeout
 
         connect, _, _ = subjects(self.settings.prefix, self.host)
-        ephemeral, request = client_handshake()
+        server_id = self.identity.get("server_id")
+        ephemeral, request = client_handshake(want_id=bool(server_id))
         try:
             msg = await nc.request(connect, json.dumps(request).encode(), timeout=self.timeout)
         except (NoRespondersError, NatsTimeout):
@@ -245,6 +267,17 @@ class _Bridge:
             return None
         try:
             self.keys, self.fingerprint = client_keys(ephemeral, reply, self.pinned)
+            if server_id:
+                # Before anything is sent (a token in the hello) and before the
+                # daemon's transport key is remembered as this host's.
+                from tachi_nats.identity import check_daemon
+
+                check_daemon(
+                    open_reply_proof(self.keys, reply),
+                    self.keys.binding,
+                    server_id,
+                    self.identity["trust_bundle"],
+                )
             if not self.pinned:
                 remember_key(
                     self.settings.servers[0], self.settings.prefix, self.host, self.fingerprint
@@ -296,14 +329,26 @@ class _Bridge:
                 channel.consumed = channel.received
                 if channel.should_ack():
                     await channel.send(ACK)
+            elif kind == PROOF:
+                if not verdict.done():
+                    verdict.set_result(body)
             elif kind == CLOSE:
                 self.reason = body.decode(errors="replace") or None
                 self._closed_by_daemon = True
                 ended.set()
 
         self._closed_by_daemon = False
+        verdict: asyncio.Future[bytes] = loop.create_future()
         sub = await nc.subscribe(down, cb=on_down, pending_bytes_limit=64 << 20)
         await nc.flush(self.timeout)
+        if self.identity.get("svid_cert") and not await self._prove(channel, verdict, ended):
+            with contextlib.suppress(Exception):
+                if not self._closed_by_daemon:  # it would wait for a hello until it gave up
+                    await channel.send(CLOSE, b"no SVID proof")
+                    await asyncio.wait_for(nc.flush(1), GOODBYE_SECONDS)
+                await sub.unsubscribe()
+            self.goodbye.set()
+            return
         self.ready.set()
 
         async def upstream() -> None:
@@ -355,6 +400,50 @@ class _Bridge:
             self.goodbye.set()  # the CLI's close() may return now
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _prove(
+        self, channel: Channel, verdict: asyncio.Future[bytes], ended: asyncio.Event
+    ) -> bool:
+        """Prove our SVID as the connection's first message and wait for the
+        daemon's verdict; ``False`` (with ``self.error``) when it refused it."""
+        from tachi_nats.identity import CLIENT, prove
+
+        assert self.keys is not None
+        try:
+            body = prove(
+                self.identity["svid_cert"], self.identity["svid_key"], CLIENT, self.keys.binding
+            )
+        except TachiError as exc:
+            self.error = exc
+            return False
+        await channel.send(PROOF, body)
+        ender = asyncio.ensure_future(ended.wait())
+        try:
+            await asyncio.wait(
+                [verdict, ender], timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ender.cancel()
+        if not verdict.done():
+            self.error = DaemonUnavailable(
+                f"{self.url}: no answer to our SVID proof"
+                + (f" ({self.reason})" if self.reason else "")
+            )
+            return False
+        try:
+            answer = json.loads(verdict.result())
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or answer.get("ok") is not True:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            self.error = (
+                error_from_json(error)
+                if isinstance(error, dict)
+                else DaemonUnavailable(f"{self.url}: not a tachi daemon's answer to our proof")
+            )
+            self._closed_by_daemon = True  # it ends the connection itself
+            return False
+        return True
 
 
 async def _ignore(exc: Exception) -> None:

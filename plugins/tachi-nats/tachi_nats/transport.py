@@ -73,6 +73,12 @@ ENVELOPE = struct.Struct(">BIQQ")
 #: What the key derivation binds (with both public keys and the connection id).
 KDF_LABEL = b"tachi-nats-e2e-v1"
 DATA, ACK, PING, CLOSE = 1, 2, 3, 4
+#: An SVID proof (client: its proof, before any DATA; daemon: the verdict).
+PROOF = 5
+#: The nonce that seals the daemon's SVID proof in the connect reply (messages
+#: of the connection count from 1, so it is never used twice with a key).
+REPLY_NONCE = 0
+REPLY_AAD = b"tachi-nats-svid-reply"
 #: Wire version of the virtual connection (the connect request and reply say it).
 VERSION = 1
 #: DATA bytes a side may send ahead of the other's acknowledgement, by default.
@@ -179,7 +185,7 @@ class Channel:
                 raise Broken(
                     f"sent {self.received - self.acked} bytes past a {self.window}-byte credit"
                 )
-        elif kind not in (ACK, PING, CLOSE):
+        elif kind not in (ACK, PING, CLOSE, PROOF):
             raise Broken(f"unknown message kind {kind}")
         return kind, body
 
@@ -206,11 +212,15 @@ class SessionKeys:
     the handshake (:func:`daemon_handshake`, :func:`client_keys`). Every body is
     sealed with its header as associated data, the message's ``seq`` as nonce."""
 
-    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
+    def __init__(self, send_key: bytes, receive_key: bytes, binding: bytes = b"") -> None:
         from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
         self._send = ChaCha20Poly1305(send_key)
         self._receive = ChaCha20Poly1305(receive_key)
+        #: What an SVID proof signs (``tachi_nats.identity``): the transcript's
+        #: hash and a value derived from the key exchange, the same on both ends
+        #: of this connection and on no other.
+        self.binding = binding
 
     def seal(self, seq: int, body: bytes, header: bytes) -> bytes:
         return self._send.encrypt(seq.to_bytes(12, "big"), body, header)
@@ -244,13 +254,18 @@ def key_fingerprint(public: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(public).digest()).decode().rstrip("=")
 
 
-def _derive(dh1: bytes, dh2: bytes, transcript: bytes) -> tuple[bytes, bytes, bytes]:
-    """(client-to-daemon key, daemon-to-client key, key confirmation)."""
+def _derive(dh1: bytes, dh2: bytes, transcript: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """(client-to-daemon key, daemon-to-client key, key confirmation, binding).
+    HKDF's first 96 bytes do not depend on the length asked for, so the keys and
+    confirmation are what they were before the binding was added."""
+    import hashlib
+
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-    okm = HKDF(algorithm=hashes.SHA256(), length=96, salt=None, info=transcript).derive(dh1 + dh2)
-    return okm[:32], okm[32:64], okm[64:]
+    okm = HKDF(algorithm=hashes.SHA256(), length=128, salt=None, info=transcript).derive(dh1 + dh2)
+    binding = hashlib.sha256(transcript).digest() + okm[96:]
+    return okm[:32], okm[32:64], okm[64:96], binding
 
 
 def daemon_handshake(
@@ -270,25 +285,50 @@ def daemon_handshake(
     ephemeral = X25519PrivateKey.generate()
     static_pub, eph_pub = _raw_public(static), _raw_public(ephemeral)
     transcript = KDF_LABEL + client_public + static_pub + eph_pub + conn_id.encode()
-    up, down, confirm = _derive(static.exchange(peer), ephemeral.exchange(peer), transcript)
+    up, down, confirm, binding = _derive(
+        static.exchange(peer), ephemeral.exchange(peer), transcript
+    )
     b64 = base64.b64encode
     reply = {
         "key": b64(static_pub).decode(),
         "eph": b64(eph_pub).decode(),
         "confirm": b64(confirm).decode(),
     }
-    return SessionKeys(down, up), reply
+    return SessionKeys(down, up, binding), reply
 
 
-def client_handshake() -> tuple[Any, dict[str, Any]]:
-    """A fresh ephemeral key and the connect request that carries it."""
+def client_handshake(want_id: bool = False) -> tuple[Any, dict[str, Any]]:
+    """A fresh ephemeral key and the connect request that carries it; with
+    ``want_id``, the request asks the daemon to prove its SPIFFE SVID."""
     import base64
 
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     ephemeral = X25519PrivateKey.generate()
-    request = {"version": VERSION, "key": base64.b64encode(_raw_public(ephemeral)).decode()}
+    request: dict[str, Any] = {
+        "version": VERSION,
+        "key": base64.b64encode(_raw_public(ephemeral)).decode(),
+    }
+    if want_id:
+        request["svid"] = True
     return ephemeral, request
+
+
+def open_reply_proof(keys: SessionKeys, reply: dict[str, Any]) -> bytes | None:
+    """The daemon's SVID proof sealed in the connect ``reply`` (``None``: there is
+    none). Raises ``PermissionDenied`` if it does not open with this
+    connection's key (not made by the daemon we exchanged keys with)."""
+    import base64
+
+    sealed = reply.get("svid")
+    if sealed is None:
+        return None
+    try:
+        return keys.open(REPLY_NONCE, base64.b64decode(str(sealed), validate=True), REPLY_AAD)
+    except (Broken, ValueError):
+        raise PermissionDenied(
+            "the daemon's SVID proof does not open with this connection's key"
+        ) from None
 
 
 def client_keys(
@@ -306,7 +346,7 @@ def client_keys(
         confirm = base64.b64decode(reply["confirm"], validate=True)
         client_pub = _raw_public(ephemeral)
         transcript = KDF_LABEL + client_pub + static_pub + eph_pub + str(reply["id"]).encode()
-        up, down, expected = _derive(
+        up, down, expected, binding = _derive(
             ephemeral.exchange(_x25519_public(static_pub)),
             ephemeral.exchange(_x25519_public(eph_pub)),
             transcript,
@@ -327,7 +367,7 @@ def client_keys(
             raise PermissionDenied(
                 f"the daemon presented transport key {fingerprint}, not the pinned {pinned}"
             )
-    return SessionKeys(up, down), fingerprint
+    return SessionKeys(up, down, binding), fingerprint
 
 
 def load_key(path: Any) -> Any:
@@ -433,9 +473,17 @@ class NatsWire:
 class VirtualConnection:
     """One client's connection through NATS, served by ``daemon.serve_connection``."""
 
-    def __init__(self, transport: NatsTransport, conn_id: str, keys: SessionKeys) -> None:
+    def __init__(
+        self, transport: NatsTransport, conn_id: str, keys: SessionKeys, peer: Peer
+    ) -> None:
         self.transport = transport
         self.id = conn_id
+        #: Who the daemon is told the client is: the relay's address; with a
+        #: proved SVID, its verified chain too (``Peer.tls_chain``).
+        self.peer = peer
+        #: ``serve_connection`` runs from the first DATA or an accepted PROOF on:
+        #: a proof must come first, so the hello is judged with it.
+        self.started = False
         _, self.up, self.down = subjects(transport.prefix, transport.host, conn_id)
         self.channel = Channel(self._publish, transport.window, keys)
         self.ended = False
@@ -469,6 +517,44 @@ class VirtualConnection:
             if not self.ended:
                 await self.channel.send(ACK)
 
+    def start(self, peer: Peer) -> None:
+        """Hand the connection to the daemon as ``peer``."""
+        daemon = self.transport.daemon
+        assert daemon is not None
+        self.started = True
+        self.peer = peer
+        self.task = asyncio.get_running_loop().create_task(
+            daemon.serve_connection(self.wire, self.inbox, peer=peer)
+        )
+        self.task.add_done_callback(lambda _t: self.transport._served(self))
+
+    def _proof(self, body: bytes) -> None:
+        """The client's SVID proof: accepted, the connection is served with its
+        verified chain (tachi-spiffe's ``tachi_authenticate`` makes the principal
+        at the hello); refused, audited and ended with the reason."""
+        from dataclasses import replace
+
+        transport = self.transport
+        assert transport.daemon is not None and self.channel.keys is not None
+        try:
+            spiffe_id, chain = transport.identity.verify(body, self.channel.keys.binding)
+        except PermissionDenied as exc:
+            transport.daemon.audit_refusal(self.peer, "auth", f"SVID through NATS: {exc.message}")
+            verdict = {"error": exc.to_json()}
+            transport.spawn(self._refuse(json.dumps(verdict).encode(), exc.message))
+            return
+        self.start(replace(self.peer, tls_chain=chain))
+        transport.spawn(self._say(PROOF, json.dumps({"ok": True, "id": spiffe_id}).encode()))
+
+    async def _say(self, kind: int, body: bytes) -> None:
+        with contextlib.suppress(Exception):
+            if not self.ended:
+                await self.channel.send(kind, body)
+
+    async def _refuse(self, verdict: bytes, reason: str) -> None:
+        await self._say(PROOF, verdict)
+        await self.end(reason)
+
     def receive(self, message: bytes) -> None:
         """A message from the client (on the daemon's loop, in order)."""
         if self.ended:
@@ -478,6 +564,15 @@ class VirtualConnection:
         except Broken as exc:
             self.transport.spawn(self.end(str(exc)))
             return
+        if kind == PROOF:
+            if self.started:
+                self.transport.spawn(self.end("an SVID proof after the hello"))
+                return
+            self.started = True  # nothing more until the verdict: DATA waits in the inbox
+            self._proof(body)
+            return
+        if kind == DATA and not self.started:
+            self.start(self.peer)
         if kind == DATA:
             if not self._paused:
                 self.channel.consumed = self.channel.received
@@ -527,6 +622,8 @@ class NatsTransport:
         self.relay: str | None = None
         self.key: Any = None
         self.fingerprint: str | None = None
+        #: What this daemon can do with SPIFFE SVIDs (set at start).
+        self.identity: Any = None
         self.connections: dict[str, VirtualConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -561,6 +658,11 @@ class NatsTransport:
         self.daemon = daemon
         self.key = load_key(daemon.config.state_dir / "fleet" / "transport.key")
         self.fingerprint = key_fingerprint(_raw_public(self.key))
+        from tachi_nats.identity import DaemonIdentity
+
+        self.identity = DaemonIdentity.of(daemon)
+        if self.identity.unavailable:
+            log.debug("nats transport: %s", self.identity.unavailable)
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -651,20 +753,31 @@ class NatsTransport:
             error = {"code": "invalid", "message": "the connect request carries no usable key"}
             await self.nc.publish(msg.reply, json.dumps({"error": error}).encode())
             return
-        conn = VirtualConnection(self, conn_id, keys)
-        self.connections[conn.id] = conn
-        conn.task = asyncio.get_running_loop().create_task(
-            self.daemon.serve_connection(conn.wire, conn.inbox, peer=peer)
-        )
-        conn.task.add_done_callback(lambda _t, c=conn: self._served(c))
         reply = {
             "version": VERSION,
-            "id": conn.id,
+            "id": conn_id,
             "window": self.window,
             "heartbeat": self.heartbeat,
             **proof,
         }
+        if request.get("svid") is True:
+            # The client checks our SVID (--server-id) before it sends a word.
+            # Without one the reply says nothing, and such a client refuses us.
+            svid = self._svid_proof(keys)
+            if svid is not None:
+                reply["svid"] = base64.b64encode(keys.seal(REPLY_NONCE, svid, REPLY_AAD)).decode()
+        conn = VirtualConnection(self, conn_id, keys, peer)
+        self.connections[conn.id] = conn
         await self.nc.publish(msg.reply, json.dumps(reply).encode())
+
+    def _svid_proof(self, keys: SessionKeys) -> bytes | None:
+        """Our SVID proof for the connection with ``keys`` (``None``: no SVID, or
+        it cannot be read, which is logged)."""
+        try:
+            return self.identity.prove(keys.binding)
+        except InvalidRequest as exc:
+            log.warning("nats transport: cannot prove our SVID: %s", exc.message)
+            return None
 
     def _served(self, conn: VirtualConnection) -> None:
         """The daemon is done with ``conn``: flush and close it (its wire's pump

@@ -50,6 +50,24 @@ def role_for(spiffe_id: str, s: settings_mod.Settings) -> str | None:
 
 @hookimpl
 def tachi_server_tls(transport: str, config: Any) -> Any:
+    server = _make_server(config)
+    return None if server is None else server.context
+
+
+def server_identity(config: Any) -> Any:
+    """The daemon's SPIFFE identity for a transport without TLS (the NATS relay):
+    the ``tls.ServerContext`` that a TLS listener uses (its ``settings`` name our
+    SVID's files, its ``bundles`` each trust domain's CAs, re-read when they
+    change), made now if no listener made it; ``None`` without
+    ``[identity.spiffe]``. It also makes ``tachi_authenticate`` accept the
+    chains such a transport puts in ``Peer.tls_chain`` once it verified them.
+    Call it on the daemon's event loop. Raises ``InvalidRequest`` for bad files."""
+    if _state.server is None:
+        _make_server(config)
+    return _state.server
+
+
+def _make_server(config: Any) -> Any:
     s = _settings(config)
     if s is None:
         return None
@@ -71,7 +89,7 @@ def tachi_server_tls(transport: str, config: Any) -> Any:
         )
     server = _state.server = ServerContext(s)
     server.watch()
-    return server.context
+    return server
 
 
 @hookimpl

@@ -11,6 +11,7 @@ at a CA of the peer's own trust domain: otherwise partner.org's CA could mint
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -93,15 +94,33 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def check_issuer(chain: Sequence[bytes], domain: str, bundles: Bundles) -> None:
+def _check_time(cert: x509.Certificate, at: datetime.datetime | None) -> None:
+    if at is not None and not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        raise PermissionDenied(
+            f"certificate {cert.subject.rfc4514_string()} is not valid now (valid"
+            f" {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to"
+            f" {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})"
+        )
+
+
+def check_issuer(
+    chain: Sequence[bytes], domain: str, bundles: Bundles, at: datetime.datetime | None = None
+) -> None:
     """Require that the peer's chain (DER, leaf first; the handshake verified
     it) leads to a CA in ``domain``'s own bundle, through the intermediates
-    the peer presented. Raises ``PermissionDenied`` saying whose CA signed it."""
+    the peer presented. Raises ``PermissionDenied`` saying whose CA signed it.
+
+    With ``at`` (where no TLS handshake checked the chain: a proof through a
+    relay), every certificate on the path, the anchor included, must also be
+    valid at that time."""
     certs = [x509.load_der_x509_certificate(der) for der in chain]
     anchors = bundles.get(domain, ())
     current = certs[0]
     for _ in range(len(certs)):  # bounded: each step moves one link up the chain
-        if any(_issued_by(current, ca) for ca in anchors):
+        _check_time(current, at)
+        anchor = next((ca for ca in anchors if _issued_by(current, ca)), None)
+        if anchor is not None:
+            _check_time(anchor, at)
             return
         parent = next(
             # Only a CA may be a link: a leaf of the right domain that "signed"
