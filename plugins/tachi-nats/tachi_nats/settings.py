@@ -27,9 +27,11 @@ from tachi.errors import InvalidRequest
 #: A host name or prefix must be one NATS subject token and a valid KV key/bucket part.
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Seconds between heartbeats, and how long the server keeps one: a host that stops
-#: publishing is gone after at most HEARTBEAT_TTL (+ the server's expiry tick).
-HEARTBEAT_EVERY = 3.0
-HEARTBEAT_TTL = 10
+#: publishing is gone after at most HEARTBEAT_TTL (+ the server's expiry tick). Four
+#: beats a TTL, so a host whose daemon is starved for a beat or two stays up; 8 s
+#: leaves the 15 s promise room for a loaded reader.
+HEARTBEAT_EVERY = 2.0
+HEARTBEAT_TTL = 8
 
 
 def default_host() -> str:
