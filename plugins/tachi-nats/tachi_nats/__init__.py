@@ -135,7 +135,7 @@ def tachi_register_transports(register: Any, config: Any) -> None:
     global _service
     from tachi_nats.settings import parse
 
-    settings = parse(config.raw.get("fleet"))
+    settings = parse(config.raw.get("fleet"), config.raw)
     if settings is None:
         _service = None
         return

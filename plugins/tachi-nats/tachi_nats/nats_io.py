@@ -17,6 +17,8 @@ async def connect(settings: FleetSettings, **policy: Any) -> Any:
 
     opts = settings.connect_options()
     public = opts.pop("_public_nkey", None)
+    if settings.tls_svid and "tls" in opts:
+        policy["disconnected_cb"] = _reloading(settings, opts["tls"], policy.get("disconnected_cb"))
     nc = Client()
     if public:
         # nats-py sets the public nkey only on its own path, which needs the `nkeys`
@@ -24,6 +26,38 @@ async def connect(settings: FleetSettings, **policy: Any) -> Any:
         nc._public_nkey = public
     await nc.connect(**opts, **policy)
     return nc
+
+
+def _reloading(settings: FleetSettings, context: Any, then: Any) -> Any:
+    """A ``disconnected_cb`` that loads the SVID files again into ``context`` when
+    they changed, before nats-py reconnects with it: SVIDs are short-lived (a SPIRE
+    agent rewrites them every few minutes), and NATS checks the client certificate
+    only at the handshake, so an established connection outlives its SVID and only
+    a reconnect needs the current one. A half-written pair keeps the previous one."""
+    import ssl
+
+    def stamp() -> tuple[int, ...]:
+        paths = (settings.tls_cert, settings.tls_key)
+        return tuple(p.stat().st_mtime_ns if p and p.exists() else 0 for p in paths)
+
+    loaded = [stamp()]
+
+    async def disconnected() -> None:
+        now = stamp()
+        if now != loaded[0]:
+            try:
+                context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+                loaded[0] = now
+            except (OSError, ssl.SSLError) as exc:
+                import logging
+
+                logging.getLogger("tachi.fleet").warning(
+                    "fleet: keeping the previous SVID for NATS: %s", exc
+                )
+        if then is not None:
+            await then()
+
+    return disconnected
 
 
 async def ensure_fleet(js: Any, settings: FleetSettings) -> tuple[Any, Any]:

@@ -56,6 +56,9 @@ class FleetSettings:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: ``tls_svid = true``: ``tls_cert``/``tls_key`` are the daemon's SPIFFE SVID
+    #: (``[identity.spiffe] svid_cert``/``svid_key``), re-read at each reconnect.
+    tls_svid: bool = False
     #: Keep a recording's local file once it is in the object store.
     keep_local_recordings: bool = True
     #: Replicas of the buckets, stream and object store when they are created
@@ -125,9 +128,13 @@ class FleetSettings:
         return ctx
 
 
-def parse(raw: dict[str, Any] | None) -> FleetSettings | None:
+def parse(
+    raw: dict[str, Any] | None, config_raw: dict[str, Any] | None = None
+) -> FleetSettings | None:
     """``FleetSettings`` from the ``[fleet]`` table, ``None`` when there is none (the
-    plugin is then idle). Raises ``InvalidRequest`` naming the key for a bad value."""
+    plugin is then idle). ``config_raw`` is the whole config.toml, which
+    ``tls_svid = true`` reads ``[identity.spiffe]`` from. Raises ``InvalidRequest``
+    naming the key for a bad value."""
     if not raw:
         return None
     if not isinstance(raw, dict):
@@ -157,6 +164,12 @@ def parse(raw: dict[str, Any] | None) -> FleetSettings | None:
     keep = raw.get("keep_local_recordings", True)
     if not isinstance(keep, bool):
         raise InvalidRequest("[fleet] keep_local_recordings: give true or false")
+    tls_cert, tls_key = path("tls_cert"), path("tls_key")
+    tls_svid = raw.get("tls_svid", False)
+    if not isinstance(tls_svid, bool):
+        raise InvalidRequest("[fleet] tls_svid: give true or false")
+    if tls_svid:
+        tls_cert, tls_key = _svid_files(raw, config_raw)
     replicas = raw.get("replicas", 1)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= 5:
         raise InvalidRequest("[fleet] replicas: give 1 to 5 (3 on a 3-node cluster)")
@@ -170,19 +183,41 @@ def parse(raw: dict[str, Any] | None) -> FleetSettings | None:
         password=None if raw.get("password") is None else str(raw["password"]),
         token=None if token is None else str(token),
         tls_ca=path("tls_ca"),
-        tls_cert=path("tls_cert"),
-        tls_key=path("tls_key"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_svid=tls_svid,
         keep_local_recordings=keep,
         replicas=replicas,
         raw=dict(raw),
     )
 
 
+def _svid_files(raw: dict[str, Any], config_raw: dict[str, Any] | None) -> tuple[Path, Path]:
+    """(certificate, key) of the SVID that ``tls_svid = true`` presents to NATS:
+    ``[identity.spiffe] svid_cert``/``svid_key``. Raises ``InvalidRequest``."""
+    if raw.get("tls_cert") or raw.get("tls_key"):
+        raise InvalidRequest("[fleet]: give tls_cert/tls_key or tls_svid = true, not both")
+    spiffe = ((config_raw or {}).get("identity") or {}).get("spiffe") or {}
+    cert, key = spiffe.get("svid_cert"), spiffe.get("svid_key")
+    if not cert or not key:
+        raise InvalidRequest(
+            "[fleet] tls_svid = true presents the SVID of [identity.spiffe] svid_cert and"
+            " svid_key, which are not set"
+            + (
+                " (an SVID from workload_api is not supported here)"
+                if spiffe.get("workload_api")
+                else ""
+            )
+        )
+    return Path(str(cert)).expanduser(), Path(str(key)).expanduser()
+
+
 def load() -> FleetSettings | None:
     """The ``[fleet]`` settings of this user's config.toml (``TACHI_HOME``), or ``None``."""
     from tachi import config as config_mod
 
-    return parse(config_mod.load().raw.get("fleet"))
+    raw = config_mod.load().raw
+    return parse(raw.get("fleet"), raw)
 
 
 # -- nkeys, with `cryptography` (no `nkeys`/`pynacl` dependency) -----------------------
