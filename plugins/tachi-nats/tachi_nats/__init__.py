@@ -54,6 +54,8 @@ class FleetService:
         self.settings = settings
         self._task: asyncio.Task[None] | None = None
         self._seen: dict[str, str] = {}
+        self._daemon: Any = None
+        self._mirror: Any = None
 
     async def start(self, daemon: Any) -> None:
         global _agent
@@ -70,6 +72,12 @@ class FleetService:
         agent.start()
         _agent = agent
         self._task = asyncio.get_running_loop().create_task(self._reconcile(daemon, agent))
+        from tachi_nats import mirror
+
+        # Idle until someone lists the fleet through this daemon (fleet.snapshot).
+        self._mirror = mirror.FleetMirror(agent, mirror.idle_after(self.settings))
+        mirror.install(daemon, self._mirror)
+        self._daemon = daemon
 
     def publish(self, agent: Any, session: Any) -> None:
         """Hand ``session``'s current state to the agent (on the daemon's loop)."""
@@ -100,6 +108,11 @@ class FleetService:
 
     async def stop(self) -> None:
         global _agent
+        if self._daemon is not None:
+            from tachi_nats import mirror
+
+            await mirror.uninstall(self._daemon, self._mirror)
+            self._daemon = None
         agent, _agent = _agent, None
         if self._task is not None:
             self._task.cancel()
@@ -140,12 +153,23 @@ def tachi_register_transports(register: Any, config: Any) -> None:
         _service = None
         return
     settings.connect_options()  # a bad key file stops the daemon at start, clearly
+    from tachi_nats.mirror import idle_after
+
+    idle_after(settings)  # likewise a bad [fleet] mirror_idle
     _service = FleetService(settings)
     register(_service)
     from tachi_nats.transport import NatsTransport, options_of
 
     if options_of(settings)[0]:  # [fleet] serve = false: reachable through NATS no more
         register(NatsTransport(settings))
+
+
+@tachi.hookimpl
+def tachi_register_actions(register: Any) -> None:
+    """``fleet.read``: list the fleet through this daemon (``fleet.snapshot``)."""
+    from tachi_nats.mirror import ACTION
+
+    register(ACTION)
 
 
 @tachi.hookimpl

@@ -1,7 +1,10 @@
-"""``tachi fleet …``: read the fleet's registry and audit stream straight from NATS.
+"""``tachi fleet …``: read the fleet's registry and audit stream from NATS.
 
 These need no daemon and no session: only the ``[fleet]`` settings (URL and
-credentials) of config.toml.
+credentials) of config.toml. ``fleet ls`` and ``fleet hosts`` ask the daemon's
+mirror of the registry first (``tachi_nats.mirror``: no nats-py to import, no
+10,000 messages to read) and read NATS themselves when no daemon with
+``[fleet]`` answers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import click
 
-from tachi_nats import nats_io
+from tachi_nats import nats_io, view
 from tachi_nats import settings as settings_mod
 
 
@@ -113,43 +116,124 @@ async def _entries(kv: Any) -> dict[str, bytes]:
     return out
 
 
-async def snapshot(js: Any, s: settings_mod.FleetSettings) -> tuple[dict[str, Any], list[dict]]:
-    """(hosts by name with ``status`` up/gone, sessions with ``host`` and, for a gone
-    host, ``state`` = ``unreachable``)."""
+async def read_registry(
+    js: Any, s: settings_mod.FleetSettings
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[view.SessionEntry]]:
+    """(``info`` by host, heartbeat by host (the hosts up), the session entries),
+    read from NATS."""
     from nats.js.errors import BucketNotFoundError
 
     try:
         hosts_kv = await js.key_value(s.hosts_bucket)
         sessions_kv = await js.key_value(s.sessions_bucket)
     except BucketNotFoundError:
-        return {}, []
+        return {}, {}, []
     host_entries = await _entries(hosts_kv)
     session_entries = await _entries(sessions_kv)
-    hosts: dict[str, dict[str, Any]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    alive: dict[str, dict[str, Any]] = {}
     for key, value in host_entries.items():
         kind, _, name = key.partition(".")
-        entry = hosts.setdefault(name, {"host": name, "status": "gone"})
-        doc = json.loads(value)
-        if kind == "info":
-            entry.update({k: v for k, v in doc.items() if k != "host"})
-        elif kind == "alive":
-            entry["status"] = "up"
-            entry["heartbeat"] = doc
-    sessions = []
-    for key, value in session_entries.items():
-        doc = json.loads(value)
-        host = doc.get("host") or key.split(".", 1)[0]
-        entry = hosts.setdefault(host, {"host": host, "status": "gone"})
-        if entry["status"] != "up":
-            doc["state"] = "unreachable"
-        sessions.append(doc)
-    from collections import Counter
+        doc = view.host_doc(value)
+        if doc is not None and kind in ("info", "alive"):
+            (info if kind == "info" else alive)[name] = doc
+    entries = [e for k, v in session_entries.items() if (e := view.session_entry(k, v))]
+    return info, alive, entries
 
-    per_host = Counter(d.get("host") for d in sessions)  # not hosts x sessions
-    for entry in hosts.values():
-        entry["sessions"] = per_host[entry["host"]]
-    sessions.sort(key=lambda d: (d.get("host", ""), d.get("createdAt", ""), d.get("id", "")))
+
+async def snapshot(js: Any, s: settings_mod.FleetSettings) -> tuple[dict[str, Any], list[dict]]:
+    """(hosts by name with ``status`` up/gone, sessions with ``host`` and, for a gone
+    host, ``state`` = ``unreachable``)."""
+    info, alive, entries = await read_registry(js, s)
+    hosts = {h["host"]: h for h in view.hosts(info, alive, entries)}
+    sessions = [json.loads(e.document(st)) for e, st in view.select(entries, set(alive), {})]
     return hosts, sessions
+
+
+class _Chunks:
+    """Gathers the ``fleet.chunk`` events of one ``fleet.snapshot`` request (what
+    ``Client._streamed`` asks of a stream: ``event``, ``result``, ``failed``)."""
+
+    def __init__(self) -> None:
+        import secrets
+
+        self.tag = secrets.token_hex(6)
+        self.parts: list[str] = []
+
+    def event(self, message: dict[str, Any]) -> bool:
+        if message.get("event") != "fleet.chunk" or message.get("stream") != self.tag:
+            return False
+        self.parts.append(str(message.get("data") or ""))
+        return True
+
+    def result(self, reply: dict[str, Any]) -> dict[str, Any]:
+        return reply
+
+    def failed(self, exc: BaseException) -> BaseException:
+        return exc
+
+
+def _daemon_client() -> Any:
+    """A client of the daemon the command talks to (``--host`` or the local one),
+    never starting one: no daemon, no mirror."""
+    from tachi.client.sync import Client
+
+    obj = click.get_current_context().find_root().obj
+    return Client(
+        getattr(obj, "socket", None),
+        url=getattr(obj, "host", None),
+        token=getattr(obj, "token", None),
+        autostart=False,
+        options=getattr(obj, "options", None),
+    )
+
+
+def _ask(
+    client: Any, kind: str, filters: dict[str, str | None], unless: str | None = None
+) -> tuple[dict[str, Any], bytes | None]:
+    """``fleet.snapshot`` on ``client``'s daemon: (reply, payload), no payload when
+    unchanged since ``unless``. Raises ``TachiError`` (no such operation: a daemon
+    without ``[fleet]``; refused; not connected to NATS)."""
+    import base64
+    import zlib
+
+    from tachi.errors import DaemonUnavailable
+
+    chunks = _Chunks()
+    args = {"view": kind, **filters, "unless": unless, "stream": chunks.tag}
+    reply = client._streamed("fleet.snapshot", args, chunks, 30, "fleet.snapshot")
+    if reply.get("unchanged"):
+        return reply, None
+    data = b"".join(base64.b64decode(p) for p in chunks.parts)
+    if reply.get("encoding") == "zlib":
+        data = zlib.decompress(data)
+    if len(chunks.parts) != reply.get("chunks") or len(data) != reply.get("bytes"):
+        raise DaemonUnavailable("the daemon's fleet listing arrived incomplete")
+    return reply, data
+
+
+def _through_daemon(kind: str, filters: dict[str, str | None]) -> bytes | None:
+    """The payload from the daemon's mirror, or ``None`` when no daemon with
+    ``[fleet]`` answers (the caller then reads NATS itself)."""
+    from tachi.errors import TachiError
+
+    try:
+        with _daemon_client() as client:
+            return _ask(client, kind, filters)[1]
+    except (TachiError, OSError):
+        return None
+
+
+def _print_hosts(hosts: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(hosts, indent=2))
+        return
+    from tachi.cli.output import table
+
+    if not hosts:
+        click.echo("no hosts in the fleet yet", err=True)
+        return
+    table(view.HOST_HEADERS, view.host_rows(hosts))
 
 
 def register(cli: Any) -> None:
@@ -161,41 +245,23 @@ def register(cli: Any) -> None:
 
     @fleet.command("hosts")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-    def hosts_cmd(as_json: bool) -> None:
+    @click.option("--direct", is_flag=True, help="Read NATS here, not through the daemon.")
+    def hosts_cmd(as_json: bool, direct: bool) -> None:
         """List the fleet's hosts: up (heartbeat seen) or gone."""
+        data = None if direct else _through_daemon("hosts", {})
+        if data is not None:
+            _print_hosts(json.loads(data), as_json)
+            return
         s = _settings()
 
-        async def main() -> dict[str, Any]:
+        async def main() -> list[dict[str, Any]]:
             nc = await _open(s)
             try:
-                hosts, _ = await snapshot(nc.jetstream(timeout=5), s)
-                return hosts
+                return view.hosts(*await read_registry(nc.jetstream(timeout=5), s))
             finally:
                 await nc.close()
 
-        hosts = _run(main())
-        if as_json:
-            click.echo(json.dumps(sorted(hosts.values(), key=lambda h: h["host"]), indent=2))
-            return
-        from tachi.cli.output import table
-
-        if not hosts:
-            click.echo("no hosts in the fleet yet", err=True)
-            return
-        rows = []
-        for h in sorted(hosts.values(), key=lambda h: h["host"]):
-            beat = h.get("heartbeat") or {}
-            rows.append(
-                [
-                    h["host"],
-                    h["status"],
-                    h["sessions"],
-                    beat.get("auditShipped", "-"),
-                    h.get("version") or "-",
-                    h.get("startedAt") or "-",
-                ]
-            )
-        table(["HOST", "STATUS", "SESSIONS", "AUDITED", "VERSION", "STARTED"], rows)
+        _print_hosts(_run(main()), as_json)
 
     @fleet.command("ls")
     @click.option("--host", help="Only sessions on this host.")
@@ -208,6 +274,7 @@ def register(cli: Any) -> None:
     @click.option("--user", help="Only sessions of this user.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.option("--watch", is_flag=True, help="Keep the list on screen, updated live.")
+    @click.option("--direct", is_flag=True, help="Read NATS here, not through the daemon.")
     def ls_cmd(
         host: str | None,
         state: str | None,
@@ -215,27 +282,33 @@ def register(cli: Any) -> None:
         user: str | None,
         as_json: bool,
         watch: bool,
+        direct: bool,
     ) -> None:
-        """List the live sessions of every host (the `tachi ls` columns plus HOST)."""
-        s = _settings()
+        """List the live sessions of every host (the `tachi ls` columns plus HOST).
 
-        def wanted(d: dict[str, Any]) -> bool:
-            return (
-                (host is None or d.get("host") == host)
-                and (state is None or d.get("state") == state)
-                and (agent is None or d.get("agentId") == agent)
-                and (user is None or d.get("userId") == user)
-            )
+        Through the daemon's mirror of the registry when a daemon with [fleet]
+        answers, else from NATS directly: the same output either way."""
+        filters = {"host": host, "state": state, "agent": agent, "user": user}
+        kind = "json" if as_json else "rows"
+        if not direct:
+            if watch:
+                if _watch_daemon(kind, filters):
+                    return
+            else:
+                data = _through_daemon(kind, filters)
+                if data is not None:
+                    _print_payload(kind, data)
+                    return
+        s = _settings()
 
         async def main() -> None:
             nc = await _open(s)
             js = nc.jetstream(timeout=5)
             try:
                 if not watch:
-                    _, sessions = await snapshot(js, s)
-                    _print_sessions([d for d in sessions if wanted(d)], as_json)
+                    _print_payload(kind, await _direct(js, s, kind, filters))
                     return
-                await _watch(js, s, wanted, as_json)
+                await _watch(js, s, kind, filters)
             finally:
                 await nc.close()
 
@@ -613,38 +686,72 @@ def _since(since: str | None) -> int | None:
             ) from None
 
 
-def _print_sessions(sessions: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(sessions, indent=2))
+async def _direct(
+    js: Any, s: settings_mod.FleetSettings, kind: str, filters: dict[str, str | None]
+) -> bytes:
+    """What the daemon's mirror would send for ``kind``, read from NATS here."""
+    _, alive, entries = await read_registry(js, s)
+    selected = view.select(entries, set(alive), filters)
+    return view.json_lines(selected) if kind == "json" else view.dumps(view.rows(selected))
+
+
+def _print_payload(kind: str, data: bytes) -> None:
+    """Print ``fleet ls``: the JSON array one session per line (indented at a
+    terminal, for a person), or the table."""
+    if kind == "json":
+        if sys.stdout.isatty():
+            click.echo(json.dumps(json.loads(data), indent=2))
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        return
+    rows = json.loads(data)
+    if not rows:
+        click.echo("no live sessions in the fleet", err=True)
         return
     from tachi.cli.output import ago, table
 
-    if not sessions:
-        click.echo("no live sessions in the fleet", err=True)
-        return
-    rows = []
-    for d in sessions:
-        pty = d.get("pty")
-        rows.append(
-            [
-                d.get("host"),
-                d.get("id"),
-                d.get("name") or "-",
-                d.get("state"),
-                d.get("userId"),
-                d.get("agentId"),
-                f"{pty['cols']}x{pty['rows']}" if pty else "",
-                len(d.get("windows") or ()) or "-",
-                ago(d.get("createdAt")),
-                " ".join(d.get("command") or ())[:40],
-            ]
-        )
-    table(
-        ["HOST", "ID", "NAME", "STATE", "USER", "AGENT", "SIZE", "WIN", "CREATED", "COMMAND"], rows
-    )
+    for row in rows:
+        row[8] = ago(row[8])
+    table(view.HEADERS, rows)
 
 
-async def _watch(js: Any, s: settings_mod.FleetSettings, wanted: Any, as_json: bool) -> None:
+def _redraw(kind: str, data: bytes) -> None:
+    if sys.stdout.isatty():
+        click.echo("\x1b[H\x1b[2J", nl=False)
+    _print_payload(kind, data)
+
+
+def _watch_daemon(kind: str, filters: dict[str, str | None]) -> bool:
+    """``fleet ls --watch`` through the daemon: asked every second, redrawn when
+    its mirror changed (or a host's status did). ``False`` when no daemon with
+    ``[fleet]`` answers at first (the caller then watches NATS itself)."""
+    import time
+
+    from tachi.errors import TachiError
+
+    try:
+        client = _daemon_client()
+        reply, data = _ask(client, kind, filters)
+    except (TachiError, OSError):
+        return False
+    try:
+        with client:
+            while True:
+                if data is not None:
+                    _redraw(kind, data)
+                time.sleep(1.0)
+                reply, data = _ask(client, kind, filters, reply.get("etag"))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (TachiError, OSError) as e:
+        raise click.ClickException(f"the daemon stopped answering: {e}") from None
+
+
+async def _watch(
+    js: Any, s: settings_mod.FleetSettings, kind: str, filters: dict[str, str | None]
+) -> None:
     """Redraw on every registry change, and at least every 2 s (a heartbeat that
     expires says nothing)."""
     sessions_kv = await js.key_value(s.sessions_bucket)
@@ -664,13 +771,10 @@ async def _watch(js: Any, s: settings_mod.FleetSettings, wanted: Any, as_json: b
     last = None
     try:
         while True:
-            _, sessions = await snapshot(js, s)
-            view = [d for d in sessions if wanted(d)]
-            if view != last:
-                if sys.stdout.isatty():
-                    click.echo("\x1b[H\x1b[2J", nl=False)
-                _print_sessions(view, as_json)
-                last = view
+            data = await _direct(js, s, kind, filters)
+            if data != last:
+                _redraw(kind, data)
+                last = data
             changed.clear()
             try:
                 await asyncio.wait_for(changed.wait(), 2.0)
