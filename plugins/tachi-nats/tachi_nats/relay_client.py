@@ -9,7 +9,10 @@ The URL: ``nats://[USER:PASSWORD@ | TOKEN@]SERVER[:PORT]/HOST[?prefix=P]``.
 Without credentials in the URL, those of the ``[fleet]`` table of this user's
 config.toml are used (``creds``, ``nkey_seed``, ``token``, TLS), as for
 ``tachi fleet …``. NATS credentials only reach the relay: the daemon still
-wants a token in the hello (``TACHI_TOKEN``), as over WebSocket.
+wants a token in the hello (``TACHI_TOKEN``), as over WebSocket, or a SPIFFE
+SVID (``--svid-cert``/``--svid-key``) proved by signing the connection's
+handshake; ``--server-id`` with ``--trust-bundle`` checks the daemon's SVID the
+same way before anything is sent (``tachi_nats.identity``).
 
 Frames are encrypted end to end (``tachi_nats.transport``: X25519 handshake,
 ChaCha20-Poly1305); ``--fingerprint SHA256:…`` (``TACHI_FINGERPRINT``) pins

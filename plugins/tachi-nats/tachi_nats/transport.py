@@ -37,7 +37,9 @@ seconds, and ends the connection when it has heard nothing for three times
 that.
 
 Identity is never taken from NATS: the daemon authenticates the peer at the
-protocol's hello (a share or daemon token) exactly as on WebSocket. The
+protocol's hello (a share or daemon token) exactly as on WebSocket, or by the
+SPIFFE SVID the client proved first by signing this connection's handshake
+(``tachi_nats.identity``; kind PROOF, before any DATA). The
 ``Peer``'s address is the relay's (the NATS server's IP as this daemon reaches
 it): the daemon-wide ``allow_ip``/``deny_ip`` rules, a grant's ``allowIps`` and
 the refusal throttle (issue 26 F5) see every NATS client as that one address,
