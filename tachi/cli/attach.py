@@ -26,7 +26,7 @@ import sys
 import termios
 import time
 import tty
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,11 @@ def attach(
 ) -> AttachOutcome:
     """Attach the controlling terminal to ``session`` until detach or the end."""
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    if isinstance(endpoint, Endpoint) and endpoint.remote:
+        # This loop reads its connection promptly, on one thread: a transport
+        # that can (tachi-websocket) then speaks its protocol here, on the
+        # loop's own select, instead of through a socketpair and a bridge thread.
+        endpoint = replace(endpoint, options={**endpoint.options, "inline": True})
     wire = WireConnection(endpoint, token=token, autostart=False)
     if not os.isatty(in_fd):
         wire.call("session.get", {"session": session})  # a missing session is the better error
@@ -344,6 +349,9 @@ class _Bridge(TerminalHandOver):
         # looked up once per connection, timers only looked at when set.
         state, in_fd, sock, wake = self.state, self.in_fd, self.wire.fileno(), self._wake_r
         with_terminal, without = [in_fd, sock, wake], [sock, wake]
+        # A remote transport spoken here (tachi-websocket's stream) may hold
+        # messages it read but did not hand out yet: select() cannot see them.
+        held = getattr(self.wire.sock, "pending", None) if self.reopen is not None else None
         while state.ended is None:
             if self.wire.pending:
                 self._drain_pending()
@@ -357,10 +365,13 @@ class _Bridge(TerminalHandOver):
             if any(timers):
                 due = min(t for t in timers if t)
                 timeout = max(0.0, due - time.monotonic())
+            waiting = held is not None and held()
             try:
-                ready = select.select(watched, [], [], timeout)[0]
+                ready = select.select(watched, [], [], 0 if waiting else timeout)[0]
             except InterruptedError:
                 ready = []
+            if waiting and sock not in ready:
+                ready.append(sock)
             if wake in ready:
                 os.read(wake, 64)
             if self._signals:

@@ -12,6 +12,10 @@ was ``websockets.sync`` with two bridge threads: the library's reader thread
 handed each message to a bridge thread, which wrote it to the socketpair, so
 every message the daemon sent woke two threads; and a command paid for
 starting three.)
+
+``tachi attach`` skips the bridge too: it asks for ``options["inline"]`` and
+gets a :class:`WebSocketStream`, the same protocol spoken on its own thread
+over the TLS socket its loop selects on.
 """
 
 from __future__ import annotations
@@ -98,14 +102,21 @@ def _handshake_error(url: str, exc: BaseException | None) -> Exception:
     return DaemonUnavailable(f"cannot reach {url}: {exc or 'the WebSocket handshake failed'}")
 
 
-def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
+def open_connection(url: str, options: dict[str, Any]) -> socket.socket | WebSocketStream:
     """A local socket carrying frames to and from the daemon at ``url``: from
     the connection keeper when it is enabled (``tachi_websocket.keeper``),
-    else connected here and bridged by a thread.
+    else connected here and bridged by a thread. With ``options["inline"]``
+    (a caller that reads promptly, on one thread: ``tachi attach``), a
+    :class:`WebSocketStream` instead: the socket calls of a frame stream,
+    spoken as WebSocket on the caller's thread.
 
     Raises ``DaemonUnavailable`` (can't reach) or ``PermissionDenied`` (TLS,
     fingerprint or the daemon refused us), each with one line.
     """
+    if options.get("inline"):
+        # The caller (``tachi attach``) reads the connection itself, promptly:
+        # it gets the WebSocket on its own thread, no socketpair, no bridge.
+        return WebSocketStream(*connect_websocket(url, options))
     if os.environ.get("TACHI_WS_KEEPER", "0") not in ("", "0", "off", "no"):
         from tachi_websocket import keeper
 
@@ -306,3 +317,253 @@ class _Bridge:
         for s in (self.local, self.sock):
             with contextlib.suppress(OSError):
                 s.close()
+
+
+class WebSocketStream:
+    """The daemon's WebSocket as a frame stream with the socket calls
+    ``tachi.client.wire.WireConnection`` makes (``sendall``, ``recv``,
+    ``recv_into``, ``settimeout``, ``fileno``, ``close``), spoken on the
+    caller's thread: a keystroke is one ``send_binary`` and one TLS write, an
+    echo one TLS read, with no socketpair, bridge thread or extra hand-off.
+
+    ``fileno()`` is the TLS socket's own descriptor, so a caller may
+    ``select()`` on it; that is sound because every read takes all that the
+    TLS layer holds (``SSLSocket.pending()``) and hands out every whole
+    message before it returns less than asked. Pings from the daemon are
+    answered as they are read, so the caller must read promptly whenever the
+    descriptor is readable (``tachi attach`` does; an idle ``Client`` would
+    not, which is why this is opt-in). A watchdog thread, off the data path,
+    pings a daemon silent for ``PING_INTERVAL`` and shuts the socket down
+    after ``PING_TIMEOUT`` of silence, so the caller sees the end and
+    reconnects, as it did with the bridge.
+    """
+
+    def __init__(self, sock: socket.socket, ws: ClientProtocol) -> None:
+        self._sock = sock
+        self._ws = ws
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        #: Every SSL and protocol call holds it: the watchdog may ping meanwhile.
+        self._lock = threading.Lock()
+        #: Whole messages received, not yet handed out; the first one from ``_offset``.
+        self._inbox: list[bytes] = []
+        self._offset = 0
+        self._fragments: list[bytes] = []
+        self._eof = False
+        self._timeout: float | None = None
+        self._heard = time.monotonic()
+        self._closed = threading.Event()
+        sock.setblocking(False)
+        # What came with the handshake's answer (the hello's reply, say).
+        self._take_events()
+        threading.Thread(target=self._watch, name="tachi-ws-watchdog", daemon=True).start()
+
+    # -- the socket calls ----------------------------------------------------
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pending(self) -> int:
+        """Bytes received and decoded but not handed out yet (``select()`` on
+        ``fileno()`` does not see them): as ``SSLSocket.pending()``."""
+        return sum(len(m) for m in self._inbox) - self._offset
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``, whole tachi frames, one binary message each.
+        Raises ``OSError`` once the connection is gone."""
+        data = bytes(data)
+        with self._lock:
+            if self._ws.state is not State.OPEN:
+                raise BrokenPipeError("the WebSocket connection is closed")
+            _channel, length = protocol.HEADER.unpack_from(data)
+            if len(data) == protocol.HEADER.size + length:
+                self._ws.send_binary(data)  # the usual case: exactly one frame
+            else:
+                decoder = protocol.FrameDecoder(max_payload=protocol.MAX_PAYLOAD * 4)
+                for frame in decoder.feed(data):
+                    self._ws.send_binary(protocol.encode(frame.channel, frame.payload))
+                if decoder.pending:
+                    raise ProtocolError("sendall takes whole frames")
+            self._flush()
+
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        buf = bytearray(size)
+        n = self.recv_into(buf, size, flags)
+        return bytes(buf[:n])
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Message bytes into ``buffer`` (0 at the end of the connection).
+        Raises ``BlockingIOError`` (``MSG_DONTWAIT``, or a zero timeout) or
+        ``TimeoutError`` (the timeout passed) when nothing has arrived."""
+        view = memoryview(buffer).cast("B")
+        nbytes = nbytes or len(view)
+        wait = not (flags & socket.MSG_DONTWAIT) and self._timeout != 0
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            with self._lock:
+                if not self._inbox and not self._eof:
+                    self._read()
+                if self._inbox:
+                    return self._take(view, nbytes)
+                if self._eof:
+                    return 0
+            if not wait:
+                raise BlockingIOError(11, "no message has arrived")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("timed out")
+            select.select([self._sock], [], [], left)
+
+    def close(self) -> None:
+        """Say goodbye (a close frame, if the socket takes it now) and close."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with self._lock:
+            with contextlib.suppress(OSError, ssl.SSLError):
+                if self._ws.state is State.OPEN:
+                    self._ws.send_close()
+                    self._flush(wait=False)
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+    # -- inside ------------------------------------------------------------------
+    def _take(self, view: memoryview, nbytes: int) -> int:
+        """Copy queued message bytes into ``view``, up to ``nbytes``."""
+        n = 0
+        inbox = self._inbox
+        while inbox and n < nbytes:
+            first = inbox[0]
+            chunk = min(len(first) - self._offset, nbytes - n)
+            view[n : n + chunk] = memoryview(first)[self._offset : self._offset + chunk]
+            n += chunk
+            self._offset += chunk
+            if self._offset == len(first):
+                inbox.pop(0)
+                self._offset = 0
+        return n
+
+    def _read(self) -> None:
+        """Everything the socket and the TLS layer hold now, through the protocol
+        (without blocking; the lock held)."""
+        sock, ws = self._sock, self._ws
+        got = 0
+        while True:
+            try:
+                data = sock.recv(CHUNK)
+            except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
+                break
+            except ssl.SSLWantWriteError:  # pragma: no cover - renegotiation only
+                break
+            except (OSError, ssl.SSLError):
+                data = b""
+            if not data:
+                got = got or 1
+                ws.receive_eof()
+                break
+            got += len(data)
+            ws.receive_data(data)
+            # Read on until the socket would block (a TLS read returns one
+            # record), but never leave bytes the TLS layer decrypted behind:
+            # the kernel no longer shows them to select().
+            if got >= CHUNK and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
+                break
+        if got:
+            self._heard = time.monotonic()
+            self._take_events()
+
+    def _take_events(self) -> None:
+        """Queue the daemon's messages, answer its pings; mark the end once it closed."""
+        ws = self._ws
+        for event in ws.events_received():
+            if not isinstance(event, Frame):  # pragma: no cover - the handshake's Response
+                continue
+            if event.opcode in (Opcode.BINARY, Opcode.CONT):
+                if event.fin and not self._fragments:
+                    self._inbox.append(event.data)
+                else:
+                    self._fragments.append(event.data)
+                    if event.fin:
+                        self._inbox.append(b"".join(self._fragments))
+                        self._fragments.clear()
+            elif event.opcode is Opcode.TEXT:
+                self._fragments.clear()  # not a frame of ours: skipped
+        with contextlib.suppress(OSError, ssl.SSLError):
+            self._flush()  # pongs, the closing handshake
+        if ws.state is not State.OPEN and not self._eof:
+            self._eof = True
+            close = ws.close_rcvd
+            if close is not None and close.code == 1008:
+                error = {"code": "permission_denied", "message": close.reason}
+                self._inbox.append(protocol.encode_control({"event": "error", "error": error}))
+            # Closed now, as the bridge did: a daemon on its way out waits for
+            # the end of the TCP connection (asyncio's TLS shutdown waits up to
+            # 30 s), and a reconnecting caller does not read this one again.
+            self._closed.set()
+            with contextlib.suppress(OSError):
+                self._sock.close()
+
+    def _flush(self, wait: bool = True) -> None:
+        """Write what the protocol has to send (the lock held), waiting while
+        the socket is full unless not ``wait``."""
+        for data in self._ws.data_to_send():
+            if not data:  # the protocol's "half-close now"
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(self._sock, socket.SHUT_WR)
+                continue
+            view = memoryview(data)
+            while view:
+                try:
+                    sent = self._sock.send(view)
+                except (ssl.SSLWantWriteError, BlockingIOError):
+                    if not wait or not select.select([], [self._sock], [], PING_TIMEOUT)[1]:
+                        raise TimeoutError("the daemon does not take what is sent") from None
+                    continue
+                except ssl.SSLWantReadError:  # pragma: no cover - renegotiation only
+                    select.select([self._sock], [], [], PING_TIMEOUT)
+                    continue
+                view = view[sent:]
+
+    def _watch(self) -> None:
+        """Ping a silent daemon; after ``PING_TIMEOUT`` of silence, shut the
+        socket down so that the reader sees the end (and reconnects)."""
+        pinged = False
+        while not self._closed.wait(PING_INTERVAL / 4):
+            silent = time.monotonic() - self._heard
+            try:
+                speaking = silent >= PING_INTERVAL and select.select([self._sock], [], [], 0)[0]
+            except (OSError, ValueError):  # closed meanwhile
+                return
+            if speaking:
+                # The daemon speaks; the reader is only busy (a terminal that
+                # does not take output): not a dead connection.
+                self._heard = time.monotonic()
+                continue
+            if silent < PING_INTERVAL:
+                pinged = False
+                continue
+            with self._lock:
+                if self._closed.is_set() or self._eof:
+                    return
+                try:
+                    if silent > PING_TIMEOUT:
+                        # The base class's: SSLSocket.shutdown would drop the
+                        # TLS object under the reader's feet.
+                        socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                        return
+                    if not pinged:
+                        self._ws.send_ping(b"")
+                        self._flush(wait=False)
+                        pinged = True
+                except (OSError, ssl.SSLError):
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                    return

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from tachi import protocol
 from tachi.core.peer import Peer
@@ -54,6 +55,19 @@ class MessageWire:
 
     def write(self, data: bytes) -> None:
         if self._closed:
+            return
+        ws = self._ws
+        if (
+            not self._queue
+            and not ws.paused
+            and ws.send_in_progress is None
+            and ws.protocol.state is State.OPEN
+        ):
+            # Nothing waits and the peer keeps up: written now, as the pump
+            # would, without waking it (a keystroke's echo is one message: the
+            # task switch was a good part of its cost in the daemon).
+            ws.protocol.send_binary(data)
+            ws.send_data()
             return
         self._queue.append(data)
         self._queued += len(data)

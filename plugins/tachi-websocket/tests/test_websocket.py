@@ -75,6 +75,44 @@ def test_attach_over_wss_in_a_real_terminal(remote: Remote):
     assert "[detached from session" in child.before.decode()
 
 
+def _unix_sockets(pid: int) -> int:
+    """How many of ``pid``'s descriptors are Unix-domain sockets."""
+    import os
+    from pathlib import Path
+
+    unix = {line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:]}
+    links = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            continue  # closed meanwhile
+    return sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in unix)
+
+
+def test_a_remote_attach_speaks_websocket_on_its_own_tls_socket(remote: Remote):
+    """Keystrokes and echoes go between the attach loop and the TLS socket: no
+    socketpair and bridge thread in between (each was a hand-off per message)."""
+    session = json.loads(remote.run("new", "-d", "--json", "--", "bash", "--norc").stdout)
+    argv = remote.daemon.tachi_argv(*remote.flags(), "attach", session["id"])
+    env = {**remote.daemon.env, "TACHI_TOKEN": remote.token, "TACHI_WARM": "0"}
+    child = pexpect.spawn(argv[0], argv[1:], env=env, dimensions=(30, 90), timeout=15)
+    try:
+        child.send("echo typed-$((40+2))\r")
+        child.expect("typed-42")
+        assert _unix_sockets(child.pid) == 0
+        # Output that arrives in many messages at once is all drawn, none left
+        # waiting in the stream where select() cannot see it.
+        child.send("seq 1 3000 | tr '\\n' ' '; echo; echo done-$((6*7))\r")
+        child.expect("2999 3000")
+        child.expect("done-42")
+        child.send(PREFIX + "d")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+
+
 def test_an_unpinned_self_signed_daemon_and_a_wrong_pin_are_refused(remote: Remote):
     unpinned = remote.daemon.run("--host", remote.url, "ls", env={"TACHI_TOKEN": remote.token})
     assert unpinned.returncode == 4
