@@ -22,7 +22,14 @@ them (the daemon loads only the WebSocket plugin and its screen).
   echo off and on;
 - ``ssh``: ``tachi ls`` / ``capture`` over ``ssh://`` (a private daemon with
   the SSH transport), one ssh per command and through an OpenSSH
-  ControlMaster connection, against the Unix socket.
+  ControlMaster connection, against the Unix socket; and ``tmux+cm``: ``tmux
+  ls`` / ``tmux capture-pane -p -t S`` run by ``ssh`` through a ControlMaster
+  on OpenSSH's own sshd on the same host. For that one the benchmark, run as
+  root, **installs openssh-server with apt-get when /usr/sbin/sshd is
+  missing** (services kept from starting by ``policy-rc.d``: the machine's
+  sshd is neither started nor configured), then runs a private sshd on
+  127.0.0.1 only, on a free port, with its own host key and an authorized key
+  it makes (bench/ssh.py's), logging in a throw-away user ``tachi-bench``.
 
     .venv/bin/python bench/remote.py [--rounds N] [--runs N] [--only command,echo,...]
 """
@@ -178,15 +185,48 @@ def bench_command(env: RemoteEnv, system: str, runs: int) -> dict[str, float]:
     return out
 
 
+def ensure_sshd(sshd: str) -> bool:
+    """Install openssh-server with apt-get if ``sshd`` is missing and we are
+    root, without starting or configuring the machine's sshd (``policy-rc.d``
+    answers 101, "not allowed", to the package's service start). Whether
+    ``sshd`` is there now."""
+    if os.path.exists(sshd):
+        return True
+    if os.getuid() != 0:
+        print("sshd: not measured (not installed, and not root to install it)", file=sys.stderr)
+        return False
+    policy = Path("/usr/sbin/policy-rc.d")
+    made = not policy.exists()
+    if made:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q",
+                     "--no-install-recommends", "openssh-server"]):  # fmt: skip
+            harness.subprocess.run(argv, env=env, capture_output=True, timeout=600)
+    finally:
+        if made:
+            policy.unlink()
+    if not os.path.exists(sshd):
+        print("sshd: not measured (apt-get install openssh-server failed)", file=sys.stderr)
+    return os.path.exists(sshd)
+
+
 def run_ssh(rounds: int, runs: int) -> dict[str, Any]:
     """``tachi ls`` / ``capture`` on the Unix socket, over ``ssh://`` with a
     fresh ssh per command, and with an OpenSSH ControlMaster connection
-    (``ssh+cm``), interleaved; its own daemon, with the SSH transport."""
+    (``ssh+cm``); and ``tmux ls`` / ``tmux capture-pane`` through ``ssh`` with
+    a ControlMaster to a private OpenSSH sshd (``tmux+cm``), interleaved; its
+    own daemon, with the SSH transport."""
     import shlex
 
     import ssh as ssh_bench
 
+    have_sshd = ensure_sshd(ssh_bench.SSHD)
     env = ssh_bench.SSHEnv()
+    env.data.touch()  # the sshd's copy of the payload (bench/ssh.py's; unused here)
+    sshd_cm: list[str] = []
     try:
         env.start()
         env.wait_warm()
@@ -194,18 +234,36 @@ def run_ssh(rounds: int, runs: int) -> dict[str, Any]:
         remote = env.remote_tachi()[len(harness.TACHI) :]  # --host ssh://…
         base = env.env["TACHI_SSH_COMMAND"]
         control = env.dir / "cm-%C"
-        shared = f"{base} -o ControlMaster=auto -o ControlPath={control} -o ControlPersist=120"
+        master = ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}",
+                  "-o", "ControlPersist=120"]  # fmt: skip
+        shared = f"{base} {shlex.join(master)}"
         envs = {
             "unix": env.env,
             "ssh": env.env,
             "ssh+cm": env.env | {"TACHI_SSH_COMMAND": shared},
         }
+        if have_sshd and env.sshd is not None:
+            ssh = env.ssh(env.sshd_port, tty=False)
+            sshd_cm = [*ssh[: ssh.index("-T")], *master, "-T", "127.0.0.1"]
+            # The master up, and a tmux server with session S on the sshd's side.
+            harness.subprocess.run(
+                [*sshd_cm, "tmux", "new-session", "-d", "-s", "S", "sleep 1d"],
+                env=env.env, capture_output=True, timeout=30, check=True,
+            )  # fmt: skip
+            envs["tmux+cm"] = env.env
 
         def one(system: str, _rnd: int) -> dict[str, float]:
-            host = [] if system == "unix" else remote
             out = {}
             for name, args in (("ls", ["ls"]), ("capture", ["capture", "cmd"])):
-                argv = [BIN, *host, *args]
+                if system == "tmux+cm":
+                    tmux = (
+                        ["tmux", "ls"]
+                        if name == "ls"
+                        else ["tmux", "capture-pane", "-p", "-t", "S"]
+                    )
+                    argv = [*sshd_cm, *tmux]
+                else:
+                    argv = [BIN, *([] if system == "unix" else remote), *args]
                 samples = [harness.wall_ms(argv, envs[system]) for _ in range(runs)]
                 out[f"{name}_ms"] = statistics.median(samples)
             return out
@@ -218,6 +276,13 @@ def run_ssh(rounds: int, runs: int) -> dict[str, Any]:
             capture_output=True,
             timeout=10,
         )  # fmt: skip
+        if sshd_cm:
+            harness.subprocess.run(
+                [*sshd_cm, "tmux", "kill-server"], capture_output=True, timeout=10
+            )
+            harness.subprocess.run(
+                [*sshd_cm[:-2], "-O", "exit", "127.0.0.1"], capture_output=True, timeout=10
+            )
         env.close()
 
 

@@ -633,6 +633,25 @@ def bench_echo_load(env: Env, system: str, rnd: int, keys: int) -> dict[str, flo
         end_session(env, system, name, flood)
 
 
+#: ``--hog-cpu N``: pin the hog of ``echo-hog`` to CPU N (default: unpinned,
+#: wherever the scheduler puts it).
+HOG_CPU: int | None = None
+
+
+def bench_echo_hog(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
+    """Echo as in ``bench_echo`` with a CPU hog beside it (``yes > /dev/null``,
+    one process: on two cores it keeps the other core busy), started before
+    each sample and stopped after it, so that every system gets the same."""
+    pin = None if HOG_CPU is None else (lambda: os.sched_setaffinity(0, {HOG_CPU}))
+    hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL, preexec_fn=pin)
+    try:
+        time.sleep(0.2)  # the hog running, and the scheduler used to it
+        return bench_echo(env, system, rnd, keys, prefix="eh")
+    finally:
+        hog.kill()
+        hog.wait()
+
+
 def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
     name = f"at{rnd}{system}".replace(" ", "-")
     command = (
@@ -933,7 +952,7 @@ def interleaved(
 
 
 def main() -> int:
-    global SCREEN
+    global SCREEN, HOG_CPU
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, few rounds (a smoke run)"
@@ -942,11 +961,15 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: throughput,shapes,echo,echo-load,attach,startup,sessions,switch,"
+        help="comma-separated: throughput,shapes,echo,echo-load,echo-hog,attach,startup,"
+        "sessions,switch,"
         "recording,idle; and scale (slow: never in the default set)",
     )
     parser.add_argument(
         "--mib", type=int, default=None, help="throughput payload in MiB (default 64, --quick 4)"
+    )
+    parser.add_argument(
+        "--hog-cpu", type=int, default=None, help="echo-hog: pin the CPU hog to this CPU"
     )
     parser.add_argument("--scale-sessions", type=int, default=1000, help="for --only scale")
     parser.add_argument("--scale-clients", type=int, default=50, help="for --only scale")
@@ -964,6 +987,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     SCREEN = args.screen
+    HOG_CPU = args.hog_cpu
     rounds = 1 if args.quick else args.rounds
     only = set(filter(None, args.only.split(",")))
     want = lambda name: (not only and name != "scale") or name in only  # noqa: E731
@@ -1016,6 +1040,11 @@ def main() -> int:
             keys = 100 if args.quick else 500
             results["echo-load"] = interleaved(
                 rounds, [*systems, VIA_ATTACH], lambda s, r: bench_echo_load(env, s, r, keys)
+            )
+        if want("echo-hog"):
+            keys = 100 if args.quick else 500
+            results["echo-hog"] = interleaved(
+                rounds, ["tmux", "tachi"], lambda s, r: bench_echo_hog(env, s, r, keys)
             )
         if want("attach"):
             env.wait_warm()
@@ -1091,6 +1120,7 @@ METRICS = {
     },
     "echo": ["p50_ms", "p99_ms", "server_us", "client_us"],
     "echo-load": ["p50_ms", "p99_ms", "flood_mib_s"],
+    "echo-hog": ["p50_ms", "p99_ms", "server_us", "client_us"],
     "attach": ["ms"],
     "startup": ["ms"],
     "switch": ["median_ms", "p90_ms"],

@@ -93,6 +93,8 @@ PING_INTERVAL = 20.0
 PING_TIMEOUT = 40.0
 #: How much is read from either side at once.
 CHUNK = 256 * 1024
+#: The most plaintext one TLS record carries (one ``SSLSocket.recv`` returns at most one).
+TLS_RECORD = 16384
 
 
 def _handshake_error(url: str, exc: BaseException | None) -> Exception:
@@ -471,10 +473,13 @@ class WebSocketStream:
                 break
             got += len(data)
             ws.receive_data(data)
-            # Read on until the socket would block (a TLS read returns one
-            # record), but never leave bytes the TLS layer decrypted behind:
-            # the kernel no longer shows them to select().
-            if got >= CHUNK and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
+            # Never leave bytes the TLS layer decrypted behind: the kernel no
+            # longer shows them to select(). Read on after a full TLS record (a
+            # flood) up to CHUNK; after a short one (an echo) the next read
+            # would only fail, an exception and a system call for nothing.
+            if self._tls and sock.pending():  # type: ignore[attr-defined]
+                continue
+            if got >= CHUNK or len(data) < (TLS_RECORD if self._tls else CHUNK):
                 break
         if got:
             self._heard = time.monotonic()
