@@ -633,23 +633,28 @@ def bench_echo_load(env: Env, system: str, rnd: int, keys: int) -> dict[str, flo
         end_session(env, system, name, flood)
 
 
-#: ``--hog-cpu N``: pin the hog of ``echo-hog`` to CPU N (default: unpinned,
-#: wherever the scheduler puts it).
+#: ``--hog-cpu N``: pin the hogs of ``echo-hog`` to CPU N (default: unpinned,
+#: wherever the scheduler puts them).
 HOG_CPU: int | None = None
+#: ``--hogs N``: how many (1 keeps one of two cores busy; 2, both).
+HOGS = 1
 
 
 def bench_echo_hog(env: Env, system: str, rnd: int, keys: int) -> dict[str, float]:
-    """Echo as in ``bench_echo`` with a CPU hog beside it (``yes > /dev/null``,
-    one process: on two cores it keeps the other core busy), started before
-    each sample and stopped after it, so that every system gets the same."""
+    """Echo as in ``bench_echo`` with CPU hogs beside it (``HOGS`` ``yes >
+    /dev/null``: one keeps the other of two cores busy), started before each
+    sample and stopped after it, so that every system gets the same."""
     pin = None if HOG_CPU is None else (lambda: os.sched_setaffinity(0, {HOG_CPU}))
-    hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL, preexec_fn=pin)
+    hogs = [
+        subprocess.Popen(["yes"], stdout=subprocess.DEVNULL, preexec_fn=pin) for _ in range(HOGS)
+    ]
     try:
-        time.sleep(0.2)  # the hog running, and the scheduler used to it
+        time.sleep(0.2)  # the hogs running, and the scheduler used to them
         return bench_echo(env, system, rnd, keys, prefix="eh")
     finally:
-        hog.kill()
-        hog.wait()
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 def bench_attach(env: Env, system: str, rnd: int) -> dict[str, float]:
@@ -952,7 +957,7 @@ def interleaved(
 
 
 def main() -> int:
-    global SCREEN, HOG_CPU
+    global SCREEN, HOG_CPU, HOGS
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="small sizes, few rounds (a smoke run)"
@@ -969,8 +974,9 @@ def main() -> int:
         "--mib", type=int, default=None, help="throughput payload in MiB (default 64, --quick 4)"
     )
     parser.add_argument(
-        "--hog-cpu", type=int, default=None, help="echo-hog: pin the CPU hog to this CPU"
+        "--hog-cpu", type=int, default=None, help="echo-hog: pin the CPU hogs to this CPU"
     )
+    parser.add_argument("--hogs", type=int, default=1, help="echo-hog: how many CPU hogs")
     parser.add_argument("--scale-sessions", type=int, default=1000, help="for --only scale")
     parser.add_argument("--scale-clients", type=int, default=50, help="for --only scale")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
@@ -987,7 +993,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     SCREEN = args.screen
-    HOG_CPU = args.hog_cpu
+    HOG_CPU, HOGS = args.hog_cpu, args.hogs
     rounds = 1 if args.quick else args.rounds
     only = set(filter(None, args.only.split(",")))
     want = lambda name: (not only and name != "scale") or name in only  # noqa: E731
