@@ -243,11 +243,30 @@ class Survival:
         return len(screen)
 
     def _run_kept(self, session: SessionRuntime, window: WindowRuntime) -> None:
-        """A ``tachi run`` is about to be typed: save its window with the run
-        (a run is worth a snapshot), so the next daemon knows it."""
-        if self.link is not None and session.id in self.manager.sessions:
+        """A ``tachi run`` is about to be typed: add it to its window's saved
+        row, so the next daemon knows it. Not a snapshot (rendering the screen
+        and scrollback cost a run up to 3 ms): the other runs stay as saved with
+        the screen, at its offset; the new one has read nothing yet, and its
+        marks, which carry its id, come after that offset in the journal."""
+        if self.link is None or session.id not in self.manager.sessions:
+            return
+        row = self.db.execute(
+            "SELECT data FROM kept_windows WHERE session_id = ? AND window_id = ?",
+            (session.id, window.id),
+        ).fetchone()
+        if row is None:  # never saved yet: the first snapshot carries the run
             state = (window.seq, window.name, window is session.mux.active)
             self._save_window(session, window, state)
+            return
+        data = json.loads(row[0])
+        runs = data.get("runs") or []
+        known = {run.get("id") for run in runs}
+        runs += [run for run in _saved_runs(session, window) if run["id"] not in known]
+        data["runs"] = runs
+        self.db.execute(
+            "UPDATE kept_windows SET data = ? WHERE session_id = ? AND window_id = ?",
+            (json.dumps(data), session.id, window.id),
+        )
 
     def _journal_full(self, key: str) -> None:
         """A window's journal would overflow (a flood between two ticks): save
