@@ -17,7 +17,7 @@ a plugin that calls ``daemon.hooks.tachi_server_tls(...)`` keeps working.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.guarded_hooks import CheckedHook, GuardedHook, OffLoopHook, Verdict
@@ -333,6 +333,46 @@ class Hooks:
                 except ValueError as exc:
                     log.error("plugin %s registered an action not used: %s", impl.plugin_name, exc)
         return registry
+
+    def operations(self, builtin: Mapping[str, Any], actions: ActionRegistry) -> dict[str, Any]:
+        """``tachi_register_operations``: ``builtin`` (the daemon's own table), then
+        each plugin's declared operations. A plugin that raises, or registers a
+        function that is not declared (``tachi.daemon.ops.operation``), a name
+        taken already or a declaration ``actions`` cannot satisfy, is logged,
+        naming it, and that operation is not served."""
+        from tachi.daemon.dispatch import table_problems
+        from tachi.daemon.ops import Operation
+
+        table = dict(builtin)
+        for impl in _in_call_order(self.raw.tachi_register_operations):
+            registered: list[Any] = []
+            try:
+                impl.function(*[{"register": registered.append}[n] for n in impl.argnames])
+            except Exception as exc:
+                log.error(
+                    "plugin %s is not used for tachi_register_operations: it raised %s: %s",
+                    impl.plugin_name,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            for function in registered:
+                op = getattr(function, "__tachi_operation__", function)
+                if not isinstance(op, Operation):
+                    problem = f"{function!r} is not declared with tachi.daemon.ops.operation"
+                elif op.name in table:
+                    problem = f"operation {op.name!r} is declared already"
+                else:
+                    problem = "; ".join(table_problems({op.name: op}, actions)) or None
+                if problem is not None:
+                    log.error(
+                        "plugin %s registered an operation not served: %s",
+                        impl.plugin_name,
+                        problem,
+                    )
+                    continue
+                table[op.name] = op
+        return table
 
     def register_transports(self, register: Callable[[Any], None], config: Config) -> None:
         """``tachi_register_transports``: each plugin calls ``register(transport)``."""

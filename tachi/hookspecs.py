@@ -142,6 +142,22 @@ def tachi_register_actions(register: Callable[[Any], None]) -> None:
     """
 
 
+@hookspec
+def tachi_register_operations(register: Callable[[Any], None]) -> None:
+    """Register daemon operations with ``register(function)``: an ``async``
+    function declared with ``tachi.daemon.ops.operation`` (its name, the
+    actions it needs, the session it targets), as the built-in ones are, so
+    the dispatcher checks what it declares, audits a denial and only then runs
+    it. Clients call it by name (``Client.call("myplugin.op", ...)``).
+
+    The built-in operations are registered already. A function that is not
+    declared, a name that is taken, or a declaration naming an action nobody
+    registered (register yours with ``tachi_register_actions``) is logged,
+    naming the plugin, and not served; the daemon starts without it. Asked
+    once, at daemon start.
+    """
+
+
 @hookspec(firstresult=True)
 def tachi_multiplexer() -> Any:
     """Return the multiplexer class that owns a session's windows.

@@ -139,7 +139,8 @@ class Daemon:
 
         #: Every action policies decide (the built-ins and the plugins').
         self.actions = self.hooks.actions()
-        self.dispatcher = Dispatcher(table(), self.actions)
+        #: The built-in operations, then the plugins' (``tachi_register_operations``).
+        self.dispatcher = Dispatcher(self.hooks.operations(table(), self.actions), self.actions)
         # What operations get instead of the daemon: each part as narrow as it needs.
         self.services = Services(
             config=config,

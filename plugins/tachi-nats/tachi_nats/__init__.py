@@ -173,6 +173,15 @@ def tachi_register_actions(register: Any) -> None:
 
 
 @tachi.hookimpl
+def tachi_register_operations(register: Any) -> None:
+    """``fleet.snapshot``: the fleet from this daemon's mirror of the registry
+    (an error while no fleet agent runs: the CLI then reads NATS itself)."""
+    from tachi_nats.mirror import fleet_snapshot
+
+    register(fleet_snapshot)
+
+
+@tachi.hookimpl
 def tachi_session_event(session: Any, event: str, details: dict[str, Any]) -> None:
     """Publish the session's new state (idle: returns at once)."""
     agent, service = _agent, _service

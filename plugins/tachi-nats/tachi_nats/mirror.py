@@ -390,21 +390,9 @@ async def fleet_snapshot(ctx: RequestContext, args: dict[str, Any]) -> dict[str,
 
 
 def install(daemon: Any, mirror: FleetMirror) -> None:
-    """Serve ``fleet.snapshot`` from ``mirror`` on ``daemon``: its declaration
-    checked as the daemon checks its own at start (the action registered, the
-    name not taken by another operation)."""
+    """Serve ``fleet.snapshot`` (registered at start through
+    ``tachi_register_operations``) from ``mirror``."""
     global _mirror
-    from tachi.daemon.dispatch import table_problems
-
-    op = fleet_snapshot.__tachi_operation__  # type: ignore[attr-defined]
-    dispatcher = daemon.dispatcher
-    current = dispatcher.table.get(OPERATION)
-    if current is not None and current is not op:
-        raise RuntimeError(f"operation {OPERATION!r} is declared already")
-    problems = table_problems({OPERATION: op}, daemon.actions)
-    if problems:
-        raise RuntimeError("operation table: " + "; ".join(problems))
-    dispatcher.table[OPERATION] = op
     _mirror = mirror
 
 
@@ -414,7 +402,6 @@ async def uninstall(daemon: Any, mirror: FleetMirror) -> None:
     global _mirror
     if _mirror is mirror:  # not a newer service's
         _mirror = None
-        daemon.dispatcher.table.pop(OPERATION, None)
     loop = mirror.agent._loop
     if loop is not None:
         with contextlib.suppress(Exception):
