@@ -63,6 +63,13 @@ CREATE TABLE IF NOT EXISTS kept_windows (
     screen TEXT NOT NULL,
     PRIMARY KEY (session_id, window_id)
 );
+CREATE TABLE IF NOT EXISTS kept_runs (
+    session_id TEXT NOT NULL,
+    window_id INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (session_id, window_id, run_id)
+);
 """
 
 
@@ -162,10 +169,11 @@ class Survival:
         elif event == "window-exited":
             window_id = details.get("window")
             self._saved.pop((session.id, window_id), None)  # type: ignore[arg-type]
-            self.db.execute(
-                "DELETE FROM kept_windows WHERE session_id = ? AND window_id = ?",
-                (session.id, window_id),
-            )
+            for table in ("kept_windows", "kept_runs"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE session_id = ? AND window_id = ?",
+                    (session.id, window_id),
+                )
         elif event == "closed":
             self._forget(session.id)
 
@@ -188,6 +196,7 @@ class Survival:
         for key in [k for k in self._saved if k[0] == session_id]:
             del self._saved[key]
         self.db.execute("DELETE FROM kept_windows WHERE session_id = ?", (session_id,))
+        self.db.execute("DELETE FROM kept_runs WHERE session_id = ?", (session_id,))
         self.db.execute("DELETE FROM kept_sessions WHERE id = ?", (session_id,))
 
     def snapshot(self, now: int = 0, *, everything: bool = False) -> int:
@@ -236,36 +245,31 @@ class Survival:
             " VALUES (?, ?, ?, ?)",
             (session.id, window.id, json.dumps(data), screen),
         )
+        # The runs saved one by one since the last snapshot are in this one.
+        self.db.execute(
+            "DELETE FROM kept_runs WHERE session_id = ? AND window_id = ?",
+            (session.id, window.id),
+        )
         self._saved[(session.id, window.id)] = state
         journal = getattr(window, "journal", None)
         if journal is not None:
             journal.reset(window.seq)
         return len(screen)
 
-    def _run_kept(self, session: SessionRuntime, window: WindowRuntime) -> None:
-        """A ``tachi run`` is about to be typed: add it to its window's saved
-        row, so the next daemon knows it. Not a snapshot (rendering the screen
-        and scrollback cost a run up to 3 ms): the other runs stay as saved with
-        the screen, at its offset; the new one has read nothing yet, and its
-        marks, which carry its id, come after that offset in the journal."""
+    def _run_kept(self, session: SessionRuntime, window: WindowRuntime, record: Any) -> None:
+        """A ``tachi run`` is about to be typed: save it on its own row, so the
+        next daemon knows it. Not a snapshot (rendering the screen and
+        scrollback cost a run up to 3 ms), nor the window's row (its runs grow):
+        the run has read nothing yet, and its marks, which carry its id, come
+        after the last snapshot's offset in the journal."""
         if self.link is None or session.id not in self.manager.sessions:
             return
-        row = self.db.execute(
-            "SELECT data FROM kept_windows WHERE session_id = ? AND window_id = ?",
-            (session.id, window.id),
-        ).fetchone()
-        if row is None:  # never saved yet: the first snapshot carries the run
-            state = (window.seq, window.name, window is session.mux.active)
-            self._save_window(session, window, state)
-            return
-        data = json.loads(row[0])
-        runs = data.get("runs") or []
-        known = {run.get("id") for run in runs}
-        runs += [run for run in _saved_runs(session, window) if run["id"] not in known]
-        data["runs"] = runs
+        from tachi.daemon.run_ops import saved_run
+
         self.db.execute(
-            "UPDATE kept_windows SET data = ? WHERE session_id = ? AND window_id = ?",
-            (json.dumps(data), session.id, window.id),
+            "INSERT OR REPLACE INTO kept_runs(session_id, window_id, run_id, data)"
+            " VALUES (?, ?, ?, ?)",
+            (session.id, window.id, record.id, json.dumps(saved_run(record))),
         )
 
     def _journal_full(self, key: str) -> None:
@@ -359,8 +363,17 @@ class Survival:
             if screen:
                 window.screen.feed(screen.encode())
                 window.seq = int(data.get("seq") or 0)
-            if data.get("runs"):
-                _restore_runs(session, window, data["runs"])
+            runs = list(data.get("runs") or [])
+            known = {run.get("id") for run in runs}
+            for (saved,) in self.db.execute(
+                "SELECT data FROM kept_runs WHERE session_id = ? AND window_id = ? ORDER BY rowid",
+                (sid, wid),
+            ):
+                run = json.loads(saved)
+                if run.get("id") not in known:
+                    runs.append(run)
+            if runs:
+                _restore_runs(session, window, runs)
             _replay_journal(window)
             if data.get("active"):
                 active = window

@@ -738,7 +738,7 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
         record.start()
         _keep(session, record)
         for hook in RUN_KEPT:  # before its line is typed (see saved_runs)
-            hook(session, window)
+            hook(session, window, record)
         session.write((line + "\r").encode(), window.id)
         record.line_at = getattr(window.child, "_typed_at", 0.0)
         ctx.effects.note_input(ctx.principal, session, command.encode())
@@ -1000,40 +1000,38 @@ async def window_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
 
 
 # -- runs across a daemon restart (tachi.core.survival) ------------------------------
-#: Told ``(session, window)`` as a run is kept, before its line is typed: the
-#: survival snapshot saves the window then, so a daemon killed at any moment
-#: after leaves the next one the run (its marks follow in the output journal).
-RUN_KEPT: list[Callable[[Any, WindowRuntime], None]] = []
+#: Told ``(session, window, record)`` as a run is kept, before its line is
+#: typed: survival saves the run then, so a daemon killed at any moment after
+#: leaves the next one the run (its marks follow in the output journal).
+RUN_KEPT: list[Callable[[Any, WindowRuntime, RunRecord], None]] = []
+
+
+def saved_run(record: RunRecord) -> dict[str, Any]:
+    """One run as JSON for survival (see :func:`saved_runs`)."""
+    capture = record.capture
+    return {
+        "id": record.id,
+        "command": record.command,
+        "started": record.started,
+        "ended": record.ended,
+        "state": record.state,
+        "code": record.code,
+        "overtaken": record.overtaken,
+        "total": record.total,
+        "dropped": record.dropped,
+        "head": base64.b64encode(record._head).decode(),
+        "tail": base64.b64encode(record._tail).decode(),
+        "markSeen": capture._started,
+        "held": base64.b64encode(capture._buf).decode(),
+        "lineStart": capture._line_start,
+    }
 
 
 def saved_runs(session: Any, window: WindowRuntime) -> list[dict[str, Any]]:
     """The runs ``session`` keeps for ``window``, as JSON for the window's
     survival snapshot: taken with its screen, at the same output offset, so the
     output journal replayed after it carries each run on from where it was."""
-    saved = []
-    for record in runs_of(session).values():
-        if record.window is not window:
-            continue
-        capture = record.capture
-        saved.append(
-            {
-                "id": record.id,
-                "command": record.command,
-                "started": record.started,
-                "ended": record.ended,
-                "state": record.state,
-                "code": record.code,
-                "overtaken": record.overtaken,
-                "total": record.total,
-                "dropped": record.dropped,
-                "head": base64.b64encode(record._head).decode(),
-                "tail": base64.b64encode(record._tail).decode(),
-                "markSeen": capture._started,
-                "held": base64.b64encode(capture._buf).decode(),
-                "lineStart": capture._line_start,
-            }
-        )
-    return saved
+    return [saved_run(r) for r in runs_of(session).values() if r.window is window]
 
 
 def restore_runs(session: Any, window: WindowRuntime, saved: list[dict[str, Any]]) -> None:
