@@ -383,6 +383,10 @@ class Hooks:
         """``tachi_audit_event``: queued for the shippers' own thread, in order."""
         self._audit_event(event=event)
 
+    def ships_audit_events(self) -> bool:
+        """Whether any plugin implements ``tachi_audit_event``."""
+        return self._audit_event.implemented()
+
     def close_audit_events(self, timeout: float = 5.0) -> None:
         """Give queued audit records ``timeout`` seconds to be shipped, then stop the thread."""
         self._audit_event.close(timeout=timeout)

@@ -75,6 +75,8 @@ async def test_an_audit_record_no_plugin_ships_wakes_no_thread(tachi_home):
         await client.close(s.id)
         started = {t.ident for t in threading.enumerate() if t.name == name} - before
         assert started == set()
+        # Nor is each record copied for a listener nobody has.
+        assert daemon.audit_log.on_event is None
 
     class Shipper:
         def __init__(self) -> None:

@@ -228,6 +228,10 @@ class OffLoopHook:
         self._dropped = 0
         self._reported: tuple[str, float] | None = None
 
+    def implemented(self) -> bool:
+        """Whether any plugin implements the hook (a call does nothing if not)."""
+        return self._hook.implemented()
+
     def __call__(self, **kwargs: Any) -> None:
         if not self._hook.implemented():
             # Waking the thread for nothing cost the caller the GIL: about

@@ -94,7 +94,8 @@ class Daemon:
         self.audit_log = AuditLog(
             state / "audit",
             fail_open=config.audit_fail_open,
-            on_event=self._ship_audit_event,
+            # No listener when no plugin ships: the log copies each record for it.
+            on_event=self._ship_audit_event if self.hooks.ships_audit_events() else None,
             background_checkpoints=True,
         )
         # Checked now, not when a session first needs them (refused ones are logged).
