@@ -42,7 +42,7 @@ from typing import Any
 from tachi.core.actions import Action
 from tachi.daemon.ops import RequestContext, arg_str, operation
 from tachi.errors import DaemonUnavailable, InvalidRequest
-from tachi_nats import view
+from tachi_nats import nats_io, view
 from tachi_nats.settings import HEARTBEAT_TTL, FleetSettings
 
 log = logging.getLogger("tachi.fleet")
@@ -104,26 +104,20 @@ class _BucketWatch:
         self.sub: Any = None
 
     async def start(self) -> None:
-        from nats.js import api
 
         nc = self.js._nc
         inbox = nc.new_inbox()
         self.sub = await nc.subscribe(
             inbox, cb=self._on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1
         )
-        info = await self.js._jsm.add_consumer(
+        info = await nats_io.latest_per_key(
+            self.js,
             self.stream,
-            api.ConsumerConfig(
-                deliver_subject=inbox,
-                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-                ack_policy=api.AckPolicy.NONE,
-                filter_subject=f"{self.pre}>",
-                mem_storage=True,
-                num_replicas=1,
-                idle_heartbeat=CONSUMER_HEARTBEAT,
-                # Removed by the server if this daemon goes without deleting it.
-                inactive_threshold=3 * CONSUMER_HEARTBEAT,
-            ),
+            self.pre,
+            inbox,
+            idle_heartbeat=CONSUMER_HEARTBEAT,
+            # Removed by the server if this daemon goes without deleting it.
+            inactive_threshold=3 * CONSUMER_HEARTBEAT,
         )
         self.consumer = info.name
         if not info.num_pending:  # an empty bucket: nothing will come

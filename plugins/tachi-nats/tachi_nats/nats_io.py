@@ -118,3 +118,25 @@ async def stream_subjects(js: Any, stream: str, pattern: str) -> dict[str, int]:
 
 def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def latest_per_key(js: Any, stream: str, prefix: str, inbox: str, **config: Any) -> Any:
+    """An ephemeral push consumer of ``stream`` (a KV bucket's) that delivers the
+    last message of every subject under ``prefix`` to ``inbox``, then every new
+    one: a whole bucket in one round of messages, not a request per key. Unacked,
+    in memory, one replica; ``config`` adds ``ConsumerConfig`` fields. Returns
+    its ``ConsumerInfo`` (``num_pending`` 0: the bucket is empty)."""
+    from nats.js import api
+
+    return await js._jsm.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            deliver_subject=inbox,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            filter_subject=f"{prefix}>",
+            mem_storage=True,
+            num_replicas=1,
+            **config,
+        ),
+    )
