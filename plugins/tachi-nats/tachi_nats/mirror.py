@@ -150,6 +150,23 @@ class _BucketWatch:
                 await asyncio.wait_for(self.js._jsm.delete_consumer(self.stream, self.consumer), 2)
 
 
+#: Answers kept per state of the copy (a view and its filters each): a few
+#: people and scripts ask the same few things; other filters are built afresh.
+CACHED = 16
+
+
+class Payload:
+    """One answer's bytes, shared by every request that asks the same of the same
+    copy, and (``encoded``: the base64 of its zlib-compressed slices) what the
+    operation made of them the first time, so a repeated ask costs only the send."""
+
+    __slots__ = ("data", "encoded")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.encoded: list[str] | None = None
+
+
 class FleetMirror:
     """The registry kept in memory on the fleet agent's loop, while asked for.
 
@@ -164,7 +181,14 @@ class FleetMirror:
         #: host -> (heartbeat, monotonic time it was stored on the server).
         self.alive: dict[str, tuple[dict[str, Any], float]] = {}
         self.fills = 0
+        #: Changes applied: any (the ``etag``), the sessions' alone (what
+        #: ``fleet ls`` shows besides which hosts are up).
         self.version = 0
+        self.sessions_version = 0
+        #: Answers for the copy as it is (see ``_cached``); hits counted for the tests.
+        self._cache: dict[tuple[Any, ...], Payload] = {}
+        self._cache_state: tuple[Any, ...] | None = None
+        self.cache_hits = 0
         self.filled_at: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Event | None = None
@@ -175,7 +199,7 @@ class FleetMirror:
     # -- answering -------------------------------------------------------------------
     async def answer(
         self, kind: str, filters: dict[str, str | None], unless: str | None
-    ) -> tuple[dict[str, Any], bytes | None]:
+    ) -> tuple[dict[str, Any], Payload | None]:
         """(reply, payload) for a request: ``kind`` ``json`` (the sessions as
         ``fleet ls --json`` prints them), ``rows`` (the table's rows, as JSON) or
         ``hosts``; no payload when ``unless`` is the current ``etag``."""
@@ -202,14 +226,35 @@ class FleetMirror:
         }
         if unless is not None and unless == etag:
             return {**reply, "unchanged": True}, None
+        hits = self.cache_hits
+        payload = self._cached(kind, filters, up)
+        # Says whether the answer was built for this request or kept from an earlier one.
+        reply["cached"] = self.cache_hits != hits
+        return reply, payload
+
+    def _cached(self, kind: str, filters: dict[str, str | None], up: set[str]) -> Payload:
+        """The answer for the copy as it is now, built once per change of what it
+        shows: the hosts view on any change (heartbeats included); the sessions
+        views only when a session changed or a host came or went (a heartbeat
+        that changes nothing else, every 2 s per host, keeps them)."""
+        state = (self.fills, self.sessions_version, frozenset(up))
+        if state != self._cache_state:
+            self._cache, self._cache_state = {}, state
+        key = (kind, self.version if kind == "hosts" else None, *sorted(filters.items()))
+        payload = self._cache.get(key)
+        if payload is not None:
+            self.cache_hits += 1
+            return payload
         if kind == "hosts":
             alive = {h: self.alive[h][0] for h in up}
-            hosts = view.hosts(self.info, alive, self.sessions.values())
-            return reply, view.dumps(hosts)
-        selected = view.select(self.sessions.values(), up, filters)
-        if kind == "json":
-            return reply, view.json_lines(selected)
-        return reply, view.dumps(view.rows(selected))
+            data = view.dumps(view.hosts(self.info, alive, self.sessions.values()))
+        else:
+            selected = view.select(self.sessions.values(), up, filters)
+            data = view.json_lines(selected) if kind == "json" else view.dumps(view.rows(selected))
+        if len(self._cache) >= CACHED:
+            self._cache.pop(next(iter(self._cache)))
+        payload = self._cache[key] = Payload(data)
+        return payload
 
     def reset(self) -> None:
         """After a reconnect: what the server pushed meanwhile is lost; read again."""
@@ -303,11 +348,13 @@ class FleetMirror:
 
     def _drop(self) -> None:
         self.sessions, self.info, self.alive = {}, {}, {}
+        self._cache, self._cache_state = {}, None
         if self._ready is not None:
             self._ready.clear()
 
     def _apply_session(self, key: str, value: bytes | None, stored_ns: int) -> None:
         self.version += 1
+        self.sessions_version += 1
         entry = None if value is None else view.session_entry(key, value)
         if entry is None:
             self.sessions.pop(key, None)
@@ -368,19 +415,35 @@ async def fleet_snapshot(ctx: RequestContext, args: dict[str, Any]) -> dict[str,
         raise DaemonUnavailable("the fleet agent did not answer") from None
     if payload is None:
         return reply
-    import zlib
-
     from tachi.daemon.limits import below
 
-    # Off the daemon's loop (zlib lets go of the GIL): 5 MB take ~20 ms.
-    data = await asyncio.get_running_loop().run_in_executor(None, zlib.compress, payload, 1)
-    chunks = 0
-    for i in range(0, len(data), CHUNK):
-        piece = base64.b64encode(data[i : i + CHUNK]).decode()
+    pieces = payload.encoded
+    if pieces is None:
+        # Off the daemon's loop (zlib lets go of the GIL): 6 MB take 30-40 ms.
+        # Kept with the payload: the next request for the same answer sends these.
+        # zlib even on the local socket: 10,000 sessions' JSON is 6 MB and about
+        # 0.15-0.6 MB compressed, and base64, framing and decoding 6 MB cost
+        # more than compressing and inflating it (measured: docs/benchmarks.md).
+        pieces = await asyncio.get_running_loop().run_in_executor(None, _encode, payload.data)
+        payload.encoded = pieces
+    for piece in pieces:
         ctx.connection.send({"event": "fleet.chunk", "stream": tag, "data": piece})
-        chunks += 1
         await below(ctx.connection.wire, 2 * CHUNK)  # a slow reader holds the rest here
-    return {**reply, "stream": tag, "encoding": "zlib", "bytes": len(payload), "chunks": chunks}
+    return {
+        **reply,
+        "stream": tag,
+        "encoding": "zlib",
+        "bytes": len(payload.data),
+        "chunks": len(pieces),
+    }
+
+
+def _encode(data: bytes) -> list[str]:
+    """``data`` compressed, in base64 slices of ``CHUNK`` compressed bytes."""
+    import zlib
+
+    packed = zlib.compress(data, 1)
+    return [base64.b64encode(packed[i : i + CHUNK]).decode() for i in range(0, len(packed), CHUNK)]
 
 
 def install(daemon: Any, mirror: FleetMirror) -> None:

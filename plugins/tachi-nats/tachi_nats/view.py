@@ -31,8 +31,8 @@ class SessionEntry:
     needs of it."""
 
     __slots__ = (
-        "agent", "command", "created", "host", "id", "name", "raw", "size", "state", "user",
-        "windows",
+        "agent", "command", "created", "host", "id", "name", "order", "raw", "size", "state",
+        "user", "windows",
     )  # fmt: skip
 
     def __init__(self, raw: bytes, doc: dict[str, Any], key_host: str) -> None:
@@ -48,9 +48,11 @@ class SessionEntry:
         self.size = f"{pty['cols']}x{pty['rows']}" if isinstance(pty, dict) else ""
         self.windows = len(doc.get("windows") or ()) or "-"
         self.command = " ".join(map(str, doc.get("command") or ()))[:40]
+        #: The listing's order (host, creation time, id), made once, not per sort.
+        self.order = (self.host, str(self.created or ""), str(self.id or ""))
 
     def sort_key(self) -> tuple[str, str, str]:
-        return (self.host, str(self.created or ""), str(self.id or ""))
+        return self.order
 
     def document(self, state: str | None) -> bytes:
         """The session's JSON, one line; with ``state`` put in when it differs."""
@@ -120,7 +122,7 @@ def select(
         ):
             continue
         out.append((e, state))
-    out.sort(key=lambda pair: pair[0].sort_key())
+    out.sort(key=lambda pair: pair[0].order)
     return out
 
 

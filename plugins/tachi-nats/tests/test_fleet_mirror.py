@@ -240,3 +240,41 @@ def test_a_principal_without_rights_is_refused_and_audited(nats_server, fleet_da
     ), [r for r in records if r["result"] == "denied"]
     # The daemon's own user may.
     assert ask(a)[1][0]["id"] == sid
+
+
+def test_a_change_after_a_cached_answer_is_seen(nats_server, fleet_daemons):
+    a = fleet_daemons(nats_server.url, "alpha")
+    b = fleet_daemons(nats_server.url, "beta")
+    first = b.new("sleep", "300")["id"]
+    wait_until(lambda: first in {s["id"] for s in ask(a)[1]}, 10, "beta's session in the mirror")
+    # Asked again with nothing changed: the same answer, kept, not built again,
+    # even across heartbeats (each host's, every 2 s), which the listing does not show.
+    reply, listed = ask(a)
+    assert reply["cached"] and first in {s["id"] for s in listed}
+    time.sleep(2.5)  # a heartbeat of each host in between; not a timing assertion
+    assert ask(a)[0]["cached"]
+    # Other filters on the same copy: an answer of their own, not the kept one.
+    reply, only_alpha = ask(a, host="alpha")
+    assert not reply["cached"] and first not in {s["id"] for s in only_alpha}
+    # A change: the kept answers are dropped, the next one shows it.
+    second = b.new("sleep", "300")["id"]
+    wait_until(
+        lambda: second in {s["id"] for s in ask(a)[1]}, 5, "the new session after a cached answer"
+    )
+    b.run("close", first, check=True)
+    wait_until(lambda: first not in {s["id"] for s in ask(a)[1]}, 5, "the closed one gone")
+    # A host going away changes the states shown, not a session's entry.
+    b.kill()
+    wait_until(
+        lambda: {s["id"]: s["state"] for s in ask(a)[1]}.get(second) == "unreachable",
+        15,
+        "beta's session unreachable after a cached answer",
+    )
+    # The hosts view follows the heartbeats themselves.
+    hosts = {h["host"]: h for h in ask(a, "hosts")[1]}
+    beat = hosts["alpha"]["heartbeat"]
+    wait_until(
+        lambda: {h["host"]: h for h in ask(a, "hosts")[1]}["alpha"]["heartbeat"] != beat,
+        10,
+        "alpha's next heartbeat in the hosts view",
+    )
