@@ -353,7 +353,10 @@ class Daemon:
                 # looked up as a grant's and refused as "unknown token".
                 # The built-in token handler audits its own refusals (auth.token).
                 if isinstance(exc, PermissionDenied) and plugin != TOKEN_HANDLER:
-                    self.audit_refusal(peer, "auth", exc.message)
+                    # A refused token is auth.token whoever judged it: it also
+                    # slows that address's next guesses.
+                    action = "auth.token" if peer.token is not None else "auth"
+                    self.audit_refusal(peer, action, exc.message)
                 raise exc
             # The daemon's own user (the kernel says so) is never locked out by a
             # plugin: it could kill the daemon anyway, and needs to stop it.
