@@ -184,7 +184,7 @@ def test_a_run_in_progress_across_a_sigkill_reports_its_exit_code_and_output(dae
 
 
 FLOOD_LINES = 2_000_000  # about 40 MiB: several journals' worth between two snapshots
-FLOOD_LINE = re.compile(r"^F(\d+) ([0-9a-f]{8})$", re.MULTILINE)
+FLOOD_LINE = re.compile(r"(?:^|(?<=[^0-9A-Za-z]))F(\d+) ([0-9a-f]{8})$", re.MULTILINE)
 
 
 def flood_line(n: int) -> bytes:
@@ -210,3 +210,57 @@ def test_a_flood_larger_than_the_journal_comes_back_without_a_gap(daemon, tmp_pa
     assert seen == list(range(seen[0], FLOOD_LINES + 1)), "a gap in the restored scrollback"
     # A journal filled up between snapshots, and its window was saved first.
     assert "full and not saved" not in daemon.log.read_text()
+
+
+#: About 64 MiB of numbered, checksummed lines (issue 28's flood).
+BIG_FLOOD_LINES = 3_800_000
+
+
+def test_a_64_mib_flood_killed_midway_is_recorded_whole_in_order_once(daemon, tmp_path):
+    # The recording is the output stream, byte for byte: across a kill -9 in
+    # the middle of the flood, every line is in it once, in order, unaltered
+    # (what the dead daemon had read but not recorded comes from the journal;
+    # what it had recorded already is not written twice).
+    flood = tmp_path / "flood"
+    flood.write_bytes(b"".join(flood_line(n) for n in range(1, BIG_FLOOD_LINES + 1)))
+    assert flood.stat().st_size > 64 * 2**20
+    s = daemon.new("sh", "-c", f"cat {flood}; echo FLOODEND; sleep 600", record=True)
+    (rec,) = json.loads(daemon.run("record", "ls", "--json", check=True).stdout)
+    # The recorder process creates the file a moment after `record ls` lists it.
+    path = rec["path"]
+    until(lambda: os.path.exists(path) and os.path.getsize(path) > 16 * 2**20, timeout=120)
+    kill_daemon(daemon_pid(daemon))
+    result = daemon.run("ls", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    wait_match(daemon, s["id"], "FLOODEND", timeout=300)
+    daemon.run("record", "stop", s["id"], check=True, timeout=120)
+    verified = daemon.run("record", "verify", rec["id"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    # The recorder's state file (where the file is up to) goes with the recording.
+    assert not os.path.exists(os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.seq"))
+    with open(rec["path"]) as f:
+        next(f)  # the header
+        events = [json.loads(line) for line in f]
+    # Where the daemon was away, the recording has a marker and then a redraw
+    # of the screen (so a player shows what the terminal showed): that redraw
+    # repeats what is on the screen, the rest is the stream.
+    (away,) = [i for i, e in enumerate(events) if e[1] == "m" and "away" in e[2]]
+    redraw = next(i for i in range(away + 1, len(events)) if events[i][1] == "o")
+    stream = [e for i, e in enumerate(events) if e[1] == "o" and i != redraw]
+    text = "".join(e[2] for e in stream).replace("\r\n", "\n")
+    # The screen drawn when recording began ends in an escape sequence, not a newline.
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    seen = []
+    for m in FLOOD_LINE.finditer(text):
+        number, digest = m.groups()
+        if flood_line(int(number)) != f"F{number} {digest}\n".encode():
+            raise AssertionError(f"garbled: {text[m.start() - 300 : m.end() + 100]!r}")
+        seen.append(int(number))
+    assert seen[-1] == BIG_FLOOD_LINES
+    if seen != list(range(1, BIG_FLOOD_LINES + 1)):
+        bad = next(i for i, n in enumerate(seen) if n != i + 1)
+        context = [e for e in events[max(0, away - 2) : redraw + 2]]
+        raise AssertionError(
+            f"line {bad + 1} missing or repeated (then come {seen[bad : bad + 3]});"
+            f" the first events: {events[:3]!r:.600}; around the marker: {context!r:.3000}"
+        )

@@ -75,9 +75,20 @@ class Journal:
     write would not fit, ``on_full`` must save the window's screen and
     :meth:`reset` the journal to the offset saved; only if that fails are
     unsaved bytes overwritten (logged).
+
+    The PTY is read straight into the mapping (:meth:`read_from`), so a daemon
+    killed inside ``read`` (the kernel has consumed the bytes and copied them)
+    leaves them in the memfd, past ``used``. What lies past ``used`` is kept
+    zero, so the next daemon takes what is not zero there as that read's bytes
+    (:data:`READ_MAX` at most; a NUL byte at the very end of that one read is
+    the only thing it cannot tell from nothing).
     """
 
-    _MAGIC = b"TJRN\x01\x00\x00\x00"
+    _MAGIC = b"TJRN\x02\x00\x00\x00"
+    #: A journal of an older daemon: the same, but past ``used`` is not kept zero.
+    _MAGIC_1 = b"TJRN\x01\x00\x00\x00"
+    #: The most one read puts in the journal (tachi.core.pty reads 64 KiB at most).
+    READ_MAX = 64 * 1024
     _HEADER = struct.Struct("<8sQQ")
     #: Where the bytes start (a cache line after the header).
     DATA = 64
@@ -96,11 +107,20 @@ class Journal:
         self.key = key
         self.capacity = size - self.DATA
         magic, base, used = self._HEADER.unpack_from(self._map, 0)
-        if magic != self._MAGIC or used > self.capacity:
-            magic, base, used = self._MAGIC, 0, 0  # a new one (all zeros)
-            self._HEADER.pack_into(self._map, 0, magic, base, used)
         self.base = base
         self.used = used
+        if magic not in (self._MAGIC, self._MAGIC_1) or used > self.capacity:
+            self.base = self.used = 0  # a new one
+            self._zero(0, self.capacity)
+        elif magic == self._MAGIC:
+            # A read the last daemon was killed in: its bytes are there, uncounted.
+            cut = self._map[self.DATA + used : self.DATA + min(self.capacity, used + self.READ_MAX)]
+            if cut_n := len(cut.rstrip(b"\0")):
+                self.used += cut_n
+                log.info("journal of %s: %d bytes of a read cut short by a crash kept", key, cut_n)
+        else:
+            self._zero(used, self.capacity)
+        self._HEADER.pack_into(self._map, 0, self._MAGIC, self.base, self.used)
         self.on_full: Callable[[], None] | None = None
         #: Times it filled up (each cost one early snapshot).
         self.fills = 0
@@ -113,6 +133,35 @@ class Journal:
         if self.base + self.used != seq:  # not a continuation (cannot happen): start over
             log.warning("journal of %s at %d, output at %d", self.key, self.base + self.used, seq)
             self.reset(seq)
+        data = self._room(seq, data)
+        n = len(data)
+        start = self.DATA + self.used
+        self._map[start : start + n] = data
+        self.used += n
+        struct.pack_into("<Q", self._map, 16, self.used)
+
+    def read_from(self, fd: int, size: int) -> bytes:
+        """Read up to ``size`` bytes (at most :data:`READ_MAX`) of the window's
+        output from ``fd`` straight into the journal and return them: they are
+        in the memfd the moment the kernel has copied them. Raises what
+        ``os.read`` raises."""
+        size = min(size, self.READ_MAX)
+        self._room(self.base + self.used, b"", size)
+        start = self.DATA + self.used
+        view = memoryview(self._map)[start : start + size]
+        try:
+            got = os.readv(fd, [view])
+        finally:
+            view.release()
+        data = self._map[start : start + got]
+        self.used += got
+        struct.pack_into("<Q", self._map, 16, self.used)
+        return data
+
+    def _room(self, seq: int, data: bytes, size: int = 0) -> bytes:
+        """Make room for ``data`` (or ``size`` bytes), saving the window first
+        (``on_full``); returns what of ``data`` fits."""
+        n = len(data) or size
         if self.used + n > self.capacity:
             self.fills += 1
             if self.on_full is not None:
@@ -123,20 +172,56 @@ class Journal:
             if n > self.capacity:
                 data = data[n - self.capacity :]
                 self.base += n - self.capacity
-                n = self.capacity
-        start = self.DATA + self.used
-        self._map[start : start + n] = data
-        self.used += n
-        struct.pack_into("<Q", self._map, 16, self.used)
+                struct.pack_into("<Q", self._map, 8, self.base)
+        return data
 
     def reset(self, seq: int) -> None:
         """Everything before offset ``seq`` is saved elsewhere: start again there.
         The length is cleared before the base moves, so no moment pairs the new
         base with the old bytes."""
         struct.pack_into("<Q", self._map, 16, 0)
+        self._zero(0, self.used)
         self.used = 0
         self.base = seq
         struct.pack_into("<Q", self._map, 8, seq)
+
+    def _zero(self, start: int, end: int) -> None:
+        """Zero the bytes ``start``-``end`` (of the data): whole pages are given
+        back to the system (``MADV_REMOVE``), the rest written."""
+        a, b = self.DATA + start, self.DATA + end
+        if b <= a:
+            return
+        page = mmap.PAGESIZE
+        pa, pb = -(-a // page) * page, b // page * page
+        if pb > pa:
+            try:
+                self._map.madvise(mmap.MADV_REMOVE, pa, pb - pa)
+            except (OSError, AttributeError, ValueError):
+                pa = pb = b
+        else:
+            pa = pb = b
+        self._map[a:pa] = bytes(pa - a)
+        self._map[pb:b] = bytes(b - pb)
+
+    def trim(self, seq: int) -> None:
+        """Drop what is before offset ``seq`` (saved elsewhere) and keep the rest:
+        output a recording has not handed over yet (tachi.core.survival). The
+        length is cleared while the bytes move, so a crash meanwhile finds an
+        empty journal (the snapshot has all but those bytes), never a wrong one."""
+        end = self.base + self.used
+        if seq <= self.base:
+            return
+        if seq >= end:
+            self.reset(seq)
+            return
+        n = end - seq
+        struct.pack_into("<Q", self._map, 16, 0)
+        self._map.move(self.DATA, self.DATA + seq - self.base, n)
+        self._zero(n, self.used)
+        self.base = seq
+        struct.pack_into("<Q", self._map, 8, seq)
+        self.used = n
+        struct.pack_into("<Q", self._map, 16, n)
 
     def since(self, seq: int) -> bytes | None:
         """The output kept from offset ``seq`` on (``b""`` if none); ``None`` if

@@ -135,6 +135,10 @@ class PtyChild:
             self.fd = self._proc.fd
         self.exit_code: int | None = None
         self._on_output = on_output
+        #: How the PTY is read, ``(fd, size) -> bytes``: the window's journal reads
+        #: it straight into its memfd, so a daemon killed while it gathers 64 KiB
+        #: of reads, or inside one, loses none of what it read.
+        self.read: Callable[[int, int], bytes] = os.read
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
         self._eof = False
@@ -235,7 +239,7 @@ class PtyChild:
 
     def _read_ready(self) -> None:
         try:
-            data = os.read(self.fd, READ_SIZE)
+            data = self.read(self.fd, READ_SIZE)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -262,7 +266,7 @@ class PtyChild:
         chunks, total = [first], len(first)
         while total < limit:
             try:
-                more = os.read(self.fd, limit - total)
+                more = self.read(self.fd, limit - total)
             except OSError:  # EAGAIN, or EIO at the end: the next callback sees it
                 break
             if not more:
@@ -320,7 +324,7 @@ class PtyChild:
             if self._eof:
                 return
             try:
-                data = os.read(self.fd, READ_SIZE)
+                data = self.read(self.fd, READ_SIZE)
             except (BlockingIOError, OSError):
                 return
             if not data:

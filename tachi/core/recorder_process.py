@@ -21,11 +21,20 @@ Nothing is dropped: frames the pipe cannot take yet wait in memory, written as
 the worker reads, up to ``MAX_QUEUED`` bytes. Past that (a disk so slow the
 worker cannot keep up) the recordings fail with an error, as on a full disk;
 the sessions go on.
+
+What waits in the daemon is lost if it is killed; what is in the pipe is not
+(the worker outlives it and writes it). So each sink knows how far the output
+it was given is *handed over* (:attr:`ProcessSink.handed_seq`: the window
+offset just past the last output frame wholly in the pipe); the daemon keeps a
+window's journal from there (tachi.core.survival) and stops reading a window
+whose recording falls too far behind (tachi.core.recording), so the next
+daemon can write what the dead one never handed over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno
@@ -101,15 +110,23 @@ class ProcessSink:
         #: (hex SHA-256, size) of the file as the worker closed it, if it could read it.
         self.digest: tuple[str, int] | None = None
         self._sync_waiters: list[asyncio.Future[None]] = []
+        #: The output of window ``handed_window`` up to offset ``handed_seq`` is
+        #: in the worker's pipe or written (survives this daemon); -1: none.
+        self.handed_window = -1
+        self.handed_seq = -1
+        #: Called when more output is handed over (set while a window waits for it).
+        self.on_handed: Callable[[], None] | None = None
 
-    def output(self, data: bytes, t: float) -> None:
-        self._send(wire.OUTPUT, t, data)
+    def output(self, data: bytes, t: float, window: int = -1, seq: int = -1) -> None:
+        """Output; ``seq`` is the offset in ``window``'s output just past it."""
+        if self.error is None and not self.closed:
+            self._process.send_parts(wire.OUTPUT, self.handle, t, [data], window, seq)
 
-    def output_parts(self, parts: list[bytes], t: float) -> None:
+    def output_parts(self, parts: list[bytes], t: float, window: int = -1, seq: int = -1) -> None:
         """``output`` of ``b"".join(parts)``, without joining them here: the
         daemon's thread copies a flood once, into the pipe."""
         if self.error is None and not self.closed:
-            self._process.send_parts(wire.OUTPUT, self.handle, t, parts)
+            self._process.send_parts(wire.OUTPUT, self.handle, t, parts, window, seq)
 
     def input(self, data: bytes, t: float) -> None:
         self._send(wire.INPUT, t, data)
@@ -185,6 +202,11 @@ class RecorderProcess:
         self._sinks: dict[int, ProcessSink] = {}
         self._next = 1
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Bytes of frames accepted, and written to the pipe, since the worker started.
+        self._accepted = 0
+        self._piped = 0
+        #: Output frames not yet wholly in the pipe: (end position, handle, window, seq).
+        self._unhanded: collections.deque[tuple[int, int, int, int]] = collections.deque()
 
     # -- opening -----------------------------------------------------------------
     def open(self, factory: str, path: Path, **args: Any) -> ProcessSink:
@@ -213,18 +235,32 @@ class RecorderProcess:
         os.set_blocking(from_worker, False)
         self._queue, self._queued, self._writing, self._lines = [], 0, False, b""
         self._holding, self._hold_spent = False, False
+        self._accepted, self._piped = 0, 0
+        self._unhanded.clear()
         self._loop.add_reader(from_worker, self._read_replies)
 
     # -- frames to the worker -------------------------------------------------------
     def send(self, kind: int, handle: int, t: float, payload: bytes) -> None:
         self.send_parts(kind, handle, t, [payload])
 
-    def send_parts(self, kind: int, handle: int, t: float, payload: list[bytes]) -> None:
-        """Send one frame whose payload is ``payload`` joined."""
+    def send_parts(
+        self,
+        kind: int,
+        handle: int,
+        t: float,
+        payload: list[bytes],
+        window: int = -1,
+        seq: int = -1,
+    ) -> None:
+        """Send one frame whose payload is ``payload`` joined (output of
+        ``window`` up to offset ``seq``, if given)."""
         if self._proc is None:
             return
         size = sum(map(len, payload))
-        parts = [wire.HEADER.pack(kind, handle, t, size), *(p for p in payload if p)]
+        parts = [wire.HEADER.pack(kind, handle, t, size, window, seq), *(p for p in payload if p)]
+        self._accepted += wire.HEADER.size + size
+        if seq >= 0:
+            self._unhanded.append((self._accepted, handle, window, seq))
         if kind == wire.OUTPUT and self._hold(size):
             self._enqueue(parts)
             return
@@ -282,6 +318,13 @@ class RecorderProcess:
         if self._holding:
             self._release()
 
+    def catch_up(self) -> None:
+        """A window waits for its recording to be handed over: stop holding the
+        burst (it streams to the worker as the pipe takes it)."""
+        if self._holding:
+            self._hold_spent = True
+            self._release()
+
     def _release(self) -> None:
         """Stop holding: write the held frames as the pipe takes them."""
         self._holding = False
@@ -304,12 +347,29 @@ class RecorderProcess:
         except OSError:
             self._gone("the recorder process went away")
             return None
+        self._piped += written
+        if self._unhanded and self._unhanded[0][0] <= self._piped:
+            self._handed()
         while parts and written >= len(parts[0]):
             written -= len(parts[0])
             parts = parts[1:]
         if parts and written:
             parts = [parts[0][written:], *parts[1:]]
         return parts
+
+    def _handed(self) -> None:
+        """Output frames are wholly in the pipe now: tell their sinks."""
+        woken = []
+        while self._unhanded and self._unhanded[0][0] <= self._piped:
+            _, handle, window, seq = self._unhanded.popleft()
+            sink = self._sinks.get(handle)
+            if sink is not None:
+                sink.handed_window, sink.handed_seq = window, seq
+                if sink.on_handed is not None:
+                    woken.append(sink)
+        for sink in woken:
+            if sink.on_handed is not None:
+                sink.on_handed()
 
     def _flush(self) -> None:
         head = self._queue[:_IOV_MAX]
@@ -420,6 +480,7 @@ class RecorderProcess:
                     if stream is not None:
                         stream.close()
         self._queue, self._queued = [], 0
+        self._unhanded.clear()
         sinks, self._sinks = self._sinks, {}
         for sink in sinks.values():
             sink.failed(message)

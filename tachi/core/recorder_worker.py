@@ -7,7 +7,9 @@ pipe to this process (``python -m tachi.core.recorder_worker``), which owns the
 sinks. One worker serves every recording of a daemon.
 
 Frames to the worker: ``kind (1 B) | handle (uint32) | t (double) | length
-(uint32) | payload``. ``OPEN``'s payload is JSON: the recorder
+(uint32) | window (int32) | seq (int64) | payload``; an ``OUTPUT`` frame names
+the window its bytes come from and that window's output offset just past them
+(-1, -1 when it does not). ``OPEN``'s payload is JSON: the recorder
 (``"module:callable"``) and the arguments of its ``open``. Replies are JSON
 lines: ``{"handle", "event": "error", "message"}`` when a sink fails (it is
 dropped; later frames for it are ignored; a recorder's own exception is named
@@ -17,22 +19,162 @@ closed, for the audit log); ``{"handle", "event": "synced"}`` once
 everything sent before ``SYNC`` is in the file (the file exists from ``OPEN``).
 At end of input (the daemon stopped or died) every open sink is closed, so
 what was sent is on disk.
+
+**Where a recording is up to** (docs/survival.md, "Recordings"). For every
+recording it writes, the worker keeps a small state file next to it
+(:func:`state_path`): after each event, the file's size and the window and
+output offset of the last output written (one ``pwrite``, here, off the
+daemon's path). It holds an exclusive ``flock`` on that file for as long as it
+writes the recording. A daemon that goes on with a recording after a crash
+waits for that lock (the previous worker still drains what the dead daemon
+sent it), then knows exactly which output the file holds: it appends from
+there, so nothing is written twice and nothing is skipped. The state file goes
+when the recording is stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import json
+import os
 import signal
 import struct
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-HEADER = struct.Struct("!BIdI")
+HEADER = struct.Struct("!BIdIiq")
 OPEN, OUTPUT, INPUT, RESIZE, MARKER, CLOSE, SYNC = range(1, 8)
+
+#: The state file: magic, the recording's size, window, output offset.
+_STATE = struct.Struct("<8sqiq")
+_STATE_MAGIC = b"TRECSEQ1"
+#: How long going on with a recording waits for the previous writer to finish it.
+PREVIOUS_WRITER_SECONDS = 20.0
+
+
+@dataclass
+class RecordedUpTo:
+    """What a recording file holds: its ``size`` when the last event was
+    written (-1: unknown), and the output of ``window`` up to offset ``seq``
+    (-1, -1: none yet)."""
+
+    size: int
+    window: int
+    seq: int
+
+
+def state_path(path: Path) -> Path:
+    """The state file of the recording at ``path`` (hidden, beside it)."""
+    return path.with_name(f".{path.name}.seq")
+
+
+def lock_state(path: Path, timeout: float = PREVIOUS_WRITER_SECONDS) -> int:
+    """Open (creating) the state file of the recording at ``path`` and take its
+    exclusive lock, waiting up to ``timeout`` seconds for a writer that still
+    holds it (a recorder process whose daemon died, draining what it was sent).
+    Returns the descriptor, which holds the lock until closed. Raises
+    ``TimeoutError`` if the writer did not finish in time, ``OSError`` else."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(state_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"the previous recorder of {path} is still writing it"
+                        ) from None
+                    time.sleep(0.01)
+            if os.fstat(fd).st_nlink:
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # removed by its writer as we waited: take the new one
+
+
+def read_state(fd: int) -> RecordedUpTo | None:
+    """What the state file open at ``fd`` says (``None`` if empty or not one)."""
+    data = os.pread(fd, _STATE.size, 0)
+    if len(data) < _STATE.size:
+        return None
+    magic, size, window, seq = _STATE.unpack(data)
+    return RecordedUpTo(size, window, seq) if magic == _STATE_MAGIC else None
+
+
+def write_state(fd: int, state: RecordedUpTo) -> None:
+    """Say where the recording is up to (one ``pwrite`` of 28 bytes, in place)."""
+    os.pwrite(fd, _STATE.pack(_STATE_MAGIC, state.size, state.window, state.seq), 0)
+
+
+def recorded_up_to(path: Path, timeout: float = PREVIOUS_WRITER_SECONDS) -> RecordedUpTo | None:
+    """Wait (bounded, see :func:`lock_state`) until no recorder process writes
+    the recording at ``path`` any more, then return where it is up to, or
+    ``None`` if no state file says. Raises ``TimeoutError``/``OSError``."""
+    if not state_path(path).exists():
+        return None
+    fd = lock_state(path, timeout)
+    try:
+        return read_state(fd)
+    finally:
+        os.close(fd)
+
+
+def forget_state(path: Path) -> None:
+    """Remove the state file of a recording that is finished."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(state_path(path))
+
+
+class _Written:
+    """A recording open in the worker: its state file (locked) and what it says."""
+
+    def __init__(self, path: Path, fd: int, state: RecordedUpTo) -> None:
+        self.path = path
+        self.fd = fd
+        self.state = state
+
+    def wrote(self, sink: Any, window: int = -1, seq: int = -1) -> None:
+        """An event is in the file: record the file's size (and the output offset)."""
+        if seq >= 0:
+            self.state.window, self.state.seq = window, seq
+        size = getattr(sink, "size", -1)
+        self.state.size = size if isinstance(size, int) else -1
+        write_state(self.fd, self.state)
+
+    def close(self, *, finished: bool) -> None:
+        """Let go of the lock; a ``finished`` recording needs its state no more."""
+        if finished:
+            forget_state(self.path)
+        os.close(self.fd)
+
+
+def _open_state(path: Path, *, resume: bool) -> _Written:
+    """Lock the state file of a recording about to be written. Going on with one,
+    first cut what the file holds past the last event the state file counted
+    (a writer killed between the two), so what it says is exact."""
+    fd = lock_state(path)
+    try:
+        state = read_state(fd) if resume else None
+        if state is None:
+            state = RecordedUpTo(-1, -1, -1)
+        elif state.size > 0:
+            with contextlib.suppress(OSError), open(path, "rb+") as f:
+                if f.seek(0, os.SEEK_END) > state.size:
+                    f.truncate(state.size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Written(path, fd, state)
 
 
 def load_recorder(spec: str) -> Any:
@@ -71,16 +213,19 @@ def _reply(out: IO[str], handle: int, event: str, message: str | None = None, **
     reply: dict[str, Any] = {"handle": handle, "event": event, **extra}
     if message is not None:
         reply["message"] = message
-    out.write(json.dumps(reply) + "\n")
-    out.flush()
+    # A daemon that died hears nothing; what it sent is still written.
+    with contextlib.suppress(BrokenPipeError):
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
 
 
 def serve(stream: IO[bytes], out: IO[str]) -> None:
     sinks: dict[int, Any] = {}
     recorders: dict[str, Any] = {}
     opened: dict[int, tuple[str, Path]] = {}  # handle -> (recorder, path)
+    written: dict[int, _Written] = {}
     while (head := _read_exactly(stream, HEADER.size)) is not None:
-        kind, handle, t, length = HEADER.unpack(head)
+        kind, handle, t, length, window, seq = HEADER.unpack(head)
         payload = _read_exactly(stream, length) if length else b""
         if payload is None:
             break
@@ -93,6 +238,9 @@ def serve(stream: IO[bytes], out: IO[str]) -> None:
                     sink.close()
                 except Exception as exc:
                     error = failure_text(exc, spec)
+            if handle in written:
+                with contextlib.suppress(OSError):
+                    written.pop(handle).close(finished=True)
             extra: dict[str, Any] = {}
             if path is not None:
                 with contextlib.suppress(OSError):
@@ -112,10 +260,16 @@ def serve(stream: IO[bytes], out: IO[str]) -> None:
                 opened[handle] = (spec, path)
                 if spec not in recorders:
                     recorders[spec] = load_recorder(spec)
-                if args.pop("resume", False):  # a recording an adopted session goes on with
+                resume = args.pop("resume", False)
+                if resume:  # a recording an adopted session goes on with
+                    # Once the previous writer has let go of it (see the module).
+                    written[handle] = _open_state(path, resume=True)
                     sinks[handle] = recorders[spec].resume(path, **args)
                 else:
                     sinks[handle] = recorders[spec].open(path, **args)
+                    written[handle] = _open_state(path, resume=False)
+                written[handle].wrote(sinks[handle])
+                continue
             elif kind == OUTPUT:
                 sinks[handle].output(payload, t)
             elif kind == INPUT:
@@ -125,6 +279,8 @@ def serve(stream: IO[bytes], out: IO[str]) -> None:
                 sinks[handle].resize(int(cols), int(rows), t)
             elif kind == MARKER:
                 sinks[handle].marker(payload.decode(), t)
+            if handle in written:
+                written[handle].wrote(sinks[handle], window, seq)
         except Exception as exc:  # a failing sink is reported, never the end of the others
             sink = sinks.pop(handle, None)
             spec = opened.pop(handle, ("?", None))[0]
@@ -133,9 +289,16 @@ def serve(stream: IO[bytes], out: IO[str]) -> None:
                 # Its file stays as far as it got; the sink may hold it open.
                 with contextlib.suppress(Exception):
                     sink.close()
-    for sink in sinks.values():
+            if handle in written:  # a failed recording is not gone on with
+                with contextlib.suppress(OSError):
+                    written.pop(handle).close(finished=True)
+    # The daemon stopped or died: finish every file, and keep saying where each
+    # is up to (the next daemon goes on from there) until the lock goes with us.
+    for handle, sink in sinks.items():
         with contextlib.suppress(Exception):
             sink.close()
+            if handle in written:
+                written[handle].wrote(sink)
 
 
 def main() -> None:

@@ -9,6 +9,13 @@ is audited and logged once, and never touches the session.
 
 Every finished recording's SHA-256 goes into its ``record.stop`` audit record,
 so an edited file no longer matches the log (``tachi record verify``).
+
+Across a daemon crash a recording written by the recorder process holds the
+output exactly once, in order (docs/survival.md, "Recordings"): the worker
+says where the file is up to (tachi.core.recorder_worker), the window's
+journal keeps what was not handed to the worker yet, and a window whose
+recording falls more than half a journal behind waits (its PTY is not read)
+until the worker catches up.
 """
 
 from __future__ import annotations
@@ -26,7 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tachi.core.recorder_process import ProcessSink, RecorderProcess
-from tachi.core.recorder_worker import failure_text, file_digest
+from tachi.core.recorder_worker import (
+    RecordedUpTo,
+    failure_text,
+    file_digest,
+    forget_state,
+    recorded_up_to,
+)
 from tachi.errors import Conflict, InvalidRequest, NotFound, TachiError
 from tachi.gotime import now_ns
 from tachi.models import Recording
@@ -68,7 +81,14 @@ class _Live:
     failure: str | None = None
     pending: list[bytes] = field(default_factory=list)
     pending_t: float = 0.0
+    #: The window the pending output comes from, and its offset just past it.
+    pending_window: int = -1
+    pending_seq: int = -1
     flush_timer: asyncio.TimerHandle | None = None
+    #: Written by the recorder process: its lag behind the output is watched.
+    watch: bool = False
+    #: The window not read until this recording catches up (see the module).
+    paused: WindowRuntime | None = None
 
     def t(self) -> float:
         return time.monotonic() - self.started
@@ -212,7 +232,12 @@ class RecordingManager:
             "SELECT start_ns, size FROM recordings WHERE id = ?", (rec_id,)
         ).fetchone()
         factory = getattr(recorder, "worker_factory", None)
+        window = session.mux.get(None)
+        upto: RecordedUpTo | None = None
         if factory:
+            # The dead daemon's recorder process may still be writing what it
+            # was sent: wait for it (bounded), then learn where the file is up to.
+            upto = recorded_up_to(path)
             sink: Any = self.process.open(
                 factory, path, resume=True, record_input=self.record_input
             )
@@ -232,14 +257,26 @@ class RecordingManager:
         )
         live = _Live(recording, sink, time.monotonic() - elapsed, session, self.record_input)
         self.live[session.id] = live
+        missed, since = _not_recorded(window, upto)
         if isinstance(sink, ProcessSink):
             sink.on_error = lambda exc: self._failed(live, f"write failed: {exc.strerror or exc}")
+            live.watch = True
+            sink.handed_window, sink.handed_seq = window.id, since
         self._listen(live)
+        # What the dead daemon had read but never handed to its recorder comes
+        # first (from the journal): it happened before the daemon was away.
+        if missed:
+            self._write(live, lambda: self._output(live, missed, live.t(), window))
         self._write(
             live,
             lambda: sink.marker(
                 "tachi: the daemon was away here (restarted); the recording goes on", live.t()
             ),
+        )
+        # A player shows the screen as the next daemon found it (a full-screen
+        # program's redraw comes later, or never if the recording was behind).
+        self._write(
+            live, lambda: self._output(live, window.screen.ansi().encode(), live.t(), window)
         )
         with contextlib.suppress(TachiError):
             self._audit(
@@ -258,6 +295,11 @@ class RecordingManager:
         recorder = self.recorders.get(fmt)
         duration = 0.0
         note = "not repaired: no recorder for its format"
+        try:  # a recorder process of the dead daemon may still be writing it
+            recorded_up_to(Path(path))
+        except OSError as exc:
+            log.warning("recording %s: %s", rec_id, exc)
+        forget_state(Path(path))
         repair = getattr(recorder, "repair", None)
         if repair is not None:
             try:
@@ -356,9 +398,12 @@ class RecordingManager:
         )
         live = _Live(recording, sink, time.monotonic(), session, self.record_input)
         self.live[session.id] = live
+        window = session.mux.get(None)
         if isinstance(sink, ProcessSink):
             # The worker reports a failed write (a full disk) after the fact.
             sink.on_error = lambda exc: self._failed(live, f"write failed: {exc.strerror or exc}")
+            live.watch = True
+            sink.handed_window, sink.handed_seq = window.id, window.seq
         self._db.execute(
             "INSERT INTO recordings(id, session_id, path, format, start_ns) VALUES (?, ?, ?, ?, ?)",
             (rec_id, session.id, str(path), recording.format, start),
@@ -380,8 +425,7 @@ class RecordingManager:
 
         self._listen(live)
         # What the user saw when recording started, so playback doesn't begin blank.
-        window = session.mux.get(None)
-        self._write(live, lambda: live.sink.output(window.screen.ansi().encode(), 0.0))
+        self._write(live, lambda: self._output(live, window.screen.ansi().encode(), 0.0, window))
         if live.failure is not None:
             raise InvalidRequest(f"recording {rec_id} failed: {live.failure}")
         return recording
@@ -399,9 +443,65 @@ class RecordingManager:
                     COALESCE_SECONDS, self._flush, live
                 )
             live.pending.append(data)
+            live.pending_window, live.pending_seq = window.id, window.seq
+            # No system call here: a few comparisons per PTY read.
+            if (
+                live.watch
+                and window.journal is not None
+                and window.seq - live.sink.handed_seq > window.journal.capacity >> 1
+                and live.sink.handed_window == window.id
+            ):
+                self._behind(live, window)
 
         live.listener = on_output
         live.session.output_listeners.append(on_output)
+
+    def _behind(self, live: _Live, window: WindowRuntime) -> None:
+        """The recording is half a journal behind ``window``'s output: more would
+        not survive a crash. Hand it all over now and read the window's PTY no
+        more until the worker has caught up (the program waits, as it does for
+        a slow terminal)."""
+        self._flush(live)
+        self.process.catch_up()
+        if live.paused is None and live.failure is None:
+            live.paused = window
+            window.child.pause_reading()
+            live.sink.on_handed = lambda: self._handed(live)
+            self._handed(live)
+
+    def _handed(self, live: _Live) -> None:
+        """More of a waiting window's output is handed over: read it again once
+        its recording is within a quarter of a journal."""
+        window = live.paused
+        sink = live.sink
+        if window is not None and live.failure is None and live.session.id in self.live:
+            journal = window.journal
+            if (
+                journal is not None
+                and sink.handed_window == window.id
+                and window.seq - sink.handed_seq > journal.capacity >> 2
+            ):
+                return
+        self._unpause(live)
+
+    def _unpause(self, live: _Live) -> None:
+        window, live.paused = live.paused, None
+        if isinstance(live.sink, ProcessSink):
+            live.sink.on_handed = None
+        if window is not None:
+            window.child.resume_reading()
+
+    def unhanded_from(self, session: SessionRuntime, window: WindowRuntime) -> int | None:
+        """The offset in ``window``'s output from which its recording has not been
+        handed to the recorder process (it would not survive this daemon), or
+        ``None`` if no recording needs any of it."""
+        live = self.live.get(session.id)
+        if live is None or not live.watch or live.failure is not None:
+            return None
+        sink = live.sink
+        if sink.handed_window != window.id or sink.handed_seq < 0:
+            return None
+        return int(sink.handed_seq)
 
     def stop(
         self, session_id: str, principal: str = "tachid", error: str | None = None
@@ -414,6 +514,7 @@ class RecordingManager:
         with contextlib.suppress(ValueError):
             live.session.output_listeners.remove(live.listener)
         self._flush(live)
+        self._unpause(live)
         error = error or live.failure
         try:
             live.sink.close()
@@ -454,7 +555,8 @@ class RecordingManager:
         chunks, live.pending = live.pending, []
         sink = live.sink
         if isinstance(sink, ProcessSink):
-            self._write(live, lambda: sink.output_parts(chunks, live.pending_t))
+            window, seq = live.pending_window, live.pending_seq
+            self._write(live, lambda: sink.output_parts(chunks, live.pending_t, window, seq))
         else:
             self._write(live, lambda: sink.output(b"".join(chunks), live.pending_t))
 
@@ -470,11 +572,14 @@ class RecordingManager:
             return
         self._flush(live)  # keep events in order
         if event == "window-switched":
+            self._unpause(live)  # that window is no longer recorded
             window = session.mux.get(None)
             self._write(
                 live, lambda: live.sink.marker(f"window {window.id}: {window.name}", live.t())
             )
-            self._write(live, lambda: live.sink.output(window.screen.ansi().encode(), live.t()))
+            self._write(
+                live, lambda: self._output(live, window.screen.ansi().encode(), live.t(), window)
+            )
         elif event == "resized":
             self._write(live, lambda: live.sink.resize(details["cols"], details["rows"], live.t()))
         elif event == "closed":
@@ -486,6 +591,15 @@ class RecordingManager:
         if live is not None:
             self._flush(live)
             self._write(live, lambda: live.sink.marker(label, live.t()))
+
+    @staticmethod
+    def _output(live: _Live, data: bytes, t: float, window: WindowRuntime) -> None:
+        """Output of ``window`` up to its current offset (which the recorder
+        process is told, to say where the file is up to)."""
+        if isinstance(live.sink, ProcessSink):
+            live.sink.output(data, t, window.id, window.seq)
+        else:
+            live.sink.output(data, t)
 
     def _write(self, live: _Live, action: Any) -> None:
         if live.failure is not None:
@@ -609,6 +723,8 @@ class RecordingManager:
             raise Conflict(f"recording {rec_id} is still running; stop it first")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(rec.path or "")
+        if rec.path:
+            forget_state(Path(rec.path))
         self._db.execute("DELETE FROM recordings WHERE id = ?", (rec_id,))
         return rec
 
@@ -626,6 +742,30 @@ def _digest(path: Path) -> tuple[str, int] | None:
         return file_digest(path)
     except OSError:
         return None
+
+
+def _not_recorded(window: WindowRuntime, upto: RecordedUpTo | None) -> tuple[bytes, int]:
+    """After a crash: the output of ``window`` (active, just adopted) that its
+    recording file, up to ``upto``, lacks, from the window's journal; and the
+    offset it starts at."""
+    journal = window.journal
+    if upto is None or journal is None or upto.window != window.id or upto.seq < 0:
+        # A recording written in the daemon, by an older version, or of another
+        # window when it died: it goes on from the redraw.
+        return b"", window.seq
+    if upto.seq >= window.seq:
+        return b"", window.seq
+    missed = journal.since(upto.seq)
+    if missed is None:
+        log.warning(
+            "recording of %s: output %d-%d is lost (the journal starts at %d)",
+            journal.key,
+            upto.seq,
+            journal.base,
+            journal.base,
+        )
+        return bytes(journal.since(journal.base) or b""), journal.base
+    return bytes(missed), upto.seq
 
 
 def _stop_details(rec_id: str, digest: tuple[str, int] | None) -> dict[str, Any]:

@@ -253,7 +253,13 @@ class Survival:
         self._saved[(session.id, window.id)] = state
         journal = getattr(window, "journal", None)
         if journal is not None:
-            journal.reset(window.seq)
+            # What the journal holds past the snapshot (reads being gathered
+            # as a full journal made it save) stays; so does output a recording
+            # has not handed to its recorder process yet: the next daemon
+            # records it from there.
+            recordings = getattr(self.daemon, "recordings", None)
+            keep = recordings.unhanded_from(session, window) if recordings else None
+            journal.trim(window.seq if keep is None else min(keep, window.seq))
         return len(screen)
 
     def _run_kept(self, session: SessionRuntime, window: WindowRuntime, record: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -89,15 +90,22 @@ class WindowRuntime:
                 if keeper is not None:
                     # Full: the window is saved (survival), the journal restarted.
                     self.journal.on_full = functools.partial(keeper.full_journal, keep_key)
+                self.child.read = self._read_journaled
 
     @property
     def exit_code(self) -> int | None:
         return self.child.exit_code
 
+    def _read_journaled(self, fd: int, size: int) -> bytes:
+        """Read the PTY straight into the journal (which runs ahead of ``seq``
+        while a callback gathers up to 64 KiB of reads)."""
+        journal = self.journal
+        if journal is None:
+            return os.read(fd, size)
+        return journal.read_from(fd, size)
+
     def _output(self, data: bytes) -> None:
         seq = self.seq
-        if self.journal is not None:
-            self.journal.write(seq, data)
         self.seq += len(data)
         self._backlog += data
         if len(self._backlog) > 2 * BACKLOG_BYTES:
