@@ -53,7 +53,11 @@ def test_the_owner_with_a_refused_plugin_token_sees_the_plugins_reason(acme_daem
     assert refused.returncode == 4
     assert REASON in refused.stderr and "unknown token" not in refused.stderr
     (record,) = auth_records(acme_daemon)
-    assert (record["action"], record["result"], record["reason"]) == ("auth.token", "denied", REASON)
+    assert (record["action"], record["result"], record["reason"]) == (
+        "auth.token",
+        "denied",
+        REASON,
+    )
     # Without the token the owner gets in, as always.
     listed = acme_daemon.run("ls", "--json")
     assert listed.returncode == 0, listed.stderr
