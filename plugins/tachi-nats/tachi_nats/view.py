@@ -31,8 +31,8 @@ class SessionEntry:
     needs of it."""
 
     __slots__ = (
-        "agent", "command", "created", "host", "id", "name", "order", "raw", "size", "state",
-        "user", "windows",
+        "agent", "command", "created", "host", "id", "name", "order", "raw", "rewritten", "size",
+        "state", "user", "windows",
     )  # fmt: skip
 
     def __init__(self, raw: bytes, doc: dict[str, Any], key_host: str) -> None:
@@ -50,6 +50,9 @@ class SessionEntry:
         self.command = " ".join(map(str, doc.get("command") or ()))[:40]
         #: The listing's order (host, creation time, id), made once, not per sort.
         self.order = (self.host, str(self.created or ""), str(self.id or ""))
+        #: (state, JSON with it): the last rewrite, kept for the mirror's next
+        #: answer (a gone host's sessions stay rewritten while nothing else changes).
+        self.rewritten: tuple[Any, bytes] | None = None
 
     def sort_key(self) -> tuple[str, str, str]:
         return self.order
@@ -58,9 +61,14 @@ class SessionEntry:
         """The session's JSON, one line; with ``state`` put in when it differs."""
         if state == self.state:
             return self.raw
+        kept = self.rewritten
+        if kept is not None and kept[0] == state:
+            return kept[1]
         doc = json.loads(self.raw)
         doc["state"] = state
-        return json.dumps(doc, separators=(",", ":")).encode()
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        self.rewritten = (state, data)
+        return data
 
 
 def session_entry(key: str, raw: bytes) -> SessionEntry | None:
