@@ -5,21 +5,24 @@ daemons; each part is a function, run by name:
 - ``registry``: ``tachi fleet ls`` latency with 100 hosts x 100 sessions (97
   simulated hosts publish the same KV schema without PTYs, next to 3 real
   daemons with 100 ``sleep`` sessions each), as a whole command through the
-  daemon's mirror (its first call, which fills the mirror, and the steady
-  state) and reading NATS directly (``--direct``), and the snapshot alone;
-  target <= 300 ms;
+  daemon's mirror (its first call, which fills the mirror, the steady
+  state, and the first ask after a session changed) and reading NATS
+  directly (``--direct``), and the snapshot alone; target <= 300 ms;
 - ``audit``: records per second one host's shipper publishes (a backlog made
   while NATS was down, drained), and the lag under load (records written as
   fast as one client can, sampled every 100 ms);
 - ``overhead``: one daemon's CPU time and memory for the same workload (20
   sessions, sends and resizes) with the plugin on (``[fleet]``) and off,
-  interleaved.
-
+  interleaved;
+- ``local``: the local echo (p50/p99 of keystrokes through ``tachi attach``)
+  and throughput (a ``cat`` through an attached client), bench/run.py's
+  measurements, on a daemon with ``[fleet]`` and one without, interleaved
+  round by round; target: no measurable change;
 - ``transport``: attach through NATS vs direct WebSocket on the same host (echo
   p50/p99, throughput) and ``tachi --host nats://… ls`` whole-process time
   (bench/fleet_transport.py).
 
-    .venv/bin/python bench/fleet.py [registry] [audit] [overhead] [transport] [--rounds N]
+    .venv/bin/python bench/fleet.py [registry] [audit] [overhead] [local] [transport] [--rounds N]
 """
 
 from __future__ import annotations
@@ -217,6 +220,15 @@ def bench_registry(rounds: int) -> list[tuple[str, str]]:
             m.setdefault("direct json", []).append(timed("ls", "--json", "--direct"))
             m.setdefault("direct table", []).append(timed("ls", "--direct"))
             m.setdefault("direct json cold", []).append(timed("ls", "--json", "--direct", env=cold))
+            # A session made, then closed, on another host: the next ask after each
+            # builds its answer again (the kept ones are dropped).
+            other = real["real-2"]
+            sid = other.new("sleep", "600")["id"]
+            time.sleep(0.5)  # pushed to the mirror in milliseconds
+            m.setdefault("changed", []).append(timed("ls", "--json", n=10001))
+            other.run("close", sid, check=True)
+            time.sleep(0.5)
+            m.setdefault("changed", []).append(timed("ls", "--json"))
 
         snap: list[float] = []
 
@@ -249,6 +261,10 @@ def bench_registry(rounds: int) -> list[tuple[str, str]]:
         ),
         ("fleet ls --json, same, through the daemon: steady state", row(m["json"])),
         ("fleet ls (table), through the daemon: steady state", row(m["table"])),
+        (
+            "fleet ls --json, through the daemon: first ask after a session changed",
+            row(m["changed"]),
+        ),
         ("fleet ls --json, through the daemon, without the warm CLI", row(m["json cold"])),
         ("fleet ls --json --host sim-042 (100 sessions), through the daemon", row(m["host"])),
         ("fleet ls --json --direct (NATS read by the command)", row(m["direct json"])),
@@ -419,6 +435,98 @@ def bench_overhead(rounds: int) -> list[tuple[str, str]]:
     return out
 
 
+# -- local echo and throughput, plugin on vs off --------------------------------------
+
+#: Keys per echo round and MiB per throughput round (bench/run.py's full sizes).
+ECHO_KEYS = 500
+THROUGHPUT_MIB = 64
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    """Median (min-max) of ``values``."""
+    return (
+        f"{statistics.median(values):.{digits}f}"
+        f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
+
+
+def bench_local(rounds: int) -> list[tuple[str, str]]:
+    """bench/run.py's echo (500 keystrokes through ``tachi attach``, p50/p99) and
+    throughput (64 MiB of line-broken base64 ``cat`` through an attached client)
+    on two daemons with the same config but for the ``[fleet]`` table, both with
+    the plugin loaded, interleaved round by round (the order flipped each round):
+    the issue's target is no measurable change with the plugin on."""
+    import run as run_bench  # bench/run.py: the same measurements as against tmux
+
+    loads = [" ".join(Path("/proc/loadavg").read_text().split()[:3])]
+    plugins = ",".join(filter(None, [run_bench.SCREENS[run_bench.SCREEN], "nats"]))
+    samples: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
+    with nats_server() as server, contextlib.ExitStack() as stack:
+        envs: dict[str, Any] = {}
+        for mode in ("off", "on"):
+            env = run_bench.Env()
+            stack.callback(env.close)
+            env.env["TACHI_LOAD_PLUGINS"] = plugins
+            fleet = f'[fleet]\nurl = "{server.url}"\nhost = "local-on"\n'
+            (env.dir / "config.toml").write_text(fleet if mode == "on" else "")
+            envs[mode] = env
+        data = envs["off"].data
+        subprocess.run(
+            f"head -c {THROUGHPUT_MIB * 2**20 * 3 // 4} /dev/urandom | base64 > {data}",
+            shell=True,
+            check=True,
+        )
+        for env in envs.values():
+            if env.data != data:
+                shutil.copyfile(data, env.data)
+            env.tachi("daemon", "start")
+            env.wait_warm()
+        # The "on" daemon is in the fleet: its host's heartbeat is in the registry
+        # (read by the command itself: the daemon's mirror stays off, as on a
+        # host whose user never lists the fleet).
+        _wait(
+            lambda: "local-on" in envs["on"].tachi("fleet", "hosts", "--direct", check=False),
+            30,
+            "the on daemon in the fleet",
+        )
+        rss_before = {m: _proc_stats(envs[m].daemon_pid())[1] / 1024 for m in envs}
+        for rnd in range(rounds):
+            for mode in ("off", "on") if rnd % 2 == 0 else ("on", "off"):
+                env = envs[mode]
+                got = samples[mode]
+                echo = run_bench.bench_echo(env, "tachi", rnd, ECHO_KEYS, prefix=f"e{mode}")
+                tput = run_bench.bench_throughput(env, "tachi", rnd)
+                for key, value in [
+                    ("echo p50 ms", echo["p50_ms"]),
+                    ("echo p99 ms", echo["p99_ms"]),
+                    ("daemon CPU per keystroke us", echo["server_us"]),
+                    ("throughput MiB/s", tput["mib_s"]),
+                    ("daemon CPU per 64 MiB s", tput["server_cpu_s"]),
+                ]:
+                    got.setdefault(key, []).append(value)
+        rss = {m: _proc_stats(envs[m].daemon_pid())[1] / 1024 for m in envs}
+        loads.append(" ".join(Path("/proc/loadavg").read_text().split()[:3]))
+    out = []
+    for key in samples["off"]:
+        off, on = samples["off"][key], samples["on"][key]
+        ratio = statistics.median(on) / statistics.median(off)
+        out.append(
+            (
+                f"{key}: off -> on, median (min-max) of {rounds}",
+                f"{_spread(off)} -> {_spread(on)}; on/off {ratio:.2f}",
+            )
+        )
+    out.append(
+        (
+            "daemon RSS before the rounds, after them: off -> on",
+            f"{rss_before['off']:.1f}, {rss['off']:.1f} -> {rss_before['on']:.1f},"
+            f" {rss['on']:.1f} MiB",
+        )
+    )
+    out.append(("load average at the start, at the end", " / ".join(loads)))
+    return out
+
+
 def bench_transport(rounds: int) -> list[tuple[str, str]]:
     """NATS transport vs direct WebSocket (bench/fleet_transport.py)."""
     import fleet_transport
@@ -430,6 +538,7 @@ PARTS: dict[str, Callable[[int], list[tuple[str, str]]]] = {
     "registry": bench_registry,
     "audit": bench_audit,
     "overhead": bench_overhead,
+    "local": bench_local,
     "transport": bench_transport,
 }
 
