@@ -10,6 +10,10 @@ consumer per bucket (the hosts and the sessions KV), which delivers the last
 value of every key once and then every change as it is written (events, not
 polling). Requests are answered from that copy.
 
+Answers are kept, with the compressed frames made of them, until what they
+show changes (a session, or which hosts are up; for ``fleet hosts`` any
+change), so asking again costs the daemon only the send.
+
 Nobody asking, nothing kept: after ``[fleet] mirror_idle`` seconds (default
 600) without a request the consumers are deleted and the copy dropped, so a
 daemon whose user never lists the fleet pays nothing; the next request fills
@@ -185,7 +189,7 @@ class FleetMirror:
         #: ``fleet ls`` shows besides which hosts are up).
         self.version = 0
         self.sessions_version = 0
-        #: Answers for the copy as it is (see ``_cached``); hits counted for the tests.
+        #: Answers for the copy as it is (see ``_cached``), and how many were reused.
         self._cache: dict[tuple[Any, ...], Payload] = {}
         self._cache_state: tuple[Any, ...] | None = None
         self.cache_hits = 0
@@ -421,8 +425,8 @@ async def fleet_snapshot(ctx: RequestContext, args: dict[str, Any]) -> dict[str,
     if pieces is None:
         # Off the daemon's loop (zlib lets go of the GIL): 6 MB take 30-40 ms.
         # Kept with the payload: the next request for the same answer sends these.
-        # zlib even on the local socket: 10,000 sessions' JSON is 6 MB and about
-        # 0.15-0.6 MB compressed, and base64, framing and decoding 6 MB cost
+        # zlib even on the local socket: 10,000 sessions' JSON is 6 MB, several
+        # times smaller compressed, and base64, framing and decoding 6 MB cost
         # more than compressing and inflating it (measured: docs/benchmarks.md).
         pieces = await asyncio.get_running_loop().run_in_executor(None, _encode, payload.data)
         payload.encoded = pieces
