@@ -275,6 +275,11 @@ def test_an_svid_offered_to_a_daemon_without_tachi_spiffe_is_refused_saying_why(
         assert "tachi-spiffe plugin is not loaded" in _one_line(offered.stderr)
         refusal = [r for r in _audit(daemon) if r["action"] == "auth"][-1]
         assert "tachi-spiffe plugin is not loaded" in refusal["reason"]
+        # Nor is tachi-spiffe imported there to find that out: it would bring its
+        # Workload API client (grpc, ~18 MiB) into a daemon that never uses it.
+        assert daemon.proc is not None
+        maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+        assert "grpc" not in maps
     finally:
         with contextlib.suppress(Exception):
             daemon.stop()
