@@ -88,7 +88,8 @@ def gone(pid: int, timeout: float = 10) -> bool:
         try:
             if process_state(pid) == "Z":
                 return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
+            # Reaped before the open, or between the open and the read (ESRCH).
             return True
         time.sleep(0.05)
     return False
