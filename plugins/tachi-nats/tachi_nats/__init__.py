@@ -191,14 +191,6 @@ def tachi_session_event(session: Any, event: str, details: dict[str, Any]) -> No
 
 
 @tachi.hookimpl
-def tachi_audit_event(event: dict[str, Any]) -> None:
-    """Wake the audit shipper, which reads the log itself (idle: returns at once)."""
-    agent = _agent
-    if agent is not None:
-        agent.audit_written()
-
-
-@tachi.hookimpl
 def tachi_connect(url: str, options: dict[str, Any]) -> Any:
     """Open ``nats://SERVER/HOST`` URLs (in the client process): a virtual
     connection to that fleet host's daemon through NATS."""
