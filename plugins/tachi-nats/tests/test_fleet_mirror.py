@@ -114,7 +114,12 @@ def _consumers(url: str, bucket: str) -> int:
     reads filter on its host's keys)."""
 
     async def count(js: Any) -> int:
-        found = await js._jsm.consumers_info(f"KV_{bucket}")
+        from nats.js.errors import NotFoundError
+
+        try:
+            found = await js._jsm.consumers_info(f"KV_{bucket}")
+        except NotFoundError:  # the daemon has not made its buckets yet: none
+            return 0
         return sum(1 for c in found if c.config.filter_subject == f"$KV.{bucket}.>")
 
     return nats(url, count)

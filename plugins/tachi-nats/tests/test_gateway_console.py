@@ -280,8 +280,16 @@ def test_the_audit_view_pages_through_older_records_without_gaps(
     _, hosts = console("build-1", "build-2")
     for _ in range(3):
         hosts["build-2"].new("true")
-    want = fleet(hosts["build-1"], "audit", "--json", "--host", "build-2")
-    assert len(want) >= 7
+
+    # The records reach the stream within the shipper's poll (0.5 s): wait until
+    # they have, and until no more come (two polls apart, the same).
+    def shipped() -> list[dict[str, Any]] | None:
+        first = fleet(hosts["build-1"], "audit", "--json", "--host", "build-2")
+        time.sleep(1.2)
+        again = fleet(hosts["build-1"], "audit", "--json", "--host", "build-2")
+        return again if len(again) >= 7 and len(again) == len(first) else None
+
+    want = wait_until(shipped, 20, "build-2's records in the stream")
     monkeypatch.setattr(gateway_mod, "PAGE", 3)
     monkeypatch.setenv("TACHI_HOME", str(hosts["build-1"].home))
     settings = settings_mod.load()
