@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -53,6 +54,20 @@ def run_tachi(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def saved_screen(daemon: DaemonProcess, session: str) -> str:
+    """The last screen snapshot the daemon saved for the session's window 0."""
+    db = sqlite3.connect(f"file:{daemon.state_dir / 'tachi.db'}?mode=ro", uri=True)
+    try:
+        row = db.execute(
+            "SELECT screen FROM kept_windows WHERE session_id = ? AND window_id = 0", (session,)
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return ""
+    finally:
+        db.close()
+    return row[0] if row else ""
 
 
 @contextlib.contextmanager

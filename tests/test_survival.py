@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import capture, get, surviving_daemon, until, wait_match
+from helpers import capture, get, saved_screen, surviving_daemon, until, wait_match
 from tachi.testing import DaemonProcess
 
 #: Scrollback enough for every numbered line of a scenario.
@@ -33,20 +32,6 @@ def daemon(tachi_home):
 
 def ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def saved_screen(daemon: DaemonProcess, session: str) -> str:
-    """The last screen snapshot the daemon saved for the session's window 0."""
-    db = sqlite3.connect(f"file:{daemon.state_dir / 'tachi.db'}?mode=ro", uri=True)
-    try:
-        row = db.execute(
-            "SELECT screen FROM kept_windows WHERE session_id = ? AND window_id = 0", (session,)
-        ).fetchone()
-    except sqlite3.OperationalError:
-        return ""
-    finally:
-        db.close()
-    return row[0] if row else ""
 
 
 def restart_by_ls(daemon: DaemonProcess) -> list[dict]:

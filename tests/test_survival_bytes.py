@@ -14,14 +14,13 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import sys
 import time
 import zlib
 
 import pytest
 
-from helpers import capture, shell_session, surviving_daemon, until, wait_match
+from helpers import capture, saved_screen, shell_session, surviving_daemon, until, wait_match
 from tachi.testing import DaemonProcess
 
 CONFIG = "[session]\nhistory_limit = 20000\n"
@@ -58,19 +57,6 @@ LINE = re.compile(r"^N(\d+) ([0-9a-f]{16})$", re.MULTILINE)
 def daemon(tachi_home):
     with surviving_daemon(tachi_home, config=CONFIG) as d:
         yield d
-
-
-def saved_screen(daemon: DaemonProcess, session: str) -> str:
-    db = sqlite3.connect(f"file:{daemon.state_dir / 'tachi.db'}?mode=ro", uri=True)
-    try:
-        row = db.execute(
-            "SELECT screen FROM kept_windows WHERE session_id = ? AND window_id = 0", (session,)
-        ).fetchone()
-    except sqlite3.OperationalError:
-        return ""
-    finally:
-        db.close()
-    return row[0] if row else ""
 
 
 def daemon_pid(daemon: DaemonProcess) -> int:
