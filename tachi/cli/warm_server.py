@@ -70,7 +70,9 @@ def preload() -> None:
     try:
         for plugin in make_plugin_manager(hooks={"tachi_connect"}).get_plugins():
             for name in getattr(plugin, "WARM_PRELOAD", ()):
-                importlib.import_module(name)
+                warm = getattr(importlib.import_module(name), "warm", None)
+                if callable(warm):
+                    warm()  # what each command would make again (TLS contexts)
     except Exception:
         traceback.print_exc()
 
