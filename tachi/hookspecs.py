@@ -104,6 +104,10 @@ def tachi_connect(url: str, options: dict[str, Any]) -> Any:
     Raise ``tachi.errors.DaemonUnavailable`` (can't reach) or
     ``PermissionDenied`` (TLS or identity refused) with one clear line.
     Called in the client process (``tachi --host URL``, ``Client(url=…)``).
+    With ``options["inline"]`` (a caller that reads promptly on one thread:
+    attach and the CLI's commands), an object with the socket calls the frame
+    reader makes may be returned instead, speaking the protocol on the
+    caller's thread (docs/plugins.md).
     """
 
 

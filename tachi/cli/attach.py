@@ -102,7 +102,9 @@ def attach(
         # This loop reads its connection promptly, on one thread: a transport
         # that can (tachi-websocket) then speaks its protocol here, on the
         # loop's own select, instead of through a socketpair and a bridge thread.
-        endpoint = replace(endpoint, options={**endpoint.options, "inline": True})
+        endpoint = replace(
+            endpoint, options={**endpoint.options, "inline": True, "interactive": True}
+        )
     wire = WireConnection(endpoint, token=token, autostart=False)
     if not os.isatty(in_fd):
         wire.call("session.get", {"session": session})  # a missing session is the better error

@@ -37,8 +37,12 @@ class Context:
     def client(self, *, autostart: bool = True) -> Any:
         from tachi.client.sync import Client
 
+        # A command reads its connection whenever it waits (it is never idle
+        # holding one), so a transport that can speaks its protocol on this
+        # thread, without a socketpair and a bridge thread (tachi-websocket).
+        options = {**self.options, "inline": True} if self.host else self.options
         return Client(
-            self.socket, url=self.host, token=self.token, autostart=autostart, options=self.options
+            self.socket, url=self.host, token=self.token, autostart=autostart, options=options
         )
 
     @property

@@ -133,18 +133,22 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket | WebSoc
     """A local socket carrying frames to and from the daemon at ``url``: from
     the connection keeper when it is enabled (``tachi_websocket.keeper``),
     else connected here and bridged by a thread. With ``options["inline"]``
-    (a caller that reads promptly, on one thread: ``tachi attach``), a
-    :class:`WebSocketStream` instead: the socket calls of a frame stream,
-    spoken as WebSocket on the caller's thread.
+    (a caller that reads promptly, on one thread: ``tachi attach``, a CLI
+    command), a :class:`WebSocketStream` instead: the socket calls of a frame
+    stream, spoken as WebSocket on the caller's thread; unless the keeper is
+    enabled and the caller is not ``options["interactive"]`` (attach is).
 
     Raises ``DaemonUnavailable`` (can't reach) or ``PermissionDenied`` (TLS,
     fingerprint or the daemon refused us), each with one line.
     """
-    if options.get("inline"):
-        # The caller (``tachi attach``) reads the connection itself, promptly:
-        # it gets the WebSocket on its own thread, no socketpair, no bridge.
+    kept = os.environ.get("TACHI_WS_KEEPER", "0") not in ("", "0", "off", "no")
+    if options.get("inline") and (options.get("interactive") or not kept):
+        # The caller (``tachi attach``, a CLI command) reads the connection
+        # itself, promptly: it gets the WebSocket on its own thread, no
+        # socketpair, no bridge. A one-shot command prefers a kept connection
+        # (no TCP and TLS to set up); an interactive one its own.
         return WebSocketStream(*connect_websocket(url, options))
-    if os.environ.get("TACHI_WS_KEEPER", "0") not in ("", "0", "off", "no"):
+    if kept:
         from tachi_websocket import keeper
 
         if keeper.enabled(options):

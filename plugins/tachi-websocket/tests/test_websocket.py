@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 import time
 
 import pexpect
@@ -75,19 +76,30 @@ def test_attach_over_wss_in_a_real_terminal(remote: Remote):
     assert "[detached from session" in child.before.decode()
 
 
-def _unix_sockets(pid: int) -> int:
-    """How many of ``pid``'s descriptors are Unix-domain sockets."""
+def _sockets(pid: int, table: str, column: int) -> int:
+    """How many of ``pid``'s descriptors are sockets listed in /proc/net/TABLE."""
     import os
     from pathlib import Path
 
-    unix = {line.split()[6] for line in Path("/proc/net/unix").read_text().splitlines()[1:]}
+    lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+    inodes = {line.split()[column] for line in lines}
     links = []
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
             links.append(os.readlink(fd))
         except OSError:
             continue  # closed meanwhile
-    return sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in unix)
+    return sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in inodes)
+
+
+def _unix_sockets(pid: int) -> int:
+    """How many of ``pid``'s descriptors are Unix-domain sockets."""
+    return _sockets(pid, "unix", 6)
+
+
+def _tcp_sockets(pid: int) -> int:
+    """How many of ``pid``'s descriptors are TCP (IPv4) sockets."""
+    return _sockets(pid, "tcp", 9)
 
 
 def test_a_remote_attach_speaks_websocket_on_its_own_tls_socket(remote: Remote):
@@ -111,6 +123,30 @@ def test_a_remote_attach_speaks_websocket_on_its_own_tls_socket(remote: Remote):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_a_remote_command_speaks_websocket_on_its_own_tls_socket(remote: Remote):
+    """A CLI command (here a `wait` that blocks) reads its connection whenever
+    it waits: it speaks WebSocket on its TLS socket too, with no socketpair and
+    bridge thread (about 5 ms of `tachi --host wss://… ls`)."""
+    session = json.loads(remote.run("new", "-d", "--json", "--", "bash", "--norc").stdout)
+    argv = remote.daemon.tachi_argv(
+        *remote.flags(), "wait", session["id"], "--match", "later-1", "--timeout", "20"
+    )
+    env = {**remote.daemon.env, "TACHI_TOKEN": remote.token, "TACHI_WARM": "0"}
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not _tcp_sockets(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _tcp_sockets(proc.pid) == 1  # connected, and waiting
+        assert _unix_sockets(proc.pid) == 0
+        assert remote.run("send", session["id"], "echo later-$((0+1))\\n").returncode == 0
+        assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def test_an_unpinned_self_signed_daemon_and_a_wrong_pin_are_refused(remote: Remote):
