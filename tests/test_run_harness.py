@@ -661,9 +661,10 @@ def test_runs_survive_installed_prompt_frameworks(tachi_daemon, framework):
         # run typed meanwhile waits as type-ahead, and a Ctrl-C sent before
         # it starts interrupts the prompt, not the command. So the Ctrl-C
         # goes once the command is seen running (its output, not the echoed
-        # line, says "sleeping").
+        # line, says "sleeping"), from a process that is already in front
+        # (exec: no moment when the shell is, between the print and the sleep).
         with pytest.raises(TimedOut):
-            client.run(sid, "printf 'sle%s\\n' eping; sleep 30", timeout=0.3)
+            client.run(sid, "sh -c \"printf 'sle%s\\n' eping; exec sleep 30\"", timeout=0.3)
         client.wait(sid, match="sleeping", timeout=T)
         client.send_signal(sid, "INT")
         r = client.run(sid, "echo after", timeout=T)

@@ -109,6 +109,14 @@ def test_a_killed_host_is_gone_through_the_mirror_within_15_s(nats_server, fleet
     assert [r[1] for r in ask(a, "rows", state="unreachable")[1]] == [sid]
 
 
+def _connected(daemon: Any, host: str) -> bool:
+    """Whether the daemon's fleet agent is connected (asked before then, the
+    mirror says it is not: ``DaemonUnavailable``): its heartbeat is in the
+    registry, read without the mirror."""
+    hosts = fleet(daemon, "hosts", "--json", "--direct")
+    return any(h["host"] == host and h["status"] == "up" for h in hosts)
+
+
 def _consumers(url: str, bucket: str) -> int:
     """Consumers on the whole of ``bucket`` (the mirror's; a daemon's own short
     reads filter on its host's keys)."""
@@ -128,6 +136,7 @@ def _consumers(url: str, bucket: str) -> int:
 def test_the_mirror_stops_when_idle_and_fills_again_when_asked(nats_server, fleet_daemons):
     a = fleet_daemons(nats_server.url, "alpha", "mirror_idle = 2\n")
     assert _consumers(nats_server.url, "tachi-sessions") == 0  # nobody asked: nothing kept
+    wait_until(lambda: _connected(a, "alpha"), 15, "the daemon connected to NATS")
     reply, sessions = ask(a)
     assert reply["mirror"]["fills"] == 1 and sessions == []
     assert _consumers(nats_server.url, "tachi-sessions") == 1
