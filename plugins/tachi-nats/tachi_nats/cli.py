@@ -510,9 +510,16 @@ def _register_admin(fleet: Any) -> None:
     @fleet.command("permissions")
     @click.option("--host", "hosts", multiple=True, help="A host user's permissions (repeatable).")
     @click.option("--reader", is_flag=True, help="A read-only user's permissions.")
-    def permissions_cmd(hosts: tuple[str, ...], reader: bool) -> None:
-        """Print the NATS permissions of host users and/or a reader, as JSON (the
-        documented layout: docs/fleet.md, Security)."""
+    @click.option(
+        "--client-of",
+        "reaches",
+        multiple=True,
+        help="A transport client's permissions, to reach this host only (repeatable).",
+    )
+    def permissions_cmd(hosts: tuple[str, ...], reader: bool, reaches: tuple[str, ...]) -> None:
+        """Print the NATS permissions of host users, a reader and/or a client of
+        some hosts (tachi --host nats://SERVER/HOST), as JSON (the documented
+        layout: docs/fleet.md, Security)."""
         from tachi_nats import provision
 
         prefix = "tachi"
@@ -525,8 +532,13 @@ def _register_admin(fleet: Any) -> None:
             out[h] = provision.host_permissions(prefix, h)
         if reader:
             out["reader"] = provision.reader_permissions(prefix)
+        for h in reaches:
+            if not settings_mod.NAME.match(h):
+                raise click.BadParameter(f"{h!r} is not a host name", param_hint="--client-of")
+        if reaches:
+            out["client"] = provision.client_permissions(prefix, list(reaches))
         if not out:
-            raise click.UsageError("give --host HOST (repeatable) and/or --reader")
+            raise click.UsageError("give --host HOST (repeatable), --reader, --client-of HOST")
         click.echo(json.dumps(out, indent=2))
 
     @fleet.group("record")

@@ -8,7 +8,9 @@ Three kinds of NATS user (docs/fleet.md, "Security"):
   ``$KV.P-hosts.*.H``), its audit and checkpoint subjects and its recordings'
   chunks, plus the JetStream API requests the daemon makes (stream info, the
   stream's last message, a consumer to list its own keys);
-- **reader**: ``tachi fleet hosts|ls|audit|record`` — JetStream reads only.
+- **reader**: ``tachi fleet hosts|ls|audit|record`` — JetStream reads only;
+- **client** of hosts ``H1, H2``: the NATS transport to those hosts' daemons only
+  (``tachi --host nats://SERVER/H1``), nothing of the fleet's storage.
 
 ``permissions(...)`` and ``accounts_config(...)`` are what the docs show and what
 the tests run a real nats-server with, so the documented layout is the tested one.
@@ -76,8 +78,34 @@ def host_permissions(prefix: str, host: str) -> dict[str, Any]:
         # Its own keys (after a reconnect), the audit stream's last record of its
         # subject (where shipping resumes), whether a recording is uploaded.
         *_read_api(list(st.values())),
+        # The NATS transport: what it sends down its own connections.
+        f"{prefix}.conn.{host}.*.down",
     ]
-    return {"publish": {"allow": publish}, "subscribe": {"allow": [_INBOX]}}
+    subscribe = [
+        _INBOX,
+        # The NATS transport: connect requests and what comes up, for this host only.
+        f"{prefix}.connect.{host}",
+        f"{prefix}.conn.{host}.*.up",
+    ]
+    # Answers to the connect requests it received (their reply subjects), and
+    # to nothing else: a host cannot publish into another client's inbox.
+    return {
+        "publish": {"allow": publish},
+        "subscribe": {"allow": subscribe},
+        "allow_responses": True,
+    }
+
+
+def client_permissions(prefix: str, hosts: list[str]) -> dict[str, Any]:
+    """NATS ``permissions`` of a user who may reach the daemons of ``hosts``
+    through the NATS transport (``tachi --host nats://SERVER/HOST``), and no
+    other host: it connects to and speaks on those hosts' subjects only. What
+    it may do there is the daemon's to decide (a token or an SVID in hello)."""
+    publish, subscribe = [], [_INBOX]
+    for host in hosts:
+        publish += [f"{prefix}.connect.{host}", f"{prefix}.conn.{host}.*.up"]
+        subscribe.append(f"{prefix}.conn.{host}.*.down")
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
 
 
 def reader_permissions(prefix: str) -> dict[str, Any]:
@@ -92,7 +120,8 @@ def reader_permissions(prefix: str) -> dict[str, Any]:
 def accounts_config(prefix: str, users: list[dict[str, Any]], account: str = "TACHI") -> str:
     """A nats-server ``accounts`` block: one account with JetStream, and ``users``
     (each a dict of ``user``/``password`` or ``nkey``, plus ``host`` = a host name,
-    ``reader`` = True, or neither for an admin, who gets no restrictions)."""
+    ``reader`` = True, ``reaches`` = the hosts a transport client may reach, or
+    none of these for an admin, who gets no restrictions)."""
     entries = []
     for u in users:
         entry = {k: v for k, v in u.items() if k in ("user", "password", "nkey")}
@@ -100,6 +129,8 @@ def accounts_config(prefix: str, users: list[dict[str, Any]], account: str = "TA
             entry["permissions"] = host_permissions(prefix, u["host"])
         elif u.get("reader"):
             entry["permissions"] = reader_permissions(prefix)
+        elif u.get("reaches"):
+            entry["permissions"] = client_permissions(prefix, list(u["reaches"]))
         entries.append(entry)
     # nats-server's config format accepts JSON values.
     body = ",\n".join("      " + json.dumps(e) for e in entries)
