@@ -374,10 +374,6 @@ class Hooks:
                 table[op.name] = op
         return table
 
-    def register_transports(self, register: Callable[[Any], None], config: Config) -> None:
-        """``tachi_register_transports``: each plugin calls ``register(transport)``."""
-        self.raw.tachi_register_transports(register=register, config=config)
-
     # -- notifications ---------------------------------------------------------
     def audit_event(self, event: dict[str, Any]) -> None:
         """``tachi_audit_event``: queued for the shippers' own thread, in order."""

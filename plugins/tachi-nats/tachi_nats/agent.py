@@ -124,10 +124,6 @@ class FleetAgent:
         with self._lock:
             return dict(self._known)
 
-    def audit_written(self) -> None:
-        """New audit records are on disk. Never blocks."""
-        self._wake("_wake_audit")
-
     def stop(self, timeout: float = 3.0) -> None:
         """Say goodbye (the heartbeat key goes at once), ship what can be shipped
         within ``timeout``, and end the thread."""
