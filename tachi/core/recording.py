@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from tachi.core.recorder_process import ProcessSink, RecorderProcess
 from tachi.core.recorder_worker import (
+    PREVIOUS_WRITER_SECONDS,
     RecordedUpTo,
     failure_text,
     file_digest,
@@ -171,6 +172,8 @@ class RecordingManager:
         #: Recordings left open by a stopped daemon whose session a keeper may
         #: hand back: decided by continue_adopted once adoption has run.
         self._deferred: list[tuple[str, str, str, str]] = []
+        #: When the wait for a dead daemon's recorder processes ends (see _writer_wait).
+        self._writers_by: float | None = None
         #: Where recorders that name a ``worker_factory`` write (started on first use).
         self.process = RecorderProcess()
 
@@ -237,7 +240,7 @@ class RecordingManager:
         if factory:
             # The dead daemon's recorder process may still be writing what it
             # was sent: wait for it (bounded), then learn where the file is up to.
-            upto = recorded_up_to(path)
+            upto = recorded_up_to(path, self._writer_wait())
             sink: Any = self.process.open(
                 factory, path, resume=True, record_input=self.record_input
             )
@@ -289,6 +292,15 @@ class RecordingManager:
             )
         log.info("recording %s of %s goes on after adoption", rec_id, session.id)
 
+    def _writer_wait(self) -> float:
+        """What is left of the one wait for the dead daemon's recorder processes.
+        One for all the recordings it left open, not one each: it runs as the
+        daemon starts, on its loop (a stuck writer cost 20 s a recording, twice
+        for one that could then not go on)."""
+        if self._writers_by is None:
+            self._writers_by = time.monotonic() + PREVIOUS_WRITER_SECONDS
+        return max(0.0, self._writers_by - time.monotonic())
+
     def _close_left_open(self, rec_id: str, session_id: str, path: str, fmt: str) -> None:
         """Repair, measure, mark finished with an error and audit one recording
         a stopped daemon left open (see :meth:`repair`)."""
@@ -296,7 +308,7 @@ class RecordingManager:
         duration = 0.0
         note = "not repaired: no recorder for its format"
         try:  # a recorder process of the dead daemon may still be writing it
-            recorded_up_to(Path(path))
+            recorded_up_to(Path(path), self._writer_wait())
         except OSError as exc:
             log.warning("recording %s: %s", rec_id, exc)
         forget_state(Path(path))
