@@ -325,6 +325,23 @@ def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_
             assert (after.output, after.exit_code) == ("replaced\n", 5)
 
 
+def test_a_prompt_drawn_late_is_not_taken_for_the_shell_reading_what_was_sent(tachi_daemon):
+    """A run returns at its end mark; the prompt after it can come later (a slow
+    prompt hook). Keys sent at once (`bash --norc`) are not read by that prompt:
+    the next run must not take its mark for it and type the short line (whose
+    functions the nested shell lacks: it would never end)."""
+    sid = shell_session(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        # The prompt mark 0.3 s after a command's end, the line read 0.5 s after.
+        slow = "PROMPT_COMMAND=\"sleep 0.3; $PROMPT_COMMAND\"; PS1='$(sleep 0.5)$ '"
+        assert client.run(sid, slow, timeout=T).exit_code == 0
+        assert client.run(sid, "true", timeout=T).exit_code == 0
+        client.send(sid, "bash --norc\n")
+        nested = client.run(sid, "echo inner; (exit 4)", timeout=T)
+        assert (nested.output, nested.exit_code) == ("inner\n", 4)
+        assert "command not found" not in capture(tachi_daemon, sid)
+
+
 # -- the large corpus: one case per test, one session per shell -------------------------
 # Strings printed back exactly: quoting, globs, expansions, history, Unicode.
 STRINGS = [

@@ -486,7 +486,13 @@ def _jsonable(details: dict | None) -> dict[str, Any] | None:
     """
     if details is None:
         return None
+    if all(type(k) is str and type(v) in _FLAT for k, v in details.items()):
+        return dict(details)  # already what a reader parses back (most records)
     return json.loads(json.dumps(details, default=str, allow_nan=False))
+
+
+#: Value types that come back from a JSON round trip as they went in.
+_FLAT = (str, int, bool, type(None))
 
 
 def _write_error(path: Path, e: BaseException) -> AuditWriteError:

@@ -48,6 +48,8 @@ class CommandMarks:
         self._open = False
         #: When (``time.monotonic``) the shell's hook last drew a prompt (mark A).
         self.prompt_at = 0.0
+        #: When the shell last started a command it read (mark C).
+        self.command_at = 0.0
         self._waiters: list[_Waiter] = []
 
     def feed(self, data: bytes) -> None:
@@ -74,6 +76,7 @@ class CommandMarks:
         if kind == "A" and ident is None:
             self.prompt_at = time.monotonic()
         elif kind == "C":
+            self.command_at = time.monotonic()
             for waiter in self._waiters:
                 if waiter.ident == ident:
                     waiter.armed = True

@@ -60,6 +60,9 @@ class WindowRuntime:
         self._on_exit = on_exit
         self.screen = LazyScreen(screen, pty.cols, pty.rows, history)
         self.output_taps: list[Callable[[bytes], None]] = []
+        #: Told when the window's process has exited and its output is read
+        #: (before the session is): a run ends then without a task polling.
+        self.exit_watchers: list[Callable[[], None]] = []
         #: Command boundaries from OSC 133 marks (the session sets the callback).
         self.marks = CommandMarks(lambda kind, details: None)
         #: ``tachi run`` types one command at a time into a window.
@@ -73,7 +76,7 @@ class WindowRuntime:
             xpixel=pty.xPixel,
             ypixel=pty.yPixel,
             on_output=self._output,
-            on_exit=lambda code: self._on_exit(self, code),
+            on_exit=self._exited,
             keeper=keeper,
             keep_as=(keep_key, {"name": name, "command": self.command, "createdAt": now_ns()}),
             adopt=adopt,
@@ -91,6 +94,11 @@ class WindowRuntime:
                     # Full: the window is saved (survival), the journal restarted.
                     self.journal.on_full = functools.partial(keeper.full_journal, keep_key)
                 self.child.read = self._read_journaled
+
+    def _exited(self, code: int) -> None:
+        for watcher in list(self.exit_watchers):
+            watcher()
+        self._on_exit(self, code)
 
     @property
     def exit_code(self) -> int | None:

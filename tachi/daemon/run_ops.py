@@ -30,6 +30,7 @@ import base64
 import contextlib
 import functools
 import json
+import logging
 import os
 import re
 import secrets
@@ -54,6 +55,9 @@ MAX_REPLY_OUTPUT = 256 * 1024
 _REPLY_BUDGET = 900 * 1024
 #: Unsent bytes on the caller's connection above which the window waits for it.
 _STREAM_BUDGET = 1024 * 1024
+#: Streamed output is sent once this old, or this large (see ``_Streamer``).
+_GATHER_SECONDS = 0.01
+_GATHER_BYTES = 64 * 1024
 #: The longest incomplete line held back before it is cleaned and passed on.
 _HOLD = 64 * 1024
 #: Runs a window keeps for ``run wait``/``run output``/``run ls``; past it the
@@ -71,6 +75,7 @@ _SYNTAX = {
     **dict.fromkeys(("sh", "dash", "ash", "yash", "posh", "oksh"), "posix"),
 }
 _LINE_START_CR = re.compile(rb"(?m)^\r+")
+log = logging.getLogger("tachi.run")
 
 
 def omitted_marker(count: int) -> str:
@@ -291,11 +296,14 @@ class RunCapture:
 
 # -- who is in front ---------------------------------------------------------------
 def keys_unread(window: WindowRuntime, runs: dict[str, RunRecord]) -> bool:
-    """Whether input reached the window after the shell last showed it was
-    reading: neither a prompt (mark A) nor the end of the run whose line was
-    the last input came after it."""
+    """Whether input reached the window after the shell last showed it had
+    read it: neither a command started (mark C) and then a prompt (mark A),
+    nor the end of the run whose line was the last input, came after it. (A
+    prompt alone is not enough: the one drawn after the last command can come
+    after the input, from a slow prompt hook, before the shell reads it.)"""
     typed_at = getattr(window.child, "_typed_at", 0.0)
-    if window.marks.prompt_at > typed_at:
+    marks = window.marks
+    if not typed_at or marks.prompt_at > marks.command_at > typed_at:
         return False
     last = next((r for r in reversed(list(runs.values())) if r.window is window), None)
     return not (last is not None and last.line_at == typed_at and last.done.done())
@@ -461,7 +469,7 @@ class RunRecord:
         #: When its line was given to the PTY (``PtyChild._typed_at``).
         self.line_at = -1.0
         self.capture = RunCapture(ident, self._add, self._ended)
-        self._watcher: asyncio.Task[None] | None = None
+        self._exit_timer: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future[bool]] = []
 
     def _add(self, data: bytes) -> None:
@@ -491,26 +499,31 @@ class RunRecord:
         return [p for p in parts if p[0] or p[1]]
 
     def start(self) -> None:
+        """Follow the window's output (its end mark ends the run) and its
+        process (``exit`` in the command ends the run too). Callbacks, not a
+        task: a run costs the daemon no task switch to start or to end."""
         self.window.output_taps.append(self.capture.feed)
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        if self.window.exit_code is not None:
+            self._window_exited()
+        else:
+            self.window.exit_watchers.append(self._window_exited)
 
-    async def _watch(self) -> None:
-        exited = asyncio.get_running_loop().create_task(_window_exit(self.window))
-        try:
-            await asyncio.wait([self.capture.finished, exited], return_when="FIRST_COMPLETED")
-            if self.capture.finished.done():
-                self.state, self.code = "finished", self.capture.code
-            else:
-                # ``exit`` in the command ended the shell.
-                self.state, self.code = "exited", self.window.exit_code
-        finally:
-            exited.cancel()
-            self.stop()
+    def _window_exited(self) -> None:
+        # Output a grandchild still writes may follow the exit: a moment for it.
+        if self._exit_timer is None:
+            self._exit_timer = asyncio.get_running_loop().call_later(0.05, self._exit_ended)
+
+    def _exit_ended(self) -> None:
+        self._exit_timer = None
+        if self.state == "running":
+            # ``exit`` in the command ended the shell.
+            self.state, self.code = "exited", self.window.exit_code
+        self.stop()
 
     def _ended(self, code: int) -> None:
-        """Its end mark came: it is done now, not a few loop turns later
-        through the watcher. (Called from the window's output taps, so it
-        leaves them on the next turn: removing a tap now would skip another.)"""
+        """Its end mark came: it is done now. (Called from the window's output
+        taps, so it leaves them on the next turn: removing a tap now would
+        skip another.)"""
         self.state, self.code = "finished", code
         self.ended = now_ns()
         self._wake()
@@ -548,8 +561,11 @@ class RunRecord:
         """Stop following the window (ended, evicted, or the daemon stops)."""
         with contextlib.suppress(ValueError):
             self.window.output_taps.remove(self.capture.feed)
-        if self._watcher is not None and asyncio.current_task() is not self._watcher:
-            self._watcher.cancel()
+        with contextlib.suppress(ValueError):
+            self.window.exit_watchers.remove(self._window_exited)
+        if self._exit_timer is not None:
+            self._exit_timer.cancel()
+            self._exit_timer = None
         if self.ended is None:
             self.ended = now_ns()
         self._wake()
@@ -624,7 +640,12 @@ def _no_run(ident: str) -> NotFound:
 class _Streamer:
     """Sends a caller ``run.output`` events for one stream tag; while the
     caller's connection holds more than ``_STREAM_BUDGET`` unsent bytes the
-    window waits (as a pipe would) rather than the daemon buffering."""
+    window waits (as a pipe would) rather than the daemon buffering.
+
+    Output is gathered for up to ``_GATHER_SECONDS`` (or ``_GATHER_BYTES``)
+    before it is sent: a short command's output then goes out with its reply,
+    one wake-up of the caller instead of one per read of the PTY (each took a
+    core from the shell and the daemon on a two-core machine)."""
 
     def __init__(self, ctx: RequestContext, window: WindowRuntime, stream: str | int) -> None:
         self._ctx = ctx
@@ -632,6 +653,8 @@ class _Streamer:
         self._stream = stream
         self._paused = False
         self._resumer: asyncio.Task[None] | None = None
+        self._gathered = bytearray()
+        self._flusher: asyncio.TimerHandle | None = None
         #: An event that goes before the first ``run.output`` (``run.started``).
         self.first: dict[str, Any] | None = None
 
@@ -643,7 +666,7 @@ class _Streamer:
 
     def send(self, message: dict[str, Any]) -> None:
         wire = self._ctx.connection.wire
-        self.announce()
+        self.flush()
         self._ctx.connection.send({"event": "run.output", "stream": self._stream, **message})
         if not self._paused and wire.buffered() > _STREAM_BUDGET:
             self._paused = True
@@ -651,7 +674,21 @@ class _Streamer:
             self._resumer = asyncio.get_running_loop().create_task(self._resume())
 
     def data(self, data: bytes) -> None:
-        self.send({"data": base64.b64encode(data).decode()})
+        self._gathered += data
+        if len(self._gathered) >= _GATHER_BYTES:
+            self.flush()
+        elif self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(_GATHER_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Send what was gathered (after :attr:`first`)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        self.announce()
+        if self._gathered:
+            data, self._gathered = bytes(self._gathered), bytearray()
+            self.send({"data": base64.b64encode(data).decode()})
 
     def omitted(self, count: int) -> None:
         self.send({"omitted": count})
@@ -662,6 +699,7 @@ class _Streamer:
         self._window.child.resume_reading()
 
     def close(self) -> None:
+        self.flush()
         if self._resumer is not None:
             self._resumer.cancel()
         if self._paused:
@@ -737,10 +775,16 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
         ctx.effects.admit_input(ctx.principal, session, len(command))
         record.start()
         _keep(session, record)
-        for hook in RUN_KEPT:  # before its line is typed (see saved_runs)
-            hook(session, window, record)
         session.write((line + "\r").encode(), window.id)
         record.line_at = getattr(window.child, "_typed_at", 0.0)
+        # Saved once typed, in the same step (nothing is read in between, so
+        # its marks still follow in the journal): the shell reads the line
+        # while survival writes its row, instead of after (a run's time).
+        for hook in RUN_KEPT:
+            try:
+                hook(session, window, record)
+            except Exception:  # the line is typed: the run goes on unsaved
+                log.exception("could not save run %s for survival", ident)
         ctx.effects.note_input(ctx.principal, session, command.encode())
     if streamer is not None:
         # Sent with the first output, or just before the reply: a client woken
@@ -772,7 +816,7 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
     ctx.audit_by("session.run", session.id, details={**audit, "exitCode": record.code})
     result = _result(record, b"".join(kept), out.dropped)
     if streamer is not None:
-        streamer.announce()
+        streamer.flush()  # the kept tail (``maxOutput``), gathered as it ended
         result["streamed"] = True
     else:
         _fit_reply(result)
@@ -1000,9 +1044,11 @@ async def window_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, 
 
 
 # -- runs across a daemon restart (tachi.core.survival) ------------------------------
-#: Told ``(session, window, record)`` as a run is kept, before its line is
-#: typed: survival saves the run then, so a daemon killed at any moment after
-#: leaves the next one the run (its marks follow in the output journal).
+#: Told ``(session, window, record)`` as a run's line is typed, before the
+#: daemon reads anything more: survival saves the run then, so a daemon killed
+#: after that step leaves the next one the run (its marks follow in the output
+#: journal). Killed within that step, the run is lost to ``run ls`` (never its
+#: command: the shell has it).
 RUN_KEPT: list[Callable[[Any, WindowRuntime, RunRecord], None]] = []
 
 
