@@ -99,6 +99,31 @@ class FrameInbox:
         self._wake()
         return False
 
+    def push(self, frame: protocol.Frame) -> None:
+        """Take ``frame``, which the transport decoded itself (one tachi frame
+        per WebSocket message), as :meth:`feed` takes the frames it decodes:
+        a keystroke applied at once if it can be, reading paused past the
+        read-ahead."""
+        if self._error is not None or self._eof:
+            return
+        if self._push(frame):
+            return
+        if not self._paused and len(self._queue) >= self._high:
+            self._paused = True
+            self._pause()
+        self._wake()
+
+    def fail(self, error: ProtocolError) -> None:
+        """End the connection with ``error`` once the frames queued before it
+        are served: a transport that frames the stream itself (one tachi frame
+        per WebSocket message) found a message that is not a frame. Nothing
+        more is taken; reading goes on, so that the transport can still
+        complete its closing handshake."""
+        if self._error is not None or self._eof:
+            return
+        self._error = error
+        self._wake()
+
     @property
     def queued(self) -> int:
         return len(self._queue)

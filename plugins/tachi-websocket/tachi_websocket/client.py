@@ -120,6 +120,9 @@ PING_TIMEOUT = 40.0
 CHUNK = 256 * 1024
 #: The most plaintext one TLS record carries (one ``SSLSocket.recv`` returns at most one).
 TLS_RECORD = 16384
+#: ``socket.MSG_DONTWAIT`` as a plain int: ``&`` on the enum runs Python code
+#: (``Flag.__and__``) on every read of an attached client.
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 def _handshake_error(url: str, exc: BaseException | None) -> Exception:
@@ -383,6 +386,9 @@ class WebSocketStream:
         self._timeout: float | None = None
         self._heard = time.monotonic()
         self._closed = threading.Event()
+        #: What one read takes from the socket, kept: ``recv(CHUNK)`` made
+        #: (and shrank) a 256 KiB bytes object for every echo.
+        self._buffer = memoryview(bytearray(CHUNK))
         sock.setblocking(False)
         # What came with the handshake's answer (the hello's reply, say).
         self._take_events()
@@ -395,7 +401,10 @@ class WebSocketStream:
     def pending(self) -> int:
         """Bytes received and decoded but not handed out yet (``select()`` on
         ``fileno()`` does not see them): as ``SSLSocket.pending()``."""
-        return sum(len(m) for m in self._inbox) - self._offset
+        inbox = self._inbox
+        if not inbox:  # attach asks before every select(): mostly so
+            return 0
+        return sum(len(m) for m in inbox) - self._offset
 
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
@@ -436,7 +445,7 @@ class WebSocketStream:
         ``TimeoutError`` (the timeout passed) when nothing has arrived."""
         view = memoryview(buffer).cast("B")
         nbytes = nbytes or len(view)
-        wait = not (flags & socket.MSG_DONTWAIT) and self._timeout != 0
+        wait = not (int(flags) & _DONTWAIT) and self._timeout != 0
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         while True:
             with self._lock:
@@ -485,30 +494,30 @@ class WebSocketStream:
     def _read(self) -> None:
         """Everything the socket and the TLS layer hold now, through the protocol
         (without blocking; the lock held)."""
-        sock, ws = self._sock, self._ws
+        sock, ws, buffer = self._sock, self._ws, self._buffer
         got = 0
         while True:
             try:
-                data = sock.recv(CHUNK)
+                n = sock.recv_into(buffer, CHUNK)
             except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
                 break
             except ssl.SSLWantWriteError:  # pragma: no cover - renegotiation only
                 break
             except (OSError, ssl.SSLError):
-                data = b""
-            if not data:
+                n = 0
+            if not n:
                 got = got or 1
                 ws.receive_eof()
                 break
-            got += len(data)
-            ws.receive_data(data)
+            got += n
+            ws.receive_data(buffer[:n])  # copied into the protocol's own buffer
             # Never leave bytes the TLS layer decrypted behind: the kernel no
             # longer shows them to select(). Read on after a full TLS record (a
             # flood) up to CHUNK; after a short one (an echo) the next read
             # would only fail, an exception and a system call for nothing.
             if self._tls and sock.pending():  # type: ignore[attr-defined]
                 continue
-            if got >= CHUNK or len(data) < (TLS_RECORD if self._tls else CHUNK):
+            if got >= CHUNK or n < (TLS_RECORD if self._tls else CHUNK):
                 break
         if got:
             self._heard = time.monotonic()
@@ -530,8 +539,12 @@ class WebSocketStream:
                         self._fragments.clear()
             elif event.opcode is Opcode.TEXT:
                 self._fragments.clear()  # not a frame of ours: skipped
-        with contextlib.suppress(OSError, ssl.SSLError):
+        # Not contextlib.suppress: this runs for every message an attached
+        # client receives, and that is an object and two Python calls more.
+        try:  # noqa: SIM105
             self._flush()  # pongs, the closing handshake
+        except (OSError, ssl.SSLError):
+            pass
         if ws.state is not State.OPEN and not self._eof:
             self._eof = True
             close = ws.close_rcvd

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
+from websockets.protocol import Event, State
 
 from tachi import protocol
 from tachi.core.peer import Peer
+from tachi.daemon.inbox import FrameInbox
 from tachi.daemon.limits import ConnectionLimits
 from tachi.daemon.refusals import THROTTLED
 from tachi.errors import PermissionDenied, ProtocolError
@@ -115,18 +118,84 @@ class MessageWire:
             self._empty.set()
 
 
-def read_message(data: bytes | str, max_payload: int) -> protocol.Frame:
-    """The one tachi frame a binary message carries. Raises ``ProtocolError`` for a
-    text message, a bad header, or a message that is not exactly one frame."""
-    if isinstance(data, str):
-        raise ProtocolError("text messages are not tachi frames; send binary messages")
-    if len(data) < protocol.HEADER.size:
-        raise ProtocolError(f"a {len(data)}-byte message is shorter than a frame header")
-    decoder = protocol.FrameDecoder(max_payload=max_payload)
-    frames = decoder.feed(data)
-    if len(frames) != 1 or decoder.pending:
-        raise ProtocolError("each WebSocket message must carry exactly one tachi frame")
-    return frames[0]
+class FrameConnection(ServerConnection):
+    """A WebSocket connection whose binary messages go to a ``FrameInbox``
+    (``inbox``) as websockets parses them, in the protocol's own
+    ``data_received``: a keystroke for an attached session reaches its PTY
+    there (the inbox's ``stdin_now``), as on the Unix socket. Through
+    ``recv()`` each message waited in websockets' queue for the connection's
+    task, a wake-up and a turn of the event loop per keystroke, then a frame
+    decoder per message. The handshake, pings, the closing handshake and the
+    timeouts stay websockets'. Each message is exactly one tachi frame: a text
+    message, or one that is not one whole frame, ends the connection (in
+    order, after what came before it) with a ``ProtocolError``."""
+
+    def __init__(
+        self, *args: Any, limits: ConnectionLimits, max_payload: int, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+        self._max_payload = max_payload
+        self._fragments: list[bytes] = []
+        #: Each message is one whole frame, so this holds nothing between them.
+        self._decoder = protocol.FrameDecoder(max_payload=max_payload)
+        self.inbox: FrameInbox
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # Read ahead as far as on every transport ([limits] requests), then
+        # the socket is not read until the connection has caught up.
+        self.inbox = FrameInbox(
+            self.transport.pause_reading,
+            self.transport.resume_reading,
+            max_payload=self._max_payload,
+            limits=self._limits,
+        )
+
+    def process_event(self, event: Event) -> None:
+        if (
+            self.request is None
+            or not isinstance(event, Frame)
+            or event.opcode not in (Opcode.BINARY, Opcode.CONT, Opcode.TEXT)
+        ):
+            super().process_event(event)  # the handshake's request, pings, pongs
+            return
+        if event.opcode is Opcode.TEXT:
+            self.inbox.fail(ProtocolError(TEXT_REFUSED))
+            return
+        if event.fin and not self._fragments:
+            self._message(event.data)
+            return
+        self._fragments.append(event.data)  # websockets bounds the whole (max_size)
+        if event.fin:
+            data = b"".join(self._fragments)
+            self._fragments.clear()
+            self._message(data)
+
+    def _message(self, data: bytes) -> None:
+        size = len(data)
+        if size < protocol.HEADER.size:
+            self.inbox.fail(ProtocolError(f"a {size}-byte message is shorter than a frame header"))
+            return
+        if protocol.HEADER.size + protocol.HEADER.unpack_from(data)[1] != size:
+            self.inbox.fail(ProtocolError(ONE_FRAME))
+            return
+        try:
+            (frame,) = self._decoder.feed(data)  # checks the channel and the length
+        except ProtocolError as exc:
+            # Not the inbox's own decoding, which would stop reading: the
+            # closing handshake that follows must still be read.
+            self.inbox.fail(exc)
+            return
+        self.inbox.push(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.inbox.feed_eof()
+
+
+TEXT_REFUSED = "text messages are not tachi frames; send binary messages"
+ONE_FRAME = "each WebSocket message must carry exactly one tachi frame"
 
 
 class WebSocketTransport:
@@ -139,7 +208,7 @@ class WebSocketTransport:
         self.fingerprint: str | None = None
         self._server: Any = None
         self._daemon: Daemon | None = None
-        self._connections: set[ServerConnection] = set()
+        self._connections: set[FrameConnection] = set()
 
     # -- lifecycle ------------------------------------------------------------
     async def start(self, daemon: Daemon) -> None:
@@ -181,9 +250,18 @@ class WebSocketTransport:
             max_size=s.max_frame + protocol.HEADER.size,
             # A busy host can take seconds to finish a TLS and HTTP handshake.
             open_timeout=30,
-            # Messages read ahead of the connection's requests: the daemon's one
-            # setting for every transport ([limits] requests).
+            # Binary messages go to each connection's FrameInbox, which reads
+            # ahead the daemon's one setting for every transport ([limits]
+            # requests); websockets' own queue holds none of them.
             max_queue=ConnectionLimits.of(daemon.config).read_ahead,
+            create_connection=cast(
+                Any,
+                functools.partial(
+                    FrameConnection,
+                    limits=ConnectionLimits.of(daemon.config),
+                    max_payload=s.max_frame,
+                ),
+            ),
         )
         if s.port == 0:
             self.settings = _with_port(s, self._server.sockets[0].getsockname()[1])
@@ -288,7 +366,7 @@ class WebSocketTransport:
             host = host[7:]  # an IPv4 peer on a dual-stack socket
         return Peer(transport=self.name, address=host, port=address[1], tls_chain=chain)
 
-    async def _serve(self, ws: ServerConnection) -> None:
+    async def _serve(self, ws: FrameConnection) -> None:
         assert self._daemon is not None
         daemon = self._daemon
         peer = self.peer_of(ws)
@@ -306,17 +384,8 @@ class WebSocketTransport:
             return
         self._connections.add(ws)
         wire = MessageWire(ws)
-        max_payload = self.settings.max_frame
-
-        async def next_frame() -> protocol.Frame | None:
-            try:
-                message = await ws.recv()
-            except ConnectionClosed:
-                return None
-            return read_message(message, max_payload)
-
         try:
-            await daemon.serve_connection(wire, next_frame, peer=peer)
+            await daemon.serve_connection(wire, ws.inbox, peer=peer)
         finally:
             self._connections.discard(ws)
             await wire.finish()
