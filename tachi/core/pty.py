@@ -149,6 +149,8 @@ class PtyChild:
         self._exited_status: int | None = None
         self._finished = False
         self._paused = False
+        #: Who paused reading (see pause_reading): it resumes once all have resumed.
+        self._pausers: set[object] = set()
         # Input the PTY has not taken yet, written in order as it makes room:
         # input is never dropped while the child lives.
         self._input = bytearray()
@@ -357,13 +359,22 @@ class PtyChild:
             self._proc.fileobj.close()
 
     # -- flow control -------------------------------------------------------
-    def pause_reading(self) -> None:
-        if not self._paused and not self._eof and not self._finished:
+    def pause_reading(self, holder: object = None) -> None:
+        """Stop reading the PTY (the program then waits, as on a full pipe)
+        until ``holder`` resumes, and every other holder that paused it too:
+        several readers pace one window (a run's caller, its followers), and
+        one catching up must not let output pile up for another still behind."""
+        if self._eof or self._finished:
+            return
+        self._pausers.add(self if holder is None else holder)
+        if not self._paused:
             self._paused = True
             self._loop.remove_reader(self.fd)
 
-    def resume_reading(self) -> None:
-        if self._paused and not self._eof and not self._finished:
+    def resume_reading(self, holder: object = None) -> None:
+        """``holder`` no longer holds reading back (see :meth:`pause_reading`)."""
+        self._pausers.discard(self if holder is None else holder)
+        if self._paused and not self._pausers and not self._eof and not self._finished:
             self._paused = False
             if not self._yielding:
                 self._loop.add_reader(self.fd, self._read_ready)

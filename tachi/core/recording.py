@@ -477,7 +477,7 @@ class RecordingManager:
         self.process.catch_up()
         if live.paused is None and live.failure is None:
             live.paused = window
-            window.child.pause_reading()
+            window.child.pause_reading(("recording", live.recording.id))
             live.sink.on_handed = lambda: self._handed(live)
             self._handed(live)
 
@@ -501,7 +501,7 @@ class RecordingManager:
         if isinstance(live.sink, ProcessSink):
             live.sink.on_handed = None
         if window is not None:
-            window.child.resume_reading()
+            window.child.resume_reading(("recording", live.recording.id))
 
     def unhanded_from(self, session: SessionRuntime, window: WindowRuntime) -> int | None:
         """The offset in ``window``'s output from which its recording has not been

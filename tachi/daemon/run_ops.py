@@ -645,12 +645,22 @@ class _Streamer:
     Output is gathered for up to ``_GATHER_SECONDS`` (or ``_GATHER_BYTES``)
     before it is sent: a short command's output then goes out with its reply,
     one wake-up of the caller instead of one per read of the PTY (each took a
-    core from the shell and the daemon on a two-core machine)."""
+    core from the shell and the daemon on a two-core machine).
 
-    def __init__(self, ctx: RequestContext, window: WindowRuntime, stream: str | int) -> None:
+    Without ``pace`` (a follower who may not type into the session), a caller
+    this far behind never makes the window wait: what it is too far behind
+    for is left out (an ``omitted`` event says how much) until it has read
+    half of what waits for it. An observer must not be able to stop the
+    session by not reading."""
+
+    def __init__(
+        self, ctx: RequestContext, window: WindowRuntime, stream: str | int, pace: bool = True
+    ) -> None:
         self._ctx = ctx
         self._window = window
         self._stream = stream
+        self._pace = pace
+        self._behind = 0
         self._paused = False
         self._resumer: asyncio.Task[None] | None = None
         self._gathered = bytearray()
@@ -668,12 +678,14 @@ class _Streamer:
         wire = self._ctx.connection.wire
         self.flush()
         self._ctx.connection.send({"event": "run.output", "stream": self._stream, **message})
-        if not self._paused and wire.buffered() > _STREAM_BUDGET:
+        if self._pace and not self._paused and wire.buffered() > _STREAM_BUDGET:
             self._paused = True
-            self._window.child.pause_reading()
+            self._window.child.pause_reading(self)
             self._resumer = asyncio.get_running_loop().create_task(self._resume())
 
     def data(self, data: bytes) -> None:
+        if not self._pace and self._left_behind(len(data)):
+            return
         self._gathered += data
         if len(self._gathered) >= _GATHER_BYTES:
             self.flush()
@@ -693,18 +705,36 @@ class _Streamer:
     def omitted(self, count: int) -> None:
         self.send({"omitted": count})
 
+    def _left_behind(self, size: int) -> bool:
+        """Whether ``size`` bytes are left out, the caller being too far behind."""
+        buffered = self._ctx.connection.wire.buffered()
+        if self._behind:
+            if buffered > _STREAM_BUDGET // 2:
+                self._behind += size
+                return True
+            count, self._behind = self._behind, 0
+            self.omitted(count)
+            return False
+        if buffered > _STREAM_BUDGET:
+            self._behind = size
+            return True
+        return False
+
     async def _resume(self) -> None:
         await limits.below(self._ctx.connection.wire, _STREAM_BUDGET // 2)
         self._paused = False
-        self._window.child.resume_reading()
+        self._window.child.resume_reading(self)
 
     def close(self) -> None:
         self.flush()
+        if self._behind:
+            count, self._behind = self._behind, 0
+            self.omitted(count)
         if self._resumer is not None:
             self._resumer.cancel()
         if self._paused:
             self._paused = False
-            self._window.child.resume_reading()
+            self._window.child.resume_reading(self)
 
 
 def _stream_arg(args: dict[str, Any]) -> str | int | None:
@@ -884,7 +914,7 @@ async def run_wait(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@operation("run.output", action="session.read", target=run_session)
+@operation("run.output", action="session.read", target=run_session, may=("session.write",))
 async def run_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any]:
     """A run's output so far (the part it kept); with ``follow`` and ``stream``,
     sent as ``run.output`` events, then what it writes until it ends or
@@ -899,7 +929,8 @@ async def run_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any
         result = _result(record, *_kept_output(record))
         _fit_reply(result)
         return result
-    streamer = _Streamer(ctx, record.window, stream)
+    # Only who may type into the session may make it wait (see _Streamer).
+    streamer = _Streamer(ctx, record.window, stream, pace=ctx.may("session.write"))
     try:
         # Kept output and the listener are taken in one step: nothing is lost
         # or sent twice between them.
