@@ -14,13 +14,19 @@ Throughput: a base64 file ``cat`` in the session, drained by the client's PTY.
 Echo: single keystrokes to a raw-mode echo program, round trip p50/p99.
 Command: wall time of ``tachi ls`` locally and remotely. Nothing asserts a timing.
 
+``--baseline REV`` adds ``wss-base``: a second daemon, and its warm CLI, with
+the WebSocket plugin of git ``REV`` (listener and client) ahead on
+``PYTHONPATH``, the rest of the code the same: an A/B of the plugin in one run.
+
     .venv/bin/python bench/websocket.py [--quick] [--rounds N] [--json PATH]
+        [--baseline REV]
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,31 +64,80 @@ class WebSocketEnv(harness.Env):
         super().close()
 
 
-def _client(env: WebSocketEnv, system: str, name: str, command: str) -> Any:
+#: ``--baseline REV``: the git revision whose WebSocket plugin ``wss-base`` runs.
+BASELINE: str | None = None
+
+
+class BenchEnv(WebSocketEnv):
+    """The run's daemon, and with ``--baseline`` a second one (``base``) that
+    runs the WebSocket plugin of that revision."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base: WebSocketEnv | None = None
+        if BASELINE:
+            self.base = WebSocketEnv()
+            plugin = self.base.dir / "baseline"
+            plugin.mkdir()
+            archive = subprocess.run(
+                ["git", "archive", BASELINE, "plugins/tachi-websocket/tachi_websocket"],
+                cwd=harness.ROOT,
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(
+                ["tar", "-x", "--strip-components=2", "-C", str(plugin)], input=archive, check=True
+            )
+            self.base.env["PYTHONPATH"] = str(plugin)
+            self.base.data = self.data  # one payload for both
+
+    def start(self) -> None:
+        super().start()
+        if self.base is not None:
+            self.base.start()
+
+    def close(self) -> None:
+        if self.base is not None:
+            self.base.close()
+        super().close()
+
+    def of(self, system: str) -> WebSocketEnv:
+        """The daemon that serves ``system``."""
+        return self.base if system == "wss-base" and self.base is not None else self
+
+
+def _client(env: BenchEnv, system: str, name: str, command: str) -> Any:
+    env = env.of(system)
     size = ["--rows", str(harness.ROWS), "--cols", str(harness.COLS)]
     env.tachi("new", "-d", "--name", name, *size, "--", "bash", "--norc", "-c", command)
     tachi = harness.TACHI if system == "unix" else env.remote()
     return harness.spawn([*tachi, "attach", name], env.env)
 
 
-def bench_throughput(env: WebSocketEnv, system: str, rnd: int) -> dict[str, float]:
+def bench_throughput(env: BenchEnv, system: str, rnd: int) -> dict[str, float]:
     name = f"wstp{rnd}{system}"
     proc = _client(env, system, name, harness.THROUGHPUT_COMMAND.format(data=env.data))
-    return harness.attached_throughput(env, name, proc)
+    return harness.attached_throughput(env.of(system), name, proc)
 
 
-def bench_echo(env: WebSocketEnv, system: str, rnd: int, keys: int) -> dict[str, float]:
+def bench_echo(env: BenchEnv, system: str, rnd: int, keys: int) -> dict[str, float]:
     name = f"wsec{rnd}{system}"
     proc = _client(env, system, name, f'{harness.PY} -c "{harness.ECHO_PROGRAM}"')
-    return harness.attached_echo(env, name, proc, keys)
+    return harness.attached_echo(env.of(system), name, proc, keys)
 
 
-def bench_command(env: WebSocketEnv, system: str, runs: int) -> dict[str, float]:
-    argv = [*(harness.TACHI if system == "unix" else env.remote()), "ls"]
-    return harness.median_wall_ms(argv, env.env, runs)
+def bench_command(env: BenchEnv, system: str, runs: int) -> dict[str, float]:
+    target = env.of(system)
+    argv = [*(harness.TACHI if system == "unix" else target.remote()), "ls"]
+    return harness.median_wall_ms(argv, target.env, runs)
 
 
 def main() -> int:
+    global BASELINE
+    if "--baseline" in sys.argv:  # ours; the rest is the shared command line
+        at = sys.argv.index("--baseline")
+        BASELINE = sys.argv[at + 1]
+        del sys.argv[at : at + 2]
     if shutil.which("ttyd") is None:
         print(
             "ttyd: not measured (not installed; Debian has no ttyd package here)", file=sys.stderr
@@ -90,8 +145,8 @@ def main() -> int:
     return harness.transport_main(
         __doc__ or "",
         "websocket",
-        WebSocketEnv,
-        lambda env: ["unix", "wss"],
+        BenchEnv,
+        lambda env: ["unix", "wss", "wss-base"] if env.base is not None else ["unix", "wss"],
         {
             "throughput": lambda env, s, r, quick: bench_throughput(env, s, r),
             "echo": lambda env, s, r, quick: bench_echo(env, s, r, 100 if quick else 500),
