@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import select
 import socket
 import threading
 import time
@@ -108,8 +110,15 @@ def open_connection(url: str, options: dict[str, Any]) -> socket.socket:
     settings, host = target(url)
     timeout = min(float(options.get("timeout", 30)), 10.0)
     identity = _identity_options(options)
+    pinned = options.get("fingerprint")
+    if options.get("inline") and options.get("interactive") and _inline_possible(settings):
+        # ``tachi attach`` reads its connection promptly, on one thread: it
+        # speaks the virtual connection there (``NatsStream``), no bridge.
+        stream = open_inline(settings, host, url, timeout, pinned, identity)
+        if stream is not None:
+            return stream  # type: ignore[return-value]
     ours, theirs = socket.socketpair()
-    bridge = _Bridge(settings, host, url, theirs, timeout, options.get("fingerprint"), identity)
+    bridge = _Bridge(settings, host, url, theirs, timeout, pinned, identity)
     threading.Thread(target=bridge.run, name="tachi-nats-bridge", daemon=True).start()
     if not bridge.ready.wait(timeout + 2) or bridge.error is not None:
         ours.close()
@@ -157,7 +166,7 @@ class _Bridge:
         settings: FleetSettings,
         host: str,
         url: str,
-        local: socket.socket,
+        local: socket.socket | None,
         timeout: float,
         pinned: str | None = None,
         identity: dict[str, str] | None = None,
@@ -181,6 +190,7 @@ class _Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ended: asyncio.Event | None = None
         self._pending = bytearray()
+        self._closed_by_daemon = False
 
     def run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -193,8 +203,8 @@ class _Bridge:
         finally:
             self.ready.set()
             self.goodbye.set()
-            with contextlib.suppress(OSError):
-                self.local.close()
+            with contextlib.suppress(OSError, AttributeError):
+                self.local.close()  # type: ignore[union-attr]
             loop.close()
             self.done.set()
 
@@ -205,9 +215,20 @@ class _Bridge:
                 loop.call_soon_threadsafe(ended.set)
 
     async def _main(self) -> None:
+        self._ended = asyncio.Event()
+        nc = await self._connect()
+        if nc is None:
+            return
+        try:
+            await self._serve(nc)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 2)
+
+    async def _connect(self) -> Any:
+        """A connected nats-py client, or ``None`` (with ``self.error``)."""
         from tachi_nats import nats_io
 
-        self._ended = asyncio.Event()
         servers = ", ".join(self.settings.servers)
         try:
             nc = await asyncio.wait_for(
@@ -227,15 +248,11 @@ class _Bridge:
             self.error = DaemonUnavailable(
                 f"cannot reach NATS at {servers}: {str(exc) or type(exc).__name__}"
             )
-            return
+            return None
         # Through a NATS restart (read at each reconnect): the connection comes
         # back by itself, and the virtual connection goes on unless bytes were lost.
         nc.options["max_reconnect_attempts"] = 120
-        try:
-            await self._serve(nc)
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 2)
+        return nc
 
     async def _open(self, nc: Any) -> dict[str, Any] | None:
         from nats.errors import NoRespondersError
@@ -291,6 +308,7 @@ class _Bridge:
         return reply
 
     async def _serve(self, nc: Any) -> None:
+        assert self.local is not None
         reply = await self._open(nc)
         if reply is None:
             return
@@ -299,7 +317,8 @@ class _Bridge:
         heartbeat = float(reply.get("heartbeat") or 5.0)
 
         async def publish(data: bytes) -> None:
-            await nc.publish(up, data)
+            if not nc.write_now(up, data):
+                await nc.publish(up, data)
 
         channel = Channel(publish, int(reply.get("window") or 0) or 256 * 1024, self.keys)
         loop = asyncio.get_running_loop()
@@ -447,6 +466,452 @@ class _Bridge:
             self._closed_by_daemon = True  # it ends the connection itself
             return False
         return True
+
+
+def _inline_possible(settings: FleetSettings) -> bool:
+    """Whether the connection can be spoken on the caller's thread: plain TCP
+    to NATS (a TLS session lives in asyncio's memory BIO, which cannot be handed
+    over; those connections keep the bridge)."""
+    return settings.tls_context() is None
+
+
+def open_inline(
+    settings: FleetSettings,
+    host: str,
+    url: str,
+    timeout: float,
+    pinned: str | None,
+    identity: dict[str, str],
+) -> NatsStream | None:
+    """A :class:`NatsStream` to ``host``'s daemon: nats-py connects,
+    authenticates and opens the virtual connection (on a loop run here), then
+    hands its socket over. ``None`` when it cannot be handed over (NATS asked
+    for TLS): the caller bridges instead. Raises as ``open_connection`` does."""
+    setup = _Bridge(settings, host, url, None, timeout, pinned, identity)
+    loop = asyncio.new_event_loop()
+    try:
+        stream = loop.run_until_complete(NatsStream._open(setup, loop))
+    except BaseException:
+        _discard(loop, None)
+        raise
+    if stream is None:
+        _discard(loop, None)
+        if setup.error is not None:
+            raise setup.error
+    return stream
+
+
+def _discard(loop: asyncio.AbstractEventLoop, transport: Any) -> None:
+    """Cancel what nats-py left on ``loop`` (its reader, flusher, pinger), drop
+    its transport without a word on the wire, and close the loop."""
+    with contextlib.suppress(Exception):
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        if transport is not None:
+            transport.abort()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    with contextlib.suppress(Exception):
+        loop.close()
+
+
+class NatsStream:
+    """One virtual connection spoken on the caller's thread (``tachi attach``
+    asks for it with ``options["inline"]`` and ``["interactive"]``), with the
+    socket calls ``tachi.client.wire.WireConnection`` makes (``sendall``,
+    ``recv``, ``recv_into``, ``settimeout``, ``fileno``, ``pending``,
+    ``close``): a keystroke is one seal and one ``PUB`` written to the NATS
+    socket, an echo one read of it, with no socketpair, bridge thread or
+    asyncio loop iteration in between.
+
+    Why part of the NATS protocol is spoken here rather than by nats-py:
+    nats-py is asyncio only, and its loop would have to run on a thread of its
+    own (the bridge: two thread hand-offs and a socketpair per keystroke and
+    per echo, most of the NATS path's cost over WebSocket) or be driven from
+    the caller's ``select()``, which asyncio does not support. So nats-py does
+    everything but the data path: it connects, authenticates (user, token,
+    creds, nkey), opens the virtual connection and proves an SVID; then its
+    socket is taken over and only the protocol of one subscriber and
+    publisher is spoken: ``PUB`` out, ``MSG`` (``HMSG`` skipped), ``PING``
+    (answered), ``PONG``/``+OK``/``INFO``/``-ERR`` in. No reconnect here: a
+    NATS restart ends the stream, and attach reconnects and resumes by output
+    offset, as after any drop. TLS to NATS is not handed over (asyncio's TLS
+    state cannot be): such connections keep the bridge.
+
+    The caller must read promptly whenever ``fileno()`` is readable (NATS'
+    PINGs are answered as they are read); ``pending()`` says what was read but
+    not handed out. A watchdog thread, off the data path, sends the virtual
+    connection's heartbeat and shuts the socket down when the daemon has been
+    silent for three heartbeats, so the caller sees the end.
+    """
+
+    def __init__(
+        self, setup: _Bridge, channel: Channel, up: str, heartbeat: float, sid: int
+    ) -> None:
+        self._setup = setup
+        self._channel = channel
+        self._pub = b"PUB %s " % up.encode()
+        self._heartbeat = heartbeat
+        self._sid = sid
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: Any = None
+        #: Every socket write and all channel state: the watchdog pings meanwhile.
+        self._lock = threading.Lock()
+        #: NATS protocol bytes read, not parsed yet; the MSG whose payload waits.
+        self._rbuf = bytearray()
+        self._need: tuple[int, int, int] | None = None
+        #: Whole frames received, not handed out (the first from ``_offset``),
+        #: and the tail of a frame still coming.
+        self._inbox: list[bytes] = []
+        self._offset = 0
+        self._held = 0
+        self._partial = bytearray()
+        self._eof = False
+        self._closed_by_daemon = False
+        self._timeout: float | None = None
+        self._closed = threading.Event()
+        #: During the set-up (nats-py's loop): the daemon's SVID verdict, and its end.
+        self._verdict: asyncio.Future[bytes] | None = None
+        self._ended: asyncio.Event | None = None
+
+    # -- set-up, on nats-py's loop ------------------------------------------------------
+    @staticmethod
+    async def _open(setup: _Bridge, loop: asyncio.AbstractEventLoop) -> NatsStream | None:
+        nc = await setup._connect()
+        if nc is None:
+            return None
+        handed = False
+        try:
+            stream = await NatsStream._handshake(setup, nc, loop)
+            if stream is not None:
+                handed = stream._take_over(nc, loop)
+                if not handed:
+                    stream = None  # TLS after all: the caller bridges
+            return stream
+        finally:
+            if not handed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 2)
+
+    @staticmethod
+    async def _handshake(
+        setup: _Bridge, nc: Any, loop: asyncio.AbstractEventLoop
+    ) -> NatsStream | None:
+        reply = await setup._open(nc)
+        if reply is None:
+            return None
+        _, up, down = subjects(setup.settings.prefix, setup.host, reply["id"])
+
+        async def publish(data: bytes) -> None:
+            if not nc.write_now(up, data):
+                await nc.publish(up, data)
+
+        channel = Channel(publish, int(reply.get("window") or 0) or 256 * 1024, setup.keys)
+        sub = await nc.subscribe(down, cb=_unused, pending_bytes_limit=64 << 20)
+        stream = NatsStream(setup, channel, up, float(reply.get("heartbeat") or 5.0), sub._id)
+        nc.direct(sub, lambda _subject, data: stream._message(data))
+        stream._verdict = loop.create_future()
+        stream._ended = asyncio.Event()
+        await nc.flush(setup.timeout)
+        if setup.identity.get("svid_cert") and not await setup._prove(
+            channel, stream._verdict, stream._ended
+        ):
+            with contextlib.suppress(Exception):
+                if not stream._closed_by_daemon and not setup._closed_by_daemon:
+                    await channel.send(CLOSE, b"no SVID proof")
+                    await asyncio.wait_for(nc.flush(1), GOODBYE_SECONDS)
+            return None
+        return stream
+
+    def _take_over(self, nc: Any, loop: asyncio.AbstractEventLoop) -> bool:
+        """nats-py's socket, and whatever it read but did not parse, become
+        ours; its loop is not run again until ``close``. ``False`` (nothing
+        taken) for a TLS connection."""
+        from nats.protocol.parser import AWAITING_MSG_PAYLOAD
+
+        writer = nc._transport._io_writer
+        transport = writer.transport
+        if writer.get_extra_info("ssl_object") is not None or nc._pending:
+            return False
+        if transport.get_write_buffer_size():
+            return False
+        transport.pause_reading()
+        parser = nc._ps
+        if parser.state == AWAITING_MSG_PAYLOAD:
+            # A MSG whose line nats-py parsed and whose payload it waits for.
+            arg = parser.msg_arg
+            self._need = (parser.needed, arg["sid"], parser.header_needed)
+        self._rbuf += parser.buf
+        reader = nc._transport._io_reader
+        self._rbuf += reader._buffer
+        reader._buffer.clear()
+        parser.buf.clear()
+        sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        sock.setblocking(False)
+        self._sock, self._loop, self._transport = sock, loop, transport
+        self._verdict = self._ended = None
+        with self._lock:
+            self._parse()
+        threading.Thread(target=self._watch, name="tachi-nats-watchdog", daemon=True).start()
+        return True
+
+    # -- the socket calls -----------------------------------------------------------
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+    def pending(self) -> int:
+        """Bytes received and decoded but not handed out yet (``select()`` on
+        ``fileno()`` does not see them)."""
+        return self._held
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` (frames; any split) within the daemon's credit,
+        waiting for its acknowledgements when the credit is used up. Raises
+        ``OSError`` once the connection is gone."""
+        view = memoryview(bytes(data))
+        channel = self._channel
+        while view:
+            with self._lock:
+                if self._eof:
+                    raise BrokenPipeError("the connection through NATS has ended")
+                room = channel.window - channel.in_flight
+                if room > 0:
+                    n = min(room, MAX_MESSAGE, len(view))
+                    self._send(DATA, bytes(view[:n]))
+                    view = view[n:]
+                    continue
+                self._read()  # acknowledgements (what else came waits in the inbox)
+                if channel.window - channel.in_flight > 0:
+                    continue
+            select.select([self._sock], [], [], 1.0)
+
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        buf = bytearray(size)
+        n = self.recv_into(buf, size, flags)
+        return bytes(buf[:n])
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Frame bytes into ``buffer`` (0 at the end of the connection).
+        Raises ``BlockingIOError`` (``MSG_DONTWAIT``, or a zero timeout) or
+        ``TimeoutError`` (the timeout passed) when nothing has arrived."""
+        view = memoryview(buffer).cast("B")
+        nbytes = nbytes or len(view)
+        wait = not (flags & socket.MSG_DONTWAIT) and self._timeout != 0
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            with self._lock:
+                if not self._inbox and not self._eof:
+                    self._read()
+                if self._inbox:
+                    return self._take(view, nbytes)
+                if self._eof:
+                    return 0
+            if not wait:
+                raise BlockingIOError(11, "no message has arrived")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError("timed out")
+            select.select([self._sock], [], [], left)
+
+    def close(self) -> None:
+        """Say goodbye (CLOSE, unless the daemon ended it) and close."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with self._lock:
+            if not self._eof and not self._closed_by_daemon:
+                with contextlib.suppress(OSError):
+                    self._send(CLOSE, (self._setup.reason or "").encode()[:200], wait=False)
+            self._eof = True
+            if self._sock is not None:
+                # Unread bytes at close() would reset the connection, and the
+                # goodbye with it: read them first.
+                with contextlib.suppress(OSError):
+                    while self._sock.recv(CHUNK):
+                        pass
+                with contextlib.suppress(OSError):
+                    self._sock.close()
+        if self._loop is not None:
+            _discard(self._loop, self._transport)
+            self._loop = None
+
+    # -- inside ---------------------------------------------------------------------
+    def _take(self, view: memoryview, nbytes: int) -> int:
+        """Copy received frames into ``view`` (up to ``nbytes``) and acknowledge
+        them; the lock held."""
+        n = 0
+        inbox = self._inbox
+        while inbox and n < nbytes:
+            first = inbox[0]
+            chunk = min(len(first) - self._offset, nbytes - n)
+            view[n : n + chunk] = memoryview(first)[self._offset : self._offset + chunk]
+            n += chunk
+            self._offset += chunk
+            if self._offset == len(first):
+                inbox.pop(0)
+                self._offset = 0
+        self._held -= n
+        channel = self._channel
+        # What waits for the rest of its frame is acknowledged too: a frame
+        # larger than the window could never complete otherwise.
+        channel.consumed = channel.received - self._held
+        if channel.should_ack() and not self._eof:
+            with contextlib.suppress(OSError):
+                self._send(ACK)
+        return n
+
+    def _send(self, kind: int, body: bytes = b"", wait: bool = True) -> None:
+        message = self._channel.seal(kind, body)
+        self._write(b"%s%d\r\n%s\r\n" % (self._pub, len(message), message), wait)
+
+    def _write(self, data: bytes, wait: bool = True) -> None:
+        """All of ``data`` to NATS (the lock held), waiting while the socket is
+        full (at most a heartbeat's worth of silence at a time)."""
+        assert self._sock is not None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self._sock.send(view) :]
+            except BlockingIOError:
+                if not wait or not select.select([], [self._sock], [], 3 * self._heartbeat)[1]:
+                    raise TimeoutError("NATS takes nothing more") from None
+
+    def _read(self) -> None:
+        """Everything the socket holds now, parsed (the lock held)."""
+        sock = self._sock
+        assert sock is not None
+        while not self._eof:
+            try:
+                data = sock.recv(CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._parse()
+                self._end(self._setup.reason or "NATS closed the connection")
+                break
+            self._rbuf += data
+            if len(data) < CHUNK:
+                break
+        self._parse()
+
+    def _parse(self) -> None:
+        """Take the NATS protocol in ``_rbuf`` (the lock held)."""
+        buf = self._rbuf
+        while not self._eof:
+            if self._need is not None:
+                total, sid, headers = self._need
+                if len(buf) < total + 2:
+                    return
+                payload = bytes(buf[headers:total])
+                del buf[: total + 2]
+                self._need = None
+                if sid == self._sid and not headers:
+                    self._message(payload)
+                continue
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > 64 * 1024:
+                    self._end("NATS sent a line too long for its protocol")
+                return
+            line = bytes(buf[:end])
+            del buf[: end + 2]
+            op = line.split(b" ", 1)[0].upper()
+            try:
+                if op == b"MSG":
+                    parts = line.split()
+                    self._need = (int(parts[-1]), int(parts[2]), 0)
+                elif op == b"HMSG":
+                    parts = line.split()
+                    self._need = (int(parts[-1]), int(parts[2]), int(parts[-2]))
+                elif op == b"PING":
+                    self._write(b"PONG\r\n")
+                elif op == b"-ERR":
+                    # The server closes the connection after a fatal one (EOF
+                    # follows); a permissions violation only refuses that message.
+                    self._setup.reason = "NATS: " + line[5:].decode(errors="replace").strip("' ")
+                elif op not in (b"PONG", b"+OK", b"INFO"):
+                    self._end(f"NATS sent {line[:40]!r}, not its protocol")
+            except (ValueError, IndexError):
+                self._end(f"NATS sent a malformed {op.decode(errors='replace')} line")
+
+    def _message(self, data: bytes) -> None:
+        """One message of the virtual connection (the lock held, or nats-py's
+        loop during the set-up)."""
+        if self._eof:
+            return
+        try:
+            kind, body = self._channel.receive(data)
+        except Broken as exc:
+            self._end(str(exc))
+            return
+        if kind == DATA:
+            self._partial += body
+            cut = _whole_frames(self._partial)
+            if cut:
+                self._inbox.append(bytes(self._partial[:cut]))
+                del self._partial[:cut]
+                self._held += cut
+        elif kind == PROOF:
+            if self._verdict is not None and not self._verdict.done():
+                self._verdict.set_result(body)
+        elif kind == CLOSE:
+            self._setup.reason = body.decode(errors="replace") or None
+            self._closed_by_daemon = True
+            self._end(None)
+
+    def _end(self, reason: str | None) -> None:
+        """The connection cannot go on: the caller sees the end after the whole
+        frames already received (a half frame is dropped, never handed on)."""
+        if self._eof:
+            return
+        self._eof = True
+        if reason and not self._setup.reason:
+            self._setup.reason = reason
+        if self._ended is not None:
+            self._ended.set()
+            return
+        if not self._closed_by_daemon and self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._send(CLOSE, (reason or "").encode()[:200], wait=False)
+
+    def _watch(self) -> None:
+        """Off the data path: the heartbeat when the caller sent nothing for a
+        while, and the end when the daemon said nothing for three."""
+        channel, heartbeat = self._channel, self._heartbeat
+        step = min(1.0, heartbeat / 2)
+        while not self._closed.wait(step):
+            with self._lock:
+                if self._eof:
+                    return
+                now = time.monotonic()
+                if now - channel.last_heard > 3 * heartbeat:
+                    self._end(f"no word from the daemon for {3 * heartbeat:g} s")
+                    # Wakes the caller's select(): it reads the end.
+                    with contextlib.suppress(OSError):
+                        assert self._sock is not None
+                        self._sock.shutdown(socket.SHUT_RDWR)
+                    return
+                if now - channel.last_sent > heartbeat:
+                    with contextlib.suppress(OSError):
+                        self._send(PING)
+
+
+async def _unused(msg: Any) -> None:
+    """The down subscription's callback, never called (its messages are taken
+    directly, ``FastClient.direct``)."""
 
 
 async def _ignore(exc: Exception) -> None:

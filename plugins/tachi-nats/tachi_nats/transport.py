@@ -196,7 +196,9 @@ class Channel:
         now (a quarter of the window: the sender never stalls on it)."""
         return self.consumed - self.acked >= self.window // 4
 
-    async def send(self, kind: int, body: bytes = b"") -> None:
+    def seal(self, kind: int, body: bytes = b"") -> bytes:
+        """The next message, counted as sent: the caller must send it before it
+        seals another (offsets and ``seq`` only grow)."""
         self.out_seq += 1
         self.acked = self.consumed
         offset = self.sent
@@ -206,7 +208,10 @@ class Channel:
         header = ENVELOPE.pack(kind, self.out_seq, offset, self.consumed)
         if self.keys is not None:
             body = self.keys.seal(self.out_seq, body, header)
-        await self._publish(header + body)
+        return header + body
+
+    async def send(self, kind: int, body: bytes = b"") -> None:
+        await self._publish(self.seal(kind, body))
 
 
 class SessionKeys:
@@ -414,6 +419,8 @@ class NatsWire:
     def write(self, data: bytes) -> None:
         if self._closed or self._conn.ended:
             return
+        if not self._queue and self._send_now(data):
+            return
         self._queue.append(bytes(data))
         self._queued += len(data)
         self._wake.set()
@@ -434,6 +441,18 @@ class NatsWire:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+
+    def _send_now(self, data: bytes) -> bool:
+        """Seal and write ``data`` at once when it fits one message and the
+        client's credit and NATS takes it now: an echo then leaves within the
+        PTY's callback, not one loop iteration later from the pump's task."""
+        channel = self._conn.channel
+        if len(data) > MAX_MESSAGE or channel.window - channel.in_flight < len(data):
+            return False
+        nc = self._conn.transport.nc
+        if nc is None or not nc.can_write_now():
+            return False
+        return bool(nc.write_now(self._conn.down, channel.seal(DATA, bytes(data))))
 
     def _take(self, limit: int) -> bytes:
         """Up to ``limit`` queued bytes, in order."""
@@ -502,7 +521,9 @@ class VirtualConnection:
         self.created = time.monotonic()
 
     async def _publish(self, data: bytes) -> None:
-        await self.transport.nc.publish(self.down, data)
+        nc = self.transport.nc
+        if not nc.write_now(self.down, data):
+            await nc.publish(self.down, data)
 
     # -- flow control of the client's input ------------------------------------------
     def _pause(self) -> None:
@@ -693,9 +714,12 @@ class NatsTransport:
         connect_subject, up, _ = subjects(self.prefix, self.host)
         await self.nc.subscribe(connect_subject, cb=self._on_connect)
         # One subscription for every connection's input: no SUB/UNSUB per client.
-        await self.nc.subscribe(
+        sub = await self.nc.subscribe(
             up, cb=self._on_up, pending_msgs_limit=1 << 20, pending_bytes_limit=256 << 20
         )
+        # Handed over as nats-py parses them (``receive`` never blocks): no
+        # queue and task switch per keystroke.
+        self.nc.direct(sub, self._up_now)
         await self.nc.flush(5)
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         log.info("nats transport serving %s on %s", self.host, ", ".join(self.settings.servers))
@@ -793,6 +817,11 @@ class NatsTransport:
         conn = self.connections.get(conn_id)
         if conn is not None:
             conn.receive(msg.data)
+
+    def _up_now(self, subject: bytes, data: bytes) -> None:
+        conn = self.connections.get(subject.rsplit(b".", 2)[-2].decode(errors="replace"))
+        if conn is not None:
+            conn.receive(data)
 
     def peer(self) -> Peer:
         """The peer every NATS client is, to the daemon: transport ``nats`` at the
