@@ -4,6 +4,9 @@
 on ``PREFIX.connect.HOST``) and bridges it to one end of a ``socketpair``: the
 core's clients then speak frames over a stream socket as with any transport.
 The bridge is one thread with its own asyncio loop (nats-py is asyncio only).
+``tachi attach`` (``options["inline"]`` and ``["interactive"]``) gets a
+:class:`NatsStream` instead, spoken on its own thread (see there why part of
+the NATS protocol is spoken here).
 
 The URL: ``nats://[USER:PASSWORD@ | TOKEN@]SERVER[:PORT]/HOST[?prefix=P]``.
 Without credentials in the URL, those of the ``[fleet]`` table of this user's
