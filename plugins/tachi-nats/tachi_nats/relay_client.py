@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from tachi import protocol
 from tachi.client.endpoint import IDENTITY_OPTIONS
+from tachi.client.message_stream import MessageStream
 from tachi.errors import DaemonUnavailable, InvalidRequest, TachiError, error_from_json
 from tachi_nats.settings import NAME, FleetSettings
 from tachi_nats.transport import (
@@ -518,7 +519,7 @@ def _discard(loop: asyncio.AbstractEventLoop, transport: Any) -> None:
         loop.close()
 
 
-class NatsStream:
+class NatsStream(MessageStream):
     """One virtual connection spoken on the caller's thread (``tachi attach``
     asks for it with ``options["inline"]`` and ``["interactive"]``), with the
     socket calls ``tachi.client.wire.WireConnection`` makes (``sendall``,
@@ -551,6 +552,9 @@ class NatsStream:
     def __init__(
         self, setup: _Bridge, channel: Channel, up: str, heartbeat: float, sid: int
     ) -> None:
+        # ``_lock`` (MessageStream) also guards every socket write and all
+        # channel state: the watchdog pings meanwhile.
+        super().__init__()
         self._setup = setup
         self._channel = channel
         self._pub = b"PUB %s " % up.encode()
@@ -559,20 +563,14 @@ class NatsStream:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: Any = None
-        #: Every socket write and all channel state: the watchdog pings meanwhile.
-        self._lock = threading.Lock()
         #: NATS protocol bytes read, not parsed yet; the MSG whose payload waits.
         self._rbuf = bytearray()
         self._need: tuple[int, int, int] | None = None
-        #: Whole frames received, not handed out (the first from ``_offset``),
-        #: and the tail of a frame still coming.
-        self._inbox: list[bytes] = []
-        self._offset = 0
+        #: Bytes of whole frames in ``_inbox`` not handed out, and the tail of
+        #: a frame still coming.
         self._held = 0
         self._partial = bytearray()
-        self._eof = False
         self._closed_by_daemon = False
-        self._timeout: float | None = None
         self._closed = threading.Event()
         #: During the set-up (nats-py's loop): the daemon's SVID verdict, and its end.
         self._verdict: asyncio.Future[bytes] | None = None
@@ -668,12 +666,6 @@ class NatsStream:
         ``fileno()`` does not see them)."""
         return self._held
 
-    def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` (frames; any split) within the daemon's credit,
         waiting for its acknowledgements when the credit is used up. Raises
@@ -694,38 +686,6 @@ class NatsStream:
                 if channel.window - channel.in_flight > 0:
                     continue
             select.select([self._sock], [], [], 1.0)
-
-    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        self.sendall(data)
-        return len(data)
-
-    def recv(self, size: int, flags: int = 0) -> bytes:
-        buf = bytearray(size)
-        n = self.recv_into(buf, size, flags)
-        return bytes(buf[:n])
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        """Frame bytes into ``buffer`` (0 at the end of the connection).
-        Raises ``BlockingIOError`` (``MSG_DONTWAIT``, or a zero timeout) or
-        ``TimeoutError`` (the timeout passed) when nothing has arrived."""
-        view = memoryview(buffer).cast("B")
-        nbytes = nbytes or len(view)
-        wait = not (flags & socket.MSG_DONTWAIT) and self._timeout != 0
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while True:
-            with self._lock:
-                if not self._inbox and not self._eof:
-                    self._read()
-                if self._inbox:
-                    return self._take(view, nbytes)
-                if self._eof:
-                    return 0
-            if not wait:
-                raise BlockingIOError(11, "no message has arrived")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError("timed out")
-            select.select([self._sock], [], [], left)
 
     def close(self) -> None:
         """Say goodbye (CLOSE, unless the daemon ended it) and close."""
@@ -753,17 +713,7 @@ class NatsStream:
     def _take(self, view: memoryview, nbytes: int) -> int:
         """Copy received frames into ``view`` (up to ``nbytes``) and acknowledge
         them; the lock held."""
-        n = 0
-        inbox = self._inbox
-        while inbox and n < nbytes:
-            first = inbox[0]
-            chunk = min(len(first) - self._offset, nbytes - n)
-            view[n : n + chunk] = memoryview(first)[self._offset : self._offset + chunk]
-            n += chunk
-            self._offset += chunk
-            if self._offset == len(first):
-                inbox.pop(0)
-                self._offset = 0
+        n = super()._take(view, nbytes)
         self._held -= n
         channel = self._channel
         # What waits for the rest of its frame is acknowledged too: a frame

@@ -44,6 +44,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from tachi import protocol
+from tachi.client.message_stream import MessageStream
 from tachi.errors import DaemonUnavailable, PermissionDenied, ProtocolError
 from tachi_websocket.tls import fingerprint, normalise_fingerprint
 
@@ -120,9 +121,6 @@ PING_TIMEOUT = 40.0
 CHUNK = 256 * 1024
 #: The most plaintext one TLS record carries (one ``SSLSocket.recv`` returns at most one).
 TLS_RECORD = 16384
-#: ``socket.MSG_DONTWAIT`` as a plain int: ``&`` on the enum runs Python code
-#: (``Flag.__and__``) on every read of an attached client.
-_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 def _handshake_error(url: str, exc: BaseException | None) -> Exception:
@@ -353,7 +351,7 @@ class _Bridge:
                 s.close()
 
 
-class WebSocketStream:
+class WebSocketStream(MessageStream):
     """The daemon's WebSocket as a frame stream with the socket calls
     ``tachi.client.wire.WireConnection`` makes (``sendall``, ``recv``,
     ``recv_into``, ``settimeout``, ``fileno``, ``close``), spoken on the
@@ -373,17 +371,11 @@ class WebSocketStream:
     """
 
     def __init__(self, sock: socket.socket, ws: ClientProtocol) -> None:
+        super().__init__()
         self._sock = sock
         self._ws = ws
         self._tls = isinstance(sock, ssl.SSLSocket)
-        #: Every SSL and protocol call holds it: the watchdog may ping meanwhile.
-        self._lock = threading.Lock()
-        #: Whole messages received, not yet handed out; the first one from ``_offset``.
-        self._inbox: list[bytes] = []
-        self._offset = 0
         self._fragments: list[bytes] = []
-        self._eof = False
-        self._timeout: float | None = None
         self._heard = time.monotonic()
         self._closed = threading.Event()
         #: What one read takes from the socket, kept: ``recv(CHUNK)`` made
@@ -406,12 +398,6 @@ class WebSocketStream:
             return 0
         return sum(len(m) for m in inbox) - self._offset
 
-    def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``, whole tachi frames, one binary message each.
         Raises ``OSError`` once the connection is gone."""
@@ -430,38 +416,6 @@ class WebSocketStream:
                     raise ProtocolError("sendall takes whole frames")
             self._flush()
 
-    def send(self, data: bytes | bytearray | memoryview, flags: int = 0) -> int:
-        self.sendall(data)
-        return len(data)
-
-    def recv(self, size: int, flags: int = 0) -> bytes:
-        buf = bytearray(size)
-        n = self.recv_into(buf, size, flags)
-        return bytes(buf[:n])
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        """Message bytes into ``buffer`` (0 at the end of the connection).
-        Raises ``BlockingIOError`` (``MSG_DONTWAIT``, or a zero timeout) or
-        ``TimeoutError`` (the timeout passed) when nothing has arrived."""
-        view = memoryview(buffer).cast("B")
-        nbytes = nbytes or len(view)
-        wait = not (int(flags) & _DONTWAIT) and self._timeout != 0
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while True:
-            with self._lock:
-                if not self._inbox and not self._eof:
-                    self._read()
-                if self._inbox:
-                    return self._take(view, nbytes)
-                if self._eof:
-                    return 0
-            if not wait:
-                raise BlockingIOError(11, "no message has arrived")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TimeoutError("timed out")
-            select.select([self._sock], [], [], left)
-
     def close(self) -> None:
         """Say goodbye (a close frame, if the socket takes it now) and close."""
         if self._closed.is_set():
@@ -476,21 +430,6 @@ class WebSocketStream:
                 self._sock.close()
 
     # -- inside ------------------------------------------------------------------
-    def _take(self, view: memoryview, nbytes: int) -> int:
-        """Copy queued message bytes into ``view``, up to ``nbytes``."""
-        n = 0
-        inbox = self._inbox
-        while inbox and n < nbytes:
-            first = inbox[0]
-            chunk = min(len(first) - self._offset, nbytes - n)
-            view[n : n + chunk] = memoryview(first)[self._offset : self._offset + chunk]
-            n += chunk
-            self._offset += chunk
-            if self._offset == len(first):
-                inbox.pop(0)
-                self._offset = 0
-        return n
-
     def _read(self) -> None:
         """Everything the socket and the TLS layer hold now, through the protocol
         (without blocking; the lock held)."""
