@@ -8,11 +8,15 @@
 - a pexpect harness as SWE-ReX does: bash with a fixed ``PS1``, the command,
   then ``echo EXITCODESTART$?EXITCODEEND``.
 
-Reported per harness: commands with the exact output, with the right exit
-code, and the median wall time per command. Every command is bounded by a
-timeout (a hang counts as wrong and costs the timeout). Nothing asserts a time.
+The harnesses run interleaved, command by command (the order rotated), so the
+machine's load and its fast and slow spells hit all alike. Reported per
+harness: commands with the exact output, with the right exit code, the median
+wall time per command, and the median over commands of its time over the
+fastest harness's for that command. Every command is bounded by a timeout (a
+hang counts as wrong and costs the timeout). Nothing asserts a time.
 
     .venv/bin/python bench/harness.py [--rounds 2] [--timeout 10] [--json PATH]
+        [--only api,cli,tmux,pexpect]
 """
 
 from __future__ import annotations
@@ -229,32 +233,49 @@ class Pexpect:
         self.child.close(force=True)
 
 
-def measure(name: str, run: Runner, rounds: int, timeout: float) -> dict[str, Any]:
-    times: list[float] = []
-    right_output = right_code = 0
-    wrong: list[str] = []
-    for _ in range(rounds):
-        for command, output, code in COMMANDS:
-            started = time.perf_counter()
-            try:
-                got, rc = run(command, timeout)
-            except Exception as exc:  # a harness error is a wrong answer, as a hang is
-                got, rc = None, None
-                wrong.append(f"{command!r}: {type(exc).__name__}: {exc}")
-            times.append(time.perf_counter() - started)
-            right_output += got == output
-            right_code += rc == code
-            if got != output or rc != code:
-                wrong.append(f"{command!r}: {got!r} ({rc})")
-    return {
-        "harness": name,
-        "commands": len(COMMANDS) * rounds,
-        "exactOutput": right_output,
-        "exitCode": right_code,
-        "medianMs": round(statistics.median(times) * 1000, 1),
-        "maxMs": round(max(times) * 1000, 1),
-        "wrong": wrong[:20],
-    }
+def measure(runners: dict[str, Runner], rounds: int, timeout: float) -> list[dict[str, Any]]:
+    """Every command through every harness, interleaved (command by command,
+    harness by harness, the order rotated each round) so whatever else the
+    machine does, and its fast and slow spells, hit all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    right_output = dict.fromkeys(runners, 0)
+    right_code = dict.fromkeys(runners, 0)
+    wrong: dict[str, list[str]] = {name: [] for name in runners}
+    names = list(runners)
+    for round_ in range(rounds):
+        for index, (command, output, code) in enumerate(COMMANDS):
+            shift = (round_ + index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                started = time.perf_counter()
+                try:
+                    got, rc = runners[name](command, timeout)
+                except Exception as exc:  # a harness error is a wrong answer, as a hang is
+                    got, rc = None, None
+                    wrong[name].append(f"{command!r}: {type(exc).__name__}: {exc}")
+                times[name].append(time.perf_counter() - started)
+                right_output[name] += got == output
+                right_code[name] += rc == code
+                if got != output or rc != code:
+                    wrong[name].append(f"{command!r}: {got!r} ({rc})")
+    return [
+        {
+            "harness": name,
+            "commands": len(COMMANDS) * rounds,
+            "exactOutput": right_output[name],
+            "exitCode": right_code[name],
+            "medianMs": round(statistics.median(times[name]) * 1000, 2),
+            "maxMs": round(max(times[name]) * 1000, 1),
+            # Per command, this harness's time over the fastest harness's.
+            "medianRatioToFastest": round(
+                statistics.median(
+                    t / min(times[other][k] for other in names) for k, t in enumerate(times[name])
+                ),
+                2,
+            ),
+            "wrong": wrong[name][:20],
+        }
+        for name in names
+    ]
 
 
 def main() -> int:
@@ -262,44 +283,44 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--only",
+        default="api,cli,tmux,pexpect",
+        help="harnesses to run, of api,cli,tmux,pexpect (the two in-process ones alone:"
+        " no process started between their commands)",
+    )
     args = parser.parse_args()
-    results = []
-    with tempfile.TemporaryDirectory(prefix="tachi-h-", dir="/tmp") as tmp:
-        home = Path(tmp)
+    chosen = set(args.only.split(","))
+    with contextlib.ExitStack() as stack:
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tachi-h-", dir="/tmp")))
         daemon = DaemonProcess(home / "d")
         (home / "d").mkdir()
         daemon.start()
-        try:
-            user = _bash_rc(home / "user")
-            sid = daemon.new(shutil.which("bash"), env=f"HOME={user}")["id"]
-            results.append(
-                measure("tachi run (API)", tachi_api(daemon, sid), args.rounds, args.timeout)
-            )
-            results.append(
-                measure("tachi run (CLI)", tachi_cli(daemon, sid), args.rounds, args.timeout)
-            )
-        finally:
-            daemon.stop()
+        stack.callback(daemon.stop)
+        user = _bash_rc(home / "user")
+        sid = daemon.new(shutil.which("bash"), env=f"HOME={user}")["id"]
         tmux = Tmux(_bash_rc(home / "tmux"))
-        try:
-            results.append(
-                measure(
-                    "tmux send-keys + wait-for + capture-pane", tmux.run, args.rounds, args.timeout
-                )
-            )
-        finally:
-            tmux.close()
+        stack.callback(tmux.close)
         pex = Pexpect(home / "pexpect")
-        try:
-            results.append(measure("pexpect PS1 + echo $?", pex.run, args.rounds, args.timeout))
-        finally:
-            pex.close()
-    print(f"{'harness':44} {'exact output':>13} {'exit code':>10} {'median ms':>10} {'max ms':>9}")
+        stack.callback(pex.close)
+        every: dict[str, tuple[str, Runner]] = {
+            "api": ("tachi run (API)", tachi_api(daemon, sid)),
+            "cli": ("tachi run (CLI)", tachi_cli(daemon, sid)),
+            "tmux": ("tmux send-keys + wait-for + capture-pane", tmux.run),
+            "pexpect": ("pexpect PS1 + echo $?", pex.run),
+        }
+        runners = dict(every[key] for key in every if key in chosen)
+        results = measure(runners, args.rounds, args.timeout)
+    print(f"load average {os.getloadavg()[0]:.2f}; harnesses interleaved command by command")
+    print(
+        f"{'harness':44} {'exact output':>13} {'exit code':>10} {'median ms':>10}"
+        f" {'x fastest':>10} {'max ms':>9}"
+    )
     for r in results:
         n = r["commands"]
         print(
             f"{r['harness']:44} {r['exactOutput']:>6}/{n:<6} {r['exitCode']:>4}/{n:<5}"
-            f" {r['medianMs']:>10} {r['maxMs']:>9}"
+            f" {r['medianMs']:>10} {r['medianRatioToFastest']:>10} {r['maxMs']:>9}"
         )
     for r in results:
         for w in r["wrong"][:6]:
