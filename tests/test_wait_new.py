@@ -10,6 +10,8 @@ import time
 import pytest
 
 from helpers import shell_session
+from tachi.core.patterns import compile_pattern
+from tachi.daemon.run_ops import WAIT_LOOKBACK, WaitText
 from tachi.errors import InvalidRequest, TimedOut
 
 T = 20
@@ -106,3 +108,37 @@ def test_cli_wait_new_since_and_several_matches(tachi_daemon):
         "wait", sid, "--match", "A-one", "--since", str(result["position"] - 200), "--timeout", "5"
     )
     assert (since.returncode, since.stdout) == (0, "A-one\n")
+
+
+# -- the text a wait searches: each chunk once, not all it saw for every chunk --------
+def _wait_text(*patterns: str) -> WaitText:
+    return WaitText([compile_pattern(p) for p in patterns])
+
+
+def test_a_wait_searches_a_flood_once_not_once_per_read():
+    """A wait for text that never comes, while 8 MiB arrive in 4 KiB reads,
+    searches each read once with the lookback before it (the whole text it
+    held, up to 1 MiB, for every read before: quadratic in the flood)."""
+    text = _wait_text("never-printed")
+    chunk = "x" * 4095 + "\n"
+    for _ in range(2048):
+        assert text.add(chunk) is None
+    flood = 2048 * len(chunk)
+    assert text.searched <= flood + 2048 * WAIT_LOOKBACK
+    assert len(text.text) <= 1 << 20  # and it holds a bounded tail
+
+
+def test_a_match_across_reads_is_found_with_what_came_before_it():
+    text = _wait_text(r"^ready (\d+)", "error")
+    assert text.add("booting\nxready 1\nrea") is None  # `^` holds at a read's start too
+    found = text.add("dy 42\n")
+    assert found is not None
+    index, match, offset = found
+    assert (index, match.group(0)) == (0, "ready 42")
+    assert text.text[: offset + match.start()] == "booting\nxready 1\n"
+
+
+def test_the_earliest_match_wins_then_the_first_pattern():
+    text = _wait_text("b+", "a", "ab")
+    index, match, _ = text.add("xxab") or (None, None, None)
+    assert (index, match.group(0)) == (1, "a")

@@ -961,6 +961,66 @@ async def _window_exit(window: WindowRuntime) -> None:
 # -- waiting for new output ----------------------------------------------------------
 #: Text a wait for new output holds (the most recent part of it).
 _WAIT_TEXT = 1 << 20
+#: How far back, before what just arrived, a wait looks for a match's start:
+#: the longest match a wait finds is this plus the newest chunk.
+WAIT_LOOKBACK = 16 * 1024
+
+
+class WaitText:
+    """The text a wait has seen, searched as it grows: each chunk once, with
+    the :data:`WAIT_LOOKBACK` characters before it (a match can only be new if
+    it ends in the new chunk). Searching all of it again for every chunk cost
+    a flood's whole length each read, for each waiter: an observer's waits
+    could keep the daemon busy. ``searched`` counts the characters searched."""
+
+    def __init__(self, regexes: list[Any]) -> None:
+        self._regexes = regexes
+        self._chunks: list[str] = []
+        self._size = 0
+        self.searched = 0
+
+    @property
+    def text(self) -> str:
+        if len(self._chunks) > 1:
+            self._chunks = ["".join(self._chunks)]
+        return self._chunks[0] if self._chunks else ""
+
+    def add(self, chunk: str) -> tuple[int, Any, int] | None:
+        """Add ``chunk``; the earliest match that ends in it, the first pattern
+        on a tie, as (pattern index, match, offset of the match's text in
+        :attr:`text`), or ``None``."""
+        before = self._size
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size > _WAIT_TEXT:
+            kept = self.text[-_WAIT_TEXT // 2 :]
+            before -= self._size - len(kept)
+            self._chunks, self._size = [kept], len(kept)
+        start = max(0, before - WAIT_LOOKBACK)
+        # One character more before the window, so ``^`` knows whether a line starts there.
+        window = self._tail(self._size - start + (1 if start else 0))
+        pos = 1 if start else 0
+        self.searched += len(window) - pos
+        best: tuple[int, Any] | None = None
+        for index, regex in enumerate(self._regexes):
+            m = regex.search(window, pos)
+            if m is not None and (best is None or m.start() < best[1].start()):
+                best = (index, m)
+        if best is None:
+            return None
+        return best[0], best[1], self._size - len(window)
+
+    def _tail(self, count: int) -> str:
+        """The last ``count`` characters (joining only the chunks they span)."""
+        taken: list[str] = []
+        size = 0
+        for chunk in reversed(self._chunks):
+            taken.append(chunk)
+            size += len(chunk)
+            if size >= count:
+                break
+        joined = "".join(reversed(taken))
+        return joined[len(joined) - count :] if size > count else joined
 
 
 async def wait_output(
@@ -980,8 +1040,9 @@ async def wait_output(
         raise InvalidRequest("give at least one pattern")
     regexes: list[Any] = [compile_pattern(p) for p in patterns]
     loop = asyncio.get_running_loop()
-    found: asyncio.Future[tuple[int, Any]] = loop.create_future()
-    seen = {"text": "", "position": window.seq}
+    found: asyncio.Future[tuple[int, Any, int]] = loop.create_future()
+    seen = {"position": window.seq}
+    text = WaitText(regexes)
 
     def feed(data: bytes) -> None:
         if found.done():
@@ -990,16 +1051,7 @@ async def wait_output(
         # ``\n`` line ends, and no ``\r`` a shell redraws with at a line's
         # start: ``^`` then matches where a line starts on the screen.
         clean = strip_escapes(data).replace(b"\r\n", b"\n").replace(b"\n\r", b"\n")
-        text = seen["text"] + clean.decode("utf-8", "replace")
-        if len(text) > _WAIT_TEXT:
-            text = text[-_WAIT_TEXT // 2 :]
-        seen["text"] = text
-        best: tuple[int, Any] | None = None
-        for index, regex in enumerate(regexes):
-            m = regex.search(text)
-            if m is not None and (best is None or m.start() < best[1].start()):
-                best = (index, m)
-        if best is not None:
+        if clean and (best := text.add(clean.decode("utf-8", "replace"))) is not None:
             found.set_result(best)
 
     if since is not None:
@@ -1023,18 +1075,18 @@ async def wait_output(
         with contextlib.suppress(ValueError):
             window.output_taps.remove(feed)
     if found.done():
-        index, m = found.result()
+        index, m, offset = found.result()
         return {
             "outcome": "match",
             "index": index,
             "pattern": patterns[index],
             "matched": m.group(0),
-            "before": seen["text"][: m.start()],
+            "before": text.text[: offset + m.start()],
             "position": seen["position"],
         }
     return {
         "outcome": "eof" if window.exit_code is not None else "timeout",
-        "before": seen["text"],
+        "before": text.text,
         "position": seen["position"],
     }
 
