@@ -950,12 +950,28 @@ async def run_output(ctx: RequestContext, args: dict[str, Any]) -> dict[str, Any
     return result
 
 
-async def _window_exit(window: WindowRuntime) -> None:
-    """Return once the window's process has exited (polled: rare, and cheap)."""
-    while window.exit_code is None:
-        await asyncio.sleep(0.1)
-    # Give the last output a moment to arrive before the run reports.
-    await asyncio.sleep(0.05)
+def _window_exit(window: WindowRuntime) -> tuple[asyncio.Future[None], Callable[[], None]]:
+    """A future done a moment after the window's process has exited (for the
+    last output a grandchild may still write), and what stops watching."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    def watcher() -> None:
+        loop.call_later(0.05, done)
+
+    def stop() -> None:
+        with contextlib.suppress(ValueError):
+            window.exit_watchers.remove(watcher)
+
+    if window.exit_code is not None:
+        watcher()
+    else:
+        window.exit_watchers.append(watcher)
+    return exited, stop
 
 
 # -- waiting for new output ----------------------------------------------------------
@@ -1067,10 +1083,11 @@ async def wait_output(
         seen["position"] = window.seq
     if not found.done():
         window.output_taps.append(feed)
-    exited = loop.create_task(_window_exit(window))
+    exited, unwatch = _window_exit(window)
     try:
         await asyncio.wait([found, exited], timeout=timeout, return_when="FIRST_COMPLETED")
     finally:
+        unwatch()
         exited.cancel()
         with contextlib.suppress(ValueError):
             window.output_taps.remove(feed)
