@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tachi.daemon.limits import MAX_REQUESTS, REQUESTS
+from tachi.daemon.limits import CONNECTIONS, MAX_REQUESTS, REQUESTS
 from tachi.errors import InvalidRequest
 from tachi.gotime import parse_duration
 from tachi.paths import config_path, socket_path, state_dir
@@ -52,6 +52,9 @@ class Config:
     screen_memory: int | None = None
     #: ``[limits] requests``: requests one connection runs at once (tachi.daemon.limits).
     requests: int = REQUESTS
+    #: ``[limits] connections``: connections one principal other than the
+    #: daemon's own user may have open at once (a grant counts as one).
+    connections: int = CONNECTIONS
     allow_ip: list[Network] = field(default_factory=list)
     deny_ip: list[Network] = field(default_factory=list)
     state_dir: Path = field(default_factory=state_dir)
@@ -165,6 +168,8 @@ def _from_raw(raw: dict[str, Any]) -> Config:
         cfg.screen_memory = parse_size(limits["screen_memory"], "limits.screen_memory")
     if "requests" in limits:
         cfg.requests = _count(limits["requests"], "limits.requests", 1, MAX_REQUESTS)
+    if "connections" in limits:
+        cfg.connections = _count(limits["connections"], "limits.connections", 1, 1 << 20)
     cfg.allow_ip = _networks(sec, "allow_ip")
     cfg.deny_ip = _networks(sec, "deny_ip")
     if "token_grace" in sec:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import memory_kib, until, wait_match
+from helpers import audit_records, memory_kib, until, wait_match
 from tachi import protocol
+from tachi.errors import PermissionDenied
 from tachi.testing import DaemonProcess
 
 #: What the daemon may grow by while one peer holds 10,000 unread requests:
@@ -142,3 +143,41 @@ def test_patterns_re2_cannot_run_are_refused_naming_the_construct(
     assert refused.returncode != 0 and "backreference" in refused.stderr
     refused = tachi_daemon.run("wait", s["id"], "--match", r"x(?=y)", "--timeout", "1")
     assert "lookahead" in refused.stderr
+
+
+def test_one_share_link_opens_a_bounded_number_of_connections(tmp_path):
+    """Each connection may hold replies and waits up to its own bound; one grant
+    (a share link, say) may hold [limits] connections of them at once, and is
+    refused past that, audited. The daemon's own user is never counted."""
+    home = tmp_path / "d"
+    home.mkdir()
+    daemon = DaemonProcess(home, config="[limits]\nconnections = 3\n")
+    daemon.start()
+    try:
+        sid = daemon.new("sh")["id"]
+        with daemon.client() as owner:
+            token = owner.share(sid, "observer").token
+        held = [daemon.client(token=token) for _ in range(3)]
+        with pytest.raises(PermissionDenied, match=r"too many connections .*at most 3"):
+            daemon.client(token=token)
+        # The owner is not counted, however many it has open.
+        mine = [daemon.client() for _ in range(5)]
+        assert all(c.get(sid).id == sid for c in mine)
+        # One closed, one more may come in.
+        held.pop().disconnect()
+        again = until(lambda: _connects(daemon, token), timeout=10)
+        assert again.get(sid).id == sid
+        for c in [*held, *mine, again]:
+            c.disconnect()
+        refused = [r for r in audit_records(daemon) if r["action"] == "connection.open"]
+        assert refused and refused[0]["result"] == "denied"
+        assert "too many connections" in refused[0]["reason"]
+    finally:
+        daemon.stop()
+
+
+def _connects(daemon: DaemonProcess, token: str):
+    try:
+        return daemon.client(token=token)
+    except PermissionDenied:
+        return None

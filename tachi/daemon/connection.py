@@ -245,6 +245,7 @@ class Connection:
                 self._principal = self.daemon.principal_for_token(
                     token, self._principal, peer.with_token(token)
                 )
+            self.closers.append(self.daemon.admit_connection(self._principal))
         except TachiError as exc:
             self.send({"id": message.get("id"), "ok": False, "error": exc.to_json()})
             raise ProtocolError(f"refused: {exc}") from None

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 REQUESTS = 64
 #: The most ``[limits] requests`` may be.
 MAX_REQUESTS = 4096
+#: ``[limits] connections``: connections open at once per principal other than
+#: the daemon's own user (per grant for a token): what one share link or remote
+#: user can make the daemon hold is this times one connection's bound.
+CONNECTIONS = 64
 #: How often a connection over its budget looks again when its transport
 #: cannot say when it drained (its own queue empty, the socket's still full).
 _RECHECK_SECONDS = 0.05

@@ -158,6 +158,8 @@ class Daemon:
         #: Every connection being served, whatever its transport: awaited at stop,
         #: so nothing they started outlives the audit log and the database.
         self.connections = TaskSet("connections")
+        #: Greeted connections open, by principal (see admit_connection).
+        self._open_connections: dict[tuple[str | None, str | None], int] = {}
         #: Set by ``daemon.stop`` with ``keepSessions`` (``tachi daemon restart``).
         self.keep_sessions = False
 
@@ -264,6 +266,43 @@ class Daemon:
         return session
 
     # -- authorisation --------------------------------------------------------
+    def admit_connection(self, principal: Principal) -> Callable[[], None]:
+        """Count a connection of ``principal`` (greeted) against ``[limits]
+        connections``; returns what un-counts it, once. Raises
+        ``PermissionDenied`` (audited) past the limit. The daemon's own user is
+        not counted, on its socket or with a daemon token (its own, remote):
+        nothing may lock the owner out."""
+        if _is_local_owner(principal) or principal.grant_session == "*":
+            return lambda: None
+        key = (
+            ("grant", principal.grant_id)
+            if principal.grant_id
+            else (principal.kind, principal.user)
+        )
+        limit = self.config.connections
+        if self._open_connections.get(key, 0) >= limit:
+            who = f"grant {principal.grant_id}" if principal.grant_id else principal.user
+            reason = (
+                f"too many connections for {who} (at most {limit} at once: [limits] connections)"
+            )
+            self.audit_by(principal, "connection.open", result="denied", reason=reason)
+            raise PermissionDenied(reason)
+        self._open_connections[key] = self._open_connections.get(key, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            left = self._open_connections.get(key, 1) - 1
+            if left > 0:
+                self._open_connections[key] = left
+            else:
+                self._open_connections.pop(key, None)
+
+        return release
+
     def allowed(self, principal: Principal, action: str, session: Any) -> bool:
         """Ask every ``tachi_authorize`` hook: any deny wins, else one allow allows.
         A daemon token must still be live (not expired or revoked). Never raises
