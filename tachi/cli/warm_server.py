@@ -65,6 +65,7 @@ def preload() -> None:
     # names in WARM_PRELOAD: each remote command would import it again (the
     # websockets client: ~30 ms). A broken plugin must not keep the warm CLI
     # from starting: its commands then import it themselves.
+    from tachi.client.endpoint import transport_plugins
     from tachi.plugins import make_plugin_manager
 
     try:
@@ -73,6 +74,10 @@ def preload() -> None:
                 warm = getattr(importlib.import_module(name), "warm", None)
                 if callable(warm):
                     warm()  # what each command would make again (TLS contexts)
+            for scheme in getattr(plugin, "URL_SCHEMES", ()):
+                # The plugins a command for such URLs loads (with this
+                # server's plugin selection; a command with another makes its own).
+                transport_plugins(frozenset({"tachi_connect"}), scheme)
     except Exception:
         traceback.print_exc()
 

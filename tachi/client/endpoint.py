@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,15 +59,13 @@ class Endpoint:
             from tachi.client.autostart import connect_socket
 
             return connect_socket(self.socket, autostart=autostart)
-        from tachi.plugins import make_plugin_manager
-
         # Only the transports, and the identity plugins when an identity option
         # is given: `--host wss://… ls` must not import a screen emulator or
         # an identity library it does not use (hundreds of ms).
         hooks = {"tachi_connect"}
         if any(self.options.get(k) for k in IDENTITY_OPTIONS):
             hooks |= {"tachi_client_tls", "tachi_verify_server"}
-        pm = make_plugin_manager(hooks=hooks, scheme=self.url.split("://", 1)[0])
+        pm = transport_plugins(frozenset(hooks), self.url.split("://", 1)[0])
         options = {**self.options, "hooks": pm.hook}
         try:
             sock = pm.hook.tachi_connect(url=self.url, options=options)
@@ -79,6 +78,35 @@ class Endpoint:
                 " (install tachi-websocket for ws:// and wss://)"
             )
         return sock
+
+
+#: Plugin managers made for remote connections (see transport_plugins).
+_MANAGERS: dict[tuple[Any, ...], Any] = {}
+
+
+def transport_plugins(hooks: frozenset[str], scheme: str | None) -> Any:
+    """The plugins that open ``scheme`` URLs (and answer ``hooks``), loaded once
+    per process and plugin selection (``TACHI_LOAD_PLUGINS``,
+    ``TACHI_DISABLE_PLUGINS``): the warm CLI loads them before it forks, so a
+    remote command does not (about 2 ms of each), nor does a program that
+    makes many ``Client(url=…)``. A distribution installed or removed since
+    (the site directories' times) or another ``sys.path`` makes them anew."""
+    from tachi.plugins import HookIndex, make_plugin_manager
+
+    key = (
+        hooks,
+        scheme,
+        os.environ.get("TACHI_LOAD_PLUGINS"),
+        os.environ.get("TACHI_DISABLE_PLUGINS"),
+        tuple(sys.path),
+        tuple(HookIndex._stamp(HookIndex._site_dirs()).values()),
+    )
+    pm = _MANAGERS.get(key)
+    if pm is None:
+        if len(_MANAGERS) >= 16:  # selections and schemes a process uses: a few
+            _MANAGERS.clear()
+        pm = _MANAGERS[key] = make_plugin_manager(hooks=hooks, scheme=scheme)
+    return pm
 
 
 def resolve(

@@ -115,3 +115,24 @@ def test_a_disabled_transport_is_not_loaded(remote: Remote, tmp_path: Path) -> N
     result = probe(remote, index, *remote.flags(), "ls", TACHI_DISABLE_PLUGINS="websocket,ssh")
     assert result["status"] == 2
     assert "no installed transport handles wss:// URLs" in result["stderr"]
+
+
+def test_the_warm_cli_loads_the_transport_plugins_once_not_per_command(monkeypatch):
+    """The warm CLI loads the plugins that open wss:// URLs before it forks;
+    its children (each remote command) reuse them instead of loading them
+    again, as long as the plugin selection and the installed distributions
+    are the same."""
+    from tachi.cli import warm_server
+    from tachi.client import endpoint
+
+    endpoint._MANAGERS.clear()
+    warm_server.preload()
+    loaded = endpoint.transport_plugins(frozenset({"tachi_connect"}), "wss")
+    assert loaded is not None and len(endpoint._MANAGERS) >= 2  # ws and wss at least
+    assert endpoint.transport_plugins(frozenset({"tachi_connect"}), "wss") is loaded
+    assert loaded.has_plugin("websocket") or any(
+        getattr(p, "URL_SCHEMES", None) == ("ws", "wss") for p in loaded.get_plugins()
+    )
+    # Another plugin selection gets its own.
+    monkeypatch.setenv("TACHI_DISABLE_PLUGINS", "nothing-of-that-name")
+    assert endpoint.transport_plugins(frozenset({"tachi_connect"}), "wss") is not loaded
