@@ -125,6 +125,8 @@ def test_the_warm_cli_loads_the_transport_plugins_once_not_per_command(monkeypat
     from tachi.cli import warm_server
     from tachi.client import endpoint
 
+    monkeypatch.delenv("TACHI_LOAD_PLUGINS", raising=False)  # every installed plugin
+    monkeypatch.delenv("TACHI_DISABLE_PLUGINS", raising=False)
     endpoint._MANAGERS.clear()
     warm_server.preload()
     loaded = endpoint.transport_plugins(frozenset({"tachi_connect"}), "wss")
