@@ -325,6 +325,21 @@ def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_
             assert (after.output, after.exit_code) == ("replaced\n", 5)
 
 
+def test_a_long_command_is_typed_once_the_shell_reads_its_terminal_raw(tachi_daemon):
+    """A run ends at its end mark, before the shell's prompt hooks and its line
+    editor start; until then the terminal is canonical, and the kernel keeps
+    4095 bytes of a line typed then (the rest is dropped: the command would be
+    cut, and the run would never end). A 10 KB command right after a run, with
+    a slow prompt, is typed once the editor reads it."""
+    sid = shell_session(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        assert client.run(sid, "PS1='$(sleep 0.5)$ '", timeout=T).exit_code == 0
+        assert client.run(sid, "true", timeout=T).exit_code == 0
+        long = "echo " + "y" * 10000 + " | wc -c"
+        r = client.run(sid, long, timeout=T)
+        assert (r.output.strip(), r.exit_code) == ("10001", 0)
+
+
 def test_a_prompt_drawn_late_is_not_taken_for_the_shell_reading_what_was_sent(tachi_daemon):
     """A run returns at its end mark; the prompt after it can come later (a slow
     prompt hook). Keys sent at once (`bash --norc`) are not read by that prompt:

@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+import termios
 import time
 import weakref
 from collections.abc import Callable
@@ -68,6 +69,13 @@ RUN_KEEP = 256 * 1024
 #: A shell continuously in front this long, with an earlier run not ended,
 #: is idle at its prompt: that run no longer holds later ones back.
 _SETTLE = 1.0
+#: A command this long is typed only once the shell reads its terminal raw
+#: (its line editor): between commands the terminal is canonical, and the
+#: kernel keeps 4095 bytes of a line then, dropping the rest.
+_CANONICAL_LINE = 3500
+#: How long a long command waits for the line editor before it is typed anyway
+#: (a shell with none, dash say, reads canonical lines all along).
+_EDITOR_WAIT = 2.0
 #: The commands tachi knows how to type a line for: (syntax, names).
 _SYNTAX = {
     "fish": "fish",
@@ -295,6 +303,26 @@ class RunCapture:
 
 
 # -- who is in front ---------------------------------------------------------------
+async def _until_line_editor(window: WindowRuntime, deadline: float | None) -> None:
+    """Return once the window's terminal is not canonical (a shell's line
+    editor reads it), after :data:`_EDITOR_WAIT`, or at ``deadline``. The
+    shell prints a command's end mark before its prompt hooks run and its
+    editor starts: a run right after another comes in between."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _EDITOR_WAIT
+    if deadline is not None:
+        until = min(until, deadline)
+    while _canonical(window) and window.exit_code is None and loop.time() < until:
+        await asyncio.sleep(0.005)
+
+
+def _canonical(window: WindowRuntime) -> bool:
+    try:
+        return bool(termios.tcgetattr(window.child.fd)[3] & termios.ICANON)
+    except (OSError, termios.error):
+        return False
+
+
 def keys_unread(window: WindowRuntime, runs: dict[str, RunRecord]) -> bool:
     """Whether input reached the window after the shell last showed it had
     read it: neither a command started (mark C) and then a prompt (mark A),
@@ -800,6 +828,8 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
             record.listeners.append(out.add)
             bound.stop = functools.partial(_unlisten, record, out.add)
         bound.what["run"] = ident
+        if len(command) >= _CANONICAL_LINE:
+            await _until_line_editor(window, deadline)
         short = integrated_in_front(window, window.child.foreground_pgrp(), runs_of(session))
         line = typed_line(command, syntax, ident, short)
         ctx.effects.admit_input(ctx.principal, session, len(command))
