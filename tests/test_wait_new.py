@@ -142,3 +142,13 @@ def test_the_earliest_match_wins_then_the_first_pattern():
     text = _wait_text("b+", "a", "ab")
     index, match, _ = text.add("xxab") or (None, None, None)
     assert (index, match.group(0)) == (1, "a")
+
+
+def test_output_a_character_at_a_time_is_not_held_in_a_piece_each():
+    """A program that prints one character per write gives the wait a read of
+    each: 200,000 of them must not become 200,000 strings held and walked."""
+    text = _wait_text("never-printed")
+    for _ in range(200_000):
+        assert text.add("y") is None
+    assert len(text._chunks) <= 64
+    assert text.text == "y" * 200_000

@@ -1010,6 +1010,8 @@ _WAIT_TEXT = 1 << 20
 #: How far back, before what just arrived, a wait looks for a match's start:
 #: the longest match a wait finds is this plus the newest chunk.
 WAIT_LOOKBACK = 16 * 1024
+#: Pieces a wait's text is held in, at most (see WaitText.add).
+_WAIT_CHUNKS = 64
 
 
 class WaitText:
@@ -1038,6 +1040,11 @@ class WaitText:
         before = self._size
         self._chunks.append(chunk)
         self._size += len(chunk)
+        if len(self._chunks) > _WAIT_CHUNKS:
+            # A program printing a character at a time makes a chunk of each:
+            # the older ones become one string (a copy per _WAIT_CHUNKS reads),
+            # so neither the objects held nor _tail's walk grow with them.
+            self._chunks[:-1] = ["".join(self._chunks[:-1])]
         if self._size > _WAIT_TEXT:
             kept = self.text[-_WAIT_TEXT // 2 :]
             before -= self._size - len(kept)
