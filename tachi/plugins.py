@@ -215,6 +215,12 @@ class HookIndex:
             data = {}
         return cls(path, data)
 
+    @classmethod
+    def installed(cls) -> tuple[int, ...]:
+        """What changes when a distribution is installed or removed: the site
+        directories' modification times (a few ``stat`` calls)."""
+        return tuple(cls._stamp(cls._site_dirs()).values())
+
     @staticmethod
     def _site_dirs() -> list[str]:
         """The directories distributions are installed into (a new one changes their mtime)."""

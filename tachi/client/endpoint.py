@@ -99,7 +99,7 @@ def transport_plugins(hooks: frozenset[str], scheme: str | None) -> Any:
         os.environ.get("TACHI_LOAD_PLUGINS"),
         os.environ.get("TACHI_DISABLE_PLUGINS"),
         tuple(sys.path),
-        tuple(HookIndex._stamp(HookIndex._site_dirs()).values()),
+        HookIndex.installed(),
     )
     pm = _MANAGERS.get(key)
     if pm is None:
