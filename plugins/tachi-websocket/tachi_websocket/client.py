@@ -27,7 +27,6 @@ import contextlib
 import encodings.idna  # noqa: F401
 import functools
 import hmac
-import os
 import select
 import socket
 import ssl
@@ -46,6 +45,7 @@ from websockets.uri import parse_uri
 from tachi import protocol
 from tachi.client.message_stream import MessageStream
 from tachi.errors import DaemonUnavailable, PermissionDenied, ProtocolError
+from tachi_websocket import keeper
 from tachi_websocket.tls import fingerprint, normalise_fingerprint
 
 SCHEMES = ("ws", "wss")
@@ -132,30 +132,23 @@ def _handshake_error(url: str, exc: BaseException | None) -> Exception:
 
 def open_connection(url: str, options: dict[str, Any]) -> socket.socket | WebSocketStream:
     """A local socket carrying frames to and from the daemon at ``url``: from
-    the connection keeper when it is enabled (``tachi_websocket.keeper``),
-    else connected here and bridged by a thread. With ``options["inline"]``
-    (a caller that reads promptly, on one thread: ``tachi attach``, a CLI
-    command), a :class:`WebSocketStream` instead: the socket calls of a frame
-    stream, spoken as WebSocket on the caller's thread; unless the keeper is
-    enabled and the caller is not ``options["interactive"]`` (attach is).
+    the connection keeper when ``keeper.enabled(options)`` (one-shot CLI
+    commands by default; see ``tachi_websocket.keeper``), else connected here.
+    With ``options["inline"]`` (a caller that reads promptly, on one thread:
+    ``tachi attach``, a CLI command the keeper cannot serve), a
+    :class:`WebSocketStream`: the socket calls of a frame stream, spoken as
+    WebSocket on the caller's thread, no socketpair, no bridge; otherwise a
+    socketpair bridged by a thread.
 
     Raises ``DaemonUnavailable`` (can't reach) or ``PermissionDenied`` (TLS,
     fingerprint or the daemon refused us), each with one line.
     """
-    kept = os.environ.get("TACHI_WS_KEEPER", "0") not in ("", "0", "off", "no")
-    if options.get("inline") and (options.get("interactive") or not kept):
-        # The caller (``tachi attach``, a CLI command) reads the connection
-        # itself, promptly: it gets the WebSocket on its own thread, no
-        # socketpair, no bridge. A one-shot command prefers a kept connection
-        # (no TCP and TLS to set up); an interactive one its own.
+    if keeper.enabled(options):
+        kept = keeper.connect(url, options)
+        if kept is not None:
+            return kept
+    if options.get("inline"):
         return WebSocketStream(*connect_websocket(url, options))
-    if kept:
-        from tachi_websocket import keeper
-
-        if keeper.enabled(options):
-            kept = keeper.connect(url, options)
-            if kept is not None:
-                return kept
     sock, ws = connect_websocket(url, options)
     ours, theirs = socket.socketpair()
     bridge = _Bridge(sock, ws, theirs)

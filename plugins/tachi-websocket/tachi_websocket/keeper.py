@@ -1,17 +1,23 @@
 """The connection keeper: WebSocket connections opened ahead, for short remote commands.
 
-``TACHI_WS_KEEPER=1`` (opt-in): ``tachi --host wss://…`` and
-``Client(url=…)`` ask a per-user keeper process for their connection instead
-of paying for TCP, TLS and the WebSocket upgrade themselves. The keeper
-holds, per (URL, certificate options), one *spare* connection: connected,
-TLS verified with those options, upgraded, and nothing more. It has said no
-hello and holds no token, so it is nobody's yet. A command takes the spare
-(the keeper then relays frames between it and the command's Unix socket, one
-thread per connection, until either end closes), says hello on it with its own
-token, and the daemon authenticates it as ever; the keeper opens the next
-spare for the next command. A connection is never handed out twice, so no
-command ever acts on another's authentication, and a revoked token is refused
-at the command's own hello.
+On by default for one-shot CLI commands (``tachi --host wss://… ls``, ``send``,
+``exec``…): they ask a per-user keeper process for their connection instead
+of paying for TCP, TLS and the WebSocket upgrade themselves, as OpenSSH's
+ControlMaster spares ``ssh`` its handshake. ``TACHI_WS_KEEPER=0`` turns it
+off; ``TACHI_WS_KEEPER=1`` extends it to ``Client(url=…)`` (off for those by
+default: a long-lived client pays its handshake once, and through the keeper
+every one of its messages would take one more hop). ``tachi attach`` always
+connects itself, for the same reason.
+
+The keeper holds, per (URL, certificate options), one *spare* connection:
+connected, TLS verified with those options, upgraded, and nothing more. It
+has said no hello and holds no token, so it is nobody's yet. A command takes
+the spare (the keeper then relays frames between it and the command's Unix
+socket, one thread per connection, until either end closes), says hello on it
+with its own token, and the daemon authenticates it as ever; once that command
+is done the keeper opens the next spare. A connection is never handed out
+twice, so no command ever acts on another's authentication, and a revoked
+token is refused at the command's own hello.
 
 The socket is ``$XDG_RUNTIME_DIR/tachi/ws-keeper.sock`` (else
 ``/tmp/tachi-$UID/ws-keeper.sock``), 0600 in a directory only the user may
@@ -71,10 +77,29 @@ def _peer_uid(sock: socket.socket) -> int:
     return _CREDS.unpack(creds)[1]
 
 
+#: ``TACHI_WS_KEEPER`` values that turn the keeper off, and that extend it to every client.
+OFF = ("0", "off", "no", "false")
+ALL = ("1", "on", "yes", "true", "all")
+
+
+def mode() -> str:
+    """``"commands"`` (the default: one-shot CLI commands), ``"all"`` (API
+    clients too) or ``"off"``, from ``TACHI_WS_KEEPER``."""
+    value = os.environ.get("TACHI_WS_KEEPER", "").strip().lower()
+    if value in OFF:
+        return "off"
+    return "all" if value in ALL else "commands"
+
+
 def enabled(options: dict[str, Any]) -> bool:
-    """Whether a client with ``options`` goes through the keeper: opted in, and
-    no identity options (those need the identity plugins' own TLS context)."""
-    if os.environ.get("TACHI_WS_KEEPER", "0") in ("", "0", "off", "no"):
+    """Whether a client with ``options`` goes through the keeper: not an
+    interactive one (``tachi attach`` keeps its own connection), a one-shot
+    command (``options["inline"]``) unless ``TACHI_WS_KEEPER`` says otherwise,
+    and no identity options (those need the identity plugins' own TLS context)."""
+    chosen = mode()
+    if chosen == "off" or options.get("interactive"):
+        return False
+    if chosen == "commands" and not options.get("inline"):
         return False
     from tachi.client.endpoint import IDENTITY_OPTIONS
 
@@ -165,6 +190,9 @@ class Keeper:
         self.spares: dict[str, tuple[Any, float]] = {}  # key -> (_Spare, last use)
         self.relays = 0
         self.lock = threading.Lock()
+        # A relay thread that adds a spare wakes the loop through this pipe, so
+        # the spare is watched (its daemon's end seen) from then on.
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def serve(self) -> int:
         old = os.umask(0o177)
@@ -192,10 +220,14 @@ class Keeper:
         bound = os.stat(self.path).st_ino
         try:
             while True:
-                watched = [listener, *(spare.sock for spare, _ in self.spares.values())]
-                ready = select.select(watched, [], [], 1.0)[0]
+                with self.lock:
+                    spares = [spare.sock for spare, _ in self.spares.values()]
+                ready = select.select([listener, self.wake_r, *spares], [], [], 1.0)[0]
                 for sock in ready:
-                    if sock is listener:
+                    if sock == self.wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.wake_r, 512)
+                    elif sock is listener:
                         self._accept(listener)
                     else:
                         self._service(sock)
@@ -237,6 +269,10 @@ class Keeper:
         key = json.dumps([url, sorted(options.items())])
         with self.lock:
             spare = self.spares.pop(key, (None, 0.0))[0]
+        if spare is not None and not spare.alive():
+            # Its daemon went (restarted, killed) since the loop last looked.
+            spare.close()
+            spare = None
         try:
             if spare is None:
                 spare = _Spare.open(url, options)
@@ -255,20 +291,34 @@ class Keeper:
             return
         with self.lock:
             self.relays += 1
-        threading.Thread(target=self._relay, args=(spare, conn), daemon=True).start()
-        # The next command's connection, opened now rather than when it asks.
-        try:
-            fresh = _Spare.open(url, options)
-        except (PermissionDenied, DaemonUnavailable):
-            return
-        with self.lock:
-            self.spares[key] = (fresh, time.monotonic())
+        threading.Thread(
+            target=self._relay, args=(spare, conn, key, url, options), daemon=True
+        ).start()
 
-    def _relay(self, spare: Any, conn: socket.socket) -> None:
+    def _relay(
+        self, spare: Any, conn: socket.socket, key: str, url: str, options: dict[str, Any]
+    ) -> None:
         from tachi_websocket.client import _Bridge
 
         try:
             _Bridge(spare.sock, spare.ws, conn).run()
+            # The next command's connection, opened once this one is done: not
+            # while it runs, when its TLS handshake (here and in the daemon)
+            # would take the CPU from the command it is meant to speed up.
+            # Commands mostly come one after another; the next one's
+            # interpreter start leaves time for the handshake.
+            with self.lock:
+                wanted = key not in self.spares
+            if wanted:
+                with contextlib.suppress(PermissionDenied, DaemonUnavailable):
+                    fresh = _Spare.open(url, options)
+                    with self.lock:
+                        if key in self.spares:
+                            fresh.close()
+                        else:
+                            self.spares[key] = (fresh, time.monotonic())
+                    with contextlib.suppress(BlockingIOError):
+                        os.write(self.wake_w, b"x")
         finally:
             with self.lock:
                 self.relays -= 1

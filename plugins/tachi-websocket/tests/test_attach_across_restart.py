@@ -53,7 +53,9 @@ def test_remote_attach_reconnects_after_the_daemon_goes(tachi_home, how: str) ->
         child.expect("reconnected", timeout=40)
         child.send("echo after-$((40+2))\r")
         child.expect("after-42")
-        listed = json.loads(remote.run("ls", "--json").stdout)
+        out = remote.run("ls", "--json")
+        assert out.returncode == 0, out.stderr
+        listed = json.loads(out.stdout)
         assert [(s["id"], s["windows"][0]["pid"]) for s in listed] == [(session["id"], pid)]
         child.send(PREFIX + "d")
         child.expect(pexpect.EOF)

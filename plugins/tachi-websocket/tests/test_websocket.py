@@ -128,12 +128,18 @@ def test_a_remote_attach_speaks_websocket_on_its_own_tls_socket(remote: Remote):
 def test_a_remote_command_speaks_websocket_on_its_own_tls_socket(remote: Remote):
     """A CLI command (here a `wait` that blocks) reads its connection whenever
     it waits: it speaks WebSocket on its TLS socket too, with no socketpair and
-    bridge thread (about 5 ms of `tachi --host wss://… ls`)."""
+    bridge thread (about 5 ms of `tachi --host wss://… ls`), when the
+    connection keeper is off (test_ws_keeper.py has it on, the default)."""
     session = json.loads(remote.run("new", "-d", "--json", "--", "bash", "--norc").stdout)
     argv = remote.daemon.tachi_argv(
         *remote.flags(), "wait", session["id"], "--match", "later-1", "--timeout", "20"
     )
-    env = {**remote.daemon.env, "TACHI_TOKEN": remote.token, "TACHI_WARM": "0"}
+    env = {
+        **remote.daemon.env,
+        "TACHI_TOKEN": remote.token,
+        "TACHI_WARM": "0",
+        "TACHI_WS_KEEPER": "0",
+    }
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15

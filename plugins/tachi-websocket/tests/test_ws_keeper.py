@@ -99,3 +99,101 @@ def _stop_keeper(runtime: Path, signum: int = signal.SIGTERM) -> int:
                         break
                     time.sleep(0.02)
     return found
+
+
+def _keeper_socket(runtime: Path) -> Path:
+    return runtime / "tachi" / "ws-keeper.sock"
+
+
+def test_one_shot_commands_take_the_keeper_by_default_and_api_clients_do_not(
+    remote: Remote, tmp_path: Path, monkeypatch
+) -> None:
+    """With ``TACHI_WS_KEEPER`` unset, a remote CLI command (here a ``wait``
+    that blocks) is relayed by the keeper: no TCP socket of its own. A
+    ``Client(url=…)`` connects itself (through the keeper, every message of a
+    long-lived client would take one more hop), and ``TACHI_WS_KEEPER=0``
+    turns the keeper off for commands too."""
+    from test_websocket import _tcp_sockets, _unix_sockets
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    s = remote.daemon.new("bash", "--norc", name="default")
+    env = {
+        k: v for k, v in remote.daemon.env.items() if k not in ("TACHI_WS_KEEPER", "TACHI_WARM")
+    }
+    env |= {"TACHI_TOKEN": remote.token, "XDG_RUNTIME_DIR": str(runtime), "TACHI_WARM": "0"}
+    argv = remote.daemon.tachi_argv(
+        *remote.flags(), "wait", s["id"], "--match", "kept-7", "--timeout", "20"
+    )
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while not _unix_sockets(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # a direct connection would be up by now
+        assert _unix_sockets(proc.pid) == 1  # to the keeper
+        assert _tcp_sockets(proc.pid) == 0
+        assert _keeper_socket(runtime).exists()
+        assert remote.run("send", s["id"], "echo kept-$((3+4))\\n").returncode == 0
+        assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        proc.kill()
+        proc.wait()
+        _stop_keeper(runtime)
+
+    # The API client in this process: its own connection, no keeper started.
+    import tachi
+
+    api_runtime = tmp_path / "api"
+    api_runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TACHI_LOAD_PLUGINS", "websocket")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(api_runtime))
+    monkeypatch.delenv("TACHI_WS_KEEPER", raising=False)
+    with tachi.Client(
+        url=remote.url, token=remote.token, options={"fingerprint": remote.fingerprint}
+    ) as client:
+        assert client.get("default").id == s["id"]
+    assert not _keeper_socket(api_runtime).exists()
+
+    # Off: the command connects itself and no keeper is started.
+    off_runtime = tmp_path / "off"
+    off_runtime.mkdir(mode=0o700)
+    done = subprocess.run(
+        remote.daemon.tachi_argv(*remote.flags(), "ls"),
+        env={**env, "XDG_RUNTIME_DIR": str(off_runtime), "TACHI_WS_KEEPER": "0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not _keeper_socket(off_runtime).exists()
+
+
+def test_a_spare_whose_daemon_went_is_not_handed_out(tachi_home: Path, tmp_path: Path) -> None:
+    """The keeper holds a spare to the daemon; the daemon is killed (the
+    spare's connection ends), the next one starts, and the next command comes
+    at once: it gets a fresh connection, not the dead spare."""
+    from test_attach_across_restart import free_port
+    from ws_support import start_remote
+
+    # A fixed port: the restarted daemon listens where the config says.
+    remote = start_remote(tachi_home, f'listen = "127.0.0.1:{free_port()}"\ntls = "self-signed"')
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    try:
+        for _ in range(3):
+            assert _run(remote, runtime, "ls", token=remote.token).returncode == 0
+            status = json.loads(remote.daemon.run("daemon", "status", "--json", check=True).stdout)
+            os.kill(status["pid"], signal.SIGKILL)  # the spare's TCP connection ends with it
+            deadline = time.monotonic() + 10
+            while Path(f"/proc/{status['pid']}/cmdline").exists() and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(status["pid"], os.WNOHANG)
+                time.sleep(0.01)
+            assert remote.daemon.run("ls", timeout=60).returncode == 0  # the next daemon
+            again = _run(remote, runtime, "ls", token=remote.token)
+            assert again.returncode == 0, again.stderr
+    finally:
+        _stop_keeper(runtime)
+        remote.daemon.run("daemon", "stop", timeout=30)
+        remote.daemon.stop()
