@@ -118,9 +118,7 @@ def test_one_shot_commands_take_the_keeper_by_default_and_api_clients_do_not(
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     s = remote.daemon.new("bash", "--norc", name="default")
-    env = {
-        k: v for k, v in remote.daemon.env.items() if k not in ("TACHI_WS_KEEPER", "TACHI_WARM")
-    }
+    env = {k: v for k, v in remote.daemon.env.items() if k not in ("TACHI_WS_KEEPER", "TACHI_WARM")}
     env |= {"TACHI_TOKEN": remote.token, "XDG_RUNTIME_DIR": str(runtime), "TACHI_WARM": "0"}
     argv = remote.daemon.tachi_argv(
         *remote.flags(), "wait", s["id"], "--match", "kept-7", "--timeout", "20"
