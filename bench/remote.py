@@ -8,8 +8,9 @@ them (the daemon loads only the WebSocket plugin and its screen).
 
 - ``command``: whole-process wall time of ``tachi ls``, ``send``, ``capture``
   and ``exec -- true`` (the ``bin/tachi`` launcher, through the local
-  daemon's warm CLI): ``unix``; ``wss`` (``--host wss://…``); ``wss+keeper``
-  (``TACHI_WS_KEEPER=1``); ``wss-cold`` (``TACHI_WARM=0``: interpreter and
+  daemon's warm CLI): ``unix``; ``wss`` (``--host wss://…``, through the
+  connection keeper, the default); ``wss-direct`` (``TACHI_WS_KEEPER=0``:
+  each command connects itself); ``wss-cold`` (``TACHI_WARM=0``: interpreter and
   imports in the command); median of ``--runs`` per round;
 - ``echo``: single keystrokes to a raw-mode echo program through ``tachi
   attach``, round trip p50/p99 (bench/websocket.py's); with ``--baseline
@@ -37,10 +38,8 @@ them (the daemon loads only the WebSocket plugin and its screen).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import sys
@@ -51,8 +50,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
 import websocket as ws_bench
-
-from tachi.testing import command_lines
 
 BIN = str(Path(harness.PY).parent / "tachi")
 
@@ -82,17 +79,6 @@ class RemoteEnv(ws_bench.WebSocketEnv):
         self.tachi("new", "-d", "--name", "cmd", "--", "sleep", "1d")
         #: Extra environment per system (``wss-base``: the baseline client).
         self.systems_env: dict[str, dict[str, str]] = {}
-        #: The keeper's runtime directory (its socket), private to the run.
-        self.runtime = self.dir / "run"
-        self.runtime.mkdir(mode=0o700)
-
-    def close(self) -> None:
-        keeper = str(self.runtime / "tachi" / "ws-keeper.sock").encode()
-        for pid, argv in command_lines():
-            if b"tachi_websocket.keeper" in argv and keeper in argv:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
-        super().close()
 
     def argv(self, system: str, *args: str) -> list[str]:
         host = ["--host", self.url] if system.startswith("wss") else []
@@ -162,15 +148,16 @@ COMMANDS = {
 }
 
 
-#: The command systems: the Unix socket; wss through the warm CLI; the same
-#: with the connection keeper; and wss run in the launcher (no warm CLI: the
+#: The command systems: the Unix socket; wss through the warm CLI (the
+#: connection keeper's, the default); the same with the keeper off, each
+#: command connecting itself; and wss run in the launcher (no warm CLI: the
 #: cold path, interpreter and imports included).
-COMMAND_SYSTEMS = ["unix", "wss", "wss+keeper", "wss-cold"]
+COMMAND_SYSTEMS = ["unix", "wss", "wss-direct", "wss-cold"]
 
 
 def command_env(env: RemoteEnv, system: str) -> dict[str, str]:
     extra = {
-        "wss+keeper": {"TACHI_WS_KEEPER": "1", "XDG_RUNTIME_DIR": str(env.runtime)},
+        "wss-direct": {"TACHI_WS_KEEPER": "0"},
         "wss-cold": {"TACHI_WARM": "0"},
     }.get(system, {})
     return env.client_env | extra

@@ -24,8 +24,11 @@ the WebSocket plugin of git ``REV`` (listener and client) ahead on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness
+
+from tachi.testing import command_lines
 
 
 class WebSocketEnv(harness.Env):
@@ -44,6 +49,11 @@ class WebSocketEnv(harness.Env):
         (self.dir / "config.toml").write_text(
             '[transports.websocket]\nlisten = "127.0.0.1:0"\ntls = "self-signed"\n'
         )
+        #: The runtime directory of the run's connection keeper (remote commands
+        #: take their connections from one by default), private to the run.
+        self.runtime = self.dir / "run"
+        self.runtime.mkdir(mode=0o700)
+        self.env["XDG_RUNTIME_DIR"] = str(self.runtime)
 
     def start(self) -> None:
         self.tachi("daemon", "start")
@@ -61,6 +71,11 @@ class WebSocketEnv(harness.Env):
 
     def close(self) -> None:
         self.tachi("daemon", "stop", check=False)
+        keeper = str(self.runtime / "tachi" / "ws-keeper.sock").encode()
+        for pid, argv in command_lines():
+            if b"tachi_websocket.keeper" in argv and keeper in argv:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
         super().close()
 
 
