@@ -3,7 +3,10 @@
 Two ways to reach a program's terminal, measured side by side and interleaved
 round by round (see bench/run.py for the method):
 
-- ``unix``: ``tachi attach`` on the local socket;
+- ``unix``: ``tachi attach`` on the local socket (its terminal handed to the
+  daemon: no process between the program and the terminal);
+- ``unix-relay``: the same with ``TACHI_DIRECT=0``: the attach process relays
+  every byte, as a remote client must (the like-for-like baseline for wss);
 - ``wss``: ``tachi --host wss://127.0.0.1:PORT attach`` with a daemon token
   and the pinned self-signed certificate (TLS on loopback).
 
@@ -125,8 +128,12 @@ def _client(env: BenchEnv, system: str, name: str, command: str) -> Any:
     env = env.of(system)
     size = ["--rows", str(harness.ROWS), "--cols", str(harness.COLS)]
     env.tachi("new", "-d", "--name", name, *size, "--", "bash", "--norc", "-c", command)
-    tachi = harness.TACHI if system == "unix" else env.remote()
-    return harness.spawn([*tachi, "attach", name], env.env)
+    if system.startswith("unix"):
+        # ``unix-relay``: the attach process relays every byte (TACHI_DIRECT=0),
+        # as a remote one must; ``unix`` hands its terminal to the daemon.
+        relay = {"TACHI_DIRECT": "0"} if system == "unix-relay" else {}
+        return harness.spawn([*harness.TACHI, "attach", name], env.env | relay)
+    return harness.spawn([*env.remote(), "attach", name], env.env)
 
 
 def bench_throughput(env: BenchEnv, system: str, rnd: int) -> dict[str, float]:
@@ -143,7 +150,7 @@ def bench_echo(env: BenchEnv, system: str, rnd: int, keys: int) -> dict[str, flo
 
 def bench_command(env: BenchEnv, system: str, runs: int) -> dict[str, float]:
     target = env.of(system)
-    argv = [*(harness.TACHI if system == "unix" else target.remote()), "ls"]
+    argv = [*(harness.TACHI if system.startswith("unix") else target.remote()), "ls"]
     return harness.median_wall_ms(argv, target.env, runs)
 
 
@@ -161,7 +168,7 @@ def main() -> int:
         __doc__ or "",
         "websocket",
         BenchEnv,
-        lambda env: ["unix", "wss", "wss-base"] if env.base is not None else ["unix", "wss"],
+        lambda env: ["unix", "unix-relay", "wss", *(["wss-base"] if env.base is not None else [])],
         {
             "throughput": lambda env, s, r, quick: bench_throughput(env, s, r),
             "echo": lambda env, s, r, quick: bench_echo(env, s, r, 100 if quick else 500),

@@ -126,3 +126,29 @@ def test_input_that_cannot_be_audited_never_reaches_the_program(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(audit_on_tiny_disk / "filler")
         daemon.stop()
+
+
+def test_a_run_that_ran_is_reported_when_its_record_cannot_be_written(
+    tachi_home, audit_on_tiny_disk
+):
+    """A run is audited once it has ended, after its reply: the log failing
+    closed refuses input before it is typed, and cannot take back a command
+    that ran. So the caller gets the command's result (not an error that
+    would make an agent run it again), and the daemon's log says which run
+    went unrecorded."""
+    from helpers import shell_session
+
+    daemon = DaemonProcess(tachi_home)
+    daemon.start()
+    try:
+        sid = shell_session(daemon, "bash")
+        with daemon.client() as client:
+            assert client.run(sid, "true", timeout=20).exit_code == 0  # the input burst: audited
+            _fill(audit_on_tiny_disk)
+            # Within the burst (runs less than 2 s apart): no input record is due.
+            results = [client.run(sid, f"echo ran-{i}", timeout=20) for i in range(40)]
+        assert [(r.output, r.exit_code) for r in results] == [(f"ran-{i}\n", 0) for i in range(40)]
+        assert until(lambda: "could not audit run" in daemon.log.read_text(), 10)
+    finally:
+        os.unlink(audit_on_tiny_disk / "filler")
+        daemon.stop()

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -323,6 +324,56 @@ def test_the_typed_line_is_short_and_kept_out_of_history_where_integrated(tachi_
             time.sleep(0.5)  # for the exec (not a timing assertion)
             after = client.run(sid, "echo replaced; (exit 5)", timeout=T)
             assert (after.output, after.exit_code) == ("replaced\n", 5)
+
+
+def test_plain_words_are_typed_without_eval_and_run_as_eval_would(tachi_daemon, shell):
+    """A command of plain words (no quotes, expansions, operators; not starting
+    with a keyword) is typed as it is in an integrated bash or zsh: a shorter
+    line, which the shell reads a byte at a time. It runs as ``eval`` of it
+    would: assignments stay, exit codes, aliases; a keyword still goes through
+    ``eval`` (its syntax error is the run's status, not a lost end mark)."""
+    sid = shell_session(tachi_daemon, shell)
+    with tachi_daemon.client() as client:
+        r = client.run(sid, "true", timeout=T)
+        assert (r.output, r.exit_code) == ("", 0)
+        screen = capture(tachi_daemon, sid)
+        if shell == "fish":
+            assert f"__tachi_b {r.run};eval" in screen
+            return
+        assert f"__tachi_b {r.run};true;__tachi_e" in screen
+        assert client.run(sid, "x=41", timeout=T).exit_code == 0
+        assert client.run(sid, "echo $((x + 1))", timeout=T).output == "42\n"
+        assert client.run(sid, "false", timeout=T).exit_code == 1
+        assert client.run(sid, "cd /tmp", timeout=T).exit_code == 0
+        assert client.run(sid, "pwd", timeout=T).output == "/tmp\n"
+        client.run(sid, "alias plainalias='echo via-alias'", timeout=T)
+        assert client.run(sid, "plainalias", timeout=T).output == "via-alias\n"
+        assert client.run(sid, "no-such-plain-command", timeout=T).exit_code == 127
+        for keyword in ("if", "done", "time"):
+            k = client.run(sid, keyword, timeout=T)
+            screen = capture(tachi_daemon, sid)
+            assert f"__tachi_b {k.run};eval" in screen, keyword
+            assert k.exit_code == (0 if keyword == "time" else 2 if shell == "bash" else 1), k
+        assert client.run(sid, "echo still-$((6 * 7))", timeout=T).output == "still-42\n"
+
+
+def test_the_rc_file_counts_when_bash_starts_not_at_each_run(tachi_daemon):
+    """Whether bash has tachi's functions is read from its rc file once per
+    shell (by pid and command line), not at every run: the file changing
+    later does not take the functions out of the shell that loaded them."""
+    sid = shell_session(tachi_daemon, "bash")
+    with tachi_daemon.client() as client:
+        first = client.run(sid, "echo one", timeout=T)
+        assert first.output == "one\n"
+        pid = client.get(sid).windows[0].pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        rcfile = argv[argv.index(b"--rcfile") + 1].decode()
+        with open(rcfile, "w") as f:
+            f.write("# replaced after the shell started\n")
+        again = client.run(sid, "echo two", timeout=T)
+        assert (again.output, again.exit_code) == ("two\n", 0)
+        screen = capture(tachi_daemon, sid)
+        assert f"__tachi_b {again.run};" in screen, screen  # the short form still
 
 
 def test_a_long_command_is_typed_once_the_shell_reads_its_terminal_raw(tachi_daemon):

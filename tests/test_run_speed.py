@@ -134,3 +134,36 @@ def test_a_silent_run_wakes_its_caller_only_at_the_end(tachi_daemon):
             assert client.run_wait(exc.run, timeout=T).exit_code == 0
         else:
             raise AssertionError("a 5 s command finished within 0.5 s")
+
+
+async def test_a_run_s_last_events_and_its_reply_go_out_in_one_write(tachi_home, monkeypatch):
+    """A streamed run that ends sends its ``run.started`` (held for the first
+    output or the end), what output is left and its reply in one write on a
+    stream transport: the caller wakes once for them, not once for each."""
+    from tachi.builtins import unix_socket
+    from tachi.protocol import FrameDecoder
+
+    writes: list[bytes] = []
+    original = unix_socket.FrameProtocol.write
+
+    def write(self: unix_socket.FrameProtocol, data: bytes) -> None:
+        writes.append(bytes(data))
+        original(self, data)
+
+    monkeypatch.setattr(unix_socket.FrameProtocol, "write", write)
+    async with (
+        inprocess_daemon(tachi_home / "d") as daemon,
+        await tachi.AsyncClient.connect(daemon.config.socket, autostart=False) as client,
+    ):
+        s = await client.create(_bash(tachi_home / "home"))
+        for command in ("true", "echo out"):
+            writes.clear()
+            result = await client.run(s.id, command, timeout=T)
+            assert result.exit_code == 0
+            last = [decode_control(f.payload) for f in FrameDecoder().feed(writes[-1])]
+            kinds = [m.get("event") or ("reply" if "ok" in m else "?") for m in last]
+            assert kinds[0] == "run.started" or "run.started" not in kinds, kinds
+            assert kinds[-1] == "reply", kinds
+            if command == "true":  # nothing came before the end: all of it in one write
+                assert kinds == ["run.started", "reply"], kinds
+        await client.close(s.id)

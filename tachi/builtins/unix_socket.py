@@ -132,6 +132,10 @@ class FrameProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Several frames in one write (see ``tachi.core.clients.write_frames``)."""
+        self.write(b"".join(frames))
+
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size() if self._transport else 0
 

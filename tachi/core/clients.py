@@ -51,6 +51,19 @@ class Wire(Protocol):
     def close(self) -> None: ...
 
 
+def write_frames(wire: Wire, frames: list[bytes]) -> None:
+    """Queue ``frames`` for the peer: in one write where the wire takes several
+    frames at once (``wire.write_frames``, a stream transport: one system call,
+    one wake-up of the peer), else one ``write`` each (a message transport:
+    one message per frame)."""
+    many = getattr(wire, "write_frames", None)
+    if many is not None:
+        many(frames)
+    else:
+        for frame in frames:
+            wire.write(frame)
+
+
 class TerminalWire(Wire, Protocol):
     """A client's own terminal, written by the daemon (see the module's docstring):
     unlike a connection's wire, ``write`` takes the terminal's bytes, not frames."""

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tachi import protocol
+from tachi.core.clients import write_frames
 from tachi.core.peer import Peer
 from tachi.core.principal import Principal
 from tachi.core.tasks import TaskSet
@@ -111,6 +112,8 @@ class Connection:
         self.tasks = TaskSet("connection")
         #: One per request running: a full set stops the reader (back-pressure).
         self._slots = asyncio.Semaphore(self.limits.requests)
+        #: Frames held to go out with the next reply (:meth:`send_with_reply`).
+        self._held: list[bytes] | None = None
 
     async def run(self, next_frame: NextFrame | FrameInbox) -> None:
         """Serve until the peer hangs up or breaks the protocol; always detaches.
@@ -175,9 +178,29 @@ class Connection:
 
     def send(self, message: dict[str, Any]) -> None:
         try:
-            self.wire.write(protocol.encode_control(message))
+            frame = protocol.encode_control(message)
         except ProtocolError:
             log.exception("reply too large to send")
+            return
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.wire.write(frame)
+
+    def send_with_reply(self) -> None:
+        """Hold what is sent from now on until the reply of the request running
+        now, and send it all then, at once (``write_frames``): a request's last
+        events and its reply reach a stream peer in one write, so the client
+        wakes once, not twice (``session.run``'s ``run.started`` and reply).
+        The caller must not await until it returns: anything else sent
+        meanwhile would wait for that reply too."""
+        if self._held is None:
+            self._held = []
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            write_frames(self.wire, held)
 
     # -- frames -----------------------------------------------------------------
     async def _admit(self) -> None:
@@ -267,21 +290,24 @@ class Connection:
         op_name = message.get("op")
         args = message.get("args") or {}
         try:
-            daemon = self.daemon
-            result = await daemon.dispatcher.dispatch(
-                daemon.services, self, self.principal, op_name, args
-            )
-            reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
-        except TachiError as exc:
-            reply = {"id": request_id, "ok": False, "error": exc.to_json()}
-        except Exception as exc:
-            log.exception("operation %r failed", op_name)
-            reply = {
-                "id": request_id,
-                "ok": False,
-                "error": {"code": "internal", "message": f"internal error: {exc}"},
-            }
-        self.send(reply)
+            try:
+                daemon = self.daemon
+                result = await daemon.dispatcher.dispatch(
+                    daemon.services, self, self.principal, op_name, args
+                )
+                reply: dict[str, Any] = {"id": request_id, "ok": True, "result": result}
+            except TachiError as exc:
+                reply = {"id": request_id, "ok": False, "error": exc.to_json()}
+            except Exception as exc:
+                log.exception("operation %r failed", op_name)
+                reply = {
+                    "id": request_id,
+                    "ok": False,
+                    "error": {"code": "internal", "message": f"internal error: {exc}"},
+                }
+            self.send(reply)
+        finally:
+            self._send_held()  # with the reply; or alone, if the request was cancelled
 
     # -- attached streams -----------------------------------------------------------
     def stdin_now(self, frame: protocol.Frame) -> bool:

@@ -44,7 +44,7 @@ from tachi.core.shell_integration import shell_of
 from tachi.core.window import BACKLOG_BYTES, WindowRuntime, strip_escapes
 from tachi.daemon import limits
 from tachi.daemon.ops import RequestContext, SessionRef, arg_float, arg_int, arg_str, operation
-from tachi.errors import InvalidRequest, NotFound, TimedOut, WindowBusy
+from tachi.errors import InvalidRequest, NotFound, TachiError, TimedOut, WindowBusy
 from tachi.gotime import format_rfc3339, now_ns
 
 if TYPE_CHECKING:
@@ -92,6 +92,27 @@ def omitted_marker(count: int) -> str:
 
 
 # -- what to type ------------------------------------------------------------------
+#: Plain words: nothing a shell quotes, expands, redirects or separates on.
+_PLAIN_WORDS = re.compile(r"[A-Za-z0-9_./:=+,@%-]+(?: [A-Za-z0-9_./:=+,@%-]+)*")
+#: Words that open or close a compound command (or ``time`` a pipeline): a
+#: line that starts with one is left to ``eval``, whose syntax error ends the
+#: run with a status instead of taking the end mark with it.
+_KEYWORDS = frozenset(
+    {
+        *("if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while"),
+        *("until", "do", "done", "in", "function", "time", "coproc", "foreach", "repeat", "end"),
+    }
+)
+
+
+def _plain(command: str) -> bool:
+    """Whether ``command`` is plain words, not starting with a keyword: typed
+    as it is, it runs as ``eval`` of it would (bash, zsh)."""
+    return (
+        _PLAIN_WORDS.fullmatch(command) is not None and command.partition(" ")[0] not in _KEYWORDS
+    )
+
+
 def _quote_ansi(text: str) -> str:
     """``$'…'`` (bash, zsh, ksh): control characters as escapes, so the typed
     line is one line with no TAB (which would complete) or newline in it."""
@@ -144,9 +165,13 @@ def typed_line(command: str, syntax: str, ident: str, short: bool = False) -> st
     mark instead. A leading space keeps the line out of the history of shells
     that ignore such lines. ``short``: the shell has tachi's integration
     loaded, whose ``__tachi_b``/``__tachi_e`` print the marks (a shorter line
-    on the screen, and one its history leaves out)."""
+    on the screen, and one its history leaves out); a command of plain words
+    (``ls -la /tmp``, ``make test``) is typed without ``eval`` and quotes."""
     if short:
-        # As short as it can be: the shell reads a typed line a byte at a time.
+        # As short as it can be: the shell reads a typed line a byte at a time
+        # (a select and a read each, about 4 µs a byte).
+        if syntax != "fish" and _plain(command):
+            return f" __tachi_b {ident};{command};__tachi_e"
         if syntax == "fish":
             quoted = _quote_fish(command)
         else:
@@ -352,11 +377,21 @@ def integrated_in_front(window: WindowRuntime, pgid: int, runs: dict[str, RunRec
     if keys_unread(window, runs):
         return False
     try:
-        argv = _read(f"/proc/{pid}/cmdline").split(b"\0")
+        line = _read(f"/proc/{pid}/cmdline", once=True)
+        argv = line.split(b"\0")
         name = os.path.basename(argv[0]).lstrip(b"-")
         if name == b"bash":
-            i = argv.index(b"--rcfile")
-            return _read(argv[i + 1], len(RC_MARK)) == RC_MARK.encode()
+            # The rc file counts once, when the shell starts: a shell whose
+            # command line is the same (the same pid, not replaced since) has
+            # the functions still, whatever the file holds now.
+            known = _BASH_INTEGRATED.get((pid, line))
+            if known is None:
+                i = argv.index(b"--rcfile")
+                known = _read(argv[i + 1], len(RC_MARK)) == RC_MARK.encode()
+                if len(_BASH_INTEGRATED) >= 256:
+                    _BASH_INTEGRATED.clear()
+                _BASH_INTEGRATED[pid, line] = known
+            return known
         if name == b"zsh":
             return b"\0TACHI_USER_ZDOTDIR=" in b"\0" + _read(f"/proc/{pid}/environ")
         if name == b"fish":
@@ -367,11 +402,19 @@ def integrated_in_front(window: WindowRuntime, pgid: int, runs: dict[str, RunRec
     return False
 
 
-def _read(path: str | bytes, limit: int = 1 << 20) -> bytes:
+#: Whether bash (by pid and command line) started with tachi's rc file.
+_BASH_INTEGRATED: dict[tuple[int, bytes], bool] = {}
+
+
+def _read(path: str | bytes, limit: int = 1 << 20, *, once: bool = False) -> bytes:
     """Up to ``limit`` bytes of a file, with plain system calls: ``open()``
-    costs nine of them a file (a run reads three), these three or four."""
+    costs nine of them a file (a run reads three), these three or four.
+    ``once``: one read of up to 64 KiB, for a small /proc file the kernel
+    hands out whole (``comm``, a shell's ``cmdline``): no read to see the end."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if once:
+            return os.read(fd, min(limit, 1 << 16))
         chunks: list[bytes] = []
         size = 0
         while size < limit:
@@ -390,7 +433,7 @@ def foreground(window: WindowRuntime) -> tuple[str | None, str, int]:
     syntax is ``None`` unless it is a shell tachi can type a run for."""
     pgid = window.child.foreground_pgrp()
     try:
-        name = _read(f"/proc/{pgid}/comm").decode(errors="replace").strip().lstrip("-")
+        name = _read(f"/proc/{pgid}/comm", once=True).decode(errors="replace").strip().lstrip("-")
     except OSError:
         name = "?"
     return _SYNTAX.get(name), name, pgid
@@ -869,18 +912,39 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
                 f" (collect it: tachi run wait {ident})"
             )
     finally:
+        if streamer is not None:
+            # Its last output and the reply, in one write (no await from here).
+            ctx.connection.send_with_reply()
         _unlisten(record, out.add)
         if streamer is not None:
             streamer.close()
     out.finish()
-    ctx.audit_by("session.run", session.id, details={**audit, "exitCode": record.code})
     result = _result(record, b"".join(kept), out.dropped)
     if streamer is not None:
         streamer.flush()  # the kept tail (``maxOutput``), gathered as it ended
         result["streamed"] = True
     else:
         _fit_reply(result)
+    _audit_after_reply(ctx, session.id, {**audit, "exitCode": record.code})
     return result
+
+
+def _audit_after_reply(ctx: RequestContext, session_id: str, details: dict[str, Any]) -> None:
+    """Record a finished run in the loop's next step, once its reply is written
+    (the reply goes out in this step, when the operation returns; the next
+    request of the caller is read after). The caller waits for its result, not
+    for the record (about 40 µs of each run), and the run happened either way:
+    a log that fails closed refuses input before it is typed
+    (``admit_input``), and cannot take back a command that ran. A record that
+    cannot be written is logged."""
+
+    def write() -> None:
+        try:
+            ctx.audit_by("session.run", session_id, details=details)
+        except TachiError:
+            log.exception("could not audit run %s of %s", details.get("run"), session_id)
+
+    asyncio.get_running_loop().call_soon(write)
 
 
 def _unlisten(record: RunRecord, listener: Callable[[bytes], None]) -> None:
