@@ -876,9 +876,11 @@ async def _run(ctx: RequestContext, args: dict[str, Any], bound: BoundStream) ->
         short = integrated_in_front(window, window.child.foreground_pgrp(), runs_of(session))
         line = typed_line(command, syntax, ident, short)
         ctx.effects.admit_input(ctx.principal, session, len(command))
+        session.write((line + "\r").encode(), window.id)
+        # Followed and listed once typed, in the same step (its output can only
+        # come in a later one): the shell starts reading meanwhile.
         record.start()
         _keep(session, record)
-        session.write((line + "\r").encode(), window.id)
         record.line_at = getattr(window.child, "_typed_at", 0.0)
         # Saved once typed, in the same step (nothing is read in between, so
         # its marks still follow in the journal): the shell reads the line
