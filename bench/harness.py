@@ -16,7 +16,7 @@ fastest harness's for that command. Every command is bounded by a timeout (a
 hang counts as wrong and costs the timeout). Nothing asserts a time.
 
     .venv/bin/python bench/harness.py [--rounds 2] [--timeout 10] [--json PATH]
-        [--only api,cli,tmux,pexpect]
+        [--only api,cli,tmux,pexpect] [--pause MS]
 """
 
 from __future__ import annotations
@@ -233,10 +233,14 @@ class Pexpect:
         self.child.close(force=True)
 
 
-def measure(runners: dict[str, Runner], rounds: int, timeout: float) -> list[dict[str, Any]]:
+def measure(
+    runners: dict[str, Runner], rounds: int, timeout: float, pause: float = 0.0
+) -> list[dict[str, Any]]:
     """Every command through every harness, interleaved (command by command,
     harness by harness, the order rotated each round) so whatever else the
-    machine does, and its fast and slow spells, hit all of them alike."""
+    machine does, and its fast and slow spells, hit all of them alike.
+    ``pause``: seconds of idle before each command (an agent thinks between
+    commands: every harness then starts cold)."""
     times: dict[str, list[float]] = {name: [] for name in runners}
     right_output = dict.fromkeys(runners, 0)
     right_code = dict.fromkeys(runners, 0)
@@ -246,6 +250,8 @@ def measure(runners: dict[str, Runner], rounds: int, timeout: float) -> list[dic
         for index, (command, output, code) in enumerate(COMMANDS):
             shift = (round_ + index) % len(names)
             for name in names[shift:] + names[:shift]:
+                if pause:
+                    time.sleep(pause)
                 started = time.perf_counter()
                 try:
                     got, rc = runners[name](command, timeout)
@@ -282,6 +288,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="ms of idle before each command (default 0)"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--only",
@@ -310,8 +319,9 @@ def main() -> int:
             "pexpect": ("pexpect PS1 + echo $?", pex.run),
         }
         runners = dict(every[key] for key in every if key in chosen)
-        results = measure(runners, args.rounds, args.timeout)
-    print(f"load average {os.getloadavg()[0]:.2f}; harnesses interleaved command by command")
+        results = measure(runners, args.rounds, args.timeout, args.pause / 1000)
+    pause = f", {args.pause:g} ms idle before each command" if args.pause else ""
+    print(f"load average {os.getloadavg()[0]:.2f}; harnesses interleaved command by command{pause}")
     print(
         f"{'harness':44} {'exact output':>13} {'exit code':>10} {'median ms':>10}"
         f" {'x fastest':>10} {'max ms':>9}"
