@@ -170,9 +170,13 @@ def _start(path: str) -> None:
     """Start a keeper on ``path``, detached (it outlives this command)."""
     import subprocess
 
+    # Not the starting command's token: the keeper holds none (each command
+    # says hello with its own), and it outlives the command.
+    env = {k: v for k, v in os.environ.items() if k != "TACHI_TOKEN"}
     with contextlib.suppress(OSError):
         subprocess.Popen(
             [sys.executable, "-m", "tachi_websocket.keeper", path],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

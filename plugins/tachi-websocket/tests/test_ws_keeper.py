@@ -54,6 +54,14 @@ def test_kept_connections_serve_each_token_as_itself_and_a_rotated_token_at_once
             assert refused.returncode == 4, refused.stderr
         keeper = runtime / "tachi" / "ws-keeper.sock"
         assert stat.S_ISSOCK(keeper.stat().st_mode)
+        # The keeper outlives the command that started it: it holds no token.
+        (pid,) = [
+            pid
+            for pid, argv in command_lines()
+            if b"tachi_websocket.keeper" in argv and str(keeper).encode() in argv
+        ]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not [e for e in environ if e.startswith(b"TACHI_TOKEN=")]
         assert stat.S_IMODE(keeper.stat().st_mode) == 0o600
         assert stat.S_IMODE(keeper.parent.stat().st_mode) == 0o700
         screen = remote.daemon.run("capture", s["id"], check=True).stdout
