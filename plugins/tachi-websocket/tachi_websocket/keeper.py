@@ -247,6 +247,8 @@ class Keeper:
                     os.unlink(self.path)
 
     def _accept(self, listener: socket.socket) -> None:
+        """Take a command's connection and serve it on a thread of its own
+        (:meth:`_serve`): the loop goes back to accepting at once."""
         try:
             conn, _ = listener.accept()
         except OSError:
@@ -255,77 +257,91 @@ class Keeper:
             if _peer_uid(conn) != os.getuid():
                 conn.close()
                 return
-            conn.settimeout(5)
-            line = b""
-            while not line.endswith(b"\n") and len(line) < 65536:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    raise OSError("no request")
-                line += chunk
-            request = json.loads(line)
-            url = str(request["url"])
-            options = {
-                k: v for k, v in dict(request.get("options") or {}).items() if k in KEY_OPTIONS
-            }
-        except (OSError, ValueError, KeyError, TypeError):
-            conn.close()
-            return
-        key = json.dumps([url, sorted(options.items())])
-        with self.lock:
-            spare = self.spares.pop(key, (None, 0.0))[0]
-        if spare is not None and not spare.alive():
-            # Its daemon went (restarted, killed) since the loop last looked.
-            spare.close()
-            spare = None
-        try:
-            if spare is None:
-                spare = _Spare.open(url, options)
-            conn.settimeout(None)
-            conn.sendall(b"OK\n")
-        except PermissionDenied as exc:
-            _refuse(conn, "denied", str(exc))
-            return
-        except DaemonUnavailable as exc:
-            _refuse(conn, "unavailable", str(exc))
-            return
         except OSError:
-            if spare is not None:
-                spare.close()
             conn.close()
             return
         with self.lock:
             self.relays += 1
-        threading.Thread(
-            target=self._relay, args=(spare, conn, key, url, options), daemon=True
-        ).start()
+        try:
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        except RuntimeError:  # no thread to be had: the command goes direct
+            conn.close()
+            with self.lock:
+                self.relays -= 1
+
+    def _serve(self, conn: socket.socket) -> None:
+        """One command: its request, its connection (the spare, or one opened
+        now), then the relay, and the next spare after it. On its own thread,
+        so a host slow to answer (a TLS handshake that waits for its timeout)
+        holds up only the commands for that host, not the keeper."""
+        try:
+            try:
+                conn.settimeout(5)
+                line = b""
+                while not line.endswith(b"\n") and len(line) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        raise OSError("no request")
+                    line += chunk
+                request = json.loads(line)
+                url = str(request["url"])
+                options = {
+                    k: v for k, v in dict(request.get("options") or {}).items() if k in KEY_OPTIONS
+                }
+            except (OSError, ValueError, KeyError, TypeError):
+                conn.close()
+                return
+            key = json.dumps([url, sorted(options.items())])
+            with self.lock:
+                spare = self.spares.pop(key, (None, 0.0))[0]
+            if spare is not None and not spare.alive():
+                # Its daemon went (restarted, killed) since the loop last looked.
+                spare.close()
+                spare = None
+            try:
+                if spare is None:
+                    spare = _Spare.open(url, options)
+                conn.settimeout(None)
+                conn.sendall(b"OK\n")
+            except PermissionDenied as exc:
+                _refuse(conn, "denied", str(exc))
+                return
+            except DaemonUnavailable as exc:
+                _refuse(conn, "unavailable", str(exc))
+                return
+            except OSError:
+                if spare is not None:
+                    spare.close()
+                conn.close()
+                return
+            self._relay(spare, conn, key, url, options)
+        finally:
+            with self.lock:
+                self.relays -= 1
 
     def _relay(
         self, spare: Any, conn: socket.socket, key: str, url: str, options: dict[str, Any]
     ) -> None:
         from tachi_websocket.client import _Bridge
 
-        try:
-            _Bridge(spare.sock, spare.ws, conn).run()
-            # The next command's connection, opened once this one is done: not
-            # while it runs, when its TLS handshake (here and in the daemon)
-            # would take the CPU from the command it is meant to speed up.
-            # Commands mostly come one after another; the next one's
-            # interpreter start leaves time for the handshake.
-            with self.lock:
-                wanted = key not in self.spares
-            if wanted:
-                with contextlib.suppress(PermissionDenied, DaemonUnavailable):
-                    fresh = _Spare.open(url, options)
-                    with self.lock:
-                        if key in self.spares:
-                            fresh.close()
-                        else:
-                            self.spares[key] = (fresh, time.monotonic())
-                    with contextlib.suppress(BlockingIOError):
-                        os.write(self.wake_w, b"x")
-        finally:
-            with self.lock:
-                self.relays -= 1
+        _Bridge(spare.sock, spare.ws, conn).run()
+        # The next command's connection, opened once this one is done: not
+        # while it runs, when its TLS handshake (here and in the daemon) would
+        # take the CPU from the command it is meant to speed up. Commands
+        # mostly come one after another; the next one's interpreter start
+        # leaves time for the handshake.
+        with self.lock:
+            wanted = key not in self.spares
+        if wanted:
+            with contextlib.suppress(PermissionDenied, DaemonUnavailable):
+                fresh = _Spare.open(url, options)
+                with self.lock:
+                    if key in self.spares:
+                        fresh.close()
+                    else:
+                        self.spares[key] = (fresh, time.monotonic())
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self.wake_w, b"x")
 
     def _service(self, sock: socket.socket) -> None:
         """A spare has data: answer its pings; drop it if the daemon closed it."""

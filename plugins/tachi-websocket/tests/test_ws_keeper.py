@@ -203,3 +203,44 @@ def test_a_spare_whose_daemon_went_is_not_handed_out(tachi_home: Path, tmp_path:
         _stop_keeper(runtime)
         remote.daemon.run("daemon", "stop", timeout=30)
         remote.daemon.stop()
+
+
+def test_a_host_that_does_not_answer_holds_up_only_its_own_commands(
+    remote: Remote, tmp_path: Path
+) -> None:
+    """A command for a host that takes its TCP connection but never answers
+    the TLS handshake waits for its timeout; the same user's commands for
+    another host, through the same keeper, are served meanwhile."""
+    import socket
+
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # never accepted: the kernel completes TCP, nobody speaks TLS
+    port = silent.getsockname()[1]
+    argv = remote.daemon.tachi_argv(
+        "--host", f"wss://127.0.0.1:{port}", "--fingerprint", remote.fingerprint or "", "ls"
+    )
+    env = {
+        **remote.daemon.env,
+        "TACHI_TOKEN": remote.token,
+        "XDG_RUNTIME_DIR": str(runtime),
+    }
+    env.pop("TACHI_WS_KEEPER", None)
+    stuck = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not (runtime / "tachi" / "ws-keeper.sock").exists():
+            assert time.monotonic() < deadline, "no keeper started"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the keeper is in that handshake now
+        for _ in range(2):
+            done = _run(remote, runtime, "ls", token=remote.token)
+            assert done.returncode == 0, done.stderr
+            assert stuck.poll() is None  # still waiting for the silent host
+    finally:
+        stuck.kill()
+        stuck.wait()
+        silent.close()
+        _stop_keeper(runtime)
