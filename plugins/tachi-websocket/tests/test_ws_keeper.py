@@ -133,10 +133,16 @@ def test_one_shot_commands_take_the_keeper_by_default_and_api_clients_do_not(
     )
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        # Connected and waiting: through the keeper, one Unix socket and no
+        # TCP one (a direct connection would hold a TCP socket for as long).
         deadline = time.monotonic() + 15
-        while not _unix_sockets(proc.pid) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            kept = _keeper_socket(runtime).exists() and _unix_sockets(proc.pid) == 1
+            if kept and _tcp_sockets(proc.pid) == 0:
+                time.sleep(0.2)
+                if _unix_sockets(proc.pid) == 1 and _tcp_sockets(proc.pid) == 0:
+                    break
             time.sleep(0.05)
-        time.sleep(0.2)  # a direct connection would be up by now
         assert _unix_sockets(proc.pid) == 1  # to the keeper
         assert _tcp_sockets(proc.pid) == 0
         assert _keeper_socket(runtime).exists()
