@@ -182,6 +182,7 @@ def _start(path: str) -> None:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
+            cwd="/",  # it outlives the command: it keeps no directory of the user's busy
         )
 
 

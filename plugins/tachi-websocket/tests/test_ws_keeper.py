@@ -62,6 +62,7 @@ def test_kept_connections_serve_each_token_as_itself_and_a_rotated_token_at_once
         ]
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert not [e for e in environ if e.startswith(b"TACHI_TOKEN=")]
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"  # no directory of the user's held
         assert stat.S_IMODE(keeper.stat().st_mode) == 0o600
         assert stat.S_IMODE(keeper.parent.stat().st_mode) == 0o700
         screen = remote.daemon.run("capture", s["id"], check=True).stdout
