@@ -376,6 +376,24 @@ def test_the_rc_file_counts_when_bash_starts_not_at_each_run(tachi_daemon):
         assert f"__tachi_b {again.run};" in screen, screen  # the short form still
 
 
+def test_a_group_in_front_named_as_a_shell_counts_once_it_holds_still(tachi_daemon, tmp_path):
+    """The window shell's child, between its fork and its exec, has the
+    terminal and still bears the shell's name: a run typed for it then went in
+    that shell's syntax to the program it became (fish syntax read by bash: the
+    run never ended). Here a program named ``fish`` holds the terminal for 20 ms,
+    then becomes bash: the run is typed for bash."""
+    sid = shell_session(tachi_daemon, "bash")
+    fake = tmp_path / "fish"
+    fake.write_text("#!/bin/sh\nsleep 0.02\nexec bash --norc\n")
+    fake.chmod(0o755)
+    with tachi_daemon.client() as client:
+        assert client.run(sid, "true", timeout=T).exit_code == 0
+        client.send(sid, f"{fake}\n")
+        r = client.run(sid, "echo inner-$((2 * 3)); (exit 4)", timeout=T)
+        assert (r.output, r.exit_code) == ("inner-6\n", 4)
+        assert "set -g __tachi_id" not in capture(tachi_daemon, sid)
+
+
 def test_a_long_command_is_typed_once_the_shell_reads_its_terminal_raw(tachi_daemon):
     """A run ends at its end mark, before the shell's prompt hooks and its line
     editor start; until then the terminal is canonical, and the kernel keeps

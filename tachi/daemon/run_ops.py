@@ -69,6 +69,9 @@ RUN_KEEP = 256 * 1024
 #: A shell continuously in front this long, with an earlier run not ended,
 #: is idle at its prompt: that run no longer holds later ones back.
 _SETTLE = 1.0
+#: How long a process group in front other than the window's shell must stay
+#: the same (pid and name) before a run is typed for it (see _wait_for_shell).
+_NESTED_SETTLE = 0.05
 #: A command this long is typed only once the shell reads its terminal raw
 #: (its line editor): between commands the terminal is canonical, and the
 #: kernel keeps 4095 bytes of a line then, dropping the rest.
@@ -452,11 +455,15 @@ async def _wait_for_shell(
     prompt_by = loop.time() + 5.0
     integrated = shell_of(window.command) is not None
     front_since: float | None = None
+    nested: tuple[int, str] | None = None
+    nested_since = 0.0
     while True:
         if window.exit_code is not None:
             raise NotFound(f"window {window.id} has exited")
         syntax, name, pid = foreground(window)
         now = loop.time()
+        if pid != window.child.pid and (pid, name) != nested:
+            nested, nested_since = (pid, name), now
         pending = [
             r for r in runs.values() if r.window is window and not r.done.done() and not r.overtaken
         ]
@@ -478,6 +485,12 @@ async def _wait_for_shell(
             typed_at = getattr(window.child, "_typed_at", 0.0)
             if keys_unread(window, runs) and time.monotonic() - typed_at < _SETTLE:
                 ready = False
+        elif syntax is not None and pid != window.child.pid and now - nested_since < _NESTED_SETTLE:
+            # Another group in front named as a shell may be the window
+            # shell's own child between fork and exec (it took the terminal,
+            # and is still called ``fish``): the line would be typed in fish's
+            # syntax for the bash it becomes. It counts once it holds still.
+            ready = False
         if syntax is not None and ready and not pending:
             return syntax
         if deadline is not None and now >= deadline:
