@@ -181,3 +181,30 @@ def _connects(daemon: DaemonProcess, token: str):
         return daemon.client(token=token)
     except PermissionDenied:
         return None
+
+
+def test_refused_connections_are_audited_without_flooding_the_log(tmp_path):
+    """A peer past [limits] connections that reconnects in a loop is refused
+    every time, but audited once a second at most, each record counting the
+    refusals it stands for: the log grows with time, not with its attempts."""
+    home = tmp_path / "d"
+    home.mkdir()
+    daemon = DaemonProcess(home, config="[limits]\nconnections = 1\n")
+    daemon.start()
+    try:
+        sid = daemon.new("sh")["id"]
+        with daemon.client() as owner:
+            token = owner.share(sid, "observer").token
+        held = daemon.client(token=token)
+        started = time.monotonic()
+        for _ in range(40):
+            with pytest.raises(PermissionDenied, match="too many connections"):
+                daemon.client(token=token)
+        seconds = time.monotonic() - started
+        held.disconnect()
+        records = [r for r in audit_records(daemon) if r["action"] == "connection.open"]
+        assert records and all(r["result"] == "denied" for r in records)
+        assert len(records) <= int(seconds) + 1 < 40, (len(records), seconds)
+        assert records[0]["details"]["refused"] == 1
+    finally:
+        daemon.stop()

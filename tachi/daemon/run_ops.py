@@ -72,6 +72,9 @@ _SETTLE = 1.0
 #: How long a process group in front other than the window's shell must stay
 #: the same (pid and name) before a run is typed for it (see _wait_for_shell).
 _NESTED_SETTLE = 0.05
+#: After the window's process exits, how long output a grandchild still writes
+#: may take to arrive before a run or a wait reports the end.
+_EXIT_GRACE = 0.05
 #: A command this long is typed only once the shell reads its terminal raw
 #: (its line editor): between commands the terminal is canonical, and the
 #: kernel keeps 4095 bytes of a line then, dropping the rest.
@@ -595,7 +598,7 @@ class RunRecord:
     def _window_exited(self) -> None:
         # Output a grandchild still writes may follow the exit: a moment for it.
         if self._exit_timer is None:
-            self._exit_timer = asyncio.get_running_loop().call_later(0.05, self._exit_ended)
+            self._exit_timer = asyncio.get_running_loop().call_later(_EXIT_GRACE, self._exit_ended)
 
     def _exit_ended(self) -> None:
         self._exit_timer = None
@@ -1070,7 +1073,7 @@ def _window_exit(window: WindowRuntime) -> tuple[asyncio.Future[None], Callable[
             exited.set_result(None)
 
     def watcher() -> None:
-        loop.call_later(0.05, done)
+        loop.call_later(_EXIT_GRACE, done)
 
     def stop() -> None:
         with contextlib.suppress(ValueError):

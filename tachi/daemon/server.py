@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,6 +161,9 @@ class Daemon:
         self.connections = TaskSet("connections")
         #: Greeted connections open, by principal (see admit_connection).
         self._open_connections: dict[tuple[str | None, str | None], int] = {}
+        #: Connections refused past the limit, by principal: (when one was last
+        #: audited, refused since). One record a second at most per principal.
+        self._refused_connections: dict[tuple[str | None, str | None], tuple[float, int]] = {}
         #: Set by ``daemon.stop`` with ``keepSessions`` (``tachi daemon restart``).
         self.keep_sessions = False
 
@@ -285,7 +289,7 @@ class Daemon:
             reason = (
                 f"too many connections for {who} (at most {limit} at once: [limits] connections)"
             )
-            self.audit_by(principal, "connection.open", result="denied", reason=reason)
+            self._audit_refused_connection(principal, key, reason)
             raise PermissionDenied(reason)
         self._open_connections[key] = self._open_connections.get(key, 0) + 1
         released = False
@@ -302,6 +306,29 @@ class Daemon:
                 self._open_connections.pop(key, None)
 
         return release
+
+    def _audit_refused_connection(
+        self, principal: Principal, key: tuple[str | None, str | None], reason: str
+    ) -> None:
+        """Audit a refusal past ``[limits] connections``: the first, then at
+        most one a second per principal, counting the refusals it stands for
+        (``refused``). A peer that reconnects in a loop must not fill the log."""
+        now = time.monotonic()
+        last, refused = self._refused_connections.get(key, (-1.0, 0))
+        refused += 1
+        if last >= 0 and now - last < 1.0:
+            self._refused_connections[key] = (last, refused)
+            return
+        if len(self._refused_connections) >= 4096:
+            self._refused_connections.clear()
+        self._refused_connections[key] = (now, 0)
+        self.audit_by(
+            principal,
+            "connection.open",
+            result="denied",
+            reason=reason,
+            details={"refused": refused},
+        )
 
     def allowed(self, principal: Principal, action: str, session: Any) -> bool:
         """Ask every ``tachi_authorize`` hook: any deny wins, else one allow allows.

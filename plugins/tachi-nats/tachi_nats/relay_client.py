@@ -519,6 +519,11 @@ def _discard(loop: asyncio.AbstractEventLoop, transport: Any) -> None:
         loop.close()
 
 
+#: The largest NATS message an inline stream takes: a sealed ``MAX_MESSAGE``
+#: with room to spare for its envelope (see ``_parse``).
+_MSG_LIMIT = MAX_MESSAGE + 4096
+
+
 class NatsStream(MessageStream):
     """One virtual connection spoken on the caller's thread (``tachi attach``
     asks for it with ``options["inline"]`` and ``["interactive"]``), with the
@@ -783,12 +788,16 @@ class NatsStream(MessageStream):
             del buf[: end + 2]
             op = line.split(b" ", 1)[0].upper()
             try:
-                if op == b"MSG":
+                if op in (b"MSG", b"HMSG"):
                     parts = line.split()
-                    self._need = (int(parts[-1]), int(parts[2]), 0)
-                elif op == b"HMSG":
-                    parts = line.split()
-                    self._need = (int(parts[-1]), int(parts[2]), int(parts[-2]))
+                    size = int(parts[-1])
+                    if not 0 <= size <= _MSG_LIMIT:
+                        # Never held whole: the relay, not the daemon, says how
+                        # much is coming, and the daemon sends no message this big.
+                        self._end(f"NATS announced a message of {size} bytes")
+                        return
+                    headers = int(parts[-2]) if op == b"HMSG" else 0
+                    self._need = (size, int(parts[2]), headers)
                 elif op == b"PING":
                     self._write(b"PONG\r\n")
                 elif op == b"-ERR":

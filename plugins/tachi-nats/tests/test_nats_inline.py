@@ -264,3 +264,25 @@ def test_write_now_never_overtakes_a_queued_publish(nats_server: NatsServer):
     expected = [m for i in range(50) for m in (b"queued-%d" % i, b"now-%d" % i)]
     assert got == expected
     assert not any(written)  # each time, the queued one had not gone out yet
+
+
+def test_a_message_larger_than_a_daemon_sends_ends_the_stream_unheld():
+    """The relay says how large each MSG is; an inline stream holds a message
+    whole before it opens it. One larger than any the daemon sends (a sealed
+    MAX_MESSAGE) ends the stream with the reason, instead of being buffered
+    while the relay streams it in."""
+    from types import SimpleNamespace
+
+    from tachi_nats.relay_client import _MSG_LIMIT, NatsStream
+
+    setup = SimpleNamespace(reason=None)
+    stream = NatsStream(setup, None, "up", 5.0, 7)  # type: ignore[arg-type]
+    with stream._lock:
+        # Within the limit, for another subscription: taken whole and skipped.
+        stream._rbuf += b"MSG other 8 %d\r\n%s\r\n" % (_MSG_LIMIT, b"y" * _MSG_LIMIT)
+        stream._parse()
+        assert not stream._eof and not stream._rbuf and stream._need is None
+        stream._rbuf += b"MSG down 7 %d\r\n" % (1 << 30) + b"x" * 1000
+        stream._parse()
+    assert stream._eof
+    assert setup.reason == f"NATS announced a message of {1 << 30} bytes"

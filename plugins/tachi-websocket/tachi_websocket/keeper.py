@@ -345,14 +345,20 @@ class Keeper:
                     os.write(self.wake_w, b"x")
 
     def _service(self, sock: socket.socket) -> None:
-        """A spare has data: answer its pings; drop it if the daemon closed it."""
+        """A spare has data: answer its pings; drop it if the daemon closed it.
+        Taken out of ``spares`` while it is read: a command's thread that takes
+        it meanwhile would use its TLS connection from two threads at once."""
         with self.lock:
-            found = [(k, s) for k, (s, _) in self.spares.items() if s.sock is sock]
-        for key, spare in found:
-            if not spare.alive():
+            found = [(k, entry) for k, entry in self.spares.items() if entry[0].sock is sock]
+            for key, _ in found:
+                del self.spares[key]
+        for key, (spare, used) in found:
+            if spare.alive():
                 with self.lock:
-                    self.spares.pop(key, None)
-                spare.close()
+                    if key not in self.spares:
+                        self.spares[key] = (spare, used)
+                        continue
+            spare.close()
 
     def _expire(self) -> None:
         now = time.monotonic()
