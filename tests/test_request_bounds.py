@@ -145,18 +145,24 @@ def test_patterns_re2_cannot_run_are_refused_naming_the_construct(
     assert "lookahead" in refused.stderr
 
 
+def _shared_daemon(tmp_path, connections: int) -> tuple[DaemonProcess, str, str]:
+    """A daemon with ``[limits] connections``, a session, and an observer's token for it."""
+    home = tmp_path / "d"
+    home.mkdir()
+    daemon = DaemonProcess(home, config=f"[limits]\nconnections = {connections}\n")
+    daemon.start()
+    sid = daemon.new("sh")["id"]
+    with daemon.client() as owner:
+        token = owner.share(sid, "observer").token
+    return daemon, sid, token
+
+
 def test_one_share_link_opens_a_bounded_number_of_connections(tmp_path):
     """Each connection may hold replies and waits up to its own bound; one grant
     (a share link, say) may hold [limits] connections of them at once, and is
     refused past that, audited. The daemon's own user is never counted."""
-    home = tmp_path / "d"
-    home.mkdir()
-    daemon = DaemonProcess(home, config="[limits]\nconnections = 3\n")
-    daemon.start()
+    daemon, sid, token = _shared_daemon(tmp_path, connections=3)
     try:
-        sid = daemon.new("sh")["id"]
-        with daemon.client() as owner:
-            token = owner.share(sid, "observer").token
         held = [daemon.client(token=token) for _ in range(3)]
         with pytest.raises(PermissionDenied, match=r"too many connections .*at most 3"):
             daemon.client(token=token)
@@ -187,14 +193,8 @@ def test_refused_connections_are_audited_without_flooding_the_log(tmp_path):
     """A peer past [limits] connections that reconnects in a loop is refused
     every time, but audited once a second at most, each record counting the
     refusals it stands for: the log grows with time, not with its attempts."""
-    home = tmp_path / "d"
-    home.mkdir()
-    daemon = DaemonProcess(home, config="[limits]\nconnections = 1\n")
-    daemon.start()
+    daemon, _sid, token = _shared_daemon(tmp_path, connections=1)
     try:
-        sid = daemon.new("sh")["id"]
-        with daemon.client() as owner:
-            token = owner.share(sid, "observer").token
         held = daemon.client(token=token)
         started = time.monotonic()
         for _ in range(40):
